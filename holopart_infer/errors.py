@@ -1,0 +1,51 @@
+"""Exception hierarchy.
+
+Every error the library raises on purpose derives from :class:`HoloPartError`
+and also from the builtin a caller would naturally catch (``ValueError``,
+``FileNotFoundError`` ...), so ``except ValueError`` keeps working for callers
+that do not know this library.
+"""
+from __future__ import annotations
+
+
+class HoloPartError(Exception):
+    """Base class of every error raised on purpose by holopart_infer."""
+
+
+class InputError(HoloPartError, ValueError):
+    """A user-supplied value (argument, array, file content) is unusable."""
+
+
+class InputFileNotFound(HoloPartError, FileNotFoundError):
+    """A file or folder the caller named does not exist."""
+
+
+class CheckpointError(HoloPartError, ValueError):
+    """A checkpoint folder is incomplete, inconsistent or unreadable."""
+
+
+class ModelDirError(HoloPartError, ValueError):
+    """An exported model directory (manifest + ONNX graphs) is unusable."""
+
+
+class ShapeError(InputError):
+    """A tensor fed to a graph or a function has the wrong shape or dtype."""
+
+
+class BackendUnavailable(HoloPartError, ImportError):
+    """An explicitly requested backend/device cannot be used here.
+
+    The message carries the install hint (``pip install ...``).
+    """
+
+
+class EngineError(HoloPartError, RuntimeError):
+    """Building or running an inference engine failed."""
+
+
+def missing_extra(module: str, extra: str, what: str) -> BackendUnavailable:
+    """Build the standard error for an optional dependency that is not installed."""
+    return BackendUnavailable(
+        f"{what} needs the Python package '{module}', which is not installed. "
+        f"Install it with: pip install 'holopart-infer[{extra}]'"
+    )
