@@ -90,10 +90,176 @@ def cmd_export(args) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------- run / demo
+class _Bars:
+    """One tqdm bar per pipeline stage, on stderr."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bars: dict = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        bar = self.bars.get(stage)
+        if bar is None or bar.total != total:
+            if bar is not None:
+                bar.close()
+            bar = self.bars[stage] = tqdm(total=total, desc=f"{stage:<12}", leave=True, file=sys.stderr,
+                                          dynamic_ncols=True)
+        bar.update(done - bar.n)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+
+def _check_output(path: Path, what: str, overwrite: bool, inputs: list[Path]) -> None:
+    resolved = path.resolve()
+    for src in inputs:
+        if src is not None and Path(src).exists() and Path(src).resolve() == resolved:
+            raise InputError(f"{what} {path} is also an input; choose another output path (inputs are never altered)")
+    if path.exists() and not overwrite:
+        raise InputError(f"{what} {path} already exists; pass --overwrite to replace it or choose another path")
+    if not path.parent.exists():
+        raise InputError(f"{what} {path}: folder {path.parent} does not exist")
+
+
+def _complete_and_write(model, input_path, labels, output: Path, preview: Path | None, opts,
+                        overwrite: bool, quiet: bool) -> int:
+    import os
+
+    from holopart_infer.pipeline import CompletionOptions  # noqa: F401  (typing only)
+
+    _check_output(output, "output", overwrite, [input_path, labels])
+    if preview is not None:
+        _check_output(preview, "preview", overwrite, [input_path, labels, output])
+    bars = _Bars(not quiet)
+    t0 = time.perf_counter()
+    try:
+        result = model.complete(input_path, labels=labels, options=opts, progress=bars)
+    finally:
+        bars.close()
+    # render the preview to a temp file first: on any failure nothing is written
+    tmp_preview = None
+    try:
+        if preview is not None:
+            tmp_preview = preview.with_name(f".{preview.name}.tmp-{os.getpid()}.png")
+            result.preview(tmp_preview)
+        result.save(output, source=input_path)
+        if tmp_preview is not None:
+            os.replace(tmp_preview, preview)
+            tmp_preview = None
+    finally:
+        if tmp_preview is not None and tmp_preview.exists():
+            tmp_preview.unlink()
+    total = time.perf_counter() - t0
+    print(f"wrote {output} ({len(result.parts)} parts)" + (f" and {preview}" if preview else ""))
+    print(f"backend {model.backend_name} on {model.device} ({model.precision})")
+    for stage, sec in result.timings.items():
+        print(f"  {stage:<14} {sec:8.2f} s")
+    q = result.stats.get("decoder_queries_per_level", {})
+    if q:
+        print("  decoder queries per level: " + ", ".join(f"{k}: {v:,}" for k, v in q.items()))
+    print(f"  {'total':<14} {total:8.2f} s")
+    return EXIT_OK
+
+
+def _options_from(args, **defaults):
+    from holopart_infer.pipeline import CompletionOptions
+
+    kw = dict(defaults)
+    for name in ("steps", "guidance", "seed", "depth", "parts_per_batch", "decimate", "num_points", "latent_tokens"):
+        val = getattr(args, name, None)
+        if val is not None:
+            kw[name] = val
+    if getattr(args, "no_decimate", False):
+        kw["decimate"] = None
+    if getattr(args, "no_normalize", False):
+        kw["normalize"] = False
+    return CompletionOptions(**kw)
+
+
+def cmd_run(args) -> int:
+    from holopart_infer.pipeline import load
+
+    if bool(args.weights) == bool(args.model):
+        raise InputError("pass exactly one of --weights CHECKPOINT_DIR or --model MODEL_DIR")
+    input_path = Path(args.input)
+    if not input_path.exists():
+        raise InputError(f"input {input_path} does not exist")
+    labels = Path(args.labels) if args.labels else None
+    model = load(args.weights or args.model, backend=args.backend, device=args.device,
+                 precision=args.precision, engine_cache=args.engine_cache)
+    return _complete_and_write(model, input_path, labels, Path(args.output),
+                               Path(args.preview) if args.preview else None, _options_from(args),
+                               args.overwrite, args.quiet)
+
+
+DEMO_DEFAULTS = dict(steps=20, depth=7, num_points=4096, latent_tokens=512, decimate=5000)
+
+
+def cmd_demo(args) -> int:
+    from holopart_infer import assets
+    from holopart_infer.pipeline import load
+
+    print("demo: the embedded model has RANDOM weights (no trained small model ships yet), so the parts it "
+          "produces are not real completions; the demo shows the whole pipeline running end to end.")
+    model = load(assets.demo_model_path(), backend=args.backend, device=args.device)
+    output = Path(args.output)
+    preview = Path(args.preview) if args.preview else output.with_suffix(".png")
+    return _complete_and_write(model, assets.demo_object_path(), None, output, preview,
+                               _options_from(args, **DEMO_DEFAULTS), args.overwrite, args.quiet)
+
+
+def _add_sampling_args(p: argparse.ArgumentParser, defaults: dict | None = None) -> None:
+    d = defaults or {}
+    p.add_argument("--steps", type=int, help=f"sampler steps (default {d.get('steps', 50)})")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 3.5)")
+    p.add_argument("--seed", type=int, help="seed for sampling, token selection and noise (default 0)")
+    p.add_argument("--depth", type=int, help=f"octree depth: final grid 2^depth-8 cells (default {d.get('depth', 9)})")
+    p.add_argument("--parts-per-batch", dest="parts_per_batch", type=int, help="parts denoised together (default 8)")
+    p.add_argument("--decimate", type=int, help=f"target faces per part (default {d.get('decimate', 10000)})")
+    p.add_argument("--no-decimate", action="store_true", help="keep the full marching-cubes mesh")
+    p.add_argument("--num-points", dest="num_points", type=int, help="surface samples per part (default 20480)")
+    p.add_argument("--no-normalize", action="store_true",
+                   help="do not normalize the object into the model frame (input must already be about [-1, 1])")
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "tensorrt"], default="auto")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="holopart-infer", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="holopart-infer",
+        description="HoloPart inference: complete the parts of a segmented 3D object into watertight solids.",
+        epilog="Exit codes: 0 success, 1 failed check or internal error, 2 bad input.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="complete the parts of an object and write a glb")
+    r.add_argument("input", help="glb/gltf scene (one node per part), a mesh with --labels, or a folder of part meshes")
+    r.add_argument("-o", "--output", required=True, help="output .glb")
+    src = r.add_mutually_exclusive_group()
+    src.add_argument("--weights", help="checkpoint dir (published layout; needs the [torch] extra)")
+    src.add_argument("--model", help="exported model dir (manifest.json + ONNX)")
+    r.add_argument("--labels", help="per-face part labels (.npy) for a single-mesh input")
+    r.add_argument("--preview", help="also write a PNG preview of the result")
+    r.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="torch / TensorRT precision")
+    r.add_argument("--engine-cache", dest="engine_cache", help="TensorRT engine cache folder")
+    _add_sampling_args(r)
+    r.set_defaults(func=cmd_run)
+
+    d = sub.add_parser("demo", help="run the whole pipeline on the embedded object and model")
+    d.add_argument("-o", "--output", default="holopart_demo.glb", help="output .glb (default holopart_demo.glb)")
+    d.add_argument("--preview", help="preview PNG (default: next to the output)")
+    _add_sampling_args(d, DEMO_DEFAULTS)
+    d.add_argument("--latent-tokens", dest="latent_tokens", type=int, help="latent length (demo default 512)")
+    d.set_defaults(func=cmd_demo)
 
     v = sub.add_parser("verify", help="recompute a golden folder's outputs and compare (tolerance 1e-4)")
     v.add_argument("golden_dir")
@@ -127,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # internal error: say so, traceback with -v
+        log.debug("internal error", exc_info=True)
+        print(f"internal error: {type(e).__name__}: {e} (run with -v for the traceback)", file=sys.stderr)
+        return EXIT_FAIL
 
 
 if __name__ == "__main__":

@@ -1,0 +1,366 @@
+"""The Python API: load a model, complete the parts of an object.
+
+    import holopart_infer as hp
+    model = hp.load("model_dir")                 # backend="auto", device="auto"
+    result = model.complete("chair.glb", seed=0)  # or a Parts object
+    result.save("chair_completed.glb")
+    print(model.backend_name, result.timings)
+
+A *model dir* (manifest.json + ONNX graphs, made by ``holopart-infer export``)
+runs on ONNX Runtime or TensorRT without torch. A *checkpoint dir* (the
+published layout) runs on the faithful PyTorch model (the ``[torch]`` extra).
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from holopart_infer import sampler
+from holopart_infer.errors import BackendUnavailable, InputError, InputFileNotFound, missing_extra
+from holopart_infer.tokens import select_tokens
+
+log = logging.getLogger("holopart_infer")
+
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+DEVICES = ("auto", "cpu", "cuda")
+
+# progress(stage, done, total)
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class CompletionOptions:
+    """Knobs of :meth:`HoloPart.complete` (reference-script defaults where they exist).
+
+    Attributes:
+        steps: Euler steps of the sampler (reference 50).
+        guidance: classifier-free guidance scale (reference 3.5; <= 1 disables it).
+        seed: seeds surface sampling, token selection and the initial noise.
+        depth: octree depth of extraction; the final grid has 2**depth - 8 cells
+            per axis (reference 9 -> 504).
+        parts_per_batch: parts denoised and decoded together (reference 8).
+        decimate: target face count per part (reference 10000); None keeps all.
+        num_points: surface samples per part and for the whole (reference 20480).
+        latent_tokens: latent length (2048 for the published model).
+        normalize: map the object into the model's frame first and back after,
+            so objects in any unit work (the reference assumes about [-1, 1]).
+        band: |logit| threshold of the coarse-to-fine band (reference 0.95).
+    """
+
+    steps: int = sampler.DEFAULT_STEPS
+    guidance: float = sampler.DEFAULT_GUIDANCE
+    seed: int = 0
+    depth: int = 9
+    parts_per_batch: int = 8
+    decimate: int | None = 10000
+    num_points: int = 20480
+    latent_tokens: int = 2048
+    normalize: bool = True
+    band: float = 0.95
+
+    def validate(self) -> None:
+        checks = [
+            ("steps", self.steps >= 1, "an integer >= 1"),
+            ("guidance", np.isfinite(self.guidance) and self.guidance >= 0, "a finite number >= 0"),
+            ("depth", 6 <= self.depth <= 11, "an integer between 6 and 11"),
+            ("parts_per_batch", self.parts_per_batch >= 1, "an integer >= 1"),
+            ("decimate", self.decimate is None or self.decimate >= 4, "None or an integer >= 4"),
+            ("num_points", self.num_points >= 16, "an integer >= 16"),
+            ("latent_tokens", self.latent_tokens >= 1, "an integer >= 1"),
+            ("band", self.band > 0, "a number > 0"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise InputError(f"option {name} must be {expected}, got {getattr(self, name)!r}")
+
+
+@dataclass
+class PartMesh:
+    name: str
+    vertices: np.ndarray  # (V, 3) float32, in the input's coordinates
+    faces: np.ndarray  # (F, 3) int64
+    color: tuple[int, int, int, int]
+
+
+@dataclass
+class CompletionResult:
+    parts: list[PartMesh]
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    stats: dict = field(default_factory=dict)  # e.g. decoder queries per level
+
+    def save(self, path: str | os.PathLike, *, source: str | os.PathLike | None = None) -> Path:
+        """Write a glb with one named node per part (atomically; never over ``source``)."""
+        from holopart_infer.parts_io import write_scene
+
+        return write_scene([(p.vertices, p.faces) for p in self.parts], [p.name for p in self.parts], path,
+                           colors=[p.color for p in self.parts], protect=[source] if source else None)
+
+    def preview(self, path: str | os.PathLike, size=(800, 600)) -> Path:
+        from holopart_infer.preview import render_preview
+
+        return render_preview([(p.vertices, p.faces) for p in self.parts], [p.color for p in self.parts],
+                              path, size=size)
+
+
+def _kind_of(path: Path) -> str:
+    if (path / "manifest.json").is_file():
+        return "model"
+    if (path / "model_index.json").is_file():
+        return "checkpoint"
+    if not path.exists():
+        raise InputFileNotFound(f"model path {path} does not exist")
+    raise InputError(
+        f"{path} is neither an exported model dir (manifest.json) nor a checkpoint dir "
+        "(model_index.json). Pass the folder made by `holopart-infer export`, or a HoloPart "
+        "checkpoint in the published layout."
+    )
+
+
+def _cuda_usable() -> bool:
+    from holopart_infer import native
+
+    return native.cuda_available()
+
+
+def _resolve(kind: str, backend: str, device: str) -> tuple[str, str]:
+    if backend not in BACKENDS:
+        raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if device not in DEVICES:
+        raise InputError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if kind == "checkpoint":
+        if backend in ("onnxruntime", "tensorrt"):
+            raise InputError(
+                f"backend {backend!r} runs an exported model dir; this is a checkpoint. Run "
+                "`holopart-infer export CHECKPOINT MODEL_DIR` first, or use backend='torch'."
+            )
+        if importlib.util.find_spec("torch") is None:
+            raise missing_extra("torch", "torch", "running a checkpoint directly")
+        if device == "auto":
+            import torch  # the torch backend was asked for: importing it here is the point
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return "torch", device
+    if backend == "torch":
+        raise InputError("backend 'torch' runs a checkpoint dir; this is an exported model dir")
+    if backend == "auto":
+        from holopart_infer.engines import onnxruntime as ort_engine
+
+        if device in ("auto", "cuda") and importlib.util.find_spec("tensorrt") and _cuda_usable():
+            return "tensorrt", "cuda"
+        if device in ("auto", "cuda") and ort_engine.cuda_provider_available():
+            return "onnxruntime", "cuda"
+        if device == "cuda":
+            raise BackendUnavailable(
+                "device 'cuda' was asked for but neither TensorRT nor onnxruntime-gpu with a usable GPU "
+                "is available. Install 'holopart-infer[tensorrt]' or onnxruntime-gpu, or use device='cpu'."
+            )
+        return "onnxruntime", "cpu"
+    if backend == "tensorrt":
+        return "tensorrt", "cuda"
+    return backend, ("cpu" if device == "auto" else device)
+
+
+class HoloPart:
+    """A loaded model. Use :func:`load` to make one."""
+
+    def __init__(self, backend, backend_name: str, device: str, precision: str, path: Path, config: dict):
+        self.backend = backend
+        self.backend_name = backend_name
+        self.device = device
+        self.precision = precision
+        self.path = path
+        self.config = config
+
+    def __repr__(self) -> str:
+        return (f"HoloPart(path={str(self.path)!r}, backend={self.backend_name!r}, "
+                f"device={self.device!r}, precision={self.precision!r})")
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.config["part_encoder"]["num_tokens"])
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.config["transformer"]["in_channels"])
+
+    def complete(self, parts, *, labels=None, options: CompletionOptions | None = None,
+                 progress: Progress | None = None, **overrides) -> CompletionResult:
+        """Complete every part of an object.
+
+        Args:
+            parts: a path (glb/gltf scene, mesh + ``labels``, or a folder of part
+                meshes) or a :class:`holopart_infer.parts_io.Parts`.
+            labels: per-face label file/array when ``parts`` is a single mesh.
+            options: a :class:`CompletionOptions`; keyword overrides (steps=,
+                guidance=, seed=, depth=, parts_per_batch=, decimate=, ...) win.
+            progress: ``progress(stage, done, total)`` callback.
+
+        Returns:
+            :class:`CompletionResult` with one mesh per input part, in the input's
+            coordinates, and per-stage timings. Same seed and backend: same result.
+        """
+        from holopart_infer import conditioning, extract, parts_io
+        from holopart_infer.decimate import decimate as decimate_mesh
+
+        opts = options or CompletionOptions()
+        if overrides:
+            unknown = set(overrides) - set(CompletionOptions.__dataclass_fields__)
+            if unknown:
+                raise InputError(f"unknown option(s): {', '.join(sorted(unknown))}; "
+                                 f"known: {', '.join(CompletionOptions.__dataclass_fields__)}")
+            opts = CompletionOptions(**{**opts.__dict__, **overrides})
+        opts.validate()
+        report = progress or (lambda stage, done, total: None)
+        timings: dict[str, float] = {}
+
+        def timed(stage):
+            class _T:
+                def __enter__(self_):
+                    self_.t0 = time.perf_counter()
+
+                def __exit__(self_, *exc):
+                    timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - self_.t0
+            return _T()
+
+        with timed("load_parts"):
+            if not isinstance(parts, parts_io.Parts):
+                parts = parts_io.load_parts(parts, labels=labels)
+        P = len(parts.names)
+        with timed("conditioning"):
+            cond = conditioning.build_conditions(parts, num_points=opts.num_points, seed=opts.seed,
+                                                 normalize=opts.normalize)
+            K = self.num_tokens
+            part_tok = select_tokens(cond.part, K, seed=opts.seed)
+            local_tok = select_tokens(cond.part_local, K, seed=opts.seed)
+        # all noise drawn at once: results do not depend on parts_per_batch
+        noise = np.random.default_rng(opts.seed).standard_normal(
+            (P, opts.latent_tokens, self.latent_channels), dtype=np.float32)
+        sched = self.config.get("scheduler", {})
+        shift = float(sched.get("shift", 1.0))
+        n_train = int(sched.get("num_train_timesteps", 1000))
+
+        meshes: list[tuple[np.ndarray, np.ndarray]] = []
+        level_queries: dict[str, int] = {}
+        batches = [list(range(s, min(P, s + opts.parts_per_batch))) for s in range(0, P, opts.parts_per_batch)]
+        done_steps = 0
+        for batch in batches:
+            with timed("part_encoder"):
+                whole_cond, part_cond = self.backend.encode(part_tok[batch], cond.whole[batch],
+                                                            local_tok[batch], cond.part_local[batch])
+
+            def step_cb(i, n, _base=done_steps):
+                report("denoise", _base + i, n * len(batches))
+
+            with timed("denoise"):
+                latents = sampler.sample(self.backend.guided_step, noise[batch], part_cond, whole_cond,
+                                         steps=opts.steps, guidance=opts.guidance, shift=shift,
+                                         num_train_timesteps=n_train, callback=step_cb)
+            done_steps += opts.steps
+            with timed("decoder_kv"):
+                kv = self.backend.decoder_kv(latents)
+
+            def decode(points_per_part: list[np.ndarray], _kv=kv) -> list[np.ndarray]:
+                return self._decode_padded(points_per_part, _kv)
+
+            with timed("extract"):
+                out, stats = extract.extract_meshes(decode, len(batch), depth=opts.depth, band=opts.band,
+                                                    progress=lambda d, t: report("extract", d, t))
+            for key, val in _level_counts(stats).items():
+                level_queries[key] = level_queries.get(key, 0) + val
+            meshes.extend(out)
+
+        results: list[PartMesh] = []
+        palette = parts_io.part_colors(P)
+        with timed("postprocess"):
+            for i, (v, f) in enumerate(meshes):
+                v = cond.to_input_frame(i, np.asarray(v, dtype=np.float64))
+                f = np.asarray(f, dtype=np.int64)
+                if opts.decimate is not None and len(f) > opts.decimate:
+                    v, f = decimate_mesh(v, f, opts.decimate)
+                results.append(PartMesh(parts.names[i], np.asarray(v, np.float32), np.asarray(f, np.int64),
+                                        tuple(palette[i])))
+                report("postprocess", i + 1, P)
+        return CompletionResult(results, timings, {"decoder_queries_per_level": level_queries,
+                                                   "num_parts": P, "backend": self.backend_name})
+
+    def _decode_padded(self, points_per_part: list[np.ndarray], kv, chunk: int = 262144) -> list[np.ndarray]:
+        """Query the decoder for each part's points, all parts of the batch at once.
+
+        Parts have different point counts: each chunk pads to the longest part
+        (padding rows are discarded). ``chunk`` caps points per part per call.
+        """
+        counts = [len(p) for p in points_per_part]
+        n_max = max(counts) if counts else 0
+        out = [np.empty(c, dtype=np.float32) for c in counts]
+        B = len(points_per_part)
+        for s in range(0, n_max, chunk):
+            e = min(n_max, s + chunk)
+            pts = np.zeros((B, e - s, 3), dtype=np.float32)
+            for b, p in enumerate(points_per_part):
+                seg = p[s:e]
+                pts[b, : len(seg)] = seg
+            logits = np.asarray(self.backend.decoder_query(pts, kv)).reshape(B, e - s)
+            for b, p in enumerate(points_per_part):
+                n = max(0, min(e, len(p)) - s)
+                out[b][s:s + n] = logits[b, :n]
+        return out
+
+
+def _level_counts(stats) -> dict[str, int]:
+    counts = getattr(stats, "queries_per_level", None)
+    if counts is None and isinstance(stats, dict):
+        counts = stats.get("queries_per_level", {})
+    if isinstance(counts, dict):
+        return {str(k): int(v) for k, v in counts.items()}
+    return {str(i): int(v) for i, v in enumerate(counts or [])}
+
+
+def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", precision: str | None = None,
+         engine_cache: str | os.PathLike | None = None) -> HoloPart:
+    """Load a model dir or a checkpoint dir.
+
+    Args:
+        path: exported model dir (manifest.json) or checkpoint dir (model_index.json).
+        backend: "auto" (TensorRT, then ONNX Runtime CUDA, then ONNX Runtime CPU for a
+            model dir; torch for a checkpoint), "torch", "onnxruntime" or "tensorrt".
+        device: "auto", "cpu" or "cuda".
+        precision: torch: "fp32"/"fp16"/"bf16" (default fp32 on CPU, fp16 on CUDA);
+            TensorRT: engine precision (default fp16); ONNX Runtime: the model dir's.
+        engine_cache: TensorRT engine cache folder (default ~/.cache/holopart_infer/engines).
+
+    Returns:
+        A :class:`HoloPart`; ``backend_name``/``device``/``precision`` say what was resolved.
+    """
+    path = Path(path)
+    kind = _kind_of(path)
+    name, dev = _resolve(kind, backend, device)
+    if name == "torch":
+        import importlib
+
+        tb = importlib.import_module("export.torch_backend")
+        prec = precision or ("fp16" if dev == "cuda" else "fp32")
+        be = tb.TorchBackend.from_checkpoint(path, device=dev, precision=prec)
+        from holopart_infer.checkpoint import read_config
+
+        config = {c: read_config(path, c) for c in ("part_encoder", "transformer", "vae", "scheduler")}
+    elif name == "onnxruntime":
+        from holopart_infer.engines.onnxruntime import OrtBackend
+
+        be = OrtBackend.from_model_dir(path, device=dev)
+        config = be.config
+        prec = be.precision
+    else:
+        from holopart_infer.engines.tensorrt import TensorRTBackend
+
+        prec = precision or "fp16"
+        be = TensorRTBackend.from_model_dir(path, precision=prec, cache_dir=engine_cache)
+        config = be.config
+    log.info("holopart_infer: backend %s on %s (%s) from %s", name, dev, prec, path)
+    return HoloPart(be, name, dev, prec, path, config)
