@@ -1,0 +1,211 @@
+// Marching cubes, two passes over x-layers of grid points:
+//   1. count the needed (crossed, emitted) edges owned by every point layer;
+//      an exclusive prefix sum gives each layer's first vertex id, so ids are
+//      global and deterministic whatever the thread count;
+//   2. each thread walks a contiguous range of cube layers keeping the vertex
+//      ids of two point layers, writes the vertices of the layers it owns and
+//      the triangles of its cubes into its own list; lists are concatenated
+//      in layer order.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "holopart/kernels.hpp"
+
+namespace holopart {
+
+namespace {
+
+// Rows of points along the last axis are cut into segments of kSeg points.
+// Segment s of row (i, j) summarises points [s*kSeg, (s+1)*kSeg] (one past its
+// end, so that the cubes and z-edges of the segment are covered): 0 = all
+// outside, 1 = all inside, 2 = mixed or holding an unknown value. Segments that
+// are uniform and equal to their neighbours hold no crossed edge and no cut
+// cube, which lets both passes skip most of the volume at memory speed.
+constexpr int64_t kSeg = 32;
+
+struct Segments {
+    int64_t ns = 0, ny = 0;
+    std::vector<uint8_t> state;  // (nx, ny, ns)
+    bool any_unknown = false;
+    uint8_t at(int64_t i, int64_t j, int64_t s) const { return state[(i * ny + j) * ns + s]; }
+};
+
+Segments summarise(const float* vol, int64_t nx, int64_t ny, int64_t nz, float level) {
+    Segments g;
+    g.ny = ny;
+    g.ns = (nz - 1 + kSeg - 1) / kSeg;  // segments of cubes along z
+    g.state.resize(static_cast<size_t>(nx * ny * g.ns));
+    bool unk = false;
+#pragma omp parallel for schedule(static) reduction(|| : unk)
+    for (int64_t r = 0; r < nx * ny; ++r) {
+        const float* row = vol + r * nz;
+        for (int64_t s = 0; s < g.ns; ++s) {
+            const int64_t k0 = s * kSeg, k1 = std::min(k0 + kSeg, nz - 1);
+            int n_in = 0, n_nan = 0;
+            for (int64_t k = k0; k <= k1; ++k) {
+                const float v = row[k];
+                n_in += v > level;
+                n_nan += v != v;
+            }
+            const int64_t n = k1 - k0 + 1;
+            g.state[r * g.ns + s] = n_nan ? 2 : (n_in == 0 ? 0 : (n_in == n ? 1 : 2));
+            if (n_nan) unk = true;
+        }
+    }
+    g.any_unknown = unk;
+    return g;
+}
+
+// Whether the points of segment s of row (i, j) may own a crossed edge.
+bool points_active(const Segments& g, int64_t nx, int64_t i, int64_t j, int64_t s) {
+    const uint8_t a = g.at(i, j, s);
+    if (a == 2) return true;
+    if (i + 1 < nx && g.at(i + 1, j, s) != a) return true;
+    if (j + 1 < g.ny && g.at(i, j + 1, s) != a) return true;
+    return false;
+}
+
+// Whether the cubes of segment s of cube row (i, j) may be cut.
+bool cubes_active(const Segments& g, int64_t i, int64_t j, int64_t s) {
+    const uint8_t a = g.at(i, j, s);
+    return a == 2 || g.at(i + 1, j, s) != a || g.at(i, j + 1, s) != a ||
+           g.at(i + 1, j + 1, s) != a;
+}
+
+}  // namespace
+
+void vertex_normals(const float* vertices, int64_t nv, const int64_t* faces, int64_t nf,
+                    float* normals) {
+    std::vector<double> acc(static_cast<size_t>(nv) * 3, 0.0);
+    for (int64_t f = 0; f < nf; ++f) {
+        const int64_t a = faces[f * 3], b = faces[f * 3 + 1], c = faces[f * 3 + 2];
+        const float* pa = vertices + a * 3;
+        const float* pb = vertices + b * 3;
+        const float* pc = vertices + c * 3;
+        const double u[3] = {(double)pb[0] - pa[0], (double)pb[1] - pa[1], (double)pb[2] - pa[2]};
+        const double v[3] = {(double)pc[0] - pa[0], (double)pc[1] - pa[1], (double)pc[2] - pa[2]};
+        const double n[3] = {u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2],
+                             u[0] * v[1] - u[1] * v[0]};
+        for (int q = 0; q < 3; ++q) {
+            acc[a * 3 + q] += n[q];
+            acc[b * 3 + q] += n[q];
+            acc[c * 3 + q] += n[q];
+        }
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < nv; ++i) {
+        const double* n = &acc[i * 3];
+        const double len = std::sqrt(n[0] * n[0] + n[1] * n[1] + n[2] * n[2]);
+        for (int q = 0; q < 3; ++q) normals[i * 3 + q] = len > 0 ? (float)(n[q] / len) : 0.0f;
+    }
+}
+
+Mesh marching_cubes(const float* vol, int64_t nx, int64_t ny, int64_t nz, float level,
+                    const double spacing[3], const double origin[3]) {
+    Mesh mesh;
+    if (nx < 2 || ny < 2 || nz < 2) return mesh;
+    const McTable& table = mc_table();
+    const Segments seg = summarise(vol, nx, ny, nz, level);
+    const bool unk = seg.any_unknown;
+    const int64_t ns = seg.ns;
+
+    // Pass 1: needed edges per point layer.
+    std::vector<int64_t> base(static_cast<size_t>(nx) + 1, 0);
+#pragma omp parallel for schedule(dynamic, 2)
+    for (int64_t i = 0; i < nx; ++i) {
+        int64_t cnt = 0;
+        for (int64_t j = 0; j < ny; ++j)
+            for (int64_t s = 0; s < ns; ++s) {
+                if (!points_active(seg, nx, i, j, s)) continue;
+                const int64_t k1 = s + 1 == ns ? nz : (s + 1) * kSeg;
+                for (int64_t k = s * kSeg; k < k1; ++k) {
+                    const unsigned m = hp_point_edge_mask(vol, nx, ny, nz, i, j, k, level, unk);
+                    cnt += (m & 1) + ((m >> 1) & 1) + ((m >> 2) & 1);
+                }
+            }
+        base[i + 1] = cnt;
+    }
+    for (int64_t i = 0; i < nx; ++i) base[i + 1] += base[i];
+    const int64_t nv = base[nx];
+    mesh.vertices.resize(static_cast<size_t>(nv) * 3);
+    mesh.values.resize(static_cast<size_t>(nv));
+
+    const int64_t ncl = nx - 1;  // cube layers
+    int nthreads = 1;
+#ifdef _OPENMP
+    nthreads = std::max(1, std::min<int>(omp_get_max_threads(), (int)ncl));
+#endif
+    // More chunks than threads balance the work (the surface is rarely uniform
+    // along x); each chunk recomputes the ids of one extra point layer.
+    const int64_t nchunks = std::min<int64_t>(ncl, (int64_t)nthreads * 4);
+    std::vector<std::vector<int64_t>> chunk_faces(static_cast<size_t>(nchunks));
+    const int64_t layer = ny * nz;
+
+#pragma omp parallel num_threads(nthreads)
+    {
+        std::vector<int64_t> ids_a(static_cast<size_t>(layer) * 3), ids_b(static_cast<size_t>(layer) * 3);
+        auto fill = [&](int64_t i, std::vector<int64_t>& ids, bool write) {
+            int64_t next = base[i];
+            for (int64_t j = 0; j < ny; ++j)
+                for (int64_t s = 0; s < ns; ++s) {
+                  if (!points_active(seg, nx, i, j, s)) continue;
+                  const int64_t k1 = s + 1 == ns ? nz : (s + 1) * kSeg;
+                  for (int64_t k = s * kSeg; k < k1; ++k) {
+                    const unsigned m = hp_point_edge_mask(vol, nx, ny, nz, i, j, k, level, unk);
+                    int64_t* slot = &ids[(j * nz + k) * 3];
+                    for (int d = 0; d < 3; ++d) {
+                        if (!(m & (1u << d))) continue;
+                        slot[d] = next;
+                        if (write)
+                            hp_edge_vertex(vol, ny, nz, i, j, k, d, level, spacing, origin,
+                                           &mesh.vertices[next * 3], &mesh.values[next]);
+                        ++next;
+                    }
+                  }
+                }
+        };
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t c = 0; c < nchunks; ++c) {
+            const int64_t c0 = ncl * c / nchunks, c1 = ncl * (c + 1) / nchunks;
+            std::vector<int64_t>& out = chunk_faces[c];
+            std::vector<int64_t>* lo = &ids_a;
+            std::vector<int64_t>* hi = &ids_b;
+            fill(c0, *lo, true);
+            for (int64_t i = c0; i < c1; ++i) {
+                fill(i + 1, *hi, i + 1 < c1 || i + 1 == nx - 1);
+                const int64_t* L[2] = {lo->data(), hi->data()};
+                for (int64_t j = 0; j + 1 < ny; ++j)
+                  for (int64_t s = 0; s < ns; ++s) {
+                    if (!cubes_active(seg, i, j, s)) continue;
+                    const int64_t k1 = std::min((s + 1) * kSeg, nz - 1);
+                    for (int64_t k = s * kSeg; k < k1; ++k) {
+                        const int cs = hp_cube_case(vol, ny, nz, i, j, k, level, unk);
+                        if (cs <= 0 || cs == 255) continue;
+                        const int8_t* t = table.tris[cs];
+                        for (int q = 0; q < table.ntri[cs] * 3; ++q) {
+                            int di, dj, dk, d;
+                            hp_edge_owner(t[q], di, dj, dk, d);
+                            out.push_back(L[di][((j + dj) * nz + (k + dk)) * 3 + d]);
+                        }
+                    }
+                  }
+                std::swap(lo, hi);
+            }
+        }
+    }
+    size_t total = 0;
+    for (const auto& f : chunk_faces) total += f.size();
+    mesh.faces.reserve(total);
+    for (const auto& f : chunk_faces) mesh.faces.insert(mesh.faces.end(), f.begin(), f.end());
+    const int64_t nf = static_cast<int64_t>(mesh.faces.size()) / 3;
+    mesh.normals.resize(static_cast<size_t>(nv) * 3);
+    vertex_normals(mesh.vertices.data(), nv, mesh.faces.data(), nf, mesh.normals.data());
+    return mesh;
+}
+
+}  // namespace holopart
