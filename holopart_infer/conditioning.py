@@ -1,0 +1,248 @@
+"""Model inputs of one object: surface samples of each part and of the whole, part frames.
+
+Frames, from outside in:
+
+* **input frame**: the coordinates of the input file (any unit).
+* **model frame**: ``x_model = (x_input - object_center) / object_scale``. With
+  ``normalize=True`` (default) ``object_center`` is the centre of the axis-aligned
+  bounding box of all parts' vertices and ``object_scale`` is half of its
+  longest side, so the object spans exactly [-1, 1] along its longest axis and
+  is centred at the origin: the range the published model was trained on (the
+  reference script does no normalization and assumes the input already spans
+  about [-1, 1]). The map is a uniform scale plus a translation, so shapes are
+  not distorted. With ``normalize=False`` the model frame is the input frame
+  (``object_center = 0``, ``object_scale = 1``), as in the reference.
+* **part frame** (per part i): ``x_part = (x_model - centers[i]) / scales[i]``
+  with ``centers[i] = (max + min) / 2`` of the part's samples (model frame) and
+  ``scales[i] = max ||p - centers[i]|| / (0.95 * 0.7)``. The decoder's mesh of
+  part i lives in this frame; :meth:`Conditions.to_input_frame` maps it back.
+
+Sampling (section 8 of the spec): ``num_points`` area-weighted samples with
+face normals per part, and ``num_points`` for the whole object, which is the
+concatenation of all parts' meshes sampled by area (so a part with twice the
+area gets about twice the whole samples). The whole's mask channel for part i is
+1 where the nearest part sample (over all parts' samples, a KD-tree) belongs to
+part i, as in the reference.
+
+Randomness: one ``numpy.random.default_rng(seed)`` draws, in order, part 0,
+part 1, ..., part P-1, then the whole; same seed and parts -> same arrays.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from holopart_infer.errors import InputError
+
+log = logging.getLogger("holopart_infer")
+
+NUM_SURFACE_SAMPLES = 20480
+PART_NORMALIZE_SCALE = 0.7  # reference constant
+PART_MARGIN = 0.95  # reference constant: parts fill 0.95 * 0.7 of the unit ball
+OBJECT_HALF_EXTENT = 1.0  # normalize: longest bounding-box side -> [-1, 1]
+
+
+@dataclass
+class Conditions:
+    """Model inputs of one object with P parts (arrays in the model frame).
+
+    Attributes:
+        part: (P, N, 6) float32, [xyz, normal] of each part's samples.
+        whole: (P, N, 7) float32, [xyz, normal, mask] of the whole object's
+            samples; xyz/normal are the same for every part, mask is 1 where
+            the nearest part sample belongs to that part.
+        part_local: (P, N, 6) float32, ``part`` in each part's own frame
+            (normals unchanged).
+        centers: (P, 3) float64 part-frame centres (model frame).
+        scales: (P,) float64 part-frame scales.
+        object_center: (3,) float64, input-frame point mapped to the origin.
+        object_scale: input-frame length mapped to 1.
+        names: part names (same order).
+        whole_labels: (N,) int64, index of the part nearest each whole sample.
+    """
+
+    part: np.ndarray
+    whole: np.ndarray
+    part_local: np.ndarray
+    centers: np.ndarray
+    scales: np.ndarray
+    object_center: np.ndarray
+    object_scale: float
+    names: list[str] = field(default_factory=list)
+    whole_labels: np.ndarray | None = None
+
+    @property
+    def num_parts(self) -> int:
+        return int(self.part.shape[0])
+
+    def to_model_frame(self, points: np.ndarray) -> np.ndarray:
+        """Input-frame points (..., 3) -> model frame (float64)."""
+        return (np.asarray(points, dtype=np.float64) - self.object_center) / self.object_scale
+
+    def from_model_frame(self, points: np.ndarray) -> np.ndarray:
+        """Model-frame points (..., 3) -> input frame (float64)."""
+        return np.asarray(points, dtype=np.float64) * self.object_scale + self.object_center
+
+    def part_to_model_frame(self, i: int, vertices: np.ndarray) -> np.ndarray:
+        """Part i's normalized-frame points -> model frame: ``v * s + c``."""
+        self._check_index(i)
+        return np.asarray(vertices, dtype=np.float64) * self.scales[i] + self.centers[i]
+
+    def to_input_frame(self, i: int, vertices: np.ndarray) -> np.ndarray:
+        """Part i's normalized-frame points (e.g. its decoded mesh) -> input frame (float64)."""
+        return self.from_model_frame(self.part_to_model_frame(i, vertices))
+
+    def _check_index(self, i: int) -> None:
+        if not 0 <= int(i) < self.num_parts:
+            raise InputError(f"part index {i} is out of range for {self.num_parts} parts")
+
+
+def sample_surface(vertices: np.ndarray, faces: np.ndarray, n: int,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Area-weighted uniform samples on a triangle mesh.
+
+    Args:
+        vertices: (V, 3) float array.
+        faces: (F, 3) int array.
+        n: number of samples.
+        rng: numpy Generator (consumes ``n`` uniforms for face choice, then
+            ``2n`` for barycentric coordinates).
+
+    Returns:
+        points (n, 3) float64, unit face normals (n, 3) float64, face index (n,) int64.
+
+    Raises:
+        InputError: the mesh has no surface area.
+    """
+    v = np.asarray(vertices, dtype=np.float64)
+    f = np.asarray(faces, dtype=np.int64)
+    a = v[f[:, 0]]
+    e1 = v[f[:, 1]] - a
+    e2 = v[f[:, 2]] - a
+    cross = np.cross(e1, e2)
+    double_area = np.linalg.norm(cross, axis=1)
+    cum = np.cumsum(double_area)
+    if len(cum) == 0 or not cum[-1] > 0:
+        raise InputError("cannot sample a mesh with no surface area")
+    # side="right" never picks a zero-area face (its cumulative value equals its predecessor's)
+    face_idx = np.searchsorted(cum, rng.random(n) * cum[-1], side="right")
+    face_idx = np.minimum(face_idx, len(cum) - 1)
+    uv = rng.random((n, 2))
+    flip = uv.sum(axis=1) > 1.0
+    uv[flip] = 1.0 - uv[flip]  # reflect into the triangle: uniform over its area
+    points = a[face_idx] + uv[:, :1] * e1[face_idx] + uv[:, 1:] * e2[face_idx]
+    normals = cross[face_idx] / double_area[face_idx, None]
+    return points, normals, face_idx
+
+
+def part_frame(points: np.ndarray) -> tuple[np.ndarray, float]:
+    """Centre and scale of a part's frame from its samples (spec section 8).
+
+    ``c = (max + min) / 2``, ``s = max ||p - c|| / (0.95 * 0.7)``.
+    """
+    p = np.asarray(points, dtype=np.float64)
+    c = (p.max(axis=0) + p.min(axis=0)) / 2.0
+    s = float(np.linalg.norm(p - c, axis=1).max()) / (PART_MARGIN * PART_NORMALIZE_SCALE)
+    return c, s
+
+
+def object_normalization(parts) -> tuple[np.ndarray, float]:
+    """Centre and scale mapping the object into the model frame (see module docstring)."""
+    allv = np.concatenate([np.asarray(v, dtype=np.float64) for v in _vertices_of(parts)], axis=0)
+    lo, hi = allv.min(axis=0), allv.max(axis=0)
+    center = (lo + hi) / 2.0
+    scale = float((hi - lo).max()) / 2.0 / OBJECT_HALF_EXTENT
+    if not np.isfinite(scale) or scale <= 0:
+        raise InputError(f"the object has a degenerate bounding box ({lo} .. {hi}); cannot normalize it")
+    return center, scale
+
+
+def build_conditions(parts, num_points: int = NUM_SURFACE_SAMPLES, seed: int | None = 0,
+                     normalize: bool = True) -> Conditions:
+    """Sample the part and whole point sets and compute the part frames.
+
+    Args:
+        parts: a :class:`holopart_infer.parts_io.Parts` or a sequence of
+            ``(vertices, faces)`` pairs (at least 2 parts).
+        num_points: samples per part and for the whole (reference 20480).
+        seed: seed of ``numpy.random.default_rng``; ``None`` draws fresh entropy
+            (not reproducible, as the reference).
+        normalize: map the object into [-1, 1] first (see module docstring).
+
+    Returns:
+        :class:`Conditions`.
+
+    Raises:
+        InputError: bad ``num_points``/``seed``, fewer than two parts, a part
+            without surface area.
+    """
+    from scipy.spatial import cKDTree
+
+    from holopart_infer.parts_io import Parts
+
+    if not isinstance(parts, Parts):
+        parts = Parts.from_meshes(parts)
+    if isinstance(num_points, bool) or not isinstance(num_points, (int, np.integer)) or num_points < 1:
+        raise InputError(f"num_points must be an integer >= 1, got {num_points!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise InputError(f"seed must be an integer or None, got {seed!r}")
+    P, N = len(parts), int(num_points)
+    if P < 2:
+        raise InputError(f"HoloPart needs at least 2 parts, got {P}")
+
+    if normalize:
+        object_center, object_scale = object_normalization(parts)
+    else:
+        object_center, object_scale = np.zeros(3), 1.0
+    verts = [(np.asarray(v, dtype=np.float64) - object_center) / object_scale for v in parts.vertices]
+    faces = [np.asarray(f, dtype=np.int64) for f in parts.faces]
+
+    rng = np.random.default_rng(seed)
+    part = np.empty((P, N, 6), dtype=np.float64)
+    for i, (v, f) in enumerate(zip(verts, faces)):
+        try:
+            pts, nrm, _ = sample_surface(v, f, N, rng)
+        except InputError as e:
+            raise InputError(f"part {parts.names[i]!r}: {e}") from e
+        part[i, :, :3], part[i, :, 3:] = pts, nrm
+
+    offsets = np.cumsum([0] + [len(v) for v in verts[:-1]])
+    whole_v = np.concatenate(verts, axis=0)
+    whole_f = np.concatenate([f + o for f, o in zip(faces, offsets)], axis=0)
+    whole_pts, whole_nrm, _ = sample_surface(whole_v, whole_f, N, rng)
+
+    # label of the nearest part sample (ties: cKDTree's choice, deterministic)
+    tree = cKDTree(part[:, :, :3].reshape(-1, 3))
+    _, nearest = tree.query(whole_pts, k=1)
+    labels = (np.asarray(nearest, dtype=np.int64) // N)
+
+    whole = np.empty((P, N, 7), dtype=np.float32)
+    whole[:, :, :3] = whole_pts
+    whole[:, :, 3:6] = whole_nrm
+    whole[:, :, 6] = (labels[None, :] == np.arange(P)[:, None])
+
+    centers = np.empty((P, 3), dtype=np.float64)
+    scales = np.empty(P, dtype=np.float64)
+    part_local = np.empty((P, N, 6), dtype=np.float32)
+    for i in range(P):
+        c, s = part_frame(part[i, :, :3])
+        if not s > 0:
+            raise InputError(f"part {parts.names[i]!r}: all samples coincide; cannot build its frame")
+        centers[i], scales[i] = c, s
+        part_local[i, :, :3] = (part[i, :, :3] - c) / s
+        part_local[i, :, 3:] = part[i, :, 3:]
+
+    log.debug("conditions: %d parts x %d points, object center %s scale %.4g", P, N, object_center,
+              object_scale)
+    return Conditions(part=part.astype(np.float32), whole=whole, part_local=part_local, centers=centers,
+                      scales=scales, object_center=np.asarray(object_center, dtype=np.float64),
+                      object_scale=float(object_scale), names=list(parts.names), whole_labels=labels)
+
+
+def _vertices_of(parts) -> Sequence[np.ndarray]:
+    if hasattr(parts, "vertices") and not isinstance(parts, np.ndarray):
+        return parts.vertices
+    return [v for v, _ in parts]
