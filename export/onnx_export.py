@@ -1,0 +1,255 @@
+"""Checkpoint -> model directory (manifest.json + onnx/*.onnx).
+
+Each graph is declared in :mod:`export.graphs` (names, dynamic axes, sample
+inputs, TensorRT profiles). Export runs on standard-layout copies of the
+faithful networks (the checkpoint's odd head split folded into the weights),
+with torch's dynamo exporter at opset 18, where scaled dot-product attention
+lowers to Mul(sqrt scale) -> MatMul -> Softmax -> MatMul, the pattern ORT's
+attention fusion and TensorRT's MHA fusion recognise (docs/onnx.md).
+
+Every graph is validated before the directory appears: ``onnx.checker`` and an
+ONNX Runtime run on inputs of other sizes than the trace's, compared with the
+original-layout fp32 model. The directory is written to a temporary sibling
+and renamed into place, so a failed export never leaves a half-written model.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from export.graphs import GRAPH_NAMES, GraphDef, all_graphs
+from export.load import TORCH_DTYPES, load_networks
+from holopart_infer import __version__
+from holopart_infer.errors import EngineError, InputError, InputFileNotFound
+from holopart_infer.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, load_manifest, sha256_file, write_manifest
+from holopart_infer.verify import relative_error
+
+log = logging.getLogger("holopart_infer")
+
+OPSET = 18
+# protobuf caps a single file at 2 GiB; stay clear of it
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+# default number of latent tokens, used only for TensorRT's "opt" profile (the
+# checkpoint does not record it; the graphs accept any T)
+LATENT_TOKENS = 2048
+# validation tolerance (relative error vs the fp32 faithful model)
+TOLERANCES = {"fp32": 1e-4, "fp16": 5e-2, "bf16": 1e-1}
+
+
+def _param_bytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def _checkpoint_files(weights_dir: Path) -> dict[str, str]:
+    """sha256 of every config and weights file of the checkpoint, by relative path."""
+    out = {}
+    for p in sorted(weights_dir.rglob("*")):
+        if p.is_file() and (p.suffix in (".json", ".safetensors")):
+            out[p.relative_to(weights_dir).as_posix()] = sha256_file(p)
+    return out
+
+
+def _export_graph(g: GraphDef, onnx_dir: Path, big: bool) -> Path:
+    """Trace ``g`` and write onnx/<name>.onnx (+ .onnx.data when ``big``)."""
+    gen = torch.Generator().manual_seed(0)
+    sample = g.make_inputs(g.trace_sizes, gen)
+    path = onnx_dir / f"{g.name}.onnx"
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's deprecation chatter
+        program = torch.onnx.export(
+            g.module, sample, dynamo=True, opset_version=OPSET,
+            input_names=[t.name for t in g.inputs], output_names=[t.name for t in g.outputs],
+            dynamic_shapes=g.dynamic_shapes(), optimize=True, verbose=False,
+        )
+    if program is None:
+        raise EngineError(f"graph '{g.name}': the ONNX exporter returned nothing")
+    program.save(path, external_data=big)
+    return path
+
+
+def _set_dim_names(path: Path, g: GraphDef, big: bool) -> None:
+    """Name the dynamic axes as the manifest does (B, T, K, N, Q) in the ONNX file too."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    decls = {t.name: t for t in (*g.inputs, *g.outputs)}
+    for vi in (*model.graph.input, *model.graph.output):
+        decl = decls.get(vi.name)
+        if decl is None:
+            raise EngineError(f"graph '{g.name}': unexpected graph tensor '{vi.name}'")
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) != len(decl.shape):
+            raise EngineError(f"graph '{g.name}': '{vi.name}' exported with rank {len(dims)}, "
+                              f"declared {decl.shape}")
+        for d, want in zip(dims, decl.shape):
+            if isinstance(want, str):
+                d.dim_param = want
+            elif d.HasField("dim_value") and d.dim_value != want:
+                raise EngineError(f"graph '{g.name}': '{vi.name}' exported with shape "
+                                  f"{[x.dim_value or x.dim_param for x in dims]}, declared {decl.shape}")
+    onnx.save(model, str(path))  # external data references are kept as they are
+
+
+def _validate_graph(g: GraphDef, path: Path, precision: str) -> float:
+    """onnx.checker + ORT vs the faithful fp32 model; returns the worst relative error."""
+    import onnx
+    import onnxruntime as ort
+
+    onnx.checker.check_model(str(path))  # path form: works past 2 GB
+    gen = torch.Generator().manual_seed(1)
+    inputs = g.make_inputs(g.check_sizes, gen)
+    with torch.inference_mode():
+        expected = [t.float().numpy() for t in g.reference(tuple(t.float() for t in inputs))]
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        got = sess.run(None, {d.name: t.numpy() for d, t in zip(g.inputs, inputs)})
+    except Exception as e:  # ORT raises its own exception types
+        if precision != "fp32" and "NOT_IMPLEMENTED" in str(e):
+            log.warning("graph %s: ONNX Runtime's CPU provider has no %s kernel for an op of this "
+                        "graph; checked with onnx.checker only (%s)", g.name, precision, str(e)[:200])
+            return float("nan")
+        raise EngineError(f"graph '{g.name}': ONNX Runtime failed on the exported graph: {e}") from e
+    worst = 0.0
+    for decl, ours, ref in zip(g.outputs, got, expected):
+        err = relative_error(ours, ref)
+        worst = max(worst, err)
+        if not err <= TOLERANCES[precision]:
+            raise EngineError(f"graph '{g.name}': output '{decl.name}' differs from the PyTorch model "
+                              f"by relative error {err:.3e} (tolerance {TOLERANCES[precision]:g} for "
+                              f"{precision}); the export is wrong")
+    return worst
+
+
+def export_model(weights_dir: str | os.PathLike, out_dir: str | os.PathLike, precision: str = "fp32",
+                 overwrite: bool = False, progress: bool = True, *, validate: bool = True,
+                 latent_tokens: int = LATENT_TOKENS) -> Path:
+    """Export a checkpoint to a model directory.
+
+    Args:
+        weights_dir: checkpoint folder in the published layout.
+        out_dir: model directory to create (manifest.json + onnx/).
+        precision: "fp32", "fp16" or "bf16" weights and activations (norms and
+            the guidance/Euler update in fp32; graph inputs/outputs are always
+            float32).
+        overwrite: replace ``out_dir`` if it exists.
+        progress: show a progress bar per graph.
+        validate: run onnx.checker and compare ONNX Runtime with PyTorch.
+        latent_tokens: latent token count for the TensorRT "opt" profile.
+
+    Returns:
+        The model directory.
+
+    Raises:
+        InputError: bad precision, or ``out_dir`` exists and overwrite is False.
+        CheckpointError: unusable checkpoint.
+        EngineError: export or validation of a graph failed.
+    """
+    if precision not in TORCH_DTYPES:
+        raise InputError(f"precision must be one of {', '.join(TORCH_DTYPES)}, got {precision!r}")
+    weights_dir, out_dir = Path(weights_dir), Path(out_dir)
+    if not weights_dir.is_dir():
+        raise InputFileNotFound(f"checkpoint folder {weights_dir} does not exist")
+    if out_dir.exists() and not overwrite:
+        raise InputError(f"{out_dir} already exists; pass overwrite=True (CLI: --overwrite) to replace it "
+                         "or choose another output folder")
+    dtype = TORCH_DTYPES[precision]
+    nets = load_networks(weights_dir, precision="fp32")  # the faithful reference, original layout
+    graphs = all_graphs(nets, dtype, latent_tokens)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        onnx_dir = tmp / "onnx"
+        onnx_dir.mkdir()
+        entries: dict[str, dict] = {}
+        bar = _progress(graphs, progress)
+        for g in bar:
+            if hasattr(bar, "set_description"):
+                bar.set_description(f"export {g.name}")
+            t0 = time.perf_counter()
+            big = _param_bytes(g.module) > EXTERNAL_DATA_THRESHOLD
+            path = _export_graph(g, onnx_dir, big)
+            _set_dim_names(path, g, big)
+            err = _validate_graph(g, path, precision) if validate else float("nan")
+            entry = {
+                "file": path.relative_to(tmp).as_posix(),
+                "bytes": path.stat().st_size,
+                "sha256": sha256_file(path),
+                "inputs": {t.name: t.to_json() for t in g.inputs},
+                "outputs": {t.name: t.to_json() for t in g.outputs},
+                "profiles": g.profiles(),
+                "validation": {"rel_error_vs_torch_fp32": None if err != err else err,
+                               "check_sizes": g.check_sizes},
+            }
+            data = path.with_name(path.name + ".data")
+            if data.exists():
+                entry["external_data"] = {"file": data.relative_to(tmp).as_posix(),
+                                          "bytes": data.stat().st_size, "sha256": sha256_file(data)}
+            entries[g.name] = entry
+            log.info("exported %s in %.1fs (validation rel err %s)", g.name, time.perf_counter() - t0,
+                     "n/a" if err != err else f"{err:.2e}")
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "precision": precision,
+            "io_dtype": "float32",
+            "exporter": {"holopart_infer": __version__, "torch": torch.__version__, "opset": OPSET},
+            "source": {"checkpoint": str(weights_dir.resolve()), "sha256": _checkpoint_files(weights_dir)},
+            "config": {
+                "transformer": _asdict(nets.transformer.cfg),
+                "vae": _asdict(nets.vae.cfg),
+                "part_encoder": _asdict(nets.part_encoder.cfg),
+                "scheduler": dict(nets.scheduler),
+            },
+            "latent_tokens": latent_tokens,
+            "graphs": entries,
+        }
+        write_manifest(tmp, manifest)
+        load_manifest(tmp, verify_hashes=False, required=GRAPH_NAMES)  # the runtime can read it
+        _move_into_place(tmp, out_dir, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("model directory %s (%s) written: %s", out_dir, precision, ", ".join(GRAPH_NAMES))
+    return out_dir
+
+
+def _asdict(cfg) -> dict:
+    from dataclasses import asdict
+
+    return asdict(cfg)
+
+
+def _progress(items, enabled: bool):
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, unit="graph")
+
+
+def _move_into_place(tmp: Path, out_dir: Path, overwrite: bool) -> None:
+    """Rename the finished temporary directory to ``out_dir`` (same filesystem)."""
+    if out_dir.exists():
+        if not overwrite:  # appeared while we were exporting
+            raise InputError(f"{out_dir} already exists; pass overwrite=True to replace it")
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        os.rename(out_dir, old)
+        try:
+            os.rename(tmp, out_dir)
+        except BaseException:
+            os.rename(old, out_dir)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, out_dir)
+    os.chmod(out_dir, 0o755)  # mkdtemp creates 0700
