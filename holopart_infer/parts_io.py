@@ -320,7 +320,7 @@ def _load_folder(folder: Path) -> Parts:
     if not files:
         raise InputError(f"folder {folder} holds no mesh files ({', '.join(MESH_EXTENSIONS)}); "
                          "expected one file per part")
-    files.sort(key=lambda p: _natural_key(p.name))
+    files.sort(key=lambda p: (_natural_key(p.stem), p.name))
     names = _unique_names([p.stem for p in files])
     parts = []
     for name, fp in zip(names, files):
