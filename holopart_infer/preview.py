@@ -22,8 +22,9 @@ BACKGROUND = (245, 245, 245)
 _AZIMUTH_DEG = 35.0  # camera around the vertical axis, from +Z towards +X
 _ELEVATION_DEG = 25.0  # camera above the horizon
 _MARGIN = 0.06  # fraction of the image left free on each side
-_AMBIENT = 0.35
-_DIFFUSE = 0.65
+_AMBIENT = 0.3
+_KEY = 0.6  # light from the upper left, in front
+_FILL = 0.25  # weaker light from the right, so faces turned away from the key are not black
 _BUCKETS = (2, 4, 8, 16, 32, 64)  # candidate-pixel grid sizes for small triangles
 _FRAGMENTS_PER_CHUNK = 1 << 21
 
@@ -122,9 +123,10 @@ def _render(tris: np.ndarray, colors: np.ndarray, W: int, H: int) -> np.ndarray:
     cam, colors, n, ln = cam[keep], colors[keep], n[keep], ln[keep]
     n = n / ln[:, None]
     n[n[:, 2] > 0] *= -1.0
-    light = np.array([-0.5, 0.7, -1.0])
-    light /= np.linalg.norm(light)
-    shade = _AMBIENT + _DIFFUSE * np.clip(n @ light, 0.0, 1.0)
+    key = np.array([-0.5, 0.7, -1.0])
+    fill = np.array([1.0, 0.2, -0.4])
+    key, fill = key / np.linalg.norm(key), fill / np.linalg.norm(fill)
+    shade = np.minimum(_AMBIENT + _KEY * np.clip(n @ key, 0, 1) + _FILL * np.clip(n @ fill, 0, 1), 1.0)
     tri_rgb = np.clip(colors * shade[:, None], 0, 255).astype(np.uint8)
 
     # fit the projected bounds into the image
