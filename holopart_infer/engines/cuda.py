@@ -112,18 +112,35 @@ class Stream:
 
 
 class DeviceBuffer:
-    """``nbytes`` of device memory (cudaMalloc), freed by :meth:`free` or on collection."""
+    """``nbytes`` of device memory, freed by :meth:`free` or on collection.
 
-    def __init__(self, nbytes: int):
+    With a ``stream`` the memory is stream-ordered (cudaMallocAsync/cudaFreeAsync):
+    freeing waits for the work already queued on that stream, so a temporary
+    input may be dropped right after the launch that reads it. Without one it is
+    plain cudaMalloc/cudaFree.
+    """
+
+    def __init__(self, nbytes: int, stream: Stream | None = None):
         self.nbytes = int(nbytes)
         self.ptr = 0
+        self._stream = stream
         if self.nbytes > 0:
-            self.ptr = int(check(runtime().cudaMalloc(self.nbytes), f"cudaMalloc({self.nbytes} bytes)"))
+            rt = runtime()
+            if stream is not None:
+                self.ptr = int(check(rt.cudaMallocAsync(self.nbytes, stream.raw),
+                                     f"cudaMallocAsync({self.nbytes} bytes)"))
+            else:
+                self.ptr = int(check(rt.cudaMalloc(self.nbytes), f"cudaMalloc({self.nbytes} bytes)"))
 
     def free(self) -> None:
         if self.ptr:
             ptr, self.ptr = self.ptr, 0
-            check(runtime().cudaFree(ptr), "cudaFree")
+            rt = runtime()
+            if self._stream is not None and self._stream.raw is not None:
+                check(rt.cudaFreeAsync(ptr, self._stream.raw), "cudaFreeAsync")
+            else:
+                # cudaFree waits for the device; also right after the stream was closed.
+                check(rt.cudaFree(ptr), "cudaFree")
 
     def __del__(self):
         try:
@@ -145,7 +162,7 @@ class DeviceTensor:
         self.stream = stream
         need = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
         if buffer is None:
-            buffer = DeviceBuffer(need)
+            buffer = DeviceBuffer(need, stream)
         elif buffer.nbytes < need:
             raise EngineError(f"device buffer of {buffer.nbytes} bytes is too small for {self.shape} {self.dtype}")
         self.buffer = buffer
