@@ -50,7 +50,7 @@ Segments summarise(const float* vol, int64_t nx, int64_t ny, int64_t nz, float l
             for (int64_t k = k0; k <= k1; ++k) {
                 const float v = row[k];
                 n_in += v > level;
-                n_nan += v != v;
+                n_nan += hp_is_unknown(v);
             }
             const int64_t n = k1 - k0 + 1;
             g.state[r * g.ns + s] = n_nan ? 2 : (n_in == 0 ? 0 : (n_in == n ? 1 : 2));

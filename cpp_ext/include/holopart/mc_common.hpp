@@ -29,7 +29,8 @@ struct McTable {
     uint8_t ntri[256];
 };
 
-HP_HD bool hp_is_unknown(float v) { return v != v; }  // NaN
+// Unknown = NaN or +-inf (v - v is NaN exactly for those; no fast-math here).
+HP_HD bool hp_is_unknown(float v) { return !(v - v == 0.0f); }
 
 // Grid edge (point p, direction d) is "needed" when it is crossed by the level
 // set (exactly one endpoint > level, both known) and at least one of the up to

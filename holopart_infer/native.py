@@ -1,0 +1,234 @@
+"""Access to the compiled kernels (``holopart_infer._cpp`` and ``holopart_infer._cuda``).
+
+``_cpp`` is always built; ``_cuda`` only when CMake found a CUDA compiler at
+build time. Every function takes ``device="cpu" | "cuda"``; both devices give
+the same results (FPS and band/refine indices bit for bit, marching-cubes
+vertices and faces in the same order; normals may differ in the last bits
+because the GPU sums them with atomics).
+
+Asking for ``"cuda"`` where the CUDA module was not built or no GPU is usable
+raises :class:`~holopart_infer.errors.BackendUnavailable` (never a silent CPU
+fallback).
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from holopart_infer.errors import BackendUnavailable, InputError
+
+__all__ = [
+    "DEVICES",
+    "built_with_cuda",
+    "cuda_available",
+    "cuda_status",
+    "kernels",
+    "farthest_point_sampling",
+    "band_cells",
+    "dilate_cells",
+    "refine_points",
+]
+
+logger = logging.getLogger("holopart_infer")
+
+DEVICES = ("cpu", "cuda")
+
+_INSTALL_HINT = (
+    "Reinstall holopart-infer from source on a machine where `nvcc` is on PATH "
+    "(pip install --no-build-isolation -e .), then check "
+    "holopart_infer.native.built_with_cuda()."
+)
+
+_modules: dict[str, ModuleType | None] = {}
+
+
+def _load(name: str) -> ModuleType | None:
+    if name not in _modules:
+        try:
+            _modules[name] = importlib.import_module(f"holopart_infer.{name}")
+        except ImportError as e:
+            logger.debug("holopart_infer.%s not importable: %s", name, e)
+            _modules[name] = None
+    return _modules[name]
+
+
+def _cpu() -> ModuleType:
+    mod = _load("_cpp")
+    if mod is None:
+        raise BackendUnavailable(
+            "The compiled CPU kernels (holopart_infer._cpp) are missing: the package was not "
+            "built. Install it with: pip install --no-build-isolation -e . (needs a C++17 "
+            "compiler, CMake and pybind11)."
+        )
+    return mod
+
+
+def built_with_cuda() -> bool:
+    """Whether the CUDA kernels module (``holopart_infer._cuda``) was built and imports."""
+    return _load("_cuda") is not None
+
+
+def cuda_available() -> bool:
+    """Whether the CUDA kernels can run here: module built, driver present, >= 1 GPU.
+
+    Never raises (a missing driver only makes this return False).
+    """
+    mod = _load("_cuda")
+    if mod is None:
+        return False
+    try:
+        return int(mod.device_count()) > 0
+    except Exception as e:  # pragma: no cover - defensive: a broken driver install
+        logger.debug("CUDA device query failed: %s", e)
+        return False
+
+
+def cuda_status() -> str:
+    """One line saying whether the CUDA kernels are usable, and if not why."""
+    mod = _load("_cuda")
+    if mod is None:
+        return "CUDA kernels not built (no CUDA compiler at build time)"
+    n = int(mod.device_count())
+    if n > 0:
+        return f"CUDA kernels usable ({n} device(s))"
+    return f"CUDA kernels built but no usable GPU: {mod.device_status()}"
+
+
+def kernels(device: str) -> Any:
+    """The kernel module for ``device`` ("cpu" or "cuda").
+
+    Raises:
+        InputError: ``device`` is not "cpu" or "cuda".
+        BackendUnavailable: "cuda" requested but not built or no usable GPU.
+    """
+    if device == "cpu":
+        return _cpu()
+    if device == "cuda":
+        mod = _load("_cuda")
+        if mod is None:
+            raise BackendUnavailable(
+                "device='cuda' requested but holopart_infer was built without its CUDA kernels "
+                "(no CUDA compiler was found at build time). " + _INSTALL_HINT
+            )
+        if int(mod.device_count()) <= 0:
+            raise BackendUnavailable(
+                "device='cuda' requested but no CUDA GPU is usable here "
+                f"({mod.device_status()}). Use device='cpu' or run on a machine with an "
+                "NVIDIA GPU and driver."
+            )
+        return mod
+    raise InputError(f"device: expected one of {DEVICES}, got {device!r}")
+
+
+def _as_points(xyz: Any, name: str) -> np.ndarray:
+    arr = np.asarray(xyz)
+    if arr.dtype.kind not in "fiu":
+        raise InputError(f"{name}: expected a real-valued (N, 3) array, got dtype {arr.dtype}")
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        raise InputError(f"{name}: expected shape (N, 3), got {arr.shape}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise InputError(f"{name}: expected finite coordinates, got NaN or inf")
+    return arr
+
+
+def farthest_point_sampling(xyz: Any, k: int, *, device: str = "cpu") -> np.ndarray:
+    """Farthest point sampling.
+
+    Starts at index 0; each step adds the point whose squared Euclidean
+    distance (float32, ``(dx*dx + dy*dy) + dz*dz``) to the chosen set is
+    largest, ties going to the lowest index.
+
+    Args:
+        xyz: (N, 3) coordinates (converted to float32).
+        k: number of points to pick, 1 <= k <= N.
+        device: "cpu" or "cuda".
+
+    Returns:
+        int64 (k,) indices into ``xyz``.
+
+    Raises:
+        InputError: bad shape/dtype, non-finite coordinates, k out of range.
+        BackendUnavailable: device="cuda" cannot be used here.
+    """
+    pts = _as_points(xyz, "xyz")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise InputError(f"k: expected an int, got {type(k).__name__}")
+    if not 1 <= int(k) <= pts.shape[0]:
+        raise InputError(f"k: expected 1 <= k <= N = {pts.shape[0]}, got {k}")
+    return kernels(device).farthest_point_sampling(pts, int(k))
+
+
+def _as_grid(values: Any, name: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 3 or min(arr.shape) < 2:
+        raise InputError(f"{name}: expected a 3-D grid with >= 2 points per axis, got shape {arr.shape}")
+    if arr.dtype.kind != "f":
+        raise InputError(f"{name}: expected a floating-point grid, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def band_cells(values: Any, band: float, *, device: str = "cpu") -> np.ndarray:
+    """Cells near the zero level of a grid of logits (NaN = unknown).
+
+    A cell (8 corner points) is in the band when one of its known corners has
+    ``|value| < band`` or its known corners do not all have the same sign
+    (``> 0`` vs ``<= 0``), which covers sign changes between 6-neighbours.
+
+    Args:
+        values: float (X+1, Y+1, Z+1) grid of point values.
+        band: half-width of the band in logit units (> 0).
+        device: "cpu" or "cuda".
+
+    Returns:
+        uint8 (X, Y, Z) mask of band cells.
+    """
+    grid = _as_grid(values, "values")
+    if not np.isfinite(band) or band < 0:
+        raise InputError(f"band: expected a finite value >= 0, got {band}")
+    return kernels(device).band_cells(grid, float(band))
+
+
+def dilate_cells(cells: Any, radius: int = 1, *, device: str = "cpu") -> np.ndarray:
+    """Box dilation (26-neighbourhood, ``radius`` cells) of a uint8/bool cell mask."""
+    arr = np.asarray(cells)
+    if arr.ndim != 3:
+        raise InputError(f"cells: expected a 3-D mask, got shape {arr.shape}")
+    if int(radius) < 0:
+        raise InputError(f"radius: expected >= 0, got {radius}")
+    return kernels(device).dilate_cells(np.ascontiguousarray(arr, dtype=np.uint8), int(radius))
+
+
+def refine_points(
+    cells: Any, coarse_values: Any | None = None, *, device: str = "cpu"
+) -> np.ndarray:
+    """Points of the next (twice finer) grid to evaluate.
+
+    The finer grid has ``2 * X + 1`` points along an axis of X coarse cells;
+    fine point ``f`` sits at coarse coordinate ``f / 2``. Every corner of the
+    eight fine cells of each active coarse cell is listed, except (when
+    ``coarse_values`` is given) points coinciding with a known coarse point.
+
+    Args:
+        cells: (X, Y, Z) mask of active coarse cells.
+        coarse_values: optional (X+1, Y+1, Z+1) coarse values (NaN = unknown).
+        device: "cpu" or "cuda".
+
+    Returns:
+        int64 ascending C-order linear indices into the (2X+1, 2Y+1, 2Z+1) grid.
+    """
+    mask = np.asarray(cells)
+    if mask.ndim != 3:
+        raise InputError(f"cells: expected a 3-D mask, got shape {mask.shape}")
+    mask = np.ascontiguousarray(mask, dtype=np.uint8)
+    cv = None
+    if coarse_values is not None:
+        cv = _as_grid(coarse_values, "coarse_values")
+        expected = tuple(s + 1 for s in mask.shape)
+        if cv.shape != expected:
+            raise InputError(f"coarse_values: expected shape {expected}, got {cv.shape}")
+    return kernels(device).refine_points(mask, cv)
