@@ -9,6 +9,7 @@ tensorrt, cuda-python or a GPU is missing.
 """
 from __future__ import annotations
 
+import ctypes
 import importlib.machinery
 import json
 import subprocess
@@ -341,6 +342,19 @@ def test_missing_cuda_python_raises_with_install_hint(monkeypatch):
     _hide(monkeypatch, "cuda")
     with pytest.raises(BackendUnavailable, match=r"'cuda-python'.*pip install 'holopart-infer\[tensorrt\]'"):
         cuda.runtime()
+
+
+def test_registry_hooks(monkeypatch):
+    _hide(monkeypatch, "tensorrt")
+    ok, why = trt_backend.available("cuda")
+    assert not ok and "pip install 'holopart-infer[tensorrt]'" in why
+    ok, why = trt_backend.available("cpu")
+    assert not ok and "'cuda' or 'cuda:N'" in why
+    assert trt_backend._device_index("cuda:2") == 2 and trt_backend._device_index("cuda") == 0
+    with pytest.raises(InputError, match="cuda:N"):
+        trt_backend._device_index("cuda:x")
+    with pytest.raises(BackendUnavailable):
+        trt_backend.load("model_dir", device="cuda:1")
 
 
 def test_bad_precision_is_checked_first(tmp_path):
@@ -681,9 +695,262 @@ def test_backend_matches_onnxruntime_on_a_tiny_model(tiny_checkpoint, tmp_path):
         np.testing.assert_allclose(np.asarray(x_dev), x_ref, rtol=1e-3, atol=1e-3)
         pts = rng.uniform(-1, 1, (B, 5000, 3)).astype(np.float32)  # > max_query_points: split
         np.testing.assert_allclose(be.decoder_query(pts, be.decoder_kv(x_dev)),
-                                   np.asarray(ref.decoder_query(pts, ref.decoder_kv(x_ref))).reshape(B, -1),
+                                   np.asarray(ref.decoder_query(pts, ref.decoder_kv(x_ref))),
                                    rtol=1e-3, atol=1e-3)
         with pytest.raises(ShapeError, match="accepts"):
             be.decoder_kv(rng.standard_normal((5, T, C), np.float32))  # batch 5 > max_batch 4
     finally:
         be.close()
+
+
+# --------------------------------------------------------------------------- runtime on fakes
+# A fake cuda-python runtime backed by host memory (ctypes) and fake TensorRT
+# engines that compute with numpy at the bound addresses: exercises address
+# binding, the shared scratch block, the device-resident loop and chunking.
+
+
+class FakeCudart:
+    cudaError_t = types.SimpleNamespace(cudaSuccess=0)
+    cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice="H2D", cudaMemcpyDeviceToHost="D2H")
+    cudaStreamNonBlocking = 1
+
+    def __init__(self):
+        self.buffers, self.copies = {}, []
+
+    def cudaMalloc(self, n):
+        buf = ctypes.create_string_buffer(n)
+        self.buffers[ctypes.addressof(buf)] = buf
+        return 0, ctypes.addressof(buf)
+
+    def cudaMallocAsync(self, n, stream):
+        return self.cudaMalloc(n)
+
+    def cudaFree(self, ptr):
+        del self.buffers[ptr]
+        return (0,)
+
+    def cudaFreeAsync(self, ptr, stream):
+        return self.cudaFree(ptr)
+
+    def cudaMemcpyAsync(self, dst, src, n, kind, stream):
+        self.copies.append((kind, n))
+        ctypes.memmove(dst, src, n)
+        return (0,)
+
+    def cudaStreamCreateWithFlags(self, flags):
+        return 0, 7
+
+    def cudaStreamSynchronize(self, stream):
+        return (0,)
+
+    def cudaStreamDestroy(self, stream):
+        return (0,)
+
+
+def _view(ptr, shape, dtype=np.float32):
+    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    return np.frombuffer((ctypes.c_char * n).from_address(ptr), dtype=dtype).reshape(shape)
+
+
+FAKE_TRT = types.SimpleNamespace(
+    TensorIOMode=types.SimpleNamespace(INPUT="in", OUTPUT="out"),
+    ExecutionContextAllocationStrategy=types.SimpleNamespace(USER_MANAGED="user"))
+
+
+class FakeContext:
+    def __init__(self, eng):
+        self.eng, self.shapes, self.addr, self.scratch, self.runs = eng, {}, {}, None, 0
+
+    def set_device_memory(self, ptr, size):
+        self.scratch = (ptr, size)
+
+    def set_input_shape(self, name, shape):
+        self.shapes[name] = tuple(shape)
+        return True
+
+    def set_tensor_address(self, name, ptr):
+        self.addr[name] = ptr
+
+    def get_tensor_shape(self, name):
+        return self.eng.out_shape[name](self.shapes)
+
+    def execute_async_v3(self, stream):
+        assert self.scratch is not None, "scratch memory must be bound before running"
+        self.runs += 1
+        ins = {n: _view(self.addr[n], self.shapes[n]) for n in self.eng.ranges}
+        for name, value in self.eng.compute(ins).items():
+            _view(self.addr[name], value.shape)[...] = value
+        return True
+
+
+class FakeEngine:
+    def __init__(self, ranges, out_shape, compute, memory):
+        self.ranges, self.out_shape, self.compute = ranges, out_shape, compute
+        self.device_memory_size_v2 = memory
+        self.names = [*ranges, *out_shape]
+        self.num_io_tensors = len(self.names)
+
+    def get_tensor_name(self, i):
+        return self.names[i]
+
+    def get_tensor_dtype(self, name):
+        return types.SimpleNamespace(name="FLOAT")
+
+    def get_tensor_mode(self, name):
+        return "in" if name in self.ranges else "out"
+
+    def get_tensor_profile_shape(self, name, profile):
+        return self.ranges[name]
+
+    def create_execution_context(self, strategy):
+        assert strategy == "user"
+        self.context = FakeContext(self)
+        return self.context
+
+
+B_MAX, T, C, K, D = 4, 6, 3, 5, 2
+
+
+def _r(*dims):  # (min, opt, max) with "B" -> 1..B_MAX and ("Q", q) -> 1..q
+    lo = tuple(1 if d in ("B", "Q") or isinstance(d, tuple) else d for d in dims)
+    hi = tuple(B_MAX if d == "B" else d[1] if isinstance(d, tuple) else d for d in dims)
+    return [lo, hi, hi]
+
+
+def fake_engines(memory=None):
+    memory = memory or {}
+    same = lambda name: (lambda s: s[name])  # noqa: E731
+    specs = {
+        "part_encoder": FakeEngine(
+            {"part_tokens": _r("B", K, 6), "whole_points": _r("B", 9, 7), "local_tokens": _r("B", K, 6),
+             "local_points": _r("B", 9, 6)},
+            {"whole_cond": same("part_tokens"), "part_cond": same("local_tokens")},
+            lambda x: {"whole_cond": 2 * x["part_tokens"], "part_cond": 3 * x["local_tokens"]},
+            memory.get("part_encoder", 100)),
+        "guided_step": FakeEngine(
+            {"latents": _r("B", T, C), "timestep": _r(1), "dt": _r(1), "guidance": _r(1),
+             "part_cond": _r("B", K, D), "whole_cond": _r("B", K, D)},
+            {"latents_next": same("latents")},
+            lambda x: {"latents_next": x["latents"] + x["dt"][0] * (x["guidance"][0] * x["part_cond"].mean()
+                                                                     + x["whole_cond"].mean() + x["timestep"][0])},
+            memory.get("guided_step", 5000)),
+        "vae_kv": FakeEngine(
+            {"latents": _r("B", T, C)}, {"keys": lambda s: (s["latents"][0], 1, T, C),
+                                         "values": lambda s: (s["latents"][0], 1, T, C)},
+            lambda x: {"keys": x["latents"][:, None], "values": -x["latents"][:, None]},
+            memory.get("vae_kv", 300)),
+        "vae_query": FakeEngine(
+            {"points": _r("B", ("Q", 4), 3), "keys": _r("B", 1, T, C), "values": _r("B", 1, T, C)},
+            {"logits": lambda s: (*s["points"][:2], 1)},
+            lambda x: {"logits": x["points"].sum(-1, keepdims=True) + x["keys"].mean(axis=(1, 2, 3))[:, None, None]},
+            memory.get("vae_query", 200)),
+        "dit": FakeEngine(
+            {"latents": _r("B", T, C), "timestep": _r("B"), "part_cond": _r("B", K, D), "whole_cond": _r("B", K, D)},
+            {"velocity": same("latents")},
+            lambda x: {"velocity": x["latents"] * x["timestep"][:, None, None]},
+            memory.get("dit", 9000)),
+    }
+    return specs
+
+
+@pytest.fixture
+def fake_backend(monkeypatch):
+    from holopart_infer.engines import cuda
+
+    rt = FakeCudart()
+    monkeypatch.setattr(cuda, "_RUNTIME", rt)
+    specs = fake_engines()
+
+    def make(graph):
+        runtime = types.SimpleNamespace(deserialize_cuda_engine=lambda data: specs[graph])
+        return trt_backend._Engine(FAKE_TRT, runtime, graph, b"", Path(f"{graph}.engine"))
+
+    loaded = []
+
+    def loader(graph):
+        loaded.append(graph)
+        return make(graph), None
+
+    be = trt_backend.TensorRTBackend(
+        engines={g: make(g) for g in ("part_encoder", "guided_step", "vae_kv", "vae_query")},
+        stream=cuda.Stream(), scratch=cuda.ScratchMemory(), config={"part_encoder": {"num_tokens": K}},
+        precision="fp32", device=0, fusion={}, graphs=[*specs], loader=loader)
+    be._bind_scratch()
+    be.fake = types.SimpleNamespace(rt=rt, specs=specs, loaded=loaded)
+    yield be
+    be.close()
+
+
+def test_one_scratch_block_shared_by_all_contexts(fake_backend):
+    be = fake_backend
+    bound = {g: e.context.scratch for g, e in be.engines.items()}
+    assert len(set(bound.values())) == 1
+    ptr, size = next(iter(bound.values()))
+    assert size >= 5000 and size % 256 == 0 and be.scratch.nbytes == size
+    # dit is loaded on first use; its larger need grows the block and rebinds everyone
+    v = be.dit(np.ones((2, T, C), np.float32), np.array([2.0, 3.0], np.float32),
+               np.zeros((2, K, D), np.float32), np.zeros((2, K, D), np.float32))
+    np.testing.assert_array_equal(v[:, 0, 0], [2.0, 3.0])
+    assert be.fake.loaded == ["dit"] and be.scratch.nbytes >= 9000
+    assert len({e.context.scratch for e in be.engines.values()}) == 1
+    assert be.num_tokens == K
+
+
+def test_guided_loop_keeps_latents_on_the_device(fake_backend):
+    from holopart_infer import sampler
+    from holopart_infer.engines.cuda import DeviceTensor
+
+    be, rt = fake_backend, fake_backend.fake.rt
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((2, T, C)).astype(np.float32)
+    p = rng.standard_normal((2, K, D)).astype(np.float32)
+    w = rng.standard_normal((2, K, D)).astype(np.float32)
+    rt.copies.clear()
+    out = sampler.sample(be.guided_step, noise, p, w, steps=4, guidance=3.5)
+    assert isinstance(out, DeviceTensor)
+    assert not [c for c in rt.copies if c[0] == "D2H"], "latents went to the host inside the loop"
+    h2d = [n for kind, n in rt.copies if kind == "H2D"]
+    assert h2d.count(p.nbytes) == 2  # part_cond and whole_cond uploaded once, not per step
+    expected = noise.copy()
+    sig = sampler.sigmas(4)
+    for i in range(4):
+        expected = expected + np.float32(sig[i] - sig[i + 1]) * np.float32(
+            3.5 * p.mean() + w.mean() + sig[i] * 1000)
+    np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-5)
+    # conditions changed in place are uploaded again
+    p *= 0
+    x1 = np.asarray(be.guided_step(noise, 0.0, 1.0, 1.0, p, w))
+    np.testing.assert_allclose(x1, noise + w.mean(), rtol=1e-5)
+
+
+def test_decoder_query_splits_long_requests(fake_backend):
+    be = fake_backend
+    lat = np.arange(2 * T * C, dtype=np.float32).reshape(2, T, C)
+    kv = be.decoder_kv(lat)
+    pts = np.random.default_rng(1).uniform(-1, 1, (2, 10, 3)).astype(np.float32)
+    runs = be.engines["vae_query"].context.runs
+    logits = be.decoder_query(pts, kv)
+    assert be.engines["vae_query"].context.runs - runs == 3  # Q=10 in calls of <= 4
+    assert logits.shape == (2, 10, 1) and logits.dtype == np.float32
+    np.testing.assert_allclose(logits[..., 0], pts.sum(-1) + lat.mean(axis=(1, 2))[:, None], rtol=1e-5)
+    with pytest.raises(ShapeError, match=r"points must be \(B, Q, 3\)"):
+        be.decoder_query(pts[..., :2], kv)
+
+
+def test_encode_and_batch_limits(fake_backend):
+    be = fake_backend
+    pt = np.ones((2, K, 6), np.float32)
+    w, p = be.encode(pt, np.zeros((2, 9, 7)), 2 * pt, np.zeros((2, 9, 6)))
+    assert isinstance(w, np.ndarray) and w.dtype == np.float32
+    np.testing.assert_array_equal(w, 2 * pt)
+    np.testing.assert_array_equal(p, 6 * pt)
+    with pytest.raises(ShapeError, match=r"part_encoder: input 'part_tokens' has shape \(5, 5, 6\); "
+                                         r"this engine accepts \(1, 5, 6\) \.\. \(4, 5, 6\)"):
+        be.encode(np.ones((5, K, 6)), np.zeros((5, 9, 7)), np.ones((5, K, 6)), np.zeros((5, 9, 6)))
+
+
+def test_unknown_graph(fake_backend):
+    be = fake_backend
+    be.graphs.discard("dit")
+    with pytest.raises(EngineError, match="no 'dit' graph"):
+        be.dit(np.ones((1, T, C)), np.ones(1), np.ones((1, K, D)), np.ones((1, K, D)))

@@ -745,6 +745,15 @@ class TensorRTBackend:
             e = self.engines[graph]
         return e
 
+    @property
+    def num_tokens(self) -> int:
+        """The part encoder's num_tokens (condition tokens per part)."""
+        return int(self.config["part_encoder"]["num_tokens"])
+
+    def __repr__(self) -> str:
+        return (f"TensorRTBackend(device={self.device}, precision={self.precision!r}, "
+                f"engines={sorted(self.engines)})")
+
     # -- tensors -----------------------------------------------------------
     def to_device(self, array, graph: str, name: str):
         """A host array (or a DeviceTensor, passed through) as ``graph``'s input ``name``."""
@@ -814,7 +823,8 @@ class TensorRTBackend:
         return out["keys"], out["values"]
 
     def decoder_query(self, points, kv) -> np.ndarray:
-        """Occupancy logits (B, Q) float32 at ``points`` (B, Q, 3); long Q is split per call."""
+        """Occupancy logits (B, Q, 1) float32 at ``points`` (B, Q, 3), positive inside;
+        a Q beyond the engine's profile is split into several calls."""
         keys, values = kv
         pts = np.asarray(points, dtype=np.float32)
         if pts.ndim != 3 or pts.shape[2] != 3:
@@ -824,12 +834,12 @@ class TensorRTBackend:
         eng = self._engine("vae_query")
         q_max = eng.ranges["points"].max[1]
         B, Q = pts.shape[:2]
-        out = np.empty((B, Q), dtype=np.float32)
+        out = np.empty((B, Q, 1), dtype=np.float32)
         for s in range(0, Q, q_max):
             e = min(Q, s + q_max)
             res = eng.run({"points": self.to_device(pts[:, s:e], "vae_query", "points"),
                            "keys": keys, "values": values}, self.stream)["logits"]
-            out[:, s:e] = self.to_host(res, "vae_query", "logits").reshape(B, e - s)
+            out[:, s:e] = self.to_host(res, "vae_query", "logits").reshape(B, e - s, 1)
         return out
 
     def close(self) -> None:
@@ -846,3 +856,37 @@ class TensorRTBackend:
         if self.stream is not None:
             self.stream.close()
             self.stream = None
+
+
+# --------------------------------------------------------------------------- registry hooks
+
+def _device_index(device: str | int) -> int:
+    if isinstance(device, int):
+        return device
+    kind, _, index = str(device).partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise InputError(f"the TensorRT backend runs on 'cuda' or 'cuda:N', got device {device!r}")
+    return int(index or 0)
+
+
+def available(device: str) -> tuple[bool, str]:
+    """Registry check: (True, "") when TensorRT can run on ``device`` ("cuda", "cuda:N")."""
+    try:
+        index = _device_index(device)
+    except InputError as e:
+        return False, str(e)
+    ok, why = tensorrt_available()
+    if not ok:
+        return False, why
+    try:
+        from holopart_infer.engines import cuda
+
+        info = cuda.device_info(index)
+    except Exception as e:  # no driver, no device: say why instead of failing
+        return False, f"no usable CUDA device {index} ({e})"
+    return True, f"{info.name} (sm {info.compute_capability})"
+
+
+def load(model_dir: str | os.PathLike, device: str | int = "cuda", **kw) -> TensorRTBackend:
+    """Registry factory: :meth:`TensorRTBackend.from_model_dir` with a device string."""
+    return TensorRTBackend.from_model_dir(model_dir, device=_device_index(device), **kw)
