@@ -14,6 +14,8 @@ and renamed into place, so a failed export never leaves a half-written model.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import shutil
@@ -63,11 +65,12 @@ def _export_graph(g: GraphDef, onnx_dir: Path, big: bool) -> Path:
     path = onnx_dir / f"{g.name}.onnx"
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter
-        program = torch.onnx.export(
-            g.module, sample, dynamo=True, opset_version=OPSET,
-            input_names=[t.name for t in g.inputs], output_names=[t.name for t in g.outputs],
-            dynamic_shapes=g.dynamic_shapes(), optimize=True, verbose=False,
-        )
+        with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its stages
+            program = torch.onnx.export(
+                g.module, sample, dynamo=True, opset_version=OPSET,
+                input_names=[t.name for t in g.inputs], output_names=[t.name for t in g.outputs],
+                dynamic_shapes=g.dynamic_shapes(), optimize=True, verbose=False,
+            )
     if program is None:
         raise EngineError(f"graph '{g.name}': the ONNX exporter returned nothing")
     program.save(path, external_data=big)
@@ -161,6 +164,26 @@ def export_model(weights_dir: str | os.PathLike, out_dir: str | os.PathLike, pre
     if out_dir.exists() and not overwrite:
         raise InputError(f"{out_dir} already exists; pass overwrite=True (CLI: --overwrite) to replace it "
                          "or choose another output folder")
+    with _quiet_exporter_logs():
+        return _export(weights_dir, out_dir, precision, overwrite, progress, validate, latent_tokens)
+
+
+@contextlib.contextmanager
+def _quiet_exporter_logs():
+    """The exporter's optimizer logs every rewrite at INFO; keep the user's log readable."""
+    loggers = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, lvl in zip(loggers, levels):
+            lg.setLevel(lvl)
+
+
+def _export(weights_dir: Path, out_dir: Path, precision: str, overwrite: bool, progress: bool,
+            validate: bool, latent_tokens: int) -> Path:
     dtype = TORCH_DTYPES[precision]
     nets = load_networks(weights_dir, precision="fp32")  # the faithful reference, original layout
     graphs = all_graphs(nets, dtype, latent_tokens)

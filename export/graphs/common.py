@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from export.models.blocks import Attention
+from export.models.blocks import Attention, FrequencyEmbedding
 
 # Symbolic axes used across graphs (the manifest stores these names).
 BATCH, TOKENS, COND_TOKENS, POINTS, QUERIES = "B", "T", "K", "N", "Q"
@@ -87,7 +87,20 @@ def prepare_for_export(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     for sub in m.modules():
         if isinstance(sub, Attention):
             sub.to_standard_layout()
+    if dtype != torch.float32:
+        for sub in m.modules():
+            if isinstance(sub, FrequencyEmbedding):
+                # sin/cos of x * 2^(F-1) need fp32 arguments: fp16 rounding of the
+                # argument alone is ~0.1 rad at 2^7, and ONNX opset 18 has no
+                # bfloat16 Sin/Cos
+                sub.forward = _fp32_forward(sub.forward)
     return m
+
+
+def _fp32_forward(forward):
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return forward(x.float()).to(x.dtype)
+    return run
 
 
 def randn(shape, gen: torch.Generator, scale: float = 1.0) -> torch.Tensor:

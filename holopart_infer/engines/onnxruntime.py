@@ -140,6 +140,12 @@ class OrtBackend:
         try:
             sess = ort.InferenceSession(str(spec.path), self.session_options, providers=self.providers)
         except Exception as e:  # ORT raises InvalidProtobuf, Fail, ... for a damaged file
+            if "NOT_IMPLEMENTED" in str(e):
+                raise BackendUnavailable(
+                    f"graph '{graph}' ({spec.path}) is a {self.manifest.precision} model and the providers "
+                    f"{self.providers} have no {self.manifest.precision} kernel for one of its ops "
+                    f"({str(e).strip()[:300]}). Use an fp32 export on CPU, or a GPU provider "
+                    f"(onnxruntime-gpu) for fp16/bf16.") from e
             raise ModelDirError(f"{self.manifest.model_dir}: graph '{graph}': ONNX Runtime cannot load "
                                 f"{spec.path}: {str(e).strip()[:400]}. The file is corrupt or was written by an "
                                 "incompatible exporter; re-export the model.") from e

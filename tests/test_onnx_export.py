@@ -1,0 +1,188 @@
+"""ONNX export: model directory layout, manifest, graph form, validation, overwrite.
+
+The exported models are shared by the ORT and torch-free tests through
+:func:`exported_model` (one export per configuration per test session).
+"""
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import golden_dirs
+
+torch = pytest.importorskip("torch", reason="export needs the [torch] extra")
+onnx = pytest.importorskip("onnx", reason="export needs the [torch] extra")
+
+from export.random_checkpoint import PRESETS, write_random_checkpoint  # noqa: E402
+from holopart_infer.manifest import FORMAT_VERSION, GRAPH_NAMES, load_manifest  # noqa: E402
+
+# A configuration unlike the golden one: even num_layers, heads of 16 channels,
+# other widths, frequency count, embed_include_pi true, scheduler shift 3.
+VARIANT = {
+    "transformer": dict(num_attention_heads=3, width=48, in_channels=16, num_layers=4,
+                        cross_attention_dim=24, cross_attention_2_dim=24,
+                        use_cross_attention=True, use_cross_attention_2=True),
+    "vae": dict(in_channels=3, latent_channels=16, num_attention_heads=2, width_encoder=32,
+                width_decoder=32, num_layers_encoder=1, num_layers_decoder=1,
+                embedding_type="frequency", embed_frequency=6, embed_include_pi=True),
+    "part_encoder": dict(position_channels=3, part_feature_channels=3, whole_feature_channels=4,
+                         dim=24, num_attention_heads=2, num_layers=1, num_tokens=8,
+                         embedding_type="frequency", embed_frequency=6, embed_include_pi=True,
+                         part_local=True),
+    "scheduler": dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False),
+}
+
+_ROOT = Path(tempfile.mkdtemp(prefix="holopart-test-onnx-"))
+atexit.register(shutil.rmtree, _ROOT, True)
+
+
+def checkpoint(kind: str) -> Path:
+    """Weights of ``kind``: "golden" (../shared/golden/A when present, else the tiny preset) or "variant"."""
+    if kind == "golden" and golden_dirs():
+        return golden_dirs()[0] / "weights"
+    out = _ROOT / f"ckpt-{kind}"
+    if not out.exists():
+        write_random_checkpoint(out, PRESETS["tiny"] if kind == "golden" else VARIANT, seed=3)
+    return out
+
+
+@functools.cache
+def exported_model(kind: str = "golden") -> Path:
+    """An fp32 model directory exported (once per session) from :func:`checkpoint`."""
+    from export.onnx_export import export_model
+
+    return export_model(checkpoint(kind), _ROOT / f"model-{kind}", precision="fp32", progress=False)
+
+
+def test_model_dir_layout_and_manifest():
+    model = exported_model("golden")
+    m = load_manifest(model, verify_hashes=True)
+    assert m.format_version == FORMAT_VERSION and m.precision == "fp32"
+    assert set(m.graphs) == set(GRAPH_NAMES)
+    assert sorted(p.name for p in (model / "onnx").iterdir()) == sorted(f"{g}.onnx" for g in GRAPH_NAMES)
+    # every component config is in the manifest: the runtime never needs the checkpoint
+    ckpt = checkpoint("golden")
+    for comp in ("transformer", "vae", "part_encoder"):
+        cfg = json.loads((ckpt / comp / "config.json").read_text())
+        assert all(m.config[comp][k] == v for k, v in m.config[comp].items() if k in cfg)
+    assert m.config["scheduler"]["shift"] == json.loads((ckpt / "scheduler/scheduler_config.json").read_text())["shift"]
+    g = m.graph("guided_step")
+    assert list(g.inputs) == ["latents", "timestep", "dt", "guidance", "part_cond", "whole_cond"]
+    assert g.inputs["latents"].shape == ("B", "T", m.config["transformer"]["in_channels"])
+    assert g.inputs["timestep"].shape == (1,)
+    assert list(m.graph("vae_kv").outputs) == ["keys", "values"]
+    H = m.config["vae"]["num_attention_heads"]
+    assert m.graph("vae_kv").outputs["keys"].shape == ("B", H, "T", m.config["vae"]["width_decoder"] // H)
+    prof = g.profiles["latents"]
+    assert len(prof["min"]) == len(prof["opt"]) == len(prof["max"]) == 3
+    assert all(a <= b <= c for a, b, c in zip(prof["min"], prof["opt"], prof["max"]))
+    for name, entry in m.raw["graphs"].items():  # validated against torch at export time
+        assert entry["validation"]["rel_error_vs_torch_fp32"] < 1e-4, name
+
+
+def test_graphs_are_valid_onnx_with_named_dynamic_axes():
+    model = exported_model("golden")
+    for name in GRAPH_NAMES:
+        proto = onnx.load(str(model / "onnx" / f"{name}.onnx"))
+        onnx.checker.check_model(proto)
+        assert proto.opset_import[0].version == 18
+        for vi in proto.graph.input:
+            batch = vi.type.tensor_type.shape.dim[0]
+            if name != "guided_step" or vi.name not in ("timestep", "dt", "guidance"):
+                assert batch.dim_param == "B", (name, vi.name)
+
+
+def _attention_chains(proto) -> int:
+    """Count MatMul -> Softmax -> MatMul chains (the fusable attention form)."""
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    count = 0
+    for n in proto.graph.node:
+        if n.op_type == "Softmax" and producers.get(n.input[0]) is not None \
+                and producers[n.input[0]].op_type == "MatMul":
+            if any(c.op_type == "MatMul" for c in consumers.get(n.output[0], [])):
+                count += 1
+    return count
+
+
+def test_attention_is_matmul_softmax_matmul():
+    model = exported_model("golden")
+    m = load_manifest(model)
+    cfg = m.config
+    L = cfg["transformer"]["num_layers"]
+    n_cross = int(cfg["transformer"]["use_cross_attention"]) + int(cfg["transformer"]["use_cross_attention_2"])
+    expected = {"dit": L * (1 + n_cross), "guided_step": L * (1 + n_cross),
+                "vae_kv": cfg["vae"]["num_layers_decoder"], "vae_query": 1,
+                "part_encoder": 2 * (1 + cfg["part_encoder"]["num_layers"])}
+    for name, n in expected.items():
+        proto = onnx.load(str(model / "onnx" / f"{name}.onnx"))
+        ops = {nd.op_type for nd in proto.graph.node}
+        assert "Attention" not in ops  # opset 18: no fused op, the decomposed form
+        assert _attention_chains(proto) == n, name
+
+
+def test_external_data_graph(tmp_path):
+    """A graph over the 2 GB limit is written with external data; exercised on a small graph."""
+    import onnxruntime as ort
+
+    from export.graphs import all_graphs
+    from export.load import load_networks
+    from export.onnx_export import _export_graph, _set_dim_names
+
+    nets = load_networks(checkpoint("golden"))
+    g = [g for g in all_graphs(nets, torch.float32, 64) if g.name == "vae_query"][0]
+    path = _export_graph(g, tmp_path, big=True)
+    _set_dim_names(path, g, True)
+    data = path.with_name("vae_query.onnx.data")
+    assert data.is_file() and data.stat().st_size > path.stat().st_size
+    inputs = g.make_inputs(g.check_sizes, torch.Generator().manual_seed(0))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {d.name: t.numpy() for d, t in zip(g.inputs, inputs)})[0]
+    ref = g.reference(inputs)[0].numpy()
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_existing_out_dir_is_not_overwritten(tmp_path):
+    from export.onnx_export import export_model
+    from holopart_infer.errors import InputError
+
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(InputError, match="already exists.*overwrite=True"):
+        export_model(checkpoint("golden"), out, progress=False)
+    assert (out / "keep.txt").read_text() == "mine"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temp dir left behind
+
+
+def test_bad_precision_rejected(tmp_path):
+    from export.onnx_export import export_model
+    from holopart_infer.errors import InputError
+
+    with pytest.raises(InputError, match="precision"):
+        export_model(checkpoint("golden"), tmp_path / "m", precision="int8")
+
+
+def test_overwrite_replaces_atomically(tmp_path):
+    """overwrite=True swaps a finished directory in; shown by copying then re-exporting one model."""
+    from export import onnx_export
+
+    out = tmp_path / "model"
+    shutil.copytree(exported_model("golden"), out)
+    (out / "stale.txt").write_text("old")
+    tmp = tmp_path / ".model.tmp-x"
+    shutil.copytree(exported_model("golden"), tmp)
+    onnx_export._move_into_place(tmp, out, overwrite=True)
+    assert not (out / "stale.txt").exists() and not tmp.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    load_manifest(out, verify_hashes=True)
