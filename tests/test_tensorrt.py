@@ -548,6 +548,15 @@ def test_build_engine_weakly_typed_sets_precision_flag(monkeypatch, onnx_file):
     assert fake.calls.config.flags == []
 
 
+def test_weak_typing_on_tensorrt_11_is_a_clear_error(monkeypatch, onnx_file):
+    fake = make_fake_trt(QUERY_INPUTS, version="11.4.0")
+    fake.BuilderFlag = types.SimpleNamespace()  # FP16/BF16 flags were removed in TensorRT 11
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    with pytest.raises(EngineError, match="strongly typed networks only.*--precision fp16"):
+        build_engine(onnx_file, stage="vae_query", precision="fp16", strongly_typed=False,
+                     profiles=compute_profiles("vae_query", VAE_QUERY))
+
+
 def test_build_engine_corrupt_timing_cache_is_replaced(monkeypatch, onnx_file, tmp_path):
     monkeypatch.setitem(sys.modules, "tensorrt", make_fake_trt(QUERY_INPUTS))
     tc = tmp_path / "timing.cache"

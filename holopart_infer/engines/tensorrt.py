@@ -358,8 +358,14 @@ def build_engine(onnx_path: str | os.PathLike, *, stage: str, precision: str,
     if workspace is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace))
     if not strongly_typed and precision != "fp32":
-        # Strongly typed networks reject these flags; weak typing needs them.
-        config.set_flag(trt.BuilderFlag.FP16 if precision == "fp16" else trt.BuilderFlag.BF16)
+        # Strongly typed networks reject these flags; weak typing needs them. Weak
+        # typing is deprecated since TensorRT 10.12 and the flags are gone in 11.
+        flag = getattr(trt.BuilderFlag, precision.upper(), None)
+        if flag is None:
+            raise EngineError(f"TensorRT {trt.__version__} builds strongly typed networks only, so graph "
+                              f"{stage!r} cannot be lowered to {precision} at build time: export the model "
+                              f"dir with --precision {precision}.")
+        config.set_flag(flag)
 
     profile = builder.create_optimization_profile()
     network_inputs = {}
