@@ -23,7 +23,8 @@ namespace {
 // Rows of points along the last axis are cut into segments of kSeg points.
 // Segment s of row (i, j) summarises points [s*kSeg, (s+1)*kSeg] (one past its
 // end, so that the cubes and z-edges of the segment are covered): 0 = all
-// outside, 1 = all inside, 2 = mixed or holding an unknown value. Segments that
+// outside, 1 = all inside, 2 = mixed or partly unknown, 3 = all unknown (the
+// bulk of a coarse-to-fine grid). Segments that
 // are uniform and equal to their neighbours hold no crossed edge and no cut
 // cube, which lets both passes skip most of the volume at memory speed.
 constexpr int64_t kSeg = 32;
@@ -53,7 +54,8 @@ Segments summarise(const float* vol, int64_t nx, int64_t ny, int64_t nz, float l
                 n_nan += hp_is_unknown(v);
             }
             const int64_t n = k1 - k0 + 1;
-            g.state[r * g.ns + s] = n_nan ? 2 : (n_in == 0 ? 0 : (n_in == n ? 1 : 2));
+            g.state[r * g.ns + s] =
+                n_nan == n ? 3 : (n_nan ? 2 : (n_in == 0 ? 0 : (n_in == n ? 1 : 2)));
             if (n_nan) unk = true;
         }
     }
@@ -64,17 +66,28 @@ Segments summarise(const float* vol, int64_t nx, int64_t ny, int64_t nz, float l
 // Whether the points of segment s of row (i, j) may own a crossed edge.
 bool points_active(const Segments& g, int64_t nx, int64_t i, int64_t j, int64_t s) {
     const uint8_t a = g.at(i, j, s);
+    if (a == 3) return false;  // no known point, no crossed edge
     if (a == 2) return true;
-    if (i + 1 < nx && g.at(i + 1, j, s) != a) return true;
-    if (j + 1 < g.ny && g.at(i, j + 1, s) != a) return true;
+    // A uniform segment only crosses towards a neighbour that is not the same
+    // uniform state and not entirely unknown.
+    if (i + 1 < nx) {
+        const uint8_t b = g.at(i + 1, j, s);
+        if (b != a && b != 3) return true;
+    }
+    if (j + 1 < g.ny) {
+        const uint8_t b = g.at(i, j + 1, s);
+        if (b != a && b != 3) return true;
+    }
     return false;
 }
 
 // Whether the cubes of segment s of cube row (i, j) may be cut.
 bool cubes_active(const Segments& g, int64_t i, int64_t j, int64_t s) {
-    const uint8_t a = g.at(i, j, s);
-    return a == 2 || g.at(i + 1, j, s) != a || g.at(i, j + 1, s) != a ||
-           g.at(i + 1, j + 1, s) != a;
+    const uint8_t a = g.at(i, j, s), b = g.at(i + 1, j, s), c = g.at(i, j + 1, s),
+                  d = g.at(i + 1, j + 1, s);
+    // A row segment with no known point leaves every cube here unknown.
+    if (a == 3 || b == 3 || c == 3 || d == 3) return false;
+    return a == 2 || b != a || c != a || d != a;
 }
 
 }  // namespace
