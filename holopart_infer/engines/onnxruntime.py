@@ -59,7 +59,7 @@ class DeviceArray:
 
 
 def _shape_str(shape: Sequence) -> str:
-    return "(" + ", ".join(str(d) for d in shape) + ")"
+    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
 def _parse_device(device: str) -> tuple[str, int]:
