@@ -3,16 +3,17 @@
 #include <vector>
 
 #include "holopart/kernels.hpp"
+#include "holopart/parallel.hpp"
 
 namespace holopart {
 
 void band_cells(const float* values, int64_t cx, int64_t cy, int64_t cz, float band,
                 uint8_t* cells_out) {
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < cx; ++i)
+    parallel_for(cx, 1, [&](int64_t i, int64_t) {
         for (int64_t j = 0; j < cy; ++j)
             for (int64_t k = 0; k < cz; ++k)
                 cells_out[(i * cy + j) * cz + k] = hp_band_cell(values, cy, cz, i, j, k, band) ? 1 : 0;
+    });
 }
 
 namespace {
@@ -26,8 +27,8 @@ void dilate_axis(const uint8_t* in, uint8_t* out, int64_t cx, int64_t cy, int64_
     const int64_t len = dims[axis], stride = strides[axis];
     const int a1 = axis == 0 ? 1 : 0, a2 = axis == 2 ? 1 : 2;
     const int64_t lines = dims[a1] * dims[a2];
-#pragma omp parallel for schedule(static)
-    for (int64_t l = 0; l < lines; ++l) {
+    parallel_for(lines, 1024, [&](int64_t l0, int64_t l1) {
+      for (int64_t l = l0; l < l1; ++l) {
         const int64_t u = l / dims[a2], v = l % dims[a2];
         const int64_t base = u * strides[a1] + v * strides[a2];
         // Distance-to-last-set sweep: forward then backward.
@@ -41,7 +42,8 @@ void dilate_axis(const uint8_t* in, uint8_t* out, int64_t cx, int64_t cy, int64_
             if (in[base + x * stride]) last = x;
             if (last - x <= r) out[base + x * stride] = 1;
         }
-    }
+      }
+    });
 }
 
 }  // namespace
@@ -74,11 +76,12 @@ std::vector<int64_t> refine_points(const uint8_t* cells, int64_t cx, int64_t cy,
     // A fine row (i, j) can only hold active points when one of the (at most
     // 2 x 2) coarse rows around it has an active cell: skip the others cheaply.
     std::vector<uint8_t> row_any(static_cast<size_t>(cx * cy), 0);
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < cx * cy; ++r) {
-        const uint8_t* c = cells + r * cz;
-        row_any[r] = std::any_of(c, c + cz, [](uint8_t x) { return x != 0; }) ? 1 : 0;
-    }
+    parallel_for(cx * cy, 1024, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+            const uint8_t* c = cells + r * cz;
+            row_any[r] = std::any_of(c, c + cz, [](uint8_t x) { return x != 0; }) ? 1 : 0;
+        }
+    });
     auto span = [](int64_t f, int64_t n, int64_t& lo, int64_t& hi) {
         lo = std::max<int64_t>((f - 1) >> 1, 0);
         hi = std::min<int64_t>(f >> 1, n - 1);
@@ -92,27 +95,25 @@ std::vector<int64_t> refine_points(const uint8_t* cells, int64_t cx, int64_t cy,
                 if (row_any[a * cy + b]) return true;
         return false;
     };
-#pragma omp parallel for schedule(dynamic, 4)
-    for (int64_t i = 0; i < fx; ++i) {
+    parallel_for(fx, 1, [&](int64_t i, int64_t) {
         int64_t cnt = 0;
         for (int64_t j = 0; j < fy; ++j) {
             if (!row_active(i, j)) continue;
             for (int64_t k = 0; k < fz; ++k) cnt += keep(i, j, k) ? 1 : 0;
         }
         counts[i + 1] = cnt;
-    }
+    });
     for (int64_t i = 0; i < fx; ++i) counts[i + 1] += counts[i];
     std::vector<int64_t> out(static_cast<size_t>(counts[fx]));
-#pragma omp parallel for schedule(dynamic, 4)
-    for (int64_t i = 0; i < fx; ++i) {
-        if (counts[i + 1] == counts[i]) continue;
+    parallel_for(fx, 1, [&](int64_t i, int64_t) {
+        if (counts[i + 1] == counts[i]) return;
         int64_t w = counts[i];
         for (int64_t j = 0; j < fy; ++j) {
             if (!row_active(i, j)) continue;
             for (int64_t k = 0; k < fz; ++k)
                 if (keep(i, j, k)) out[w++] = (i * fy + j) * fz + k;
         }
-    }
+    });
     return out;
 }
 

@@ -1,5 +1,6 @@
 // Python module holopart_infer._cpp: the CPU kernels.
 #include "holopart/bindings_common.hpp"
+#include "holopart/parallel.hpp"
 
 namespace {
 
@@ -16,9 +17,6 @@ struct CpuBackend {
 PYBIND11_MODULE(_cpp, m) {
     m.doc() = "holopart_infer CPU kernels (use holopart_infer.native / mcubes instead)";
     holopart_bind::register_kernels<CpuBackend>(m);
-#ifdef _OPENMP
-    m.attr("openmp") = true;
-#else
-    m.attr("openmp") = false;
-#endif
+    m.def("num_threads", &holopart::num_threads,
+          "Worker threads used (HOLOPART_NUM_THREADS, else OMP_NUM_THREADS, else all cores).");
 }

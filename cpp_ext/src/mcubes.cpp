@@ -7,14 +7,12 @@
 //      the triangles of its cubes into its own list; lists are concatenated
 //      in layer order.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "holopart/kernels.hpp"
+#include "holopart/parallel.hpp"
 
 namespace holopart {
 
@@ -41,9 +39,10 @@ Segments summarise(const float* vol, int64_t nx, int64_t ny, int64_t nz, float l
     g.ny = ny;
     g.ns = (nz - 1 + kSeg - 1) / kSeg;  // segments of cubes along z
     g.state.resize(static_cast<size_t>(nx * ny * g.ns));
-    bool unk = false;
-#pragma omp parallel for schedule(static) reduction(|| : unk)
-    for (int64_t r = 0; r < nx * ny; ++r) {
+    std::atomic<bool> unk{false};
+    parallel_for(nx * ny, 256, [&](int64_t r0, int64_t r1) {
+      bool found = false;
+      for (int64_t r = r0; r < r1; ++r) {
         const float* row = vol + r * nz;
         for (int64_t s = 0; s < g.ns; ++s) {
             const int64_t k0 = s * kSeg, k1 = std::min(k0 + kSeg, nz - 1);
@@ -56,11 +55,29 @@ Segments summarise(const float* vol, int64_t nx, int64_t ny, int64_t nz, float l
             const int64_t n = k1 - k0 + 1;
             g.state[r * g.ns + s] =
                 n_nan == n ? 3 : (n_nan ? 2 : (n_in == 0 ? 0 : (n_in == n ? 1 : 2)));
-            if (n_nan) unk = true;
+            if (n_nan) found = true;
         }
-    }
+      }
+      if (found) unk = true;
+    });
     g.any_unknown = unk;
     return g;
+}
+
+// Needed-edge mask of point (i, j, k); the UNK=false version is the fast path
+// for grids without unknown values (every crossed edge is needed).
+template <bool UNK>
+inline unsigned point_mask(const float* vol, int64_t nx, int64_t ny, int64_t nz, int64_t i,
+                           int64_t j, int64_t k, float level) {
+    if (UNK) return hp_point_edge_mask(vol, nx, ny, nz, i, j, k, level, true);
+    const int64_t sx = ny * nz;
+    const float* p = vol + i * sx + j * nz + k;
+    const bool a = p[0] > level;
+    unsigned m = 0;
+    if (i + 1 < nx && a != (p[sx] > level)) m |= 1u;
+    if (j + 1 < ny && a != (p[nz] > level)) m |= 2u;
+    if (k + 1 < nz && a != (p[1] > level)) m |= 4u;
+    return m;
 }
 
 // Whether the points of segment s of row (i, j) may own a crossed edge.
@@ -110,7 +127,6 @@ void vertex_normals(const float* vertices, int64_t nv, const int64_t* faces, int
             acc[c * 3 + q] += n[q];
         }
     }
-#pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < nv; ++i) {
         const double* n = &acc[i * 3];
         const double len = std::sqrt(n[0] * n[0] + n[1] * n[1] + n[2] * n[2]);
@@ -129,38 +145,35 @@ Mesh marching_cubes(const float* vol, int64_t nx, int64_t ny, int64_t nz, float 
 
     // Pass 1: needed edges per point layer.
     std::vector<int64_t> base(static_cast<size_t>(nx) + 1, 0);
-#pragma omp parallel for schedule(dynamic, 2)
-    for (int64_t i = 0; i < nx; ++i) {
+    parallel_for(nx, 1, [&](int64_t i, int64_t) {
         int64_t cnt = 0;
         for (int64_t j = 0; j < ny; ++j)
             for (int64_t s = 0; s < ns; ++s) {
                 if (!points_active(seg, nx, i, j, s)) continue;
                 const int64_t k1 = s + 1 == ns ? nz : (s + 1) * kSeg;
                 for (int64_t k = s * kSeg; k < k1; ++k) {
-                    const unsigned m = hp_point_edge_mask(vol, nx, ny, nz, i, j, k, level, unk);
+                    const unsigned m = unk ? point_mask<true>(vol, nx, ny, nz, i, j, k, level)
+                                        : point_mask<false>(vol, nx, ny, nz, i, j, k, level);
                     cnt += (m & 1) + ((m >> 1) & 1) + ((m >> 2) & 1);
                 }
             }
         base[i + 1] = cnt;
-    }
+    });
     for (int64_t i = 0; i < nx; ++i) base[i + 1] += base[i];
     const int64_t nv = base[nx];
     mesh.vertices.resize(static_cast<size_t>(nv) * 3);
     mesh.values.resize(static_cast<size_t>(nv));
 
     const int64_t ncl = nx - 1;  // cube layers
-    int nthreads = 1;
-#ifdef _OPENMP
-    nthreads = std::max(1, std::min<int>(omp_get_max_threads(), (int)ncl));
-#endif
+    const int nthreads = static_cast<int>(std::min<int64_t>(num_threads(), ncl));
     // More chunks than threads balance the work (the surface is rarely uniform
     // along x); each chunk recomputes the ids of one extra point layer.
     const int64_t nchunks = std::min<int64_t>(ncl, (int64_t)nthreads * 4);
     std::vector<std::vector<int64_t>> chunk_faces(static_cast<size_t>(nchunks));
     const int64_t layer = ny * nz;
 
-#pragma omp parallel num_threads(nthreads)
-    {
+    std::atomic<int64_t> next_chunk{0};
+    parallel_workers(nthreads, [&](int) {
         std::vector<int64_t> ids_a(static_cast<size_t>(layer) * 3), ids_b(static_cast<size_t>(layer) * 3);
         auto fill = [&](int64_t i, std::vector<int64_t>& ids, bool write) {
             int64_t next = base[i];
@@ -169,7 +182,8 @@ Mesh marching_cubes(const float* vol, int64_t nx, int64_t ny, int64_t nz, float 
                   if (!points_active(seg, nx, i, j, s)) continue;
                   const int64_t k1 = s + 1 == ns ? nz : (s + 1) * kSeg;
                   for (int64_t k = s * kSeg; k < k1; ++k) {
-                    const unsigned m = hp_point_edge_mask(vol, nx, ny, nz, i, j, k, level, unk);
+                    const unsigned m = unk ? point_mask<true>(vol, nx, ny, nz, i, j, k, level)
+                                        : point_mask<false>(vol, nx, ny, nz, i, j, k, level);
                     int64_t* slot = &ids[(j * nz + k) * 3];
                     for (int d = 0; d < 3; ++d) {
                         if (!(m & (1u << d))) continue;
@@ -182,8 +196,7 @@ Mesh marching_cubes(const float* vol, int64_t nx, int64_t ny, int64_t nz, float 
                   }
                 }
         };
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t c = 0; c < nchunks; ++c) {
+        for (int64_t c; (c = next_chunk.fetch_add(1)) < nchunks;) {
             const int64_t c0 = ncl * c / nchunks, c1 = ncl * (c + 1) / nchunks;
             std::vector<int64_t>& out = chunk_faces[c];
             std::vector<int64_t>* lo = &ids_a;
@@ -210,7 +223,7 @@ Mesh marching_cubes(const float* vol, int64_t nx, int64_t ny, int64_t nz, float 
                 std::swap(lo, hi);
             }
         }
-    }
+    });
     size_t total = 0;
     for (const auto& f : chunk_faces) total += f.size();
     mesh.faces.reserve(total);

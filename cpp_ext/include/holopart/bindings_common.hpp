@@ -22,11 +22,12 @@ namespace holopart_bind {
 using farr = py::array_t<float, py::array::c_style | py::array::forcecast>;
 using u8arr = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
 
+// Hands a vector's buffer to numpy without copying (the capsule owns it).
 template <typename T>
-py::array_t<T> to_array(const std::vector<T>& v, std::vector<py::ssize_t> shape) {
-    py::array_t<T> a(shape);
-    if (!v.empty()) std::copy(v.begin(), v.end(), a.mutable_data());
-    return a;
+py::array_t<T> to_array(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
+    auto* owned = new std::vector<T>(std::move(v));
+    py::capsule free_when_done(owned, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+    return py::array_t<T>(shape, owned->data(), free_when_done);
 }
 
 inline void require_ndim(const py::array& a, int ndim, const char* name) {
@@ -92,7 +93,8 @@ py::array_t<int64_t> py_refine_points(u8arr cells, py::object coarse_values) {
         py::gil_scoped_release nogil;
         idx = B::refine_points(cells.data(), cx, cy, cz, cvp);
     }
-    return to_array(idx, {(py::ssize_t)idx.size()});
+    const py::ssize_t n = (py::ssize_t)idx.size();
+    return to_array(std::move(idx), {n});
 }
 
 template <class B>
@@ -107,8 +109,10 @@ py::tuple py_marching_cubes(farr volume, float level, std::array<double, 3> spac
     }
     const py::ssize_t nv = (py::ssize_t)m.values.size();
     const py::ssize_t nf = (py::ssize_t)m.faces.size() / 3;
-    return py::make_tuple(to_array(m.vertices, {nv, 3}), to_array(m.faces, {nf, 3}),
-                          to_array(m.normals, {nv, 3}), to_array(m.values, {nv}));
+    return py::make_tuple(to_array(std::move(m.vertices), {nv, 3}),
+                          to_array(std::move(m.faces), {nf, 3}),
+                          to_array(std::move(m.normals), {nv, 3}),
+                          to_array(std::move(m.values), {nv}));
 }
 
 inline py::tuple py_case_table() {

@@ -8,8 +8,12 @@
 
 #if defined(__CUDACC__)
 #define HP_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+// static: no PLT interposition inside the shared module; always_inline: these
+// sit in the innermost loops.
+#define HP_HD static inline __attribute__((always_inline))
 #else
-#define HP_HD inline
+#define HP_HD static inline
 #endif
 
 namespace holopart {
