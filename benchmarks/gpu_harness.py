@@ -1,0 +1,678 @@
+#!/usr/bin/env python
+"""One-run GPU (or CPU) benchmark of holopart-infer: ceilings, stages, floors, reference ratio.
+
+    python benchmarks/gpu_harness.py --config full --device cuda --out results.json --reference
+
+Writes a random-weight checkpoint of the chosen config (or uses --weights) and
+times, in one process:
+
+* ceilings: a large GEMM (bf16 on CUDA, fp32 on CPU) and a device-to-device copy;
+* the DiT forward at 2, 8 and 16 sequences (fast path, cached condition k/v);
+* one guided step for the object's parts (eager, and a captured CUDA graph on GPU);
+* the part encoder and the decoder key/value pass for those parts;
+* decoder queries per second (kv cached, large point batches);
+* marching cubes at 256^3 and 512^3 (CUDA kernels when usable, plus the CPU kernels);
+* end to end for an 8-part object at 50 steps through holopart_infer.pipeline.
+
+Every stage records median and spread over repeats (CUDA events around each
+repeat, after warm-up; host clock + synchronize for stages with host work),
+its floor from benchmarks/flops.py at the ceilings measured in this run
+(max(FLOP / GEMM rate, bytes / copy rate)) and measured/floor. With
+--reference each stage is also run the way the original pipeline runs
+(fp16 eager, original head layout, CFG as a doubled batch with zero conditions
+through full cross-attention, decoder stack recomputed for every 10000-point
+chunk) and the speed-up is recorded. Prints a short table last; the JSON has
+everything.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as _dt
+import json
+import math
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks import flops  # noqa: E402
+
+# per-config sizes of the timed work (the network sizes come from the checkpoint's configs)
+PLANS: dict[str, dict[str, Any]] = {
+    "full": dict(latent_tokens=2048, dit_batches=(2, 8, 16), parts=8, query_points=262144, num_points=20480,
+                 mc_sizes=(256, 512), steps=50, depth=9, gemm=8192, copy_mib=1024, repeats=10, warmup=3,
+                 ref_repeats=3, e2e_repeats=2),
+    "mid": dict(latent_tokens=2048, dit_batches=(2, 8, 16), parts=8, query_points=262144, num_points=20480,
+                mc_sizes=(256, 512), steps=50, depth=9, gemm=8192, copy_mib=1024, repeats=10, warmup=3,
+                ref_repeats=3, e2e_repeats=2),
+    "tiny": dict(latent_tokens=32, dit_batches=(2, 8, 16), parts=8, query_points=4096, num_points=512,
+                 mc_sizes=(32, 64), steps=50, depth=6, gemm=512, copy_mib=16, repeats=5, warmup=1,
+                 ref_repeats=2, e2e_repeats=1),
+}
+REFERENCE_CHUNK = 10000  # points per decoder call in the original pipeline
+
+# every stage the JSON always has (sizes filled in from the plan)
+def stage_names(plan: dict) -> list[str]:
+    names = ["matmul_ceiling", "copy_bandwidth"]
+    names += [f"dit_forward_b{b}" for b in plan["dit_batches"]]
+    names += [f"guided_step_b{plan['parts']}", f"guided_step_b{plan['parts']}_cuda_graph",
+              f"part_encoder_b{plan['parts']}", f"decoder_kv_b{plan['parts']}", "decoder_query"]
+    names += [f"marching_cubes_{n}" for n in plan["mc_sizes"]]
+    names += [f"end_to_end_{plan['parts']}parts_{plan['steps']}steps"]
+    return names
+
+
+# --------------------------------------------------------------------------- timing
+class Skip(Exception):
+    """A stage that cannot run here (the reason goes into the JSON)."""
+
+
+class Timer:
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cuda = device.type == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def measure(self, fn: Callable[[], Any], warmup: int, repeats: int, host: bool = False) -> dict:
+        """Median and spread (ms) of ``fn`` over ``repeats`` after ``warmup`` calls.
+
+        CUDA events around each call on GPU (``host=False``); host clock after a
+        synchronize otherwise (stages that do host work between kernels).
+        """
+        for _ in range(warmup):
+            fn()
+        self.sync()
+        samples = []
+        for _ in range(repeats):
+            if self.cuda and not host:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize(self.device)
+                samples.append(start.elapsed_time(end))
+            else:
+                self.sync()
+                t0 = time.perf_counter()
+                fn()
+                self.sync()
+                samples.append((time.perf_counter() - t0) * 1e3)
+        return summarize(samples)
+
+
+def summarize(samples: list[float]) -> dict:
+    s = sorted(samples)
+    q = statistics.quantiles(s, n=4, method="inclusive") if len(s) > 1 else [s[0]] * 3
+    return {"median_ms": statistics.median(s), "spread_ms": q[2] - q[0], "p25_ms": q[0], "p75_ms": q[2],
+            "min_ms": s[0], "max_ms": s[-1], "repeats": len(s), "samples_ms": s}
+
+
+# --------------------------------------------------------------------------- reference backend
+class ReferenceBackend:
+    """The original pipeline's way of running the networks (for the side-by-side ratio).
+
+    fp16 eager faithful model in the checkpoint's head layout; CFG as a doubled
+    batch [uncond; cond] with zero conditions through full cross-attention
+    (condition k/v projected every step); the latents cast back to fp16 after
+    every fp32 Euler update; the decoder's 16-block stack recomputed for every
+    10000-point chunk. Latents stay on the device between steps (as in the
+    original's diffusers loop).
+    """
+
+    name = "reference"
+
+    def __init__(self, nets, device: torch.device, precision: str = "fp16"):
+        from export.load import TORCH_DTYPES
+
+        self.device = device
+        self.dtype = TORCH_DTYPES[precision]
+        self.dit = copy.deepcopy(nets.transformer).to(device=device, dtype=self.dtype).eval()
+        self.vae = copy.deepcopy(nets.vae).to(device=device, dtype=self.dtype).eval()
+        self.encoder = copy.deepcopy(nets.part_encoder).to(device=device, dtype=self.dtype).eval()
+        self.num_tokens = nets.part_encoder.cfg.num_tokens
+
+    def _t(self, a, dtype=None):
+        from export.fast_dit import as_tensor
+
+        return as_tensor(a, self.device, dtype or self.dtype)
+
+    @torch.inference_mode()
+    def encode(self, part_tokens, whole_points, local_tokens, local_points):
+        from export.fast_dit import DeviceTensor
+
+        w, p = self.encoder(self._t(part_tokens), self._t(whole_points), self._t(local_tokens), self._t(local_points))
+        return DeviceTensor(w), DeviceTensor(p)
+
+    @torch.inference_mode()
+    def forward(self, x, t, e1, e2):
+        return self.dit(x, t, e1, e2)
+
+    @torch.inference_mode()
+    def guided_step(self, latents, t, dt, guidance, part_cond, whole_cond):
+        from export.fast_dit import DeviceTensor
+
+        x = self._t(latents)
+        e1, e2 = self._t(part_cond), self._t(whole_cond)
+        B = x.shape[0]
+        if guidance > 1.0:
+            xx = torch.cat([x, x])
+            e1 = torch.cat([torch.zeros_like(e1), e1])
+            e2 = torch.cat([torch.zeros_like(e2), e2])
+            tt = torch.full((2 * B,), float(t), device=self.device)
+            vu, vc = self.dit(xx, tt, e1, e2).float().chunk(2)
+            v = vu + guidance * (vc - vu)
+        else:
+            v = self.dit(x, torch.full((B,), float(t), device=self.device), e1, e2).float()
+        return DeviceTensor((x.float() + dt * v).to(self.dtype))
+
+    def decoder_kv(self, latents):
+        return self._t(latents)  # the original keeps only the latents and re-runs the stack per chunk
+
+    @torch.inference_mode()
+    def decoder_query(self, points, latents):
+        p = self._t(points, torch.float32)
+        out = []
+        for s in range(0, p.shape[1], REFERENCE_CHUNK):
+            k, v = self.vae.decode_kv(latents)
+            out.append(self.vae.query(p[:, s:s + REFERENCE_CHUNK], k, v).float().cpu())  # host per chunk
+        return torch.cat(out, dim=1).numpy()
+
+
+# --------------------------------------------------------------------------- helpers
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_info(device: torch.device) -> dict:
+    info = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
+            "host": platform.node(), "cpu_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        info.update(gpu=p.name, sm_count=p.multi_processor_count, gpu_memory_gib=round(p.total_memory / 2**30, 1),
+                    capability=f"{p.major}.{p.minor}", cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version())
+    return info
+
+
+def make_parts(n: int, seed: int = 0):
+    """An n-part synthetic object (closed boxes on a ring around a central box: a table-like layout)."""
+    from holopart_infer.parts_io import Part, Parts
+
+    rng = np.random.default_rng(seed)
+    corners = np.array([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)], dtype=np.float64)
+    faces = np.array([[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1],
+                      [2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]], dtype=np.int64)
+    parts = []
+    for i in range(n):
+        if i == 0:
+            lo, size = np.array([-0.6, 0.3, -0.6]), np.array([1.2, 0.08, 1.2])
+        else:
+            a = 2 * math.pi * i / max(n - 1, 1)
+            lo = np.array([0.45 * math.cos(a) - 0.05, -0.6, 0.45 * math.sin(a) - 0.05])
+            size = np.array([0.1, 0.9, 0.1]) * (1 + 0.1 * rng.random(3))
+        parts.append(Part(f"part_{i}", lo + corners * size, faces.copy()))
+    return Parts(parts)
+
+
+def _inference(fn, *args):
+    with torch.inference_mode():
+        return fn(*args)
+
+
+class _quiet_extract_progress:
+    """Run the pipeline with extraction progress reports switched off.
+
+    The harness does not use them, and this keeps the end-to-end stage
+    independent of the progress-callback signature agreed between
+    holopart_infer.pipeline and holopart_infer.extract.
+    """
+
+    def __enter__(self):
+        from holopart_infer import extract
+
+        self.mod, self.orig = extract, extract.extract_meshes
+
+        def wrapped(*args, **kwargs):
+            kwargs["progress"] = None
+            return self.orig(*args, **kwargs)
+
+        extract.extract_meshes = wrapped
+        return self
+
+    def __exit__(self, *exc):
+        self.mod.extract_meshes = self.orig
+        return False
+
+
+def floor_ms(flop: float, nbytes: float, ceil: dict) -> tuple[float | None, str]:
+    t, bound = flops.floor_seconds(flop, nbytes, ceil.get("matmul_flops_per_s"), ceil.get("copy_bytes_per_s"))
+    return (t * 1e3 if t is not None else None), bound
+
+
+# --------------------------------------------------------------------------- the run
+class Harness:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.device = torch.device(args.device)
+        self.cuda = self.device.type == "cuda"
+        self.plan = dict(PLANS[args.config])
+        for key in ("repeats", "warmup", "steps", "depth", "query_points", "gemm", "parts"):
+            if getattr(args, key, None) is not None:
+                self.plan[key] = getattr(args, key)
+        self.timer = Timer(self.device)
+        self.ceil: dict[str, float] = {}
+        self.stages: dict[str, dict] = {}
+        self.precision = args.precision or ("bf16" if self.cuda else "fp32")
+
+    # -- bookkeeping ------------------------------------------------------------------
+    def record(self, name: str, fn: Callable[[], dict]) -> None:
+        t0 = time.perf_counter()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        try:
+            rec = fn()
+            rec.setdefault("status", "ok")
+        except Skip as e:
+            rec = {"status": "skipped", "reason": str(e)}
+        except Exception as e:  # keep going: a lost GPU run is expensive
+            rec = {"status": "error", "reason": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        if self.cuda:
+            rec["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)
+        rec["wall_s"] = round(time.perf_counter() - t0, 3)
+        self.stages[name] = rec
+        msg = rec.get("median_ms")
+        print(f"[harness] {name}: {rec['status']}" + (f" median {msg:.3f} ms" if msg is not None else "")
+              + (f" ({rec['reason']})" if rec["status"] != "ok" else ""), flush=True)
+        self.gc()
+
+    def gc(self) -> None:
+        if self.cuda:
+            torch.cuda.empty_cache()
+
+    def finish(self, rec: dict, flop: float, nbytes: float) -> dict:
+        """Add floor fields to a timing record (and to its reference sub-record)."""
+        fl, bound = floor_ms(flop, nbytes, self.ceil)
+        rec.update(flops=flop, bytes=nbytes, floor_ms=fl, floor_bound=bound,
+                   measured_over_floor=(rec["median_ms"] / fl) if fl else None)
+        if rec["median_ms"] and flop:
+            rec["achieved_tflops"] = flop / (rec["median_ms"] * 1e-3) / 1e12
+        ref = rec.get("reference")
+        if isinstance(ref, dict) and "median_ms" in ref:
+            ref["measured_over_floor"] = ref["median_ms"] / fl if fl else None
+            rec["speedup_vs_reference"] = ref["median_ms"] / rec["median_ms"]
+        return rec
+
+    def measure(self, fn, host: bool = False, reps: int | None = None, warm: int | None = None) -> dict:
+        return self.timer.measure(fn, self.plan["warmup"] if warm is None else warm,
+                                  reps or self.plan["repeats"], host=host)
+
+    def ref_measure(self, fn, host: bool = False) -> dict:
+        return self.timer.measure(fn, 1, self.plan["ref_repeats"], host=host)
+
+    # -- setup ---------------------------------------------------------------------------
+    def load(self) -> None:
+        from export.fast_dit import FastTorchBackend
+        from export.load import load_networks
+        from export.random_checkpoint import write_random_checkpoint
+
+        if self.args.weights:
+            ckpt = Path(self.args.weights)
+        else:
+            root = Path(self.args.ckpt_dir or tempfile.mkdtemp(prefix="holopart_bench_"))
+            ckpt = root / f"random_{self.args.config}"
+            if not (ckpt / "model_index.json").is_file():
+                t0 = time.perf_counter()
+                write_random_checkpoint(ckpt, self.args.config, seed=0, dtype="fp16", overwrite=True)
+                print(f"[harness] wrote random {self.args.config} checkpoint to {ckpt} "
+                      f"in {time.perf_counter() - t0:.1f} s", flush=True)
+        t0 = time.perf_counter()
+        self.nets = load_networks(ckpt, precision="fp32", device="cpu")
+        self.fast = FastTorchBackend(self.nets, str(self.device), self.precision)
+        self.graphed = None
+        self.ref = ReferenceBackend(self.nets, self.device) if self.args.reference else None
+        self.ckpt = ckpt
+        self.tcfg = self.nets.transformer.cfg
+        self.vcfg = self.nets.vae.cfg
+        self.pcfg = self.nets.part_encoder.cfg
+        print(f"[harness] loaded networks in {time.perf_counter() - t0:.1f} s "
+              f"(fast path {self.precision}{', reference fp16' if self.ref else ''})", flush=True)
+
+    def randn(self, *shape, dtype=torch.float32, seed: int = 0) -> torch.Tensor:
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        return torch.randn(*shape, generator=g, device=self.device, dtype=torch.float32).to(dtype)
+
+    # -- stages ---------------------------------------------------------------------------
+    def stage_matmul(self) -> dict:
+        n = self.plan["gemm"]
+        dtype = torch.bfloat16 if self.cuda else torch.float32
+        mats = [(self.randn(n, n, dtype=dtype, seed=2 * i), self.randn(n, n, dtype=dtype, seed=2 * i + 1))
+                for i in range(2)]
+        out = torch.empty(n, n, device=self.device, dtype=dtype)
+        it = iter(range(1 << 30))
+
+        def run():
+            a, b = mats[next(it) % 2]
+            torch.mm(a, b, out=out)
+
+        rec = self.measure(run)
+        flop = 2.0 * n ** 3
+        self.ceil["matmul_flops_per_s"] = flop / (rec["median_ms"] * 1e-3)
+        rec.update(n=n, dtype=str(dtype), flops=flop, floor_ms=rec["median_ms"], floor_bound="ceiling",
+                   measured_over_floor=1.0, achieved_tflops=self.ceil["matmul_flops_per_s"] / 1e12)
+        return rec
+
+    def stage_copy(self) -> dict:
+        numel = self.plan["copy_mib"] * 2**20 // 4
+        a = self.randn(numel, seed=7)
+        b = torch.empty_like(a)
+        rec = self.measure(lambda: b.copy_(a))
+        nbytes = 2.0 * numel * 4  # read + write
+        self.ceil["copy_bytes_per_s"] = nbytes / (rec["median_ms"] * 1e-3)
+        rec.update(bytes=nbytes, floor_ms=rec["median_ms"], floor_bound="ceiling", measured_over_floor=1.0,
+                   achieved_gb_per_s=self.ceil["copy_bytes_per_s"] / 1e9)
+        return rec
+
+    def _conds(self, B: int, seed: int):
+        K = self.pcfg.num_tokens
+        return (self.randn(B, K, self.tcfg.cross_attention_dim, seed=seed),
+                self.randn(B, K, self.tcfg.cross_attention_2_dim, seed=seed + 1))
+
+    def dit_weight_bytes(self, itemsize: int) -> float:
+        return flops.dit_params(self.tcfg) * itemsize
+
+    def stage_dit(self, B: int) -> dict:
+        T, C = self.plan["latent_tokens"], self.tcfg.in_channels
+        K = self.pcfg.num_tokens
+        fd = self.fast.dit_path
+        pc, wc = self._conds(B, seed=100 + B)
+        cache = fd.prepare(pc, wc)
+        xs = [self.randn(B, T, C, dtype=fd.dtype, seed=200 + i) for i in range(2)]
+        t = torch.full((1,), 500.0, device=self.device)
+        it = iter(range(1 << 30))
+
+        def run():
+            with torch.inference_mode():
+                fd.forward(xs[next(it) % 2], t, cache.kv, B)
+
+        rec = self.measure(run)
+        rec["tokens"], rec["cond_tokens"], rec["batch"] = T, K, B
+        if self.ref:
+            xr = self.randn(B, T, C, dtype=self.ref.dtype, seed=300)
+            e1, e2 = pc.to(self.ref.dtype), wc.to(self.ref.dtype)
+            tt = torch.full((B,), 500.0, device=self.device)
+            ref = self.ref_measure(lambda: self.ref.forward(xr, tt, e1, e2))
+            ref["flops"] = B * flops.dit_forward(self.tcfg, T, K)["total"]
+            rec["reference"] = ref
+        flop = B * flops.dit_forward(self.tcfg, T, K, cross_kv=False)["total"]
+        nbytes = self.dit_weight_bytes(torch.finfo(fd.dtype).bits // 8) + 2 * B * T * C * 4
+        return self.finish(rec, flop, nbytes)
+
+    def _step_inputs(self):
+        B, T, C = self.plan["parts"], self.plan["latent_tokens"], self.tcfg.in_channels
+        pc, wc = self._conds(B, seed=400)
+        return B, T, C, pc, wc, self.randn(B, T, C, seed=401)
+
+    def step_floor(self, B: int, T: int) -> tuple[float, float]:
+        flop = flops.guided_step(self.tcfg, B, T, self.pcfg.num_tokens, mode="fast")
+        nbytes = self.dit_weight_bytes(torch.finfo(self.fast.dit_path.dtype).bits // 8) + 2 * B * T * self.tcfg.in_channels * 4
+        return flop, nbytes
+
+    def stage_guided(self) -> dict:
+        B, T, C, pc, wc, x = self._step_inputs()
+        fd = self.fast.dit_path
+        rec = self.measure(lambda: fd.guided_step(x, 500.0, 0.02, 3.5, pc, wc))
+        rec.update(batch=B, guidance=3.5, graph="eager")
+        if self.ref:
+            xr = x.to(self.ref.dtype)
+            ref = self.ref_measure(lambda: self.ref.guided_step(xr, 500.0, 0.02, 3.5, pc, wc))
+            ref["flops"] = flops.guided_step(self.tcfg, B, T, self.pcfg.num_tokens, mode="reference")
+            rec["reference"] = ref
+        return self.finish(rec, *self.step_floor(B, T))
+
+    def stage_guided_graph(self) -> dict:
+        if not self.cuda:
+            raise Skip("CUDA graphs need a CUDA device (this run is on CPU)")
+        from export.fast_dit import FastDiT
+
+        B, T, C, pc, wc, x = self._step_inputs()
+        if self.graphed is None:
+            self.graphed = FastDiT(self.nets.transformer, self.device, self.precision, graph="cuda_graph")
+        g = self.graphed
+        rec = self.measure(lambda: g.guided_step(x, 500.0, 0.02, 3.5, pc, wc))
+        rec.update(batch=B, guidance=3.5, graph="cuda_graph")
+        eager = self.stages.get(f"guided_step_b{B}", {})
+        if eager.get("median_ms"):
+            rec["speedup_vs_eager"] = eager["median_ms"] / rec["median_ms"]
+        # a correctness check in the same run: graph replay vs eager on fresh inputs
+        with torch.inference_mode():
+            want = self.fast.dit_path.guided_step(x, 321.0, 0.05, 3.5, pc, wc)
+            got = g.guided_step(x, 321.0, 0.05, 3.5, pc, wc)
+        rec["rel_error_vs_eager"] = float((got - want).abs().max() / want.abs().max())
+        self.graphed.clear_cache()
+        self.graphed = None
+        return self.finish(rec, *self.step_floor(B, T))
+
+    def stage_part_encoder(self) -> dict:
+        B, K, N = self.plan["parts"], self.pcfg.num_tokens, self.plan["num_points"]
+        args = (self.randn(B, K, 6, seed=500), self.randn(B, N, 7, seed=501),
+                self.randn(B, K, 6, seed=502), self.randn(B, N, 6, seed=503))
+        rec = self.measure(lambda: self.fast.encode(*args))
+        rec.update(batch=B, num_points=N)
+        if self.ref:
+            rec["reference"] = self.ref_measure(lambda: self.ref.encode(*args))
+        flop = B * flops.part_encoder(self.pcfg, N)["total"]
+        nbytes = flops.part_encoder_params(self.pcfg) * (torch.finfo(self.fast.dtype).bits // 8)
+        return self.finish(rec, flop, nbytes)
+
+    def stage_decoder_kv(self) -> dict:
+        B, T = self.plan["parts"], self.plan["latent_tokens"]
+        lat = self.randn(B, T, self.vcfg.latent_channels, seed=600)
+        rec = self.measure(lambda: self.fast.decoder_kv(lat))
+        rec["batch"] = B
+        if self.ref:
+            lr = lat.to(self.ref.dtype)
+            rec["reference"] = self.ref_measure(lambda: _inference(self.ref.vae.decode_kv, lr))
+        flop = B * flops.decoder_kv(self.vcfg, T)["total"]
+        nbytes = flops.decoder_params(self.vcfg) * (torch.finfo(self.fast.dtype).bits // 8)
+        return self.finish(rec, flop, nbytes)
+
+    def stage_decoder_query(self) -> dict:
+        B, T, Q = self.plan["parts"], self.plan["latent_tokens"], self.plan["query_points"]
+        lat = self.randn(B, T, self.vcfg.latent_channels, seed=700)
+        kv = self.fast.decoder_kv(lat)
+        pts = [self.randn(B, Q, 3, seed=701 + i).clamp_(-1.05, 1.05) for i in range(2)]
+        it = iter(range(1 << 30))
+        rec = self.measure(lambda: self.fast.decoder.query(pts[next(it) % 2], kv))
+        n = B * Q
+        rec.update(batch=B, points_per_part=Q, queries_per_s=n / (rec["median_ms"] * 1e-3))
+        if self.ref:
+            lr = lat.to(self.ref.dtype)
+            ref = self.ref_measure(lambda: self.ref.decoder_query(pts[0], lr), host=True)
+            ref["queries_per_s"] = n / (ref["median_ms"] * 1e-3)
+            ref["chunk_points"] = REFERENCE_CHUNK
+            rec["reference"] = ref
+        flop = n * flops.decoder_query_per_point(self.vcfg, T)["total"]
+        itemsize = torch.finfo(self.fast.dtype).bits // 8
+        nbytes = 2 * B * T * self.vcfg.width_decoder * itemsize + n * (3 + 1) * 4
+        return self.finish(rec, flop, nbytes)
+
+    def stage_marching_cubes(self, n: int) -> dict:
+        from holopart_infer import native
+        from holopart_infer.mcubes import marching_cubes
+
+        try:
+            native.kernels("cpu")
+        except Exception as e:
+            raise Skip(f"native kernels not built: {e}") from e
+        dev = "cuda" if (self.cuda and native.cuda_available()) else "cpu"
+        # a lumpy sphere: a real surface with many crossings, never an all-zero volume
+        ax = np.linspace(-1.05, 1.05, n + 1, dtype=np.float32)
+        x, y, z = np.meshgrid(ax, ax, ax, indexing="ij", sparse=True)
+        vol = (0.7 - np.sqrt(x * x + y * y + z * z) + 0.05 * np.sin(9 * x) * np.sin(7 * y) * np.sin(8 * z))
+        vol = np.ascontiguousarray(vol, dtype=np.float32)
+        out = {}
+
+        def run(device):
+            out["mesh"] = marching_cubes(vol, 0.0, device=device)
+
+        rec = self.measure(lambda: run(dev), host=True, reps=max(3, self.plan["repeats"] // 2), warm=1)
+        v, f = out["mesh"][0], out["mesh"][1]
+        rec.update(grid_points=n + 1, kernel_device=dev, vertices=int(len(v)), faces=int(len(f)))
+        if dev == "cpu" and self.cuda:
+            rec["note"] = f"CUDA marching cubes unusable here ({native.cuda_status()}); timed the CPU kernel"
+        if dev == "cuda":  # the CPU kernels as the comparison, in the same run
+            rec["reference"] = self.timer.measure(lambda: run("cpu"), 0, 2, host=True)
+            rec["reference"]["kernel_device"] = "cpu"
+        nbytes = vol.nbytes + v.nbytes + f.nbytes  # volume read once, mesh written once
+        return self.finish(rec, 0.0, nbytes)
+
+    def stage_end_to_end(self) -> dict:
+        from holopart_infer.pipeline import HoloPart
+
+        P, steps, depth = self.plan["parts"], self.plan["steps"], self.plan["depth"]
+        parts = make_parts(P)
+        cfg = {k: dict(self.nets.checkpoint[k].config) for k in ("transformer", "vae", "part_encoder")}
+        cfg["scheduler"] = dict(self.nets.scheduler)
+        opts = dict(steps=steps, depth=depth, parts_per_batch=P, decimate=None, num_points=self.plan["num_points"],
+                    latent_tokens=self.plan["latent_tokens"], seed=0)
+        model = HoloPart(self.fast, "torch-fast", str(self.device), self.precision, self.ckpt, cfg)
+        res = {}
+
+        def run(m, key):
+            res[key] = m.complete(parts, **opts)
+
+        reps = self.plan["e2e_repeats"]
+        with _quiet_extract_progress():
+            rec = self.timer.measure(lambda: run(model, "fast"), 0, reps, host=True)
+        r = res["fast"]
+        queries = sum(int(v) for v in r.stats.get("decoder_queries_per_level", {}).values())
+        rec.update(parts=P, steps=steps, depth=depth, decoder_queries=queries,
+                   stage_seconds={k: round(v, 4) for k, v in r.timings.items()},
+                   faces=[int(len(p.faces)) for p in r.parts])
+        if self.ref:
+            refm = HoloPart(self.ref, "reference", str(self.device), "fp16", self.ckpt, cfg)
+            with _quiet_extract_progress():
+                ref = self.timer.measure(lambda: run(refm, "ref"), 0, 1, host=True)
+            ref["stage_seconds"] = {k: round(v, 4) for k, v in res["ref"].timings.items()}
+            rec["reference"] = ref
+        T, K = self.plan["latent_tokens"], self.pcfg.num_tokens
+        flop = (flops.sampling_run(self.tcfg, P, T, K, steps, mode="fast")
+                + P * flops.decoder_kv(self.vcfg, T)["total"]
+                + P * flops.part_encoder(self.pcfg, self.plan["num_points"])["total"]
+                + queries * flops.decoder_query_per_point(self.vcfg, T)["total"])
+        return self.finish(rec, flop, 0.0)
+
+    # -- driver ---------------------------------------------------------------------------
+    def run(self) -> dict:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        self.load()
+        p = self.plan
+        self.record("matmul_ceiling", self.stage_matmul)
+        self.record("copy_bandwidth", self.stage_copy)
+        for b in p["dit_batches"]:
+            self.record(f"dit_forward_b{b}", lambda b=b: self.stage_dit(b))
+        self.record(f"guided_step_b{p['parts']}", self.stage_guided)
+        self.record(f"guided_step_b{p['parts']}_cuda_graph", self.stage_guided_graph)
+        self.record(f"part_encoder_b{p['parts']}", self.stage_part_encoder)
+        self.record(f"decoder_kv_b{p['parts']}", self.stage_decoder_kv)
+        self.record("decoder_query", self.stage_decoder_query)
+        for n in p["mc_sizes"]:
+            self.record(f"marching_cubes_{n}", lambda n=n: self.stage_marching_cubes(n))
+        if self.args.skip_e2e:
+            self.stages[f"end_to_end_{p['parts']}parts_{p['steps']}steps"] = {"status": "skipped",
+                                                                              "reason": "--skip-e2e"}
+        else:
+            self.record(f"end_to_end_{p['parts']}parts_{p['steps']}steps", self.stage_end_to_end)
+        T, K = p["latent_tokens"], self.pcfg.num_tokens
+        return {
+            "meta": {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                     "commit": git_commit(), "command": " ".join(sys.argv), "config": self.args.config,
+                     "precision": self.precision, "reference": bool(self.ref), "checkpoint": str(self.ckpt),
+                     "plan": {k: list(v) if isinstance(v, tuple) else v for k, v in p.items()},
+                     **device_info(self.device)},
+            "ceilings": dict(self.ceil),
+            "predicted": {
+                "dit_forward_tflop_per_sequence": flops.dit_forward(self.tcfg, T, K)["total"] / 1e12,
+                "decoder_mflop_per_point": flops.decoder_query_per_point(self.vcfg, T)["total"] / 1e6,
+                "savings": flops.savings(self.tcfg, T, K, batch=p["parts"], steps=p["steps"]),
+            },
+            "stages": self.stages,
+        }
+
+
+def table(result: dict) -> str:
+    rows = [("stage", "median ms", "spread", "floor ms", "x floor", "ref ms", "speedup")]
+    for name, r in result["stages"].items():
+        if r.get("status") != "ok":
+            rows.append((name, r.get("status", "?"), (r.get("reason") or "")[:40], "", "", "", ""))
+            continue
+        ref = r.get("reference") or {}
+        f = lambda v, fmt="{:.3f}": "-" if v is None else fmt.format(v)  # noqa: E731
+        rows.append((name, f(r.get("median_ms")), f(r.get("spread_ms")), f(r.get("floor_ms")),
+                     f(r.get("measured_over_floor"), "{:.2f}"), f(ref.get("median_ms")),
+                     f(r.get("speedup_vs_reference"), "{:.2f}x")))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows]
+    c = result["ceilings"]
+    head = (f"device {result['meta'].get('gpu', result['meta']['device'])}  commit {result['meta']['commit'][:10]}  "
+            f"GEMM {c.get('matmul_flops_per_s', 0) / 1e12:.1f} TFLOP/s  copy {c.get('copy_bytes_per_s', 0) / 1e9:.0f} GB/s")
+    return "\n".join([head] + lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", choices=sorted(PLANS), default="full")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", required=True, help="results JSON path")
+    ap.add_argument("--reference", action="store_true", help="also time the original pipeline's way, same run")
+    ap.add_argument("--weights", help="checkpoint folder (default: write a random one of --config)")
+    ap.add_argument("--ckpt-dir", help="where to write/reuse the random checkpoint (default: a temp folder)")
+    ap.add_argument("--precision", choices=("fp32", "fp16", "bf16"), help="fast path (default bf16 on CUDA, fp32 on CPU)")
+    ap.add_argument("--repeats", type=int)
+    ap.add_argument("--warmup", type=int)
+    ap.add_argument("--steps", type=int, help="end-to-end sampling steps (default 50)")
+    ap.add_argument("--depth", type=int, help="end-to-end extraction depth")
+    ap.add_argument("--query-points", dest="query_points", type=int, help="decoder points per part")
+    ap.add_argument("--gemm", type=int, help="GEMM ceiling size n (n x n x n)")
+    ap.add_argument("--parts", type=int, help="parts per object (default 8)")
+    ap.add_argument("--skip-e2e", action="store_true")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("error: --device cuda but torch sees no CUDA GPU; use --device cpu", file=sys.stderr)
+        return 2
+    result = Harness(args).run()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, default=str))
+    print(f"[harness] wrote {out}")
+    print(table(result))
+    return 1 if any(r.get("status") == "error" for r in result["stages"].values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
