@@ -13,7 +13,28 @@ from holopart_infer.errors import (  # noqa: E402
     ShapeError,
 )
 
+_LAZY = {
+    "load": ("holopart_infer.pipeline", "load"),
+    "HoloPart": ("holopart_infer.pipeline", "HoloPart"),
+    "CompletionOptions": ("holopart_infer.pipeline", "CompletionOptions"),
+    "CompletionResult": ("holopart_infer.pipeline", "CompletionResult"),
+    "marching_cubes": ("holopart_infer.mcubes", "marching_cubes"),
+    "load_parts": ("holopart_infer.parts_io", "load_parts"),
+}
+
+
+def __getattr__(name: str):
+    """Import the public API lazily: ``import holopart_infer`` stays cheap."""
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'holopart_infer' has no attribute {name!r}")
+
+
 __all__ = [
+    *_LAZY,
     "__version__",
     "HoloPartError",
     "InputError",

@@ -123,12 +123,6 @@ def _kind_of(path: Path) -> str:
     )
 
 
-def _cuda_usable() -> bool:
-    from holopart_infer import native
-
-    return native.cuda_available()
-
-
 def _resolve(kind: str, backend: str, device: str) -> tuple[str, str]:
     if backend not in BACKENDS:
         raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -149,22 +143,25 @@ def _resolve(kind: str, backend: str, device: str) -> tuple[str, str]:
         return "torch", device
     if backend == "torch":
         raise InputError("backend 'torch' runs a checkpoint dir; this is an exported model dir")
-    if backend == "auto":
-        from holopart_infer.engines import onnxruntime as ort_engine
+    from holopart_infer.engines import backend_status, get_backend
 
-        if device in ("auto", "cuda") and importlib.util.find_spec("tensorrt") and _cuda_usable():
-            return "tensorrt", "cuda"
-        if device in ("auto", "cuda") and ort_engine.cuda_provider_available():
-            return "onnxruntime", "cuda"
-        if device == "cuda":
-            raise BackendUnavailable(
-                "device 'cuda' was asked for but neither TensorRT nor onnxruntime-gpu with a usable GPU "
-                "is available. Install 'holopart-infer[tensorrt]' or onnxruntime-gpu, or use device='cpu'."
-            )
-        return "onnxruntime", "cpu"
-    if backend == "tensorrt":
-        return "tensorrt", "cuda"
-    return backend, ("cpu" if device == "auto" else device)
+    if backend == "auto":
+        candidates = ["cuda", "cpu"] if device == "auto" else [device]
+        for dev in candidates:
+            status = backend_status(dev)
+            for name in ("tensorrt", "onnxruntime"):
+                if status.get(name, (False, ""))[0]:
+                    return name, dev
+            log.debug("no backend on %s: %s", dev, status)
+        raise BackendUnavailable(
+            f"no backend can run this model on device {device!r}: "
+            + "; ".join(f"{n}: {r}" for n, (_, r) in backend_status(candidates[-1]).items())
+        )
+    dev = device
+    if dev == "auto":
+        dev = "cuda" if backend == "tensorrt" or backend_status("cuda").get(backend, (False,))[0] else "cpu"
+    get_backend(backend, dev)  # raises with the install hint when it cannot run here
+    return backend, dev
 
 
 class HoloPart:
@@ -181,6 +178,14 @@ class HoloPart:
     def __repr__(self) -> str:
         return (f"HoloPart(path={str(self.path)!r}, backend={self.backend_name!r}, "
                 f"device={self.device!r}, precision={self.precision!r})")
+
+    @property
+    def extract_device(self) -> str:
+        """Where band detection and marching cubes run: the GPU when the model
+        runs there and cpp_ext was built with CUDA."""
+        from holopart_infer import native
+
+        return "cuda" if self.device == "cuda" and native.cuda_available() else "cpu"
 
     @property
     def num_tokens(self) -> int:
@@ -270,8 +275,9 @@ class HoloPart:
                 return self._decode_padded(points_per_part, _kv)
 
             with timed("extract"):
-                out, stats = extract.extract_meshes(decode, len(batch), depth=opts.depth, band=opts.band,
-                                                    progress=lambda d, t: report("extract", d, t))
+                out, stats = extract.extract_meshes(
+                    decode, len(batch), depth=opts.depth, band=opts.band, device=self.extract_device,
+                    progress=lambda lvl, nl, d, t: report(f"extract {lvl + 1}/{nl}", d, t))
             for key, val in _level_counts(stats).items():
                 level_queries[key] = level_queries.get(key, 0) + val
             meshes.extend(out)
