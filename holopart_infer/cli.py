@@ -110,6 +110,9 @@ class _Bars:
             bar = self.bars[stage] = tqdm(total=total, desc=f"{stage:<12}", leave=True, file=sys.stderr,
                                           dynamic_ncols=True)
         bar.update(done - bar.n)
+        if done >= total:  # stage finished: freeze its elapsed time now
+            bar.close()
+            del self.bars[stage]
 
     def close(self) -> None:
         for bar in self.bars.values():
@@ -199,7 +202,7 @@ def cmd_run(args) -> int:
                                args.overwrite, args.quiet)
 
 
-DEMO_DEFAULTS = dict(steps=20, depth=7, num_points=4096, latent_tokens=512, decimate=5000)
+DEMO_DEFAULTS = dict(steps=20, depth=7, num_points=4096, latent_tokens=256, decimate=5000)
 
 
 def cmd_demo(args) -> int:
@@ -281,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return args.func(args)
     except BackendUnavailable as e:

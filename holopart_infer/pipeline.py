@@ -52,6 +52,8 @@ class CompletionOptions:
         normalize: map the object into the model's frame first and back after,
             so objects in any unit work (the reference assumes about [-1, 1]).
         band: |logit| threshold of the coarse-to-fine band (reference 0.95).
+        chunk_points: decoder query points per part per call; bounds the
+            attention scratch (points x latent tokens x heads) per call.
     """
 
     steps: int = sampler.DEFAULT_STEPS
@@ -64,6 +66,7 @@ class CompletionOptions:
     latent_tokens: int = 2048
     normalize: bool = True
     band: float = 0.95
+    chunk_points: int = 8192
 
     def validate(self) -> None:
         checks = [
@@ -75,6 +78,7 @@ class CompletionOptions:
             ("num_points", self.num_points >= 16, "an integer >= 16"),
             ("latent_tokens", self.latent_tokens >= 1, "an integer >= 1"),
             ("band", self.band > 0, "a number > 0"),
+            ("chunk_points", self.chunk_points >= 1, "an integer >= 1"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -277,6 +281,7 @@ class HoloPart:
             with timed("extract"):
                 out, stats = extract.extract_meshes(
                     decode, len(batch), depth=opts.depth, band=opts.band, device=self.extract_device,
+                    chunk_points=opts.chunk_points,
                     progress=lambda lvl, nl, d, t: report(f"extract {lvl + 1}/{nl}", d, t))
             for key, val in _level_counts(stats).items():
                 level_queries[key] = level_queries.get(key, 0) + val

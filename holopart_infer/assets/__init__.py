@@ -158,3 +158,23 @@ def write_demo_asset(path: str | os.PathLike) -> Path:
     path = Path(path)
     _atomic_write(path, build_demo_scene().export(file_type="glb"))
     return path
+
+
+DEMO_MODEL = "demo_model"
+
+
+def demo_model_path() -> Path:
+    """Path of the embedded demo model dir (manifest.json + ONNX graphs).
+
+    The "tiny" preset with RANDOM weights (seed 0), exported to fp32 ONNX by
+    ``python -m export.make_demo_model``. It makes the demo run end to end on a
+    fresh machine; it does not produce meaningful completions.
+    """
+    from importlib.resources import files
+
+    ref = files(__name__).joinpath(DEMO_MODEL)
+    if isinstance(ref, Path):
+        return ref
+    raise FileNotFoundError(
+        "the embedded demo model is not available as files (zipped install); reinstall holopart-infer unpacked"
+    )
