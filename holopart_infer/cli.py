@@ -228,6 +228,8 @@ def _add_sampling_args(p: argparse.ArgumentParser, defaults: dict | None = None)
     p.add_argument("--decimate", type=int, help=f"target faces per part (default {d.get('decimate', 10000)})")
     p.add_argument("--no-decimate", action="store_true", help="keep the full marching-cubes mesh")
     p.add_argument("--num-points", dest="num_points", type=int, help="surface samples per part (default 20480)")
+    p.add_argument("--latent-tokens", dest="latent_tokens", type=int,
+                   help=f"latent length (default {d.get('latent_tokens', 2048)}, the published model's)")
     p.add_argument("--no-normalize", action="store_true",
                    help="do not normalize the object into the model frame (input must already be about [-1, 1])")
     p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "tensorrt"], default="auto")
@@ -261,7 +263,6 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", default="holopart_demo.glb", help="output .glb (default holopart_demo.glb)")
     d.add_argument("--preview", help="preview PNG (default: next to the output)")
     _add_sampling_args(d, DEMO_DEFAULTS)
-    d.add_argument("--latent-tokens", dest="latent_tokens", type=int, help="latent length (demo default 512)")
     d.set_defaults(func=cmd_demo)
 
     v = sub.add_parser("verify", help="recompute a golden folder's outputs and compare (tolerance 1e-4)")
