@@ -1,0 +1,433 @@
+"""Train holopart-mini on synthetic part assemblies (issue 8). See docs/training.md.
+
+Two stages, each resumable (``OUT/<stage>_state.pt`` every ``ckpt_every`` steps:
+models, optimizer, step, RNG states, loss history):
+
+* ``vae``: a point-cloud encoder (defined here; saved under ``encoder.*`` and
+  ``quant.*``, which inference ignores) maps surface samples of a complete part
+  (in its part frame) to a latent (B, T, C) with a KL term; the faithful
+  decoder (:class:`export.models.vae.VAEDecoder`) is trained with occupancy BCE.
+* ``dit``: the part encoder + DiT, rectified flow on latents of the frozen
+  VAE encoder (posterior mean), conditioned as at inference
+  (:func:`holopart_infer.conditioning.build_conditions` on the visible patches,
+  :func:`holopart_infer.tokens.select_tokens`), with condition dropout (both
+  conditions zeroed) for classifier-free guidance.
+
+Flow convention (must match :func:`holopart_infer.sampler.sample`, which steps
+``x <- x + (sigma_i - sigma_{i+1}) * v`` from sigma = 1 (noise) down to 0):
+``x_sigma = (1 - sigma) * x0 + sigma * noise`` and the model's target is
+``v = x0 - noise`` (so dx/dsigma = -v); model timestep = 1000 * sigma.
+
+``export`` writes both stages' weights in the published checkpoint layout
+(config.json + safetensors per component), loadable by :func:`export.load.load_networks`.
+
+CLI::
+
+    python -m export.train vae    --out runs/mini --preset tiny --steps 300
+    python -m export.train dit    --out runs/mini --preset tiny --steps 300
+    python -m export.train export --out runs/mini --checkpoint runs/mini/checkpoint
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from export.models.blocks import Block, FP32LayerNorm, FrequencyEmbedding
+from export.models.dit import DiT, DiTConfig
+from export.models.part_encoder import PartEncoder, PartEncoderConfig
+from export.models.vae import VAEConfig, VAEDecoder
+
+log = logging.getLogger("holopart_infer.train")
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "tiny"            # model config: a PRESETS name, or a path to a json {component: cfg}
+    num_latents: int = 64           # T (inference: --latent-tokens T)
+    num_points: int = 512           # conditioning samples per part / whole (reference 20480)
+    n_surface: int = 512            # VAE encoder input samples per complete part
+    n_occ_near: int = 256           # occupancy targets near the surface
+    n_occ_uniform: int = 256        # occupancy targets uniform in [-1.05, 1.05]^3
+    occ_sigma: float = 0.02
+    objects: int = 16               # synthetic objects in the training pool
+    data_seed: int = 0
+    n_views: int = 16               # visibility cameras per object
+    templates: tuple[str, ...] | None = None
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    steps: int = 300
+    kl_weight: float = 1e-3
+    cond_dropout: float = 0.1
+    grad_clip: float = 1.0
+    ckpt_every: int = 100
+    log_every: int = 10
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 0                # torch CPU threads (0: torch's default; 1 is best on a shared CPU)
+
+    def data_key(self) -> str:
+        keys = ("num_latents", "num_points", "n_surface", "n_occ_near", "n_occ_uniform", "occ_sigma",
+                "objects", "data_seed", "n_views", "templates", "preset")
+        d = {k: getattr(self, k) for k in keys}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
+def model_configs(preset: str) -> dict[str, dict]:
+    from export.random_checkpoint import PRESETS
+
+    if preset in PRESETS:
+        return json.loads(json.dumps(PRESETS[preset]))
+    return json.loads(Path(preset).read_text())
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def object_examples(obj, tc: TrainConfig, num_tokens: int, seed: int) -> dict[str, np.ndarray]:
+    """Training arrays of every part of one synthetic object, stacked over parts.
+
+    surface (P, n_surface, 6): complete part [xyz, normal] in the part frame of its
+    visible patch, the first ``num_latents`` rows an FPS subset (encoder queries);
+    occ_points (P, Q, 3) / occ_labels (P, Q) in the same frame;
+    part_tokens, whole_points, local_tokens, local_points: the part encoder inputs.
+    """
+    import trimesh
+
+    from export.synthetic import sample_occupancy
+    from holopart_infer.conditioning import build_conditions, sample_surface
+    from holopart_infer.native import farthest_point_sampling
+    from holopart_infer.tokens import select_tokens
+
+    cond = build_conditions(obj.input_parts(), tc.num_points, seed=seed)
+    out = {"part_tokens": select_tokens(cond.part, num_tokens, seed),
+           "local_tokens": select_tokens(cond.part_local, num_tokens, seed),
+           "whole_points": cond.whole, "local_points": cond.part_local}
+    rng = np.random.default_rng(seed)
+    surf, occ_p, occ_l = [], [], []
+    for i, p in enumerate(obj.parts):
+        v = (cond.to_model_frame(p.mesh.vertices) - cond.centers[i]) / cond.scales[i]
+        pts, nrm, _ = sample_surface(v, p.mesh.faces, tc.n_surface, rng)
+        first = farthest_point_sampling(np.ascontiguousarray(pts, dtype=np.float32), tc.num_latents)
+        rest = np.setdiff1d(np.arange(tc.n_surface), first)
+        order = np.concatenate([first, rest])
+        surf.append(np.concatenate([pts, nrm], axis=1)[order])
+        occ = sample_occupancy(trimesh.Trimesh(v, p.mesh.faces, process=False), tc.n_occ_near,
+                               tc.n_occ_uniform, rng, sigma=tc.occ_sigma)
+        occ_p.append(occ.points)
+        occ_l.append(occ.labels)
+    out.update(surface=np.stack(surf), occ_points=np.stack(occ_p), occ_labels=np.stack(occ_l))
+    return {k: np.asarray(a, dtype=np.float32) for k, a in out.items()}
+
+
+def build_pool(tc: TrainConfig, num_tokens: int, cache_dir: Path | None = None) -> dict[str, torch.Tensor]:
+    """All parts of ``tc.objects`` synthetic objects, as CPU tensors (cached as npz under cache_dir)."""
+    from export.synthetic import iter_dataset
+
+    path = None if cache_dir is None else Path(cache_dir) / f"pool_{tc.data_key()}.npz"
+    if path is not None and path.is_file():
+        with np.load(path) as z:
+            return {k: torch.from_numpy(z[k]) for k in z.files}
+    t0 = time.time()
+    chunks: dict[str, list] = {}
+    for i, obj in enumerate(iter_dataset(tc.data_seed, tc.objects, templates=tc.templates, n_views=tc.n_views)):
+        ex = object_examples(obj, tc, num_tokens, seed=tc.data_seed * 100003 + i)
+        for k, a in ex.items():
+            chunks.setdefault(k, []).append(a)
+    pool = {k: np.concatenate(v) for k, v in chunks.items()}
+    log.info("pool: %d objects, %d parts in %.1fs", tc.objects, len(pool["surface"]), time.time() - t0)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **pool)
+        tmp.replace(path)
+    return {k: torch.from_numpy(v) for k, v in pool.items()}
+
+
+# ----------------------------------------------------------------------------- VAE encoder
+
+
+class _EncoderTrunk(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        W, H = cfg["width_encoder"], cfg["num_attention_heads"]
+        self.embedder = FrequencyEmbedding(cfg["embed_frequency"], cfg["embed_include_pi"], 3)
+        self.proj_in = nn.Linear(self.embedder.out_dim + 3, W)
+        self.blocks = nn.ModuleList([Block(W, H, self_attention=False, cross_dim=W, norm_cross=True)]
+                                    + [Block(W, H) for _ in range(cfg["num_layers_encoder"])])
+        self.norm_out = FP32LayerNorm(W)
+
+
+class VAEEncoder(nn.Module):
+    """Surface points (B, N, 6) -> posterior mean, logvar (B, T, C).
+
+    The first T points are the queries (the data puts an FPS subset first); they
+    cross-attend to all N points, then self-attention blocks, then ``quant``
+    (W -> 2C). Parameter names: ``encoder.*``, ``quant.*``.
+    """
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.encoder = _EncoderTrunk(cfg)
+        self.quant = nn.Linear(cfg["width_encoder"], 2 * cfg["latent_channels"])
+
+    def forward(self, surface: torch.Tensor, num_latents: int) -> tuple[torch.Tensor, torch.Tensor]:
+        e = self.encoder
+        x = e.proj_in(torch.cat([e.embedder(surface[..., :3]), surface[..., 3:]], dim=-1))
+        h = e.blocks[0](x[:, :num_latents], x)
+        for blk in e.blocks[1:]:
+            h = blk(h)
+        mean, logvar = self.quant(e.norm_out(h)).chunk(2, dim=-1)
+        return mean, logvar.clamp(-30.0, 20.0)
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def flow_pair(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_sigma, v): x_sigma = (1 - sigma) x0 + sigma noise, v = x0 - noise (sampler convention)."""
+    s = sigma.reshape(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
+    return (1 - s) * x0 + s * noise, x0 - noise
+
+
+def _randn(shape, gen: torch.Generator, device) -> torch.Tensor:
+    return torch.randn(shape, generator=gen).to(device)
+
+
+def vae_loss(enc: VAEEncoder, dec: VAEDecoder, batch: dict, gen: torch.Generator, num_latents: int,
+             kl_weight: float) -> dict[str, torch.Tensor]:
+    mean, logvar = enc(batch["surface"], num_latents)
+    z = mean + torch.exp(0.5 * logvar) * _randn(mean.shape, gen, mean.device)
+    logits = dec(z, batch["occ_points"])[..., 0]
+    bce = F.binary_cross_entropy_with_logits(logits, batch["occ_labels"])
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
+    with torch.no_grad():
+        acc = ((logits > 0).float() == batch["occ_labels"]).float().mean()
+    return {"loss": bce + kl_weight * kl, "bce": bce, "kl": kl, "acc": acc}
+
+
+def dit_loss(penc: PartEncoder, dit: DiT, x0: torch.Tensor, batch: dict, gen: torch.Generator,
+             cond_dropout: float) -> dict[str, torch.Tensor]:
+    B, dev = x0.shape[0], x0.device
+    whole_cond, part_cond = penc(batch["part_tokens"], batch["whole_points"], batch["local_tokens"],
+                                 batch["local_points"])
+    keep = (torch.rand(B, generator=gen) >= cond_dropout).to(dev, whole_cond.dtype)[:, None, None]
+    whole_cond, part_cond = whole_cond * keep, part_cond * keep  # dropped: zeros, as the uncond branch
+    sigma = torch.sigmoid(torch.randn(B, generator=gen)).to(dev)  # logit-normal
+    noise = _randn(x0.shape, gen, dev)
+    x_t, target = flow_pair(x0, noise, sigma)
+    pred = dit(x_t, sigma * NUM_TRAIN_TIMESTEPS, part_cond, whole_cond)
+    return {"loss": F.mse_loss(pred, target), "x0_std": x0.std().detach()}
+
+
+# ----------------------------------------------------------------------------- models / state
+
+
+def make_models(stage: str, mcfg: dict, seed: int) -> dict[str, nn.Module]:
+    torch.manual_seed(seed)
+    if stage == "vae":
+        return {"vae_encoder": VAEEncoder(mcfg["vae"]), "vae_decoder": VAEDecoder(VAEConfig.from_dict(mcfg["vae"]))}
+    if stage == "dit":
+        return {"part_encoder": PartEncoder(PartEncoderConfig.from_dict(mcfg["part_encoder"])),
+                "transformer": DiT(DiTConfig.from_dict(mcfg["transformer"]))}
+    raise ValueError(f"stage must be 'vae' or 'dit', got {stage!r}")
+
+
+def state_path(out: Path, stage: str) -> Path:
+    return Path(out) / f"{stage}_state.pt"
+
+
+def _save_state(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: an interrupted save never corrupts the last checkpoint
+
+
+def _load_state(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_frozen_vae_encoder(out: Path, device) -> tuple[VAEEncoder, dict]:
+    p = state_path(out, "vae")
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} not found: train the VAE first (python -m export.train vae --out {out})")
+    st = _load_state(p)
+    enc = VAEEncoder(st["model_config"]["vae"])
+    enc.load_state_dict(st["models"]["vae_encoder"])
+    return enc.to(device).eval().requires_grad_(False), st
+
+
+def train(stage: str, tc: TrainConfig, out: str | Path, resume: bool = True, pool=None,
+          callback=None) -> list[dict]:
+    """Train one stage up to ``tc.steps`` total steps; returns the loss history of this call.
+
+    Resumes from ``OUT/<stage>_state.pt`` when it exists and ``resume``.
+    ``pool``: prebuilt data (default: built/cached under OUT).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if tc.threads > 0:
+        torch.set_num_threads(tc.threads)
+    device = torch.device(tc.device)
+    mcfg = model_configs(tc.preset)
+    models = make_models(stage, mcfg, tc.seed)
+    for m in models.values():
+        m.to(device).train()
+    params = [p for m in models.values() for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    gen = torch.Generator().manual_seed(tc.seed)
+    step, history = 0, []
+    sp = state_path(out, stage)
+    if resume and sp.is_file():
+        st = _load_state(sp)
+        for k, m in models.items():
+            m.load_state_dict(st["models"][k])
+        opt.load_state_dict(st["optimizer"])
+        gen.set_state(st["gen_state"])
+        torch.set_rng_state(st["torch_rng"])
+        np.random.set_state(st["numpy_rng"])
+        random.setstate(st["python_rng"])
+        step = st["step"]
+        log.info("%s: resumed from %s at step %d", stage, sp, step)
+    enc = None
+    if stage == "dit":
+        enc, _ = load_frozen_vae_encoder(out, device)
+    if pool is None:
+        pool = build_pool(tc, mcfg["part_encoder"]["num_tokens"], cache_dir=out)
+    n = len(pool["surface"])
+    keys = ("surface", "occ_points", "occ_labels") if stage == "vae" else \
+        ("surface", "part_tokens", "whole_points", "local_tokens", "local_points")
+
+    def save():
+        _save_state(sp, {"stage": stage, "step": step, "models": {k: m.state_dict() for k, m in models.items()},
+                         "optimizer": opt.state_dict(), "gen_state": gen.get_state(),
+                         "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
+                         "python_rng": random.getstate(), "train_config": dataclasses.asdict(tc),
+                         "model_config": mcfg})
+
+    logf = open(out / "log.jsonl", "a")
+    t0 = time.time()
+    try:
+        while step < tc.steps:
+            idx = torch.randint(n, (tc.batch_size,), generator=gen)
+            batch = {k: pool[k][idx].to(device) for k in keys}
+            if stage == "vae":
+                losses = vae_loss(models["vae_encoder"], models["vae_decoder"], batch, gen, tc.num_latents,
+                                  tc.kl_weight)
+            else:
+                with torch.no_grad():
+                    x0, _ = enc(batch["surface"], tc.num_latents)
+                losses = dit_loss(models["part_encoder"], models["transformer"], x0, batch, gen, tc.cond_dropout)
+            opt.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            if tc.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+            opt.step()
+            step += 1
+            rec = {"stage": stage, "step": step, **{k: float(v.detach()) for k, v in losses.items()}}
+            history.append(rec)
+            if callback is not None:
+                callback(rec)
+            if step % tc.log_every == 0 or step == tc.steps:
+                rec["elapsed_s"] = round(time.time() - t0, 2)
+                logf.write(json.dumps(rec) + "\n")
+                logf.flush()
+                log.info("%s step %d: %s", stage, step,
+                         " ".join(f"{k}={v:.4f}" for k, v in rec.items() if isinstance(v, float)))
+            if step % tc.ckpt_every == 0 or step == tc.steps:
+                save()
+    finally:
+        logf.close()
+    return history
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def export_checkpoint(out: str | Path, checkpoint_dir: str | Path, overwrite: bool = False) -> Path:
+    """Write the trained weights (OUT/vae_state.pt + OUT/dit_state.pt) in the published layout."""
+    from export.random_checkpoint import CLASS_NAMES, _save
+    from holopart_infer.checkpoint import WEIGHTS_NAME
+
+    out, ck = Path(out), Path(checkpoint_dir)
+    states = {}
+    for stage in ("vae", "dit"):
+        p = state_path(out, stage)
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} not found: train the {stage} stage first")
+        states[stage] = _load_state(p)
+    mcfg = states["dit"]["model_config"]
+    if states["vae"]["model_config"]["vae"] != mcfg["vae"]:
+        raise ValueError("the vae and dit stages were trained with different vae configs")
+    if ck.exists() and any(ck.iterdir()) and not overwrite:
+        raise FileExistsError(f"{ck} exists and is not empty; pass overwrite=True")
+    ck.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        "vae": {**states["vae"]["models"]["vae_encoder"], **states["vae"]["models"]["vae_decoder"]},
+        "transformer": states["dit"]["models"]["transformer"],
+        "part_encoder": states["dit"]["models"]["part_encoder"],
+    }
+    index = {"_class_name": "HoloPartPipeline"}
+    for comp, sd in tensors.items():
+        index[comp] = ["holopart", CLASS_NAMES[comp]]
+        (ck / comp).mkdir(exist_ok=True)
+        (ck / comp / "config.json").write_text(json.dumps({"_class_name": CLASS_NAMES[comp], **mcfg[comp]}, indent=2))
+        _save({k: v.detach().cpu().float().numpy() for k, v in sd.items()}, ck / comp / f"{WEIGHTS_NAME}.safetensors",
+              "fp32")
+    (ck / "scheduler").mkdir(exist_ok=True)
+    (ck / "scheduler" / "scheduler_config.json").write_text(
+        json.dumps({"_class_name": CLASS_NAMES["scheduler"], **mcfg["scheduler"]}, indent=2))
+    tcd = states["dit"]["train_config"]
+    index["holopart_mini"] = {"num_latents": tcd["num_latents"], "num_points": tcd["num_points"],
+                              "vae_steps": states["vae"]["step"], "dit_steps": states["dit"]["step"]}
+    (ck / "model_index.json").write_text(json.dumps(index, indent=2))
+    return ck
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m export.train", description=__doc__.split("\n")[0])
+    p.add_argument("stage", choices=["vae", "dit", "export"])
+    p.add_argument("--out", required=True, help="run folder (states, pool cache, log.jsonl)")
+    p.add_argument("--checkpoint", help="export: published-layout folder to write")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-resume", action="store_true")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "templates":
+            p.add_argument("--templates", nargs="+")
+            continue
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if a.stage == "export":
+        print(export_checkpoint(a.out, a.checkpoint or Path(a.out) / "checkpoint", overwrite=a.overwrite))
+        return 0
+    kw = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)}
+    kw["templates"] = tuple(a.templates) if a.templates else None
+    if a.stage == "dit" and kw["lr"] == TrainConfig.lr:
+        kw["lr"] = 5e-4
+    train(a.stage, TrainConfig(**kw), a.out, resume=not a.no_resume)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
