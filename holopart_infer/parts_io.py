@@ -395,6 +395,15 @@ def part_colors(n: int) -> np.ndarray:
     return out
 
 
+def mesh_arrays(mesh) -> tuple[np.ndarray, np.ndarray]:
+    """(vertices float64 (V,3), faces int64 (F,3)) of a mesh object or a (vertices, faces) pair."""
+    if hasattr(mesh, "vertices") and hasattr(mesh, "faces"):
+        v, f = mesh.vertices, mesh.faces
+    else:
+        v, f = mesh
+    return np.asarray(v, dtype=np.float64).reshape(-1, 3), np.asarray(f, dtype=np.int64).reshape(-1, 3)
+
+
 def write_scene(parts_meshes: Sequence, names: Sequence[str], path: str | os.PathLike,
                 colors: Sequence | np.ndarray | None = None,
                 protect: Iterable[str | os.PathLike] | None = None) -> Path:
@@ -440,12 +449,7 @@ def write_scene(parts_meshes: Sequence, names: Sequence[str], path: str | os.Pat
 
     scene = trimesh.Scene()
     for i, (name, mesh) in enumerate(zip(names, meshes)):
-        if hasattr(mesh, "vertices") and hasattr(mesh, "faces"):
-            v, f = mesh.vertices, mesh.faces
-        else:
-            v, f = mesh
-        v = np.asarray(v, dtype=np.float64).reshape(-1, 3)
-        f = np.asarray(f, dtype=np.int64).reshape(-1, 3)
+        v, f = mesh_arrays(mesh)
         if len(f) == 0:
             log.warning("part %r has no faces; writing an empty node", name)
             scene.graph.update(frame_from=scene.graph.base_frame, frame_to=name)

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from holopart_infer.errors import InputError
+from holopart_infer.parts_io import mesh_arrays
 
 log = logging.getLogger("holopart_infer")
 
@@ -68,12 +69,7 @@ def render_preview(meshes: Sequence, colors: Sequence | np.ndarray | None, path:
 
     tris, tri_colors = [], []
     for i, mesh in enumerate(meshes):
-        if hasattr(mesh, "vertices") and hasattr(mesh, "faces"):
-            v, f = mesh.vertices, mesh.faces
-        else:
-            v, f = mesh
-        v = np.asarray(v, dtype=np.float64).reshape(-1, 3)
-        f = np.asarray(f, dtype=np.int64).reshape(-1, 3)
+        v, f = mesh_arrays(mesh)
         if len(f) == 0:
             continue
         t = v[f]
