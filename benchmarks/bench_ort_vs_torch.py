@@ -7,7 +7,7 @@ Run (the project's pytest config disables benchmarks by default)::
 
 Both engines use the same thread count (HOLOPART_BENCH_THREADS, default: all
 cores) on the same inputs. Set HOLOPART_BENCH_MODEL to a model dir exported
-from the mid preset (seed 0) to skip the export. Results: benchmarks/RESULTS-onnx.md.
+from the mid preset (seed 0) to skip the export. Results: benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
