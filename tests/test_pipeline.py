@@ -147,3 +147,17 @@ def test_checkpoint_runs_on_torch_backend(tiny_checkpoint):
         hp.load(tiny_checkpoint, backend="onnxruntime")
     res = model.complete(assets.demo_object_path(), **FAST)
     assert len(res.parts) == 5
+
+
+def test_checkpoint_fast_path_matches_faithful_model(tiny_checkpoint):
+    """hp.load(checkpoint) runs the optimized torch path; it must give the faithful model's meshes."""
+    from export.torch_backend import TorchBackend
+
+    fast = hp.load(tiny_checkpoint)
+    assert type(fast.backend).__name__ == "FastTorchBackend"
+    ref = HoloPart(TorchBackend.from_checkpoint(tiny_checkpoint), "torch", "cpu", "fp32", fast.path, fast.config)
+    a = fast.complete(assets.demo_object_path(), **FAST)
+    b = ref.complete(assets.demo_object_path(), **FAST)
+    for pa, pb in zip(a.parts, b.parts):
+        assert pa.faces.shape == pb.faces.shape
+        np.testing.assert_allclose(pa.vertices, pb.vertices, atol=1e-4)
