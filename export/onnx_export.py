@@ -30,7 +30,7 @@ from export.graphs import GRAPH_NAMES, GraphDef, all_graphs
 from export.load import TORCH_DTYPES, load_networks
 from holopart_infer import __version__
 from holopart_infer.errors import EngineError, InputError, InputFileNotFound
-from holopart_infer.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, load_manifest, sha256_file, write_manifest
+from holopart_infer.manifest import FORMAT, FORMAT_VERSION, load_manifest, sha256_file, write_manifest
 from holopart_infer.verify import relative_error
 
 log = logging.getLogger("holopart_infer")

@@ -135,8 +135,6 @@ def _complete_and_write(model, input_path, labels, output: Path, preview: Path |
                         overwrite: bool, quiet: bool) -> int:
     import os
 
-    from holopart_infer.pipeline import CompletionOptions  # noqa: F401  (typing only)
-
     _check_output(output, "output", overwrite, [input_path, labels])
     if preview is not None:
         _check_output(preview, "preview", overwrite, [input_path, labels, output])

@@ -21,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from holopart_infer.engines.base import ORT_GPU_HINT
+from holopart_infer.sampler import euler_update
 from holopart_infer.errors import BackendUnavailable, EngineError, InputError, ModelDirError, ShapeError
 from holopart_infer.manifest import GraphSpec, Manifest, load_manifest
 
@@ -270,7 +271,7 @@ class OrtBackend:
         if guidance <= 1.0:  # no guidance: the conditional velocity alone (as the reference)
             x = np.asarray(latents)
             v = self.dit(x, np.full((x.shape[0],), t, dtype=np.float32), part_cond, whole_cond)
-            return x + np.float32(dt) * v
+            return euler_update(x, None, v, dt, guidance)
         pc, wc = self._conds(part_cond, whole_cond)
         (x,) = self.run("guided_step", {"latents": latents, "timestep": scalar(t), "dt": scalar(dt),
                                         "guidance": scalar(guidance), "part_cond": pc, "whole_cond": wc},
