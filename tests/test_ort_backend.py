@@ -216,3 +216,20 @@ def test_cuda_matches_cpu_and_keeps_latents_on_device():
     assert isinstance(kv[0], DeviceArray)
     assert relative_error(gpu.decoder_query(x["points"], kv),
                           cpu.decoder_query(x["points"], cpu.decoder_kv(out[1]))) <= 1e-3
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.5])
+def test_embedded_demo_model_matches_its_recipe_and_torch(tiny_checkpoint, guidance):
+    """The shipped demo model is the export of the tiny preset, seed 0 (export/make_demo_model.py);
+    its guided step (with and without guidance) equals the faithful torch model's."""
+    from export.torch_backend import TorchBackend
+    from holopart_infer import assets
+
+    ort_b = OrtBackend.from_model_dir(assets.demo_model_path())
+    ref = TorchBackend.from_checkpoint(tiny_checkpoint)
+    rng = np.random.default_rng(1)
+    K, D = ort_b.num_tokens, ref.nets.part_encoder.cfg.dim
+    x = rng.standard_normal((2, 48, ort_b.latent_channels), dtype=np.float32)
+    pc, wc = (rng.standard_normal((2, K, D), dtype=np.float32) for _ in range(2))
+    got = np.asarray(ort_b.guided_step(x, 700.0, 0.02, guidance, pc, wc))
+    assert relative_error(got, ref.guided_step(x, 700.0, 0.02, guidance, pc, wc)) < 1e-5
