@@ -143,20 +143,25 @@ Mesh marching_cubes(const float* vol, int64_t nx, int64_t ny, int64_t nz, float 
     const bool unk = seg.any_unknown;
     const int64_t ns = seg.ns;
 
-    // Pass 1: needed edges per point layer.
-    std::vector<int64_t> base(static_cast<size_t>(nx) + 1, 0);
-    parallel_for(nx, 1, [&](int64_t i, int64_t) {
-        int64_t cnt = 0;
+    // Visit every point of layer i near the surface with its crossed-edge mask
+    // (bit d: the edge from the point along axis d crosses the level). Both
+    // passes below walk the points in this one order, so vertex ids agree.
+    auto visit_points = [&](int64_t i, auto&& fn) {
         for (int64_t j = 0; j < ny; ++j)
             for (int64_t s = 0; s < ns; ++s) {
                 if (!points_active(seg, nx, i, j, s)) continue;
                 const int64_t k1 = s + 1 == ns ? nz : (s + 1) * kSeg;
-                for (int64_t k = s * kSeg; k < k1; ++k) {
-                    const unsigned m = unk ? point_mask<true>(vol, nx, ny, nz, i, j, k, level)
-                                        : point_mask<false>(vol, nx, ny, nz, i, j, k, level);
-                    cnt += (m & 1) + ((m >> 1) & 1) + ((m >> 2) & 1);
-                }
+                for (int64_t k = s * kSeg; k < k1; ++k)
+                    fn(j, k, unk ? point_mask<true>(vol, nx, ny, nz, i, j, k, level)
+                                 : point_mask<false>(vol, nx, ny, nz, i, j, k, level));
             }
+    };
+
+    // Pass 1: needed edges per point layer.
+    std::vector<int64_t> base(static_cast<size_t>(nx) + 1, 0);
+    parallel_for(nx, 1, [&](int64_t i, int64_t) {
+        int64_t cnt = 0;
+        visit_points(i, [&](int64_t, int64_t, unsigned m) { cnt += (m & 1) + ((m >> 1) & 1) + ((m >> 2) & 1); });
         base[i + 1] = cnt;
     });
     for (int64_t i = 0; i < nx; ++i) base[i + 1] += base[i];
@@ -177,24 +182,17 @@ Mesh marching_cubes(const float* vol, int64_t nx, int64_t ny, int64_t nz, float 
         std::vector<int64_t> ids_a(static_cast<size_t>(layer) * 3), ids_b(static_cast<size_t>(layer) * 3);
         auto fill = [&](int64_t i, std::vector<int64_t>& ids, bool write) {
             int64_t next = base[i];
-            for (int64_t j = 0; j < ny; ++j)
-                for (int64_t s = 0; s < ns; ++s) {
-                  if (!points_active(seg, nx, i, j, s)) continue;
-                  const int64_t k1 = s + 1 == ns ? nz : (s + 1) * kSeg;
-                  for (int64_t k = s * kSeg; k < k1; ++k) {
-                    const unsigned m = unk ? point_mask<true>(vol, nx, ny, nz, i, j, k, level)
-                                        : point_mask<false>(vol, nx, ny, nz, i, j, k, level);
-                    int64_t* slot = &ids[(j * nz + k) * 3];
-                    for (int d = 0; d < 3; ++d) {
-                        if (!(m & (1u << d))) continue;
-                        slot[d] = next;
-                        if (write)
-                            hp_edge_vertex(vol, ny, nz, i, j, k, d, level, spacing, origin,
-                                           &mesh.vertices[next * 3], &mesh.values[next]);
-                        ++next;
-                    }
-                  }
+            visit_points(i, [&](int64_t j, int64_t k, unsigned m) {
+                int64_t* slot = &ids[(j * nz + k) * 3];
+                for (int d = 0; d < 3; ++d) {
+                    if (!(m & (1u << d))) continue;
+                    slot[d] = next;
+                    if (write)
+                        hp_edge_vertex(vol, ny, nz, i, j, k, d, level, spacing, origin,
+                                       &mesh.vertices[next * 3], &mesh.values[next]);
+                    ++next;
                 }
+            });
         };
         for (int64_t c; (c = next_chunk.fetch_add(1)) < nchunks;) {
             const int64_t c0 = ncl * c / nchunks, c1 = ncl * (c + 1) / nchunks;
