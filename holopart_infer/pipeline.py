@@ -12,6 +12,7 @@ published layout) runs on the faithful PyTorch model (the ``[torch]`` extra).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -229,14 +230,13 @@ class HoloPart:
         report = progress or (lambda stage, done, total: None)
         timings: dict[str, float] = {}
 
+        @contextlib.contextmanager
         def timed(stage):
-            class _T:
-                def __enter__(self_):
-                    self_.t0 = time.perf_counter()
-
-                def __exit__(self_, *exc):
-                    timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - self_.t0
-            return _T()
+            t0 = time.perf_counter()
+            try:
+                yield
+            finally:
+                timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0
 
         with timed("load_parts"):
             if not isinstance(parts, parts_io.Parts):
