@@ -301,27 +301,21 @@ class HoloPart:
         return CompletionResult(results, timings, {"decoder_queries_per_level": level_queries,
                                                    "num_parts": P, "backend": self.backend_name})
 
-    def _decode_padded(self, points_per_part: list[np.ndarray], kv, chunk: int = 262144) -> list[np.ndarray]:
-        """Query the decoder for each part's points, all parts of the batch at once.
+    def _decode_padded(self, points_per_part: list[np.ndarray], kv) -> list[np.ndarray]:
+        """Query the decoder for each part's points, all parts of the batch in one call.
 
-        Parts have different point counts: each chunk pads to the longest part
-        (padding rows are discarded). ``chunk`` caps points per part per call.
+        Parts have different point counts: pad to the longest (padding rows are
+        discarded). Extraction already bounds each part's points per call
+        (``chunk_points``), so no further chunking happens here.
         """
         counts = [len(p) for p in points_per_part]
-        n_max = max(counts) if counts else 0
-        out = [np.empty(c, dtype=np.float32) for c in counts]
-        B = len(points_per_part)
-        for s in range(0, n_max, chunk):
-            e = min(n_max, s + chunk)
-            pts = np.zeros((B, e - s, 3), dtype=np.float32)
-            for b, p in enumerate(points_per_part):
-                seg = p[s:e]
-                pts[b, : len(seg)] = seg
-            logits = np.asarray(self.backend.decoder_query(pts, kv)).reshape(B, e - s)
-            for b, p in enumerate(points_per_part):
-                n = max(0, min(e, len(p)) - s)
-                out[b][s:s + n] = logits[b, :n]
-        return out
+        if not any(counts):
+            return [np.empty(0, np.float32) for _ in counts]
+        pts = np.zeros((len(counts), max(counts, default=0), 3), dtype=np.float32)
+        for b, p in enumerate(points_per_part):
+            pts[b, : len(p)] = p
+        logits = np.asarray(self.backend.decoder_query(pts, kv)).reshape(pts.shape[:2])
+        return [logits[b, :n] for b, n in enumerate(counts)]
 
 
 def _level_counts(stats) -> dict[str, int]:
