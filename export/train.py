@@ -69,7 +69,14 @@ class TrainConfig:
     objects: int = 16               # synthetic objects in the training pool
     data_seed: int = 0
     n_views: int = 16               # visibility cameras per object
+    view_choices: tuple[int, ...] | None = None  # if set: object i uses view_choices[i % len] cameras
     templates: tuple[str, ...] | None = None
+    workers: int = 1                # processes building the pool (the pool does not depend on it)
+    occluded_weight: float = 1.0    # sampling weight of parts with visible_frac < occluded_below
+    occluded_below: float = 0.95
+    lr_schedule: str = "constant"   # "constant" or "cosine" (from lr at decay_from to lr * lr_final at steps)
+    decay_from: int = 0
+    lr_final: float = 0.01
     batch_size: int = 8
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -87,6 +94,8 @@ class TrainConfig:
         keys = ("num_latents", "num_points", "n_surface", "n_occ_near", "n_occ_uniform", "occ_sigma",
                 "objects", "data_seed", "n_views", "templates", "preset")
         d = {k: getattr(self, k) for k in keys}
+        if self.view_choices:  # keys of pools built before this field existed are unchanged
+            d["view_choices"] = list(self.view_choices)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
@@ -107,7 +116,8 @@ def object_examples(obj, tc: TrainConfig, num_tokens: int, seed: int) -> dict[st
     surface (P, n_surface, 6): complete part [xyz, normal] in the part frame of its
     visible patch, the first ``num_latents`` rows an FPS subset (encoder queries);
     occ_points (P, Q, 3) / occ_labels (P, Q) in the same frame;
-    part_tokens, whole_points, local_tokens, local_points: the part encoder inputs.
+    part_tokens, whole_points, local_tokens, local_points: the part encoder inputs;
+    visible_frac (P,): the visible share of each part's area.
     """
     import trimesh
 
@@ -133,25 +143,45 @@ def object_examples(obj, tc: TrainConfig, num_tokens: int, seed: int) -> dict[st
                                tc.n_occ_uniform, rng, sigma=tc.occ_sigma)
         occ_p.append(occ.points)
         occ_l.append(occ.labels)
-    out.update(surface=np.stack(surf), occ_points=np.stack(occ_p), occ_labels=np.stack(occ_l))
+    out.update(surface=np.stack(surf), occ_points=np.stack(occ_p), occ_labels=np.stack(occ_l),
+               visible_frac=np.array([p.visible_fraction for p in obj.parts]))
     return {k: np.asarray(a, dtype=np.float32) for k, a in out.items()}
 
 
-def build_pool(tc: TrainConfig, num_tokens: int, cache_dir: Path | None = None) -> dict[str, torch.Tensor]:
-    """All parts of ``tc.objects`` synthetic objects, as CPU tensors (cached as npz under cache_dir)."""
-    from export.synthetic import iter_dataset
+def object_views(tc: TrainConfig, i: int) -> int:
+    """Visibility cameras of pool object ``i``."""
+    return int(tc.view_choices[i % len(tc.view_choices)]) if tc.view_choices else tc.n_views
 
+
+def _pool_object(args) -> dict[str, np.ndarray]:
+    from export.synthetic import make_object
+
+    tc, num_tokens, i = args
+    t = None if tc.templates is None else tc.templates[i % len(tc.templates)]
+    obj = make_object((int(tc.data_seed), i), t, n_views=object_views(tc, i))
+    return object_examples(obj, tc, num_tokens, seed=tc.data_seed * 100003 + i)
+
+
+def build_pool(tc: TrainConfig, num_tokens: int, cache_dir: Path | None = None) -> dict[str, torch.Tensor]:
+    """All parts of ``tc.objects`` synthetic objects, as CPU tensors (cached as npz under cache_dir).
+
+    Object i is ``make_object((data_seed, i))`` with ``object_views(tc, i)`` cameras;
+    ``tc.workers`` processes build it (same result for any count).
+    """
     path = None if cache_dir is None else Path(cache_dir) / f"pool_{tc.data_key()}.npz"
     if path is not None and path.is_file():
         with np.load(path) as z:
             return {k: torch.from_numpy(z[k]) for k in z.files}
     t0 = time.time()
-    chunks: dict[str, list] = {}
-    for i, obj in enumerate(iter_dataset(tc.data_seed, tc.objects, templates=tc.templates, n_views=tc.n_views)):
-        ex = object_examples(obj, tc, num_tokens, seed=tc.data_seed * 100003 + i)
-        for k, a in ex.items():
-            chunks.setdefault(k, []).append(a)
-    pool = {k: np.concatenate(v) for k, v in chunks.items()}
+    jobs = [(tc, num_tokens, i) for i in range(tc.objects)]
+    if tc.workers > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(tc.workers) as workers:
+            examples = workers.map(_pool_object, jobs, chunksize=4)
+    else:
+        examples = [_pool_object(j) for j in jobs]
+    pool = {k: np.concatenate([ex[k] for ex in examples]) for k in examples[0]}
     log.info("pool: %d objects, %d parts in %.1fs", tc.objects, len(pool["surface"]), time.time() - t0)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,6 +189,27 @@ def build_pool(tc: TrainConfig, num_tokens: int, cache_dir: Path | None = None) 
         np.savez(tmp, **pool)
         tmp.replace(path)
     return {k: torch.from_numpy(v) for k, v in pool.items()}
+
+
+def part_weights(pool: dict, tc: TrainConfig) -> torch.Tensor | None:
+    """Sampling weights over pool parts (None: uniform), from ``occluded_weight``."""
+    if tc.occluded_weight == 1.0:
+        return None
+    if "visible_frac" not in pool:
+        raise ValueError("occluded_weight needs a pool with visible_frac: rebuild the pool (delete pool_*.npz)")
+    occluded = pool["visible_frac"] < tc.occluded_below
+    return torch.where(occluded, tc.occluded_weight, 1.0).double()
+
+
+def learning_rate(tc: TrainConfig, step: int) -> float:
+    """lr of the step after ``step`` steps: constant, or a cosine from decay_from to steps."""
+    if tc.lr_schedule == "constant" or step < tc.decay_from:
+        return tc.lr
+    if tc.lr_schedule != "cosine":
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {tc.lr_schedule!r}")
+    span = max(1, tc.steps - tc.decay_from)
+    frac = min(1.0, (step - tc.decay_from) / span)
+    return tc.lr * (tc.lr_final + (1 - tc.lr_final) * 0.5 * (1 + np.cos(np.pi * frac)))
 
 
 # ----------------------------------------------------------------------------- VAE encoder
@@ -312,6 +363,7 @@ def train(stage: str, tc: TrainConfig, out: str | Path, resume: bool = True, poo
     if pool is None:
         pool = build_pool(tc, mcfg["part_encoder"]["num_tokens"], cache_dir=out)
     n = len(pool["surface"])
+    weights = part_weights(pool, tc)
     keys = ("surface", "occ_points", "occ_labels") if stage == "vae" else \
         ("surface", "part_tokens", "whole_points", "local_tokens", "local_points")
 
@@ -326,7 +378,12 @@ def train(stage: str, tc: TrainConfig, out: str | Path, resume: bool = True, poo
     t0 = time.time()
     try:
         while step < tc.steps:
-            idx = torch.randint(n, (tc.batch_size,), generator=gen)
+            if weights is None:
+                idx = torch.randint(n, (tc.batch_size,), generator=gen)
+            else:
+                idx = torch.multinomial(weights, tc.batch_size, replacement=True, generator=gen)
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(tc, step)
             batch = {k: pool[k][idx].to(device) for k in keys}
             if stage == "vae":
                 losses = vae_loss(models["vae_encoder"], models["vae_decoder"], batch, gen, tc.num_latents,
@@ -341,7 +398,8 @@ def train(stage: str, tc: TrainConfig, out: str | Path, resume: bool = True, poo
                 torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
             opt.step()
             step += 1
-            rec = {"stage": stage, "step": step, **{k: float(v.detach()) for k, v in losses.items()}}
+            rec = {"stage": stage, "step": step, **{k: float(v.detach()) for k, v in losses.items()},
+                   "lr": opt.param_groups[0]["lr"]}
             history.append(rec)
             if callback is not None:
                 callback(rec)
@@ -415,6 +473,9 @@ def main(argv=None) -> int:
         if f.name == "templates":
             p.add_argument("--templates", nargs="+")
             continue
+        if f.name == "view_choices":
+            p.add_argument("--view-choices", nargs="+", type=int)
+            continue
         p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -423,6 +484,7 @@ def main(argv=None) -> int:
         return 0
     kw = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)}
     kw["templates"] = tuple(a.templates) if a.templates else None
+    kw["view_choices"] = tuple(a.view_choices) if a.view_choices else None
     if a.stage == "dit" and kw["lr"] == TrainConfig.lr:
         kw["lr"] = 5e-4
     train(a.stage, TrainConfig(**kw), a.out, resume=not a.no_resume)

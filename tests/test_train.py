@@ -141,3 +141,52 @@ def test_export_loads_with_load_networks(pool, tmp_path):
         logits = nets.vae(x, pool["occ_points"][:2])
     assert v.shape == x.shape and logits.shape == (2, 128, 1)
     assert torch.isfinite(v).all() and torch.isfinite(logits).all()
+
+
+def test_pool_records_visible_fraction(pool):
+    vf = pool["visible_frac"]
+    assert vf.shape == (pool["surface"].shape[0],)
+    assert float(vf.min()) >= 0.02 and float(vf.max()) <= 1.0  # parts under 2% visible are dropped
+
+
+def test_object_views_cycle_and_change_the_pool_key():
+    assert [T.object_views(TC, i) for i in range(3)] == [8, 8, 8]
+    tc = dataclasses.replace(TC, view_choices=(4, 16))
+    assert [T.object_views(tc, i) for i in range(4)] == [4, 16, 4, 16]
+    assert tc.data_key() != TC.data_key()
+    assert dataclasses.replace(TC, workers=2).data_key() == TC.data_key()  # workers do not change the data
+
+
+def test_pool_workers_give_the_same_pool():
+    tc = dataclasses.replace(TC, objects=2, templates=("mug", "dumbbell"))
+    one = T.build_pool(tc, 16)
+    two = T.build_pool(dataclasses.replace(tc, workers=2), 16)
+    assert one.keys() == two.keys()
+    for k in one:
+        torch.testing.assert_close(one[k], two[k], rtol=0, atol=0)
+
+
+def test_occluded_parts_are_drawn_more_often():
+    vf = torch.tensor([1.0, 0.5, 0.99, 0.9])
+    assert T.part_weights({"visible_frac": vf}, TC) is None  # weight 1: uniform
+    w = T.part_weights({"visible_frac": vf}, dataclasses.replace(TC, occluded_weight=4.0))
+    assert w.tolist() == [1.0, 4.0, 1.0, 4.0]
+    with pytest.raises(ValueError, match="visible_frac"):
+        T.part_weights({}, dataclasses.replace(TC, occluded_weight=4.0))
+
+
+def test_cosine_schedule():
+    tc = dataclasses.replace(TC, lr=1e-3, steps=100, lr_schedule="cosine", decay_from=50, lr_final=0.01)
+    assert T.learning_rate(tc, 0) == T.learning_rate(tc, 50) == 1e-3
+    assert T.learning_rate(tc, 75) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))
+    assert T.learning_rate(tc, 100) == pytest.approx(1e-5)
+    assert T.learning_rate(dataclasses.replace(tc, lr_schedule="constant"), 90) == 1e-3
+    with pytest.raises(ValueError, match="lr_schedule"):
+        T.learning_rate(dataclasses.replace(tc, lr_schedule="step"), 60)
+
+
+def test_training_uses_the_schedule(pool, tmp_path):
+    tc = dataclasses.replace(TC, lr_schedule="cosine", decay_from=2, lr_final=0.1, occluded_weight=2.0)
+    hist = T.train("vae", tc, tmp_path / "run", pool=pool)
+    assert [r["lr"] for r in hist[:2]] == [tc.lr, tc.lr]
+    assert hist[2]["lr"] == pytest.approx(T.learning_rate(tc, 2)) and hist[3]["lr"] < hist[2]["lr"]
