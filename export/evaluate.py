@@ -37,6 +37,7 @@ CLI::
 
     python -m export.evaluate --model MODEL_DIR --objects 20 --out results.json
     python -m export.evaluate --baselines-only --objects 20
+    python -m export.evaluate --compare a.json b.json   # pooled table + paired differences
 """
 from __future__ import annotations
 
@@ -274,6 +275,59 @@ def summarize(scores: list[PartScore], occluded_below: float = 0.95, success_iou
     return out
 
 
+def paired_differences(scores: list[PartScore], method: str = "model", base: str = "hull",
+                       subset: str = "occluded", occluded_below: float = 0.95) -> dict:
+    """Per-part differences ``method - base`` with a normal 95% interval (mean +- 1.96 SE).
+
+    Parts are matched on ``(object, part)`` (and ``seed`` when scores from several
+    runs are pooled, see :func:`load_scores`). Returns, per metric, ``mean``,
+    ``low``, ``high`` and ``better`` (parts where ``method`` is better: higher
+    IoU/F1, lower Chamfer), plus ``n``.
+    """
+    by: dict = {}
+    for s in scores:
+        by.setdefault((getattr(s, "seed", None), s.object, s.part), {})[s.method] = s
+    pairs = [(v[method], v[base]) for v in by.values() if method in v and base in v
+             and (subset == "all" or v[base].visible_fraction < occluded_below)]
+    out: dict = {"n": len(pairs)}
+    if not pairs:
+        return out
+    for k in ("iou", "chamfer", "f1"):
+        d = np.array([getattr(a, k) - getattr(b, k) for a, b in pairs], dtype=np.float64)
+        se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("inf")
+        out[k] = {"mean": float(d.mean()), "low": float(d.mean() - 1.96 * se), "high": float(d.mean() + 1.96 * se),
+                  "better": int((d < 0).sum() if k == "chamfer" else (d > 0).sum())}
+    return out
+
+
+@dataclass
+class _SeededScore(PartScore):
+    seed: int = 0
+
+
+def load_scores(paths) -> list[PartScore]:
+    """Scores of one or more ``--out`` json files, tagged with each run's object seed."""
+    out: list[PartScore] = []
+    for path in paths:
+        d = json.loads(Path(path).read_text())
+        seed = int(d["args"]["seed"])
+        out += [_SeededScore(**row, seed=seed) for row in d["scores"]]
+    return out
+
+
+def comparison_text(scores: list[PartScore], occluded_below: float = 0.95) -> str:
+    lines = []
+    for subset in ("occluded", "all"):
+        for base in ("hull", "patch"):
+            d = paired_differences(scores, "model", base, subset, occluded_below)
+            if d["n"] == 0 or "iou" not in d:
+                continue
+            cells = [f"{k} {d[k]['mean']:+.4f} [{d[k]['low']:+.4f}, {d[k]['high']:+.4f}] better on "
+                     f"{d[k]['better']}/{d['n']}" for k in ("iou", "chamfer", "f1")]
+            lines.append(f"{subset:8s} model - {base:5s} (n={d['n']}): " + "; ".join(cells))
+    return "\n".join(lines)
+
+
 def markdown_table(summary: dict) -> str:
     lines = []
     for subset, by_method in summary.items():
@@ -304,8 +358,16 @@ def main(argv=None) -> int:
     p.add_argument("--n-volume", type=int, default=32000)
     p.add_argument("--occluded-below", type=float, default=0.95)
     p.add_argument("--out", help="write per-part scores and the summary as json")
+    p.add_argument("--compare", nargs="+", metavar="JSON",
+                   help="no evaluation: pool these --out files (parts matched per seed) and print the summary "
+                        "and the paired differences model - hull / model - patch")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if a.compare:
+        scores = load_scores(a.compare)
+        print(markdown_table(summarize(scores, a.occluded_below)))
+        print(comparison_text(scores, a.occluded_below))
+        return 0
     model, methods = None, ("hull", "patch")
     kw = dict(steps=a.steps, guidance=a.guidance, seed=0, depth=a.depth, num_points=a.num_points,
               latent_tokens=a.latent_tokens, decimate=a.decimate)

@@ -174,13 +174,21 @@ def build_pool(tc: TrainConfig, num_tokens: int, cache_dir: Path | None = None) 
             return {k: torch.from_numpy(z[k]) for k in z.files}
     t0 = time.time()
     jobs = [(tc, num_tokens, i) for i in range(tc.objects)]
+    examples = []
+
+    def collect(results):
+        for ex in results:
+            examples.append(ex)
+            if len(examples) % 100 == 0:
+                log.info("pool: %d/%d objects (%.0fs)", len(examples), tc.objects, time.time() - t0)
+
     if tc.workers > 1:
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(tc.workers) as workers:
-            examples = workers.map(_pool_object, jobs, chunksize=4)
+            collect(workers.imap(_pool_object, jobs, chunksize=4))  # in order
     else:
-        examples = [_pool_object(j) for j in jobs]
+        collect(map(_pool_object, jobs))
     pool = {k: np.concatenate([ex[k] for ex in examples]) for k in examples[0]}
     log.info("pool: %d objects, %d parts in %.1fs", tc.objects, len(pool["surface"]), time.time() - t0)
     if path is not None:

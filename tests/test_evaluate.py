@@ -102,3 +102,37 @@ def test_parity_matches_winding_number_on_a_torus():
     open_f = m.faces[:-10]  # open mesh: winding-number path
     assert not E.is_closed(m.vertices, open_f)
     assert (E.occupancy(cols, z, m.vertices, open_f) == wn).mean() > 0.97
+
+
+def _score(method, obj, part, vf, iou, cd):
+    return E.PartScore(obj, "mug", part, "cylinder", vf, method, cd, iou, 0.5, 0.5, iou, 10)
+
+
+def test_paired_differences_match_parts_and_subsets():
+    rows = []
+    for o, (m, h, vf) in enumerate([(0.9, 0.5, 0.5), (0.8, 0.6, 0.6), (0.7, 0.6, 0.99), (0.6, 0.7, 0.8)]):
+        rows += [_score("model", o, "a", vf, m, 0.01), _score("hull", o, "a", vf, h, 0.02)]
+    d = E.paired_differences(rows, "model", "hull", "occluded")
+    assert d["n"] == 3
+    diffs = np.array([0.4, 0.2, -0.1])
+    se = diffs.std(ddof=1) / np.sqrt(3)
+    assert d["iou"]["mean"] == pytest.approx(diffs.mean())
+    assert d["iou"]["low"] == pytest.approx(diffs.mean() - 1.96 * se)
+    assert d["iou"]["better"] == 2 and d["chamfer"]["better"] == 3  # lower Chamfer is better
+    assert E.paired_differences(rows, "model", "hull", "all")["n"] == 4
+    assert E.paired_differences(rows, "model", "patch", "all") == {"n": 0}
+
+
+def test_compare_pools_runs_per_seed(tmp_path, capsys):
+    import json
+    from dataclasses import asdict
+
+    for seed, (m, h) in ((1, (0.9, 0.5)), (2, (0.7, 0.6))):  # same object/part ids in both runs
+        rows = [asdict(_score("model", 0, "a", 0.5, m, 0.01)), asdict(_score("hull", 0, "a", 0.5, h, 0.02)),
+                asdict(_score("patch", 0, "a", 0.5, h, 0.02))]
+        (tmp_path / f"{seed}.json").write_text(json.dumps({"args": {"seed": seed}, "scores": rows}))
+    scores = E.load_scores([tmp_path / "1.json", tmp_path / "2.json"])
+    assert E.paired_differences(scores, "model", "hull")["n"] == 2  # not merged across seeds
+    assert E.main(["--compare", str(tmp_path / "1.json"), str(tmp_path / "2.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| model | 2 |" in out and "model - hull  (n=2): iou +0.2500" in out
