@@ -173,7 +173,8 @@ def _options_from(args, **defaults):
     from holopart_infer.pipeline import CompletionOptions
 
     kw = dict(defaults)
-    for name in ("steps", "guidance", "seed", "depth", "parts_per_batch", "decimate", "num_points", "latent_tokens"):
+    for name in ("steps", "guidance", "seed", "depth", "parts_per_batch", "decimate", "num_points", "latent_tokens",
+                 "min_component"):
         val = getattr(args, name, None)
         if val is not None:
             kw[name] = val
@@ -225,6 +226,9 @@ def _add_sampling_args(p: argparse.ArgumentParser, defaults: dict | None = None)
     p.add_argument("--parts-per-batch", dest="parts_per_batch", type=int, help="parts denoised together (default 8)")
     p.add_argument("--decimate", type=int, help=f"target faces per part (default {d.get('decimate', 10000)})")
     p.add_argument("--no-decimate", action="store_true", help="keep the full marching-cubes mesh")
+    p.add_argument("--min-component", dest="min_component", type=float,
+                   help="drop mesh pieces smaller (in area) than this fraction of a part's largest piece "
+                        f"(default {d.get('min_component', 0)}: keep all, as the reference)")
     p.add_argument("--num-points", dest="num_points", type=int, help="surface samples per part (default 20480)")
     p.add_argument("--latent-tokens", dest="latent_tokens", type=int,
                    help=f"latent length (default {d.get('latent_tokens', 2048)}, the published model's)")

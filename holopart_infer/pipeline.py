@@ -55,6 +55,9 @@ class CompletionOptions:
         band: |logit| threshold of the coarse-to-fine band (reference 0.95).
         chunk_points: decoder query points per part per call; bounds the
             attention scratch (points x latent tokens x heads) per call.
+        min_component: drop connected pieces of a part's mesh whose area is
+            below this fraction of its largest piece (floaters); 0 keeps
+            everything, as the reference does.
     """
 
     steps: int = sampler.DEFAULT_STEPS
@@ -68,6 +71,7 @@ class CompletionOptions:
     normalize: bool = True
     band: float = 0.95
     chunk_points: int = 8192
+    min_component: float = 0.0
 
     def validate(self) -> None:
         checks = [
@@ -80,6 +84,7 @@ class CompletionOptions:
             ("latent_tokens", self.latent_tokens >= 1, "an integer >= 1"),
             ("band", self.band > 0, "a number > 0"),
             ("chunk_points", self.chunk_points >= 1, "an integer >= 1"),
+            ("min_component", 0.0 <= self.min_component <= 1.0, "a number in [0, 1]"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -217,6 +222,7 @@ class HoloPart:
             coordinates, and per-stage timings. Same seed and backend: same result.
         """
         from holopart_infer import conditioning, extract, parts_io
+        from holopart_infer.cleanup import remove_floaters
         from holopart_infer.decimate import decimate as decimate_mesh
 
         opts = options or CompletionOptions()
@@ -293,6 +299,8 @@ class HoloPart:
             for i, (v, f) in enumerate(meshes):
                 v = cond.to_input_frame(i, np.asarray(v, dtype=np.float64))
                 f = np.asarray(f, dtype=np.int64)
+                if opts.min_component > 0:
+                    v, f = remove_floaters(v, f, opts.min_component)
                 if opts.decimate is not None and len(f) > opts.decimate:
                     v, f = decimate_mesh(v, f, opts.decimate)
                 results.append(PartMesh(parts.names[i], np.asarray(v, np.float32), np.asarray(f, np.int64),

@@ -99,6 +99,7 @@ def test_progress_reports_each_stage():
     (dict(depth=3), "depth must be"),
     (dict(guidance=float("nan")), "guidance"),
     (dict(parts_per_batch=0), "parts_per_batch"),
+    (dict(min_component=1.5), "min_component"),
 ])
 def test_bad_options(bad, match):
     with pytest.raises(InputError, match=match):
@@ -161,3 +162,25 @@ def test_checkpoint_fast_path_matches_faithful_model(tiny_checkpoint):
     for pa, pb in zip(a.parts, b.parts):
         assert pa.faces.shape == pb.faces.shape
         np.testing.assert_allclose(pa.vertices, pb.vertices, atol=1e-4)
+
+
+def test_min_component_drops_small_pieces():
+    from holopart_infer.cleanup import connected_components
+
+    model = hp.load(assets.demo_model_path())
+    full = model.complete(assets.demo_object_path(), **FAST)
+    kept = model.complete(assets.demo_object_path(), min_component=0.5, **FAST)
+
+    def areas(p):
+        n, label = connected_components(p.faces, len(p.vertices))
+        t = p.vertices[p.faces].astype(np.float64)
+        a = 0.5 * np.linalg.norm(np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]), axis=1)
+        return np.bincount(label, weights=a, minlength=n)
+
+    # the random-weight demo model leaves several pieces in some part: the test has something to remove
+    assert max(len(areas(p)) for p in full.parts) > 1
+    for a, b in zip(full.parts, kept.parts):
+        ab = areas(b)
+        assert ab.min() >= 0.5 * ab.max() - 1e-9
+        assert ab.max() == pytest.approx(areas(a).max())  # the largest piece is untouched
+        assert len(b.faces) <= len(a.faces)
