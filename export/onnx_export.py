@@ -134,8 +134,12 @@ def _validate_graph(g: GraphDef, path: Path, precision: str) -> float:
 
 def export_model(weights_dir: str | os.PathLike, out_dir: str | os.PathLike, precision: str = "fp32",
                  overwrite: bool = False, progress: bool = True, *, validate: bool = True,
-                 latent_tokens: int = LATENT_TOKENS) -> Path:
+                 latent_tokens: int | None = None) -> Path:
     """Export a checkpoint to a model directory.
+
+    The checkpoint's ``model_index.json`` ``inference_defaults`` (the options a
+    model was trained for, e.g. holopart-mini's latent length) are checked and
+    copied into the manifest as ``defaults``; the runtime applies them.
 
     Args:
         weights_dir: checkpoint folder in the published layout.
@@ -146,7 +150,8 @@ def export_model(weights_dir: str | os.PathLike, out_dir: str | os.PathLike, pre
         overwrite: replace ``out_dir`` if it exists.
         progress: show a progress bar per graph.
         validate: run onnx.checker and compare ONNX Runtime with PyTorch.
-        latent_tokens: latent token count for the TensorRT "opt" profile.
+        latent_tokens: latent token count for the TensorRT "opt" profile
+            (default: the checkpoint's inference default, else 2048).
 
     Returns:
         The model directory.
@@ -184,7 +189,13 @@ def _quiet_exporter_logs():
 
 def _export(weights_dir: Path, out_dir: Path, precision: str, overwrite: bool, progress: bool,
             validate: bool, latent_tokens: int) -> Path:
+    from holopart_infer.pipeline import CompletionOptions, checkpoint_inference_defaults
+
     dtype = TORCH_DTYPES[precision]
+    defaults = checkpoint_inference_defaults(weights_dir)
+    CompletionOptions.with_defaults(defaults, str(weights_dir / "model_index.json"))  # fail before exporting
+    if latent_tokens is None:
+        latent_tokens = int(defaults.get("latent_tokens", LATENT_TOKENS))
     nets = load_networks(weights_dir, precision="fp32")  # the faithful reference, original layout
     graphs = all_graphs(nets, dtype, latent_tokens)
 
@@ -234,6 +245,7 @@ def _export(weights_dir: Path, out_dir: Path, precision: str, overwrite: bool, p
                 "scheduler": dict(nets.scheduler),
             },
             "latent_tokens": latent_tokens,
+            "defaults": defaults,
             "graphs": entries,
         }
         write_manifest(tmp, manifest)

@@ -169,10 +169,13 @@ def _complete_and_write(model, input_path, labels, output: Path, preview: Path |
     return EXIT_OK
 
 
-def _options_from(args, **defaults):
+def _options_from(args, base=None, **defaults):
+    """CompletionOptions: ``base`` (the model's defaults), then ``defaults``, then the flags given."""
+    from dataclasses import asdict
+
     from holopart_infer.pipeline import CompletionOptions
 
-    kw = dict(defaults)
+    kw = {**(asdict(base) if base is not None else {}), **defaults}
     for name in ("steps", "guidance", "seed", "depth", "parts_per_batch", "decimate", "num_points", "latent_tokens",
                  "min_component"):
         val = getattr(args, name, None)
@@ -197,7 +200,8 @@ def cmd_run(args) -> int:
     model = load(args.weights or args.model, backend=args.backend, device=args.device,
                  precision=args.precision, engine_cache=args.engine_cache)
     return _complete_and_write(model, input_path, labels, Path(args.output),
-                               Path(args.preview) if args.preview else None, _options_from(args),
+                               Path(args.preview) if args.preview else None,
+                               _options_from(args, model.default_options()),
                                args.overwrite, args.quiet)
 
 
@@ -214,7 +218,8 @@ def cmd_demo(args) -> int:
     output = Path(args.output)
     preview = Path(args.preview) if args.preview else output.with_suffix(".png")
     return _complete_and_write(model, assets.demo_object_path(), None, output, preview,
-                               _options_from(args, **DEMO_DEFAULTS), args.overwrite, args.quiet)
+                               _options_from(args, model.default_options(), **DEMO_DEFAULTS), args.overwrite,
+                               args.quiet)
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, defaults: dict | None = None) -> None:
@@ -229,9 +234,10 @@ def _add_sampling_args(p: argparse.ArgumentParser, defaults: dict | None = None)
     p.add_argument("--min-component", dest="min_component", type=float,
                    help="drop mesh pieces smaller (in area) than this fraction of a part's largest piece "
                         f"(default {d.get('min_component', 0)}: keep all, as the reference)")
-    p.add_argument("--num-points", dest="num_points", type=int, help="surface samples per part (default 20480)")
+    p.add_argument("--num-points", dest="num_points", type=int,
+                   help="surface samples per part (default: the model's, else 20480)")
     p.add_argument("--latent-tokens", dest="latent_tokens", type=int,
-                   help=f"latent length (default {d.get('latent_tokens', 2048)}, the published model's)")
+                   help="latent length (default: the model's, else 2048 as the published model)")
     p.add_argument("--no-normalize", action="store_true",
                    help="do not normalize the object into the model frame (input must already be about [-1, 1])")
     p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "tensorrt"], default="auto")

@@ -63,6 +63,16 @@ class Manifest:
     graphs: dict[str, GraphSpec]
     raw: dict = field(repr=False, default_factory=dict)
 
+    @property
+    def defaults(self) -> dict:
+        """The model's recommended :class:`holopart_infer.pipeline.CompletionOptions`
+        values (``"defaults"`` in the manifest; {} when absent)."""
+        d = self.raw.get("defaults", {})
+        if not isinstance(d, dict):
+            raise ModelDirError(f"{self.model_dir / MANIFEST_NAME}: 'defaults' must be an object, "
+                                f"got {type(d).__name__}. Re-export the model.")
+        return dict(d)
+
     def graph(self, name: str) -> GraphSpec:
         try:
             return self.graphs[name]

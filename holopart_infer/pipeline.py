@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import logging
 import os
 import time
@@ -24,7 +25,8 @@ from typing import Callable
 import numpy as np
 
 from holopart_infer import sampler
-from holopart_infer.errors import BackendUnavailable, InputError, InputFileNotFound, missing_extra
+from holopart_infer.errors import (BackendUnavailable, CheckpointError, InputError, InputFileNotFound,
+                                   ModelDirError, missing_extra)
 from holopart_infer.tokens import select_tokens
 
 log = logging.getLogger("holopart_infer")
@@ -72,6 +74,25 @@ class CompletionOptions:
     band: float = 0.95
     chunk_points: int = 8192
     min_component: float = 0.0
+
+    @classmethod
+    def with_defaults(cls, defaults: dict | None, source: str = "model") -> "CompletionOptions":
+        """Options with a model's recommended defaults (``inference_defaults``) applied.
+
+        Raises:
+            ModelDirError: an unknown option name or a bad value, naming ``source``.
+        """
+        defaults = dict(defaults or {})
+        unknown = set(defaults) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ModelDirError(f"{source}: unknown option(s) in inference_defaults: {', '.join(sorted(unknown))}; "
+                                f"known: {', '.join(cls.__dataclass_fields__)}. Re-export the model.")
+        opts = cls(**defaults)
+        try:
+            opts.validate()
+        except InputError as e:
+            raise ModelDirError(f"{source}: inference_defaults: {e}. Re-export the model.") from None
+        return opts
 
     def validate(self) -> None:
         checks = [
@@ -177,8 +198,11 @@ def _resolve(kind: str, backend: str, device: str) -> tuple[str, str]:
 class HoloPart:
     """A loaded model. Use :func:`load` to make one."""
 
-    def __init__(self, backend, backend_name: str, device: str, precision: str, path: Path, config: dict):
+    def __init__(self, backend, backend_name: str, device: str, precision: str, path: Path, config: dict,
+                 defaults: dict | None = None):
         self.backend = backend
+        #: the model's recommended options (manifest ``defaults`` / model_index ``inference_defaults``)
+        self.defaults = dict(defaults or {})
         self.backend_name = backend_name
         self.device = device
         self.precision = precision
@@ -197,6 +221,12 @@ class HoloPart:
 
         return "cuda" if self.device == "cuda" and native.cuda_available() else "cpu"
 
+    def default_options(self) -> CompletionOptions:
+        """:class:`CompletionOptions` with this model's recommended defaults applied
+        (e.g. the latent length a small model was trained with); what
+        :meth:`complete` uses when no ``options`` are given."""
+        return CompletionOptions.with_defaults(self.defaults, str(self.path))
+
     @property
     def num_tokens(self) -> int:
         return int(self.config["part_encoder"]["num_tokens"])
@@ -213,8 +243,9 @@ class HoloPart:
             parts: a path (glb/gltf scene, mesh + ``labels``, or a folder of part
                 meshes) or a :class:`holopart_infer.parts_io.Parts`.
             labels: per-face label file/array when ``parts`` is a single mesh.
-            options: a :class:`CompletionOptions`; keyword overrides (steps=,
-                guidance=, seed=, depth=, parts_per_batch=, decimate=, ...) win.
+            options: a :class:`CompletionOptions` (default:
+                :meth:`default_options`); keyword overrides (steps=, guidance=,
+                seed=, depth=, parts_per_batch=, decimate=, ...) win.
             progress: ``progress(stage, done, total)`` callback.
 
         Returns:
@@ -225,7 +256,7 @@ class HoloPart:
         from holopart_infer.cleanup import remove_floaters
         from holopart_infer.decimate import decimate as decimate_mesh
 
-        opts = options or CompletionOptions()
+        opts = options or self.default_options()
         if overrides:
             unknown = set(overrides) - set(CompletionOptions.__dataclass_fields__)
             if unknown:
@@ -367,6 +398,7 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", p
         from holopart_infer.checkpoint import read_config
 
         config = {c: read_config(path, c) for c in ("part_encoder", "transformer", "vae", "scheduler")}
+        defaults = checkpoint_inference_defaults(path)
     elif name == "onnxruntime":
         from holopart_infer.engines.onnxruntime import OrtBackend
 
@@ -380,4 +412,22 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", p
         be = TensorRTBackend.from_model_dir(path, precision=prec, cache_dir=engine_cache)
         config = be.config
     log.info("holopart_infer: backend %s on %s (%s) from %s", name, dev, prec, path)
-    return HoloPart(be, name, dev, prec, path, config)
+    if name != "torch":
+        from holopart_infer.manifest import load_manifest
+
+        defaults = load_manifest(path, verify_hashes=False).defaults
+    model = HoloPart(be, name, dev, prec, path, config, defaults)
+    model.default_options()  # a bad inference_defaults entry fails here, naming the model
+    return model
+
+
+def checkpoint_inference_defaults(path: str | os.PathLike) -> dict:
+    """``inference_defaults`` of a checkpoint's model_index.json ({} when absent)."""
+    index = Path(path) / "model_index.json"
+    try:
+        d = json.loads(index.read_text(encoding="utf-8")).get("inference_defaults", {})
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{index}: cannot read it ({e})") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{index}: inference_defaults must be an object, got {type(d).__name__}")
+    return d

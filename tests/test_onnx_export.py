@@ -39,6 +39,8 @@ VARIANT = {
     "scheduler": dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False),
 }
 
+VARIANT_DEFAULTS = {"latent_tokens": 24, "num_points": 300, "guidance": 2.0}
+
 _ROOT = Path(tempfile.mkdtemp(prefix="holopart-test-onnx-"))
 atexit.register(shutil.rmtree, _ROOT, True)
 
@@ -50,6 +52,10 @@ def checkpoint(kind: str) -> Path:
     out = _ROOT / f"ckpt-{kind}"
     if not out.exists():
         write_random_checkpoint(out, PRESETS["tiny"] if kind == "golden" else VARIANT, seed=3)
+        if kind == "variant":  # a model with recommended options, as holopart-mini has
+            index = json.loads((out / "model_index.json").read_text())
+            index["inference_defaults"] = VARIANT_DEFAULTS
+            (out / "model_index.json").write_text(json.dumps(index))
     return out
 
 
@@ -186,3 +192,44 @@ def test_overwrite_replaces_atomically(tmp_path):
     assert not (out / "stale.txt").exists() and not tmp.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     load_manifest(out, verify_hashes=True)
+
+
+def test_inference_defaults_travel_to_the_manifest_and_the_runtime(tmp_path):
+    import holopart_infer as hp
+    from holopart_infer.errors import ModelDirError
+
+    model_dir = exported_model("variant")
+    m = load_manifest(model_dir)
+    assert m.defaults == VARIANT_DEFAULTS
+    assert m.raw["latent_tokens"] == 24  # the TensorRT opt profile follows the model's latent length
+    model = hp.load(model_dir, backend="onnxruntime", device="cpu")
+    opts = model.default_options()
+    assert (opts.latent_tokens, opts.num_points, opts.guidance, opts.steps) == (24, 300, 2.0, 50)
+    assert load_manifest(exported_model("golden")).defaults == {}
+
+    # a broken entry fails at load, naming the model dir and the option
+    bad = tmp_path / "bad"
+    shutil.copytree(model_dir, bad)
+    raw = json.loads((bad / "manifest.json").read_text())
+    raw["defaults"] = {"latent_tokenz": 24}
+    (bad / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ModelDirError, match=r"bad.*latent_tokenz"):
+        hp.load(bad, backend="onnxruntime", device="cpu")
+    raw["defaults"] = {"steps": 0}
+    (bad / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ModelDirError, match=r"inference_defaults: option steps must be"):
+        hp.load(bad, backend="onnxruntime", device="cpu")
+
+
+def test_export_refuses_bad_inference_defaults(tmp_path):
+    from export.onnx_export import export_model
+    from holopart_infer.errors import ModelDirError
+
+    ck = tmp_path / "ck"
+    shutil.copytree(checkpoint("variant"), ck)
+    index = json.loads((ck / "model_index.json").read_text())
+    index["inference_defaults"] = {"depth": 99}
+    (ck / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelDirError, match=r"model_index.json: inference_defaults: option depth"):
+        export_model(ck, tmp_path / "m", progress=False)
+    assert not (tmp_path / "m").exists()

@@ -184,3 +184,37 @@ def test_min_component_drops_small_pieces():
         assert ab.min() >= 0.5 * ab.max() - 1e-9
         assert ab.max() == pytest.approx(areas(a).max())  # the largest piece is untouched
         assert len(b.faces) <= len(a.faces)
+
+
+def test_complete_uses_the_model_defaults_unless_overridden():
+    model = hp.load(assets.demo_model_path())
+    fast = {k: v for k, v in FAST.items() if k not in ("latent_tokens", "num_points")}
+    model.defaults = {"latent_tokens": 32, "num_points": 512}
+    assert (model.default_options().latent_tokens, model.default_options().num_points) == (32, 512)
+    a = model.complete(assets.demo_object_path(), **fast)
+    b = model.complete(assets.demo_object_path(), latent_tokens=32, num_points=512, **fast)
+    for pa, pb in zip(a.parts, b.parts):
+        np.testing.assert_array_equal(pa.vertices, pb.vertices)
+    # explicit options win over the model's defaults
+    c = model.complete(assets.demo_object_path(), options=CompletionOptions(**FAST))
+    d = model.complete(assets.demo_object_path(), options=CompletionOptions(**{**FAST, "num_points": 512}))
+    assert any(pc.vertices.shape != pd.vertices.shape or not np.array_equal(pc.vertices, pd.vertices)
+               for pc, pd in zip(c.parts, d.parts))
+
+
+def test_checkpoint_inference_defaults(tmp_path):
+    import json
+
+    from holopart_infer.errors import CheckpointError
+    from holopart_infer.pipeline import checkpoint_inference_defaults
+
+    (tmp_path / "model_index.json").write_text(json.dumps({"inference_defaults": {"latent_tokens": 64}}))
+    assert checkpoint_inference_defaults(tmp_path) == {"latent_tokens": 64}
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "HoloPartPipeline"}))
+    assert checkpoint_inference_defaults(tmp_path) == {}
+    (tmp_path / "model_index.json").write_text(json.dumps({"inference_defaults": [64]}))
+    with pytest.raises(CheckpointError, match="model_index.json: inference_defaults must be an object"):
+        checkpoint_inference_defaults(tmp_path)
+    (tmp_path / "model_index.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="model_index.json: cannot read it"):
+        checkpoint_inference_defaults(tmp_path)
