@@ -427,8 +427,16 @@ def train(stage: str, tc: TrainConfig, out: str | Path, resume: bool = True, poo
 # ----------------------------------------------------------------------------- export
 
 
-def export_checkpoint(out: str | Path, checkpoint_dir: str | Path, overwrite: bool = False) -> Path:
-    """Write the trained weights (OUT/vae_state.pt + OUT/dit_state.pt) in the published layout."""
+def export_checkpoint(out: str | Path, checkpoint_dir: str | Path, overwrite: bool = False,
+                      inference_defaults: dict | None = None) -> Path:
+    """Write the trained weights (OUT/vae_state.pt + OUT/dit_state.pt) in the published layout.
+
+    ``model_index.json`` gets ``inference_defaults``: the latent length and
+    conditioning sample count the model was trained with, updated by
+    ``inference_defaults`` (e.g. sampling options chosen on a validation set);
+    ``holopart-infer export`` carries them into the model dir's manifest.
+    """
+    from holopart_infer.pipeline import CompletionOptions
     from export.random_checkpoint import CLASS_NAMES, _save
     from holopart_infer.checkpoint import WEIGHTS_NAME
 
@@ -439,6 +447,7 @@ def export_checkpoint(out: str | Path, checkpoint_dir: str | Path, overwrite: bo
         if not p.is_file():
             raise FileNotFoundError(f"{p} not found: train the {stage} stage first")
         states[stage] = _load_state(p)
+    CompletionOptions.with_defaults(inference_defaults, "inference_defaults")  # fail before writing
     mcfg = states["dit"]["model_config"]
     if states["vae"]["model_config"]["vae"] != mcfg["vae"]:
         raise ValueError("the vae and dit stages were trained with different vae configs")
@@ -463,6 +472,9 @@ def export_checkpoint(out: str | Path, checkpoint_dir: str | Path, overwrite: bo
     tcd = states["dit"]["train_config"]
     index["holopart_mini"] = {"num_latents": tcd["num_latents"], "num_points": tcd["num_points"],
                               "vae_steps": states["vae"]["step"], "dit_steps": states["dit"]["step"]}
+    defaults = {"latent_tokens": tcd["num_latents"], "num_points": tcd["num_points"], **(inference_defaults or {})}
+    CompletionOptions.with_defaults(defaults, "inference_defaults")  # unknown names / bad values fail here
+    index["inference_defaults"] = defaults
     (ck / "model_index.json").write_text(json.dumps(index, indent=2))
     return ck
 
@@ -477,6 +489,8 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", help="export: published-layout folder to write")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--inference-defaults", type=json.loads, default=None, metavar="JSON",
+                   help='export: recommended options written to model_index.json, e.g. \'{"guidance": 2.0}\'')
     for f in dataclasses.fields(TrainConfig):
         if f.name == "templates":
             p.add_argument("--templates", nargs="+")
@@ -488,7 +502,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if a.stage == "export":
-        print(export_checkpoint(a.out, a.checkpoint or Path(a.out) / "checkpoint", overwrite=a.overwrite))
+        print(export_checkpoint(a.out, a.checkpoint or Path(a.out) / "checkpoint", overwrite=a.overwrite,
+                                inference_defaults=a.inference_defaults))
         return 0
     kw = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)}
     kw["templates"] = tuple(a.templates) if a.templates else None

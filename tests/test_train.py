@@ -120,7 +120,16 @@ def test_export_loads_with_load_networks(pool, tmp_path):
     out = tmp_path / "run"
     T.train("vae", dataclasses.replace(TC, steps=2), out, pool=pool)
     T.train("dit", dataclasses.replace(TC, steps=2), out, pool=pool)
-    ck = T.export_checkpoint(out, tmp_path / "ckpt")
+    from holopart_infer.errors import ModelDirError
+
+    with pytest.raises(ModelDirError, match="inference_defaults: unknown option.*guidanse"):
+        T.export_checkpoint(out, tmp_path / "ckpt", inference_defaults={"guidanse": 2.0})
+    assert not (tmp_path / "ckpt").exists()
+    ck = T.export_checkpoint(out, tmp_path / "ckpt", inference_defaults={"guidance": 2.0})
+    import json
+
+    assert json.loads((ck / "model_index.json").read_text())["inference_defaults"] == {
+        "latent_tokens": TC.num_latents, "num_points": TC.num_points, "guidance": 2.0}
     with safe_open(str(ck / "vae" / "diffusion_pytorch_model.safetensors"), "np") as f:
         names = list(f.keys())
     assert any(n.startswith("encoder.") for n in names) and any(n.startswith("quant.") for n in names)
