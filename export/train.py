@@ -424,6 +424,39 @@ def train(stage: str, tc: TrainConfig, out: str | Path, resume: bool = True, poo
     return history
 
 
+# ----------------------------------------------------------------------------- VAE check
+
+
+@torch.no_grad()
+def vae_reconstruction(out: str | Path, pool: dict, batch: int = 32) -> dict:
+    """Reconstruction of pool parts by the trained VAE (posterior mean, logits > 0).
+
+    Returns the mean occupancy accuracy over all targets and the IoU over the
+    uniform targets (mean, std), per part averaged, and the part count.
+    """
+    st = _load_state(state_path(Path(out), "vae"))
+    mcfg, tcd = st["model_config"], st["train_config"]
+    enc = VAEEncoder(mcfg["vae"])
+    enc.load_state_dict(st["models"]["vae_encoder"])
+    dec = VAEDecoder(VAEConfig.from_dict(mcfg["vae"]))
+    dec.load_state_dict(st["models"]["vae_decoder"])
+    enc.eval(), dec.eval()
+    accs, ious = [], []
+    n_near = tcd["n_occ_near"]
+    for s in range(0, len(pool["surface"]), batch):
+        sl = slice(s, s + batch)
+        mean, _ = enc(pool["surface"][sl], tcd["num_latents"])
+        pred = dec(mean, pool["occ_points"][sl])[..., 0] > 0
+        lab = pool["occ_labels"][sl] > 0.5
+        accs.append((pred == lab).float().mean(1))
+        pu, lu = pred[:, n_near:], lab[:, n_near:]
+        inter, union = (pu & lu).sum(1).float(), (pu | lu).sum(1).float()
+        ious.append(torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)))
+    a, i = torch.cat(accs), torch.cat(ious)
+    return {"step": st["step"], "parts": len(a), "accuracy": float(a.mean()), "iou_mean": float(i.mean()),
+            "iou_std": float(i.std())}
+
+
 # ----------------------------------------------------------------------------- export
 
 
@@ -484,7 +517,9 @@ def export_checkpoint(out: str | Path, checkpoint_dir: str | Path, overwrite: bo
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m export.train", description=__doc__.split("\n")[0])
-    p.add_argument("stage", choices=["vae", "dit", "export"])
+    p.add_argument("stage", choices=["vae", "dit", "export", "vae-eval"],
+                   help="vae-eval: reconstruction of held-out objects (--data-seed, --objects, --n-views) "
+                        "by OUT's VAE")
     p.add_argument("--out", required=True, help="run folder (states, pool cache, log.jsonl)")
     p.add_argument("--checkpoint", help="export: published-layout folder to write")
     p.add_argument("--overwrite", action="store_true")
@@ -508,6 +543,15 @@ def main(argv=None) -> int:
     kw = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)}
     kw["templates"] = tuple(a.templates) if a.templates else None
     kw["view_choices"] = tuple(a.view_choices) if a.view_choices else None
+    if a.stage == "vae-eval":
+        if a.threads > 0:
+            torch.set_num_threads(a.threads)
+        st = _load_state(state_path(Path(a.out), "vae"))
+        tc = TrainConfig(**{**st["train_config"], "templates": kw["templates"], "objects": a.objects,
+                            "data_seed": a.data_seed, "n_views": a.n_views, "view_choices": kw["view_choices"]})
+        pool = build_pool(tc, st["model_config"]["part_encoder"]["num_tokens"], cache_dir=Path(a.out) / "heldout")
+        print(json.dumps(vae_reconstruction(a.out, pool)))
+        return 0
     if a.stage == "dit" and kw["lr"] == TrainConfig.lr:
         kw["lr"] = 5e-4
     train(a.stage, TrainConfig(**kw), a.out, resume=not a.no_resume)

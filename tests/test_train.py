@@ -199,3 +199,26 @@ def test_training_uses_the_schedule(pool, tmp_path):
     hist = T.train("vae", tc, tmp_path / "run", pool=pool)
     assert [r["lr"] for r in hist[:2]] == [tc.lr, tc.lr]
     assert hist[2]["lr"] == pytest.approx(T.learning_rate(tc, 2)) and hist[3]["lr"] < hist[2]["lr"]
+
+
+def test_vae_reconstruction_scores_the_trained_vae(pool, tmp_path):
+    out = tmp_path / "run"
+    T.train("vae", dataclasses.replace(TC, steps=2), out, pool=pool)
+    r = T.vae_reconstruction(out, pool)
+    assert r["step"] == 2 and r["parts"] == len(pool["surface"])
+    assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["iou_mean"] <= 1.0
+
+
+
+def test_vae_reconstruction_of_a_perfect_and_an_inverted_decoder(pool, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    T.train("vae", dataclasses.replace(TC, steps=1), out, pool=pool)
+    p = dict(pool)
+    p["occ_points"] = pool["occ_points"].clone()
+    p["occ_points"][..., 0] = pool["occ_labels"] * 2 - 1  # the stand-in decoder reads the label from x
+    monkeypatch.setattr(T.VAEDecoder, "forward", lambda self, z, q: q[..., :1])
+    r = T.vae_reconstruction(out, p)
+    assert r["accuracy"] == 1.0 and r["iou_mean"] == 1.0
+    monkeypatch.setattr(T.VAEDecoder, "forward", lambda self, z, q: -q[..., :1])
+    r = T.vae_reconstruction(out, p)
+    assert r["accuracy"] == 0.0 and r["iou_mean"] < 0.5
