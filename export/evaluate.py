@@ -354,6 +354,7 @@ def main(argv=None) -> int:
     p.add_argument("--num-points", type=int, default=512)
     p.add_argument("--latent-tokens", type=int, default=64)
     p.add_argument("--decimate", type=int, default=3000)
+    p.add_argument("--min-component", type=float, default=0.0, help="floater removal (CompletionOptions)")
     p.add_argument("--n-surface", type=int, default=10000)
     p.add_argument("--n-volume", type=int, default=32000)
     p.add_argument("--occluded-below", type=float, default=0.95)
@@ -370,7 +371,7 @@ def main(argv=None) -> int:
         return 0
     model, methods = None, ("hull", "patch")
     kw = dict(steps=a.steps, guidance=a.guidance, seed=0, depth=a.depth, num_points=a.num_points,
-              latent_tokens=a.latent_tokens, decimate=a.decimate)
+              latent_tokens=a.latent_tokens, decimate=a.decimate, min_component=a.min_component)
     if not a.baselines_only:
         if not a.model:
             p.error("--model is required unless --baselines-only")
