@@ -1,11 +1,19 @@
 """Regenerate the embedded demo model (``holopart_infer/assets/demo_model``).
 
-The demo model is the "tiny" preset of :mod:`export.random_checkpoint` with
-RANDOM weights (seed 0), exported to fp32 ONNX. It exists so that
-``holopart-infer demo`` runs the whole pipeline on a fresh machine without
-downloads; it does not produce meaningful shapes. Run::
+The demo model is holopart-mini (issue 8): the ``tiny`` HoloPart configuration
+trained on synthetic part assemblies (docs/training.md, benchmarks/RESULTS-mini.md).
+Its checkpoint, in the published layout, ships with the export package in
+``export/holopart_mini/``; the demo model is its fp32 ONNX export (the
+``inference_defaults`` of its ``model_index.json`` travel into the manifest).
+``--random`` rebuilds the earlier stand-in instead: the ``tiny`` preset with
+random weights (seed 0). Run::
 
-    python -m export.make_demo_model [--out holopart_infer/assets/demo_model]
+    python -m export.make_demo_model [--out holopart_infer/assets/demo_model] [--random]
+    python -m export.make_demo_model --objects     # rewrite demo_mug.glb / demo_lamp.glb
+
+The synthetic demo objects (see ``holopart_infer.assets.DEMO_OBJECTS``) come from
+seed 9000, which no training, validation or test set uses; they were fixed before
+the model's output on them was seen.
 """
 from __future__ import annotations
 
@@ -17,22 +25,52 @@ from pathlib import Path
 from export.onnx_export import export_model
 from export.random_checkpoint import write_random_checkpoint
 
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "holopart_infer" / "assets" / "demo_model"
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT / "holopart_infer" / "assets"
+DEFAULT_OUT = ASSETS / "demo_model"
+#: demo object name -> (make_object seed, template, cameras)
+SYNTHETIC_DEMO_OBJECTS = {"mug": ((9000, 0), "mug", 16), "lamp": ((9000, 1), "lamp", 16)}
+MINI_CHECKPOINT = Path(__file__).resolve().parent / "holopart_mini"
 
 
-def make_demo_model(out: Path = DEFAULT_OUT, overwrite: bool = True) -> Path:
+def make_demo_model(out: Path = DEFAULT_OUT, overwrite: bool = True, random_weights: bool = False,
+                    checkpoint: Path = MINI_CHECKPOINT) -> Path:
     with tempfile.TemporaryDirectory(prefix="holopart-demo-") as tmp:
-        ckpt = write_random_checkpoint(Path(tmp) / "ckpt", "tiny", seed=0)
+        ckpt = write_random_checkpoint(Path(tmp) / "ckpt", "tiny", seed=0) if random_weights else checkpoint
         if out.exists() and overwrite:
             shutil.rmtree(out)
         return export_model(ckpt, out, precision="fp32", overwrite=overwrite, progress=False)
 
 
+def demo_object(name: str):
+    """The :class:`export.synthetic.SyntheticObject` behind an embedded demo object."""
+    from export.synthetic import make_object
+
+    seed, template, views = SYNTHETIC_DEMO_OBJECTS[name]
+    return make_object(seed, template, n_views=views)
+
+
+def write_demo_objects(folder: Path = ASSETS) -> list[Path]:
+    """Write the visible patches of each synthetic demo object as ``demo_<name>.glb``."""
+    from export.synthetic import write_example
+    from holopart_infer.assets import DEMO_OBJECTS
+
+    return [Path(write_example(demo_object(n), Path(folder) / DEMO_OBJECTS[n])) for n in SYNTHETIC_DEMO_OBJECTS]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--checkpoint", type=Path, default=MINI_CHECKPOINT,
+                    help="checkpoint to export (default: the shipped holopart-mini)")
+    ap.add_argument("--random", action="store_true", help="the tiny preset with random weights instead")
+    ap.add_argument("--objects", action="store_true", help="write the synthetic demo objects instead")
     args = ap.parse_args()
-    print(make_demo_model(args.out))
+    if args.objects:
+        for p in write_demo_objects():
+            print(p)
+        return
+    print(make_demo_model(args.out, random_weights=args.random, checkpoint=args.checkpoint))
 
 
 if __name__ == "__main__":

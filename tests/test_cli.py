@@ -23,6 +23,17 @@ def _node_names(path) -> list[str]:
     return sorted(n for n in scene.graph.nodes_geometry)
 
 
+def _glb_part_nodes(path) -> list[str]:
+    import json
+    import struct
+
+    data = path.read_bytes()
+    (length,) = struct.unpack_from("<I", data, 12)
+    gltf = json.loads(data[20:20 + length])
+    root = gltf["scenes"][gltf.get("scene", 0)]["nodes"]
+    return [gltf["nodes"][i]["name"] for i in root]
+
+
 def test_run_scene_with_transformed_nodes(tmp_path):
     src = tmp_path / "chair.glb"
     expected = write_transformed_scene(src)
@@ -89,13 +100,21 @@ def test_output_equal_to_input_is_refused(tmp_path):
     assert src.read_bytes() == before
 
 
-def test_demo_writes_glb_and_preview_and_says_weights_are_random(tmp_path):
+def test_demo_writes_glb_and_preview_of_each_embedded_object(tmp_path):
     out = tmp_path / "demo.glb"
-    r = cli("demo", "-o", out, *FAST)
+    r = cli("demo", "-o", out, "--steps", "2", "--depth", "6", "-q")  # the model's own latent length / samples
     assert r.returncode == 0, r.stderr
-    assert "RANDOM weights" in r.stdout
+    assert "holopart-mini" in r.stdout and "'mug'" in r.stdout
     assert out.is_file() and out.with_suffix(".png").is_file()
-    assert len(_node_names(out)) == 5
+    assert _node_names(out) == ["body", "handle", "saucer"]
+    for name, count in (("lamp", 4), ("table", 5)):
+        o = tmp_path / f"{name}.glb"
+        r = cli("demo", "--object", name, "-o", o, *FAST)
+        assert r.returncode == 0, r.stderr
+        # every input part has its node (at 2 steps a thin part may come out empty: an empty node)
+        assert len(_glb_part_nodes(o)) == count
+    r = cli("demo", "--object", "teapot", "-o", tmp_path / "t.glb", *FAST)
+    assert r.returncode == 2 and "invalid choice: 'teapot'" in r.stderr
 
 
 def test_export_without_torch_gives_install_hint(tmp_path):

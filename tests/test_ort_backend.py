@@ -219,14 +219,25 @@ def test_cuda_matches_cpu_and_keeps_latents_on_device():
 
 
 @pytest.mark.parametrize("guidance", [1.0, 3.5])
-def test_embedded_demo_model_matches_its_recipe_and_torch(tiny_checkpoint, guidance):
-    """The shipped demo model is the export of the tiny preset, seed 0 (export/make_demo_model.py);
-    its guided step (with and without guidance) equals the faithful torch model's."""
+def test_embedded_demo_model_matches_its_recipe_and_torch(guidance):
+    """The shipped demo model is the export of the shipped holopart-mini checkpoint
+    (export/make_demo_model.py): the manifest names that checkpoint's files by hash,
+    carries its inference defaults, and its guided step (with and without guidance)
+    equals the faithful torch model's on that checkpoint."""
+    import json
+
+    from export.make_demo_model import MINI_CHECKPOINT
     from export.torch_backend import TorchBackend
     from holopart_infer import assets
+    from holopart_infer.manifest import load_manifest, sha256_file
 
+    m = load_manifest(assets.demo_model_path(), verify_hashes=True)
+    assert m.source["sha256"] == {f: sha256_file(MINI_CHECKPOINT / f) for f in m.source["sha256"]}
+    assert "transformer/diffusion_pytorch_model.safetensors" in m.source["sha256"]
+    index = json.loads((MINI_CHECKPOINT / "model_index.json").read_text())
+    assert m.defaults == index["inference_defaults"] and m.defaults["latent_tokens"] == 64
     ort_b = OrtBackend.from_model_dir(assets.demo_model_path())
-    ref = TorchBackend.from_checkpoint(tiny_checkpoint)
+    ref = TorchBackend.from_checkpoint(MINI_CHECKPOINT)
     rng = np.random.default_rng(1)
     K, D = ort_b.num_tokens, ref.nets.part_encoder.cfg.dim
     x = rng.standard_normal((2, 48, ort_b.latent_channels), dtype=np.float32)

@@ -179,6 +179,27 @@ def test_demo_asset():
         np.testing.assert_allclose(p.vertices, fresh[p.name], atol=1e-6)
 
 
+def test_synthetic_demo_objects_match_their_recipe():
+    pytest.importorskip("trimesh")
+    from export.make_demo_model import SYNTHETIC_DEMO_OBJECTS, demo_object
+    from holopart_infer.assets import DEFAULT_DEMO_OBJECT, DEMO_OBJECTS, demo_object_path
+    from holopart_infer.errors import InputError
+
+    assert DEFAULT_DEMO_OBJECT in DEMO_OBJECTS and set(SYNTHETIC_DEMO_OBJECTS) <= set(DEMO_OBJECTS)
+    for name in SYNTHETIC_DEMO_OBJECTS:
+        obj = demo_object(name)
+        parts = load_parts(demo_object_path(name))
+        assert sorted(parts.names) == sorted(obj.names)
+        assert min(p.visible_fraction for p in obj.parts) < 0.6  # something is really hidden
+        stored = {n: (v, f) for n, v, f in zip(parts.names, parts.vertices, parts.faces)}
+        for p in obj.parts:
+            v, f = p.patch
+            np.testing.assert_allclose(stored[p.name][0], v, atol=1e-6)
+            np.testing.assert_array_equal(stored[p.name][1], f)
+    with pytest.raises(InputError, match="unknown demo object 'teapot'"):
+        demo_object_path("teapot")
+
+
 # ---------------------------------------------------------------------------
 # errors
 

@@ -40,15 +40,34 @@ _LEGS = {
 }
 
 
-def demo_object_path() -> Path:
-    """Path of the embedded demo object (a ``.glb`` with one node per part)."""
+#: embedded demo objects: name -> file. ``mug`` and ``lamp`` are synthetic objects
+#: of :mod:`export.synthetic` from a seed no training or evaluation set uses
+#: (``make_object((9000, 0), "mug", n_views=16)``, ``make_object((9000, 1), "lamp",
+#: n_views=16)``, the first of each template at that seed with a handle / a bulb),
+#: written as their visible patches by ``python -m export.make_demo_model --objects``.
+DEMO_OBJECTS = {"mug": "demo_mug.glb", "lamp": "demo_lamp.glb", "table": DEMO_FILE}
+DEFAULT_DEMO_OBJECT = "mug"
+
+
+def demo_object_path(name: str = "table") -> Path:
+    """Path of an embedded demo object (a ``.glb`` with one node per part).
+
+    Args:
+        name: one of :data:`DEMO_OBJECTS` (``"table"``: the hand-built table below;
+            ``"mug"``/``"lamp"``: synthetic objects with half-hidden parts).
+    """
     from importlib.resources import as_file, files
 
-    ref = files(__name__).joinpath(DEMO_FILE)
+    from holopart_infer.errors import InputError
+
+    if name not in DEMO_OBJECTS:
+        raise InputError(f"unknown demo object {name!r}; choose one of {', '.join(DEMO_OBJECTS)}")
+    filename = DEMO_OBJECTS[name]
+    ref = files(__name__).joinpath(filename)
     if isinstance(ref, Path):
         return ref
     # installed inside a zip: extract once to a stable cache location
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "holopart_infer" / DEMO_FILE
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "holopart_infer" / filename
     if not cache.is_file():
         cache.parent.mkdir(parents=True, exist_ok=True)
         with as_file(ref) as tmp:
@@ -166,9 +185,11 @@ DEMO_MODEL = "demo_model"
 def demo_model_path() -> Path:
     """Path of the embedded demo model dir (manifest.json + ONNX graphs).
 
-    The "tiny" preset with RANDOM weights (seed 0), exported to fp32 ONNX by
-    ``python -m export.make_demo_model``. It makes the demo run end to end on a
-    fresh machine; it does not produce meaningful completions.
+    holopart-mini: the "tiny" HoloPart configuration trained on synthetic part
+    assemblies (docs/training.md), exported to fp32 ONNX by
+    ``python -m export.make_demo_model`` from the checkpoint in
+    ``export/holopart_mini``. Its manifest carries the options it was trained
+    for (latent length, samples) and the sampling options chosen on validation.
     """
     from importlib.resources import files
 
