@@ -1,4 +1,8 @@
-"""Embedded demo object for ``holopart-infer demo``.
+"""Embedded demo objects and model for ``holopart-infer demo``.
+
+``demo_model/`` is holopart-mini exported to ONNX (see :func:`demo_model_path`).
+``demo_mug.glb`` and ``demo_lamp.glb`` are synthetic objects with half-hidden
+parts (see :data:`DEMO_OBJECTS`); ``demo_mug.glb`` is the demo's default.
 
 ``demo_table.glb`` is a procedurally built table cut into 5 parts (``top``,
 ``leg_front_left``, ``leg_front_right``, ``leg_back_left``, ``leg_back_right``),
@@ -53,8 +57,10 @@ def demo_object_path(name: str = "table") -> Path:
     """Path of an embedded demo object (a ``.glb`` with one node per part).
 
     Args:
-        name: one of :data:`DEMO_OBJECTS` (``"table"``: the hand-built table below;
-            ``"mug"``/``"lamp"``: synthetic objects with half-hidden parts).
+        name: one of :data:`DEMO_OBJECTS` (``"table"``, the default here for
+            backward compatibility: the hand-built table below, with scene-graph
+            transforms; ``"mug"``/``"lamp"``: synthetic objects with half-hidden
+            parts; the CLI demo uses :data:`DEFAULT_DEMO_OBJECT`).
     """
     from importlib.resources import as_file, files
 
