@@ -185,6 +185,8 @@ def _options_from(args, base=None, **defaults):
         kw["decimate"] = None
     if getattr(args, "no_normalize", False):
         kw["normalize"] = False
+    if getattr(args, "open_at_bounds", False):
+        kw["close_at_bounds"] = False
     return CompletionOptions(**kw)
 
 
@@ -242,6 +244,8 @@ def _add_sampling_args(p: argparse.ArgumentParser, defaults: dict | None = None)
     p.add_argument("--min-component", dest="min_component", type=float,
                    help="drop mesh pieces smaller (in area) than this fraction of a part's largest piece "
                         f"(default {d.get('min_component', 0)}: keep all, as the reference)")
+    p.add_argument("--open-at-bounds", action="store_true",
+                   help="leave parts cut by the extraction box open, as the reference (default: cap them)")
     p.add_argument("--num-points", dest="num_points", type=int,
                    help="surface samples per part (default: the model's, else 20480)")
     p.add_argument("--latent-tokens", dest="latent_tokens", type=int,

@@ -183,10 +183,54 @@ class _Decoder:
         return out
 
 
-def _mesh(values: np.ndarray, resolution: int, bounds: float, device: str) -> PartMesh:
+#: value of the layer put around the grid by ``close=True``: far below any logit,
+#: so the cap's vertices land on the box faces (within ~1e-6 of a cell)
+_OUTSIDE = -1.0e6
+
+
+def _fill_box_faces(values: np.ndarray) -> np.ndarray:
+    """Unknown (NaN) points on the six faces of the grid take the value of the
+    nearest known point of the same face.
+
+    In the coarse-to-fine grid an unknown point lies in a region away from the
+    surface, bounded by known points of one sign (the band is dilated), and the
+    coarse lattice points (every 2**levels-th point) are always known, so the
+    nearest known value has the region's sign. Only the faces matter for
+    capping: they are what the outside layer meets.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    out = values
+    for axis in range(3):
+        for index in (0, -1):
+            face = np.take(out, index, axis=axis)
+            unknown = np.isnan(face)
+            if not unknown.any() or unknown.all():
+                continue
+            if out is values:
+                out = values.copy()
+                face = np.take(out, index, axis=axis)
+            _, (ii, jj) = distance_transform_edt(unknown, return_indices=True)
+            filled = face[ii, jj]
+            sl = [slice(None)] * 3
+            sl[axis] = index
+            out[tuple(sl)] = filled
+    return out
+
+
+def _mesh(values: np.ndarray, resolution: int, bounds: float, device: str, close: bool = True) -> PartMesh:
     step = 2.0 * bounds / resolution
+    origin = -bounds
+    if close:
+        # a solid cut by the box gets a cap on the box face instead of a hole:
+        # one layer of "outside" around the grid (the reference leaves it open)
+        values = np.pad(_fill_box_faces(values), 1, mode="constant", constant_values=_OUTSIDE)
+        origin -= step
     v, f, _, _ = marching_cubes(values, 0.0, spacing=(step, step, step),
-                                origin=(-bounds, -bounds, -bounds), device=device)
+                                origin=(origin, origin, origin), device=device)
+    if close and len(v):
+        # the cap's vertices sit within ~1e-6 cell outside the box; put them on it
+        np.clip(v, -bounds, bounds, out=v)
     return PartMesh(v, f)
 
 
@@ -202,6 +246,7 @@ def extract_meshes(
     chunk_points: int = DEFAULT_CHUNK_POINTS,
     progress: ProgressFn | None = None,
     device: str = "cpu",
+    close: bool = True,
 ) -> tuple[list[PartMesh], ExtractionStats]:
     """Coarse-to-fine extraction of every part's zero-level surface.
 
@@ -216,6 +261,9 @@ def extract_meshes(
         chunk_points: at most this many points per part per ``decode`` call.
         progress: optional ``progress(level, num_levels, done, total)``.
         device: "cpu" or "cuda" for the band and marching-cubes kernels.
+        close: cap surfaces cut by the box (``[-bounds, bounds]^3``) with the
+            box face, so every mesh is closed; False leaves them open, as the
+            reference does.
 
     Returns:
         (one :class:`PartMesh` per part, in the normalized frame;
@@ -267,14 +315,14 @@ def extract_meshes(
             fine[::2, ::2, ::2] = grids[p]
             fine.reshape(-1)[indices[p]] = vals[p]
             if li == len(levels) - 1:
-                new_grids.append(_mesh(fine, r, bounds, device))
+                new_grids.append(_mesh(fine, r, bounds, device, close))
             else:
                 new_grids.append(fine)
             grids[p] = None  # type: ignore[call-overload]
         grids = new_grids
 
     if len(levels) == 1:
-        meshes = [_mesh(g, r0, bounds, device) for g in grids]
+        meshes = [_mesh(g, r0, bounds, device, close) for g in grids]
     else:
         meshes = grids  # type: ignore[assignment]
     stats.total_seconds = time.perf_counter() - t_start
@@ -291,11 +339,12 @@ def extract_dense(
     chunk_points: int = DEFAULT_CHUNK_POINTS,
     progress: ProgressFn | None = None,
     device: str = "cpu",
+    close: bool = True,
 ) -> tuple[list[PartMesh], ExtractionStats]:
     """Evaluate every point of the final grid, then marching cubes (reference path).
 
-    Same grid geometry as :func:`extract_meshes`; ``resolution`` (cells per axis)
-    defaults to the final level of ``depth`` (``2**depth - 8``).
+    Same grid geometry and ``close`` as :func:`extract_meshes`; ``resolution``
+    (cells per axis) defaults to the final level of ``depth`` (``2**depth - 8``).
     """
     t_start = time.perf_counter()
     _validate(num_parts, bounds, chunk_points)
@@ -313,6 +362,6 @@ def extract_dense(
     vals = run(0, r, [all_idx] * num_parts)
     stats.queries_per_level.append(num_parts * all_idx.size)
     stats.queries_per_part = [[all_idx.size] for _ in range(num_parts)]
-    meshes = [_mesh(v.reshape((r + 1,) * 3), r, bounds, device) for v in vals]
+    meshes = [_mesh(v.reshape((r + 1,) * 3), r, bounds, device, close) for v in vals]
     stats.total_seconds = time.perf_counter() - t_start
     return meshes, stats

@@ -60,6 +60,9 @@ class CompletionOptions:
         min_component: drop connected pieces of a part's mesh whose area is
             below this fraction of its largest piece (floaters); 0 keeps
             everything, as the reference does.
+        close_at_bounds: a part that reaches the +-1.05 extraction box of its
+            frame is capped with the box face, so its mesh is closed; False
+            leaves the hole, as the reference does.
     """
 
     steps: int = sampler.DEFAULT_STEPS
@@ -74,6 +77,7 @@ class CompletionOptions:
     band: float = 0.95
     chunk_points: int = 8192
     min_component: float = 0.0
+    close_at_bounds: bool = True
 
     @classmethod
     def with_defaults(cls, defaults: dict | None, source: str = "model") -> "CompletionOptions":
@@ -318,7 +322,7 @@ class HoloPart:
             with timed("extract"):
                 out, stats = extract.extract_meshes(
                     decode, len(batch), depth=opts.depth, band=opts.band, device=self.extract_device,
-                    chunk_points=opts.chunk_points,
+                    chunk_points=opts.chunk_points, close=bool(opts.close_at_bounds),
                     progress=lambda lvl, nl, d, t: report(f"extract {lvl + 1}/{nl}", d, t))
             for key, val in _level_counts(stats).items():
                 level_queries[key] = level_queries.get(key, 0) + val
