@@ -24,6 +24,12 @@ Band rule (per level): a cell is kept when one of its known corners has
 dilated by ``dilation`` cells (26-neighbourhood) and all corners of their
 eight sub-cells are evaluated at the next level.
 
+Closing (``close=True``, the default): a surface cut by the box would leave a
+hole there (the reference's output). Unknown points on the grid's six faces take
+their nearest known value on that face, one layer of "outside" is put around the
+grid, and marching cubes then caps the cut with the box face; cap vertices are
+clipped onto the box. Surfaces inside the box are unchanged.
+
 The ``decode`` callback receives one float32 (Qi, 3) array of world
 coordinates per part (at most ``chunk_points`` points each, parts with nothing
 left get a (0, 3) array) and returns one array of Qi logits per part (inside
