@@ -15,7 +15,10 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int) -> tupl
 
     Coincident vertices are merged first (marching cubes and per-chunk meshes
     repeat vertices, which would leave seams open to the simplifier), then
-    fast-simplification's quadric edge collapse runs. A mesh that already has
+    fast-simplification's quadric edge collapse runs, then faces it left on the
+    same three vertices as another face (collapsed "fins", which make a closed
+    mesh non-manifold) are dropped. The collapse can still pinch a closed mesh
+    into a non-manifold one in rare places (see :func:`edge_manifold`). A mesh that already has
     ``<= target_faces`` faces is returned unchanged.
 
     Args:
@@ -58,8 +61,30 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int) -> tupl
         vv, ff = fast_simplification.simplify(vv, ff, target_count=min(goal, len(ff) - 1))
         ff = np.asarray(ff, dtype=np.int64).reshape(-1, 3)
         goal = max(1, int(goal * 0.9))
+    ff = drop_duplicate_faces(ff)
     if len(ff) > target_faces:
         # not worth failing a whole completion over: keep the closest result
         log.warning("decimation stopped at %d faces, above the target %d", len(ff), target_faces)
     log.debug("decimated %d -> %d faces", len(f), len(ff))
     return np.asarray(vv, dtype=v.dtype), ff
+
+
+def drop_duplicate_faces(faces: np.ndarray) -> np.ndarray:
+    """Faces without those whose vertex set occurs more than once (all copies go:
+    a pair of coincident faces is a zero-volume fin, not surface)."""
+    f = np.asarray(faces)
+    if len(f) == 0:
+        return f
+    _, inverse, counts = np.unique(np.sort(f, axis=1), axis=0, return_inverse=True, return_counts=True)
+    keep = counts[inverse.reshape(-1)] == 1
+    return f if keep.all() else f[keep]
+
+
+def edge_manifold(faces: np.ndarray) -> bool:
+    """True when every edge is shared by exactly two faces (a closed 2-manifold by edges)."""
+    f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    if len(f) == 0:
+        return False
+    e = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
+    _, counts = np.unique(e, axis=0, return_counts=True)
+    return bool((counts == 2).all())

@@ -259,6 +259,7 @@ class HoloPart:
         from holopart_infer import conditioning, extract, parts_io
         from holopart_infer.cleanup import remove_floaters
         from holopart_infer.decimate import decimate as decimate_mesh
+        from holopart_infer.decimate import edge_manifold
 
         opts = options or self.default_options()
         if overrides:
@@ -337,7 +338,12 @@ class HoloPart:
                 if opts.min_component > 0:
                     v, f = remove_floaters(v, f, opts.min_component)
                 if opts.decimate is not None and len(f) > opts.decimate:
+                    closed = edge_manifold(f)
                     v, f = decimate_mesh(v, f, opts.decimate)
+                    if closed and not edge_manifold(f):
+                        log.warning("part %r: decimation to %d faces left the closed mesh non-manifold at a few "
+                                    "edges; pass decimate=None (CLI --no-decimate) for the closed marching-cubes "
+                                    "mesh", parts.names[i], opts.decimate)
                 results.append(PartMesh(parts.names[i], np.asarray(v, np.float32), np.asarray(f, np.int64),
                                         tuple(palette[i])))
                 report("postprocess", i + 1, P)

@@ -218,3 +218,19 @@ def test_checkpoint_inference_defaults(tmp_path):
     (tmp_path / "model_index.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="model_index.json: cannot read it"):
         checkpoint_inference_defaults(tmp_path)
+
+
+def test_decimation_that_opens_a_closed_part_is_reported(monkeypatch, caplog):
+    import logging
+
+    import holopart_infer.decimate as D
+
+    real = D.decimate
+    monkeypatch.setattr(D, "decimate", lambda v, f, t: (lambda vf: (vf[0], vf[1][:-1]))(real(v, f, t)))
+    fast = {**FAST, "decimate": 200}
+    with caplog.at_level(logging.WARNING, logger="holopart_infer"):
+        res = hp.load(assets.demo_model_path()).complete(assets.demo_object_path("mug"), **fast)
+    closed_parts = [p.name for p in res.parts if len(p.faces)]
+    assert closed_parts
+    assert any("decimation to 200 faces left the closed mesh non-manifold" in r.getMessage() and
+               f"part {closed_parts[0]!r}" in r.getMessage() for r in caplog.records), caplog.text
