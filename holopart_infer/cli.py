@@ -235,7 +235,7 @@ DEMO_OBJECT_TEXT = {
 def _add_sampling_args(p: argparse.ArgumentParser, defaults: dict | None = None) -> None:
     d = defaults or {}
     p.add_argument("--steps", type=int, help=f"sampler steps (default {d.get('steps', 50)})")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 3.5)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's, else 3.5)")
     p.add_argument("--seed", type=int, help="seed for sampling, token selection and noise (default 0)")
     p.add_argument("--depth", type=int, help=f"octree depth: final grid 2^depth-8 cells (default {d.get('depth', 9)})")
     p.add_argument("--parts-per-batch", dest="parts_per_batch", type=int, help="parts denoised together (default 8)")
@@ -243,7 +243,7 @@ def _add_sampling_args(p: argparse.ArgumentParser, defaults: dict | None = None)
     p.add_argument("--no-decimate", action="store_true", help="keep the full marching-cubes mesh")
     p.add_argument("--min-component", dest="min_component", type=float,
                    help="drop mesh pieces smaller (in area) than this fraction of a part's largest piece "
-                        f"(default {d.get('min_component', 0)}: keep all, as the reference)")
+                        f"(default {d.get('min_component', 0)}; 0 keeps all, as the reference)")
     p.add_argument("--open-at-bounds", action="store_true",
                    help="leave parts cut by the extraction box open, as the reference (default: cap them)")
     p.add_argument("--num-points", dest="num_points", type=int,
