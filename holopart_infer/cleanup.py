@@ -1,4 +1,5 @@
-"""Mesh clean-up after extraction: drop small disconnected pieces ("floaters").
+"""Mesh clean-up after extraction: drop small disconnected pieces ("floaters"),
+drop coincident faces, check closedness by edges.
 
 A sampled latent can put small blobs of positive occupancy away from the part;
 marching cubes turns each into a separate closed piece. The reference keeps
@@ -12,7 +13,7 @@ import numpy as np
 
 from holopart_infer.errors import InputError
 
-__all__ = ["connected_components", "remove_floaters"]
+__all__ = ["connected_components", "remove_floaters", "drop_duplicate_faces", "edge_manifold"]
 
 
 def connected_components(faces: np.ndarray, num_vertices: int) -> tuple[int, np.ndarray]:
@@ -66,3 +67,24 @@ def remove_floaters(vertices: np.ndarray, faces: np.ndarray,
     remap = np.full(len(v), -1, dtype=np.int64)
     remap[used] = np.arange(len(used))
     return v[used], remap[kept].astype(f.dtype, copy=False)
+
+
+def drop_duplicate_faces(faces: np.ndarray) -> np.ndarray:
+    """Faces without those whose vertex set occurs more than once (all copies go:
+    a pair of coincident faces is a zero-volume fin, not surface)."""
+    f = np.asarray(faces)
+    if len(f) == 0:
+        return f
+    _, inverse, counts = np.unique(np.sort(f, axis=1), axis=0, return_inverse=True, return_counts=True)
+    keep = counts[inverse.reshape(-1)] == 1
+    return f if keep.all() else f[keep]
+
+
+def edge_manifold(faces: np.ndarray) -> bool:
+    """True when every edge is shared by exactly two faces (a closed 2-manifold by edges)."""
+    f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    if len(f) == 0:
+        return False
+    e = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
+    _, counts = np.unique(e, axis=0, return_counts=True)
+    return bool((counts == 2).all())

@@ -5,6 +5,7 @@ import logging
 
 import numpy as np
 
+from holopart_infer.cleanup import drop_duplicate_faces
 from holopart_infer.errors import InputError
 
 log = logging.getLogger("holopart_infer")
@@ -18,7 +19,8 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int) -> tupl
     fast-simplification's quadric edge collapse runs, then faces it left on the
     same three vertices as another face (collapsed "fins", which make a closed
     mesh non-manifold) are dropped. The collapse can still pinch a closed mesh
-    into a non-manifold one in rare places (see :func:`edge_manifold`). A mesh that already has
+    into a non-manifold one in rare places (see
+    :func:`holopart_infer.cleanup.edge_manifold`). A mesh that already has
     ``<= target_faces`` faces is returned unchanged.
 
     Args:
@@ -68,23 +70,3 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int) -> tupl
     log.debug("decimated %d -> %d faces", len(f), len(ff))
     return np.asarray(vv, dtype=v.dtype), ff
 
-
-def drop_duplicate_faces(faces: np.ndarray) -> np.ndarray:
-    """Faces without those whose vertex set occurs more than once (all copies go:
-    a pair of coincident faces is a zero-volume fin, not surface)."""
-    f = np.asarray(faces)
-    if len(f) == 0:
-        return f
-    _, inverse, counts = np.unique(np.sort(f, axis=1), axis=0, return_inverse=True, return_counts=True)
-    keep = counts[inverse.reshape(-1)] == 1
-    return f if keep.all() else f[keep]
-
-
-def edge_manifold(faces: np.ndarray) -> bool:
-    """True when every edge is shared by exactly two faces (a closed 2-manifold by edges)."""
-    f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
-    if len(f) == 0:
-        return False
-    e = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
-    _, counts = np.unique(e, axis=0, return_counts=True)
-    return bool((counts == 2).all())

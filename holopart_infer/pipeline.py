@@ -257,9 +257,8 @@ class HoloPart:
             coordinates, and per-stage timings. Same seed and backend: same result.
         """
         from holopart_infer import conditioning, extract, parts_io
-        from holopart_infer.cleanup import remove_floaters
+        from holopart_infer.cleanup import edge_manifold, remove_floaters
         from holopart_infer.decimate import decimate as decimate_mesh
-        from holopart_infer.decimate import edge_manifold
 
         opts = options or self.default_options()
         if overrides:
@@ -338,9 +337,10 @@ class HoloPart:
                 if opts.min_component > 0:
                     v, f = remove_floaters(v, f, opts.min_component)
                 if opts.decimate is not None and len(f) > opts.decimate:
-                    closed = edge_manifold(f)
+                    f_full = f
                     v, f = decimate_mesh(v, f, opts.decimate)
-                    if closed and not edge_manifold(f):
+                    # the full mesh is only checked in the rare case the decimated one is not closed
+                    if not edge_manifold(f) and edge_manifold(f_full):
                         log.warning("part %r: decimation to %d faces left the closed mesh non-manifold at a few "
                                     "edges; pass decimate=None (CLI --no-decimate) for the closed marching-cubes "
                                     "mesh", parts.names[i], opts.decimate)
@@ -423,9 +423,7 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", p
         config = be.config
     log.info("holopart_infer: backend %s on %s (%s) from %s", name, dev, prec, path)
     if name != "torch":
-        from holopart_infer.manifest import load_manifest
-
-        defaults = load_manifest(path, verify_hashes=False).defaults
+        defaults = be.manifest.defaults  # the manifest the backend already read
     model = HoloPart(be, name, dev, prec, path, config, defaults)
     model.default_options()  # a bad inference_defaults entry fails here, naming the model
     return model

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from holopart_infer.cleanup import edge_manifold
 from holopart_infer.errors import InputError
 from holopart_infer.extract import (
     ExtractionStats,
@@ -136,11 +137,6 @@ class FieldDecoder:
         return [self.fn(p.astype(np.float64)).astype(np.float32) for p in points_per_part]
 
 
-def _edges_manifold(f):
-    e = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
-    return bool(len(f)) and (np.unique(e, axis=0, return_counts=True)[1] == 2).all()
-
-
 def _volume(v, f):
     t = v[f].astype(np.float64)
     return float(np.einsum("ij,ij->i", t[:, 0], np.cross(t[:, 1], t[:, 2])).sum() / 6.0)
@@ -156,10 +152,10 @@ def test_parts_cut_by_the_box_are_capped(extractor):
     (closed,), _ = run()
     (opened,), _ = run(close=False)
     v, f = closed
-    assert _edges_manifold(f)
+    assert edge_manifold(f)
     assert _volume(v, f) == pytest.approx(1.45 * 2.1 * 2.1, rel=2e-3)
     assert np.abs(v).max() <= 1.05 + 1e-6 and v[:, 0].max() == pytest.approx(0.4, abs=1e-3)
-    assert not _edges_manifold(opened.faces)
+    assert not edge_manifold(opened.faces)
     # the open mesh is exactly the closed one minus the caps: the x = 0.4 plane only
     assert np.allclose(opened.vertices[:, 0], 0.4, atol=1e-3)
 
@@ -182,7 +178,7 @@ def test_capping_a_sphere_bigger_than_the_box_on_the_coarse_to_fine_grid():
     fn = lambda p: 30.0 * (1.3 - np.linalg.norm(p, axis=1))  # noqa: E731
     (m,), stats = extract_meshes(FieldDecoder(fn), 1, depth=8)
     assert stats.query_ratio < 0.5  # the face interiors really were skipped
-    assert _edges_manifold(m.faces)
+    assert edge_manifold(m.faces)
     rng = np.random.default_rng(0)
     q = rng.uniform(-1.05, 1.05, size=(400000, 3))
     want = (np.linalg.norm(q, axis=1) < 1.3).mean() * 2.1 ** 3

@@ -644,13 +644,14 @@ class TensorRTBackend:
 
     def __init__(self, *, engines: Mapping[str, _Engine], stream, scratch, config: dict, precision: str,
                  device: int, fusion: Mapping[str, "FusionReport"], graphs: Iterable[str] = (),
-                 loader=None):
+                 loader=None, manifest=None):
         self.engines = dict(engines)
         self.graphs = set(graphs) | set(self.engines)  # every graph of the model dir
         self._loader = loader  # graph -> (_Engine, FusionReport), for graphs loaded on first use
         self.stream = stream
         self.scratch = scratch
         self.config = config
+        self.manifest = manifest  # the model dir's Manifest (defaults, graphs); None for hand-made backends
         self.precision = precision
         self.device = device
         self.fusion = dict(fusion)
@@ -728,7 +729,8 @@ class TensorRTBackend:
         for g in graphs:
             engines[g], fusion[g] = load(g)
         be = cls(engines=engines, stream=cuda.Stream(), scratch=cuda.ScratchMemory(), config=manifest.config,
-                 precision=precision, device=device, fusion=fusion, graphs=manifest.graphs, loader=load)
+                 precision=precision, device=device, fusion=fusion, graphs=manifest.graphs, loader=load,
+                 manifest=manifest)
         be._bind_scratch()
         return be
 
