@@ -194,9 +194,9 @@ class _Decoder:
 _OUTSIDE = -1.0e6
 
 
-def _fill_box_faces(values: np.ndarray) -> np.ndarray:
-    """Unknown (NaN) points on the six faces of the grid take the value of the
-    nearest known point of the same face.
+def _fill_box_faces(grid: np.ndarray) -> None:
+    """In place: unknown (NaN) points on the six faces of ``grid`` take the value
+    of the nearest known point of the same face.
 
     In the coarse-to-fine grid an unknown point lies in a region away from the
     surface, bounded by known points of one sign (the band is dilated), and the
@@ -206,22 +206,13 @@ def _fill_box_faces(values: np.ndarray) -> np.ndarray:
     """
     from scipy.ndimage import distance_transform_edt
 
-    out = values
     for axis in range(3):
-        for index in (0, -1):
-            face = np.take(out, index, axis=axis)
+        for index in (0, grid.shape[axis] - 1):
+            face = np.moveaxis(grid, axis, 0)[index]  # a view: writes land in grid
             unknown = np.isnan(face)
-            if not unknown.any() or unknown.all():
-                continue
-            if out is values:
-                out = values.copy()
-                face = np.take(out, index, axis=axis)
-            _, (ii, jj) = distance_transform_edt(unknown, return_indices=True)
-            filled = face[ii, jj]
-            sl = [slice(None)] * 3
-            sl[axis] = index
-            out[tuple(sl)] = filled
-    return out
+            if unknown.any() and not unknown.all():
+                _, (ii, jj) = distance_transform_edt(unknown, return_indices=True)
+                face[...] = face[ii, jj]
 
 
 def _mesh(values: np.ndarray, resolution: int, bounds: float, device: str, close: bool = True) -> PartMesh:
@@ -230,7 +221,9 @@ def _mesh(values: np.ndarray, resolution: int, bounds: float, device: str, close
     if close:
         # a solid cut by the box gets a cap on the box face instead of a hole:
         # one layer of "outside" around the grid (the reference leaves it open)
-        values = np.pad(_fill_box_faces(values), 1, mode="constant", constant_values=_OUTSIDE)
+        padded = np.pad(values, 1, mode="constant", constant_values=_OUTSIDE)
+        _fill_box_faces(padded[1:-1, 1:-1, 1:-1])  # the grid's faces, inside the one copy
+        values = padded
         origin -= step
     v, f, _, _ = marching_cubes(values, 0.0, spacing=(step, step, step),
                                 origin=(origin, origin, origin), device=device)
