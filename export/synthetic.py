@@ -453,12 +453,18 @@ def make_object(seed, template: str | None = None, n_views: int = DEFAULT_VIEWS,
     raise RuntimeError(f"template {template!r} gave no object with two visible parts in {max_tries} tries")
 
 
+def dataset_object(seed: int, i: int, templates: Sequence[str] | None = None,
+                   n_views: int = DEFAULT_VIEWS, samples_per_face: int = 4) -> SyntheticObject:
+    """Object i of dataset ``seed``: ``make_object((seed, i), ...)``, templates cycled if given."""
+    t = None if templates is None else templates[i % len(templates)]
+    return make_object((int(seed), i), t, n_views=n_views, samples_per_face=samples_per_face)
+
+
 def iter_dataset(seed: int, n: int, templates: Sequence[str] | None = None,
                  n_views: int = DEFAULT_VIEWS, samples_per_face: int = 4) -> Iterator[SyntheticObject]:
-    """``n`` objects; object i is ``make_object((seed, i), ...)`` with templates cycled if given."""
+    """``n`` objects: :func:`dataset_object` for i = 0 .. n-1."""
     for i in range(n):
-        t = None if templates is None else templates[i % len(templates)]
-        yield make_object((int(seed), i), t, n_views=n_views, samples_per_face=samples_per_face)
+        yield dataset_object(seed, i, templates, n_views, samples_per_face)
 
 
 def write_example(obj: SyntheticObject, path: str | os.PathLike, complete: bool = False):

@@ -154,11 +154,10 @@ def object_views(tc: TrainConfig, i: int) -> int:
 
 
 def _pool_object(args) -> dict[str, np.ndarray]:
-    from export.synthetic import make_object
+    from export.synthetic import dataset_object
 
     tc, num_tokens, i = args
-    t = None if tc.templates is None else tc.templates[i % len(tc.templates)]
-    obj = make_object((int(tc.data_seed), i), t, n_views=object_views(tc, i))
+    obj = dataset_object(tc.data_seed, i, tc.templates, n_views=object_views(tc, i))
     return object_examples(obj, tc, num_tokens, seed=tc.data_seed * 100003 + i)
 
 
@@ -434,13 +433,11 @@ def vae_reconstruction(out: str | Path, pool: dict, batch: int = 32) -> dict:
     Returns the mean occupancy accuracy over all targets and the IoU over the
     uniform targets (mean, std), per part averaged, and the part count.
     """
-    st = _load_state(state_path(Path(out), "vae"))
+    enc, st = load_frozen_vae_encoder(Path(out), "cpu")
     mcfg, tcd = st["model_config"], st["train_config"]
-    enc = VAEEncoder(mcfg["vae"])
-    enc.load_state_dict(st["models"]["vae_encoder"])
     dec = VAEDecoder(VAEConfig.from_dict(mcfg["vae"]))
     dec.load_state_dict(st["models"]["vae_decoder"])
-    enc.eval(), dec.eval()
+    dec.eval()
     accs, ious = [], []
     n_near = tcd["n_occ_near"]
     for s in range(0, len(pool["surface"]), batch):
