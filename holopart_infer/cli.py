@@ -216,20 +216,13 @@ def cmd_demo(args) -> int:
 
     print(f"demo: holopart-mini (a small HoloPart trained on synthetic part assemblies, "
           f"benchmarks/RESULTS-mini.md) completes the embedded '{args.object}' object: "
-          f"{DEMO_OBJECT_TEXT[args.object]}")
+          f"{assets.DEMO_OBJECT_DESCRIPTIONS[args.object]}")
     model = load(assets.demo_model_path(), backend=args.backend, device=args.device)
     output = Path(args.output)
     preview = Path(args.preview) if args.preview else output.with_suffix(".png")
     return _complete_and_write(model, assets.demo_object_path(args.object), None, output, preview,
                                _options_from(args, model.default_options(), **DEMO_DEFAULTS), args.overwrite,
                                args.quiet)
-
-
-DEMO_OBJECT_TEXT = {
-    "mug": "a mug whose handle is half inside the body and whose body sits in a saucer.",
-    "lamp": "a lamp whose pole reaches into the shade and base, and a bulb half inside the shade.",
-    "table": "a hand-built table whose legs have no top caps and whose top has holes under the legs.",
-}
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, defaults: dict | None = None) -> None:
@@ -282,8 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the whole pipeline on the embedded object and model")
     d.add_argument("-o", "--output", default="holopart_demo.glb", help="output .glb (default holopart_demo.glb)")
     d.add_argument("--preview", help="preview PNG (default: next to the output)")
-    d.add_argument("--object", choices=["mug", "lamp", "table"], default="mug",
-                   help="embedded object to complete (default mug)")
+    from holopart_infer import assets
+
+    d.add_argument("--object", choices=list(assets.DEMO_OBJECTS), default=assets.DEFAULT_DEMO_OBJECT,
+                   help=f"embedded object to complete (default {assets.DEFAULT_DEMO_OBJECT})")
     _add_sampling_args(d, DEMO_DEFAULTS)
     d.set_defaults(func=cmd_demo)
 

@@ -51,6 +51,12 @@ _LEGS = {
 #: written as their visible patches by ``python -m export.make_demo_model --objects``.
 DEMO_OBJECTS = {"mug": "demo_mug.glb", "lamp": "demo_lamp.glb", "table": DEMO_FILE}
 DEFAULT_DEMO_OBJECT = "mug"
+#: what ``holopart-infer demo`` says about each object
+DEMO_OBJECT_DESCRIPTIONS = {
+    "mug": "a mug whose handle is half inside the body and whose body sits in a saucer.",
+    "lamp": "a lamp whose pole reaches into the shade and base, and a bulb half inside the shade.",
+    "table": "a hand-built table whose legs have no top caps and whose top has holes under the legs.",
+}
 
 
 def demo_object_path(name: str = "table") -> Path:
