@@ -215,10 +215,17 @@ def _fill_box_faces(grid: np.ndarray) -> None:
                 face[...] = face[ii, jj]
 
 
+def _touches_box(values: np.ndarray) -> bool:
+    """Is any known point on the grid's faces inside (> 0)? Only then is there a cut to cap."""
+    return any(bool((np.moveaxis(values, axis, 0)[index] > 0).any())
+               for axis in range(3) for index in (0, values.shape[axis] - 1))
+
+
 def _mesh(values: np.ndarray, resolution: int, bounds: float, device: str, close: bool = True) -> PartMesh:
     step = 2.0 * bounds / resolution
     origin = -bounds
-    if close:
+    capped = close and _touches_box(values)
+    if capped:
         # a solid cut by the box gets a cap on the box face instead of a hole:
         # one layer of "outside" around the grid (the reference leaves it open)
         padded = np.pad(values, 1, mode="constant", constant_values=_OUTSIDE)
@@ -227,7 +234,7 @@ def _mesh(values: np.ndarray, resolution: int, bounds: float, device: str, close
         origin -= step
     v, f, _, _ = marching_cubes(values, 0.0, spacing=(step, step, step),
                                 origin=(origin, origin, origin), device=device)
-    if close and len(v):
+    if capped and len(v):
         # the cap's vertices sit within ~1e-6 cell outside the box; put them on it
         np.clip(v, -bounds, bounds, out=v)
     return PartMesh(v, f)
