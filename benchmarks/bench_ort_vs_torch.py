@@ -21,7 +21,7 @@ import pytest
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
-from export.random_checkpoint import PRESETS, write_random_checkpoint  # noqa: E402
+from holopart_infer.export.random_checkpoint import PRESETS, write_random_checkpoint  # noqa: E402
 
 THREADS = int(os.environ.get("HOLOPART_BENCH_THREADS", os.cpu_count() or 1))
 LATENT_TOKENS = 2048  # the published latent size (spec section 1)
@@ -31,8 +31,8 @@ QUERY_POINTS = 10000  # the reference's decoding chunk (spec section 8)
 
 @pytest.fixture(scope="module")
 def engines():
-    from export.onnx_export import export_model
-    from export.torch_backend import TorchBackend
+    from holopart_infer.export.onnx_export import export_model
+    from holopart_infer.export.torch_backend import TorchBackend
     from holopart_infer.engines.onnxruntime import OrtBackend
 
     torch.set_num_threads(THREADS)
