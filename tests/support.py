@@ -12,11 +12,13 @@ The torch-side helpers import torch / the export side only when called.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import functools
 import json
 import os
 import shutil
 import tempfile
+import types
 from pathlib import Path
 
 import numpy as np
@@ -162,3 +164,110 @@ def write_transformed_scene(path: Path) -> dict[str, np.ndarray]:
         expected[name] = apply(world, v)
     scene.export(str(path))
     return expected
+
+
+# --------------------------------------------------------------------------- TensorRT without a GPU
+# A fake cuda-python runtime backed by host memory (ctypes) and fake TensorRT
+# engines that compute with a Python function at the bound addresses: they
+# exercise the TensorRT backend's address binding, shared scratch block,
+# device-resident loop and chunking. tests/runtime/engines/test_conformance.py
+# runs the exported ONNX graphs behind them (ONNX Runtime on the CPU).
+
+
+class FakeCudart:
+    cudaError_t = types.SimpleNamespace(cudaSuccess=0)
+    cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice="H2D", cudaMemcpyDeviceToHost="D2H")
+    cudaStreamNonBlocking = 1
+
+    def __init__(self):
+        self.buffers, self.copies = {}, []
+
+    def cudaMalloc(self, n):
+        buf = ctypes.create_string_buffer(n)
+        self.buffers[ctypes.addressof(buf)] = buf
+        return 0, ctypes.addressof(buf)
+
+    def cudaMallocAsync(self, n, stream):
+        return self.cudaMalloc(n)
+
+    def cudaFree(self, ptr):
+        del self.buffers[ptr]
+        return (0,)
+
+    def cudaFreeAsync(self, ptr, stream):
+        return self.cudaFree(ptr)
+
+    def cudaMemcpyAsync(self, dst, src, n, kind, stream):
+        self.copies.append((kind, n))
+        ctypes.memmove(dst, src, n)
+        return (0,)
+
+    def cudaStreamCreateWithFlags(self, flags):
+        return 0, 7
+
+    def cudaStreamSynchronize(self, stream):
+        return (0,)
+
+    def cudaStreamDestroy(self, stream):
+        return (0,)
+
+
+def _view(ptr, shape, dtype=np.float32):
+    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    return np.frombuffer((ctypes.c_char * n).from_address(ptr), dtype=dtype).reshape(shape)
+
+
+FAKE_TRT = types.SimpleNamespace(
+    TensorIOMode=types.SimpleNamespace(INPUT="in", OUTPUT="out"),
+    ExecutionContextAllocationStrategy=types.SimpleNamespace(USER_MANAGED="user"))
+
+
+class FakeContext:
+    def __init__(self, eng):
+        self.eng, self.shapes, self.addr, self.scratch, self.runs = eng, {}, {}, None, 0
+
+    def set_device_memory(self, ptr, size):
+        self.scratch = (ptr, size)
+
+    def set_input_shape(self, name, shape):
+        self.shapes[name] = tuple(shape)
+        return True
+
+    def set_tensor_address(self, name, ptr):
+        self.addr[name] = ptr
+
+    def get_tensor_shape(self, name):
+        return self.eng.out_shape[name](self.shapes)
+
+    def execute_async_v3(self, stream):
+        assert self.scratch is not None, "scratch memory must be bound before running"
+        self.runs += 1
+        ins = {n: _view(self.addr[n], self.shapes[n]) for n in self.eng.ranges}
+        for name, value in self.eng.compute(ins).items():
+            _view(self.addr[name], value.shape)[...] = value
+        return True
+
+
+class FakeEngine:
+    def __init__(self, ranges, out_shape, compute, memory):
+        self.ranges, self.out_shape, self.compute = ranges, out_shape, compute
+        self.device_memory_size_v2 = memory
+        self.names = [*ranges, *out_shape]
+        self.num_io_tensors = len(self.names)
+
+    def get_tensor_name(self, i):
+        return self.names[i]
+
+    def get_tensor_dtype(self, name):
+        return types.SimpleNamespace(name="FLOAT")
+
+    def get_tensor_mode(self, name):
+        return "in" if name in self.ranges else "out"
+
+    def get_tensor_profile_shape(self, name, profile):
+        return self.ranges[name]
+
+    def create_execution_context(self, strategy):
+        assert strategy == "user"
+        self.context = FakeContext(self)
+        return self.context

@@ -437,6 +437,10 @@ class FastTorchBackend(BackendBase):
         return f"FastTorchBackend(path={str(self.path)!r}, device={self.device!r}, precision={self.precision!r})"
 
     def _check(self, what: str, name: str, a: Any, shape: tuple) -> None:
+        """Host feeds must be float32 arrays of ``shape`` (None: any size), as every backend's."""
+        if isinstance(a, np.ndarray) and a.dtype != np.float32:
+            raise ShapeError(f"torch backend {what}: input '{name}' has dtype {a.dtype}, expected float32; "
+                             "convert it with .astype(numpy.float32)")
         got = tuple(a.shape)
         if len(got) != len(shape) or any(e is not None and g != e for g, e in zip(got, shape)):
             want = "(" + ", ".join("*" if e is None else str(e) for e in shape) + ")"

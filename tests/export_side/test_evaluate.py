@@ -7,7 +7,7 @@ import pytest
 trimesh = pytest.importorskip("trimesh")
 pytest.importorskip("scipy")
 
-from export import evaluate as E  # noqa: E402
+from holopart_infer.export import evaluate as E  # noqa: E402
 
 
 def _sphere(r=1.0, center=(0, 0, 0), sub=3):

@@ -17,7 +17,7 @@ pytest.importorskip("trimesh")
 pytest.importorskip("scipy")
 
 import holopart_infer as hp  # noqa: E402
-from export import evaluate as E  # noqa: E402
+from holopart_infer.export import evaluate as E  # noqa: E402
 from holopart_infer.export.synthetic import iter_dataset  # noqa: E402
 from holopart_infer import assets  # noqa: E402
 from holopart_infer.cli import DEMO_DEFAULTS  # noqa: E402

@@ -132,7 +132,7 @@ def test_bad_precision_rejected(tmp_path):
 
 def test_overwrite_replaces_atomically(tmp_path):
     """overwrite=True swaps a finished directory in; shown by copying then re-exporting one model."""
-    from export import onnx_export
+    from holopart_infer.export import onnx_export
 
     out = tmp_path / "model"
     shutil.copytree(exported_model("golden"), out)

@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("trimesh")
 
-from export import train as T  # noqa: E402
+from holopart_infer.export import train as T  # noqa: E402
 from holopart_infer.sampler import sample  # noqa: E402
 
 TC = T.TrainConfig(preset="tiny", num_latents=16, num_points=256, n_surface=128, n_occ_near=64,

@@ -275,6 +275,9 @@ class TensorRTBackend(BackendBase):
 
         if isinstance(array, DeviceTensor):
             return array
+        if isinstance(array, np.ndarray) and array.dtype != np.float32:
+            raise ShapeError(f"{graph}: input '{name}' has dtype {array.dtype}, expected float32; "
+                             "convert it with .astype(numpy.float32)")
         dtype, bf16 = self._engine(graph).dtypes[name]
         return DeviceTensor.from_host(_to_engine_dtype(array, dtype, bf16), self.stream)
 

@@ -17,6 +17,7 @@ pytest.importorskip("onnxruntime")
 torch = pytest.importorskip("torch", reason="exporting the test models needs the [torch] extra")
 
 from holopart_infer.engines.onnxruntime import OrtBackend  # noqa: E402
+from holopart_infer.errors import InputError  # noqa: E402
 from tests.support import checkpoint, exported_model  # noqa: E402
 
 ort = pytest.importorskip("onnxruntime")
@@ -187,15 +188,19 @@ def test_bad_device(golden_backend):
         OrtBackend(golden_backend.manifest, device="tpu")
 
 
-def test_registry_reports_onnxruntime():
-    from holopart_infer.engines.base import backend_status, get_backend
+def test_open_backend_onnxruntime():
+    from holopart_infer.engines import backend_status, open_backend
 
     assert backend_status("cpu")["onnxruntime"][0]
-    entry = get_backend("onnxruntime", "cpu")
-    assert entry.load_factory()(exported_model("golden")).name == "onnxruntime"
+    with open_backend(exported_model("golden"), backend="onnxruntime", device="cpu") as b:
+        assert (b.name, b.device, b.precision) == ("onnxruntime", "cpu", "fp32")
+        assert b.path == exported_model("golden") and b.defaults == {}
     if not HAS_CUDA:
         with pytest.raises(BackendUnavailable, match="onnxruntime-gpu"):
-            get_backend("onnxruntime", "cuda")
+            open_backend(exported_model("golden"), backend="onnxruntime", device="cuda")
+    # ONNX Runtime runs the model dir's precision; another one is refused, not ignored
+    with pytest.raises(InputError, match="exported in fp32; ONNX Runtime runs it as it is, not in fp16"):
+        open_backend(exported_model("golden"), backend="onnxruntime", precision="fp16")
 
 
 @requires_cuda

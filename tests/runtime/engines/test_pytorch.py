@@ -1,4 +1,4 @@
-"""The optimized PyTorch path (holopart_infer/engines/pytorch.py) computes the faithful model's function."""
+"""The torch backend (holopart_infer/engines/pytorch.py) computes the faithful model's function."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -116,10 +116,22 @@ def test_encoder_and_decoder_match(backends):
     assert relative_error(got.reshape(want.shape), want) < TOL
 
 
-def test_graph_modes_fall_back_to_eager_off_cuda(tiny_checkpoint):
+def test_graph_modes_need_cuda_and_the_torch_backend(tiny_checkpoint):
+    """CUDA graphs are an explicit load() option: asked for where they cannot run, they raise."""
+    import holopart_infer as hp
+    from holopart_infer import assets
+    from holopart_infer.errors import InputError
+
     nets = load_networks(_weights(tiny_checkpoint), precision="fp32", device="cpu")
-    fast = FastTorchBackend(nets, "cpu", "fp32", graph="cuda_graph")
-    assert fast.dit_path.graph_mode == "eager"
+    with pytest.raises(InputError, match="graph='cuda_graph'.*needs a CUDA device"):
+        FastTorchBackend(nets, "cpu", "fp32", graph="cuda_graph")
+    with pytest.raises(InputError, match="graph must be one of eager, cuda_graph, compile"):
+        FastTorchBackend(nets, "cpu", "fp32", graph="fast")
+    with pytest.raises(InputError, match="needs a CUDA device"):
+        hp.load(tiny_checkpoint, device="cpu", graph="cuda_graph")
+    with pytest.raises(InputError, match="backend 'onnxruntime' on cpu .picked by auto. takes the options"):
+        hp.load(assets.demo_model_path(), device="cpu", graph="cuda_graph")
+    assert hp.load(tiny_checkpoint, device="cpu", graph="eager").backend.dit_path.graph_mode == "eager"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
