@@ -32,8 +32,8 @@ QUERY_POINTS = 10000  # the reference's decoding chunk (spec section 8)
 @pytest.fixture(scope="module")
 def engines():
     from holopart_infer.export.onnx_export import export_model
+    from holopart_infer.engines import open_backend
     from holopart_infer.export.torch_backend import TorchBackend
-    from holopart_infer.engines.onnxruntime import OrtBackend
 
     torch.set_num_threads(THREADS)
     with tempfile.TemporaryDirectory(prefix="holopart-bench-") as tmp:
@@ -42,7 +42,8 @@ def engines():
         so = ort.SessionOptions()
         so.intra_op_num_threads = THREADS
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        yield OrtBackend.from_model_dir(model, session_options=so), TorchBackend.from_checkpoint(ckpt)
+        yield (open_backend(model, backend="onnxruntime", device="cpu", session_options=so),
+               TorchBackend.from_checkpoint(ckpt))
 
 
 def _dit_inputs(cfg):

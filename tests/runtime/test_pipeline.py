@@ -6,6 +6,7 @@ import pytest
 
 import holopart_infer as hp
 from holopart_infer import assets
+from holopart_infer.engines.base import BackendBase
 from holopart_infer.errors import BackendUnavailable, InputError, InputFileNotFound
 from holopart_infer.parts_io import load_parts
 from holopart_infer.pipeline import CompletionOptions, HoloPart
@@ -14,7 +15,7 @@ from tests.support import assert_same_surface, write_transformed_scene
 FAST = dict(steps=2, depth=6, num_points=1024, latent_tokens=64, decimate=None)
 
 
-class SphereBackend:
+class SphereBackend(BackendBase):
     """A stand-in model whose decoder field is a sphere of radius R in each part's frame.
 
     Lets the test check the geometry around the networks exactly: conditioning

@@ -140,3 +140,14 @@ def test_torch_backend_runs_without_the_export_side(tiny_checkpoint):
     """, blocked=EXPORT_SIDE)
     assert "NAME=torch SHAPE=(1, 8," in r.stdout, r.stdout + r.stderr
     assert _loaded(r) == []
+
+
+def test_export_side_installs_inside_the_package():
+    """The wheel claims no top-level name but holopart_infer: export/ is holopart_infer.export."""
+    import importlib.util
+    import tomllib
+
+    cfg = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["scikit-build"]["wheel"]["packages"]
+    assert cfg == {"holopart_infer": "holopart_infer", "holopart_infer/export": "export"}
+    spec = importlib.util.find_spec("holopart_infer.export")
+    assert spec is not None and spec.origin == str(REPO / "export" / "__init__.py")
