@@ -47,7 +47,7 @@ BLOCKER = textwrap.dedent("""
 def _run_child(body: str, blocked=TORCH_SIDE) -> subprocess.CompletedProcess:
     code = BLOCKER.format(blocked=tuple(blocked)) + textwrap.dedent(body) + textwrap.dedent("""
         import json
-        loaded = sorted(m for m in sys.modules if _blocked(m))
+        loaded = sorted(m for m, mod in list(sys.modules.items()) if _blocked(m) and mod is not None)
         print("LOADED=" + json.dumps(loaded))
     """)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
@@ -116,6 +116,7 @@ def test_pipeline_and_cli_run_without_torch_or_export(tmp_path):
 def test_checkpoint_without_torch_says_what_to_install(tiny_checkpoint):
     """torch blocked: a checkpoint dir cannot run, and the error names the extra (no silent fallback)."""
     r = _run_child(f"""
+        sys.modules["torch"] = None  # as when torch is not installed: find_spec("torch") is None
         import holopart_infer as hp
         try:
             hp.load({str(tiny_checkpoint)!r})
