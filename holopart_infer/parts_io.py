@@ -305,7 +305,18 @@ def _read_scene(path: Path, what: str = "mesh file", merge_primitives: bool = Tr
     elif ext == ".obj":
         kwargs.update(split_objects=True, split_groups=True)
     try:
-        scene = trimesh.load_scene(source, **kwargs)
+        try:
+            scene = trimesh.load_scene(source, **kwargs)
+        except Exception:
+            if not kwargs.get("merge_primitives"):
+                raise
+            # trimesh's primitive merging fails on some valid files (e.g. primitives without a
+            # material): read primitives separately and merge them per node here instead
+            log.debug("%s: merging primitives failed in trimesh; merging them here", path, exc_info=True)
+            if hasattr(source, "seek"):
+                source.seek(0)
+            scene = trimesh.load_scene(source, **{**kwargs, "merge_primitives": False})
+            scene.metadata["holopart_merge_primitives"] = True
     except ModuleNotFoundError as e:
         # an optional dependency of trimesh's reader, not a problem of the file
         raise InputError(f"{path}: reading this {ext} file needs the Python package {e.name!r}, which is not "
@@ -340,7 +351,10 @@ def _scene_mesh_nodes(scene, path: Path) -> list[tuple[str, np.ndarray, np.ndarr
     from holopart_infer import appearance
 
     out, skipped = [], []
-    for node in scene.graph.nodes_geometry:
+    merge = bool(scene.metadata.get("holopart_merge_primitives"))
+    primitive_k: dict[str, int] = {}
+    parents = scene.graph.transforms.parents
+    for node in scene.graph.nodes_geometry:  # scene-graph order: the order segmenters label faces in
         transform, geom_name = scene.graph[node]
         geom = scene.geometry.get(geom_name)
         if not isinstance(geom, trimesh.Trimesh):
@@ -352,7 +366,22 @@ def _scene_mesh_nodes(scene, path: Path) -> list[tuple[str, np.ndarray, np.ndarr
         v = v @ T[:3, :3].T + T[:3, 3]
         if np.linalg.det(T[:3, :3]) < 0:
             f = f[:, ::-1].copy()
-        out.append((str(node), v, f, appearance.from_trimesh(geom)))
+        name = str(node)
+        if geom.metadata.get("from_gltf_primitive") and node in parents:
+            # one primitive of a multi-primitive glTF mesh: trimesh names its node with a random
+            # suffix; name it <node>_<k> by primitive order instead (or merge it into <node>)
+            parent = str(parents[node])
+            k = primitive_k[parent] = primitive_k.get(parent, -1) + 1
+            if merge:
+                prev = next((i for i, o in enumerate(out) if o[0] == parent), None)
+                if prev is not None:
+                    pv, pf = out[prev][1], out[prev][2]
+                    out[prev] = (parent, np.concatenate([pv, v]), np.concatenate([pf, f + len(pv)]), None)
+                    continue
+                name = parent
+            else:
+                name = f"{parent}_{k}"
+        out.append((name, v, f, appearance.from_trimesh(geom)))
     if skipped:
         log.warning("%s: skipping %d node(s) without triangles (point clouds or lines have no surface to "
                     "complete): %s", path, len(skipped), ", ".join(skipped))
@@ -451,8 +480,9 @@ def load_mesh_with_labels(path: str | os.PathLike, labels, kind: str = "mesh+lab
     if len(arr) != len(f):
         hint = ""
         if path.suffix.lower() == ".obj":
-            hint = (f" (the OBJ has {len(labels_mod.obj_polygon_sizes(path) or [])} polygons; per-polygon "
-                    "labels are accepted too)")
+            sizes = labels_mod.obj_polygon_sizes(path)
+            hint = (f" (the OBJ has {0 if sizes is None else len(sizes)} polygons; per-polygon labels are "
+                    "accepted too)")
         raise InputError(f"{lsrc}: has {len(arr)} labels but mesh {path} has {len(f)} faces{hint}; "
                          "expected exactly one label per face, in the file's face order")
     if len(nodes) > 1:
