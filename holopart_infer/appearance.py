@@ -169,26 +169,34 @@ def _barycentric(tri: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 
 def _sample_texture(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
-    """Bilinear RGBA samples (float64 0..255) of a texture at UVs (origin bottom-left, repeat wrap)."""
+    """Bilinear RGBA samples (float64 0..255) of a texture at UVs (origin bottom-left).
+
+    UVs outside [0, 1] repeat (glTF's default wrap); within the tile, texels are
+    clamped at the edges, so a UV of exactly 0 or 1 does not blend in the
+    opposite edge (which matters for small textures and sphere poles).
+    """
     h, w = image.shape[:2]
-    u = np.mod(uv[:, 0], 1.0) * w - 0.5
-    r = (1.0 - np.mod(uv[:, 1], 1.0)) * h - 0.5
+    uvw = np.where((uv >= 0.0) & (uv <= 1.0), uv, np.mod(uv, 1.0))
+    u = uvw[:, 0] * w - 0.5
+    r = (1.0 - uvw[:, 1]) * h - 0.5
     x0, y0 = np.floor(u).astype(np.int64), np.floor(r).astype(np.int64)
     fx, fy = (u - x0)[:, None], (r - y0)[:, None]
     img = image.astype(np.float64)
 
     def px(x, y):
-        return img[np.mod(y, h), np.mod(x, w)]
+        return img[np.clip(y, 0, h - 1), np.clip(x, 0, w - 1)]
 
     return ((1 - fx) * (1 - fy) * px(x0, y0) + fx * (1 - fy) * px(x0 + 1, y0)
             + (1 - fx) * fy * px(x0, y0 + 1) + fx * fy * px(x0 + 1, y0 + 1))
 
 
 def _material_base_color(material) -> np.ndarray:
-    for attr in ("baseColorFactor", "diffuse", "main_color"):
-        val = getattr(material, attr, None)
-        if val is not None:
-            return _as_rgba_uint8(np.asarray(val).reshape(1, -1))[0]
+    # PBR: baseColorFactor (absent = white; trimesh's main_color would average the texture in);
+    # simple (OBJ/MTL) materials: the diffuse colour
+    attr = "baseColorFactor" if hasattr(material, "baseColorFactor") else "diffuse"
+    val = getattr(material, attr, None)
+    if val is not None:
+        return _as_rgba_uint8(np.asarray(val).reshape(1, -1))[0]
     return np.full(4, 255, np.uint8)
 
 
@@ -213,3 +221,21 @@ def _as_rgba_uint8(arr: np.ndarray) -> np.ndarray:
     if a.shape[1] == 3:
         a = np.concatenate([a, np.full((len(a), 1), 255, np.uint8)], axis=1)
     return a[:, :4]
+
+
+def apply(results: list, parts, seed: int = 0) -> None:
+    """In place: give each completed part (``PartMesh``) its input part's look.
+
+    A part with one plain colour gets it as its material colour; a part with
+    vertex/face colours or a texture gets per-vertex colours (:func:`transfer`);
+    a part without appearance keeps its palette colour.
+    """
+    for res, part in zip(results, parts):
+        app = getattr(part, "appearance", None)
+        if app is None or len(res.faces) == 0:
+            continue
+        if app.is_plain:
+            res.color = tuple(int(c) for c in app.base_color)
+            continue
+        res.vertex_colors = transfer(part.vertices, part.faces, app, res.vertices, seed=seed)
+        res.color = tuple(int(c) for c in dominant_color(res.vertex_colors))

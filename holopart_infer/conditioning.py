@@ -98,6 +98,11 @@ class Conditions:
         """Part i's normalized-frame points (e.g. its decoded mesh) -> input frame (float64)."""
         return self.from_model_frame(self.part_to_model_frame(i, vertices))
 
+    def to_part_frame(self, i: int, points: np.ndarray) -> np.ndarray:
+        """Input-frame points -> part i's normalized frame (inverse of :meth:`to_input_frame`)."""
+        self._check_index(i)
+        return (self.to_model_frame(points) - self.centers[i]) / self.scales[i]
+
     def _check_index(self, i: int) -> None:
         if not 0 <= int(i) < self.num_parts:
             raise InputError(f"part index {i} is out of range for {self.num_parts} parts")

@@ -610,7 +610,8 @@ def mesh_arrays(mesh) -> tuple[np.ndarray, np.ndarray]:
 
 def write_scene(parts_meshes: Sequence, names: Sequence[str], path: str | os.PathLike,
                 colors: Sequence | np.ndarray | None = None,
-                protect: Iterable[str | os.PathLike] | None = None) -> Path:
+                protect: Iterable[str | os.PathLike] | None = None,
+                vertex_colors: Sequence | None = None) -> Path:
     """Write parts as a ``.glb`` scene: one named node per part, one colour per part.
 
     Args:
@@ -624,6 +625,9 @@ def write_scene(parts_meshes: Sequence, names: Sequence[str], path: str | os.Pat
             default :func:`part_colors`. Stored as each part's PBR base colour.
         protect: input files that must not be overwritten (e.g. the source
             scene); ``path`` equal to any of them raises.
+        vertex_colors: per part ``None`` or (V, 4) uint8 RGBA per vertex (the
+            input's look, :mod:`holopart_infer.appearance`); written as the
+            glTF ``COLOR_0`` attribute, over a white material.
 
     Returns:
         The output path.
@@ -660,9 +664,12 @@ def write_scene(parts_meshes: Sequence, names: Sequence[str], path: str | os.Pat
             continue
         if not np.isfinite(v).all():
             raise InputError(f"write_scene: part {name!r} has NaN or inf vertices")
-        material = PBRMaterial(name=f"{name}_material", baseColorFactor=rgba[i],
-                               metallicFactor=0.0, roughnessFactor=0.8, doubleSided=True)
+        vcol = _vertex_colors_of(vertex_colors, i, len(v), name)
+        material = PBRMaterial(name=f"{name}_material", baseColorFactor=rgba[i] if vcol is None else
+                               (255, 255, 255, 255), metallicFactor=0.0, roughnessFactor=0.8, doubleSided=True)
         tm = trimesh.Trimesh(v, f, process=False, visual=TextureVisuals(material=material))
+        if vcol is not None:  # appearance: per-vertex colours (COLOR_0) multiply the white material
+            tm.visual.vertex_attributes["color"] = vcol
         scene.add_geometry(tm, node_name=name, geom_name=name)
     try:
         data = scene.export(file_type="glb")
@@ -672,6 +679,17 @@ def write_scene(parts_meshes: Sequence, names: Sequence[str], path: str | os.Pat
     _atomic_write(path, data)
     log.info("wrote %d parts to %s", len(meshes), path)
     return path
+
+
+def _vertex_colors_of(vertex_colors, i: int, n_vertices: int, name: str) -> np.ndarray | None:
+    """Part i's (V, 4) uint8 vertex colours, or None (appearance output of write_scene)."""
+    if vertex_colors is None or vertex_colors[i] is None:
+        return None
+    c = np.asarray(vertex_colors[i])
+    if c.ndim != 2 or c.shape[0] != n_vertices or c.shape[1] not in (3, 4):
+        raise InputError(f"write_scene: part {name!r}: vertex colours must be ({n_vertices}, 3|4), got {c.shape}")
+    c = _normalize_colors(c, n_vertices)
+    return c
 
 
 def _normalize_colors(colors, n: int) -> np.ndarray:
