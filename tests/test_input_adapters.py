@@ -354,3 +354,40 @@ def test_no_runtime_warnings_before_a_clean_error(tmp_path):
         warnings.simplefilter("error")
         with pytest.raises(InputError, match=r"huge\.gltf: part 'b' has .* NaN or inf"):
             load_parts(path)
+
+
+# --------------------------------------------------------------------------- through the CLI: exit 2, nothing written
+
+
+def _malformed_files(tmp_path):
+    v, f = box_arrays()
+    files = {}
+    files["empty.glb"] = tmp_path / "empty.glb"
+    files["empty.glb"].write_bytes(b"")
+    files["cycle.glb"] = write_gltf(tmp_path / "cycle.glb", gltf_doc(
+        [[(v, f.reshape(-1), 4)]], [{"mesh": 0, "name": "a", "children": [1]}, {"name": "b", "children": [0]}]))
+    files["points_only.gltf"] = write_gltf(tmp_path / "points_only.gltf", gltf_doc(
+        [[(v, None, 0)]], [{"mesh": 0, "name": "scan"}]))
+    files["meshopt.glb"] = write_gltf(tmp_path / "meshopt.glb", gltf_doc(
+        [[(v, f.reshape(-1), 4)]], [{"mesh": 0}], extra={"extensionsRequired": ["EXT_meshopt_compression"],
+                                                         "extensionsUsed": ["EXT_meshopt_compression"]}))
+    return files
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("empty.glb", "empty file"), ("cycle.glb", "has a cycle"), ("points_only.gltf", "no triangle meshes"),
+    ("meshopt.glb", "EXT_meshopt_compression")])
+def test_cli_malformed_exit_2_nothing_written(tmp_path, capsys, name, expected):
+    from holopart_infer import assets
+    from holopart_infer.cli import main
+
+    files = _malformed_files(tmp_path)
+    before = _snapshot(tmp_path)
+    out = tmp_path / "out" / "x.glb"
+    (tmp_path / "out").mkdir()
+    code = main(["run", str(files[name]), "-o", str(out), "--model", str(assets.demo_model_path()), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and name in err and expected in err, err
+    assert "Traceback" not in err and "AssertionError: )" not in err
+    assert not any((tmp_path / "out").iterdir())
+    assert {k: v for k, v in _snapshot(tmp_path).items()} == before
