@@ -10,6 +10,12 @@ Formats (all give one integer per face, in the mesh file's face order):
 * ``.txt`` / ``.csv``: integers separated by whitespace or commas (one per line
   is the usual layout).
 
+Face order is the order trimesh reads the file in (the order SAMesh and
+SAMPart3D label, both read meshes with trimesh): the file's order for glTF,
+PLY, STL and single-material OBJ; files with several mesh nodes are
+concatenated in scene-graph order. Per-polygon labels of an OBJ with quads or
+n-gons are mapped to the triangles of each polygon (read in file order).
+
 Labels below zero mean *unassigned*: the face belongs to the whole object (the
 model sees it as context) but to no part, so no part is completed for it.
 """

@@ -240,10 +240,11 @@ def _load(path: Path, labels, mode: str) -> Parts:
                              "use --parts components to split a mesh into its connected pieces")
         nodes = _scene_mesh_nodes(_read_scene(path, "scene", merge_primitives=False), path)
         return _parts_from_nodes(nodes, path, "primitives")
-    nodes = _scene_mesh_nodes(_read_scene(path, "scene"), path)
     if ext in SCENE_EXTENSIONS:
-        return _parts_from_nodes(nodes, path, "scene")
-    if len(nodes) > 1:
+        return _parts_from_nodes(_scene_mesh_nodes(_read_scene(path, "scene"), path), path, "scene")
+    split = ext != ".obj" or _obj_piece_count(path) >= 2  # OBJ: pieces are its o/g names, not its materials
+    nodes = _scene_mesh_nodes(_read_scene(path, "mesh file", split=split), path)
+    if split and len(nodes) > 1:
         return _parts_from_nodes(nodes, path, "pieces")
     raise InputError(f"{path} is a single {ext} mesh without part labels. Ways in: {WAYS_IN}")
 
@@ -278,7 +279,7 @@ def validate_parts(parts: Parts) -> None:
 # readers
 
 
-def _read_scene(path: Path, what: str = "mesh file", merge_primitives: bool = True):
+def _read_scene(path: Path, what: str = "mesh file", merge_primitives: bool = True, split: bool = False):
     """trimesh.Scene of a mesh file; any reader failure becomes an InputError naming the file."""
     import io
 
@@ -302,7 +303,7 @@ def _read_scene(path: Path, what: str = "mesh file", merge_primitives: bool = Tr
             source = io.BytesIO(report.rewritten)
             kwargs["file_type"] = ext[1:]
             kwargs["resolver"] = trimesh.resolvers.FilePathResolver(str(path))
-    elif ext == ".obj":
+    elif ext == ".obj" and split:
         kwargs.update(split_objects=True, split_groups=True)
     try:
         try:
@@ -389,6 +390,16 @@ def _scene_mesh_nodes(scene, path: Path) -> list[tuple[str, np.ndarray, np.ndarr
         raise InputError(f"{path}: the file holds no triangle meshes (empty scene"
                          + (f"; only {', '.join(skipped)}" if skipped else "") + ")")
     return out
+
+
+def _obj_piece_count(path: Path) -> int:
+    """Distinct ``o`` / ``g`` names of an OBJ file."""
+    names = set()
+    with open(path, "r", encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            if line.startswith(("o ", "g ")):
+                names.add(line.split(None, 1)[1].strip() if len(line.split(None, 1)) > 1 else "")
+    return len(names)
 
 
 def _parts_from_nodes(nodes, path: Path, kind: str) -> Parts:

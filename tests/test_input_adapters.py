@@ -345,7 +345,7 @@ def test_missing_reader_dependency_is_named_not_blamed_on_file(tmp_path, monkeyp
 
 def test_no_runtime_warnings_before_a_clean_error(tmp_path):
     v, f = box_arrays()
-    v2 = v.copy() * 1e308  # overflows to inf in area computations
+    v2 = v.copy() * 3e38  # finite in float32; times the node scale: inf in float64
     doc = gltf_doc([[(v, f.reshape(-1), 4)], [(v2, f.reshape(-1), 4)]],
                    [{"mesh": 0, "name": "a"}, {"mesh": 1, "name": "b", "scale": [1e308, 1e308, 1e308]},
                     {"children": [0, 1]}], scene_nodes=(2,))
@@ -391,3 +391,20 @@ def test_cli_malformed_exit_2_nothing_written(tmp_path, capsys, name, expected):
     assert "Traceback" not in err and "AssertionError: )" not in err
     assert not any((tmp_path / "out").iterdir())
     assert {k: v for k, v in _snapshot(tmp_path).items()} == before
+
+
+def test_obj_materials_alone_are_not_parts(tmp_path):
+    lines = ["mtllib m.mtl"]
+    a, b, _ = _three_boxes()
+    lines += [f"v {x} {y} {z}" for x, y, z in np.concatenate([a.vertices, b.vertices])]
+    for k, m in enumerate((a, b)):
+        lines.append("usemtl " + ("red", "blue")[k])
+        lines += ["f " + " ".join(str(i + 1 + 8 * k) for i in face) for face in m.faces]
+    (tmp_path / "m.obj").write_text("\n".join(lines) + "\n")
+    (tmp_path / "m.mtl").write_text("newmtl red\nKd 1 0 0\nnewmtl blue\nKd 0 0 1\n")
+    with pytest.raises(InputError, match=r"m\.obj is a single \.obj mesh without part labels"):
+        load_parts(tmp_path / "m.obj")
+    parts = load_parts(tmp_path / "m.obj", parts="components")
+    assert len(parts) == 2
+    # materials carried as appearance
+    assert {tuple(p.appearance.base_color[:3]) for p in parts} == {(255, 0, 0), (0, 0, 255)}
