@@ -6,7 +6,7 @@ next to solid parts), the embedded demo objects, and any mesh files given on the
 command line (read with ``--parts`` as given, default ``components`` for single
 meshes). Prints one line per object and a total, as Markdown.
 
-    python benchmarks/thin_parts.py [--parts components] [FILE ...]
+    python benchmarks/thin_parts.py [--steps 8] [--depth 7] [--parts components] [--only-files] [FILE ...]
 """
 from __future__ import annotations
 
@@ -64,8 +64,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("files", nargs="*")
     ap.add_argument("--parts", default="components")
+    ap.add_argument("--steps", type=int, default=OPTS["steps"])
+    ap.add_argument("--depth", type=int, default=OPTS["depth"])
+    ap.add_argument("--only-files", action="store_true", help="skip the built and demo objects")
     args = ap.parse_args()
-    objs = built_objects()
+    OPTS.update(steps=args.steps, depth=args.depth)
+    objs = {} if args.only_files else built_objects()
     for f in args.files:
         try:
             objs[f] = load_parts(f)
