@@ -296,7 +296,13 @@ def _read_scene(path: Path, what: str = "mesh file", merge_primitives: bool = Tr
 
         # one geometry per glTF mesh, not per primitive (whose frames get random names)
         kwargs["merge_primitives"] = merge_primitives
-        report = gltf_json.inspect(path)
+        try:
+            report = gltf_json.inspect(path)
+        except InputError:
+            raise
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError, OSError) as e:
+            raise InputError(f"{path}: malformed glTF: {_describe(e)}; check the file with the Khronos glTF "
+                             "validator or re-export it") from e
         for what_skipped in report.skipped:
             log.warning("%s: skipping %s: it has no surface to complete", path, what_skipped)
         if report.rewritten is not None:

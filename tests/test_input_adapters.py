@@ -408,3 +408,11 @@ def test_obj_materials_alone_are_not_parts(tmp_path):
     assert len(parts) == 2
     # materials carried as appearance
     assert {tuple(p.appearance.base_color[:3]) for p in parts} == {(255, 0, 0), (0, 0, 255)}
+
+
+def test_fan_with_broken_accessor_is_described(tmp_path):
+    sq = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], float)
+    doc = gltf_doc([[(sq, [0, 1, 2, 3], 6)]], [{"mesh": 0, "name": "fan"}])
+    doc["accessors"][1]["bufferView"] = 99
+    with pytest.raises(InputError, match=r"bad\.gltf: malformed glTF: IndexError"):
+        load_parts(write_gltf(tmp_path / "bad.gltf", doc))
