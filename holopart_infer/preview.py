@@ -293,6 +293,16 @@ def _input_vertex_colors(part) -> np.ndarray | None:
     return None
 
 
+def _scene_for_pictures(parts, result, exploded, size, supersample):
+    """Checked size, both panels' triangles and colours, and the shared framing sphere."""
+    if isinstance(exploded, bool) or not isinstance(exploded, (int, float, np.number)) or not np.isfinite(exploded) \
+            or exploded < 0:
+        raise InputError(f"exploded must be a number >= 0, got {exploded!r}")
+    width, height = _check_size(size, supersample)
+    inp, out = _panels(parts, result, exploded)
+    return width, height, inp, out, _bounding_sphere([inp[0], out[0]])
+
+
 def render_comparison(parts, result, path: str | os.PathLike, size: tuple[int, int] = (640, 480),
                       exploded: float = 0.0, supersample: int = 2) -> Path:
     """Input parts (left) and completed parts (right) from the same camera, as one PNG.
@@ -315,11 +325,7 @@ def render_comparison(parts, result, path: str | os.PathLike, size: tuple[int, i
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise InputError(f"preview {path}: only .png is supported, got {path.suffix or '(none)'!r}")
-    if not np.isfinite(exploded) or exploded < 0:
-        raise InputError(f"exploded must be a number >= 0, got {exploded!r}")
-    width, height = _check_size(size, supersample)
-    (ti, ci), (to, co) = _panels(parts, result, exploded)
-    sphere = _bounding_sphere([ti, to])
+    width, height, (ti, ci), (to, co), sphere = _scene_for_pictures(parts, result, exploded, size, supersample)
     left = _image(ti, ci, width, height, supersample, sphere, _AZIMUTH_DEG, str(path))
     right = _image(to, co, width, height, supersample, sphere, _AZIMUTH_DEG, str(path))
     img = Image.new("RGB", (2 * width, height), BACKGROUND)
@@ -371,11 +377,7 @@ def render_turntable(parts, result, path: str | os.PathLike, frames: int = 36, s
         raise InputError(f"frames must be an integer 2..720, got {frames!r}")
     if isinstance(fps, bool) or not isinstance(fps, (int, np.integer)) or not 1 <= fps <= 60:
         raise InputError(f"fps must be an integer 1..60, got {fps!r}")
-    if not np.isfinite(exploded) or exploded < 0:
-        raise InputError(f"exploded must be a number >= 0, got {exploded!r}")
-    width, height = _check_size(size, supersample)
-    (ti, ci), (to, co) = _panels(parts, result, exploded)
-    sphere = _bounding_sphere([ti, to])
+    width, height, (ti, ci), (to, co), sphere = _scene_for_pictures(parts, result, exploded, size, supersample)
     images = []
     for k in range(frames):
         az = _AZIMUTH_DEG + 360.0 * k / frames

@@ -14,25 +14,16 @@ from holopart_infer.parts_io import Parts, load_parts, write_scene
 from holopart_infer.pipeline import HoloPart
 from holopart_infer.preview import explode_offsets, render_comparison, render_turntable
 from holopart_infer.thin import decode_local, thickened_patch
+from tests.test_pipeline import SphereBackend
 
 
-class FieldBackend:
+class FieldBackend(SphereBackend):
     """A stand-in model whose decoder field is ``field(points)`` in each part's frame."""
 
     name = "field"
 
     def __init__(self, field):
         self.field = field
-
-    def encode(self, part_tokens, whole_points, local_tokens, local_points):
-        B = len(part_tokens)
-        return np.zeros((B, 4, 8), np.float32), np.zeros((B, 4, 8), np.float32)
-
-    def guided_step(self, latents, t, dt, guidance, part_cond, whole_cond):
-        return latents
-
-    def decoder_kv(self, latents):
-        return len(latents)
 
     def decoder_query(self, points, kv):
         return self.field(points)[..., None]
