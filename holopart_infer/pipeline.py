@@ -60,6 +60,13 @@ class CompletionOptions:
         close_at_bounds: a part that reaches the +-1.05 extraction box of its
             frame is capped with the box face, so its mesh is closed; False
             leaves the hole, as the reference does.
+        thin_parts: a part that decodes empty (thin or flat parts) is extracted
+            again on a grid fitted to it; if still empty, its input surface is
+            closed and thickened, with a warning naming it. False leaves such
+            parts empty, as the reference does.
+        appearance: carry the input's look (vertex colours, material colour,
+            texture) over to the completed parts as vertex colours; False
+            colours each part from a fixed palette.
     """
 
     steps: int = sampler.DEFAULT_STEPS
@@ -75,6 +82,11 @@ class CompletionOptions:
     chunk_points: int = QUERY_CHUNK_POINTS
     min_component: float = 0.0
     close_at_bounds: bool = True
+    thin_parts: bool = field(default=True, metadata={
+        "help": "retry parts that decode empty on a grid fitted to them, then keep their input surface "
+                "closed and thickened (default on; off leaves them empty, as the reference)"})
+    appearance: bool = field(default=True, metadata={
+        "help": "carry the input's colours/texture to the completed parts as vertex colours (default on)"})
 
     @classmethod
     def with_defaults(cls, defaults: dict | None, source: str = "model") -> "CompletionOptions":
@@ -121,6 +133,7 @@ class CompletedPart:
     vertices: np.ndarray  # (V, 3) float32, in the input's coordinates
     faces: np.ndarray  # (F, 3) int64
     color: tuple[int, int, int, int]
+    vertex_colors: np.ndarray | None = None  # (V, 4) uint8: the input's look (options.appearance)
 
 
 @dataclass
@@ -134,13 +147,14 @@ class CompletionResult:
         from holopart_infer.parts_io import write_scene
 
         return write_scene([(p.vertices, p.faces) for p in self.parts], [p.name for p in self.parts], path,
-                           colors=[p.color for p in self.parts], protect=[source] if source else None)
+                           colors=[p.color for p in self.parts], protect=[source] if source else None,
+                           vertex_colors=[p.vertex_colors for p in self.parts])
 
     def preview(self, path: str | os.PathLike, size=(800, 600)) -> Path:
         from holopart_infer.preview import render_preview
 
         return render_preview([(p.vertices, p.faces) for p in self.parts], [p.color for p in self.parts],
-                              path, size=size)
+                              path, size=size, vertex_colors=[p.vertex_colors for p in self.parts])
 
 
 class HoloPart:
@@ -229,7 +243,7 @@ class HoloPart:
             :class:`CompletionResult` with one mesh per input part, in the input's
             coordinates, and per-stage timings. Same seed and backend: same result.
         """
-        from holopart_infer import conditioning, extract, parts_io
+        from holopart_infer import appearance, conditioning, extract, parts_io, thin
         from holopart_infer.cleanup import edge_manifold, remove_floaters
         from holopart_infer.decimate import decimate as decimate_mesh
 
@@ -270,6 +284,7 @@ class HoloPart:
         n_train = int(sched.get("num_train_timesteps", 1000))
 
         meshes: list[tuple[np.ndarray, np.ndarray]] = []
+        thin_retried: list[str] = []
         level_queries: dict[str, int] = {}
         batches = [list(range(s, min(P, s + opts.parts_per_batch))) for s in range(0, P, opts.parts_per_batch)]
         done_steps = 0
@@ -299,10 +314,29 @@ class HoloPart:
                     progress=lambda lvl, nl, d, t: report(f"extract {lvl + 1}/{nl}", d, t))
             for key, val in _level_counts(stats).items():
                 level_queries[key] = level_queries.get(key, 0) + val
+            if opts.thin_parts:  # thin/flat parts that decoded empty: a grid fitted to each (holopart_infer.thin)
+                with timed("thin_parts"):
+                    out, retried = thin.retry_empty(
+                        out, cond, batch, decode, lambda d, n: extract.extract_meshes(
+                            d, n, depth=opts.depth, band=opts.band, device=self.extract_device,
+                            chunk_points=opts.chunk_points, close=bool(opts.close_at_bounds)),
+                        opts.depth, parts.names)
+                thin_retried.extend(retried)
             meshes.extend(out)
 
         results: list[CompletedPart] = []
         palette = parts_io.part_colors(P)
+        thin_fallback = []
+        if opts.thin_parts:  # still empty: the input surface, closed and thickened, stands in
+            for i, (v, f) in enumerate(meshes):
+                if len(f) == 0:
+                    pv, pf = thin.thickened_patch(parts[i].vertices, parts[i].faces)
+                    meshes[i] = (cond.to_part_frame(i, pv), pf)
+                    thin_fallback.append(parts.names[i])
+            if thin_fallback:
+                log.warning("%d part(s) came back empty from the model even on a grid fitted to them (thin or "
+                            "flat parts): kept their input surface, closed and thickened: %s",
+                            len(thin_fallback), ", ".join(repr(n) for n in thin_fallback))
         with timed("postprocess"):
             for i, (v, f) in enumerate(meshes):
                 v = cond.to_input_frame(i, np.asarray(v, dtype=np.float64))
@@ -320,8 +354,13 @@ class HoloPart:
                 results.append(CompletedPart(parts.names[i], np.asarray(v, np.float32), np.asarray(f, np.int64),
                                         tuple(palette[i])))
                 report("postprocess", i + 1, P)
+        if opts.appearance:  # the input's look onto the completed parts (holopart_infer.appearance)
+            with timed("appearance"):
+                appearance.apply(results, parts, seed=opts.seed)
         return CompletionResult(results, timings, {"decoder_queries_per_level": level_queries,
-                                                   "num_parts": P, "backend": self.backend_name})
+                                                   "num_parts": P, "backend": self.backend_name,
+                                                   "thin_parts": {"retried": thin_retried,
+                                                                  "fallback": thin_fallback}})
 
     def _decode_padded(self, points_per_part: list[np.ndarray], kv) -> list[np.ndarray]:
         """Query the decoder for each part's points, all parts of the batch in one call.
