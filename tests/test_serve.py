@@ -171,6 +171,16 @@ def test_limits_answer_413_and_422_naming_the_problem(server, tmp_path):
         assert (status, err["kind"]) == (422, "unsafe_uri") and "outside the upload" in err["message"]
     status, err = _error(server.post("/v1/complete", tetra_glb(13)))
     assert (status, err["kind"], err["limit"], err["actual"]) == (422, "too_many_parts", 12, 13)
+    from tests.serve_util import make_glb, tetra_doc
+
+    doc, binary = tetra_doc(2)
+    doc["accessors"][0]["count"] = 10**9  # a few hundred bytes declaring a billion vertices
+    status, err = _error(server.post("/v1/complete", make_glb(doc, binary)))
+    assert (status, err["kind"], err["actual"]) == (422, "too_many_vertices", 10**9)
+    doc, binary = tetra_doc(2)
+    doc["buffers"][0]["byteLength"] = 2**40
+    status, err = _error(server.post("/v1/complete", make_glb(doc, binary)))
+    assert (status, err["kind"]) == (422, "invalid_gltf") and "byteLength" in err["message"]
     status, err = _error(server.post("/v1/complete", b"\0" * 300_000))
     assert (status, err["kind"]) == (413, "body_too_large") and err["limit"] == 262144
     status, err = _error(server.post("/v1/complete?steps=1000&demo=mug"))

@@ -212,3 +212,30 @@ def test_batcher_queue_bound_deadline_and_failures_keep_the_worker_alive(monkeyp
     assert late.state == FAILED and late.error["status"] == 504
     assert bad.state == FAILED and bad.error == {"status": 422, "kind": "invalid_input", "message": "bad object"}
     assert good.state == DONE
+
+
+def test_reader_gets_geometry_only(tmp_path):
+    """Images (even data: URIs), textures and materials are removed before the mesh reader runs."""
+    import json
+    import struct
+
+    from holopart_infer.parts_io import load_parts
+    from holopart_infer.serve.limits import geometry_only
+
+    doc, binary = tetra_doc(2)
+    doc["images"] = [{"uri": data_uri(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)}]
+    doc["textures"] = [{"source": 0}]
+    doc["materials"] = [{"pbrMetallicRoughness": {"baseColorTexture": {"index": 0}}}]
+    doc["meshes"][0]["primitives"][0]["material"] = 0
+    data = make_glb(doc, binary)
+    check_gltf(data, LIMITS)
+    clean = geometry_only(data)
+    json_len = struct.unpack_from("<I", clean, 12)[0]
+    kept = json.loads(clean[20:20 + json_len])
+    assert not {"images", "textures", "materials"} & set(kept)
+    assert "material" not in kept["meshes"][0]["primitives"][0]
+    assert check_gltf(clean, LIMITS).faces == 8
+    (tmp_path / "clean.glb").write_bytes(clean)
+    (tmp_path / "orig.glb").write_bytes(tetra_glb(2))
+    a, b = load_parts(tmp_path / "clean.glb"), load_parts(tmp_path / "orig.glb")
+    assert a.names == b.names and all(np.allclose(x.vertices, y.vertices) for x, y in zip(a, b))

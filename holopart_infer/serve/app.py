@@ -38,7 +38,8 @@ import numpy as np
 from holopart_infer.errors import InputError
 from holopart_infer.serve.batcher import (DONE, FAILED, Batcher, JobStore, QueueFull, ServeJob, complete_many_runner,
                                           private_tempdir)
-from holopart_infer.serve.limits import Limits, RequestRefused, check_counts, check_gltf, load_labels
+from holopart_infer.serve.limits import (Limits, RequestRefused, check_counts, check_gltf, geometry_only,
+                                         load_labels)
 from holopart_infer.serve.metrics import Metrics
 
 log = logging.getLogger("holopart_infer")
@@ -323,7 +324,7 @@ class Service:
         tmp = private_tempdir()
         try:
             path = Path(tmp) / f"upload{suffix}"
-            path.write_bytes(obj)
+            path.write_bytes(geometry_only(obj))
             try:
                 parts = load_parts(path, labels=labels)
             except InputError as e:
@@ -414,9 +415,10 @@ class Service:
         if refused is not None:
             return refused
         await self._wait(job, job.deadline + 0.5)
-        if job.state not in (DONE, FAILED):
-            job.fail(504, "deadline_exceeded", "the request's deadline passed before its result was ready")
-            self.metrics.errors.labels("deadline_exceeded").inc()
+        if job.state not in (DONE, FAILED):  # the worker marks (and counts) it when it gets to it
+            return self._json(route, {"error": {"status": 504, "kind": "deadline_exceeded", "message":
+                                                "the request's deadline passed before its result was ready"},
+                                      "job": job.id}, 504)
         if job.state == FAILED:
             return self._json(route, {"error": job.error, "job": job.id}, job.error["status"])
         headers = {"X-HoloPart-Job": job.id, "X-HoloPart-Batch-Objects": str(job.batch.get("objects", 1)),

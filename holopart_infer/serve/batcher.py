@@ -288,7 +288,7 @@ class JobStore:
     """Jobs by id; finished ones are kept ``ttl_s`` seconds (at most ``max_kept``) for
     their results to be fetched, then forgotten."""
 
-    def __init__(self, ttl_s: float = 900.0, max_kept: int = 256):
+    def __init__(self, ttl_s: float = 900.0, max_kept: int = 64):
         self.ttl_s = ttl_s
         self.max_kept = max_kept
         self._jobs: dict[str, ServeJob] = {}

@@ -15,6 +15,8 @@ reads the glTF container and JSON itself and refuses:
   that expands when decoded);
 * scene graphs with cycles or nodes with two parents.
 
+The reader then gets :func:`geometry_only` of the upload: images, textures,
+materials and animations removed, so no embedded image is ever decoded.
 Label arrays (``.npy``) are read with ``allow_pickle=False`` after their header
 is checked against the bytes present. Nothing here imports the web stack.
 """
@@ -319,6 +321,38 @@ def check_gltf(data: bytes, limits: Limits, what: str = "upload") -> GltfSummary
                 raise _bad(f"{what}: the node hierarchy has a cycle through nodes[{i}]")
     check_counts(mesh_nodes, faces, verts, limits, what)
     return GltfSummary(mesh_nodes, faces, verts)
+
+
+_NOT_GEOMETRY = ("images", "textures", "samplers", "materials", "animations", "skins", "cameras", "extensions",
+                 "extensionsUsed")
+
+
+def geometry_only(data: bytes) -> bytes:
+    """The upload with everything but geometry removed (images, textures, materials,
+    animations, skins, extensions), for the mesh reader: embedded images are never
+    decoded (no image decompression bombs). Call after :func:`check_gltf`."""
+    if data[:4] == _GLB_MAGIC:
+        doc, _ = split_glb(data, "upload")
+        json_len = struct.unpack_from("<I", data, 12)[0]
+        rest = data[20 + json_len:]  # the BIN chunk (header included), unchanged
+    else:
+        doc, rest = _parse_json(data, "upload"), None
+    for key in _NOT_GEOMETRY:
+        doc.pop(key, None)
+    for mesh in doc.get("meshes", []):
+        for prim in mesh.get("primitives", []):
+            prim.pop("material", None)
+            prim.pop("extensions", None)
+            prim.pop("targets", None)
+    for node in doc.get("nodes", []):
+        for key in ("skin", "camera", "extensions", "weights"):
+            node.pop(key, None)
+    raw = json.dumps(doc, separators=(",", ":")).encode()
+    if rest is None:
+        return raw
+    raw += b" " * (-len(raw) % 4)
+    body = struct.pack("<II", len(raw), _CHUNK_JSON) + raw + rest
+    return struct.pack("<4sII", _GLB_MAGIC, 2, 12 + len(body)) + body
 
 
 def check_counts(parts: int, faces: int, vertices: int, limits: Limits, what: str) -> None:
