@@ -239,3 +239,20 @@ def test_reader_gets_geometry_only(tmp_path):
     (tmp_path / "orig.glb").write_bytes(tetra_glb(2))
     a, b = load_parts(tmp_path / "clean.glb"), load_parts(tmp_path / "orig.glb")
     assert a.names == b.names and all(np.allclose(x.vertices, y.vertices) for x, y in zip(a, b))
+
+
+def test_service_builds_without_torch():
+    """The service side (CLI hook, app, batcher, limits, metrics) never imports torch or export/."""
+    pytest.importorskip("starlette", reason="needs the [serve] extra")
+    from tests.test_torch_free import _loaded, _run_child
+
+    r = _run_child("""
+        from holopart_infer.cli import build_parser
+        from holopart_infer.serve import build_service
+        service = build_service(build_parser().parse_args(["serve", "--option", "steps=1"]))
+        service.asgi()
+        service.metrics.render()
+        print("OK", service.model.backend_name, service.defaults.steps)
+    """)
+    assert "OK onnxruntime 1" in r.stdout, r.stdout + r.stderr
+    assert _loaded(r) == []
