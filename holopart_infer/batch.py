@@ -84,6 +84,7 @@ class BatchSummary:
     skipped: int = 0
     parts: int = 0
     seconds: float = 0.0
+    worker_restarts: int = 0  # Ray actors replaced after their process died
     failed_ids: list[str] = field(default_factory=list)
 
     @property
@@ -419,6 +420,8 @@ def run_batch(model, items: Iterable[BatchItem], out_dir: str | os.PathLike, *, 
         if bar is not None:
             bar.close()
         summary.seconds = time.perf_counter() - t0
+        if ray is not None:
+            summary.worker_restarts = pool.restarts
     return summary
 
 
