@@ -138,10 +138,11 @@ class RayPool:
         return self._actor_cls.options(**self._options).remote(self.model_path, self.backend, dev, self._threads,
                                                                self.hook)
 
-    def run(self, jobs: Iterable) -> Iterator[tuple]:
+    def run(self, jobs: Iterable, *, close: bool = True) -> Iterator[tuple]:
         """Complete ``jobs`` (:class:`CompletionJob`, each with a unique ``key``) on the actors.
 
         Yields ``(job, CompletionResult | HoloPartError)`` as groups finish.
+        ``close=False`` keeps the actors for another run (then call :meth:`close`).
         """
         ray = _ray()
         from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
@@ -215,7 +216,8 @@ class RayPool:
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
-            self.close()
+            if close:
+                self.close()
 
     def close(self) -> None:
         """Stop the actors (and Ray, when this pool started it)."""
