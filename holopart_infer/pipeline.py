@@ -279,7 +279,11 @@ class HoloPart:
         the backend's batch-size numerics, which are tested to be negligible).
 
         Jobs are read from ``jobs`` lazily: at most about one batch of parts per
-        option group is held besides the objects being completed.
+        option group is held besides the objects being completed. A batch runs
+        when a group has ``parts_per_batch`` parts waiting, and the partial
+        batches run when ``jobs`` is exhausted: for dynamic batching with a
+        maximum wait (a service), gather the jobs that arrive within the wait
+        and call this on that list.
 
         Args:
             jobs: :class:`CompletionJob` items (any iterable, e.g. a generator).

@@ -214,8 +214,11 @@ class RayPool:
                 for key, res in out:
                     yield by_key[key], res
         finally:
-            for ref in pending:
-                ray.cancel(ref, force=True)
+            for ref in pending:  # the caller stopped early or an error ended the run
+                try:
+                    ray.cancel(ref)
+                except Exception as e:  # already finished / actor gone
+                    log.debug("ray: cancel: %s", e)
             if close:
                 self.close()
 
