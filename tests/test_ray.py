@@ -64,3 +64,19 @@ def test_ray_missing_gives_the_install_hint(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
     with pytest.raises(BackendUnavailable, match=r"pip install 'holopart-infer\[ray\]'"):
         ray_runner.RayPool(assets.demo_model_path())
+
+
+def test_cli_batch_on_ray(local_ray, tmp_path, capsys):
+    from holopart_infer.cli import main
+    from tests.test_batch import FAST_FLAGS
+
+    objs = tmp_path / "objs"
+    objs.mkdir()
+    for i in range(3):
+        two_box_glb(objs / f"o{i}.glb", float(i))
+    out = tmp_path / "out"
+    code = main(["batch", str(objs), "-o", str(out), "--model", str(assets.demo_model_path()), "--ray", "auto",
+                 "--ray-workers", "2", "--parts-per-batch", "4", *FAST_FLAGS])
+    assert code == 0, capsys.readouterr()
+    assert "3 objects: 3 completed" in capsys.readouterr().out
+    assert sorted(check_ledger_agrees_with_files(out)) == ["o0", "o1", "o2"]
