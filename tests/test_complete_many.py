@@ -26,7 +26,7 @@ def _opts(model, **kw):
 
 def _two_box_object(shift: float):
     return Parts.from_meshes(
-        [box((shift, 0, 0), (1.0, 0.4, 0.6)), box((shift, 0.5, 0), (0.3, 0.6, 0.3))], names=["base", "post"])
+        [box((shift, 0, 0), (1.0 + 0.3 * shift, 0.4, 0.6)), box((shift, 0.5, 0), (0.3, 0.6, 0.3))], names=["base", "post"])
 
 
 def _surface_distance(a: hp.CompletionResult, b: hp.CompletionResult) -> float:
@@ -170,3 +170,22 @@ def test_ort_outputs_are_batch_independent_within_tolerance(model):
     q3 = np.asarray(be.decoder_query(pts, kv3)).reshape(3, -1)
     q1 = np.asarray(be.decoder_query(pts[1:2, :700], kv1)).reshape(1, -1)  # other length: padding differs too
     np.testing.assert_allclose(q3[1, :700], q1[0], atol=1e-3, rtol=1e-4)
+
+
+def test_a_poison_object_does_not_fail_objects_sharing_its_batch(model, monkeypatch):
+    """A packed batch that fails is retried object by object: only the object
+    that makes the backend fail is reported failed."""
+    jobs = [CompletionJob(_two_box_object(s), options=_opts(model), key=k) for k, s in (("a", 0), ("b", 1), ("c", 2))]
+    poison = model._prepare(jobs[1].parts, None, jobs[1].options).part_tok[0]
+    real = model.backend.encode
+
+    def encode(part_tokens, *rest):
+        if any(np.array_equal(row, poison) for row in part_tokens):
+            raise RuntimeError("backend cannot take this part")
+        return real(part_tokens, *rest)
+
+    monkeypatch.setattr(model.backend, "encode", encode)
+    out = dict((j.key, r) for j, r in model.complete_many(jobs, parts_per_batch=6))  # one batch of all 6 parts
+    assert isinstance(out["b"], hp.EngineError) and "cannot take this part" in str(out["b"])
+    assert isinstance(out["a"], hp.CompletionResult) and isinstance(out["c"], hp.CompletionResult)
+    assert out["a"].stats["batch_sizes"] == [2]  # its retry ran alone
