@@ -279,7 +279,11 @@ class HoloPart:
         the backend's batch-size numerics, which are tested to be negligible).
 
         Jobs are read from ``jobs`` lazily: at most about one batch of parts per
-        option group is held besides the objects being completed.
+        option group is held besides the objects being completed. A batch runs
+        when a group has ``parts_per_batch`` parts waiting, and the partial
+        batches run when ``jobs`` is exhausted: for dynamic batching with a
+        maximum wait (a service), gather the jobs that arrive within the wait
+        and call this on that list.
 
         Args:
             jobs: :class:`CompletionJob` items (any iterable, e.g. a generator).
@@ -315,13 +319,19 @@ class HoloPart:
             objs = list({id(o): o for o, _ in batch}.values())
             try:
                 self._run_batch(batch, report)
-            except Exception as e:  # one failed batch fails its jobs, not the run
+            except Exception as e:
+                # one failed batch must not fail the run, nor an object that merely shared it:
+                # with several objects in it, each object's parts are retried on their own
                 log.warning("a batch of %d parts from %d object(s) failed: %s", len(batch), len(objs), e)
-                err = e if isinstance(e, HoloPartError) else EngineError(
-                    f"completing a batch of {len(batch)} parts failed: {type(e).__name__}: {e}")
                 for o in objs:
-                    failed.add(id(o))
-                    o.error = err
+                    try:
+                        if len(objs) == 1:
+                            raise e
+                        self._run_batch([(ob, i) for ob, i in batch if ob is o], report)
+                    except Exception as e_own:
+                        failed.add(id(o))
+                        o.error = _as_error(e_own, f"completing {len([1 for ob, _ in batch if ob is o])} "
+                                                   f"part(s) of {_describe(o.job) if o.job else 'the object'}")
             for o in objs:
                 if o.reported:
                     continue

@@ -26,7 +26,7 @@ def _opts(model, **kw):
 
 def _two_box_object(shift: float):
     return Parts.from_meshes(
-        [box((shift, 0, 0), (1.0, 0.4, 0.6)), box((shift, 0.5, 0), (0.3, 0.6, 0.3))], names=["base", "post"])
+        [box((shift, 0, 0), (1.0 + 0.3 * shift, 0.4, 0.6)), box((shift, 0.5, 0), (0.3, 0.6, 0.3))], names=["base", "post"])
 
 
 def _surface_distance(a: hp.CompletionResult, b: hp.CompletionResult) -> float:
@@ -147,3 +147,45 @@ def test_parts_loaded_once_names_kept(model):
     parts = load_parts(assets.demo_object_path("table"))
     (job, res), = model.complete_many([CompletionJob(parts, options=_opts(model), key=7)])
     assert job.key == 7 and [p.name for p in res.parts] == parts.names
+
+
+def test_ort_outputs_are_batch_independent_within_tolerance(model):
+    """What packing relies on: a part's DiT step and decoder logits do not depend
+    (beyond float rounding) on the other rows of the batch."""
+    rng = np.random.default_rng(0)
+    be, K, C = model.backend, model.num_tokens, model.latent_channels
+    L, N = 64, 512
+    part_tok, local_tok = rng.standard_normal((3, K, 6), np.float32), rng.standard_normal((3, K, 6), np.float32)
+    whole = rng.standard_normal((3, N, 7), np.float32)
+    local = rng.standard_normal((3, N, 6), np.float32)
+    w3, p3 = be.encode(part_tok, whole, local_tok, local)
+    w1, p1 = be.encode(part_tok[1:2], whole[1:2], local_tok[1:2], local[1:2])
+    np.testing.assert_allclose(np.asarray(p3)[1:2], np.asarray(p1), atol=1e-4, rtol=1e-4)
+    x = rng.standard_normal((3, L, C), np.float32)
+    s3 = np.asarray(be.guided_step(x, 500.0, 0.1, 3.5, p3, w3))
+    s1 = np.asarray(be.guided_step(x[1:2], 500.0, 0.1, 3.5, p1, w1))
+    np.testing.assert_allclose(s3[1:2], s1, atol=1e-4, rtol=1e-4)
+    kv3, kv1 = be.decoder_kv(s3), be.decoder_kv(s1)
+    pts = rng.uniform(-1, 1, (3, 1000, 3)).astype(np.float32)
+    q3 = np.asarray(be.decoder_query(pts, kv3)).reshape(3, -1)
+    q1 = np.asarray(be.decoder_query(pts[1:2, :700], kv1)).reshape(1, -1)  # other length: padding differs too
+    np.testing.assert_allclose(q3[1, :700], q1[0], atol=1e-3, rtol=1e-4)
+
+
+def test_a_poison_object_does_not_fail_objects_sharing_its_batch(model, monkeypatch):
+    """A packed batch that fails is retried object by object: only the object
+    that makes the backend fail is reported failed."""
+    jobs = [CompletionJob(_two_box_object(s), options=_opts(model), key=k) for k, s in (("a", 0), ("b", 1), ("c", 2))]
+    poison = model._prepare(jobs[1].parts, None, jobs[1].options).part_tok[0]
+    real = model.backend.encode
+
+    def encode(part_tokens, *rest):
+        if any(np.array_equal(row, poison) for row in part_tokens):
+            raise RuntimeError("backend cannot take this part")
+        return real(part_tokens, *rest)
+
+    monkeypatch.setattr(model.backend, "encode", encode)
+    out = dict((j.key, r) for j, r in model.complete_many(jobs, parts_per_batch=6))  # one batch of all 6 parts
+    assert isinstance(out["b"], hp.EngineError) and "cannot take this part" in str(out["b"])
+    assert isinstance(out["a"], hp.CompletionResult) and isinstance(out["c"], hp.CompletionResult)
+    assert out["a"].stats["batch_sizes"] == [2]  # its retry ran alone
