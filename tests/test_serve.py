@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from holopart_infer import assets
 from tests.serve_util import Server, tetra_glb
 
 pytest.importorskip("starlette", reason="needs the [serve] extra")
