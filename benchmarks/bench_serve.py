@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.serve_util import Server  # noqa: E402  (the test suite's server-process helper)
+from tests.runtime.serve.serve_util import Server  # noqa: E402  (the test suite's server-process helper)
 
 CONFIGS = {"batched": ["--batch-wait-ms", "100", "--max-batch-objects", "16", "--max-batch-parts", "64"],
            "unbatched": ["--no-batching"]}
