@@ -390,6 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
     e.add_argument("-q", "--quiet", action="store_true")
     e.set_defaults(func=cmd_export)
+
+    from holopart_infer.batch import add_batch_command
+
+    add_batch_command(sub)  # `batch`: many objects, resumable, optionally on Ray (holopart_infer/batch.py)
+
+    from holopart_infer.serve import add_subcommand as add_serve_subcommand  # the service owns its flags
+
+    add_serve_subcommand(sub)
     return p
 
 

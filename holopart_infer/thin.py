@@ -111,38 +111,38 @@ def thickened_patch(vertices: np.ndarray, faces: np.ndarray,
     return np.concatenate([top, bottom]), faces_out.astype(np.int64)
 
 
-def retry_empty(meshes: list, cond, batch: list[int], decode: Callable, extract: Callable, depth: int,
-                names: list[str]) -> tuple[list, list[str]]:
+def retry_empty(meshes: list, samples: list[np.ndarray], decode: Callable, extract: Callable, depth: int,
+                names: list[str]) -> tuple[list, list[int]]:
     """Extract again, on fitted local grids, the parts of a batch that came back empty.
+
+    The batch may hold parts of several objects: everything is per batch row.
 
     Args:
         meshes: the batch's ``(vertices, faces)`` in the part frame (not modified).
-        cond: the object's :class:`~holopart_infer.conditioning.Conditions`.
-        batch: the batch's part indices (into ``cond`` and ``names``).
-        decode: the batch's decode callback (one point array per batch part).
+        samples: per batch row, the part's surface samples in its part frame (N, 3).
+        decode: the batch's decode callback (one point array per batch row).
         extract: ``extract(decode_fn, num_parts) -> (meshes, stats)``.
         depth: the extraction depth in use.
-        names: all part names.
+        names: per batch row, the part's name (for the log).
 
     Returns:
-        (the batch's meshes with recovered parts replaced, names of the parts retried).
+        (the batch's meshes with recovered parts replaced, the batch rows retried).
     """
     empty = [j for j, (_, f) in enumerate(meshes) if len(f) == 0]
     if not empty:
         return meshes, []
 
     def subset_decode(points_subset):
-        full = [np.empty((0, 3), np.float32) for _ in batch]
+        full = [np.empty((0, 3), np.float32) for _ in meshes]
         for k, j in enumerate(empty):
             full[j] = points_subset[k]
         answer = decode(full)
         return [answer[j] for j in empty]
 
-    samples = [cond.part_local[batch[j], :, :3] for j in empty]
-    again = decode_local(extract, subset_decode, samples, depth)
+    again = decode_local(extract, subset_decode, [samples[j] for j in empty], depth)
     out = list(meshes)
     for j, mesh in zip(empty, again):
         out[j] = mesh
         log.info("part %r decoded empty on the object grid; on a grid fitted to it: %d faces",
-                 names[batch[j]], len(mesh[1]))
-    return out, [names[batch[j]] for j in empty]
+                 names[j], len(mesh[1]))
+    return out, empty
