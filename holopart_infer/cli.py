@@ -1,9 +1,12 @@
 """The ``holopart-infer`` command.
 
 Exit codes: 0 success, 1 failure of a check or an internal error, 2 bad input
-(the message names it). The torch-side subcommands (``export``, ``verify
---backend torch``) live in the ``export`` package and are imported only when
-asked for, so the runtime never imports torch.
+(the message names it). Backends are opened through
+:func:`holopart_infer.engines.open_backend` only. The torch-side code
+(``export``, ``verify --backend reference``, and ``verify`` without ``--model``,
+which exports the golden weights first) lives in :mod:`holopart_infer.export`
+and is imported lazily, only by those subcommands, so the runtime never imports
+torch or the export side.
 """
 from __future__ import annotations
 
@@ -31,19 +34,32 @@ def _torch_side(module: str, what: str):
 
 
 # --------------------------------------------------------------------------- verify
-def _make_verify_backend(args, weights: Path, tmp: Path):
-    if args.backend == "torch":
-        tb = _torch_side("export.torch_backend", "verify --backend torch")
-        return tb.TorchBackend.from_checkpoint(weights)
-    if args.backend == "onnxruntime":
-        from holopart_infer.engines.onnxruntime import OrtBackend
+#: ``verify --backend``: the faithful reference model (export side) or any registered backend
+def _verify_backends() -> tuple[str, ...]:
+    from holopart_infer.engines import BACKENDS
 
-        model = Path(args.model) if args.model else None
-        if model is None:
-            exp = _torch_side("export.onnx_export", "verify --backend onnxruntime without --model (it exports first)")
-            model = exp.export_model(weights, tmp / "model", precision="fp32")
-        return OrtBackend.from_model_dir(model, device=args.device)
-    raise InputError(f"--backend must be torch or onnxruntime, got {args.backend!r}")
+    return ("reference", *BACKENDS)
+
+
+def _make_verify_backend(args, weights: Path, tmp: Path):
+    from holopart_infer.engines import BACKENDS, MODEL_DIR, open_backend
+
+    if args.backend == "reference":
+        # the faithful PyTorch model lives on the export side: imported here, lazily
+        tb = _torch_side("holopart_infer.export.torch_backend", "verify --backend reference")
+        return tb.TorchBackend.from_checkpoint(weights)
+    spec = BACKENDS[args.backend]
+    path = weights
+    if spec.runs == MODEL_DIR:
+        path = Path(args.model) if args.model else None
+        if path is None:
+            # no model dir given: export the golden weights first (export side, lazily)
+            exp = _torch_side("holopart_infer.export.onnx_export",
+                              f"verify --backend {args.backend} without --model (it exports first)")
+            path = exp.export_model(weights, tmp / "model", precision="fp32")
+    # golden outputs are fp32: run fp32 where the backend has a choice, the model dir's precision otherwise
+    precision = None if spec.default_precision.get(args.device, "fp32") is None else "fp32"
+    return open_backend(path, backend=args.backend, device=args.device, precision=precision)
 
 
 def cmd_verify(args) -> int:
@@ -74,7 +90,12 @@ def cmd_verify(args) -> int:
             print(f"{r.name:<28} rel_err={r.rel_error:.3e}  {'ok' if r.ok else 'FAIL'}", flush=True)
 
         t0 = time.perf_counter()
-        results = run_checks(backend, cases, scheduler, on_result=show)
+        try:
+            results = run_checks(backend, cases, scheduler, on_result=show)
+        finally:
+            close = getattr(backend, "close", None)
+            if close is not None:
+                close()
     bad = [r.name for r in results if not r.ok]
     print(f"{len(results) - len(bad)}/{len(results)} outputs within {TOLERANCE:g} "
           f"(backend {args.backend}, {time.perf_counter() - t0:.1f}s)")
@@ -83,7 +104,7 @@ def cmd_verify(args) -> int:
 
 # --------------------------------------------------------------------------- export
 def cmd_export(args) -> int:
-    exp = _torch_side("export.onnx_export", "export")
+    exp = _torch_side("holopart_infer.export.onnx_export", "export")
     out = exp.export_model(Path(args.weights_dir), Path(args.out_dir), precision=args.precision,
                            overwrite=args.overwrite, progress=not args.quiet)
     print(f"wrote {out}")
@@ -200,7 +221,7 @@ def cmd_run(args) -> int:
         raise InputError(f"input {input_path} does not exist")
     labels = Path(args.labels) if args.labels else None
     model = load(args.weights or args.model, backend=args.backend, device=args.device,
-                 precision=args.precision, engine_cache=args.engine_cache)
+                 precision=args.precision, engine_cache=args.engine_cache, graph=args.graph)
     return _complete_and_write(model, input_path, labels, Path(args.output),
                                Path(args.preview) if args.preview else None,
                                _options_from(args, model.default_options()),
@@ -245,7 +266,9 @@ def _add_sampling_args(p: argparse.ArgumentParser, defaults: dict | None = None)
                    help="latent length (default: the model's, else 2048 as the published model)")
     p.add_argument("--no-normalize", action="store_true",
                    help="do not normalize the object into the model frame (input must already be about [-1, 1])")
-    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "tensorrt"], default="auto")
+    from holopart_infer.engines import backend_names
+
+    p.add_argument("--backend", choices=list(backend_names()), default="auto")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -267,8 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--model", help="exported model dir (manifest.json + ONNX)")
     r.add_argument("--labels", help="per-face part labels (.npy) for a single-mesh input")
     r.add_argument("--preview", help="also write a PNG preview of the result")
-    r.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="torch / TensorRT precision")
+    r.add_argument("--precision", choices=["fp32", "fp16", "bf16"],
+                   help="torch / TensorRT precision (default: torch fp32 on CPU, bf16 on CUDA; TensorRT fp16)")
     r.add_argument("--engine-cache", dest="engine_cache", help="TensorRT engine cache folder")
+    r.add_argument("--cuda-graph", dest="graph", action="store_const", const="cuda_graph",
+                   help="torch backend on CUDA: replay each guided step as a captured CUDA graph")
     _add_sampling_args(r)
     r.set_defaults(func=cmd_run)
 
@@ -284,9 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("verify", help="recompute a golden folder's outputs and compare (tolerance 1e-4)")
     v.add_argument("golden_dir")
-    v.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
-    v.add_argument("--model", help="exported model dir (onnxruntime backend); default: export the golden weights first")
-    v.add_argument("--device", default="cpu", help="onnxruntime device: cpu or cuda")
+    v.add_argument("--backend", choices=list(_verify_backends()), default="reference",
+                   help="reference: the faithful PyTorch model (needs [torch]); or a runtime backend "
+                        "(default reference)")
+    v.add_argument("--model", help="exported model dir (onnxruntime/tensorrt); default: export the golden weights "
+                                   "first (needs [torch])")
+    v.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device (default cpu)")
     v.set_defaults(func=cmd_verify)
 
     e = sub.add_parser("export", help="export a checkpoint to ONNX graphs + manifest (needs the [torch] extra)")

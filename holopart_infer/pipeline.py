@@ -8,13 +8,13 @@
 
 A *model dir* (manifest.json + ONNX graphs, made by ``holopart-infer export``)
 runs on ONNX Runtime or TensorRT without torch. A *checkpoint dir* (the
-published layout) runs on the faithful PyTorch model (the ``[torch]`` extra).
+published layout) runs on the optimized PyTorch path (the ``[torch]`` extra).
+Which backend runs what is :mod:`holopart_infer.engines`' business: :func:`load`
+asks :func:`holopart_infer.engines.open_backend` and wraps the backend it gets.
 """
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import json
 import logging
 import os
 import time
@@ -25,14 +25,11 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from holopart_infer import sampler
-from holopart_infer.errors import (BackendUnavailable, CheckpointError, EngineError, HoloPartError, InputError,
-                                   InputFileNotFound, ModelDirError, missing_extra)
+from holopart_infer.errors import EngineError, HoloPartError, InputError, ModelDirError
+from holopart_infer.extract import QUERY_CHUNK_POINTS
 from holopart_infer.tokens import select_tokens
 
 log = logging.getLogger("holopart_infer")
-
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
-DEVICES = ("auto", "cpu", "cuda")
 
 # progress(stage, done, total)
 Progress = Callable[[str, int, int], None]
@@ -75,7 +72,7 @@ class CompletionOptions:
     latent_tokens: int = 2048
     normalize: bool = True
     band: float = 0.95
-    chunk_points: int = 8192
+    chunk_points: int = QUERY_CHUNK_POINTS
     min_component: float = 0.0
     close_at_bounds: bool = True
 
@@ -117,7 +114,9 @@ class CompletionOptions:
 
 
 @dataclass
-class PartMesh:
+class CompletedPart:
+    """One completed part, in the input's coordinates."""
+
     name: str
     vertices: np.ndarray  # (V, 3) float32, in the input's coordinates
     faces: np.ndarray  # (F, 3) int64
@@ -126,7 +125,7 @@ class PartMesh:
 
 @dataclass
 class CompletionResult:
-    parts: list[PartMesh]
+    parts: list[CompletedPart]
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     stats: dict = field(default_factory=dict)  # e.g. decoder queries per level
 
@@ -144,74 +143,48 @@ class CompletionResult:
                               path, size=size)
 
 
-def _kind_of(path: Path) -> str:
-    if (path / "manifest.json").is_file():
-        return "model"
-    if (path / "model_index.json").is_file():
-        return "checkpoint"
-    if not path.exists():
-        raise InputFileNotFound(f"model path {path} does not exist")
-    raise InputError(
-        f"{path} is neither an exported model dir (manifest.json) nor a checkpoint dir "
-        "(model_index.json). Pass the folder made by `holopart-infer export`, or a HoloPart "
-        "checkpoint in the published layout."
-    )
-
-
-def _resolve(kind: str, backend: str, device: str) -> tuple[str, str]:
-    if backend not in BACKENDS:
-        raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if device not in DEVICES:
-        raise InputError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
-    if kind == "checkpoint":
-        if backend in ("onnxruntime", "tensorrt"):
-            raise InputError(
-                f"backend {backend!r} runs an exported model dir; this is a checkpoint. Run "
-                "`holopart-infer export CHECKPOINT MODEL_DIR` first, or use backend='torch'."
-            )
-        if importlib.util.find_spec("torch") is None:
-            raise missing_extra("torch", "torch", "running a checkpoint directly")
-        if device == "auto":
-            import torch  # the torch backend was asked for: importing it here is the point
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        return "torch", device
-    if backend == "torch":
-        raise InputError("backend 'torch' runs a checkpoint dir; this is an exported model dir")
-    from holopart_infer.engines import backend_status, get_backend
-
-    if backend == "auto":
-        candidates = ["cuda", "cpu"] if device == "auto" else [device]
-        for dev in candidates:
-            status = backend_status(dev)
-            for name in ("tensorrt", "onnxruntime"):
-                if status.get(name, (False, ""))[0]:
-                    return name, dev
-            log.debug("no backend on %s: %s", dev, status)
-        raise BackendUnavailable(
-            f"no backend can run this model on device {device!r}: "
-            + "; ".join(f"{n}: {r}" for n, (_, r) in backend_status(candidates[-1]).items())
-        )
-    dev = device
-    if dev == "auto":
-        dev = "cuda" if backend == "tensorrt" or backend_status("cuda").get(backend, (False,))[0] else "cpu"
-    get_backend(backend, dev)  # raises with the install hint when it cannot run here
-    return backend, dev
-
-
 class HoloPart:
-    """A loaded model. Use :func:`load` to make one."""
+    """A loaded model: a backend (:mod:`holopart_infer.engines`) and the pipeline around it.
 
-    def __init__(self, backend, backend_name: str, device: str, precision: str, path: Path, config: dict,
-                 defaults: dict | None = None):
+    Use :func:`load`, or build one from any backend: ``HoloPart(open_backend(path, ...))``.
+    Everything about the model (name, device, precision, config, recommended
+    options) is read from the backend. ``close()`` (or ``with``) releases it.
+    """
+
+    def __init__(self, backend):
         self.backend = backend
-        #: the model's recommended options (manifest ``defaults`` / model_index ``inference_defaults``)
-        self.defaults = dict(defaults or {})
-        self.backend_name = backend_name
-        self.device = device
-        self.precision = precision
-        self.path = path
-        self.config = config
+        #: the model's recommended options (manifest ``defaults`` / model_index
+        #: ``inference_defaults``), read from the backend; assign to change them
+        self.defaults = dict(backend.defaults)
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    @property
+    def device(self) -> str:
+        return self.backend.device
+
+    @property
+    def precision(self) -> str:
+        return self.backend.precision
+
+    @property
+    def path(self) -> Path | None:
+        return self.backend.path
+
+    @property
+    def config(self) -> dict:
+        return self.backend.config
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "HoloPart":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return (f"HoloPart(path={str(self.path)!r}, backend={self.backend_name!r}, "
@@ -223,7 +196,7 @@ class HoloPart:
         runs there and cpp_ext was built with CUDA."""
         from holopart_infer import native
 
-        return "cuda" if self.device == "cuda" and native.cuda_available() else "cpu"
+        return "cuda" if str(self.device).startswith("cuda") and native.cuda_available() else "cpu"
 
     def default_options(self) -> CompletionOptions:
         """:class:`CompletionOptions` with this model's recommended defaults applied
@@ -233,11 +206,11 @@ class HoloPart:
 
     @property
     def num_tokens(self) -> int:
-        return int(self.config["part_encoder"]["num_tokens"])
+        return self.backend.num_tokens
 
     @property
     def latent_channels(self) -> int:
-        return int(self.config["transformer"]["in_channels"])
+        return self.backend.latent_channels
 
     def complete(self, parts, *, labels=None, options: CompletionOptions | None = None,
                  progress: Progress | None = None, **overrides) -> CompletionResult:
@@ -463,7 +436,7 @@ class HoloPart:
 
         opts, parts, cond = obj.opts, obj.parts, obj.cond
         P = obj.num_parts
-        results: list[PartMesh] = []
+        results: list[CompletedPart] = []
         palette = parts_io.part_colors(P)
         with _timed(obj.timings, "postprocess"):
             for i, (v, f) in enumerate(obj.meshes):
@@ -479,7 +452,7 @@ class HoloPart:
                         log.warning("part %r: decimation to %d faces left the closed mesh non-manifold at a few "
                                     "edges; pass decimate=None (CLI --no-decimate) for the closed marching-cubes "
                                     "mesh", parts.names[i], opts.decimate)
-                results.append(PartMesh(parts.names[i], np.asarray(v, np.float32), np.asarray(f, np.int64),
+                results.append(CompletedPart(parts.names[i], np.asarray(v, np.float32), np.asarray(f, np.int64),
                                         tuple(palette[i])))
                 report("postprocess", i + 1, P)
         obj.meshes = []  # the normalized-frame meshes are no longer needed
@@ -584,65 +557,39 @@ def _as_error(e: Exception, what: str) -> HoloPartError:
 
 
 def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", precision: str | None = None,
-         engine_cache: str | os.PathLike | None = None) -> HoloPart:
+         engine_cache: str | os.PathLike | None = None, graph: str | None = None) -> HoloPart:
     """Load a model dir or a checkpoint dir.
 
     Args:
         path: exported model dir (manifest.json) or checkpoint dir (model_index.json).
         backend: "auto" (TensorRT, then ONNX Runtime CUDA, then ONNX Runtime CPU for a
-            model dir; torch for a checkpoint), "torch", "onnxruntime" or "tensorrt".
+            model dir; torch for a checkpoint dir), "torch", "onnxruntime" or "tensorrt".
         device: "auto", "cpu" or "cuda".
-        precision: torch: "fp32"/"fp16"/"bf16" (default fp32 on CPU, fp16 on CUDA);
-            TensorRT: engine precision (default fp16); ONNX Runtime: the model dir's.
+        precision: None for the backend's default (torch: fp32 on CPU, bf16 on CUDA;
+            TensorRT: fp16; ONNX Runtime: the model dir's, the only one it runs), or
+            "fp32"/"fp16"/"bf16". The defaults live in one table,
+            :data:`holopart_infer.engines.BACKENDS`.
         engine_cache: TensorRT engine cache folder (default ~/.cache/holopart_infer/engines).
+        graph: torch backend on CUDA only: "cuda_graph" replays each guided step as a
+            captured CUDA graph, "compile" uses ``torch.compile(mode="reduce-overhead")``;
+            None/"eager" runs eagerly. Asking for it on the CPU or another backend raises.
 
     Returns:
         A :class:`HoloPart`; ``backend_name``/``device``/``precision`` say what was resolved.
+
+    Raises:
+        InputError / InputFileNotFound: bad arguments or path.
+        BackendUnavailable: the requested backend or device cannot run here (with the install hint).
+        ModelDirError / CheckpointError: the folder is unusable.
     """
-    path = Path(path)
-    kind = _kind_of(path)
-    name, dev = _resolve(kind, backend, device)
-    if name == "torch":
-        import importlib
+    from holopart_infer.engines import open_backend
 
-        # the optimized PyTorch path (standard-layout attention, SDPA, unconditional
-        # branch without cross-attention, cached condition keys/values): equal to
-        # the faithful model within 1e-5 in fp32 (tests/test_fast_dit.py); the
-        # faithful one (export.torch_backend) stays the reference for `verify`
-        fast = importlib.import_module("export.fast_dit")
-        prec = precision or ("bf16" if dev == "cuda" else "fp32")
-        be = fast.FastTorchBackend.from_checkpoint(path, device=dev, precision=prec)
-        from holopart_infer.checkpoint import read_config
-
-        config = {c: read_config(path, c) for c in ("part_encoder", "transformer", "vae", "scheduler")}
-        defaults = checkpoint_inference_defaults(path)
-    elif name == "onnxruntime":
-        from holopart_infer.engines.onnxruntime import OrtBackend
-
-        be = OrtBackend.from_model_dir(path, device=dev)
-        config = be.config
-        prec = be.precision
-    else:
-        from holopart_infer.engines.tensorrt import TensorRTBackend
-
-        prec = precision or "fp16"
-        be = TensorRTBackend.from_model_dir(path, precision=prec, cache_dir=engine_cache)
-        config = be.config
-    log.info("holopart_infer: backend %s on %s (%s) from %s", name, dev, prec, path)
-    if name != "torch":
-        defaults = be.manifest.defaults  # the manifest the backend already read
-    model = HoloPart(be, name, dev, prec, path, config, defaults)
-    model.default_options()  # a bad inference_defaults entry fails here, naming the model
-    return model
-
-
-def checkpoint_inference_defaults(path: str | os.PathLike) -> dict:
-    """``inference_defaults`` of a checkpoint's model_index.json ({} when absent)."""
-    index = Path(path) / "model_index.json"
+    be = open_backend(path, backend=backend, device=device, precision=precision, engine_cache=engine_cache,
+                      graph=None if graph == "eager" else graph)
+    model = HoloPart(be)
     try:
-        d = json.loads(index.read_text(encoding="utf-8")).get("inference_defaults", {})
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{index}: cannot read it ({e})") from None
-    if not isinstance(d, dict):
-        raise CheckpointError(f"{index}: inference_defaults must be an object, got {type(d).__name__}")
-    return d
+        model.default_options()  # a bad inference_defaults entry fails here, naming the model
+    except Exception:
+        be.close()
+        raise
+    return model
