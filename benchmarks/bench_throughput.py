@@ -40,7 +40,7 @@ def make_objects(n_synthetic: int, seed: int = 0) -> list:
 
     objs = [load_parts(assets.demo_object_path(n)) for n in sorted(assets.DEMO_OBJECTS)]
     if n_synthetic:
-        from export import synthetic
+        from holopart_infer.export import synthetic
 
         with tempfile.TemporaryDirectory() as tmp:
             for i, obj in enumerate(synthetic.iter_dataset(seed, n_synthetic, n_views=24)):

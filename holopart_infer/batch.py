@@ -427,9 +427,11 @@ def run_batch(model, items: Iterable[BatchItem], out_dir: str | os.PathLike, *, 
 
 def _defaults_of(model_path: Path):
     """The model's default options without loading its graphs (for Ray runs)."""
-    from holopart_infer.pipeline import CompletionOptions, _kind_of, checkpoint_inference_defaults
+    from holopart_infer.checkpoint import checkpoint_inference_defaults
+    from holopart_infer.engines.registry import CHECKPOINT_DIR, model_kind
+    from holopart_infer.pipeline import CompletionOptions
 
-    if _kind_of(model_path) == "checkpoint":
+    if model_kind(model_path) == CHECKPOINT_DIR:
         return CompletionOptions.with_defaults(checkpoint_inference_defaults(model_path), str(model_path))
     from holopart_infer.manifest import load_manifest
 

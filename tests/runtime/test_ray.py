@@ -12,7 +12,7 @@ from holopart_infer import assets
 from holopart_infer.batch import Ledger, _defaults_of, collect_items, run_batch
 from holopart_infer.errors import BackendUnavailable
 from holopart_infer.pipeline import CompletionOptions
-from tests.test_batch import FAST, check_ledger_agrees_with_files, ledger_lines, two_box_glb
+from tests.runtime.test_batch import FAST, check_ledger_agrees_with_files, ledger_lines, two_box_glb
 
 pytestmark = pytest.mark.ray
 
@@ -68,7 +68,7 @@ def test_ray_missing_gives_the_install_hint(monkeypatch):
 
 def test_cli_batch_on_ray(local_ray, tmp_path, capsys):
     from holopart_infer.cli import main
-    from tests.test_batch import FAST_FLAGS
+    from tests.runtime.test_batch import FAST_FLAGS
 
     objs = tmp_path / "objs"
     objs.mkdir()

@@ -16,7 +16,7 @@ from holopart_infer.cli import main
 from holopart_infer.errors import InputError, InputFileNotFound
 from holopart_infer.parts_io import load_parts, write_scene
 from holopart_infer.pipeline import CompletionOptions
-from tests.conftest_geometry import box
+from tests.support import box
 
 FAST = dict(steps=2, depth=6, num_points=1024, latent_tokens=64, decimate=None)
 FAST_FLAGS = ["--steps", "2", "--depth", "6", "--num-points", "1024", "--latent-tokens", "64", "--no-decimate", "-q"]

@@ -10,7 +10,7 @@ from holopart_infer import assets
 from holopart_infer.errors import HoloPartError, InputError, InputFileNotFound
 from holopart_infer.parts_io import Parts, load_parts
 from holopart_infer.pipeline import CompletionJob, CompletionOptions
-from tests.conftest_geometry import box
+from tests.support import box
 
 FAST = dict(steps=2, depth=6, num_points=1024, latent_tokens=64, decimate=None)
 
