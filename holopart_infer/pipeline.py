@@ -18,15 +18,16 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from holopart_infer import sampler
-from holopart_infer.errors import (BackendUnavailable, CheckpointError, InputError, InputFileNotFound,
-                                   ModelDirError, missing_extra)
+from holopart_infer import constants, sampler
+from holopart_infer.errors import (BackendUnavailable, CheckpointError, EmptyResult, InputError,
+                                   InputFileNotFound, ModelDirError, missing_extra)
+from holopart_infer.manifest import PRECISIONS
 from holopart_infer.tokens import select_tokens
 
 log = logging.getLogger("holopart_infer")
@@ -38,46 +39,63 @@ DEVICES = ("auto", "cpu", "cuda")
 Progress = Callable[[str, int, int], None]
 
 
+def _option(default, help: str, *, kind: type, lo=None, hi=None, lo_open: bool = False, optional: bool = False,
+            cli: str | None = "", off_flag: str | None = None, off_help: str = ""):
+    """A :class:`CompletionOptions` field with what validation and the CLI need.
+
+    Args:
+        default: the library default.
+        help: one line for docs and ``--help``.
+        kind: int, float or bool.
+        lo, hi: accepted range (inclusive unless ``lo_open``); None: unbounded.
+        optional: None is accepted (and means "off").
+        cli: the flag (``""``: ``--`` + the name with dashes; None: API only).
+        off_flag: a flag that turns the option off (None for ``optional``, False for bools).
+    """
+    return field(default=default, metadata=dict(help=help, kind=kind, lo=lo, hi=hi, lo_open=lo_open,
+                                                optional=optional, cli=cli, off_flag=off_flag, off_help=off_help))
+
+
 @dataclass
 class CompletionOptions:
     """Knobs of :meth:`HoloPart.complete` (reference-script defaults where they exist).
 
-    Attributes:
-        steps: Euler steps of the sampler (reference 50).
-        guidance: classifier-free guidance scale (reference 3.5; <= 1 disables it).
-        seed: seeds surface sampling, token selection and the initial noise.
-        depth: octree depth of extraction; the final grid has 2**depth - 8 cells
-            per axis (reference 9 -> 504).
-        parts_per_batch: parts denoised and decoded together (reference 8).
-        decimate: target face count per part (reference 10000); None keeps all.
-        num_points: surface samples per part and for the whole (reference 20480).
-        latent_tokens: latent length (2048 for the published model).
-        normalize: map the object into the model's frame first and back after,
-            so objects in any unit work (the reference assumes about [-1, 1]).
-        band: |logit| threshold of the coarse-to-fine band (reference 0.95).
-        chunk_points: decoder query points per part per call; bounds the
-            attention scratch (points x latent tokens x heads) per call.
-        min_component: drop connected pieces of a part's mesh whose area is
-            below this fraction of its largest piece (floaters); 0 keeps
-            everything, as the reference does.
-        close_at_bounds: a part that reaches the +-1.05 extraction box of its
-            frame is capped with the box face, so its mesh is closed; False
-            leaves the hole, as the reference does.
+    Each field's metadata (help, type, accepted range, CLI flag) is the single
+    source of :meth:`validate`, the CLI's flags and their ``--help``
+    (:func:`option_fields`).
     """
 
-    steps: int = sampler.DEFAULT_STEPS
-    guidance: float = sampler.DEFAULT_GUIDANCE
-    seed: int = 0
-    depth: int = 9
-    parts_per_batch: int = 8
-    decimate: int | None = 10000
-    num_points: int = 20480
-    latent_tokens: int = 2048
-    normalize: bool = True
-    band: float = 0.95
-    chunk_points: int = 8192
-    min_component: float = 0.0
-    close_at_bounds: bool = True
+    steps: int = _option(sampler.DEFAULT_STEPS, "Euler steps of the sampler (reference 50)", kind=int, lo=1)
+    guidance: float = _option(sampler.DEFAULT_GUIDANCE, "classifier-free guidance scale (reference 3.5; <= 1 "
+                              "disables it)", kind=float, lo=0.0)
+    seed: int = _option(0, "seeds surface sampling, token selection and the initial noise", kind=int, lo=0,
+                        hi=constants.SEED_MAX)
+    depth: int = _option(constants.DEFAULT_DEPTH, "octree depth of extraction: the final grid has 2^depth-8 cells "
+                         "per axis (reference 9 -> 504)", kind=int, lo=constants.DEPTH_MIN, hi=constants.DEPTH_MAX)
+    parts_per_batch: int = _option(8, "parts denoised and decoded together (reference 8)", kind=int, lo=1)
+    decimate: int | None = _option(10000, "target face count per part (reference 10000)", kind=int,
+                                   lo=constants.MIN_DECIMATE_FACES, optional=True, off_flag="--no-decimate",
+                                   off_help="keep the full marching-cubes mesh (decimate=None)")
+    num_points: int = _option(constants.DEFAULT_NUM_POINTS, "surface samples per part and for the whole object "
+                              "(reference 20480)", kind=int, lo=constants.MIN_NUM_POINTS)
+    latent_tokens: int = _option(constants.DEFAULT_LATENT_TOKENS, "latent length (2048 for the published model)",
+                                 kind=int, lo=1)
+    normalize: bool = _option(True, "map the object into the model's frame first and back after, so objects in any "
+                              "unit work (the reference assumes about [-1, 1])", kind=bool,
+                              off_flag="--no-normalize",
+                              off_help="do not normalize the object into the model frame (input must already be "
+                                       "about [-1, 1])")
+    band: float = _option(constants.DEFAULT_BAND, "|logit| threshold of the coarse-to-fine band (reference 0.95)",
+                          kind=float, lo=0.0, lo_open=True, cli=None)
+    chunk_points: int = _option(8192, "decoder query points per part per call; bounds the attention scratch "
+                                "(points x latent tokens x heads) per call", kind=int, lo=1, cli=None)
+    min_component: float = _option(0.0, "drop connected pieces of a part's mesh whose area is below this fraction "
+                                   "of its largest piece (floaters); 0 keeps everything, as the reference",
+                                   kind=float, lo=0.0, hi=1.0)
+    close_at_bounds: bool = _option(True, f"cap a part that reaches the +-{constants.EXTRACTION_BOUND} extraction "
+                                    "box of its frame with the box face, so its mesh is closed", kind=bool,
+                                    off_flag="--open-at-bounds",
+                                    off_help="leave parts cut by the extraction box open, as the reference")
 
     @classmethod
     def with_defaults(cls, defaults: dict | None, source: str = "model") -> "CompletionOptions":
@@ -98,22 +116,76 @@ class CompletionOptions:
             raise ModelDirError(f"{source}: inference_defaults: {e}. Re-export the model.") from None
         return opts
 
-    def validate(self) -> None:
-        checks = [
-            ("steps", self.steps >= 1, "an integer >= 1"),
-            ("guidance", np.isfinite(self.guidance) and self.guidance >= 0, "a finite number >= 0"),
-            ("depth", 6 <= self.depth <= 11, "an integer between 6 and 11"),
-            ("parts_per_batch", self.parts_per_batch >= 1, "an integer >= 1"),
-            ("decimate", self.decimate is None or self.decimate >= 4, "None or an integer >= 4"),
-            ("num_points", self.num_points >= 16, "an integer >= 16"),
-            ("latent_tokens", self.latent_tokens >= 1, "an integer >= 1"),
-            ("band", self.band > 0, "a number > 0"),
-            ("chunk_points", self.chunk_points >= 1, "an integer >= 1"),
-            ("min_component", 0.0 <= self.min_component <= 1.0, "a number in [0, 1]"),
-        ]
-        for name, ok, expected in checks:
-            if not ok:
-                raise InputError(f"option {name} must be {expected}, got {getattr(self, name)!r}")
+    def replace(self, **overrides) -> "CompletionOptions":
+        """A copy with ``overrides`` applied (unknown names raise :class:`InputError`)."""
+        unknown = set(overrides) - set(self.__dataclass_fields__)
+        if unknown:
+            raise InputError(f"unknown option(s): {', '.join(sorted(unknown))}; "
+                             f"known: {', '.join(self.__dataclass_fields__)}")
+        return CompletionOptions(**{**self.__dict__, **overrides})
+
+    def validate(self, *, flags: bool = False) -> None:
+        """Check every option's type and range.
+
+        Args:
+            flags: name options by their CLI flag (``--seed``) in messages.
+
+        Raises:
+            InputError: naming the option, the accepted type/range and the value.
+        """
+        for f in fields(self):
+            problem = option_problem(f, getattr(self, f.name))
+            if problem:
+                name = (f.metadata["cli"] or "--" + f.name.replace("_", "-")) if flags and f.metadata["cli"] is not None \
+                    else f.name
+                value = getattr(self, f.name)
+                raise InputError(f"option {name} must be {problem}, got {value!r} ({type(value).__name__})")
+
+
+def option_fields() -> list:
+    """The :class:`CompletionOptions` fields (dataclass ``Field`` objects, with metadata)."""
+    return list(fields(CompletionOptions))
+
+
+def option_range(f) -> str:
+    """The accepted values of an option field, in words ("an integer in [5, 11]")."""
+    m = f.metadata
+    kind = m["kind"]
+    if kind is bool:
+        return "True or False"
+    noun = "an integer" if kind is int else "a finite number"
+    lo, hi = m["lo"], m["hi"]
+    if lo is not None and hi is not None:
+        text = f"{noun} in [{lo}, {hi}]"
+    elif lo is not None:
+        text = f"{noun} {'>' if m['lo_open'] else '>='} {lo}"
+    elif hi is not None:
+        text = f"{noun} <= {hi}"
+    else:
+        text = noun
+    return ("None or " + text) if m["optional"] else text
+
+
+def option_problem(f, value) -> str | None:
+    """None when ``value`` is acceptable for option field ``f``, else the accepted range in words."""
+    m = f.metadata
+    if value is None and m["optional"]:
+        return None
+    kind = m["kind"]
+    if kind is bool:
+        ok = isinstance(value, (bool, np.bool_))
+    elif kind is int:
+        ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    else:
+        ok = (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+              and bool(np.isfinite(value)))
+    if ok and kind is not bool:
+        lo, hi = m["lo"], m["hi"]
+        if lo is not None and (value <= lo if m["lo_open"] else value < lo):
+            ok = False
+        if hi is not None and value > hi:
+            ok = False
+    return None if ok else option_range(f)
 
 
 @dataclass
@@ -126,22 +198,47 @@ class PartMesh:
 
 @dataclass
 class CompletionResult:
-    parts: list[PartMesh]
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
-    stats: dict = field(default_factory=dict)  # e.g. decoder queries per level
+    """What :meth:`HoloPart.complete` returns.
 
-    def save(self, path: str | os.PathLike, *, source: str | os.PathLike | None = None) -> Path:
-        """Write a glb with one named node per part (atomically; never over ``source``)."""
+    Attributes:
+        parts: one completed mesh per input part, in the input's coordinates.
+        timings: seconds per stage.
+        stats: e.g. decoder queries per level.
+        inputs: every path the result was made from (the scene, the mesh and its
+            labels, the folder and each part file); :meth:`save` and
+            :meth:`preview` refuse to write over, inside or around them.
+    """
+
+    parts: list[PartMesh]
+    timings: dict[str, float] = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)
+    inputs: tuple[Path, ...] = ()
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False,
+             source: str | os.PathLike | None = None) -> Path:
+        """Write a glb with one named node per part, atomically.
+
+        Args:
+            path: output ``.glb``.
+            overwrite: replace an existing file (otherwise an error, and it is kept).
+            source: one more path to protect besides :attr:`inputs`.
+
+        Raises:
+            OutputError: ``path`` is, lies inside or contains an input, or is unusable.
+            OutputExists: ``path`` exists and ``overwrite`` is False.
+        """
         from holopart_infer.parts_io import write_scene
 
         return write_scene([(p.vertices, p.faces) for p in self.parts], [p.name for p in self.parts], path,
-                           colors=[p.color for p in self.parts], protect=[source] if source else None)
+                           colors=[p.color for p in self.parts], protect=[*self.inputs, source],
+                           overwrite=overwrite)
 
-    def preview(self, path: str | os.PathLike, size=(800, 600)) -> Path:
+    def preview(self, path: str | os.PathLike, size=(800, 600), *, overwrite: bool = False) -> Path:
+        """Render a preview image (``.png`` or ``.jpg``), atomically; same protections as :meth:`save`."""
         from holopart_infer.preview import render_preview
 
         return render_preview([(p.vertices, p.faces) for p in self.parts], [p.color for p in self.parts],
-                              path, size=size)
+                              path, size=size, overwrite=overwrite, protect=self.inputs)
 
 
 def _kind_of(path: Path) -> str:
@@ -171,10 +268,16 @@ def _resolve(kind: str, backend: str, device: str) -> tuple[str, str]:
             )
         if importlib.util.find_spec("torch") is None:
             raise missing_extra("torch", "torch", "running a checkpoint directly")
-        if device == "auto":
-            import torch  # the torch backend was asked for: importing it here is the point
+        import torch  # the torch backend was asked for: importing it here is the point
 
+        if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif device == "cuda" and not torch.cuda.is_available():
+            why = ("this torch build has no CUDA support" if torch.version.cuda is None
+                   else "torch sees no usable GPU")
+            raise BackendUnavailable(f"device 'cuda' was asked for, but {why} (torch {torch.__version__}). "
+                                     "Use device='cpu' (CLI --device cpu), or install a CUDA build of torch: "
+                                     "https://pytorch.org/get-started/locally/")
         return "torch", device
     if backend == "torch":
         raise InputError("backend 'torch' runs a checkpoint dir; this is an exported model dir")
@@ -260,13 +363,12 @@ class HoloPart:
         from holopart_infer.cleanup import edge_manifold, remove_floaters
         from holopart_infer.decimate import decimate as decimate_mesh
 
+        if options is not None and not isinstance(options, CompletionOptions):
+            raise InputError(f"options must be a CompletionOptions, got {type(options).__name__}; "
+                             "pass keyword overrides (steps=..., seed=...) for single values")
         opts = options or self.default_options()
         if overrides:
-            unknown = set(overrides) - set(CompletionOptions.__dataclass_fields__)
-            if unknown:
-                raise InputError(f"unknown option(s): {', '.join(sorted(unknown))}; "
-                                 f"known: {', '.join(CompletionOptions.__dataclass_fields__)}")
-            opts = CompletionOptions(**{**opts.__dict__, **overrides})
+            opts = opts.replace(**overrides)
         opts.validate()
         report = progress or (lambda stage, done, total: None)
         timings: dict[str, float] = {}
@@ -279,9 +381,11 @@ class HoloPart:
             finally:
                 timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0
 
+        source_paths = [p for p in (parts, labels) if isinstance(p, (str, os.PathLike))]
         with timed("load_parts"):
             if not isinstance(parts, parts_io.Parts):
                 parts = parts_io.load_parts(parts, labels=labels)
+        inputs = tuple(dict.fromkeys(Path(p) for p in (*source_paths, *parts.input_paths)))
         P = len(parts.names)
         with timed("conditioning"):
             cond = conditioning.build_conditions(parts, num_points=opts.num_points, seed=opts.seed,
@@ -329,6 +433,7 @@ class HoloPart:
             meshes.extend(out)
 
         results: list[PartMesh] = []
+        pinched: list[str] = []  # parts that decimation left non-manifold
         palette = parts_io.part_colors(P)
         with timed("postprocess"):
             for i, (v, f) in enumerate(meshes):
@@ -341,14 +446,23 @@ class HoloPart:
                     v, f = decimate_mesh(v, f, opts.decimate)
                     # the full mesh is only checked in the rare case the decimated one is not closed
                     if not edge_manifold(f) and edge_manifold(f_full):
-                        log.warning("part %r: decimation to %d faces left the closed mesh non-manifold at a few "
-                                    "edges; pass decimate=None (CLI --no-decimate) for the closed marching-cubes "
-                                    "mesh", parts.names[i], opts.decimate)
+                        pinched.append(parts.names[i])
                 results.append(PartMesh(parts.names[i], np.asarray(v, np.float32), np.asarray(f, np.int64),
                                         tuple(palette[i])))
                 report("postprocess", i + 1, P)
+        if pinched:  # one line per run, not per part: a warning on most parts teaches users to ignore warnings
+            log.warning("decimation to %d faces left %d of %d parts non-manifold at a few edges (%s); "
+                        "decimate=None (CLI --no-decimate) keeps the closed marching-cubes meshes",
+                        opts.decimate, len(pinched), P, ", ".join(pinched[:5]) + (" ..." if len(pinched) > 5 else ""))
+        if P and all(len(r.faces) == 0 for r in results):
+            raise EmptyResult(
+                f"every one of the {P} parts came out empty: the model's decoder found no surface anywhere in the "
+                f"extraction box. The input was read correctly ({P} parts with surface), so this points at the "
+                f"model ({self.path}): untrained, corrupt or non-finite weights, or a model dir that does not match "
+                "its checkpoint. Check it with `holopart-infer verify`, or re-export it.")
         return CompletionResult(results, timings, {"decoder_queries_per_level": level_queries,
-                                                   "num_parts": P, "backend": self.backend_name})
+                                                   "num_parts": P, "backend": self.backend_name,
+                                                   "decimation_non_manifold": pinched}, inputs)
 
     def _decode_padded(self, points_per_part: list[np.ndarray], kv) -> list[np.ndarray]:
         """Query the decoder for each part's points, all parts of the batch in one call.
@@ -377,7 +491,7 @@ def _level_counts(stats) -> dict[str, int]:
 
 
 def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", precision: str | None = None,
-         engine_cache: str | os.PathLike | None = None) -> HoloPart:
+         engine_cache: str | os.PathLike | None = None, *, verify_integrity: bool = True) -> HoloPart:
     """Load a model dir or a checkpoint dir.
 
     Args:
@@ -388,12 +502,19 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", p
         precision: torch: "fp32"/"fp16"/"bf16" (default fp32 on CPU, fp16 on CUDA);
             TensorRT: engine precision (default fp16); ONNX Runtime: the model dir's.
         engine_cache: TensorRT engine cache folder (default ~/.cache/holopart_infer/engines).
+        verify_integrity: check a model dir's graph and weight files against the
+            sha256 in its manifest (each file is hashed once, then remembered by
+            path, size and mtime in the user cache dir, so re-loads cost a stat);
+            a checkpoint's weights are always checked for NaN/inf. False skips the
+            hash check (CLI ``--no-verify``).
 
     Returns:
         A :class:`HoloPart`; ``backend_name``/``device``/``precision`` say what was resolved.
     """
     path = Path(path)
     kind = _kind_of(path)
+    if precision is not None and precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)} or None, got {precision!r}")
     name, dev = _resolve(kind, backend, device)
     if name == "torch":
         import importlib
@@ -412,14 +533,20 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", p
     elif name == "onnxruntime":
         from holopart_infer.engines.onnxruntime import OrtBackend
 
-        be = OrtBackend.from_model_dir(path, device=dev)
+        be = OrtBackend.from_model_dir(path, device=dev, verify_hashes=verify_integrity)
         config = be.config
         prec = be.precision
+        if precision is not None and precision != prec:
+            raise InputError(f"precision {precision!r} was asked for, but ONNX Runtime runs a model dir at the "
+                             f"precision it was exported with, and {path} is {prec}. Drop --precision, or "
+                             f"export a {precision} model dir (`holopart-infer export CKPT OUT --precision "
+                             f"{precision}`).")
     else:
         from holopart_infer.engines.tensorrt import TensorRTBackend
 
         prec = precision or "fp16"
-        be = TensorRTBackend.from_model_dir(path, precision=prec, cache_dir=engine_cache)
+        be = TensorRTBackend.from_model_dir(path, precision=prec, cache_dir=engine_cache,
+                                            verify_hashes=verify_integrity)
         config = be.config
     log.info("holopart_infer: backend %s on %s (%s) from %s", name, dev, prec, path)
     if name != "torch":

@@ -28,20 +28,26 @@ _KEY = 0.6  # light from the upper left, in front
 _FILL = 0.25  # weaker light from the right, so faces turned away from the key are not black
 _BUCKETS = (2, 4, 8, 16, 32, 64)  # candidate-pixel grid sizes for small triangles
 _FRAGMENTS_PER_CHUNK = 1 << 21
+#: image extensions the preview writes, and the Pillow format of each
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 
 
 def render_preview(meshes: Sequence, colors: Sequence | np.ndarray | None, path: str | os.PathLike,
-                   size: tuple[int, int] = (800, 600), supersample: int = 2) -> Path:
-    """Render parts to a PNG from a fixed 3/4 view, the camera fitted to the scene.
+                   size: tuple[int, int] = (800, 600), supersample: int = 2, *, overwrite: bool = False,
+                   protect=()) -> Path:
+    """Render parts to a PNG or JPEG image from a fixed 3/4 view, the camera fitted to the scene.
 
     Args:
         meshes: per part a ``(vertices (V,3), faces (F,3))`` pair or a
             ``trimesh.Trimesh``; parts without faces are skipped.
         colors: per part RGB/RGBA 0..255 (or floats 0..1); ``None`` uses
             :func:`holopart_infer.parts_io.part_colors`. Alpha is ignored.
-        path: output ``.png`` path (written atomically; parent folders created).
+        path: output image; the format follows the extension (:data:`IMAGE_FORMATS`:
+            ``.png``, ``.jpg``/``.jpeg``). Written atomically; parent folders created.
         size: ``(width, height)`` in pixels.
         supersample: render at this multiple of ``size`` then downsample.
+        overwrite: replace an existing file (otherwise it is an error and kept).
+        protect: input paths the output may not be, lie inside or contain.
 
     Returns:
         The output path.
@@ -51,11 +57,12 @@ def render_preview(meshes: Sequence, colors: Sequence | np.ndarray | None, path:
     """
     from PIL import Image
 
-    from holopart_infer.parts_io import _atomic_write, _normalize_colors
+    from holopart_infer import fsafe
+    from holopart_infer.parts_io import _normalize_colors
 
     path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise InputError(f"preview {path}: only .png is supported, got {path.suffix or '(none)'!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fsafe.check_output(path, what="preview", overwrite=overwrite, inputs=protect, suffixes=IMAGE_FORMATS)
     try:
         width, height = (int(s) for s in size)
     except (TypeError, ValueError) as e:
@@ -90,9 +97,9 @@ def render_preview(meshes: Sequence, colors: Sequence | np.ndarray | None, path:
     import io
 
     buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, buf.getvalue())
+    fmt = IMAGE_FORMATS[path.suffix.lower()]
+    img.save(buf, format=fmt, **({"optimize": True} if fmt == "PNG" else {"quality": 92}))
+    fsafe.atomic_write(path, buf.getvalue(), overwrite=overwrite)
     return path
 
 

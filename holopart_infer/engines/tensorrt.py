@@ -29,12 +29,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from holopart_infer.engines.cache import (
-    EngineCache, atomic_write_bytes, file_lock, onnx_digest,
-)
+from holopart_infer.engines.cache import EngineCache, onnx_digest
 from holopart_infer.errors import (
     EngineError, InputError, InputFileNotFound, ModelDirError, ShapeError, missing_extra,
 )
+from holopart_infer.fsafe import atomic_write, file_lock
 from holopart_infer.manifest import PRECISIONS
 
 log = logging.getLogger("holopart_infer")
@@ -303,7 +302,7 @@ def _save_timing_cache(config, path: Path) -> None:
         merged = config.create_timing_cache(disk) or config.create_timing_cache(b"")
         if not merged.combine(built, False):
             merged = built  # disk cache from another TensorRT version: replace it
-        atomic_write_bytes(path, memoryview(merged.serialize()))
+        atomic_write(path, memoryview(merged.serialize()))
 
 
 def build_engine(onnx_path: str | os.PathLike, *, stage: str, precision: str,
@@ -664,7 +663,7 @@ class TensorRTBackend:
                        graphs: Iterable[str] | None = None, max_batch: int | None = None,
                        max_query_points: int | None = DEFAULT_QUERY_POINTS[2],
                        optimization_level: int = OPTIMIZATION_LEVEL,
-                       workspace: int | None = None) -> "TensorRTBackend":
+                       workspace: int | None = None, verify_hashes: bool = True) -> "TensorRTBackend":
         """Build (or load from the cache) one engine per graph and get ready to run.
 
         Args:
@@ -682,6 +681,7 @@ class TensorRTBackend:
                 split); None keeps the manifest's profile.
             optimization_level: builder optimization level (0-5).
             workspace: builder workspace limit in bytes (None: TensorRT default).
+            verify_hashes: check the graphs against the manifest's sha256 first.
 
         Raises:
             BackendUnavailable: tensorrt or cuda-python is missing (with the pip hint).
@@ -695,7 +695,7 @@ class TensorRTBackend:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         trt = require_tensorrt()
         cuda.runtime()
-        manifest = load_manifest(model_dir)
+        manifest = load_manifest(model_dir, verify_hashes=verify_hashes)
         specs = manifest.raw["graphs"]
         strongly_typed = _strongly_typed(manifest.precision, precision, manifest.model_dir)
         axis_ranges = profile_overrides(max_batch, max_query_points)
