@@ -185,14 +185,18 @@ def export_model(weights_dir: str | os.PathLike, out_dir: str | os.PathLike, pre
 @contextlib.contextmanager
 def _quiet_exporter_logs():
     """The exporter's optimizer logs every rewrite at INFO; keep the user's log readable."""
-    loggers = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
+    quiet = {"onnxscript": logging.WARNING, "onnx_ir": logging.WARNING, "torch.onnx": logging.WARNING,
+             "torch.export": logging.WARNING,
+             # "torchvision is not installed. Skipping torchvision::roi_align" (x3): not ours to report
+             "torch.onnx._internal.exporter._registration": logging.ERROR}
+    loggers = {logging.getLogger(n): lvl for n, lvl in quiet.items()}
+    levels = {lg: lg.level for lg in loggers}
+    for lg, lvl in loggers.items():
+        lg.setLevel(lvl)
     try:
         yield
     finally:
-        for lg, lvl in zip(loggers, levels):
+        for lg, lvl in levels.items():
             lg.setLevel(lvl)
 
 
