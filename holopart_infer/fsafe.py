@@ -189,16 +189,16 @@ def check_output(path: str | os.PathLike, *, what: str = "output", overwrite: bo
     if clash:
         raise OutputError(f"{what} {path} {clash}; inputs are never modified or replaced. "
                           "Choose another output path")
+    if directory:
+        if path.exists() and not path.is_dir():
+            raise OutputError(f"{what} {path} exists and is not a folder; choose another path")
+    elif path.is_dir():
+        raise OutputError(f"{what} {path} is a folder; give a file name such as {path / ('out' + (tuple(suffixes)[0] if suffixes else ''))}")
     if suffixes is not None:
         suffixes = tuple(suffixes)
         if path.suffix.lower() not in suffixes:
             raise OutputError(f"{what} {path}: unsupported extension {path.suffix or '(none)'!r}; "
                               f"supported: {', '.join(suffixes)}")
-    if directory:
-        if path.exists() and not path.is_dir():
-            raise OutputError(f"{what} {path} exists and is not a folder; choose another path")
-    elif path.is_dir():
-        raise OutputError(f"{what} {path} is a folder; give a file name such as {path / ('out' + (suffixes[0] if suffixes else ''))}")
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise OutputExists(f"{what} {path} already exists; pass --overwrite (overwrite=True) to replace it, "
                            "or choose another path")

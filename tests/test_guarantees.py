@@ -133,10 +133,9 @@ def test_2_mesh_and_labels_inputs_are_protected(tmp_path):
     labels = tmp_path / "labels.npy"
     np.save(labels, np.repeat([0, 1], 6))
     before = snapshot(tmp_path)
-    for out in (tmp_path / "labels.npy", tmp_path / "m.ply"):
-        r = cli("run", mesh, "--labels", labels, "-o", out.with_suffix(".glb") if out == mesh else out,
-                "--model", assets.demo_model_path(), "--overwrite", *FAST)
-        assert r.returncode == 2
+    for out in (labels, mesh):
+        r = cli("run", mesh, "--labels", labels, "-o", out, "--model", assets.demo_model_path(), "--overwrite", *FAST)
+        assert r.returncode == 2 and f"{out} is the input" in r.stderr
     # the model dir is an input too
     r = cli("run", mesh, "--labels", labels, "-o", assets.demo_model_path() / "x.glb",
             "--model", assets.demo_model_path(), *FAST)
@@ -297,7 +296,9 @@ def test_6_model_dir_publish_never_replaces(tmp_path):
 @pytest.mark.parametrize("case", ["extension", "folder", "missing_folder", "preview_extension"])
 def test_7_unusable_output_fails_before_any_work(tmp_path, case):
     bogus_model = tmp_path / "no_model_here"  # loading it would fail: the output must be checked first
-    out = {"extension": tmp_path / "out.obj", "folder": tmp_path, "missing_folder": tmp_path / "nope" / "o.glb",
+    (tmp_path / "outdir").mkdir()
+    out = {"extension": tmp_path / "out.obj", "folder": tmp_path / "outdir",
+           "missing_folder": tmp_path / "nope" / "o.glb",
            "preview_extension": tmp_path / "o.glb"}[case]
     extra = ["--preview", tmp_path / "p.bmp"] if case == "preview_extension" else []
     r = cli("run", assets.demo_object_path("table"), "-o", out, "--model", bogus_model, *extra, *FAST)
@@ -306,24 +307,23 @@ def test_7_unusable_output_fails_before_any_work(tmp_path, case):
             "missing_folder": "does not exist; create it first",
             "preview_extension": "unsupported extension '.bmp'; supported: .png, .jpg, .jpeg"}[case] in r.stderr
     assert "no_model_here" not in r.stderr
-    assert listing(tmp_path) == []
+    assert listing(tmp_path) == ["outdir"]
 
 
 def test_7_read_only_folder_fails_before_any_work(tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()
     os.chmod(ro, 0o555)
-    os.chmod(tmp_path, 0o755)
-    kw = {}
-    if os.geteuid() == 0:  # root writes anywhere: run the CLI as nobody
-        kw["preexec_fn"] = lambda: (os.setgid(65534), os.setuid(65534))
+    # root writes into a 0555 folder: use a folder not even root can create files in
+    target = Path("/proc") if os.geteuid() == 0 else ro
     try:
-        r = cli("run", assets.demo_object_path("table"), "-o", ro / "o.glb", "--model", tmp_path / "no_model_here",
-                *FAST, **kw)
+        r = cli("run", assets.demo_object_path("table"), "-o", target / "o.glb", "--model",
+                tmp_path / "no_model_here", *FAST)
     finally:
         os.chmod(ro, 0o755)
     assert r.returncode == 2, r.stderr
-    assert "cannot write in" in r.stderr and "choose a writable folder" in r.stderr
+    assert f"cannot write in {target}" in r.stderr and "choose a writable folder" in r.stderr
+    assert "no_model_here" not in r.stderr  # found before the model was even looked at
     assert listing(ro) == []
 
 
