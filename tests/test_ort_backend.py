@@ -229,7 +229,8 @@ def test_embedded_demo_model_matches_its_recipe_and_torch(guidance):
     from export.make_demo_model import MINI_CHECKPOINT
     from export.torch_backend import TorchBackend
     from holopart_infer import assets
-    from holopart_infer.manifest import load_manifest, sha256_file
+    from holopart_infer.fsafe import sha256_file
+    from holopart_infer.manifest import load_manifest
 
     m = load_manifest(assets.demo_model_path(), verify_hashes=True)
     assert m.source["sha256"] == {f: sha256_file(MINI_CHECKPOINT / f) for f in m.source["sha256"]}
