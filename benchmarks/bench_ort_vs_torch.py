@@ -21,7 +21,7 @@ import pytest
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
-from export.random_checkpoint import PRESETS, write_random_checkpoint  # noqa: E402
+from holopart_infer.export.random_checkpoint import PRESETS, write_random_checkpoint  # noqa: E402
 
 THREADS = int(os.environ.get("HOLOPART_BENCH_THREADS", os.cpu_count() or 1))
 LATENT_TOKENS = 2048  # the published latent size (spec section 1)
@@ -31,9 +31,9 @@ QUERY_POINTS = 10000  # the reference's decoding chunk (spec section 8)
 
 @pytest.fixture(scope="module")
 def engines():
-    from export.onnx_export import export_model
-    from export.torch_backend import TorchBackend
-    from holopart_infer.engines.onnxruntime import OrtBackend
+    from holopart_infer.export.onnx_export import export_model
+    from holopart_infer.engines import open_backend
+    from holopart_infer.export.torch_backend import TorchBackend
 
     torch.set_num_threads(THREADS)
     with tempfile.TemporaryDirectory(prefix="holopart-bench-") as tmp:
@@ -42,7 +42,8 @@ def engines():
         so = ort.SessionOptions()
         so.intra_op_num_threads = THREADS
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        yield OrtBackend.from_model_dir(model, session_options=so), TorchBackend.from_checkpoint(ckpt)
+        yield (open_backend(model, backend="onnxruntime", device="cpu", session_options=so),
+               TorchBackend.from_checkpoint(ckpt))
 
 
 def _dit_inputs(cfg):

@@ -1,7 +1,7 @@
 """FLOP and byte floors of the HoloPart networks, computed from their configs.
 
 Every size comes from the config dicts (the ``config.json`` contents, or the
-``*Config`` dataclasses of ``export.models``); nothing here hard-codes the
+``*Config`` dataclasses of ``holopart_infer.networks``); nothing here hard-codes the
 published model. Conventions:
 
 * one multiply-add = 2 FLOP; only matrix products are counted (linears,
@@ -288,7 +288,7 @@ if __name__ == "__main__":  # a quick table for the published config
         cfgs = {k: json.loads((root / k / "config.json").read_text()) for k in ("transformer", "vae", "part_encoder")}
     else:
         sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
-        from export.random_checkpoint import PRESETS
+        from holopart_infer.export.random_checkpoint import PRESETS
 
         cfgs = PRESETS["full"]
     K = cfgs["part_encoder"]["num_tokens"]

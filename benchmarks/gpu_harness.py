@@ -48,6 +48,8 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from holopart_infer.engines.base import BackendBase  # noqa: E402
+
 from benchmarks import flops  # noqa: E402
 
 # per-config sizes of the timed work (the network sizes come from the checkpoint's configs)
@@ -124,7 +126,7 @@ def summarize(samples: list[float]) -> dict:
 
 
 # --------------------------------------------------------------------------- reference backend
-class ReferenceBackend:
+class ReferenceBackend(BackendBase):
     """The original pipeline's way of running the networks (for the side-by-side ratio).
 
     fp16 eager faithful model in the checkpoint's head layout; CFG as a doubled
@@ -138,23 +140,26 @@ class ReferenceBackend:
     name = "reference"
 
     def __init__(self, nets, device: torch.device, precision: str = "fp16"):
-        from export.load import TORCH_DTYPES
+        from holopart_infer.networks.load import TORCH_DTYPES
 
-        self.device = device
+        self.device = str(device)
+        self.torch_device = device
+        self.precision = precision
+        self.config = {k: dict(nets.checkpoint[k].config) for k in ("transformer", "vae", "part_encoder")}
+        self.config["scheduler"] = dict(nets.scheduler)
         self.dtype = TORCH_DTYPES[precision]
         self.dit = copy.deepcopy(nets.transformer).to(device=device, dtype=self.dtype).eval()
         self.vae = copy.deepcopy(nets.vae).to(device=device, dtype=self.dtype).eval()
         self.encoder = copy.deepcopy(nets.part_encoder).to(device=device, dtype=self.dtype).eval()
-        self.num_tokens = nets.part_encoder.cfg.num_tokens
 
     def _t(self, a, dtype=None):
-        from export.fast_dit import as_tensor
+        from holopart_infer.engines.pytorch import as_tensor
 
-        return as_tensor(a, self.device, dtype or self.dtype)
+        return as_tensor(a, self.torch_device, dtype or self.dtype)
 
     @torch.inference_mode()
     def encode(self, part_tokens, whole_points, local_tokens, local_points):
-        from export.fast_dit import DeviceTensor
+        from holopart_infer.engines.pytorch import DeviceTensor
 
         w, p = self.encoder(self._t(part_tokens), self._t(whole_points), self._t(local_tokens), self._t(local_points))
         return DeviceTensor(w), DeviceTensor(p)
@@ -165,7 +170,7 @@ class ReferenceBackend:
 
     @torch.inference_mode()
     def guided_step(self, latents, t, dt, guidance, part_cond, whole_cond):
-        from export.fast_dit import DeviceTensor
+        from holopart_infer.engines.pytorch import DeviceTensor
 
         x = self._t(latents)
         e1, e2 = self._t(part_cond), self._t(whole_cond)
@@ -331,9 +336,9 @@ class Harness:
 
     # -- setup ---------------------------------------------------------------------------
     def load(self) -> None:
-        from export.fast_dit import FastTorchBackend
-        from export.load import load_networks
-        from export.random_checkpoint import write_random_checkpoint
+        from holopart_infer.engines.pytorch import FastTorchBackend
+        from holopart_infer.networks.load import load_networks
+        from holopart_infer.export.random_checkpoint import write_random_checkpoint
 
         if self.args.weights:
             ckpt = Path(self.args.weights)
@@ -452,7 +457,7 @@ class Harness:
     def stage_guided_graph(self) -> dict:
         if not self.cuda:
             raise Skip("CUDA graphs need a CUDA device (this run is on CPU)")
-        from export.fast_dit import FastDiT
+        from holopart_infer.engines.pytorch import FastDiT
 
         B, T, C, pc, wc, x = self._step_inputs()
         if self.graphed is None:
@@ -551,11 +556,9 @@ class Harness:
 
         P, steps, depth = self.plan["parts"], self.plan["steps"], self.plan["depth"]
         parts = make_parts(P)
-        cfg = {k: dict(self.nets.checkpoint[k].config) for k in ("transformer", "vae", "part_encoder")}
-        cfg["scheduler"] = dict(self.nets.scheduler)
         opts = dict(steps=steps, depth=depth, parts_per_batch=P, decimate=None, num_points=self.plan["num_points"],
                     latent_tokens=self.plan["latent_tokens"], seed=0)
-        model = HoloPart(self.fast, "torch-fast", str(self.device), self.precision, self.ckpt, cfg)
+        model = HoloPart(self.fast)
         res = {}
 
         def run(m, key):
@@ -570,7 +573,7 @@ class Harness:
                    stage_seconds={k: round(v, 4) for k, v in r.timings.items()},
                    faces=[int(len(p.faces)) for p in r.parts])
         if self.ref:
-            refm = HoloPart(self.ref, "reference", str(self.device), "fp16", self.ckpt, cfg)
+            refm = HoloPart(self.ref)
             with _quiet_extract_progress():
                 ref = self.timer.measure(lambda: run(refm, "ref"), 0, 1, host=True)
             ref["stage_seconds"] = {k: round(v, 4) for k, v in res["ref"].timings.items()}

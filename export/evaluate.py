@@ -1,7 +1,7 @@
 """Evaluate part completion on held-out synthetic objects (issue 8).
 
 Metrics per part, computed between a predicted mesh and the complete ground-truth
-part (:mod:`export.synthetic`), all in the object frame (longest side spans
+part (:mod:`holopart_infer.export.synthetic`), all in the object frame (longest side spans
 [-1, 1], so the object scale is 2):
 
 * **Chamfer distance**: ``0.5 * (mean_a min_b |a-b| + mean_b min_a |b-a|)`` over
@@ -14,7 +14,7 @@ part (:mod:`export.synthetic`), all in the object frame (longest side spans
   bounding boxes (padded by 5%). Inside test: crossing parity along vertical
   lines for closed meshes (ground truth, hull, the model's marching-cubes
   output); generalized winding number > 0.5
-  (:func:`export.synthetic.winding_number`) for open ones (``patch``).
+  (:func:`holopart_infer.export.synthetic.winding_number`) for open ones (``patch``).
 * **Success**: IoU > 0.5 (``success_iou``).
 
 Methods compared, all given only what HoloPart gets (the visible patches):
@@ -35,9 +35,9 @@ data_seed 0 by default; evaluation objects are ``(seed, i)`` with ``seed``
 
 CLI::
 
-    python -m export.evaluate --model MODEL_DIR --objects 20 --out results.json
-    python -m export.evaluate --baselines-only --objects 20
-    python -m export.evaluate --compare a.json b.json   # pooled table + paired differences
+    python -m holopart_infer.export.evaluate --model MODEL_DIR --objects 20 --out results.json
+    python -m holopart_infer.export.evaluate --baselines-only --objects 20
+    python -m holopart_infer.export.evaluate --compare a.json b.json   # pooled table + paired differences
 """
 from __future__ import annotations
 
@@ -145,7 +145,7 @@ def occupancy(cols: np.ndarray, z: np.ndarray, vertices, faces) -> np.ndarray:
     rays through edges, a measure-zero event for random columns). Open meshes
     (the ``patch`` method): generalized winding number > 0.5.
     """
-    from export.synthetic import winding_number
+    from .synthetic import winding_number
 
     f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
     if len(f) == 0:
@@ -223,7 +223,7 @@ def hull_baseline(vertices, faces) -> tuple[np.ndarray, np.ndarray]:
 
 
 def eval_objects(seed: int, n: int, n_views: int):
-    from export.synthetic import iter_dataset
+    from .synthetic import iter_dataset
 
     return list(iter_dataset(seed, n, n_views=n_views))
 
@@ -342,7 +342,7 @@ def markdown_table(summary: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.evaluate", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m holopart_infer.export.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--model", help="exported model dir (manifest.json + onnx/)")
     p.add_argument("--baselines-only", action="store_true")
     p.add_argument("--objects", type=int, default=20)

@@ -8,8 +8,8 @@ Its checkpoint, in the published layout, ships with the export package in
 ``--random`` rebuilds the earlier stand-in instead: the ``tiny`` preset with
 random weights (seed 0). Run::
 
-    python -m export.make_demo_model [--out holopart_infer/assets/demo_model] [--random]
-    python -m export.make_demo_model --objects     # rewrite demo_mug.glb / demo_lamp.glb
+    python -m holopart_infer.export.make_demo_model [--out holopart_infer/assets/demo_model] [--random]
+    python -m holopart_infer.export.make_demo_model --objects     # rewrite demo_mug.glb / demo_lamp.glb
 
 The synthetic demo objects (see ``holopart_infer.assets.DEMO_OBJECTS``) come from
 seed 9000, which no training, validation or test set uses; they were fixed before
@@ -22,8 +22,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from export.onnx_export import export_model
-from export.random_checkpoint import write_random_checkpoint
+from .onnx_export import export_model
+from .random_checkpoint import write_random_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "holopart_infer" / "assets"
@@ -43,8 +43,8 @@ def make_demo_model(out: Path = DEFAULT_OUT, overwrite: bool = True, random_weig
 
 
 def demo_object(name: str):
-    """The :class:`export.synthetic.SyntheticObject` behind an embedded demo object."""
-    from export.synthetic import make_object
+    """The :class:`holopart_infer.export.synthetic.SyntheticObject` behind an embedded demo object."""
+    from .synthetic import make_object
 
     seed, template, views = SYNTHETIC_DEMO_OBJECTS[name]
     return make_object(seed, template, n_views=views)
@@ -52,7 +52,7 @@ def demo_object(name: str):
 
 def write_demo_objects(folder: Path = ASSETS) -> list[Path]:
     """Write the visible patches of each synthetic demo object as ``demo_<name>.glb``."""
-    from export.synthetic import write_example
+    from .synthetic import write_example
     from holopart_infer.assets import DEMO_OBJECTS
 
     return [Path(write_example(demo_object(n), Path(folder) / DEMO_OBJECTS[n])) for n in SYNTHETIC_DEMO_OBJECTS]

@@ -1,6 +1,6 @@
 """Checkpoint -> model directory (manifest.json + onnx/*.onnx).
 
-Each graph is declared in :mod:`export.graphs` (names, dynamic axes, sample
+Each graph is declared in :mod:`holopart_infer.export.graphs` (names, dynamic axes, sample
 inputs, TensorRT profiles). Export runs on standard-layout copies of the
 faithful networks (the checkpoint's odd head split folded into the weights),
 with torch's dynamo exporter at opset 18, where scaled dot-product attention
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from export.graphs import GRAPH_NAMES, GraphDef, all_graphs
-from export.load import TORCH_DTYPES, load_networks
+from .graphs import GRAPH_NAMES, GraphDef, all_graphs
+from holopart_infer.networks.load import TORCH_DTYPES, load_networks
 from holopart_infer import __version__
 from holopart_infer.errors import EngineError, InputError, InputFileNotFound, OutputError
 from holopart_infer import fsafe
@@ -202,7 +202,8 @@ def _quiet_exporter_logs():
 
 def _export(weights_dir: Path, out_dir: Path, precision: str, overwrite: bool, progress: bool,
             validate: bool, latent_tokens: int) -> Path:
-    from holopart_infer.pipeline import CompletionOptions, checkpoint_inference_defaults
+    from holopart_infer.checkpoint import checkpoint_inference_defaults
+    from holopart_infer.pipeline import CompletionOptions
 
     dtype = TORCH_DTYPES[precision]
     defaults = checkpoint_inference_defaults(weights_dir)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.load import NETWORKS, build_network, expected_shapes
+from holopart_infer.networks.load import NETWORKS, build_network, expected_shapes
 from holopart_infer.checkpoint import WEIGHTS_NAME, f32_to_bf16_bits
 from holopart_infer.errors import InputError
 

@@ -475,7 +475,7 @@ def write_example(obj: SyntheticObject, path: str | os.PathLike, complete: bool 
     return write_scene(meshes, obj.names, path)
 
 
-if __name__ == "__main__":  # python -m export.synthetic OUT_DIR [N] [SEED]
+if __name__ == "__main__":  # python -m holopart_infer.export.synthetic OUT_DIR [N] [SEED]
     import sys
 
     out = sys.argv[1]

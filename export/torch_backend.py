@@ -1,37 +1,54 @@
 """The faithful PyTorch model behind the runtime's backend protocol (numpy in/out).
 
-Used by ``holopart-infer verify --backend torch`` and as the reference the
-exported graphs are checked against.
+The reference, not a runtime backend: ``holopart-infer verify --backend
+reference`` runs it, the exported graphs and every runtime backend are checked
+against it (tests/export_side/, tests/runtime/engines/test_conformance.py).
+Build a pipeline on it with ``HoloPart(TorchBackend.from_checkpoint(path))``.
 """
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from export.load import HoloPartNetworks, TORCH_DTYPES, load_networks
+from holopart_infer.checkpoint import checkpoint_inference_defaults
+from holopart_infer.engines.base import BackendBase
+from holopart_infer.networks.load import HoloPartNetworks, TORCH_DTYPES, load_networks
 
 
-class TorchBackend:
-    name = "torch"
+class TorchBackend(BackendBase):
+    name = "reference"
 
-    def __init__(self, networks: HoloPartNetworks, device: str = "cpu", precision: str = "fp32"):
+    def __init__(self, networks: HoloPartNetworks, device: str = "cpu", precision: str = "fp32",
+                 path: str | os.PathLike | None = None):
         self.nets = networks
-        self.device = torch.device(device)
+        self.torch_device = torch.device(device)
+        self.device = str(device)
         self.dtype = TORCH_DTYPES[precision]
         self.precision = precision
+        self.path = None if path is None else Path(path)
+        self._defaults = checkpoint_inference_defaults(path) if path is not None else {}
+        ck = networks.checkpoint
+        self.config = ({c: dict(ck[c].config) for c in ("transformer", "vae", "part_encoder")}
+                       if ck is not None else {})
+        self.config["scheduler"] = dict(networks.scheduler or {})
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu", precision: str = "fp32"):
-        return cls(load_networks(path, precision=precision, device=device), device, precision)
+        return cls(load_networks(path, precision=precision, device=device), device, precision, path)
+
+    @property
+    def defaults(self) -> dict:
+        return dict(self._defaults)
 
     @property
     def num_tokens(self) -> int:
         return self.nets.part_encoder.cfg.num_tokens
 
     def _t(self, a: np.ndarray, dtype=None) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(a), device=self.device).to(dtype or self.dtype)
+        return torch.as_tensor(np.asarray(a), device=self.torch_device).to(dtype or self.dtype)
 
     @staticmethod
     def _np(t: torch.Tensor) -> np.ndarray:
@@ -56,7 +73,7 @@ class TorchBackend:
         when the model allows it."""
         x = self._t(latents)
         B = x.shape[0]
-        tt = torch.full((B,), t, device=self.device, dtype=torch.float32)
+        tt = torch.full((B,), t, device=self.torch_device, dtype=torch.float32)
         dit = self.nets.transformer
         v_c = dit(x, tt, self._t(part_cond), self._t(whole_cond)).float()
         if guidance > 1.0:

@@ -6,7 +6,7 @@ models, optimizer, step, RNG states, loss history):
 * ``vae``: a point-cloud encoder (defined here; saved under ``encoder.*`` and
   ``quant.*``, which inference ignores) maps surface samples of a complete part
   (in its part frame) to a latent (B, T, C) with a KL term; the faithful
-  decoder (:class:`export.models.vae.VAEDecoder`) is trained with occupancy BCE.
+  decoder (:class:`holopart_infer.networks.vae.VAEDecoder`) is trained with occupancy BCE.
 * ``dit``: the part encoder + DiT, rectified flow on latents of the frozen
   VAE encoder (posterior mean), conditioned as at inference
   (:func:`holopart_infer.conditioning.build_conditions` on the visible patches,
@@ -19,13 +19,13 @@ Flow convention (must match :func:`holopart_infer.sampler.sample`, which steps
 ``v = x0 - noise`` (so dx/dsigma = -v); model timestep = 1000 * sigma.
 
 ``export`` writes both stages' weights in the published checkpoint layout
-(config.json + safetensors per component), loadable by :func:`export.load.load_networks`.
+(config.json + safetensors per component), loadable by :func:`holopart_infer.networks.load.load_networks`.
 
 CLI::
 
-    python -m export.train vae    --out runs/mini --preset tiny --steps 300
-    python -m export.train dit    --out runs/mini --preset tiny --steps 300
-    python -m export.train export --out runs/mini --checkpoint runs/mini/checkpoint
+    python -m holopart_infer.export.train vae    --out runs/mini --preset tiny --steps 300
+    python -m holopart_infer.export.train dit    --out runs/mini --preset tiny --steps 300
+    python -m holopart_infer.export.train export --out runs/mini --checkpoint runs/mini/checkpoint
 """
 from __future__ import annotations
 
@@ -44,10 +44,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.models.blocks import Block, FP32LayerNorm, FrequencyEmbedding
-from export.models.dit import DiT, DiTConfig
-from export.models.part_encoder import PartEncoder, PartEncoderConfig
-from export.models.vae import VAEConfig, VAEDecoder
+from holopart_infer.networks.blocks import Block, FP32LayerNorm, FrequencyEmbedding
+from holopart_infer.networks.dit import DiT, DiTConfig
+from holopart_infer.networks.part_encoder import PartEncoder, PartEncoderConfig
+from holopart_infer.networks.vae import VAEConfig, VAEDecoder
 
 log = logging.getLogger("holopart_infer.train")
 
@@ -100,7 +100,7 @@ class TrainConfig:
 
 
 def model_configs(preset: str) -> dict[str, dict]:
-    from export.random_checkpoint import PRESETS
+    from .random_checkpoint import PRESETS
 
     if preset in PRESETS:
         return json.loads(json.dumps(PRESETS[preset]))
@@ -121,7 +121,7 @@ def object_examples(obj, tc: TrainConfig, num_tokens: int, seed: int) -> dict[st
     """
     import trimesh
 
-    from export.synthetic import sample_occupancy
+    from .synthetic import sample_occupancy
     from holopart_infer.conditioning import build_conditions, sample_surface
     from holopart_infer.native import farthest_point_sampling
     from holopart_infer.tokens import select_tokens
@@ -154,7 +154,7 @@ def object_views(tc: TrainConfig, i: int) -> int:
 
 
 def _pool_object(args) -> dict[str, np.ndarray]:
-    from export.synthetic import dataset_object
+    from .synthetic import dataset_object
 
     tc, num_tokens, i = args
     obj = dataset_object(tc.data_seed, i, tc.templates, n_views=object_views(tc, i))
@@ -325,7 +325,7 @@ def _load_state(path: Path) -> dict:
 def load_frozen_vae_encoder(out: Path, device) -> tuple[VAEEncoder, dict]:
     p = state_path(out, "vae")
     if not p.is_file():
-        raise FileNotFoundError(f"{p} not found: train the VAE first (python -m export.train vae --out {out})")
+        raise FileNotFoundError(f"{p} not found: train the VAE first (python -m holopart_infer.export.train vae --out {out})")
     st = _load_state(p)
     enc = VAEEncoder(st["model_config"]["vae"])
     enc.load_state_dict(st["models"]["vae_encoder"])
@@ -467,7 +467,7 @@ def export_checkpoint(out: str | Path, checkpoint_dir: str | Path, overwrite: bo
     ``holopart-infer export`` carries them into the model dir's manifest.
     """
     from holopart_infer.pipeline import CompletionOptions
-    from export.random_checkpoint import CLASS_NAMES, _save
+    from .random_checkpoint import CLASS_NAMES, _save
     from holopart_infer.checkpoint import WEIGHTS_NAME
 
     out, ck = Path(out), Path(checkpoint_dir)
@@ -513,7 +513,7 @@ def export_checkpoint(out: str | Path, checkpoint_dir: str | Path, overwrite: bo
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.train", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m holopart_infer.export.train", description=__doc__.split("\n")[0])
     p.add_argument("stage", choices=["vae", "dit", "export", "vae-eval"],
                    help="vae-eval: reconstruction of held-out objects (--data-seed, --objects, --n-views) "
                         "by OUT's VAE")

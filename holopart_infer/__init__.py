@@ -15,6 +15,7 @@ from holopart_infer.errors import (  # noqa: E402
 
 _LAZY = {
     "load": ("holopart_infer.pipeline", "load"),
+    "open_backend": ("holopart_infer.engines", "open_backend"),
     "HoloPart": ("holopart_infer.pipeline", "HoloPart"),
     "CompletionOptions": ("holopart_infer.pipeline", "CompletionOptions"),
     "CompletionResult": ("holopart_infer.pipeline", "CompletionResult"),

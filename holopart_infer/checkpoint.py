@@ -357,3 +357,16 @@ def check_parameters(component: ComponentWeights, expected: Mapping[str, tuple[i
             + " | ".join(problems)
             + ". Check that the config and the weights belong to the same checkpoint."
         )
+
+
+def checkpoint_inference_defaults(path: str | os.PathLike) -> dict:
+    """``inference_defaults`` of a checkpoint's model_index.json ({} when absent): the
+    model's recommended CompletionOptions, as a model dir's manifest ``defaults``."""
+    index = Path(path) / "model_index.json"
+    try:
+        d = json.loads(index.read_text(encoding="utf-8")).get("inference_defaults", {})
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{index}: cannot read it ({e})") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{index}: inference_defaults must be an object, got {type(d).__name__}")
+    return d

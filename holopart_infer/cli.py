@@ -6,9 +6,10 @@ file, a model dir or checkpoint that cannot be used (the message names it and
 says what to do); 130 / 143 interrupted by SIGINT / SIGTERM (nothing written).
 
 SIGINT/SIGTERM handling is installed first, before any heavy import. The
-torch-side subcommands (``export``, ``verify --backend torch``) live in the
-``export`` package and are imported only when asked for, so the runtime never
+torch-side subcommands (``export``, ``verify --backend reference``) live in
+:mod:`holopart_infer.export` and are imported only when asked for, so the runtime never
 imports torch. Subcommands register through :data:`SUBCOMMANDS`.
+Backends are opened through :func:`holopart_infer.engines.open_backend` only.
 """
 from __future__ import annotations
 
@@ -37,19 +38,32 @@ def _torch_side(module: str, what: str):
 
 
 # --------------------------------------------------------------------------- verify
-def _make_verify_backend(args, weights: Path, tmp: Path):
-    if args.backend == "torch":
-        tb = _torch_side("export.torch_backend", "verify --backend torch")
-        return tb.TorchBackend.from_checkpoint(weights)
-    if args.backend == "onnxruntime":
-        from holopart_infer.engines.onnxruntime import OrtBackend
+#: ``verify --backend``: the faithful reference model (export side) or any registered backend
+def _verify_backends() -> tuple[str, ...]:
+    from holopart_infer.engines import BACKENDS
 
-        model = Path(args.model) if args.model else None
-        if model is None:
-            exp = _torch_side("export.onnx_export", "verify --backend onnxruntime without --model (it exports first)")
-            model = exp.export_model(weights, tmp / "model", precision="fp32")
-        return OrtBackend.from_model_dir(model, device=args.device)
-    raise InputError(f"--backend must be torch or onnxruntime, got {args.backend!r}")
+    return ("reference", *BACKENDS)
+
+
+def _make_verify_backend(args, weights: Path, tmp: Path):
+    from holopart_infer.engines import BACKENDS, MODEL_DIR, open_backend
+
+    if args.backend == "reference":
+        # the faithful PyTorch model lives on the export side: imported here, lazily
+        tb = _torch_side("holopart_infer.export.torch_backend", "verify --backend reference")
+        return tb.TorchBackend.from_checkpoint(weights)
+    spec = BACKENDS[args.backend]
+    path = weights
+    if spec.runs == MODEL_DIR:
+        path = Path(args.model) if args.model else None
+        if path is None:
+            # no model dir given: export the golden weights first (export side, lazily)
+            exp = _torch_side("holopart_infer.export.onnx_export",
+                              f"verify --backend {args.backend} without --model (it exports first)")
+            path = exp.export_model(weights, tmp / "model", precision="fp32")
+    # golden outputs are fp32: run fp32 where the backend has a choice, the model dir's precision otherwise
+    precision = None if spec.default_precision.get(args.device, "fp32") is None else "fp32"
+    return open_backend(path, backend=args.backend, device=args.device, precision=precision)
 
 
 def cmd_verify(args) -> int:
@@ -80,7 +94,12 @@ def cmd_verify(args) -> int:
             print(f"{r.name:<28} rel_err={r.rel_error:.3e}  {'ok' if r.ok else 'FAIL'}", flush=True)
 
         t0 = time.perf_counter()
-        results = run_checks(backend, cases, scheduler, on_result=show)
+        try:
+            results = run_checks(backend, cases, scheduler, on_result=show)
+        finally:
+            close = getattr(backend, "close", None)
+            if close is not None:
+                close()
     bad = [r.name for r in results if not r.ok]
     print(f"{len(results) - len(bad)}/{len(results)} outputs within {TOLERANCE:g} "
           f"(backend {args.backend}, {time.perf_counter() - t0:.1f}s)")
@@ -94,7 +113,7 @@ def cmd_export(args) -> int:
     with warnings.catch_warnings():
         if args.quiet:  # third-party import/exporter chatter (torchvision, onnxscript) stays out of -q
             warnings.simplefilter("ignore")
-        exp = _torch_side("export.onnx_export", "export")
+        exp = _torch_side("holopart_infer.export.onnx_export", "export")
         out = exp.export_model(Path(args.weights_dir), Path(args.out_dir), precision=args.precision,
                                overwrite=args.overwrite, progress=not args.quiet)
     print(f"wrote {out}")
@@ -208,7 +227,8 @@ def cmd_run(args) -> int:
     inputs = _input_paths(args)
     _check_outputs(output, preview, args.overwrite, inputs)  # before loading anything
     model = load(args.weights or args.model, backend=args.backend, device=args.device,
-                 precision=args.precision, engine_cache=args.engine_cache, verify_integrity=not args.no_verify)
+                 precision=args.precision, engine_cache=args.engine_cache, graph=args.graph,
+                 verify_integrity=not args.no_verify)
     return _complete_and_write(model, input_path, labels, output, preview,
                                _options_from(args, model.default_options()), args.overwrite, args.quiet, inputs)
 
@@ -296,7 +316,9 @@ def add_option_args(p: argparse.ArgumentParser, defaults: dict, default_source: 
 
 
 def _common_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "tensorrt"], default="auto")
+    from holopart_infer.engines import backend_names
+
+    p.add_argument("--backend", choices=list(backend_names()), default="auto")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing output files (inputs are never replaced)")
@@ -325,6 +347,8 @@ def _add_run(sub, common, argv) -> None:
     add_option_args(r, {**CompletionOptions().__dict__, **known},
                     f"the model dir {model_dir}'s manifest" if known else
                     "the library's (a model dir's manifest may set its own: see run --model DIR --help)")
+    r.add_argument("--cuda-graph", dest="graph", action="store_const", const="cuda_graph",
+                   help="torch backend on CUDA: replay each guided step as a captured CUDA graph")
     r.set_defaults(func=cmd_run)
 
 
@@ -352,9 +376,12 @@ def _add_verify(sub, common, argv) -> None:
     v = sub.add_parser("verify", parents=[common],
                        help="recompute a golden folder's outputs and compare (tolerance 1e-4)")
     v.add_argument("golden_dir")
-    v.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
-    v.add_argument("--model", help="exported model dir (onnxruntime backend); default: export the golden weights first")
-    v.add_argument("--device", default="cpu", help="onnxruntime device: cpu or cuda")
+    v.add_argument("--backend", choices=list(_verify_backends()), default="reference",
+                   help="reference: the faithful PyTorch model (needs [torch]); or a runtime backend "
+                        "(default reference)")
+    v.add_argument("--model", help="exported model dir (onnxruntime/tensorrt); default: export the golden weights "
+                                   "first (needs [torch])")
+    v.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device (default cpu)")
     v.set_defaults(func=cmd_verify)
 
 

@@ -63,7 +63,13 @@ DecodeFn = Callable[[list[np.ndarray]], Sequence[Any]]
 #: progress(level_index, num_levels, points_done, points_total) after each decode call.
 ProgressFn = Callable[[int, int, int, int], None]
 
-DEFAULT_CHUNK_POINTS = 65536
+#: Decoder query points per part per call: the one query-chunk size. It is
+#: CompletionOptions.chunk_points' default and this module's; the TensorRT
+#: profile and the torch decoder derive their limits from it. The pipeline is the
+#: only layer that chunks; a backend splits a call only where an engine's shape
+#: profile forces it.
+QUERY_CHUNK_POINTS = 8192
+DEFAULT_CHUNK_POINTS = QUERY_CHUNK_POINTS
 
 
 class PartMesh(NamedTuple):

@@ -8,13 +8,13 @@
 
 A *model dir* (manifest.json + ONNX graphs, made by ``holopart-infer export``)
 runs on ONNX Runtime or TensorRT without torch. A *checkpoint dir* (the
-published layout) runs on the faithful PyTorch model (the ``[torch]`` extra).
+published layout) runs on the optimized PyTorch path (the ``[torch]`` extra).
+Which backend runs what is :mod:`holopart_infer.engines`' business: :func:`load`
+asks :func:`holopart_infer.engines.open_backend` and wraps the backend it gets.
 """
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import json
 import logging
 import os
 import time
@@ -25,15 +25,11 @@ from typing import Callable
 import numpy as np
 
 from holopart_infer import constants, sampler
-from holopart_infer.errors import (BackendUnavailable, CheckpointError, EmptyResult, InputError,
-                                   InputFileNotFound, ModelDirError, missing_extra)
-from holopart_infer.manifest import PRECISIONS
+from holopart_infer.errors import EmptyResult, InputError, ModelDirError
+from holopart_infer.extract import QUERY_CHUNK_POINTS
 from holopart_infer.tokens import select_tokens
 
 log = logging.getLogger("holopart_infer")
-
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
-DEVICES = ("auto", "cpu", "cuda")
 
 # progress(stage, done, total)
 Progress = Callable[[str, int, int], None]
@@ -87,7 +83,7 @@ class CompletionOptions:
                                        "about [-1, 1])")
     band: float = _option(constants.DEFAULT_BAND, "|logit| threshold of the coarse-to-fine band (reference 0.95)",
                           kind=float, lo=0.0, lo_open=True, cli=None)
-    chunk_points: int = _option(8192, "decoder query points per part per call; bounds the attention scratch "
+    chunk_points: int = _option(QUERY_CHUNK_POINTS, "decoder query points per part per call; bounds the attention scratch "
                                 "(points x latent tokens x heads) per call", kind=int, lo=1, cli=None)
     min_component: float = _option(0.0, "drop connected pieces of a part's mesh whose area is below this fraction "
                                    "of its largest piece (floaters); 0 keeps everything, as the reference",
@@ -189,7 +185,9 @@ def option_problem(f, value) -> str | None:
 
 
 @dataclass
-class PartMesh:
+class CompletedPart:
+    """One completed part, in the input's coordinates."""
+
     name: str
     vertices: np.ndarray  # (V, 3) float32, in the input's coordinates
     faces: np.ndarray  # (F, 3) int64
@@ -209,7 +207,7 @@ class CompletionResult:
             :meth:`preview` refuse to write over, inside or around them.
     """
 
-    parts: list[PartMesh]
+    parts: list[CompletedPart]
     timings: dict[str, float] = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
     inputs: tuple[Path, ...] = ()
@@ -241,80 +239,48 @@ class CompletionResult:
                               path, size=size, overwrite=overwrite, protect=self.inputs)
 
 
-def _kind_of(path: Path) -> str:
-    if (path / "manifest.json").is_file():
-        return "model"
-    if (path / "model_index.json").is_file():
-        return "checkpoint"
-    if not path.exists():
-        raise InputFileNotFound(f"model path {path} does not exist")
-    raise InputError(
-        f"{path} is neither an exported model dir (manifest.json) nor a checkpoint dir "
-        "(model_index.json). Pass the folder made by `holopart-infer export`, or a HoloPart "
-        "checkpoint in the published layout."
-    )
-
-
-def _resolve(kind: str, backend: str, device: str) -> tuple[str, str]:
-    if backend not in BACKENDS:
-        raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if device not in DEVICES:
-        raise InputError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
-    if kind == "checkpoint":
-        if backend in ("onnxruntime", "tensorrt"):
-            raise InputError(
-                f"backend {backend!r} runs an exported model dir; this is a checkpoint. Run "
-                "`holopart-infer export CHECKPOINT MODEL_DIR` first, or use backend='torch'."
-            )
-        if importlib.util.find_spec("torch") is None:
-            raise missing_extra("torch", "torch", "running a checkpoint directly")
-        import torch  # the torch backend was asked for: importing it here is the point
-
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        elif device == "cuda" and not torch.cuda.is_available():
-            why = ("this torch build has no CUDA support" if torch.version.cuda is None
-                   else "torch sees no usable GPU")
-            raise BackendUnavailable(f"device 'cuda' was asked for, but {why} (torch {torch.__version__}). "
-                                     "Use device='cpu' (CLI --device cpu), or install a CUDA build of torch: "
-                                     "https://pytorch.org/get-started/locally/")
-        return "torch", device
-    if backend == "torch":
-        raise InputError("backend 'torch' runs a checkpoint dir; this is an exported model dir")
-    from holopart_infer.engines import backend_status, get_backend
-
-    if backend == "auto":
-        candidates = ["cuda", "cpu"] if device == "auto" else [device]
-        for dev in candidates:
-            status = backend_status(dev)
-            for name in ("tensorrt", "onnxruntime"):
-                if status.get(name, (False, ""))[0]:
-                    return name, dev
-            log.debug("no backend on %s: %s", dev, status)
-        raise BackendUnavailable(
-            f"no backend can run this model on device {device!r}: "
-            + "; ".join(f"{n}: {r}" for n, (_, r) in backend_status(candidates[-1]).items())
-        )
-    dev = device
-    if dev == "auto":
-        dev = "cuda" if backend == "tensorrt" or backend_status("cuda").get(backend, (False,))[0] else "cpu"
-    get_backend(backend, dev)  # raises with the install hint when it cannot run here
-    return backend, dev
-
-
 class HoloPart:
-    """A loaded model. Use :func:`load` to make one."""
+    """A loaded model: a backend (:mod:`holopart_infer.engines`) and the pipeline around it.
 
-    def __init__(self, backend, backend_name: str, device: str, precision: str, path: Path, config: dict,
-                 defaults: dict | None = None):
+    Use :func:`load`, or build one from any backend: ``HoloPart(open_backend(path, ...))``.
+    Everything about the model (name, device, precision, config, recommended
+    options) is read from the backend. ``close()`` (or ``with``) releases it.
+    """
+
+    def __init__(self, backend):
         self.backend = backend
-        #: the model's recommended options (manifest ``defaults`` / model_index ``inference_defaults``)
-        self.defaults = dict(defaults or {})
-        self.backend_name = backend_name
-        self.device = device
-        self.precision = precision
-        self.path = path
-        self.config = config
+        #: the model's recommended options (manifest ``defaults`` / model_index
+        #: ``inference_defaults``), read from the backend; assign to change them
+        self.defaults = dict(backend.defaults)
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    @property
+    def device(self) -> str:
+        return self.backend.device
+
+    @property
+    def precision(self) -> str:
+        return self.backend.precision
+
+    @property
+    def path(self) -> Path | None:
+        return self.backend.path
+
+    @property
+    def config(self) -> dict:
+        return self.backend.config
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "HoloPart":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return (f"HoloPart(path={str(self.path)!r}, backend={self.backend_name!r}, "
@@ -326,7 +292,7 @@ class HoloPart:
         runs there and cpp_ext was built with CUDA."""
         from holopart_infer import native
 
-        return "cuda" if self.device == "cuda" and native.cuda_available() else "cpu"
+        return "cuda" if str(self.device).startswith("cuda") and native.cuda_available() else "cpu"
 
     def default_options(self) -> CompletionOptions:
         """:class:`CompletionOptions` with this model's recommended defaults applied
@@ -336,11 +302,11 @@ class HoloPart:
 
     @property
     def num_tokens(self) -> int:
-        return int(self.config["part_encoder"]["num_tokens"])
+        return self.backend.num_tokens
 
     @property
     def latent_channels(self) -> int:
-        return int(self.config["transformer"]["in_channels"])
+        return self.backend.latent_channels
 
     def complete(self, parts, *, labels=None, options: CompletionOptions | None = None,
                  progress: Progress | None = None, **overrides) -> CompletionResult:
@@ -432,7 +398,7 @@ class HoloPart:
                 level_queries[key] = level_queries.get(key, 0) + val
             meshes.extend(out)
 
-        results: list[PartMesh] = []
+        results: list[CompletedPart] = []
         pinched: list[str] = []  # parts that decimation left non-manifold
         palette = parts_io.part_colors(P)
         with timed("postprocess"):
@@ -447,7 +413,7 @@ class HoloPart:
                     # the full mesh is only checked in the rare case the decimated one is not closed
                     if not edge_manifold(f) and edge_manifold(f_full):
                         pinched.append(parts.names[i])
-                results.append(PartMesh(parts.names[i], np.asarray(v, np.float32), np.asarray(f, np.int64),
+                results.append(CompletedPart(parts.names[i], np.asarray(v, np.float32), np.asarray(f, np.int64),
                                         tuple(palette[i])))
                 report("postprocess", i + 1, P)
         if pinched:  # one line per run, not per part: a warning on most parts teaches users to ignore warnings
@@ -491,17 +457,23 @@ def _level_counts(stats) -> dict[str, int]:
 
 
 def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", precision: str | None = None,
-         engine_cache: str | os.PathLike | None = None, *, verify_integrity: bool = True) -> HoloPart:
+         engine_cache: str | os.PathLike | None = None, graph: str | None = None, *,
+         verify_integrity: bool = True) -> HoloPart:
     """Load a model dir or a checkpoint dir.
 
     Args:
         path: exported model dir (manifest.json) or checkpoint dir (model_index.json).
         backend: "auto" (TensorRT, then ONNX Runtime CUDA, then ONNX Runtime CPU for a
-            model dir; torch for a checkpoint), "torch", "onnxruntime" or "tensorrt".
+            model dir; torch for a checkpoint dir), "torch", "onnxruntime" or "tensorrt".
         device: "auto", "cpu" or "cuda".
-        precision: torch: "fp32"/"fp16"/"bf16" (default fp32 on CPU, fp16 on CUDA);
-            TensorRT: engine precision (default fp16); ONNX Runtime: the model dir's.
+        precision: None for the backend's default (torch: fp32 on CPU, bf16 on CUDA;
+            TensorRT: fp16; ONNX Runtime: the model dir's, the only one it runs), or
+            "fp32"/"fp16"/"bf16". The defaults live in one table,
+            :data:`holopart_infer.engines.BACKENDS`.
         engine_cache: TensorRT engine cache folder (default ~/.cache/holopart_infer/engines).
+        graph: torch backend on CUDA only: "cuda_graph" replays each guided step as a
+            captured CUDA graph, "compile" uses ``torch.compile(mode="reduce-overhead")``;
+            None/"eager" runs eagerly. Asking for it on the CPU or another backend raises.
         verify_integrity: check a model dir's graph and weight files against the
             sha256 in its manifest (each file is hashed once, then remembered by
             path, size and mtime in the user cache dir, so re-loads cost a stat);
@@ -510,59 +482,21 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", p
 
     Returns:
         A :class:`HoloPart`; ``backend_name``/``device``/``precision`` say what was resolved.
+
+    Raises:
+        InputError / InputFileNotFound: bad arguments or path.
+        BackendUnavailable: the requested backend or device cannot run here (with the install hint).
+        ModelDirError / CheckpointError: the folder is unusable.
     """
-    path = Path(path)
-    kind = _kind_of(path)
-    if precision is not None and precision not in PRECISIONS:
-        raise InputError(f"precision must be one of {', '.join(PRECISIONS)} or None, got {precision!r}")
-    name, dev = _resolve(kind, backend, device)
-    if name == "torch":
-        import importlib
+    from holopart_infer.engines import open_backend
 
-        # the optimized PyTorch path (standard-layout attention, SDPA, unconditional
-        # branch without cross-attention, cached condition keys/values): equal to
-        # the faithful model within 1e-5 in fp32 (tests/test_fast_dit.py); the
-        # faithful one (export.torch_backend) stays the reference for `verify`
-        fast = importlib.import_module("export.fast_dit")
-        prec = precision or ("bf16" if dev == "cuda" else "fp32")
-        be = fast.FastTorchBackend.from_checkpoint(path, device=dev, precision=prec)
-        from holopart_infer.checkpoint import read_config
-
-        config = {c: read_config(path, c) for c in ("part_encoder", "transformer", "vae", "scheduler")}
-        defaults = checkpoint_inference_defaults(path)
-    elif name == "onnxruntime":
-        from holopart_infer.engines.onnxruntime import OrtBackend
-
-        be = OrtBackend.from_model_dir(path, device=dev, verify_hashes=verify_integrity)
-        config = be.config
-        prec = be.precision
-        if precision is not None and precision != prec:
-            raise InputError(f"precision {precision!r} was asked for, but ONNX Runtime runs a model dir at the "
-                             f"precision it was exported with, and {path} is {prec}. Drop --precision, or "
-                             f"export a {precision} model dir (`holopart-infer export CKPT OUT --precision "
-                             f"{precision}`).")
-    else:
-        from holopart_infer.engines.tensorrt import TensorRTBackend
-
-        prec = precision or "fp16"
-        be = TensorRTBackend.from_model_dir(path, precision=prec, cache_dir=engine_cache,
-                                            verify_hashes=verify_integrity)
-        config = be.config
-    log.info("holopart_infer: backend %s on %s (%s) from %s", name, dev, prec, path)
-    if name != "torch":
-        defaults = be.manifest.defaults  # the manifest the backend already read
-    model = HoloPart(be, name, dev, prec, path, config, defaults)
-    model.default_options()  # a bad inference_defaults entry fails here, naming the model
-    return model
-
-
-def checkpoint_inference_defaults(path: str | os.PathLike) -> dict:
-    """``inference_defaults`` of a checkpoint's model_index.json ({} when absent)."""
-    index = Path(path) / "model_index.json"
+    be = open_backend(path, backend=backend, device=device, precision=precision, engine_cache=engine_cache,
+                      graph=None if graph == "eager" else graph,
+                      **({} if (Path(path) / "model_index.json").is_file() else {"verify_hashes": verify_integrity}))
+    model = HoloPart(be)
     try:
-        d = json.loads(index.read_text(encoding="utf-8")).get("inference_defaults", {})
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{index}: cannot read it ({e})") from None
-    if not isinstance(d, dict):
-        raise CheckpointError(f"{index}: inference_defaults must be an object, got {type(d).__name__}")
-    return d
+        model.default_options()  # a bad inference_defaults entry fails here, naming the model
+    except Exception:
+        be.close()
+        raise
+    return model

@@ -3,13 +3,13 @@
 Each module declares, for its graphs: input/output names and symbolic shapes
 (which axes are dynamic), a wrapper module that casts at the float32 boundary,
 sample inputs for tracing and for validation, and TensorRT shape profiles.
-:func:`export.graphs.all_graphs` lists every graph of a model directory in the
+:func:`holopart_infer.export.graphs.all_graphs` lists every graph of a model directory in the
 order they are exported.
 """
 from __future__ import annotations
 
-from export.graphs.common import GraphDef, TensorDecl, prepare_for_export
-from export.graphs import dit, part_encoder, vae
+from .common import GraphDef, TensorDecl, prepare_for_export
+from . import dit, part_encoder, vae
 
 GRAPH_NAMES = ("part_encoder", "dit", "guided_step", "vae_kv", "vae_query")
 

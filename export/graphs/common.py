@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from export.models.blocks import Attention, FrequencyEmbedding
+from holopart_infer.networks.blocks import Attention, FrequencyEmbedding
 
 # Symbolic axes used across graphs (the manifest stores these names).
 BATCH, TOKENS, COND_TOKENS, POINTS, QUERIES = "B", "T", "K", "N", "Q"

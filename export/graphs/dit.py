@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from export.graphs.common import (BATCH, COND_TOKENS, DEFAULT_BATCH, TOKENS, GraphDef, TensorDecl,
+from .common import (BATCH, COND_TOKENS, DEFAULT_BATCH, TOKENS, GraphDef, TensorDecl,
                                   prepare_for_export, randn, uniform)
-from export.models.blocks import Block
-from export.models.dit import DiT
+from holopart_infer.networks.blocks import Block
+from holopart_infer.networks.dit import DiT
 
 
 class DiTGraph(nn.Module):

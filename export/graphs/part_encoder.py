@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from export.graphs.common import (BATCH, COND_TOKENS, DEFAULT_BATCH, DEFAULT_POINTS, POINTS, GraphDef,
+from .common import (BATCH, COND_TOKENS, DEFAULT_BATCH, DEFAULT_POINTS, POINTS, GraphDef,
                                   TensorDecl, prepare_for_export, randn, uniform)
-from export.models.part_encoder import PartEncoder
+from holopart_infer.networks.part_encoder import PartEncoder
 
 
 class PartEncoderGraph(nn.Module):

@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from export.graphs.common import (BATCH, DEFAULT_BATCH, DEFAULT_QUERIES, QUERIES, TOKENS, GraphDef,
+from .common import (BATCH, DEFAULT_BATCH, DEFAULT_QUERIES, QUERIES, TOKENS, GraphDef,
                                   TensorDecl, prepare_for_export, randn, uniform)
-from export.models.vae import VAEDecoder
+from holopart_infer.networks.vae import VAEDecoder
 
 
 class VAEKVGraph(nn.Module):

@@ -1,18 +1,20 @@
-"""Inference backends. The registry lives in :mod:`holopart_infer.engines.base`;
-this package registers the TensorRT backend next to ONNX Runtime (both are
-imported only when used)."""
+"""Inference backends: the one place that knows which backends exist.
+
+* :mod:`~holopart_infer.engines.registry` - the registration table and
+  :func:`open_backend`, the single entry that resolves (backend, device,
+  precision) and opens a backend;
+* :mod:`~holopart_infer.engines.base` - the backend protocol, the shared base
+  class and the device-array base;
+* one module per backend: ``onnxruntime``, ``tensorrt`` (a package: profiles,
+  cache keys, builder, fusion inspection, runtime), ``pytorch`` (the optimized
+  PyTorch path; torch is imported only when it is opened).
+
+Importing this package imports no engine library.
+"""
 from __future__ import annotations
 
-import importlib
-
-from holopart_infer.engines.base import (  # noqa: F401
-    backend_status, get_backend, pick_backend, register_backend, registered_backends,
+from holopart_infer.engines.base import Backend, BackendBase, DeviceArray  # noqa: F401
+from holopart_infer.engines.registry import (  # noqa: F401
+    BACKENDS, CHECKPOINT_DIR, MODEL_DIR, BackendSpec, backend_names, backend_status, model_kind, open_backend,
+    resolve,
 )
-
-
-def _trt_available(device: str) -> tuple[bool, str]:
-    return importlib.import_module("holopart_infer.engines.tensorrt").available(device)
-
-
-register_backend("tensorrt", "holopart_infer.engines.tensorrt:load", _trt_available, priority=20,
-                 install_hint="pip install 'holopart-infer[tensorrt]' (needs an NVIDIA GPU and driver)")

@@ -1,35 +1,48 @@
-"""The backend protocol and the backend registry.
+"""The backend protocol, the shared parts of every backend, and the device-array base.
 
-A backend runs the five graphs of a model directory (docs/contracts.md):
-numpy in, numpy out, except that a device backend may return device-resident
-tensors from :meth:`Backend.guided_step` and :meth:`Backend.decoder_kv` (they
-go straight back into the next call; ``numpy.asarray`` copies them to the host).
+A backend runs the five graphs of a model (docs/contracts.md): numpy in,
+numpy out, except that a device backend may return device-resident arrays
+(:class:`DeviceArray`) from ``encode``, ``guided_step`` and ``decoder_kv``;
+they go straight back into the next call and ``numpy.asarray`` copies one to
+the host. Besides the five calls a backend says what it is (``name``,
+``device``, ``precision``, ``path``), what the model is (``config``,
+``defaults``, ``num_tokens``, ``latent_channels``) and releases its resources
+on :meth:`Backend.close`. :class:`BackendBase` implements the derived parts.
 
-Backends are registered by name with a factory and an availability check, so
-``backend="auto"`` can pick the best one and say why the others were skipped,
-and an explicit request that cannot be honoured raises with the install hint.
+Which backends exist and how one is chosen is :mod:`holopart_infer.engines.registry`'s
+business, not this module's. Nothing here imports an engine library.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from dataclasses import dataclass
-from typing import Any, Callable, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
-from holopart_infer.errors import BackendUnavailable, InputError
+import numpy as np
 
 
 @runtime_checkable
 class Backend(Protocol):
-    name: str
+    name: str  # registry name: "onnxruntime", "tensorrt", "torch"
+    device: str  # "cpu", "cuda" or "cuda:N"
+    precision: str  # "fp32", "fp16" or "bf16": what the graphs compute in
+    path: Path | None  # the model dir or checkpoint dir it runs
+
+    @property
+    def config(self) -> dict:
+        """Component configs: {"transformer", "vae", "part_encoder", "scheduler"}."""
+
+    @property
+    def defaults(self) -> dict:
+        """The model's recommended CompletionOptions (manifest ``defaults`` /
+        model_index ``inference_defaults``); {} when it has none."""
 
     @property
     def num_tokens(self) -> int:
         """The part encoder's num_tokens (K, condition tokens per part)."""
 
     @property
-    def config(self) -> dict:
-        """Component configs: {"transformer", "vae", "part_encoder", "scheduler"}."""
+    def latent_channels(self) -> int:
+        """Channels C of the latents (B, T, C)."""
 
     def encode(self, part_tokens, whole_points, local_tokens, local_points) -> tuple[Any, Any]:
         """-> (whole_cond, part_cond), each (B, K, D)."""
@@ -46,77 +59,71 @@ class Backend(Protocol):
     def decoder_query(self, points, kv) -> Any:
         """-> occupancy logits (B, Q, 1), positive inside."""
 
-
-@dataclass(frozen=True)
-class BackendEntry:
-    name: str
-    factory: str  # "module:attribute", imported only when the backend is used
-    available: Callable[[str], tuple[bool, str]]  # device -> (ok, reason when not ok)
-    priority: int  # higher wins for backend="auto"
-    install_hint: str
-
-    def load_factory(self) -> Callable[..., Backend]:
-        module, attr = self.factory.split(":")
-        return getattr(importlib.import_module(module), attr)
+    def close(self) -> None:
+        """Release sessions, engines and device memory (idempotent)."""
 
 
-_REGISTRY: dict[str, BackendEntry] = {}
+class BackendBase:
+    """What every backend derives the same way from ``config``; a no-op ``close``;
+    use as a context manager (``with open_backend(...) as b:``)."""
+
+    name: str = ""
+    path: Path | None = None
+
+    @property
+    def defaults(self) -> dict:
+        return {}
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.config["part_encoder"]["num_tokens"])  # type: ignore[attr-defined]
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.config["transformer"]["in_channels"])  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-def register_backend(name: str, factory: str, available: Callable[[str], tuple[bool, str]],
-                     priority: int = 0, install_hint: str = "") -> None:
-    """Register (or replace) a backend under ``name``."""
-    _REGISTRY[name] = BackendEntry(name, factory, available, priority, install_hint)
+class DeviceArray:
+    """Base of the device-resident arrays backends hand back (ONNX Runtime's
+    OrtValue, cuda-python buffers, torch tensors).
 
+    A subclass implements :meth:`numpy` (a host copy) and ``shape``/``dtype``;
+    this base makes ``numpy.asarray(x)`` work on all of them, so host code (the
+    sampler, golden checks) never needs to know which backend produced an array.
+    """
 
-def registered_backends() -> dict[str, BackendEntry]:
-    return dict(_REGISTRY)
+    __slots__ = ()
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
 
-def backend_status(device: str) -> dict[str, tuple[bool, str]]:
-    """name -> (available on ``device``, reason) for every registered backend."""
-    return {name: e.available(device) for name, e in _REGISTRY.items()}
+    @property
+    def dtype(self) -> np.dtype:
+        raise NotImplementedError
 
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
 
-def get_backend(name: str, device: str) -> BackendEntry:
-    """The entry of an explicitly requested backend, or BackendUnavailable / InputError."""
-    if name not in _REGISTRY:
-        raise InputError(f"unknown backend {name!r}; registered backends: {', '.join(sorted(_REGISTRY))}")
-    entry = _REGISTRY[name]
-    ok, reason = entry.available(device)
-    if not ok:
-        raise BackendUnavailable(f"backend {name!r} on device {device!r} is not available: {reason}. "
-                                 f"{entry.install_hint}".strip())
-    return entry
+    def numpy(self) -> np.ndarray:
+        raise NotImplementedError
 
+    def __len__(self) -> int:
+        return self.shape[0]
 
-def pick_backend(device: str) -> BackendEntry:
-    """The highest-priority available backend for ``device`` (raises if there is none)."""
-    status = backend_status(device)
-    usable = [e for n, e in _REGISTRY.items() if status[n][0]]
-    if not usable:
-        reasons = "; ".join(f"{n}: {r}" for n, (_, r) in status.items())
-        raise BackendUnavailable(f"no backend can run on device {device!r} ({reasons})")
-    return max(usable, key=lambda e: e.priority)
+    def __array__(self, dtype=None, copy=None):
+        a = self.numpy()
+        return a if dtype is None else a.astype(dtype, copy=False)
 
-
-# --------------------------------------------------------------------------- onnxruntime
-ORT_GPU_HINT = ("ONNX Runtime's CUDA provider needs the GPU build: "
-                "pip uninstall onnxruntime; pip install onnxruntime-gpu")
-
-
-def _ort_available(device: str) -> tuple[bool, str]:
-    if importlib.util.find_spec("onnxruntime") is None:
-        return False, "the Python package 'onnxruntime' is not installed (pip install onnxruntime)"
-    if device == "cpu":
-        return True, "CPUExecutionProvider"
-    if device.split(":")[0] == "cuda":
-        import onnxruntime as ort
-
-        if "CUDAExecutionProvider" in ort.get_available_providers():
-            return True, "CUDAExecutionProvider"
-        return False, f"CUDAExecutionProvider is not in this onnxruntime build ({ort.get_available_providers()})"
-    return False, f"unknown device {device!r} (use 'cpu' or 'cuda')"
-
-
-register_backend("onnxruntime", "holopart_infer.engines.onnxruntime:load", _ort_available, priority=10, install_hint=ORT_GPU_HINT)
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(shape={self.shape}, dtype={self.dtype})"

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from holopart_infer.errors import EngineError, missing_extra
+from holopart_infer.engines.base import DeviceArray
 
 log = logging.getLogger("holopart_infer")
 
@@ -149,7 +150,7 @@ class DeviceBuffer:
             pass
 
 
-class DeviceTensor:
+class DeviceTensor(DeviceArray):
     """A dense array in device memory: shape, numpy dtype and a :class:`DeviceBuffer`.
 
     ``np.asarray(t)`` copies it to the host (synchronizing its stream), so code
@@ -157,8 +158,8 @@ class DeviceTensor:
     """
 
     def __init__(self, shape: Sequence[int], dtype, stream: Stream, buffer: DeviceBuffer | None = None):
-        self.shape = tuple(int(s) for s in shape)
-        self.dtype = np.dtype(dtype)
+        self._shape = tuple(int(s) for s in shape)
+        self._dtype = np.dtype(dtype)
         self.stream = stream
         need = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
         if buffer is None:
@@ -168,16 +169,20 @@ class DeviceTensor:
         self.buffer = buffer
 
     @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._dtype
+
+    @property
     def ptr(self) -> int:
         return self.buffer.ptr
 
     @property
     def nbytes(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
 
     @classmethod
     def from_host(cls, array: np.ndarray, stream: Stream) -> "DeviceTensor":
@@ -211,9 +216,8 @@ class DeviceTensor:
         self.stream.synchronize()
         return out
 
-    def __array__(self, dtype=None, copy=None):
-        a = self.to_host()
-        return a if dtype is None else a.astype(dtype, copy=False)
+    def numpy(self) -> np.ndarray:
+        return self.to_host()
 
     def __repr__(self) -> str:
         return f"DeviceTensor(shape={self.shape}, dtype={self.dtype}, ptr=0x{self.ptr:x})"

@@ -20,7 +20,8 @@ from typing import Any, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from holopart_infer.engines.base import ORT_GPU_HINT
+from holopart_infer.engines.base import BackendBase, DeviceArray as _DeviceArrayBase
+from holopart_infer.engines.registry import ORT_GPU_HINT
 from holopart_infer.sampler import euler_update
 from holopart_infer.errors import BackendUnavailable, EngineError, InputError, ModelDirError, ShapeError
 from holopart_infer.manifest import GraphSpec, Manifest, load_manifest
@@ -32,7 +33,7 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(
               "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(bfloat16)": "bfloat16"}
 
 
-class DeviceArray:
+class DeviceArray(_DeviceArrayBase):
     """A tensor owned by ONNX Runtime on a device; ``numpy.asarray(x)`` copies it to the host."""
 
     __slots__ = ("value",)
@@ -51,10 +52,6 @@ class DeviceArray:
     def numpy(self) -> np.ndarray:
         return self.value.numpy()
 
-    def __array__(self, dtype=None, copy=None):
-        a = self.value.numpy()
-        return a if dtype is None else a.astype(dtype)
-
     def __repr__(self) -> str:
         return f"DeviceArray(shape={self.shape}, dtype={self.dtype}, device={self.value.device_name()})"
 
@@ -70,7 +67,7 @@ def _parse_device(device: str) -> tuple[str, int]:
     return kind, int(index or 0)
 
 
-class OrtBackend:
+class OrtBackend(BackendBase):
     """The backend protocol (docs/contracts.md) on ONNX Runtime.
 
     Use :meth:`from_model_dir`. Sessions are created on first use of each graph,
@@ -115,22 +112,27 @@ class OrtBackend:
         """
         return cls(load_manifest(model_dir, verify_hashes=verify_hashes), device, providers, session_options)
 
-    # -- properties ----------------------------------------------------------
+    # -- what it is ------------------------------------------------------------
+    @property
+    def path(self) -> Path:
+        return self.manifest.model_dir
+
     @property
     def config(self) -> dict:
         return self.manifest.config
 
     @property
+    def defaults(self) -> dict:
+        return dict(self.manifest.defaults)
+
+    @property
     def precision(self) -> str:
         return self.manifest.precision
 
-    @property
-    def num_tokens(self) -> int:
-        return int(self.manifest.config["part_encoder"]["num_tokens"])
-
-    @property
-    def latent_channels(self) -> int:
-        return int(self.manifest.config["transformer"]["in_channels"])
+    def close(self) -> None:
+        """Drop the sessions and cached device copies (ONNX Runtime frees them)."""
+        self._sessions.clear()
+        self._cond_cache = None
 
     # -- sessions ------------------------------------------------------------
     def session(self, graph: str) -> ort.InferenceSession:
@@ -304,6 +306,16 @@ class OrtBackend:
                 f"precision={self.precision!r})")
 
 
-def load(model_dir: str | os.PathLike | Path, device: str = "cpu", **kw) -> OrtBackend:
-    """Registry factory: same as :meth:`OrtBackend.from_model_dir`."""
-    return OrtBackend.from_model_dir(model_dir, device=device, **kw)
+def open_backend(model_dir: str | os.PathLike | Path, device: str = "cpu", precision: str | None = None,
+                 **kw) -> OrtBackend:
+    """Registry opener (:func:`holopart_infer.engines.open_backend`).
+
+    ONNX Runtime runs the graphs in the precision they were exported in: a
+    ``precision`` other than the model dir's raises instead of being ignored.
+    """
+    be = OrtBackend.from_model_dir(model_dir, device=device, **kw)
+    if precision is not None and precision != be.precision:
+        raise InputError(f"{be.path}: this model dir was exported in {be.precision}; ONNX Runtime runs it as it "
+                         f"is, not in {precision}. Pass precision=None (or {be.precision!r}), re-export with "
+                         f"--precision {precision}, or use the tensorrt backend to lower an fp32 export.")
+    return be

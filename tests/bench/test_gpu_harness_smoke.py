@@ -1,0 +1,72 @@
+"""The GPU harness runs end to end on CPU at the tiny config and writes a complete JSON."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch", reason="the harness needs the [torch] extra")
+
+from tests.support import REPO  # noqa: E402
+TIMING_FIELDS = ("median_ms", "spread_ms", "p25_ms", "p75_ms", "repeats", "floor_ms", "floor_bound",
+                 "measured_over_floor")
+
+
+def _check_timing(rec: dict, name: str, floor: bool = True) -> None:
+    """The summary statistics are those of the recorded samples (so a broken timer shows)."""
+    import statistics
+
+    s = sorted(rec["samples_ms"])
+    assert len(s) == rec["repeats"] and all(x > 0 for x in s), (name, s)
+    assert rec["median_ms"] == pytest.approx(statistics.median(s)), name
+    assert rec["min_ms"] == s[0] and rec["max_ms"] == s[-1], name
+    assert s[0] <= rec["p25_ms"] <= rec["median_ms"] <= rec["p75_ms"] <= s[-1], name
+    assert rec["spread_ms"] == pytest.approx(rec["p75_ms"] - rec["p25_ms"]), name
+    if floor and rec.get("floor_ms"):
+        assert rec["measured_over_floor"] == pytest.approx(rec["median_ms"] / rec["floor_ms"]), name
+
+
+def test_harness_cpu_smoke(tmp_path):
+    from benchmarks import gpu_harness
+
+    out = tmp_path / "results.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "gpu_harness.py"), "--config", "tiny", "--device", "cpu",
+           "--out", str(out), "--reference", "--ckpt-dir", str(tmp_path / "ckpt"),
+           "--repeats", "2", "--warmup", "1", "--steps", "2", "--parts", "2", "--query-points", "1024"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "stage" in proc.stdout.splitlines()[-len(json.loads(out.read_text())["stages"]) - 1]  # table last
+
+    res = json.loads(out.read_text())
+    assert res["meta"]["device"] == "cpu" and res["meta"]["reference"] is True
+    assert res["ceilings"]["matmul_flops_per_s"] > 0 and res["ceilings"]["copy_bytes_per_s"] > 0
+    assert res["predicted"]["savings"]["uncond_no_cross"] > 0
+    stages = res["stages"]
+    expected = gpu_harness.stage_names(res["meta"]["plan"])
+    assert list(stages) == expected
+    for name in expected:
+        rec = stages[name]
+        assert rec["status"] in ("ok", "skipped"), (name, rec.get("reason"))
+        if rec["status"] == "skipped":
+            assert rec["reason"], name
+            continue
+        for f in TIMING_FIELDS:
+            assert f in rec, (name, f)
+        _check_timing(rec, name)
+    # GPU-only stages are skipped with a reason on CPU; everything else ran
+    graph = stages[f"guided_step_b{res['meta']['plan']['parts']}_cuda_graph"]
+    assert graph["status"] == "skipped" and "CUDA" in graph["reason"]
+    assert all(r["status"] == "ok" for n, r in stages.items() if "cuda_graph" not in n
+               and not n.startswith("marching_cubes")), {n: r.get("reason") for n, r in stages.items()}
+    # the reference ran in the same run for the model stages, with a speed-up
+    for name in expected:
+        if name.startswith(("dit_forward", "guided_step_b2", "decoder_query", "end_to_end")) and "graph" not in name:
+            ref = stages[name]["reference"]
+            _check_timing(ref, name + " reference", floor=False)
+            # the reported ratio is the two medians of this run, not a number from elsewhere
+            assert stages[name]["speedup_vs_reference"] == pytest.approx(ref["median_ms"] / stages[name]["median_ms"])
+    assert stages["decoder_query"]["queries_per_s"] > 0
+    assert stages["end_to_end_2parts_2steps"]["decoder_queries"] > 0
