@@ -447,7 +447,9 @@ def _write_one(it: BatchItem, res, out: Path) -> dict:
     if isinstance(res, CompletionResult):
         target = out / f"{it.id}.glb"
         try:
-            res.save(target, source=it.input)
+            # OUT_DIR/<id>.glb belongs to this run's ledger: an object redone (failed before, or
+            # --overwrite) replaces its own earlier output; inputs stay protected
+            res.save(target, source=it.input, overwrite=True)
         except Exception as e:  # e.g. a full disk: this object failed, the run goes on
             res = e
         else:
@@ -467,12 +469,13 @@ def _write_one(it: BatchItem, res, out: Path) -> dict:
 EXIT_ALL_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_SOME_FAILED = 0, 1, 2, 3
 
 
-def add_batch_command(sub) -> None:
-    """Register ``holopart-infer batch`` on the CLI's subparsers."""
+def add_batch_command(sub, common=None) -> None:
+    """Register ``holopart-infer batch`` on the CLI's subparsers (``common``: the shared -v/-q parent)."""
     from holopart_infer import cli
+    from holopart_infer.pipeline import CompletionOptions
 
     b = sub.add_parser(
-        "batch", help="complete many objects into a folder, resumably (parts of several objects share batches)",
+        "batch", parents=[common] if common is not None else [], help="complete many objects into a folder, resumably (parts of several objects share batches)",
         description="Complete many objects: files, folders of objects, or list files (.txt one path per line; "
                     ".jsonl with per-object labels/options/id). Writes OUT_DIR/<id>.glb atomically and "
                     "OUT_DIR/ledger.jsonl; a re-run skips objects already done. Exit codes: 0 every object "
@@ -488,7 +491,9 @@ def add_batch_command(sub) -> None:
                         "needs pip install 'holopart-infer[ray]'")
     b.add_argument("--ray-workers", dest="ray_workers", type=int,
                    help="number of Ray actors (default: one per GPU, else one per CPU)")
-    cli._add_sampling_args(b)
+    cli._common_run_args(b)
+    cli.add_option_args(b, CompletionOptions().__dict__,
+                        "the library's; the model's manifest and a .jsonl line's options win over them")
     b.set_defaults(func=cmd_batch)
 
 
@@ -505,7 +510,7 @@ def cmd_batch(args) -> int:
         model = path
         base = cli._options_from(args, _defaults_of(Path(path)))
     else:
-        model = load(path, backend=args.backend, device=args.device)
+        model = load(path, backend=args.backend, device=args.device, verify_integrity=not args.no_verify)
         base = cli._options_from(args, model.default_options())
     base.validate()
     summary = run_batch(model, items, args.output_dir, options=base, parts_per_batch=args.parts_per_batch,

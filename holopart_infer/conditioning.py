@@ -37,11 +37,12 @@ from typing import Sequence
 
 import numpy as np
 
+from holopart_infer import constants
 from holopart_infer.errors import InputError
 
 log = logging.getLogger("holopart_infer")
 
-NUM_SURFACE_SAMPLES = 20480
+NUM_SURFACE_SAMPLES = constants.DEFAULT_NUM_POINTS
 PART_NORMALIZE_SCALE = 0.7  # reference constant
 PART_MARGIN = 0.95  # reference constant: parts fill 0.95 * 0.7 of the unit ball
 OBJECT_HALF_EXTENT = 1.0  # normalize: longest bounding-box side -> [-1, 1]

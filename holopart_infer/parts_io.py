@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -627,7 +626,7 @@ def mesh_arrays(mesh) -> tuple[np.ndarray, np.ndarray]:
 
 def write_scene(parts_meshes: Sequence, names: Sequence[str], path: str | os.PathLike,
                 colors: Sequence | np.ndarray | None = None,
-                protect: Iterable[str | os.PathLike] | None = None,
+                protect: Iterable[str | os.PathLike] | None = None, overwrite: bool = False,
                 vertex_colors: Sequence | None = None) -> Path:
     """Write parts as a ``.glb`` scene: one named node per part, one colour per part.
 
@@ -640,8 +639,10 @@ def write_scene(parts_meshes: Sequence, names: Sequence[str], path: str | os.Pat
         path: output file; must end in ``.glb``. Parent folders are created.
         colors: per part RGB or RGBA, 0..255 integers (or floats in 0..1);
             default :func:`part_colors`. Stored as each part's PBR base colour.
-        protect: input files that must not be overwritten (e.g. the source
-            scene); ``path`` equal to any of them raises.
+        protect: input files/folders; ``path`` may not be, lie inside or contain
+            any of them (resolved through symlinks).
+        overwrite: replace an existing file; otherwise an existing file, even
+            one that appears while encoding, raises and is kept.
         vertex_colors: per part ``None`` or (V, 4) uint8 RGBA per vertex (the
             input's look, :mod:`holopart_infer.appearance`); written as the
             glTF ``COLOR_0`` attribute, over a white material.
@@ -650,19 +651,18 @@ def write_scene(parts_meshes: Sequence, names: Sequence[str], path: str | os.Pat
         The output path.
 
     Raises:
-        InputError: bad arguments, or ``path`` is one of the protected inputs.
+        InputError: bad arguments.
+        OutputError / OutputExists: see :func:`holopart_infer.fsafe.check_output`.
     """
     import trimesh
     from trimesh.visual import TextureVisuals
     from trimesh.visual.material import PBRMaterial
 
+    from holopart_infer import fsafe
+
     path = Path(path)
-    if path.suffix.lower() != ".glb":
-        raise InputError(f"output {path}: only .glb output is supported, got {path.suffix or '(none)'!r}")
-    for src in protect or ():
-        if src is not None and _same_file(path, Path(src)):
-            raise InputError(f"output {path} is the input file {src}; refusing to overwrite the input. "
-                             "Choose another output path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fsafe.check_output(path, overwrite=overwrite, inputs=protect or (), suffixes=(".glb",))
     meshes = list(parts_meshes)
     names = [str(n) for n in names]
     if len(names) != len(meshes):
@@ -692,8 +692,7 @@ def write_scene(parts_meshes: Sequence, names: Sequence[str], path: str | os.Pat
         data = scene.export(file_type="glb")
     except Exception as e:
         raise InputError(f"output {path}: could not encode the scene as glb ({e})") from e
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, data)
+    fsafe.atomic_write(path, data, overwrite=overwrite)
     log.info("wrote %d parts to %s", len(meshes), path)
     return path
 
@@ -723,30 +722,3 @@ def _normalize_colors(colors, n: int) -> np.ndarray:
     if arr.shape[1] == 3:
         arr = np.concatenate([arr, np.full((n, 1), 255, np.uint8)], axis=1)
     return arr
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return os.path.abspath(a) == os.path.abspath(b)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then os.replace it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise

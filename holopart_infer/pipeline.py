@@ -18,14 +18,14 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from holopart_infer import sampler
-from holopart_infer.errors import EngineError, HoloPartError, InputError, ModelDirError
+from holopart_infer import constants, sampler
+from holopart_infer.errors import EmptyResult, EngineError, HoloPartError, InputError, ModelDirError
 from holopart_infer.extract import QUERY_CHUNK_POINTS
 from holopart_infer.tokens import select_tokens
 
@@ -35,58 +35,70 @@ log = logging.getLogger("holopart_infer")
 Progress = Callable[[str, int, int], None]
 
 
+def _option(default, help: str, *, kind: type, lo=None, hi=None, lo_open: bool = False, optional: bool = False,
+            cli: str | None = "", off_flag: str | None = None, off_help: str = ""):
+    """A :class:`CompletionOptions` field with what validation and the CLI need.
+
+    Args:
+        default: the library default.
+        help: one line for docs and ``--help``.
+        kind: int, float or bool.
+        lo, hi: accepted range (inclusive unless ``lo_open``); None: unbounded.
+        optional: None is accepted (and means "off").
+        cli: the flag (``""``: ``--`` + the name with dashes; None: API only).
+        off_flag: a flag that turns the option off (None for ``optional``, False for bools).
+    """
+    return field(default=default, metadata=dict(help=help, kind=kind, lo=lo, hi=hi, lo_open=lo_open,
+                                                optional=optional, cli=cli, off_flag=off_flag, off_help=off_help))
+
+
 @dataclass
 class CompletionOptions:
     """Knobs of :meth:`HoloPart.complete` (reference-script defaults where they exist).
 
-    Attributes:
-        steps: Euler steps of the sampler (reference 50).
-        guidance: classifier-free guidance scale (reference 3.5; <= 1 disables it).
-        seed: seeds surface sampling, token selection and the initial noise.
-        depth: octree depth of extraction; the final grid has 2**depth - 8 cells
-            per axis (reference 9 -> 504).
-        parts_per_batch: parts denoised and decoded together (reference 8).
-        decimate: target face count per part (reference 10000); None keeps all.
-        num_points: surface samples per part and for the whole (reference 20480).
-        latent_tokens: latent length (2048 for the published model).
-        normalize: map the object into the model's frame first and back after,
-            so objects in any unit work (the reference assumes about [-1, 1]).
-        band: |logit| threshold of the coarse-to-fine band (reference 0.95).
-        chunk_points: decoder query points per part per call; bounds the
-            attention scratch (points x latent tokens x heads) per call.
-        min_component: drop connected pieces of a part's mesh whose area is
-            below this fraction of its largest piece (floaters); 0 keeps
-            everything, as the reference does.
-        close_at_bounds: a part that reaches the +-1.05 extraction box of its
-            frame is capped with the box face, so its mesh is closed; False
-            leaves the hole, as the reference does.
-        thin_parts: a part that decodes empty (thin or flat parts) is extracted
-            again on a grid fitted to it; if still empty, its input surface is
-            closed and thickened, with a warning naming it. False leaves such
-            parts empty, as the reference does.
-        appearance: carry the input's look (vertex colours, material colour,
-            texture) over to the completed parts as vertex colours; False
-            colours each part from a fixed palette.
+    Each field's metadata (help, type, accepted range, CLI flag) is the single
+    source of :meth:`validate`, the CLI's flags and their ``--help``
+    (:func:`option_fields`).
     """
 
-    steps: int = sampler.DEFAULT_STEPS
-    guidance: float = sampler.DEFAULT_GUIDANCE
-    seed: int = 0
-    depth: int = 9
-    parts_per_batch: int = 8
-    decimate: int | None = 10000
-    num_points: int = 20480
-    latent_tokens: int = 2048
-    normalize: bool = True
-    band: float = 0.95
-    chunk_points: int = QUERY_CHUNK_POINTS
-    min_component: float = 0.0
-    close_at_bounds: bool = True
-    thin_parts: bool = field(default=True, metadata={
-        "help": "retry parts that decode empty on a grid fitted to them, then keep their input surface "
-                "closed and thickened (default on; off leaves them empty, as the reference)"})
-    appearance: bool = field(default=True, metadata={
-        "help": "carry the input's colours/texture to the completed parts as vertex colours (default on)"})
+    steps: int = _option(sampler.DEFAULT_STEPS, "Euler steps of the sampler (reference 50)", kind=int, lo=1)
+    guidance: float = _option(sampler.DEFAULT_GUIDANCE, "classifier-free guidance scale (reference 3.5; <= 1 "
+                              "disables it)", kind=float, lo=0.0)
+    seed: int = _option(0, "seeds surface sampling, token selection and the initial noise", kind=int, lo=0,
+                        hi=constants.SEED_MAX)
+    depth: int = _option(constants.DEFAULT_DEPTH, "octree depth of extraction: the final grid has 2^depth-8 cells "
+                         "per axis (reference 9 -> 504)", kind=int, lo=constants.DEPTH_MIN, hi=constants.DEPTH_MAX)
+    parts_per_batch: int = _option(8, "parts denoised and decoded together (reference 8)", kind=int, lo=1)
+    decimate: int | None = _option(10000, "target face count per part (reference 10000)", kind=int,
+                                   lo=constants.MIN_DECIMATE_FACES, optional=True, off_flag="--no-decimate",
+                                   off_help="keep the full marching-cubes mesh (decimate=None)")
+    num_points: int = _option(constants.DEFAULT_NUM_POINTS, "surface samples per part and for the whole object "
+                              "(reference 20480)", kind=int, lo=constants.MIN_NUM_POINTS)
+    latent_tokens: int = _option(constants.DEFAULT_LATENT_TOKENS, "latent length (2048 for the published model)",
+                                 kind=int, lo=1)
+    normalize: bool = _option(True, "map the object into the model's frame first and back after, so objects in any "
+                              "unit work (the reference assumes about [-1, 1])", kind=bool,
+                              off_flag="--no-normalize",
+                              off_help="do not normalize the object into the model frame (input must already be "
+                                       "about [-1, 1])")
+    band: float = _option(constants.DEFAULT_BAND, "|logit| threshold of the coarse-to-fine band (reference 0.95)",
+                          kind=float, lo=0.0, lo_open=True, cli=None)
+    chunk_points: int = _option(QUERY_CHUNK_POINTS, "decoder query points per part per call; bounds the attention scratch "
+                                "(points x latent tokens x heads) per call", kind=int, lo=1, cli=None)
+    min_component: float = _option(0.0, "drop connected pieces of a part's mesh whose area is below this fraction "
+                                   "of its largest piece (floaters); 0 keeps everything, as the reference",
+                                   kind=float, lo=0.0, hi=1.0)
+    close_at_bounds: bool = _option(True, f"cap a part that reaches the +-{constants.EXTRACTION_BOUND} extraction "
+                                    "box of its frame with the box face, so its mesh is closed", kind=bool,
+                                    off_flag="--open-at-bounds",
+                                    off_help="leave parts cut by the extraction box open, as the reference")
+    thin_parts: bool = _option(True, "retry parts that decode empty (thin or flat parts) on a grid fitted to them, "
+                               "then keep their input surface closed and thickened, with a warning naming them",
+                               kind=bool, off_flag="--no-thin-parts",
+                               off_help="leave parts that decode empty empty, as the reference")
+    appearance: bool = _option(True, "carry the input's look (vertex colours, material colour, texture) to the "
+                               "completed parts as vertex colours", kind=bool, off_flag="--no-appearance",
+                               off_help="colour each completed part from a fixed palette")
 
     @classmethod
     def with_defaults(cls, defaults: dict | None, source: str = "model") -> "CompletionOptions":
@@ -107,22 +119,76 @@ class CompletionOptions:
             raise ModelDirError(f"{source}: inference_defaults: {e}. Re-export the model.") from None
         return opts
 
-    def validate(self) -> None:
-        checks = [
-            ("steps", self.steps >= 1, "an integer >= 1"),
-            ("guidance", np.isfinite(self.guidance) and self.guidance >= 0, "a finite number >= 0"),
-            ("depth", 6 <= self.depth <= 11, "an integer between 6 and 11"),
-            ("parts_per_batch", self.parts_per_batch >= 1, "an integer >= 1"),
-            ("decimate", self.decimate is None or self.decimate >= 4, "None or an integer >= 4"),
-            ("num_points", self.num_points >= 16, "an integer >= 16"),
-            ("latent_tokens", self.latent_tokens >= 1, "an integer >= 1"),
-            ("band", self.band > 0, "a number > 0"),
-            ("chunk_points", self.chunk_points >= 1, "an integer >= 1"),
-            ("min_component", 0.0 <= self.min_component <= 1.0, "a number in [0, 1]"),
-        ]
-        for name, ok, expected in checks:
-            if not ok:
-                raise InputError(f"option {name} must be {expected}, got {getattr(self, name)!r}")
+    def replace(self, **overrides) -> "CompletionOptions":
+        """A copy with ``overrides`` applied (unknown names raise :class:`InputError`)."""
+        unknown = set(overrides) - set(self.__dataclass_fields__)
+        if unknown:
+            raise InputError(f"unknown option(s): {', '.join(sorted(unknown))}; "
+                             f"known: {', '.join(self.__dataclass_fields__)}")
+        return CompletionOptions(**{**self.__dict__, **overrides})
+
+    def validate(self, *, flags: bool = False) -> None:
+        """Check every option's type and range.
+
+        Args:
+            flags: name options by their CLI flag (``--seed``) in messages.
+
+        Raises:
+            InputError: naming the option, the accepted type/range and the value.
+        """
+        for f in fields(self):
+            problem = option_problem(f, getattr(self, f.name))
+            if problem:
+                name = (f.metadata["cli"] or "--" + f.name.replace("_", "-")) if flags and f.metadata["cli"] is not None \
+                    else f.name
+                value = getattr(self, f.name)
+                raise InputError(f"option {name} must be {problem}, got {value!r} ({type(value).__name__})")
+
+
+def option_fields() -> list:
+    """The :class:`CompletionOptions` fields (dataclass ``Field`` objects, with metadata)."""
+    return list(fields(CompletionOptions))
+
+
+def option_range(f) -> str:
+    """The accepted values of an option field, in words ("an integer in [5, 11]")."""
+    m = f.metadata
+    kind = m["kind"]
+    if kind is bool:
+        return "True or False"
+    noun = "an integer" if kind is int else "a finite number"
+    lo, hi = m["lo"], m["hi"]
+    if lo is not None and hi is not None:
+        text = f"{noun} in [{lo}, {hi}]"
+    elif lo is not None:
+        text = f"{noun} {'>' if m['lo_open'] else '>='} {lo}"
+    elif hi is not None:
+        text = f"{noun} <= {hi}"
+    else:
+        text = noun
+    return ("None or " + text) if m["optional"] else text
+
+
+def option_problem(f, value) -> str | None:
+    """None when ``value`` is acceptable for option field ``f``, else the accepted range in words."""
+    m = f.metadata
+    if value is None and m["optional"]:
+        return None
+    kind = m["kind"]
+    if kind is bool:
+        ok = isinstance(value, (bool, np.bool_))
+    elif kind is int:
+        ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    else:
+        ok = (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+              and bool(np.isfinite(value)))
+    if ok and kind is not bool:
+        lo, hi = m["lo"], m["hi"]
+        if lo is not None and (value <= lo if m["lo_open"] else value < lo):
+            ok = False
+        if hi is not None and value > hi:
+            ok = False
+    return None if ok else option_range(f)
 
 
 @dataclass
@@ -138,23 +204,48 @@ class CompletedPart:
 
 @dataclass
 class CompletionResult:
-    parts: list[CompletedPart]
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
-    stats: dict = field(default_factory=dict)  # e.g. decoder queries per level
+    """What :meth:`HoloPart.complete` returns.
 
-    def save(self, path: str | os.PathLike, *, source: str | os.PathLike | None = None) -> Path:
-        """Write a glb with one named node per part (atomically; never over ``source``)."""
+    Attributes:
+        parts: one completed mesh per input part, in the input's coordinates.
+        timings: seconds per stage.
+        stats: e.g. decoder queries per level.
+        inputs: every path the result was made from (the scene, the mesh and its
+            labels, the folder and each part file); :meth:`save` and
+            :meth:`preview` refuse to write over, inside or around them.
+    """
+
+    parts: list[CompletedPart]
+    timings: dict[str, float] = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)
+    inputs: tuple[Path, ...] = ()
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False,
+             source: str | os.PathLike | None = None) -> Path:
+        """Write a glb with one named node per part, atomically.
+
+        Args:
+            path: output ``.glb``.
+            overwrite: replace an existing file (otherwise an error, and it is kept).
+            source: one more path to protect besides :attr:`inputs`.
+
+        Raises:
+            OutputError: ``path`` is, lies inside or contains an input, or is unusable.
+            OutputExists: ``path`` exists and ``overwrite`` is False.
+        """
         from holopart_infer.parts_io import write_scene
 
         return write_scene([(p.vertices, p.faces) for p in self.parts], [p.name for p in self.parts], path,
-                           colors=[p.color for p in self.parts], protect=[source] if source else None,
-                           vertex_colors=[p.vertex_colors for p in self.parts])
+                           colors=[p.color for p in self.parts], protect=[*self.inputs, source],
+                           overwrite=overwrite, vertex_colors=[p.vertex_colors for p in self.parts])
 
-    def preview(self, path: str | os.PathLike, size=(800, 600)) -> Path:
+    def preview(self, path: str | os.PathLike, size=(800, 600), *, overwrite: bool = False) -> Path:
+        """Render a preview image (``.png`` or ``.jpg``), atomically; same protections as :meth:`save`."""
         from holopart_infer.preview import render_preview
 
         return render_preview([(p.vertices, p.faces) for p in self.parts], [p.color for p in self.parts],
-                              path, size=size, vertex_colors=[p.vertex_colors for p in self.parts])
+                              path, size=size, overwrite=overwrite, protect=self.inputs,
+                              vertex_colors=[p.vertex_colors for p in self.parts])
 
 
 class HoloPart:
@@ -363,11 +454,7 @@ class HoloPart:
         if not isinstance(opts, CompletionOptions):
             raise InputError(f"options must be a CompletionOptions, got {type(opts).__name__}")
         if overrides:
-            unknown = set(overrides) - set(CompletionOptions.__dataclass_fields__)
-            if unknown:
-                raise InputError(f"unknown option(s): {', '.join(sorted(unknown))}; "
-                                 f"known: {', '.join(CompletionOptions.__dataclass_fields__)}")
-            opts = CompletionOptions(**{**opts.__dict__, **overrides})
+            opts = opts.replace(**overrides)
         opts.validate()
         return opts
 
@@ -376,9 +463,11 @@ class HoloPart:
         from holopart_infer import conditioning, parts_io
 
         timings: dict[str, float] = {}
+        source_paths = [p for p in (parts, labels) if isinstance(p, (str, os.PathLike))]
         with _timed(timings, "load_parts"):
             if not isinstance(parts, parts_io.Parts):
                 parts = parts_io.load_parts(parts, labels=labels)
+        inputs = tuple(dict.fromkeys(Path(p) for p in (*source_paths, *parts.input_paths)))
         P = len(parts.names)
         with _timed(timings, "conditioning"):
             cond = conditioning.build_conditions(parts, num_points=opts.num_points, seed=opts.seed,
@@ -391,7 +480,7 @@ class HoloPart:
         noise = np.random.default_rng(opts.seed).standard_normal(
             (P, opts.latent_tokens, self.latent_channels), dtype=np.float32)
         return _Prepared(job=job, parts=parts, opts=opts, cond=cond, part_tok=part_tok, local_tok=local_tok,
-                         noise=noise, timings=timings, meshes=[None] * P, pending=P)
+                         noise=noise, timings=timings, meshes=[None] * P, pending=P, inputs=inputs)
 
     def _run_batch(self, batch: list[tuple["_Prepared", int]], report: Progress, *, step_base: int = 0,
                    step_total: int | None = None) -> None:
@@ -462,6 +551,7 @@ class HoloPart:
         opts, parts, cond = obj.opts, obj.parts, obj.cond
         P = obj.num_parts
         results: list[CompletedPart] = []
+        pinched: list[str] = []  # parts that decimation left non-manifold
         palette = parts_io.part_colors(P)
         thin_fallback = []
         if opts.thin_parts:  # still empty: the input surface, closed and thickened, stands in
@@ -472,8 +562,11 @@ class HoloPart:
                     thin_fallback.append(parts.names[i])
             if thin_fallback:
                 log.warning("%d part(s) came back empty from the model even on a grid fitted to them (thin or "
-                            "flat parts): kept their input surface, closed and thickened: %s",
-                            len(thin_fallback), ", ".join(repr(n) for n in thin_fallback))
+                            "flat parts): kept their input surface, closed and thickened: %s%s",
+                            len(thin_fallback), ", ".join(repr(n) for n in thin_fallback),
+                            "; every part came back empty, which points at the model (untrained, corrupt or "
+                            "mismatched weights: check it with `holopart-infer verify`)"
+                            if len(thin_fallback) == P > 1 else "")
         with _timed(obj.timings, "postprocess"):
             for i, (v, f) in enumerate(obj.meshes):
                 v = cond.to_input_frame(i, np.asarray(v, dtype=np.float64))
@@ -485,21 +578,31 @@ class HoloPart:
                     v, f = decimate_mesh(v, f, opts.decimate)
                     # the full mesh is only checked in the rare case the decimated one is not closed
                     if not edge_manifold(f) and edge_manifold(f_full):
-                        log.warning("part %r: decimation to %d faces left the closed mesh non-manifold at a few "
-                                    "edges; pass decimate=None (CLI --no-decimate) for the closed marching-cubes "
-                                    "mesh", parts.names[i], opts.decimate)
+                        pinched.append(parts.names[i])
                 results.append(CompletedPart(parts.names[i], np.asarray(v, np.float32), np.asarray(f, np.int64),
                                         tuple(palette[i])))
                 report("postprocess", i + 1, P)
         obj.meshes = []  # the normalized-frame meshes are no longer needed
+        if pinched:  # one line per run, not per part: a warning on most parts teaches users to ignore warnings
+            log.warning("decimation to %d faces left %d of %d parts non-manifold at a few edges (%s); "
+                        "decimate=None (CLI --no-decimate) keeps the closed marching-cubes meshes",
+                        opts.decimate, len(pinched), P, ", ".join(pinched[:5]) + (" ..." if len(pinched) > 5 else ""))
+        if P and all(len(r.faces) == 0 for r in results):
+            raise EmptyResult(
+                f"every one of the {P} parts came out empty: the model's decoder found no surface anywhere in the "
+                f"extraction box. The input was read correctly ({P} parts with surface), so this points at the "
+                f"model ({self.path}): untrained, corrupt or non-finite weights, or a model dir that does not match "
+                "its checkpoint. Check it with `holopart-infer verify`, or re-export it.")
         if opts.appearance:  # the input's look onto the completed parts (holopart_infer.appearance)
             with _timed(obj.timings, "appearance"):
                 appearance.apply(results, parts, seed=opts.seed)
         return CompletionResult(results, dict(obj.timings), {"decoder_queries_per_level": obj.level_queries,
                                                              "num_parts": P, "backend": self.backend_name,
                                                              "batch_sizes": list(obj.batch_sizes),
+                                                             "decimation_non_manifold": pinched,
                                                              "thin_parts": {"retried": list(obj.thin_retried),
-                                                                            "fallback": thin_fallback}})
+                                                                            "fallback": thin_fallback}},
+                                obj.inputs)
 
     def _decode_padded(self, points_per_part: list[np.ndarray], kv) -> list[np.ndarray]:
         """Query the decoder for each part's points, all parts of the batch in one call.
@@ -563,6 +666,7 @@ class _Prepared:
     level_queries: dict[str, int] = field(default_factory=dict)
     batch_sizes: list[int] = field(default_factory=list)
     thin_retried: list[str] = field(default_factory=list)  # parts re-extracted on a fitted grid
+    inputs: tuple = ()  # the paths the object was read from (the result refuses to overwrite them)
     error: HoloPartError | None = None
     reported: bool = False
 
@@ -599,7 +703,8 @@ def _as_error(e: Exception, what: str) -> HoloPartError:
 
 
 def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", precision: str | None = None,
-         engine_cache: str | os.PathLike | None = None, graph: str | None = None) -> HoloPart:
+         engine_cache: str | os.PathLike | None = None, graph: str | None = None, *,
+         verify_integrity: bool = True) -> HoloPart:
     """Load a model dir or a checkpoint dir.
 
     Args:
@@ -615,6 +720,11 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", p
         graph: torch backend on CUDA only: "cuda_graph" replays each guided step as a
             captured CUDA graph, "compile" uses ``torch.compile(mode="reduce-overhead")``;
             None/"eager" runs eagerly. Asking for it on the CPU or another backend raises.
+        verify_integrity: check a model dir's graph and weight files against the
+            sha256 in its manifest (each file is hashed once, then remembered by
+            path, size and mtime in the user cache dir, so re-loads cost a stat);
+            a checkpoint's weights are always checked for NaN/inf. False skips the
+            hash check (CLI ``--no-verify``).
 
     Returns:
         A :class:`HoloPart`; ``backend_name``/``device``/``precision`` say what was resolved.
@@ -627,7 +737,8 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", p
     from holopart_infer.engines import open_backend
 
     be = open_backend(path, backend=backend, device=device, precision=precision, engine_cache=engine_cache,
-                      graph=None if graph == "eager" else graph)
+                      graph=None if graph == "eager" else graph,
+                      **({} if (Path(path) / "model_index.json").is_file() else {"verify_hashes": verify_integrity}))
     model = HoloPart(be)
     try:
         model.default_options()  # a bad inference_defaults entry fails here, naming the model

@@ -28,23 +28,28 @@ _KEY = 0.6  # light from the upper left, in front
 _FILL = 0.25  # weaker light from the right, so faces turned away from the key are not black
 _BUCKETS = (2, 4, 8, 16, 32, 64)  # candidate-pixel grid sizes for small triangles
 _FRAGMENTS_PER_CHUNK = 1 << 21
+#: image extensions the previews write, and the Pillow format of each
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 
 
 def render_preview(meshes: Sequence, colors: Sequence | np.ndarray | None, path: str | os.PathLike,
                    size: tuple[int, int] = (800, 600), supersample: int = 2,
-                   vertex_colors: Sequence | None = None) -> Path:
-    """Render parts to a PNG from a fixed 3/4 view, the camera fitted to the scene.
+                   vertex_colors: Sequence | None = None, *, overwrite: bool = False, protect=()) -> Path:
+    """Render parts to a PNG or JPEG image from a fixed 3/4 view, the camera fitted to the scene.
 
     Args:
         meshes: per part a ``(vertices (V,3), faces (F,3))`` pair or a
             ``trimesh.Trimesh``; parts without faces are skipped.
         colors: per part RGB/RGBA 0..255 (or floats 0..1); ``None`` uses
             :func:`holopart_infer.parts_io.part_colors`. Alpha is ignored.
-        path: output ``.png`` path (written atomically; parent folders created).
+        path: output image; the format follows the extension (:data:`IMAGE_FORMATS`:
+            ``.png``, ``.jpg``/``.jpeg``). Written atomically; parent folders created.
         size: ``(width, height)`` in pixels.
         supersample: render at this multiple of ``size`` then downsample.
         vertex_colors: per part ``None`` or (V, 3|4) per-vertex colours (the
             input's look); a triangle takes the mean of its vertices' colours.
+        overwrite: replace an existing file (otherwise it is an error and kept).
+        protect: input paths the output may not be, lie inside or contain.
 
     Returns:
         The output path.
@@ -52,14 +57,19 @@ def render_preview(meshes: Sequence, colors: Sequence | np.ndarray | None, path:
     Raises:
         InputError: bad size, colours or extension.
     """
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise InputError(f"preview {path}: only .png is supported, got {path.suffix or '(none)'!r}")
+    path = _check_image_output(path, overwrite, protect)
     width, height = _check_size(size, supersample)
     tris, tri_colors = _triangles(meshes, colors, vertex_colors)
     img = _image(tris, tri_colors, width, height, supersample, sphere=None, azimuth=_AZIMUTH_DEG, what=str(path))
-    _write_png(img, path)
-    return path
+    return _write_image(img, path, overwrite)
+
+
+def _check_image_output(path, overwrite: bool, protect, suffixes=IMAGE_FORMATS, what: str = "preview") -> Path:
+    from holopart_infer import fsafe
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return fsafe.check_output(path, what=what, overwrite=overwrite, inputs=protect, suffixes=suffixes)
 
 
 def _check_size(size, supersample) -> tuple[int, int]:
@@ -116,15 +126,16 @@ def _image(tris, tri_colors, width, height, supersample, sphere, azimuth, what):
     return img
 
 
-def _write_png(img, path: Path) -> None:
+def _write_image(img, path: Path, overwrite: bool) -> Path:
+    """Encode in the format of the extension (:data:`IMAGE_FORMATS`) and write atomically."""
     import io
 
-    from holopart_infer.parts_io import _atomic_write
+    from holopart_infer import fsafe
 
     buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, buf.getvalue())
+    fmt = IMAGE_FORMATS[path.suffix.lower()]
+    img.save(buf, format=fmt, **({"optimize": True} if fmt == "PNG" else {"quality": 92}))
+    return fsafe.atomic_write(path, buf.getvalue(), overwrite=overwrite)
 
 
 def _camera(azimuth: float = _AZIMUTH_DEG) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -304,13 +315,14 @@ def _scene_for_pictures(parts, result, exploded, size, supersample):
 
 
 def render_comparison(parts, result, path: str | os.PathLike, size: tuple[int, int] = (640, 480),
-                      exploded: float = 0.0, supersample: int = 2) -> Path:
-    """Input parts (left) and completed parts (right) from the same camera, as one PNG.
+                      exploded: float = 0.0, supersample: int = 2, *, overwrite: bool = False, protect=()) -> Path:
+    """Input parts (left) and completed parts (right) from the same camera, as one image.
 
     Args:
         parts: the input :class:`~holopart_infer.parts_io.Parts`.
         result: the :class:`~holopart_infer.pipeline.CompletionResult` of those parts.
-        path: output ``.png``.
+        path: output ``.png`` or ``.jpg`` (atomic; never over ``protect`` nor,
+            without ``overwrite``, over an existing file).
         size: ``(width, height)`` of each panel; the image is twice as wide.
         exploded: move parts apart by this factor (0 = assembled; 0.5 is a good
             start) so parts hidden inside others are visible. Both panels use
@@ -322,9 +334,7 @@ def render_comparison(parts, result, path: str | os.PathLike, size: tuple[int, i
     """
     from PIL import Image, ImageDraw
 
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise InputError(f"preview {path}: only .png is supported, got {path.suffix or '(none)'!r}")
+    path = _check_image_output(path, overwrite, protect)
     width, height, (ti, ci), (to, co), sphere = _scene_for_pictures(parts, result, exploded, size, supersample)
     left = _image(ti, ci, width, height, supersample, sphere, _AZIMUTH_DEG, str(path))
     right = _image(to, co, width, height, supersample, sphere, _AZIMUTH_DEG, str(path))
@@ -335,15 +345,15 @@ def render_comparison(parts, result, path: str | os.PathLike, size: tuple[int, i
     draw.line([(width, 0), (width, height)], fill=(200, 200, 200), width=1)
     for x, text in ((8, "input parts"), (width + 8, "completed parts")):
         draw.text((x, 6), text + (f" (exploded x{exploded:g})" if exploded else ""), fill=(60, 60, 60))
-    _write_png(img, path)
-    return path
+    return _write_image(img, path, overwrite)
 
 
 TURNTABLE_FORMATS = (".gif", ".mp4")
 
 
 def render_turntable(parts, result, path: str | os.PathLike, frames: int = 36, size: tuple[int, int] = (320, 240),
-                     exploded: float = 0.0, fps: int = 12, supersample: int = 1) -> Path:
+                     exploded: float = 0.0, fps: int = 12, supersample: int = 1, *, overwrite: bool = False,
+                     protect=()) -> Path:
     """A rotating view (one turn around the vertical axis): input and completed parts side by side.
 
     Args:
@@ -365,10 +375,8 @@ def render_turntable(parts, result, path: str | os.PathLike, frames: int = 36, s
 
     from PIL import Image
 
-    path = Path(path)
+    path = _check_image_output(path, overwrite, protect, suffixes=TURNTABLE_FORMATS, what="turntable")
     ext = path.suffix.lower()
-    if ext not in TURNTABLE_FORMATS:
-        raise InputError(f"turntable {path}: expected {' or '.join(TURNTABLE_FORMATS)}, got {ext or '(none)'!r}")
     if ext == ".mp4" and (importlib.util.find_spec("imageio") is None
                           or importlib.util.find_spec("imageio_ffmpeg") is None):
         raise InputError(f"turntable {path}: writing .mp4 needs imageio and imageio-ffmpeg (pip install imageio "
@@ -387,7 +395,7 @@ def render_turntable(parts, result, path: str | os.PathLike, frames: int = 36, s
         images.append(img)
     import io
 
-    from holopart_infer.parts_io import _atomic_write
+    from holopart_infer import fsafe
 
     if ext == ".gif":
         buf = io.BytesIO()
@@ -405,6 +413,4 @@ def render_turntable(parts, result, path: str | os.PathLike, frames: int = 36, s
                 for im in images:
                     writer.append_data(np.asarray(im))
             data = tmp_mp4.read_bytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, data)
-    return path
+    return fsafe.atomic_write(path, data, overwrite=overwrite)

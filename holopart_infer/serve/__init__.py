@@ -30,12 +30,14 @@ def check_installed() -> None:
             raise missing_extra(module, "serve", f"holopart-infer serve ({why})")
 
 
-def add_subcommand(sub) -> argparse.ArgumentParser:
-    """Register ``serve`` on the CLI's subparsers (the CLI's only hook into this package)."""
+def add_subcommand(sub, common=None) -> argparse.ArgumentParser:
+    """Register ``serve`` on the CLI's subparsers (the CLI's only hook into this package);
+    ``common`` is the CLI's shared -v/-q parent parser."""
     from holopart_infer.serve.limits import Limits
 
     d = Limits()
-    s = sub.add_parser("serve", help="HTTP service: dynamic batching, limits, metrics, a web page (needs [serve])",
+    s = sub.add_parser("serve", parents=[common] if common is not None else [],
+                       help="HTTP service: dynamic batching, limits, metrics, a web page (needs [serve])",
                        description="Serve completions over HTTP. See docs/serving.md.")
     s.add_argument("--model", help="exported model dir (default: the embedded holopart-mini with the demo's "
                                    "quicker options)")

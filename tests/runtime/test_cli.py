@@ -73,10 +73,11 @@ def test_bad_inputs_exit_2_and_write_nothing(tmp_path):
     assert r.returncode == 2 and "bad.npy" in r.stderr and "12" in r.stderr, r.stderr
     r = cli("run", mesh_path, "-o", out)
     assert r.returncode == 2 and "--weights" in r.stderr
-    r = cli("run", mesh_path, "-o", out, "--model", tmp_path)
+    (tmp_path / "not_a_model").mkdir()
+    r = cli("run", mesh_path, "-o", out, "--model", tmp_path / "not_a_model")
     assert r.returncode == 2 and "neither an exported model dir" in r.stderr
     assert not out.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npy", "m.ply"]  # no temp files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npy", "m.ply", "not_a_model"]  # no temp files
 
 
 def test_existing_output_is_kept_unless_overwrite(tmp_path):
@@ -96,7 +97,7 @@ def test_output_equal_to_input_is_refused(tmp_path):
     write_transformed_scene(src)
     before = src.read_bytes()
     r = cli("run", src, "-o", src, "--model", assets.demo_model_path(), "--overwrite", *FAST)
-    assert r.returncode == 2 and "is also an input" in r.stderr
+    assert r.returncode == 2 and "is the input" in r.stderr
     assert src.read_bytes() == before
 
 
