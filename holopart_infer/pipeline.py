@@ -737,8 +737,7 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", p
     from holopart_infer.engines import open_backend
 
     be = open_backend(path, backend=backend, device=device, precision=precision, engine_cache=engine_cache,
-                      graph=None if graph == "eager" else graph,
-                      **({} if (Path(path) / "model_index.json").is_file() else {"verify_hashes": verify_integrity}))
+                      graph=None if graph == "eager" else graph, verify_integrity=verify_integrity)
     model = HoloPart(be)
     try:
         model.default_options()  # a bad inference_defaults entry fails here, naming the model

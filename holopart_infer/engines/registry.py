@@ -118,7 +118,8 @@ class BackendSpec:
 BACKENDS: dict[str, BackendSpec] = {s.name: s for s in (
     BackendSpec("tensorrt", MODEL_DIR, "holopart_infer.engines.tensorrt:open_backend", priority=30,
                 devices=("cuda",), default_precision={"cuda": "fp16"},
-                options=("engine_cache", "max_batch", "max_query_points", "optimization_level", "workspace"),
+                options=("engine_cache", "max_batch", "max_query_points", "optimization_level", "workspace",
+                         "verify_hashes"),
                 available=_trt_available, install_hint=TRT_HINT),
     BackendSpec("onnxruntime", MODEL_DIR, "holopart_infer.engines.onnxruntime:open_backend", priority=20,
                 devices=("cuda", "cpu"), default_precision={"cuda": None, "cpu": None},
@@ -202,12 +203,15 @@ def resolve(kind: str, backend: str = "auto", device: str = "auto") -> tuple[Bac
     if backend == "torch" and importlib.util.find_spec("torch") is None:
         raise missing_extra("torch", "torch", "running a checkpoint directly")
     hints = sorted({s.install_hint for s in candidates if s.install_hint})
+    other = [d for d in DEVICES if d not in ("auto", device)]
+    asked = (f" Device {device!r} was asked for explicitly: pass --device {other[0]} (device={other[0]!r}) or "
+             "--device auto to run where this machine can." if device != "auto" and other else "")
     raise BackendUnavailable(f"no backend can run this {kind} dir on device {device!r} "
-                             f"(backend {backend!r}): {'; '.join(skipped)}. {' / '.join(hints)}".strip())
+                             f"(backend {backend!r}): {'; '.join(skipped)}.{asked} {' / '.join(hints)}".strip())
 
 
 def open_backend(path: str | os.PathLike, backend: str = "auto", device: str = "auto",
-                 precision: str | None = None, **options):
+                 precision: str | None = None, *, verify_integrity: bool = True, **options):
     """Open ``path`` on the backend that (backend, device, precision) resolve to.
 
     Args:
@@ -217,6 +221,9 @@ def open_backend(path: str | os.PathLike, backend: str = "auto", device: str = "
         precision: "fp32"/"fp16"/"bf16"; None takes the backend's default for the device
             (torch: fp32 on CPU, bf16 on CUDA; TensorRT: fp16; ONNX Runtime: the model dir's,
             which is also the only precision it accepts).
+        verify_integrity: a model dir's graph files are checked against the sha256
+            in its manifest (cheap on re-loads; every model-dir backend does it);
+            False skips that. A checkpoint's weights are always checked for NaN/inf.
         **options: backend options (:attr:`BackendSpec.options`): ``engine_cache``
             (TensorRT), ``graph`` ("eager", "cuda_graph", "compile": torch), ...
             An option the resolved backend does not take is an InputError (also
@@ -237,6 +244,8 @@ def open_backend(path: str | os.PathLike, backend: str = "auto", device: str = "
     kind = model_kind(path)
     spec, dev = resolve(kind, backend, device)
     given = {k: v for k, v in options.items() if v is not None}
+    if kind == MODEL_DIR:
+        given.setdefault("verify_hashes", bool(verify_integrity))
     unknown = sorted(set(given) - set(spec.options))
     if unknown:
         raise InputError(f"backend {spec.name!r} on {dev}{' (picked by auto)' if backend == 'auto' else ''} takes "

@@ -112,9 +112,9 @@ def build_service(args):
     model = load(args.model or assets.demo_model_path(), backend=args.backend, device=args.device)
     opts = asdict(model.default_options())
     if not args.model:
-        from holopart_infer.cli import DEMO_DEFAULTS
+        from holopart_infer.assets import DEMO_PRESET
 
-        opts.update(DEMO_DEFAULTS)
+        opts.update(DEMO_PRESET)
     opts.update(dict(_parse_option(o) for o in args.option))
     defaults = CompletionOptions(**opts)
     defaults.validate()

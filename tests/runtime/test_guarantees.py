@@ -477,8 +477,6 @@ def test_11_bad_api_values_raise_input_error(mini, kw, expected):
 
 
 @pytest.mark.requires_torch
-@pytest.mark.xfail(strict=True, reason="the CUDA check lived in pipeline._resolve, replaced at the merge by "
-                   "engines.open_backend's torch opener (b14): to restore there")
 def test_11_cuda_without_cuda_is_backend_unavailable(tiny_checkpoint, tmp_path):
     import torch
 
@@ -486,7 +484,7 @@ def test_11_cuda_without_cuda_is_backend_unavailable(tiny_checkpoint, tmp_path):
         pytest.skip("this machine has CUDA")
     import holopart_infer as hp
 
-    with pytest.raises(BackendUnavailable, match="device 'cuda' was asked for.*--device cpu"):
+    with pytest.raises(BackendUnavailable, match="(?s)Device 'cuda' was asked for.*--device cpu"):
         hp.load(tiny_checkpoint, backend="torch", device="cuda")
     r = cli("run", assets.demo_object_path("table"), "-o", tmp_path / "o.glb", "--weights", tiny_checkpoint,
             "--device", "cuda", *FAST)

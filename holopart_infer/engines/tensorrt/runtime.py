@@ -170,7 +170,7 @@ class TensorRTBackend(BackendBase):
                        graphs: Iterable[str] | None = None, max_batch: int | None = None,
                        max_query_points: int | None = DEFAULT_QUERY_POINTS[2],
                        optimization_level: int = OPTIMIZATION_LEVEL,
-                       workspace: int | None = None) -> "TensorRTBackend":
+                       workspace: int | None = None, verify_hashes: bool = True) -> "TensorRTBackend":
         """Build (or load from the cache) one engine per graph and get ready to run.
 
         Args:
@@ -188,6 +188,8 @@ class TensorRTBackend(BackendBase):
                 split); None keeps the manifest's profile.
             optimization_level: builder optimization level (0-5).
             workspace: builder workspace limit in bytes (None: TensorRT default).
+            verify_hashes: check the graph files against the manifest's sha256 first
+                (:func:`holopart_infer.manifest.load_manifest`).
 
         Raises:
             BackendUnavailable: tensorrt or cuda-python is missing (with the pip hint).
@@ -201,7 +203,7 @@ class TensorRTBackend(BackendBase):
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         trt = require_tensorrt()
         cuda.runtime()
-        manifest = load_manifest(model_dir)
+        manifest = load_manifest(model_dir, verify_hashes=verify_hashes)
         specs = manifest.raw["graphs"]
         strongly_typed = _strongly_typed(manifest.precision, precision, manifest.model_dir)
         axis_ranges = profile_overrides(max_batch, max_query_points)
