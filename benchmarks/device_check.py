@@ -49,8 +49,8 @@ SIZES: dict[str, dict[str, Any]] = {
                    chunks=(8192, 16384, 32768, 65536, 131072), sweep_parts=8, sweep_points=262144,
                    harness=["--config", "full", "--reference", "--repeats", "5", "--warmup", "2"]),
     "rehearsal": dict(fps=(2048, 128), band_cells=30, mc_points=33, depth=6, ckpt_config="tiny",
-                      dit_tokens=32, decoder_points=256, encoder_points=512, demo_steps=2, demo_depth=6,
-                      chunks=(1024, 4096), sweep_parts=2, sweep_points=8192,
+                      dit_tokens=32, decoder_points=256, encoder_points=512, demo_steps=1, demo_depth=6,
+                      chunks=(1024, 4096), sweep_parts=2, sweep_points=4096,
                       harness=["--config", "tiny", "--reference", "--repeats", "2", "--warmup", "1",
                                "--steps", "2", "--parts", "2", "--query-points", "1024"]),
 }

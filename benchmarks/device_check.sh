@@ -28,11 +28,19 @@ export PYTHONUNBUFFERED=1 HOLOPART_EXPECT_CUDA=1
 
 say() { echo "[device_check.sh $(date -u +%H:%M:%S)] $*"; }
 
-# 1. carried wheels (trimesh, fast-simplification: the device image lacks them)
+# 1. carried wheels (trimesh, fast-simplification: the device image lacks them).
+#    Rehearsal: the same install for the device's Python (cp312) into SITE_DIR,
+#    not put on PYTHONPATH (this Python may be another version).
+SITE=${SITE_DIR:-/tmp/site}
 if ls .whl/*.whl >/dev/null 2>&1; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "${SITE_DIR:-/tmp/site}" .whl/*.whl \
-    > "$OUT/build.log" 2>&1 || { say "FAILED: installing the carried wheels (build.log)"; tail -20 "$OUT/build.log"; exit 3; }
-  export PYTHONPATH=${SITE_DIR:-/tmp/site}${PYTHONPATH:+:$PYTHONPATH}
+  XARGS=()
+  [ "$MODE" = rehearsal ] && XARGS=(--only-binary=:all: --python-version 3.12 --implementation cp
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64)
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+    "${XARGS[@]}" .whl/*.whl > "$OUT/build.log" 2>&1 \
+    || { say "FAILED: installing the carried wheels (build.log)"; tail -20 "$OUT/build.log"; exit 3; }
+  [ "$MODE" = device ] && export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
+  say "installed $(ls .whl/*.whl | wc -l) carried wheel(s) into $SITE"
 else
   say "no .whl/ folder: run benchmarks/fetch_wheels.sh here and name .whl in carry" | tee "$OUT/build.log"
   [ "$MODE" = device ] && exit 3
