@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 # Sizes per mode. "device": the real sizes of the issue; "rehearsal": tiny, CPU.
 SIZES: dict[str, dict[str, Any]] = {
     "device": dict(fps=(20480, 2048), band_cells=254, mc_points=513, depth=9, ckpt_config="full",
-                   dit_tokens=2048, decoder_points=4096, encoder_points=20480, demo_steps=50, demo_depth=9,
+                   dit_tokens=2048, decoder_points=4096, encoder_points=20480, demo_steps=50, demo_depth=8,
                    chunks=(8192, 16384, 32768, 65536, 131072), sweep_parts=8, sweep_points=262144,
                    harness=["--config", "full", "--reference", "--repeats", "5", "--warmup", "2"]),
     "rehearsal": dict(fps=(2048, 128), band_cells=30, mc_points=33, depth=6, ckpt_config="tiny",
