@@ -73,5 +73,5 @@ say "setup done after $(awk "BEGIN{printf \"%.0f\", $(date +%s.%N) - $T0}") s"
 $PY benchmarks/device_check.py --mode "$MODE" --out "$OUT" --budget-s "$BUDGET_S" --started-at "$T0" \
   --ckpt-dir "$CKPT_DIR" ${CHECK_STAGES:+--stages "$CHECK_STAGES"}
 rc=$?
-wait
+wait  # the background checkpoint writer, if it is still running (never left behind)
 exit $rc
