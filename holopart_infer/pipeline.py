@@ -26,7 +26,7 @@ import numpy as np
 
 from holopart_infer import sampler
 from holopart_infer.errors import InputError, ModelDirError
-from holopart_infer.extract import QUERY_CHUNK_POINTS
+from holopart_infer.extract import query_chunk_points
 from holopart_infer.tokens import select_tokens
 
 log = logging.getLogger("holopart_infer")
@@ -54,6 +54,11 @@ class CompletionOptions:
         band: |logit| threshold of the coarse-to-fine band (reference 0.95).
         chunk_points: decoder query points per part per call; bounds the
             attention scratch (points x latent tokens x heads) per call.
+            None (the default) picks by where the decoder runs:
+            :data:`holopart_infer.extract.QUERY_CHUNK_POINTS_BY_DEVICE` (8192 on the CPU, 65536 on CUDA, where
+            each call is a synchronized launch: 8192 meant ~16,000 calls per
+            object at depth 9). ``benchmarks/device_check.py`` measures the
+            best GPU value and reports it.
         min_component: drop connected pieces of a part's mesh whose area is
             below this fraction of its largest piece (floaters); 0 keeps
             everything, as the reference does.
@@ -72,7 +77,7 @@ class CompletionOptions:
     latent_tokens: int = 2048
     normalize: bool = True
     band: float = 0.95
-    chunk_points: int = QUERY_CHUNK_POINTS
+    chunk_points: int | None = None
     min_component: float = 0.0
     close_at_bounds: bool = True
 
@@ -105,7 +110,7 @@ class CompletionOptions:
             ("num_points", self.num_points >= 16, "an integer >= 16"),
             ("latent_tokens", self.latent_tokens >= 1, "an integer >= 1"),
             ("band", self.band > 0, "a number > 0"),
-            ("chunk_points", self.chunk_points >= 1, "an integer >= 1"),
+            ("chunk_points", self.chunk_points is None or self.chunk_points >= 1, "None or an integer >= 1"),
             ("min_component", 0.0 <= self.min_component <= 1.0, "a number in [0, 1]"),
         ]
         for name, ok, expected in checks:
@@ -196,7 +201,14 @@ class HoloPart:
         runs there and cpp_ext was built with CUDA."""
         from holopart_infer import native
 
-        return "cuda" if str(self.device).startswith("cuda") and native.cuda_available() else "cpu"
+        dev = str(self.device).strip().lower()
+        on_gpu = dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit())
+        return "cuda" if on_gpu and native.cuda_available() else "cpu"
+
+    @property
+    def chunk_points(self) -> int:
+        """Decoder points per part per call when the options leave it to the device."""
+        return query_chunk_points(self.device)
 
     def default_options(self) -> CompletionOptions:
         """:class:`CompletionOptions` with this model's recommended defaults applied
@@ -295,7 +307,7 @@ class HoloPart:
             with timed("extract"):
                 out, stats = extract.extract_meshes(
                     decode, len(batch), depth=opts.depth, band=opts.band, device=self.extract_device,
-                    chunk_points=opts.chunk_points, close=bool(opts.close_at_bounds),
+                    chunk_points=opts.chunk_points or self.chunk_points, close=bool(opts.close_at_bounds),
                     progress=lambda lvl, nl, d, t: report(f"extract {lvl + 1}/{nl}", d, t))
             for key, val in _level_counts(stats).items():
                 level_queries[key] = level_queries.get(key, 0) + val
