@@ -415,7 +415,7 @@ class Check:
 
         nets = self.networks()
         dev = "cuda" if self.cuda else "cpu"
-        be = FastTorchBackend(nets, dev)
+        be = FastTorchBackend(nets, dev, "bf16" if self.cuda else "fp32")  # load()'s defaults
         P, total = self.size["sweep_parts"], self.size["sweep_points"]
         T = self.size["dit_tokens"]
         lat = torch.randn(P, T, nets.transformer.cfg.in_channels, generator=torch.Generator().manual_seed(3))
@@ -456,7 +456,7 @@ class Check:
         from holopart_infer.extract import extract_meshes
 
         nets = self.networks()
-        be = FastTorchBackend(nets, "cuda")
+        be = FastTorchBackend(nets, "cuda", "bf16")
         lat = torch.randn(2, self.size["dit_tokens"], nets.transformer.cfg.in_channels,
                           generator=torch.Generator().manual_seed(5))
         kv = be.decoder_kv(lat)
