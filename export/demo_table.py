@@ -133,10 +133,10 @@ def build_demo_scene():
 
 def write_demo_asset(path: str | os.PathLike) -> Path:
     """Write :func:`build_demo_scene` as a ``.glb`` (how ``demo_table.glb`` was made)."""
-    from holopart_infer.parts_io import _atomic_write
+    from holopart_infer import fsafe
 
     path = Path(path)
-    _atomic_write(path, build_demo_scene().export(file_type="glb"))
+    fsafe.atomic_write(path, build_demo_scene().export(file_type="glb"))
     return path
 
 

@@ -10,16 +10,18 @@ attention fusion and TensorRT's MHA fusion recognise (docs/onnx.md).
 Every graph is validated before the directory appears: ``onnx.checker`` and an
 ONNX Runtime run on inputs of other sizes than the trace's, compared with the
 original-layout fp32 model. The directory is written to a temporary sibling
-and renamed into place, so a failed export never leaves a half-written model.
+and renamed into place (:func:`holopart_infer.fsafe.atomic_dir`), so a failed or
+interrupted export never leaves a half-written model; ``overwrite`` replaces only
+a model directory that export made, never a folder that is, holds or lies inside
+the checkpoint.
 """
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -29,8 +31,10 @@ import torch
 from .graphs import GRAPH_NAMES, GraphDef, all_graphs
 from holopart_infer.networks.load import TORCH_DTYPES, load_networks
 from holopart_infer import __version__
-from holopart_infer.errors import EngineError, InputError, InputFileNotFound
-from holopart_infer.manifest import FORMAT, FORMAT_VERSION, load_manifest, sha256_file, write_manifest
+from holopart_infer.errors import EngineError, InputError, InputFileNotFound, OutputError
+from holopart_infer import fsafe
+from holopart_infer.fsafe import sha256_file
+from holopart_infer.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, load_manifest, write_manifest
 from holopart_infer.verify import relative_error
 
 log = logging.getLogger("holopart_infer")
@@ -147,7 +151,9 @@ def export_model(weights_dir: str | os.PathLike, out_dir: str | os.PathLike, pre
         precision: "fp32", "fp16" or "bf16" weights and activations (norms and
             the guidance/Euler update in fp32; graph inputs/outputs are always
             float32).
-        overwrite: replace ``out_dir`` if it exists.
+        overwrite: replace ``out_dir`` if it is a model directory made by
+            export (manifest.json and onnx/ only) or an empty folder; any other
+            folder is refused.
         progress: show a progress bar per graph.
         validate: run onnx.checker and compare ONNX Runtime with PyTorch.
         latent_tokens: latent token count for the TensorRT "opt" profile
@@ -157,7 +163,10 @@ def export_model(weights_dir: str | os.PathLike, out_dir: str | os.PathLike, pre
         The model directory.
 
     Raises:
-        InputError: bad precision, or ``out_dir`` exists and overwrite is False.
+        InputError: bad precision.
+        OutputExists: ``out_dir`` exists (or appeared meanwhile) and overwrite is False.
+        OutputError: ``out_dir`` is, holds or lies inside the checkpoint, or is a
+            folder export did not make.
         CheckpointError: unusable checkpoint.
         EngineError: export or validation of a graph failed.
     """
@@ -166,9 +175,9 @@ def export_model(weights_dir: str | os.PathLike, out_dir: str | os.PathLike, pre
     weights_dir, out_dir = Path(weights_dir), Path(out_dir)
     if not weights_dir.is_dir():
         raise InputFileNotFound(f"checkpoint folder {weights_dir} does not exist")
-    if out_dir.exists() and not overwrite:
-        raise InputError(f"{out_dir} already exists; pass overwrite=True (CLI: --overwrite) to replace it "
-                         "or choose another output folder")
+    fsafe.check_output(out_dir, what="model directory", overwrite=overwrite, inputs=[weights_dir], directory=True)
+    if out_dir.exists():
+        replaceable_model_dir(out_dir)
     with _quiet_exporter_logs():
         return _export(weights_dir, out_dir, precision, overwrite, progress, validate, latent_tokens)
 
@@ -176,14 +185,18 @@ def export_model(weights_dir: str | os.PathLike, out_dir: str | os.PathLike, pre
 @contextlib.contextmanager
 def _quiet_exporter_logs():
     """The exporter's optimizer logs every rewrite at INFO; keep the user's log readable."""
-    loggers = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
+    quiet = {"onnxscript": logging.WARNING, "onnx_ir": logging.WARNING, "torch.onnx": logging.WARNING,
+             "torch.export": logging.WARNING,
+             # "torchvision is not installed. Skipping torchvision::roi_align" (x3): not ours to report
+             "torch.onnx._internal.exporter._registration": logging.ERROR}
+    loggers = {logging.getLogger(n): lvl for n, lvl in quiet.items()}
+    levels = {lg: lg.level for lg in loggers}
+    for lg, lvl in loggers.items():
+        lg.setLevel(lvl)
     try:
         yield
     finally:
-        for lg, lvl in zip(loggers, levels):
+        for lg, lvl in levels.items():
             lg.setLevel(lvl)
 
 
@@ -197,66 +210,91 @@ def _export(weights_dir: Path, out_dir: Path, precision: str, overwrite: bool, p
     CompletionOptions.with_defaults(defaults, str(weights_dir / "model_index.json"))  # fail before exporting
     if latent_tokens is None:
         latent_tokens = int(defaults.get("latent_tokens", LATENT_TOKENS))
+    bar = _Stages(len(GRAPH_NAMES) + 2, progress)
+    bar.set_description("load checkpoint")
     nets = load_networks(weights_dir, precision="fp32")  # the faithful reference, original layout
     graphs = all_graphs(nets, dtype, latent_tokens)
+    bar.update(1)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        onnx_dir = tmp / "onnx"
-        onnx_dir.mkdir()
-        entries: dict[str, dict] = {}
-        bar = _progress(graphs, progress)
-        for g in bar:
-            if hasattr(bar, "set_description"):
+        with fsafe.atomic_dir(out_dir, replace_if=replaceable_model_dir if overwrite else None) as tmp:
+            onnx_dir = tmp / "onnx"
+            onnx_dir.mkdir()
+            entries: dict[str, dict] = {}
+            for g in graphs:
+                fsafe.check_interrupt()
                 bar.set_description(f"export {g.name}")
-            t0 = time.perf_counter()
-            big = _param_bytes(g.module) > EXTERNAL_DATA_THRESHOLD
-            path = _export_graph(g, onnx_dir, big)
-            _set_dim_names(path, g, big)
-            err = _validate_graph(g, path, precision) if validate else float("nan")
-            entry = {
-                "file": path.relative_to(tmp).as_posix(),
-                "bytes": path.stat().st_size,
-                "sha256": sha256_file(path),
-                "inputs": {t.name: t.to_json() for t in g.inputs},
-                "outputs": {t.name: t.to_json() for t in g.outputs},
-                "profiles": g.profiles(),
-                "validation": {"rel_error_vs_torch_fp32": None if err != err else err,
-                               "check_sizes": g.check_sizes},
+                t0 = time.perf_counter()
+                big = _param_bytes(g.module) > EXTERNAL_DATA_THRESHOLD
+                path = _export_graph(g, onnx_dir, big)
+                _set_dim_names(path, g, big)
+                err = _validate_graph(g, path, precision) if validate else float("nan")
+                entry = {
+                    "file": path.relative_to(tmp).as_posix(),
+                    "bytes": path.stat().st_size,
+                    "sha256": sha256_file(path),
+                    "inputs": {t.name: t.to_json() for t in g.inputs},
+                    "outputs": {t.name: t.to_json() for t in g.outputs},
+                    "profiles": g.profiles(),
+                    "validation": {"rel_error_vs_torch_fp32": None if err != err else err,
+                                   "check_sizes": g.check_sizes},
+                }
+                data = path.with_name(path.name + ".data")
+                if data.exists():
+                    entry["external_data"] = {"file": data.relative_to(tmp).as_posix(),
+                                              "bytes": data.stat().st_size, "sha256": sha256_file(data)}
+                entries[g.name] = entry
+                log.info("exported %s in %.1fs (validation rel err %s)", g.name, time.perf_counter() - t0,
+                         "n/a" if err != err else f"{err:.2e}")
+                bar.update(1)
+            manifest = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "precision": precision,
+                "io_dtype": "float32",
+                "exporter": {"holopart_infer": __version__, "torch": torch.__version__, "opset": OPSET},
+                "source": {"checkpoint": str(weights_dir.resolve()), "sha256": _checkpoint_files(weights_dir)},
+                "config": {
+                    "transformer": _asdict(nets.transformer.cfg),
+                    "vae": _asdict(nets.vae.cfg),
+                    "part_encoder": _asdict(nets.part_encoder.cfg),
+                    "scheduler": dict(nets.scheduler),
+                },
+                "latent_tokens": latent_tokens,
+                "defaults": defaults,
+                "graphs": entries,
             }
-            data = path.with_name(path.name + ".data")
-            if data.exists():
-                entry["external_data"] = {"file": data.relative_to(tmp).as_posix(),
-                                          "bytes": data.stat().st_size, "sha256": sha256_file(data)}
-            entries[g.name] = entry
-            log.info("exported %s in %.1fs (validation rel err %s)", g.name, time.perf_counter() - t0,
-                     "n/a" if err != err else f"{err:.2e}")
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "precision": precision,
-            "io_dtype": "float32",
-            "exporter": {"holopart_infer": __version__, "torch": torch.__version__, "opset": OPSET},
-            "source": {"checkpoint": str(weights_dir.resolve()), "sha256": _checkpoint_files(weights_dir)},
-            "config": {
-                "transformer": _asdict(nets.transformer.cfg),
-                "vae": _asdict(nets.vae.cfg),
-                "part_encoder": _asdict(nets.part_encoder.cfg),
-                "scheduler": dict(nets.scheduler),
-            },
-            "latent_tokens": latent_tokens,
-            "defaults": defaults,
-            "graphs": entries,
-        }
-        write_manifest(tmp, manifest)
-        load_manifest(tmp, verify_hashes=False, required=GRAPH_NAMES)  # the runtime can read it
-        _move_into_place(tmp, out_dir, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            bar.set_description("write manifest")
+            write_manifest(tmp, manifest)
+            load_manifest(tmp, verify_hashes=False, required=GRAPH_NAMES)  # the runtime can read it
+            bar.update(1)
+    finally:
+        bar.close()
     log.info("model directory %s (%s) written: %s", out_dir, precision, ", ".join(GRAPH_NAMES))
     return out_dir
+
+
+class _Stages:
+    """One progress bar over the export's stages (load, each graph, manifest) on stderr; silent when disabled."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit="step", leave=True)
+
+    def set_description(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description(f"export: {text}")
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _asdict(cfg) -> dict:
@@ -265,27 +303,27 @@ def _asdict(cfg) -> dict:
     return asdict(cfg)
 
 
-def _progress(items, enabled: bool):
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, unit="graph")
-
-
-def _move_into_place(tmp: Path, out_dir: Path, overwrite: bool) -> None:
-    """Rename the finished temporary directory to ``out_dir`` (same filesystem)."""
-    if out_dir.exists():
-        if not overwrite:  # appeared while we were exporting
-            raise InputError(f"{out_dir} already exists; pass overwrite=True to replace it")
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.rename(out_dir, old)
-        try:
-            os.rename(tmp, out_dir)
-        except BaseException:
-            os.rename(old, out_dir)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out_dir)
-    os.chmod(out_dir, 0o755)  # mkdtemp creates 0700
+def replaceable_model_dir(path: Path) -> None:
+    """Raise unless ``path`` may be replaced by an export: an empty folder, or a
+    model directory export made (manifest.json of this format, onnx/ graphs) and
+    nothing else, so a user's folder is never deleted by ``--overwrite``."""
+    if not path.is_dir():
+        raise OutputError(f"model directory {path} exists and is not a folder; choose another path")
+    items = sorted(p.name for p in path.iterdir())
+    if not items:
+        return
+    mpath = path / MANIFEST_NAME
+    try:
+        made_by_export = json.loads(mpath.read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        made_by_export = False
+    extra = [n for n in items if n not in (MANIFEST_NAME, "onnx")]
+    onnx_dir = path / "onnx"
+    if onnx_dir.is_dir():
+        extra += [f"onnx/{p.name}" for p in onnx_dir.iterdir()
+                  if not (p.is_file() and (p.name.endswith(".onnx") or ".onnx.data" in p.name))]
+    if not made_by_export or extra:
+        why = (f"it holds {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}, which export did not write"
+               if made_by_export else f"it is not a model directory made by export (no valid {MANIFEST_NAME})")
+        raise OutputError(f"model directory {path} exists and --overwrite (overwrite=True) replaces only a model "
+                          f"directory made by export: {why}. Choose another output folder, or move it away first")

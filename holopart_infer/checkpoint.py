@@ -56,6 +56,9 @@ REQUIRED_CONFIG_FIELDS: dict[str, tuple[str, ...]] = {
     ),
     "scheduler": ("num_train_timesteps", "shift"),
 }
+# Fields whose type is not a positive integer (everything else listed above is one).
+_FIELD_KINDS = {"use_cross_attention": "bool", "use_cross_attention_2": "bool", "embed_include_pi": "bool",
+                "shift": "number"}
 
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -212,8 +215,26 @@ class ComponentWeights:
         return {k: t.shape for k, t in self.tensors.items()}
 
     def load(self, names: Iterable[str] | None = None, dtype=np.float32) -> dict[str, np.ndarray]:
+        """Read tensors (all by default).
+
+        Raises:
+            CheckpointError: a tensor holds NaN or inf (naming the tensor and the file).
+        """
         keys = list(self.tensors) if names is None else list(names)
-        return {k: load_tensor(self.tensors[k], dtype) for k in keys}
+        out = {}
+        for k in keys:
+            arr = out[k] = load_tensor(self.tensors[k], dtype)
+            check_finite(arr, self.tensors[k])
+        return out
+
+
+def check_finite(arr: np.ndarray, info: TensorInfo) -> None:
+    """Raise :class:`CheckpointError` if a weight tensor holds NaN or inf."""
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        raise CheckpointError(
+            f"{info.file}: tensor '{info.name}' holds {bad} non-finite value(s) (NaN or inf) out of {arr.size}; "
+            "the checkpoint is corrupt or came from a diverged training run. Use another checkpoint.")
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -242,7 +263,23 @@ def read_config(root: str | os.PathLike, component: str) -> dict:
     missing = [k for k in REQUIRED_CONFIG_FIELDS.get(component, ()) if k not in cfg]
     if missing:
         raise CheckpointError(f"{path}: missing field(s) {', '.join(missing)}.")
+    for key in REQUIRED_CONFIG_FIELDS.get(component, ()):
+        problem = _field_problem(_FIELD_KINDS.get(key, "count"), cfg[key])
+        if problem:
+            raise CheckpointError(f"{path}: field '{key}' must be {problem}, got {cfg[key]!r} "
+                                  f"({type(cfg[key]).__name__}). Fix the file or download the checkpoint again.")
     return cfg
+
+
+def _field_problem(kind: str, value) -> str | None:
+    """What ``value`` should have been, or None when it is fine."""
+    if kind == "bool":
+        return None if isinstance(value, bool) else "true or false"
+    if kind == "number":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value) and value > 0
+        return None if ok else "a finite number > 0"
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return None if ok else "an integer >= 1"
 
 
 def read_component(root: str | os.PathLike, component: str, variant: str | None = None) -> ComponentWeights:

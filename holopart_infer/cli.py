@@ -1,12 +1,15 @@
 """The ``holopart-infer`` command.
 
-Exit codes: 0 success, 1 failure of a check or an internal error, 2 bad input
-(the message names it). Backends are opened through
-:func:`holopart_infer.engines.open_backend` only. The torch-side code
-(``export``, ``verify --backend reference``, and ``verify`` without ``--model``,
-which exports the golden weights first) lives in :mod:`holopart_infer.export`
-and is imported lazily, only by those subcommands, so the runtime never imports
-torch or the export side.
+Exit codes: 0 success; 1 a failed check (verify mismatch, export validation,
+every part empty) or an internal error; 2 bad input: an argument, an input
+file, a model dir or checkpoint that cannot be used (the message names it and
+says what to do); 130 / 143 interrupted by SIGINT / SIGTERM (nothing written).
+
+SIGINT/SIGTERM handling is installed first, before any heavy import. The
+torch-side subcommands (``export``, ``verify --backend reference``) live in
+:mod:`holopart_infer.export` and are imported only when asked for, so the runtime never
+imports torch. Subcommands register through :data:`SUBCOMMANDS`.
+Backends are opened through :func:`holopart_infer.engines.open_backend` only.
 """
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from holopart_infer.errors import BackendUnavailable, HoloPartError, InputError, missing_extra
+from holopart_infer import fsafe
+from holopart_infer.errors import BackendUnavailable, HoloPartError, InputError, Interrupted, missing_extra
 
 log = logging.getLogger("holopart_infer")
 
@@ -104,22 +108,29 @@ def cmd_verify(args) -> int:
 
 # --------------------------------------------------------------------------- export
 def cmd_export(args) -> int:
-    exp = _torch_side("holopart_infer.export.onnx_export", "export")
-    out = exp.export_model(Path(args.weights_dir), Path(args.out_dir), precision=args.precision,
-                           overwrite=args.overwrite, progress=not args.quiet)
+    import warnings
+
+    with warnings.catch_warnings():
+        if args.quiet:  # third-party import/exporter chatter (torchvision, onnxscript) stays out of -q
+            warnings.simplefilter("ignore")
+        exp = _torch_side("holopart_infer.export.onnx_export", "export")
+        out = exp.export_model(Path(args.weights_dir), Path(args.out_dir), precision=args.precision,
+                               overwrite=args.overwrite, progress=not args.quiet)
     print(f"wrote {out}")
     return EXIT_OK
 
 
 # --------------------------------------------------------------------------- run / demo
 class _Bars:
-    """One tqdm bar per pipeline stage, on stderr."""
+    """One tqdm bar per pipeline stage, on stderr. Also the place where a signal a
+    dependency swallowed is noticed: every progress report checks for one."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
         self.bars: dict = {}
 
     def __call__(self, stage: str, done: int, total: int) -> None:
+        fsafe.check_interrupt()
         if not self.enabled:
             return
         from tqdm import tqdm
@@ -141,45 +152,54 @@ class _Bars:
         self.bars.clear()
 
 
-def _check_output(path: Path, what: str, overwrite: bool, inputs: list[Path]) -> None:
-    resolved = path.resolve()
-    for src in inputs:
-        if src is not None and Path(src).exists() and Path(src).resolve() == resolved:
-            raise InputError(f"{what} {path} is also an input; choose another output path (inputs are never altered)")
-    if path.exists() and not overwrite:
-        raise InputError(f"{what} {path} already exists; pass --overwrite to replace it or choose another path")
-    if not path.parent.exists():
-        raise InputError(f"{what} {path}: folder {path.parent} does not exist")
+def _check_outputs(output: Path, preview: Path | None, overwrite: bool, inputs: list,
+                   turntable: Path | None = None) -> None:
+    """Everything about the outputs that can be known before any work: format,
+    folder, writability, collisions with inputs and with each other."""
+    from holopart_infer.preview import IMAGE_FORMATS, TURNTABLE_FORMATS
+
+    fsafe.check_output(output, what="output", overwrite=overwrite, inputs=inputs, suffixes=(".glb",))
+    if preview is not None:
+        fsafe.check_output(preview, what="preview", overwrite=overwrite, inputs=[*inputs, output],
+                           suffixes=IMAGE_FORMATS)
+    if turntable is not None:
+        fsafe.check_output(turntable, what="turntable", overwrite=overwrite, inputs=[*inputs, output, preview],
+                           suffixes=TURNTABLE_FORMATS)
 
 
 def _complete_and_write(model, input_path, labels, output: Path, preview: Path | None, opts,
-                        overwrite: bool, quiet: bool) -> int:
-    import os
+                        overwrite: bool, quiet: bool, inputs: list, view: "_InputView | None" = None) -> int:
+    from holopart_infer.parts_io import load_parts
 
-    _check_output(output, "output", overwrite, [input_path, labels])
-    if preview is not None:
-        _check_output(preview, "preview", overwrite, [input_path, labels, output])
+    view = view or _InputView()
+    _check_outputs(output, preview, overwrite, inputs, view.turntable)
     bars = _Bars(not quiet)
     t0 = time.perf_counter()
+    parts = load_parts(input_path, labels=labels, parts=view.parts)  # kept: the pictures show the input too
     try:
-        result = model.complete(input_path, labels=labels, options=opts, progress=bars)
+        result = model.complete(parts, options=opts, progress=bars)
     finally:
         bars.close()
-    # render the preview to a temp file first: on any failure nothing is written
-    tmp_preview = None
+    result.inputs = tuple(dict.fromkeys([*result.inputs, *(Path(p) for p in inputs if p is not None)]))
+    fsafe.check_interrupt()
+    # pictures first, glb last; if a later write fails, the pictures this run made are removed
+    made: list[Path] = []
     try:
-        if preview is not None:
-            tmp_preview = preview.with_name(f".{preview.name}.tmp-{os.getpid()}.png")
-            result.preview(tmp_preview)
-        result.save(output, source=input_path)
-        if tmp_preview is not None:
-            os.replace(tmp_preview, preview)
-            tmp_preview = None
-    finally:
-        if tmp_preview is not None and tmp_preview.exists():
-            tmp_preview.unlink()
+        for dest, render in ((preview, _render_comparison), (view.turntable, _render_turntable)):
+            if dest is None:
+                continue
+            existed = dest.exists()
+            render(parts, result, dest, exploded=view.exploded, overwrite=overwrite, protect=result.inputs)
+            if not existed:
+                made.append(dest)
+        result.save(output, overwrite=overwrite)
+    except BaseException:
+        for dest in made:
+            dest.unlink(missing_ok=True)
+        raise
     total = time.perf_counter() - t0
-    print(f"wrote {output} ({len(result.parts)} parts)" + (f" and {preview}" if preview else ""))
+    print(f"wrote {output} ({len(result.parts)} parts)" + "".join(f" and {d}" for d in (preview, view.turntable)
+                                                                  if d is not None))
     print(f"backend {model.backend_name} on {model.device} ({model.precision})")
     for stage, sec in result.timings.items():
         print(f"  {stage:<14} {sec:8.2f} s")
@@ -190,29 +210,65 @@ def _complete_and_write(model, input_path, labels, output: Path, preview: Path |
     return EXIT_OK
 
 
-def _options_from(args, base=None, **defaults):
-    """CompletionOptions: ``base`` (the model's defaults), then ``defaults``, then the flags given."""
-    from dataclasses import asdict
+def _render_comparison(*args, **kw):
+    from holopart_infer.preview import render_comparison
 
-    from holopart_infer.pipeline import CompletionOptions
+    return render_comparison(*args, **kw)
 
-    kw = {**(asdict(base) if base is not None else {}), **defaults}
-    for name in ("steps", "guidance", "seed", "depth", "parts_per_batch", "decimate", "num_points", "latent_tokens",
-                 "min_component"):
-        val = getattr(args, name, None)
-        if val is not None:
-            kw[name] = val
-    if getattr(args, "no_decimate", False):
-        kw["decimate"] = None
-    if getattr(args, "no_normalize", False):
-        kw["normalize"] = False
-    if getattr(args, "open_at_bounds", False):
-        kw["close_at_bounds"] = False
-    return CompletionOptions(**kw)
+
+def _render_turntable(*args, **kw):
+    from holopart_infer.preview import render_turntable
+
+    return render_turntable(*args, **kw)
+
+
+# --------------------------------------------------------------------------- parts and pictures
+class _InputView:
+    """The run/demo flags about how parts are read and pictured (not completion knobs)."""
+
+    def __init__(self, parts: str = "auto", exploded: float = 0.0, turntable: Path | None = None):
+        self.parts, self.exploded, self.turntable = parts, exploded, turntable
+
+    @classmethod
+    def from_args(cls, args) -> "_InputView":
+        exploded = getattr(args, "exploded", None) or 0.0
+        if exploded < 0:
+            raise InputError(f"--exploded must be >= 0, got {exploded}")
+        turntable = getattr(args, "turntable", None)
+        return cls(getattr(args, "parts", None) or "auto", exploded, Path(turntable) if turntable else None)
+
+
+def _add_input_view_args(p: argparse.ArgumentParser, parts_flag: bool = True) -> None:
+    """--parts, --exploded, --turntable (appearance and thin parts are completion options)."""
+    from holopart_infer.parts_io import PARTS_MODES
+
+    if parts_flag:
+        p.add_argument("--parts", choices=PARTS_MODES, default="auto",
+                       help="how one file is cut into parts: auto (scene nodes; OBJ objects/groups; STL solids), "
+                            "primitives (one part per glTF primitive), components (connected pieces)")
+    p.add_argument("--exploded", type=float, default=0.0,
+                   help="preview/turntable: move parts apart by this factor (e.g. 0.5) so hidden parts show")
+    p.add_argument("--turntable", help="also write a rotating view, input vs completed (.gif; .mp4 with imageio-ffmpeg)")
+
+
+def _options_from(args, base):
+    """``base`` (the model's defaults, plus the demo preset) with the flags given applied."""
+    from holopart_infer.pipeline import option_fields
+
+    given = {f.name: getattr(args, f.name) for f in option_fields() if getattr(args, f.name, None) is not None}
+    opts = base.replace(**given)
+    opts.validate(flags=True)
+    return opts
+
+
+def _input_paths(args) -> list:
+    """Every path the command reads: none of them may be written."""
+    return [p for p in (args.input, args.labels, args.weights, args.model) if p]
 
 
 def cmd_run(args) -> int:
     from holopart_infer.pipeline import load
+    from holopart_infer.preview import IMAGE_FORMATS  # noqa: F401  (imported early: fails before work)
 
     if bool(args.weights) == bool(args.model):
         raise InputError("pass exactly one of --weights CHECKPOINT_DIR or --model MODEL_DIR")
@@ -220,95 +276,166 @@ def cmd_run(args) -> int:
     if not input_path.exists():
         raise InputError(f"input {input_path} does not exist")
     labels = Path(args.labels) if args.labels else None
+    output, preview = Path(args.output), (Path(args.preview) if args.preview else None)
+    inputs = _input_paths(args)
+    view = _InputView.from_args(args)
+    _check_outputs(output, preview, args.overwrite, inputs, view.turntable)  # before loading anything
     model = load(args.weights or args.model, backend=args.backend, device=args.device,
-                 precision=args.precision, engine_cache=args.engine_cache, graph=args.graph)
-    return _complete_and_write(model, input_path, labels, Path(args.output),
-                               Path(args.preview) if args.preview else None,
-                               _options_from(args, model.default_options()),
-                               args.overwrite, args.quiet)
-
-
-DEMO_DEFAULTS = dict(steps=20, depth=7, decimate=5000, min_component=0.2)  # floaters dropped for the picture
+                 precision=args.precision, engine_cache=args.engine_cache, graph=args.graph,
+                 verify_integrity=not args.no_verify)
+    return _complete_and_write(model, input_path, labels, output, preview,
+                               _options_from(args, model.default_options()), args.overwrite, args.quiet, inputs,
+                               view)
 
 
 def cmd_demo(args) -> int:
     from holopart_infer import assets
     from holopart_infer.pipeline import load
 
+    output = Path(args.output)
+    preview = Path(args.preview) if args.preview else output.with_suffix(".png")
+    view = _InputView.from_args(args)
+    _check_outputs(output, preview, args.overwrite, [], view.turntable)
     print(f"demo: holopart-mini (a small HoloPart trained on synthetic part assemblies, "
           f"benchmarks/RESULTS-mini.md) completes the embedded '{args.object}' object: "
           f"{assets.DEMO_OBJECT_DESCRIPTIONS[args.object]}")
-    model = load(assets.demo_model_path(), backend=args.backend, device=args.device)
-    output = Path(args.output)
-    preview = Path(args.preview) if args.preview else output.with_suffix(".png")
+    model = load(assets.demo_model_path(), backend=args.backend, device=args.device,
+                 verify_integrity=not args.no_verify)
     return _complete_and_write(model, assets.demo_object_path(args.object), None, output, preview,
-                               _options_from(args, model.default_options(), **DEMO_DEFAULTS), args.overwrite,
-                               args.quiet)
+                               _options_from(args, model.default_options().replace(**assets.DEMO_PRESET)),
+                               args.overwrite, args.quiet, [], view)
 
 
-def _add_sampling_args(p: argparse.ArgumentParser, defaults: dict | None = None) -> None:
-    d = defaults or {}
-    p.add_argument("--steps", type=int, help=f"sampler steps (default {d.get('steps', 50)})")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's, else 3.5)")
-    p.add_argument("--seed", type=int, help="seed for sampling, token selection and noise (default 0)")
-    p.add_argument("--depth", type=int, help=f"octree depth: final grid 2^depth-8 cells (default {d.get('depth', 9)})")
-    p.add_argument("--parts-per-batch", dest="parts_per_batch", type=int, help="parts denoised together (default 8)")
-    p.add_argument("--decimate", type=int, help=f"target faces per part (default {d.get('decimate', 10000)})")
-    p.add_argument("--no-decimate", action="store_true", help="keep the full marching-cubes mesh")
-    p.add_argument("--min-component", dest="min_component", type=float,
-                   help="drop mesh pieces smaller (in area) than this fraction of a part's largest piece "
-                        f"(default {d.get('min_component', 0)}; 0 keeps all, as the reference)")
-    p.add_argument("--open-at-bounds", action="store_true",
-                   help="leave parts cut by the extraction box open, as the reference (default: cap them)")
-    p.add_argument("--num-points", dest="num_points", type=int,
-                   help="surface samples per part (default: the model's, else 20480)")
-    p.add_argument("--latent-tokens", dest="latent_tokens", type=int,
-                   help="latent length (default: the model's, else 2048 as the published model)")
-    p.add_argument("--no-normalize", action="store_true",
-                   help="do not normalize the object into the model frame (input must already be about [-1, 1])")
+# --------------------------------------------------------------------------- flags from CompletionOptions
+def _flag(f) -> str:
+    return f.metadata["cli"] or "--" + f.name.replace("_", "-")
+
+
+def _typed(f):
+    """argparse ``type=`` for an option field: parses and checks the range, so a
+    bad value exits 2 naming the flag and the accepted range before any work."""
+    from holopart_infer.pipeline import option_problem, option_range
+
+    kind = f.metadata["kind"]
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {option_range(f)}, got {text!r}") from None
+        problem = option_problem(f, value)
+        if problem:
+            raise argparse.ArgumentTypeError(f"expected {problem}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _manifest_defaults(model_dir: str | None) -> dict:
+    """A model dir's option defaults, for ``--help`` only (plain JSON read, nothing verified)."""
+    import json
+
+    if not model_dir:
+        return {}
+    try:
+        d = json.loads((Path(model_dir) / "manifest.json").read_text(encoding="utf-8")).get("defaults", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def add_option_args(p: argparse.ArgumentParser, defaults: dict, default_source: str) -> None:
+    """One flag per :class:`CompletionOptions` field (its metadata gives flag, help and range).
+
+    Args:
+        p: the (sub)parser.
+        defaults: values to show as defaults (library defaults with the model's applied).
+        default_source: says where the shown defaults come from.
+    """
+    from holopart_infer.pipeline import option_fields, option_range
+
+    g = p.add_argument_group("completion options", f"Defaults shown: {default_source}.")
+    for f in option_fields():
+        m = f.metadata
+        if m["cli"] is None:
+            continue
+        value = defaults.get(f.name, f.default)
+        if m["kind"] is not bool:
+            shown = "off" if value is None else value
+            g.add_argument(_flag(f), dest=f.name, type=_typed(f), default=None, metavar=f.name.upper(),
+                           help=f"{m['help']}; {option_range(f)} (default {shown})")
+        if m["off_flag"]:
+            g.add_argument(m["off_flag"], dest=f.name, action="store_const",
+                           const=None if m["optional"] else False,
+                           help=m["off_help"] + (" (default)" if value in (None, False) else ""))
+
+
+def _common_run_args(p: argparse.ArgumentParser) -> None:
     from holopart_infer.engines import backend_names
 
     p.add_argument("--backend", choices=list(backend_names()), default="auto")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files (inputs are never replaced)")
+    p.add_argument("--no-verify", dest="no_verify", action="store_true",
+                   help="skip the model dir's sha256 integrity check (done once per file, then remembered)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="holopart-infer",
-        description="HoloPart inference: complete the parts of a segmented 3D object into watertight solids.",
-        epilog="Exit codes: 0 success, 1 failed check or internal error, 2 bad input.")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
+# --------------------------------------------------------------------------- parser
+def _add_run(sub, common, argv) -> None:
+    from holopart_infer.pipeline import CompletionOptions
 
-    r = sub.add_parser("run", help="complete the parts of an object and write a glb")
-    r.add_argument("input", help="glb/gltf scene (one node per part), a mesh with --labels, or a folder of part meshes")
+    model_dir = _value_after(argv, "--model")
+    known = _manifest_defaults(model_dir)
+    r = sub.add_parser("run", parents=[common], help="complete the parts of an object and write a glb")
+    r.add_argument("input", help="glb/gltf scene (one node per part), multi-piece OBJ/STL, a mesh with --labels or "
+                                 "--parts components, a folder of part meshes, or a SAMesh/SAMPart3D output folder")
     r.add_argument("-o", "--output", required=True, help="output .glb")
     src = r.add_mutually_exclusive_group()
     src.add_argument("--weights", help="checkpoint dir (published layout; needs the [torch] extra)")
     src.add_argument("--model", help="exported model dir (manifest.json + ONNX)")
-    r.add_argument("--labels", help="per-face part labels (.npy) for a single-mesh input")
-    r.add_argument("--preview", help="also write a PNG preview of the result")
+    r.add_argument("--labels", help="per-face part labels (.npy, .json incl. SAMesh face2label.json, .txt) for a "
+                                    "single-mesh input; labels < 0 are unassigned (context, in no part)")
+    r.add_argument("--preview", help="also write a picture (.png, .jpg or .jpeg): input parts and completed parts "
+                                     "side by side")
     r.add_argument("--precision", choices=["fp32", "fp16", "bf16"],
-                   help="torch / TensorRT precision (default: torch fp32 on CPU, bf16 on CUDA; TensorRT fp16)")
+                   help="torch / TensorRT precision (ONNX Runtime runs a model dir at its exported precision)")
     r.add_argument("--engine-cache", dest="engine_cache", help="TensorRT engine cache folder")
+    _common_run_args(r)
+    add_option_args(r, {**CompletionOptions().__dict__, **known},
+                    f"the model dir {model_dir}'s manifest" if known else
+                    "the library's (a model dir's manifest may set its own: see run --model DIR --help)")
     r.add_argument("--cuda-graph", dest="graph", action="store_const", const="cuda_graph",
                    help="torch backend on CUDA: replay each guided step as a captured CUDA graph")
-    _add_sampling_args(r)
+    _add_input_view_args(r)
     r.set_defaults(func=cmd_run)
 
-    d = sub.add_parser("demo", help="run the whole pipeline on the embedded object and model")
-    d.add_argument("-o", "--output", default="holopart_demo.glb", help="output .glb (default holopart_demo.glb)")
-    d.add_argument("--preview", help="preview PNG (default: next to the output)")
+
+def _add_demo(sub, common, argv) -> None:
     from holopart_infer import assets
 
+    d = sub.add_parser("demo", parents=[common], help="run the whole pipeline on the embedded object and model")
+    d.add_argument("-o", "--output", default="holopart_demo.glb", help="output .glb (default holopart_demo.glb)")
+    d.add_argument("--preview", help="preview image .png/.jpg (default: the output's name with .png)")
     d.add_argument("--object", choices=list(assets.DEMO_OBJECTS), default=assets.DEFAULT_DEMO_OBJECT,
                    help=f"embedded object to complete (default {assets.DEFAULT_DEMO_OBJECT})")
-    _add_sampling_args(d, DEMO_DEFAULTS)
+    _common_run_args(d)
+    from holopart_infer.pipeline import CompletionOptions
+
+    try:
+        model_dir = str(assets.demo_model_path())
+    except FileNotFoundError:
+        model_dir = None
+    add_option_args(d, {**CompletionOptions().__dict__, **_manifest_defaults(model_dir), **assets.DEMO_PRESET},
+                    "holopart-mini's manifest with the demo's quick settings")
+    _add_input_view_args(d, parts_flag=False)
     d.set_defaults(func=cmd_demo)
 
-    v = sub.add_parser("verify", help="recompute a golden folder's outputs and compare (tolerance 1e-4)")
+
+def _add_verify(sub, common, argv) -> None:
+    v = sub.add_parser("verify", parents=[common],
+                       help="recompute a golden folder's outputs and compare (tolerance 1e-4)")
     v.add_argument("golden_dir")
     v.add_argument("--backend", choices=list(_verify_backends()), default="reference",
                    help="reference: the faithful PyTorch model (needs [torch]); or a runtime backend "
@@ -318,35 +445,109 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device (default cpu)")
     v.set_defaults(func=cmd_verify)
 
-    e = sub.add_parser("export", help="export a checkpoint to ONNX graphs + manifest (needs the [torch] extra)")
+
+def _add_export(sub, common, argv) -> None:
+    e = sub.add_parser("export", parents=[common],
+                       help="export a checkpoint to ONNX graphs + manifest (needs the [torch] extra)")
     e.add_argument("weights_dir")
     e.add_argument("out_dir")
     e.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
-    e.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
-    e.add_argument("-q", "--quiet", action="store_true")
+    e.add_argument("--overwrite", action="store_true",
+                   help="replace OUT_DIR if it is a model dir made by export (never any other folder)")
     e.set_defaults(func=cmd_export)
+
+
+#: Subcommands, in ``--help`` order: each ``add(subparsers, common_parent, argv)``
+#: adds its parser (with ``parents=[common_parent]``: -v/-q anywhere) and sets ``func``.
+def _add_batch(sub, common, argv) -> None:
+    from holopart_infer.batch import add_batch_command  # many objects, resumable, optionally on Ray
+
+    add_batch_command(sub, common)
+
+
+def _add_serve(sub, common, argv) -> None:
+    from holopart_infer.serve import add_subcommand  # the service owns its flags
+
+    add_subcommand(sub, common)
+
+
+SUBCOMMANDS = [_add_run, _add_demo, _add_verify, _add_export, _add_batch, _add_serve]
+
+
+def _value_after(argv: list[str], flag: str) -> str | None:
+    for i, a in enumerate(argv):
+        if a == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # -v / -q are accepted before or after the subcommand: the subparsers share
+    # them with default=SUPPRESS so a flag given before is not reset after
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress bars, no third-party warnings")
+    p = argparse.ArgumentParser(
+        prog="holopart-infer", parents=[common],
+        description="HoloPart inference: complete the parts of a segmented 3D object into watertight solids.",
+        epilog="Exit codes: 0 success; 1 failed check or internal error; 2 bad input (argument, input file, "
+               "model dir or checkpoint); 130/143 interrupted by SIGINT/SIGTERM (nothing written).")
+    p.set_defaults(verbose=False, quiet=False)
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMANDS:
+        add(sub, common, argv)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def _run(argv: list[str] | None) -> int:
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s")
+    if args.quiet and not args.verbose:
+        logging.captureWarnings(True)
+        logging.getLogger("py.warnings").setLevel(logging.ERROR)
     try:
         return args.func(args)
     except BackendUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RuntimeError as e:
+        if not isinstance(e, HoloPartError):
+            raise
+        print(f"error: {e}", file=sys.stderr)  # a failed check: EngineError, EmptyResult
+        return EXIT_FAIL
     except (HoloPartError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # internal error: say so, traceback with -v
-        log.debug("internal error", exc_info=True)
-        print(f"internal error: {type(e).__name__}: {e} (run with -v for the traceback)", file=sys.stderr)
-        return EXIT_FAIL
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point. Returns the exit code (see the module docstring)."""
+    with fsafe.signals_raise():  # first: before any heavy import
+        try:
+            code = _run(argv)
+        except (Interrupted, KeyboardInterrupt) as e:
+            return _interrupted(e)
+        except Exception as e:  # internal error: say so, traceback with -v
+            if fsafe.pending_signal() is not None:  # a dependency turned our interrupt into another error
+                return _interrupted(Interrupted(fsafe.pending_signal()))
+            log.debug("internal error", exc_info=True)
+            print(f"internal error: {type(e).__name__}: {e} (run with -v for the traceback)", file=sys.stderr)
+            return EXIT_FAIL
+        if fsafe.pending_signal() is not None:  # swallowed by a dependency: still an interrupt
+            return _interrupted(Interrupted(fsafe.pending_signal()))
+        return code
+
+
+def _interrupted(e: BaseException) -> int:
+    fsafe.remove_temporaries()
+    sig = e if isinstance(e, Interrupted) else Interrupted(2)
+    print(f"{sig}", file=sys.stderr)
+    return sig.exit_code
 
 
 if __name__ == "__main__":

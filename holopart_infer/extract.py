@@ -44,7 +44,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from holopart_infer import native
+from holopart_infer import constants, native
 from holopart_infer.errors import InputError
 from holopart_infer.mcubes import marching_cubes
 
@@ -131,10 +131,11 @@ def levels_for_depth(depth: int, min_resolution: int = 32) -> list[int]:
     ``>= min_resolution``: depth 9 -> [63, 126, 252, 504].
 
     Raises:
-        InputError: depth outside [5, 11] or min_resolution < 2.
+        InputError: depth outside [DEPTH_MIN, DEPTH_MAX] (5..11) or min_resolution < 2.
     """
-    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or not 5 <= depth <= 11:
-        raise InputError(f"depth: expected an int in [5, 11], got {depth!r}")
+    lo, hi = constants.DEPTH_MIN, constants.DEPTH_MAX
+    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or not lo <= depth <= hi:
+        raise InputError(f"depth: expected an int in [{lo}, {hi}], got {depth!r}")
     if int(min_resolution) < 2:
         raise InputError(f"min_resolution: expected >= 2, got {min_resolution}")
     levels = [2 ** int(depth) - 8]
@@ -263,7 +264,7 @@ def extract_meshes(
     num_parts: int,
     *,
     depth: int = 9,
-    bounds: float = 1.05,
+    bounds: float = constants.EXTRACTION_BOUND,
     band: float = 0.95,
     dilation: int = 1,
     min_resolution: int = 32,
@@ -359,7 +360,7 @@ def extract_dense(
     *,
     depth: int = 9,
     resolution: int | None = None,
-    bounds: float = 1.05,
+    bounds: float = constants.EXTRACTION_BOUND,
     chunk_points: int = DEFAULT_CHUNK_POINTS,
     progress: ProgressFn | None = None,
     device: str = "cpu",

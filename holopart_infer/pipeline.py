@@ -18,14 +18,14 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from holopart_infer import sampler
-from holopart_infer.errors import InputError, ModelDirError
+from holopart_infer import constants, sampler
+from holopart_infer.errors import EmptyResult, EngineError, HoloPartError, InputError, ModelDirError
 from holopart_infer.extract import query_chunk_points
 from holopart_infer.tokens import select_tokens
 
@@ -35,51 +35,73 @@ log = logging.getLogger("holopart_infer")
 Progress = Callable[[str, int, int], None]
 
 
+def _option(default, help: str, *, kind: type, lo=None, hi=None, lo_open: bool = False, optional: bool = False,
+            cli: str | None = "", off_flag: str | None = None, off_help: str = ""):
+    """A :class:`CompletionOptions` field with what validation and the CLI need.
+
+    Args:
+        default: the library default.
+        help: one line for docs and ``--help``.
+        kind: int, float or bool.
+        lo, hi: accepted range (inclusive unless ``lo_open``); None: unbounded.
+        optional: None is accepted (and means "off").
+        cli: the flag (``""``: ``--`` + the name with dashes; None: API only).
+        off_flag: a flag that turns the option off (None for ``optional``, False for bools).
+    """
+    return field(default=default, metadata=dict(help=help, kind=kind, lo=lo, hi=hi, lo_open=lo_open,
+                                                optional=optional, cli=cli, off_flag=off_flag, off_help=off_help))
+
+
 @dataclass
 class CompletionOptions:
     """Knobs of :meth:`HoloPart.complete` (reference-script defaults where they exist).
 
-    Attributes:
-        steps: Euler steps of the sampler (reference 50).
-        guidance: classifier-free guidance scale (reference 3.5; <= 1 disables it).
-        seed: seeds surface sampling, token selection and the initial noise.
-        depth: octree depth of extraction; the final grid has 2**depth - 8 cells
-            per axis (reference 9 -> 504).
-        parts_per_batch: parts denoised and decoded together (reference 8).
-        decimate: target face count per part (reference 10000); None keeps all.
-        num_points: surface samples per part and for the whole (reference 20480).
-        latent_tokens: latent length (2048 for the published model).
-        normalize: map the object into the model's frame first and back after,
-            so objects in any unit work (the reference assumes about [-1, 1]).
-        band: |logit| threshold of the coarse-to-fine band (reference 0.95).
-        chunk_points: decoder query points per part per call; bounds the
-            attention scratch (points x latent tokens x heads) per call.
-            None (the default) picks by where the decoder runs:
-            :data:`holopart_infer.extract.QUERY_CHUNK_POINTS_BY_DEVICE` (8192 on the CPU, 65536 on CUDA, where
-            each call is a synchronized launch: 8192 meant ~16,000 calls per
-            object at depth 9). ``benchmarks/device_check.py`` measures the
-            best GPU value and reports it.
-        min_component: drop connected pieces of a part's mesh whose area is
-            below this fraction of its largest piece (floaters); 0 keeps
-            everything, as the reference does.
-        close_at_bounds: a part that reaches the +-1.05 extraction box of its
-            frame is capped with the box face, so its mesh is closed; False
-            leaves the hole, as the reference does.
+    Each field's metadata (help, type, accepted range, CLI flag) is the single
+    source of :meth:`validate`, the CLI's flags and their ``--help``
+    (:func:`option_fields`).
     """
 
-    steps: int = sampler.DEFAULT_STEPS
-    guidance: float = sampler.DEFAULT_GUIDANCE
-    seed: int = 0
-    depth: int = 9
-    parts_per_batch: int = 8
-    decimate: int | None = 10000
-    num_points: int = 20480
-    latent_tokens: int = 2048
-    normalize: bool = True
-    band: float = 0.95
-    chunk_points: int | None = None
-    min_component: float = 0.0
-    close_at_bounds: bool = True
+    steps: int = _option(sampler.DEFAULT_STEPS, "Euler steps of the sampler (reference 50)", kind=int, lo=1)
+    guidance: float = _option(sampler.DEFAULT_GUIDANCE, "classifier-free guidance scale (reference 3.5; <= 1 "
+                              "disables it)", kind=float, lo=0.0)
+    seed: int = _option(0, "seeds surface sampling, token selection and the initial noise", kind=int, lo=0,
+                        hi=constants.SEED_MAX)
+    depth: int = _option(constants.DEFAULT_DEPTH, "octree depth of extraction: the final grid has 2^depth-8 cells "
+                         "per axis (reference 9 -> 504)", kind=int, lo=constants.DEPTH_MIN, hi=constants.DEPTH_MAX)
+    parts_per_batch: int = _option(8, "parts denoised and decoded together (reference 8)", kind=int, lo=1)
+    decimate: int | None = _option(10000, "target face count per part (reference 10000)", kind=int,
+                                   lo=constants.MIN_DECIMATE_FACES, optional=True, off_flag="--no-decimate",
+                                   off_help="keep the full marching-cubes mesh (decimate=None)")
+    num_points: int = _option(constants.DEFAULT_NUM_POINTS, "surface samples per part and for the whole object "
+                              "(reference 20480)", kind=int, lo=constants.MIN_NUM_POINTS)
+    latent_tokens: int = _option(constants.DEFAULT_LATENT_TOKENS, "latent length (2048 for the published model)",
+                                 kind=int, lo=1)
+    normalize: bool = _option(True, "map the object into the model's frame first and back after, so objects in any "
+                              "unit work (the reference assumes about [-1, 1])", kind=bool,
+                              off_flag="--no-normalize",
+                              off_help="do not normalize the object into the model frame (input must already be "
+                                       "about [-1, 1])")
+    band: float = _option(constants.DEFAULT_BAND, "|logit| threshold of the coarse-to-fine band (reference 0.95)",
+                          kind=float, lo=0.0, lo_open=True, cli=None)
+    chunk_points: int | None = _option(None, "decoder query points per part per call; bounds the attention scratch "
+                                       "(points x latent tokens x heads) per call; None: the decoder's device "
+                                       "picks (extract.QUERY_CHUNK_POINTS_BY_DEVICE: 8192 on the CPU, 65536 on "
+                                       "CUDA, where each call is a synchronized launch; benchmarks/device_check.py "
+                                       "measures the best GPU value)", kind=int, lo=1, optional=True, cli=None)
+    min_component: float = _option(0.0, "drop connected pieces of a part's mesh whose area is below this fraction "
+                                   "of its largest piece (floaters); 0 keeps everything, as the reference",
+                                   kind=float, lo=0.0, hi=1.0)
+    close_at_bounds: bool = _option(True, f"cap a part that reaches the +-{constants.EXTRACTION_BOUND} extraction "
+                                    "box of its frame with the box face, so its mesh is closed", kind=bool,
+                                    off_flag="--open-at-bounds",
+                                    off_help="leave parts cut by the extraction box open, as the reference")
+    thin_parts: bool = _option(True, "retry parts that decode empty (thin or flat parts) on a grid fitted to them, "
+                               "then keep their input surface closed and thickened, with a warning naming them",
+                               kind=bool, off_flag="--no-thin-parts",
+                               off_help="leave parts that decode empty empty, as the reference")
+    appearance: bool = _option(True, "carry the input's look (vertex colours, material colour, texture) to the "
+                               "completed parts as vertex colours", kind=bool, off_flag="--no-appearance",
+                               off_help="colour each completed part from a fixed palette")
 
     @classmethod
     def with_defaults(cls, defaults: dict | None, source: str = "model") -> "CompletionOptions":
@@ -100,22 +122,76 @@ class CompletionOptions:
             raise ModelDirError(f"{source}: inference_defaults: {e}. Re-export the model.") from None
         return opts
 
-    def validate(self) -> None:
-        checks = [
-            ("steps", self.steps >= 1, "an integer >= 1"),
-            ("guidance", np.isfinite(self.guidance) and self.guidance >= 0, "a finite number >= 0"),
-            ("depth", 6 <= self.depth <= 11, "an integer between 6 and 11"),
-            ("parts_per_batch", self.parts_per_batch >= 1, "an integer >= 1"),
-            ("decimate", self.decimate is None or self.decimate >= 4, "None or an integer >= 4"),
-            ("num_points", self.num_points >= 16, "an integer >= 16"),
-            ("latent_tokens", self.latent_tokens >= 1, "an integer >= 1"),
-            ("band", self.band > 0, "a number > 0"),
-            ("chunk_points", self.chunk_points is None or self.chunk_points >= 1, "None or an integer >= 1"),
-            ("min_component", 0.0 <= self.min_component <= 1.0, "a number in [0, 1]"),
-        ]
-        for name, ok, expected in checks:
-            if not ok:
-                raise InputError(f"option {name} must be {expected}, got {getattr(self, name)!r}")
+    def replace(self, **overrides) -> "CompletionOptions":
+        """A copy with ``overrides`` applied (unknown names raise :class:`InputError`)."""
+        unknown = set(overrides) - set(self.__dataclass_fields__)
+        if unknown:
+            raise InputError(f"unknown option(s): {', '.join(sorted(unknown))}; "
+                             f"known: {', '.join(self.__dataclass_fields__)}")
+        return CompletionOptions(**{**self.__dict__, **overrides})
+
+    def validate(self, *, flags: bool = False) -> None:
+        """Check every option's type and range.
+
+        Args:
+            flags: name options by their CLI flag (``--seed``) in messages.
+
+        Raises:
+            InputError: naming the option, the accepted type/range and the value.
+        """
+        for f in fields(self):
+            problem = option_problem(f, getattr(self, f.name))
+            if problem:
+                name = (f.metadata["cli"] or "--" + f.name.replace("_", "-")) if flags and f.metadata["cli"] is not None \
+                    else f.name
+                value = getattr(self, f.name)
+                raise InputError(f"option {name} must be {problem}, got {value!r} ({type(value).__name__})")
+
+
+def option_fields() -> list:
+    """The :class:`CompletionOptions` fields (dataclass ``Field`` objects, with metadata)."""
+    return list(fields(CompletionOptions))
+
+
+def option_range(f) -> str:
+    """The accepted values of an option field, in words ("an integer in [5, 11]")."""
+    m = f.metadata
+    kind = m["kind"]
+    if kind is bool:
+        return "True or False"
+    noun = "an integer" if kind is int else "a finite number"
+    lo, hi = m["lo"], m["hi"]
+    if lo is not None and hi is not None:
+        text = f"{noun} in [{lo}, {hi}]"
+    elif lo is not None:
+        text = f"{noun} {'>' if m['lo_open'] else '>='} {lo}"
+    elif hi is not None:
+        text = f"{noun} <= {hi}"
+    else:
+        text = noun
+    return ("None or " + text) if m["optional"] else text
+
+
+def option_problem(f, value) -> str | None:
+    """None when ``value`` is acceptable for option field ``f``, else the accepted range in words."""
+    m = f.metadata
+    if value is None and m["optional"]:
+        return None
+    kind = m["kind"]
+    if kind is bool:
+        ok = isinstance(value, (bool, np.bool_))
+    elif kind is int:
+        ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    else:
+        ok = (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+              and bool(np.isfinite(value)))
+    if ok and kind is not bool:
+        lo, hi = m["lo"], m["hi"]
+        if lo is not None and (value <= lo if m["lo_open"] else value < lo):
+            ok = False
+        if hi is not None and value > hi:
+            ok = False
+    return None if ok else option_range(f)
 
 
 @dataclass
@@ -126,26 +202,53 @@ class CompletedPart:
     vertices: np.ndarray  # (V, 3) float32, in the input's coordinates
     faces: np.ndarray  # (F, 3) int64
     color: tuple[int, int, int, int]
+    vertex_colors: np.ndarray | None = None  # (V, 4) uint8: the input's look (options.appearance)
 
 
 @dataclass
 class CompletionResult:
-    parts: list[CompletedPart]
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
-    stats: dict = field(default_factory=dict)  # e.g. decoder queries per level
+    """What :meth:`HoloPart.complete` returns.
 
-    def save(self, path: str | os.PathLike, *, source: str | os.PathLike | None = None) -> Path:
-        """Write a glb with one named node per part (atomically; never over ``source``)."""
+    Attributes:
+        parts: one completed mesh per input part, in the input's coordinates.
+        timings: seconds per stage.
+        stats: e.g. decoder queries per level.
+        inputs: every path the result was made from (the scene, the mesh and its
+            labels, the folder and each part file); :meth:`save` and
+            :meth:`preview` refuse to write over, inside or around them.
+    """
+
+    parts: list[CompletedPart]
+    timings: dict[str, float] = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)
+    inputs: tuple[Path, ...] = ()
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False,
+             source: str | os.PathLike | None = None) -> Path:
+        """Write a glb with one named node per part, atomically.
+
+        Args:
+            path: output ``.glb``.
+            overwrite: replace an existing file (otherwise an error, and it is kept).
+            source: one more path to protect besides :attr:`inputs`.
+
+        Raises:
+            OutputError: ``path`` is, lies inside or contains an input, or is unusable.
+            OutputExists: ``path`` exists and ``overwrite`` is False.
+        """
         from holopart_infer.parts_io import write_scene
 
         return write_scene([(p.vertices, p.faces) for p in self.parts], [p.name for p in self.parts], path,
-                           colors=[p.color for p in self.parts], protect=[source] if source else None)
+                           colors=[p.color for p in self.parts], protect=[*self.inputs, source],
+                           overwrite=overwrite, vertex_colors=[p.vertex_colors for p in self.parts])
 
-    def preview(self, path: str | os.PathLike, size=(800, 600)) -> Path:
+    def preview(self, path: str | os.PathLike, size=(800, 600), *, overwrite: bool = False) -> Path:
+        """Render a preview image (``.png`` or ``.jpg``), atomically; same protections as :meth:`save`."""
         from holopart_infer.preview import render_preview
 
         return render_preview([(p.vertices, p.faces) for p in self.parts], [p.color for p in self.parts],
-                              path, size=size)
+                              path, size=size, overwrite=overwrite, protect=self.inputs,
+                              vertex_colors=[p.vertex_colors for p in self.parts])
 
 
 class HoloPart:
@@ -241,82 +344,242 @@ class HoloPart:
             :class:`CompletionResult` with one mesh per input part, in the input's
             coordinates, and per-stage timings. Same seed and backend: same result.
         """
-        from holopart_infer import conditioning, extract, parts_io
-        from holopart_infer.cleanup import edge_manifold, remove_floaters
-        from holopart_infer.decimate import decimate as decimate_mesh
+        opts = self._options(options, overrides)
+        report = progress or _no_progress
+        obj = self._prepare(parts, labels, opts)
+        P = obj.num_parts
+        batches = [[(obj, i) for i in range(s, min(P, s + opts.parts_per_batch))]
+                   for s in range(0, P, opts.parts_per_batch)]
+        for b, batch in enumerate(batches):
+            self._run_batch(batch, report, step_base=b * opts.steps, step_total=len(batches) * opts.steps)
+        return self._finish(obj, report)
 
-        opts = options or self.default_options()
-        if overrides:
-            unknown = set(overrides) - set(CompletionOptions.__dataclass_fields__)
-            if unknown:
-                raise InputError(f"unknown option(s): {', '.join(sorted(unknown))}; "
-                                 f"known: {', '.join(CompletionOptions.__dataclass_fields__)}")
-            opts = CompletionOptions(**{**opts.__dict__, **overrides})
-        opts.validate()
-        report = progress or (lambda stage, done, total: None)
-        timings: dict[str, float] = {}
+    def complete_many(self, jobs: Iterable[CompletionJob], *, parts_per_batch: int | None = None,
+                      progress: Progress | None = None
+                      ) -> Iterator[tuple[CompletionJob, CompletionResult | HoloPartError]]:
+        """Complete many objects, packing parts of several objects into each batch.
 
-        @contextlib.contextmanager
-        def timed(stage):
-            t0 = time.perf_counter()
+        Parts of different objects share a DiT / decoder batch when the options
+        that shape a batch agree (steps, guidance, latent tokens, depth, band,
+        chunk_points, closing; see :data:`BATCH_KEY_FIELDS`). Each object keeps its
+        own seed: its noise, surface samples and tokens depend only on its parts
+        and its seed, so a result equals :meth:`complete` on that object (up to
+        the backend's batch-size numerics, which are tested to be negligible).
+
+        Jobs are read from ``jobs`` lazily: at most about one batch of parts per
+        option group is held besides the objects being completed. A batch runs
+        when a group has ``parts_per_batch`` parts waiting, and the partial
+        batches run when ``jobs`` is exhausted: for dynamic batching with a
+        maximum wait (a service), gather the jobs that arrive within the wait
+        and call this on that list.
+
+        Args:
+            jobs: :class:`CompletionJob` items (any iterable, e.g. a generator).
+            parts_per_batch: parts per DiT / decoder batch for every job
+                (default: each job's ``options.parts_per_batch``; jobs with
+                different values then form different groups).
+            progress: ``progress(stage, done, total)`` for the batch stages.
+
+        Yields:
+            ``(job, CompletionResult)`` when all of a job's parts are done, or
+            ``(job, HoloPartError)`` for a job that could not be read, had bad
+            options or whose batch failed; other jobs go on. Results come in
+            completion order, which need not be the input order (use ``job.key``).
+        """
+        if parts_per_batch is not None and (isinstance(parts_per_batch, bool) or int(parts_per_batch) < 1):
+            raise InputError(f"parts_per_batch must be an integer >= 1 or None, got {parts_per_batch!r}")
+        report = progress or _no_progress
+        # group key -> FIFO of (object, part index) waiting for a batch
+        waiting: dict[tuple, list[tuple[_Prepared, int]]] = {}
+        failed: set[int] = set()  # id() of objects whose batch failed
+
+        def batch_size(key):
+            return key[-1]
+
+        def run(key, n):
+            queue = waiting[key]
+            batch, waiting[key] = queue[:n], queue[n:]
+            if not waiting[key]:
+                del waiting[key]
+            batch = [(o, i) for o, i in batch if id(o) not in failed]
+            if not batch:
+                return
+            objs = list({id(o): o for o, _ in batch}.values())
             try:
-                yield
-            finally:
-                timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0
+                self._run_batch(batch, report)
+            except Exception as e:
+                # one failed batch must not fail the run, nor an object that merely shared it:
+                # with several objects in it, each object's parts are retried on their own
+                log.warning("a batch of %d parts from %d object(s) failed: %s", len(batch), len(objs), e)
+                for o in objs:
+                    try:
+                        if len(objs) == 1:
+                            raise e
+                        self._run_batch([(ob, i) for ob, i in batch if ob is o], report)
+                    except Exception as e_own:
+                        failed.add(id(o))
+                        o.error = _as_error(e_own, f"completing {len([1 for ob, _ in batch if ob is o])} "
+                                                   f"part(s) of {_describe(o.job) if o.job else 'the object'}")
+            for o in objs:
+                if o.reported:
+                    continue
+                if o.error is not None:
+                    o.reported = True
+                    yield o.job, o.error
+                elif o.pending == 0:
+                    o.reported = True
+                    try:
+                        yield o.job, self._finish(o, report)
+                    except Exception as e:
+                        yield o.job, _as_error(e, f"postprocessing {_describe(o.job)}")
 
-        with timed("load_parts"):
+        def oldest_full(n_of):
+            for key, queue in waiting.items():
+                if len(queue) >= n_of(key):
+                    return key
+            return None
+
+        for job in jobs:
+            if not isinstance(job, CompletionJob):
+                raise InputError(f"complete_many: jobs must be CompletionJob items, got {type(job).__name__}")
+            try:
+                opts = self._options(job.options, {})
+                if parts_per_batch is not None:
+                    opts = CompletionOptions(**{**opts.__dict__, "parts_per_batch": int(parts_per_batch)})
+                obj = self._prepare(job.parts, job.labels, opts, job=job)
+            except Exception as e:
+                yield job, _as_error(e, f"reading {_describe(job)}")
+                continue
+            key = _batch_key(opts)
+            waiting.setdefault(key, []).extend((obj, i) for i in range(obj.num_parts))
+            while (key := oldest_full(batch_size)) is not None:
+                yield from run(key, batch_size(key))
+        while waiting:  # the rest: partial batches, oldest group first
+            key = next(iter(waiting))
+            yield from run(key, batch_size(key))
+
+    # ------------------------------------------------------------------ stages
+    def _options(self, options: CompletionOptions | None, overrides: dict) -> CompletionOptions:
+        opts = options or self.default_options()
+        if not isinstance(opts, CompletionOptions):
+            raise InputError(f"options must be a CompletionOptions, got {type(opts).__name__}")
+        if overrides:
+            opts = opts.replace(**overrides)
+        opts.validate()
+        return opts
+
+    def _prepare(self, parts, labels, opts: CompletionOptions, job: "CompletionJob | None" = None) -> "_Prepared":
+        """Stage 1, per object: read the parts, condition them, draw the object's noise."""
+        from holopart_infer import conditioning, parts_io
+
+        timings: dict[str, float] = {}
+        source_paths = [p for p in (parts, labels) if isinstance(p, (str, os.PathLike))]
+        with _timed(timings, "load_parts"):
             if not isinstance(parts, parts_io.Parts):
                 parts = parts_io.load_parts(parts, labels=labels)
+        inputs = tuple(dict.fromkeys(Path(p) for p in (*source_paths, *parts.input_paths)))
         P = len(parts.names)
-        with timed("conditioning"):
+        with _timed(timings, "conditioning"):
             cond = conditioning.build_conditions(parts, num_points=opts.num_points, seed=opts.seed,
                                                  normalize=opts.normalize)
             K = self.num_tokens
             part_tok = select_tokens(cond.part, K, seed=opts.seed)
             local_tok = select_tokens(cond.part_local, K, seed=opts.seed)
-        # all noise drawn at once: results do not depend on parts_per_batch
+        # all noise drawn at once, from the object's seed: results depend neither
+        # on parts_per_batch nor on which other objects share a batch
         noise = np.random.default_rng(opts.seed).standard_normal(
             (P, opts.latent_tokens, self.latent_channels), dtype=np.float32)
+        return _Prepared(job=job, parts=parts, opts=opts, cond=cond, part_tok=part_tok, local_tok=local_tok,
+                         noise=noise, timings=timings, meshes=[None] * P, pending=P, inputs=inputs)
+
+    def _run_batch(self, batch: list[tuple["_Prepared", int]], report: Progress, *, step_base: int = 0,
+                   step_total: int | None = None) -> None:
+        """Stage 2, per batch of parts (possibly of several objects whose batch
+        options agree): encode, denoise, decoder key/values, extraction. Stores
+        each part's mesh (normalized frame) in its object; shares the batch's
+        stage times among the objects by their number of parts in it."""
+        from holopart_infer import extract, thin
+
+        opts = batch[0][0].opts
+        timings: dict[str, float] = {}
+
+        def rows(get):
+            return np.stack([get(o)[i] for o, i in batch])
+
         sched = self.config.get("scheduler", {})
         shift = float(sched.get("shift", 1.0))
         n_train = int(sched.get("num_train_timesteps", 1000))
+        total_steps = step_total or opts.steps
+        with _timed(timings, "part_encoder"):
+            whole_cond, part_cond = self.backend.encode(rows(lambda o: o.part_tok), rows(lambda o: o.cond.whole),
+                                                        rows(lambda o: o.local_tok), rows(lambda o: o.cond.part_local))
+        with _timed(timings, "denoise"):
+            latents = sampler.sample(self.backend.guided_step, rows(lambda o: o.noise), part_cond, whole_cond,
+                                     steps=opts.steps, guidance=opts.guidance, shift=shift,
+                                     num_train_timesteps=n_train,
+                                     callback=lambda i, n: report("denoise", step_base + i, total_steps))
+        with _timed(timings, "decoder_kv"):
+            kv = self.backend.decoder_kv(latents)
 
-        meshes: list[tuple[np.ndarray, np.ndarray]] = []
-        level_queries: dict[str, int] = {}
-        batches = [list(range(s, min(P, s + opts.parts_per_batch))) for s in range(0, P, opts.parts_per_batch)]
-        done_steps = 0
-        for batch in batches:
-            with timed("part_encoder"):
-                whole_cond, part_cond = self.backend.encode(part_tok[batch], cond.whole[batch],
-                                                            local_tok[batch], cond.part_local[batch])
+        def decode(points_per_part: list[np.ndarray]) -> list[np.ndarray]:
+            return self._decode_padded(points_per_part, kv)
 
-            def step_cb(i, n, _base=done_steps):
-                report("denoise", _base + i, n * len(batches))
+        with _timed(timings, "extract"):
+            out, stats = extract.extract_meshes(
+                decode, len(batch), depth=opts.depth, band=opts.band, device=self.extract_device,
+                chunk_points=opts.chunk_points or self.chunk_points, close=bool(opts.close_at_bounds),
+                progress=lambda lvl, nl, d, t: report(f"extract {lvl + 1}/{nl}", d, t))
+        if opts.thin_parts:  # thin/flat parts that decoded empty: a grid fitted to each (holopart_infer.thin)
+            with _timed(timings, "thin_parts"):
+                out, retried = thin.retry_empty(
+                    out, [o.cond.part_local[i, :, :3] for o, i in batch], decode,
+                    lambda d, n: extract.extract_meshes(d, n, depth=opts.depth, band=opts.band,
+                                                        device=self.extract_device,
+                                                        chunk_points=opts.chunk_points or self.chunk_points,
+                                                        close=bool(opts.close_at_bounds)),
+                    opts.depth, [o.parts.names[i] for o, i in batch])
+            for j in retried:
+                o, i = batch[j]
+                o.thin_retried.append(o.parts.names[i])
+        per_part = getattr(stats, "queries_per_part", None) or [[] for _ in batch]
+        for (o, i), mesh, queries in zip(batch, out, per_part):
+            o.meshes[i] = mesh
+            o.pending -= 1
+            for level, q in enumerate(queries):
+                o.level_queries[str(level)] = o.level_queries.get(str(level), 0) + int(q)
+            share = 1.0 / len(batch)
+            for stage, sec in timings.items():
+                o.timings[stage] = o.timings.get(stage, 0.0) + sec * share
+        for o in {id(o): o for o, _ in batch}.values():
+            o.batch_sizes.append(len(batch))
 
-            with timed("denoise"):
-                latents = sampler.sample(self.backend.guided_step, noise[batch], part_cond, whole_cond,
-                                         steps=opts.steps, guidance=opts.guidance, shift=shift,
-                                         num_train_timesteps=n_train, callback=step_cb)
-            done_steps += opts.steps
-            with timed("decoder_kv"):
-                kv = self.backend.decoder_kv(latents)
+    def _finish(self, obj: "_Prepared", report: Progress) -> CompletionResult:
+        """Stage 3, per object: back to the input frame, floaters, decimation, appearance."""
+        from holopart_infer import appearance, parts_io, thin
+        from holopart_infer.cleanup import edge_manifold, remove_floaters
+        from holopart_infer.decimate import decimate as decimate_mesh
 
-            def decode(points_per_part: list[np.ndarray], _kv=kv) -> list[np.ndarray]:
-                return self._decode_padded(points_per_part, _kv)
-
-            with timed("extract"):
-                out, stats = extract.extract_meshes(
-                    decode, len(batch), depth=opts.depth, band=opts.band, device=self.extract_device,
-                    chunk_points=opts.chunk_points or self.chunk_points, close=bool(opts.close_at_bounds),
-                    progress=lambda lvl, nl, d, t: report(f"extract {lvl + 1}/{nl}", d, t))
-            for key, val in _level_counts(stats).items():
-                level_queries[key] = level_queries.get(key, 0) + val
-            meshes.extend(out)
-
+        opts, parts, cond = obj.opts, obj.parts, obj.cond
+        P = obj.num_parts
         results: list[CompletedPart] = []
+        pinched: list[str] = []  # parts that decimation left non-manifold
         palette = parts_io.part_colors(P)
-        with timed("postprocess"):
-            for i, (v, f) in enumerate(meshes):
+        thin_fallback = []
+        if opts.thin_parts:  # still empty: the input surface, closed and thickened, stands in
+            for i, (v, f) in enumerate(obj.meshes):
+                if len(f) == 0:
+                    pv, pf = thin.thickened_patch(parts[i].vertices, parts[i].faces)
+                    obj.meshes[i] = (cond.to_part_frame(i, pv), pf)
+                    thin_fallback.append(parts.names[i])
+            if thin_fallback:
+                log.warning("%d part(s) came back empty from the model even on a grid fitted to them (thin or "
+                            "flat parts): kept their input surface, closed and thickened: %s%s",
+                            len(thin_fallback), ", ".join(repr(n) for n in thin_fallback),
+                            "; every part came back empty, which points at the model (untrained, corrupt or "
+                            "mismatched weights: check it with `holopart-infer verify`)"
+                            if len(thin_fallback) == P > 1 else "")
+        with _timed(obj.timings, "postprocess"):
+            for i, (v, f) in enumerate(obj.meshes):
                 v = cond.to_input_frame(i, np.asarray(v, dtype=np.float64))
                 f = np.asarray(f, dtype=np.int64)
                 if opts.min_component > 0:
@@ -326,14 +589,31 @@ class HoloPart:
                     v, f = decimate_mesh(v, f, opts.decimate)
                     # the full mesh is only checked in the rare case the decimated one is not closed
                     if not edge_manifold(f) and edge_manifold(f_full):
-                        log.warning("part %r: decimation to %d faces left the closed mesh non-manifold at a few "
-                                    "edges; pass decimate=None (CLI --no-decimate) for the closed marching-cubes "
-                                    "mesh", parts.names[i], opts.decimate)
+                        pinched.append(parts.names[i])
                 results.append(CompletedPart(parts.names[i], np.asarray(v, np.float32), np.asarray(f, np.int64),
                                         tuple(palette[i])))
                 report("postprocess", i + 1, P)
-        return CompletionResult(results, timings, {"decoder_queries_per_level": level_queries,
-                                                   "num_parts": P, "backend": self.backend_name})
+        obj.meshes = []  # the normalized-frame meshes are no longer needed
+        if pinched:  # one line per run, not per part: a warning on most parts teaches users to ignore warnings
+            log.warning("decimation to %d faces left %d of %d parts non-manifold at a few edges (%s); "
+                        "decimate=None (CLI --no-decimate) keeps the closed marching-cubes meshes",
+                        opts.decimate, len(pinched), P, ", ".join(pinched[:5]) + (" ..." if len(pinched) > 5 else ""))
+        if P and all(len(r.faces) == 0 for r in results):
+            raise EmptyResult(
+                f"every one of the {P} parts came out empty: the model's decoder found no surface anywhere in the "
+                f"extraction box. The input was read correctly ({P} parts with surface), so this points at the "
+                f"model ({self.path}): untrained, corrupt or non-finite weights, or a model dir that does not match "
+                "its checkpoint. Check it with `holopart-infer verify`, or re-export it.")
+        if opts.appearance:  # the input's look onto the completed parts (holopart_infer.appearance)
+            with _timed(obj.timings, "appearance"):
+                appearance.apply(results, parts, seed=opts.seed)
+        return CompletionResult(results, dict(obj.timings), {"decoder_queries_per_level": obj.level_queries,
+                                                             "num_parts": P, "backend": self.backend_name,
+                                                             "batch_sizes": list(obj.batch_sizes),
+                                                             "decimation_non_manifold": pinched,
+                                                             "thin_parts": {"retried": list(obj.thin_retried),
+                                                                            "fallback": thin_fallback}},
+                                obj.inputs)
 
     def _decode_padded(self, points_per_part: list[np.ndarray], kv) -> list[np.ndarray]:
         """Query the decoder for each part's points, all parts of the batch in one call.
@@ -352,17 +632,90 @@ class HoloPart:
         return [logits[b, :n] for b, n in enumerate(counts)]
 
 
-def _level_counts(stats) -> dict[str, int]:
-    counts = getattr(stats, "queries_per_level", None)
-    if counts is None and isinstance(stats, dict):
-        counts = stats.get("queries_per_level", {})
-    if isinstance(counts, dict):
-        return {str(k): int(v) for k, v in counts.items()}
-    return {str(i): int(v) for i, v in enumerate(counts or [])}
+#: options that must be equal for parts to share a DiT / decoder batch (the
+#: sampler loop and the extraction run once per batch with one value of each)
+BATCH_KEY_FIELDS = ("steps", "guidance", "latent_tokens", "depth", "band", "chunk_points", "close_at_bounds",
+                    "thin_parts", "parts_per_batch")
+
+
+def _batch_key(opts: CompletionOptions) -> tuple:
+    return tuple(getattr(opts, f) for f in BATCH_KEY_FIELDS)  # parts_per_batch last: the batch size
+
+
+@dataclass
+class CompletionJob:
+    """One object for :meth:`HoloPart.complete_many`.
+
+    Attributes:
+        parts: a path (glb/gltf scene, mesh + ``labels``, folder of part meshes)
+            or a :class:`holopart_infer.parts_io.Parts`.
+        labels: per-face labels (path or array) when ``parts`` is a single mesh.
+        options: :class:`CompletionOptions`; None uses the model's defaults.
+        key: the caller's id for the job, returned unchanged.
+    """
+
+    parts: "str | os.PathLike | Parts"
+    labels: "str | os.PathLike | np.ndarray | None" = None
+    options: "CompletionOptions | None" = None
+    key: Any = None
+
+
+@dataclass(eq=False)
+class _Prepared:
+    """An object between the stages: conditioned, then its parts' meshes as batches finish."""
+
+    job: CompletionJob | None
+    parts: Any
+    opts: CompletionOptions
+    cond: Any
+    part_tok: np.ndarray
+    local_tok: np.ndarray
+    noise: np.ndarray
+    timings: dict[str, float]
+    meshes: list
+    pending: int
+    level_queries: dict[str, int] = field(default_factory=dict)
+    batch_sizes: list[int] = field(default_factory=list)
+    thin_retried: list[str] = field(default_factory=list)  # parts re-extracted on a fitted grid
+    inputs: tuple = ()  # the paths the object was read from (the result refuses to overwrite them)
+    error: HoloPartError | None = None
+    reported: bool = False
+
+    @property
+    def num_parts(self) -> int:
+        return len(self.meshes)
+
+
+def _no_progress(stage: str, done: int, total: int) -> None:
+    pass
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], stage: str):
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0
+
+
+def _describe(job: CompletionJob) -> str:
+    src = getattr(job.parts, "source", None) or str(job.parts)
+    return f"job {job.key!r} ({src})" if job.key is not None else src
+
+
+def _as_error(e: Exception, what: str) -> HoloPartError:
+    """A job's failure as the library's error (unexpected exceptions wrapped, cause kept)."""
+    if isinstance(e, HoloPartError):
+        return e
+    err = EngineError(f"{what} failed: {type(e).__name__}: {e}")
+    err.__cause__ = e
+    return err
 
 
 def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", precision: str | None = None,
-         engine_cache: str | os.PathLike | None = None, graph: str | None = None) -> HoloPart:
+         engine_cache: str | os.PathLike | None = None, graph: str | None = None, *,
+         verify_integrity: bool = True) -> HoloPart:
     """Load a model dir or a checkpoint dir.
 
     Args:
@@ -378,6 +731,11 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", p
         graph: torch backend on CUDA only: "cuda_graph" replays each guided step as a
             captured CUDA graph, "compile" uses ``torch.compile(mode="reduce-overhead")``;
             None/"eager" runs eagerly. Asking for it on the CPU or another backend raises.
+        verify_integrity: check a model dir's graph and weight files against the
+            sha256 in its manifest (each file is hashed once, then remembered by
+            path, size and mtime in the user cache dir, so re-loads cost a stat);
+            a checkpoint's weights are always checked for NaN/inf. False skips the
+            hash check (CLI ``--no-verify``).
 
     Returns:
         A :class:`HoloPart`; ``backend_name``/``device``/``precision`` say what was resolved.
@@ -390,7 +748,8 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", p
     from holopart_infer.engines import open_backend
 
     be = open_backend(path, backend=backend, device=device, precision=precision, engine_cache=engine_cache,
-                      graph=None if graph == "eager" else graph)
+                      graph=None if graph == "eager" else graph,
+                      **({} if (Path(path) / "model_index.json").is_file() else {"verify_hashes": verify_integrity}))
     model = HoloPart(be)
     try:
         model.default_options()  # a bad inference_defaults entry fails here, naming the model

@@ -47,18 +47,24 @@ def demo_object_path(name: str = "table") -> Path:
     if isinstance(ref, Path):
         return ref
     # installed inside a zip: extract once to a stable cache location
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "holopart_infer" / filename
+    from holopart_infer.fsafe import user_cache_dir
+
+    cache = user_cache_dir(filename)
     if not cache.is_file():
-        cache.parent.mkdir(parents=True, exist_ok=True)
+        from holopart_infer import fsafe
+
         with as_file(ref) as tmp:
             data = Path(tmp).read_bytes()
-        part = cache.with_suffix(".tmp")
-        part.write_bytes(data)
-        os.replace(part, cache)
+        fsafe.atomic_write(cache, data)
     return cache
 
 
 DEMO_MODEL = "demo_model"
+
+#: What ``holopart-infer demo`` changes from the demo model's defaults: a quick
+#: run (fewer steps, a coarser grid), and floaters dropped for the picture.
+#: Values of :class:`holopart_infer.pipeline.CompletionOptions` fields.
+DEMO_PRESET = {"steps": 20, "depth": 7, "decimate": 5000, "min_component": 0.2}
 
 
 def demo_model_path() -> Path:

@@ -13,27 +13,25 @@ key fields, and the engine file must have the size and SHA-256 the sidecar
 records. Anything else (missing sidecar, truncated or corrupt engine, key
 collision, older schema) is a miss and the engine is rebuilt.
 
-Writes go to a temporary file in the same folder, are fsync'ed and then
-``os.replace``'d into place (atomic on POSIX and Windows), engine first, sidecar
-last, so a reader never sees a half-written engine paired with a valid sidecar.
+Writes go through :func:`holopart_infer.fsafe.atomic_write` (temp file in the
+same folder, fsync, rename into place), engine first, sidecar last, so a reader never sees a half-written engine paired with a valid sidecar.
 Builders of the same key serialize on a per-key lock file (``fcntl.flock`` where
 available); the second one finds the first one's engine and does not rebuild.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 from holopart_infer.errors import EngineError, InputError, InputFileNotFound
+from holopart_infer.fsafe import TMP_MARK, atomic_write, file_lock, sha256_bytes, sha256_file, user_cache_dir
 
 log = logging.getLogger("holopart_infer")
 
@@ -43,8 +41,6 @@ CACHE_SCHEMA_VERSION = 1
 
 ENGINE_SUFFIX = ".engine"
 SIDECAR_SUFFIX = ".json"
-_TMP_PREFIX = ".tmp-"
-_HASH_CHUNK = 16 << 20
 
 
 def default_cache_dir() -> Path:
@@ -52,9 +48,7 @@ def default_cache_dir() -> Path:
 
     A relative ``XDG_CACHE_HOME`` is ignored, as the XDG base-directory spec says.
     """
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
-    return base / "holopart_infer" / "engines"
+    return user_cache_dir("engines")
 
 
 def canonical_json(obj: Any) -> str:
@@ -76,14 +70,6 @@ def cache_key(key_fields: Mapping[str, Any]) -> str:
     """SHA-256 (hex) of the canonical JSON of ``key_fields`` plus the cache schema version."""
     return hashlib.sha256(canonical_json({"schema": CACHE_SCHEMA_VERSION,
                                           "fields": dict(key_fields)}).encode()).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def onnx_files(onnx_path: str | os.PathLike) -> list[Path]:
@@ -115,63 +101,6 @@ def onnx_digest(onnx_path: str | os.PathLike) -> str:
         h.update(f.name.encode() + b"\0")
         h.update(sha256_file(f).encode() + b"\0")
     return h.hexdigest()
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; not possible (nor needed) on Windows.
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes | bytearray | memoryview) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the whole new one.
-
-    Temp file in the same folder (same filesystem, so the rename is atomic),
-    fsync, ``os.replace``, fsync of the folder. The temp file is removed on any
-    failure.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + path.name + ".", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-@contextlib.contextmanager
-def file_lock(path: str | os.PathLike) -> Iterator[None]:
-    """Exclusive advisory lock on ``path`` (created if needed), held for the block.
-
-    Uses ``fcntl.flock`` on POSIX. Where it is missing (Windows) there is no lock,
-    and correctness rests on write-then-replace alone: two builders may both
-    build, the last replace wins, and no reader sees a partial file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(path, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)
@@ -238,7 +167,7 @@ class EngineCache:
         if len(data) != side.get("engine_size"):
             return None, (f"{engine_path.name} has {len(data)} bytes, sidecar records "
                           f"{side.get('engine_size')} (truncated or replaced)")
-        if hashlib.sha256(data).hexdigest() != side.get("engine_sha256"):
+        if sha256_bytes(data) != side.get("engine_sha256"):
             return None, f"{engine_path.name} SHA-256 differs from the sidecar (corrupt)"
         return data, ""
 
@@ -258,7 +187,7 @@ class EngineCache:
             raise EngineError(f"refusing to cache an empty engine for {key_fields.get('graph', 'engine')}")
         key = cache_key(key_fields)
         engine_path, sidecar_path = self.paths(key_fields)
-        atomic_write_bytes(engine_path, data)
+        atomic_write(engine_path, data)
         now = time.time()
         sidecar = {
             "schema": CACHE_SCHEMA_VERSION,
@@ -266,11 +195,11 @@ class EngineCache:
             "key_fields": json.loads(canonical_json(dict(key_fields))),
             "engine_file": engine_path.name,
             "engine_size": len(data),
-            "engine_sha256": hashlib.sha256(data).hexdigest(),
+            "engine_sha256": sha256_bytes(data),
             "created_unix": now,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
         }
-        atomic_write_bytes(sidecar_path, (json.dumps(sidecar, indent=1, sort_keys=True) + "\n").encode())
+        atomic_write(sidecar_path, (json.dumps(sidecar, indent=1, sort_keys=True) + "\n").encode())
         return engine_path
 
     def get_or_build(self, key_fields: Mapping[str, Any],
@@ -315,7 +244,7 @@ class EngineCache:
         n = 0
         if self.directory.is_dir():
             for p in self.directory.iterdir():
-                if p.is_file() and (p.suffix in (ENGINE_SUFFIX, SIDECAR_SUFFIX) or p.name.startswith(_TMP_PREFIX)):
+                if p.is_file() and (p.suffix in (ENGINE_SUFFIX, SIDECAR_SUFFIX) or TMP_MARK in p.name):
                     p.unlink()
                     n += 1
         return n

@@ -95,7 +95,7 @@ class OrtBackend(BackendBase):
 
     @classmethod
     def from_model_dir(cls, model_dir: str | os.PathLike, device: str = "cpu", providers: Sequence | None = None,
-                       session_options: ort.SessionOptions | None = None, verify_hashes: bool = False) -> "OrtBackend":
+                       session_options: ort.SessionOptions | None = None, verify_hashes: bool = True) -> "OrtBackend":
         """Open an exported model directory.
 
         Args:
@@ -103,7 +103,8 @@ class OrtBackend(BackendBase):
             device: "cpu", "cuda" or "cuda:N".
             providers: ONNX Runtime providers to use instead of the default for ``device``.
             session_options: ``onnxruntime.SessionOptions`` for every graph.
-            verify_hashes: recompute the sha256 of every graph file first.
+            verify_hashes: check every graph file against the manifest's sha256
+                first (cheap on re-loads: see :func:`holopart_infer.manifest.load_manifest`).
 
         Raises:
             InputFileNotFound / ModelDirError: unusable model directory.
@@ -156,6 +157,15 @@ class OrtBackend(BackendBase):
         if set(names) != set(spec.inputs):
             raise ModelDirError(f"{spec.path}: graph '{graph}' has inputs {names} but the manifest declares "
                                 f"{list(spec.inputs)}; re-export the model.")
+        for node in (*sess.get_inputs(), *sess.get_outputs()):
+            declared = spec.inputs.get(node.name) or spec.outputs.get(node.name)
+            if declared is None or len(node.shape) != len(declared.shape):
+                continue
+            if any(isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(node.shape, declared.shape)):
+                raise ModelDirError(
+                    f"{self.manifest.model_dir / 'manifest.json'}: graph '{graph}' declares '{node.name}' with shape "
+                    f"{list(declared.shape)} but {spec.path} has {list(node.shape)}; the manifest does not describe "
+                    "the graphs. Re-export the model.")
         self._sessions[graph] = sess
         return sess
 

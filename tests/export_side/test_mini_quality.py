@@ -20,7 +20,7 @@ import holopart_infer as hp  # noqa: E402
 from holopart_infer.export import evaluate as E  # noqa: E402
 from holopart_infer.export.synthetic import iter_dataset  # noqa: E402
 from holopart_infer import assets  # noqa: E402
-from holopart_infer.cli import DEMO_DEFAULTS  # noqa: E402
+from holopart_infer.assets import DEMO_PRESET as DEMO_DEFAULTS  # noqa: E402
 
 QUALITY_SEED = 8000
 TEMPLATES = ("mug", "lamp", "dumbbell")

@@ -131,18 +131,26 @@ def test_bad_precision_rejected(tmp_path):
 
 
 def test_overwrite_replaces_atomically(tmp_path):
-    """overwrite=True swaps a finished directory in; shown by copying then re-exporting one model."""
-    from holopart_infer.export import onnx_export
+    """overwrite swaps a finished directory in, but only over a model dir export made."""
+    from holopart_infer import fsafe
+    from holopart_infer.errors import OutputError
+    from holopart_infer.export.onnx_export import replaceable_model_dir
 
     out = tmp_path / "model"
     shutil.copytree(exported_model("golden"), out)
-    (out / "stale.txt").write_text("old")
-    tmp = tmp_path / ".model.tmp-x"
-    shutil.copytree(exported_model("golden"), tmp)
-    onnx_export._move_into_place(tmp, out, overwrite=True)
-    assert not (out / "stale.txt").exists() and not tmp.exists()
+
+    def rebuild():
+        with fsafe.atomic_dir(out, replace_if=replaceable_model_dir) as tmp:
+            shutil.copytree(exported_model("golden"), tmp, dirs_exist_ok=True)
+
+    rebuild()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     load_manifest(out, verify_hashes=True)
+    (out / "notes.txt").write_text("mine")  # no longer only what export wrote
+    with pytest.raises(OutputError, match="notes.txt, which export did not write"):
+        rebuild()
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
 def test_inference_defaults_travel_to_the_manifest_and_the_runtime(tmp_path):

@@ -56,9 +56,15 @@ def test_default_colours_and_empty_parts(tmp_path):
 
 
 def test_bad_arguments(tmp_path):
-    with pytest.raises(InputError, match="only .png"):
-        render_preview(_scene(), [RED, BLUE], tmp_path / "p.jpg")
+    with pytest.raises(InputError, match=r"unsupported extension '\.bmp'.*\.png, \.jpg, \.jpeg"):
+        render_preview(_scene(), [RED, BLUE], tmp_path / "p.bmp")
     with pytest.raises(InputError, match="size"):
         render_preview(_scene(), [RED, BLUE], tmp_path / "p.png", size=(0, 10))
     with pytest.raises(InputError, match="colors"):
         render_preview(_scene(), [RED], tmp_path / "p.png")
+
+
+def test_jpeg_preview_is_a_real_jpeg(tmp_path):
+    out = render_preview(_scene(), [RED, BLUE], tmp_path / "p.jpg", size=(64, 48))
+    assert out.read_bytes()[:3] == b"\xff\xd8\xff"  # JPEG SOI marker, not PNG bytes
+    assert Image.open(out).format == "JPEG"

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from holopart_infer.engines.cache import atomic_write_bytes, file_lock
+from holopart_infer.fsafe import atomic_write, file_lock
 from holopart_infer.engines.tensorrt.profiles import ShapeRange
 from holopart_infer.errors import EngineError, InputError, InputFileNotFound, missing_extra
 from holopart_infer.manifest import PRECISIONS
@@ -122,7 +122,7 @@ def _save_timing_cache(config, path: Path) -> None:
         merged = config.create_timing_cache(disk) or config.create_timing_cache(b"")
         if not merged.combine(built, False):
             merged = built  # disk cache from another TensorRT version: replace it
-        atomic_write_bytes(path, memoryview(merged.serialize()))
+        atomic_write(path, memoryview(merged.serialize()))
 
 
 def build_engine(onnx_path: str | os.PathLike, *, stage: str, precision: str,

@@ -10,9 +10,11 @@ import pytest
 
 from holopart_infer.engines import cache as cache_mod
 from holopart_infer.engines.cache import (
-    CACHE_SCHEMA_VERSION, EngineCache, atomic_write_bytes, cache_key, default_cache_dir, onnx_digest,
+    CACHE_SCHEMA_VERSION, EngineCache, cache_key, default_cache_dir, onnx_digest,
 )
+from holopart_infer import fsafe
 from holopart_infer.errors import EngineError, InputError, InputFileNotFound
+from holopart_infer.fsafe import atomic_write
 
 FIELDS = {
     "graph": "dit",
@@ -203,14 +205,14 @@ def test_empty_build_result_is_an_error(tmp_path):
 
 def test_interrupted_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
     target = tmp_path / "x.engine"
-    atomic_write_bytes(target, b"old")
+    atomic_write(target, b"old")
 
     def failing_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(cache_mod.os, "replace", failing_replace)
+    monkeypatch.setattr(fsafe.os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
-        atomic_write_bytes(target, b"new content")
+        atomic_write(target, b"new content")
     assert target.read_bytes() == b"old"
     assert files(tmp_path) == ["x.engine"]
 

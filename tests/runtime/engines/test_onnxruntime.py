@@ -123,7 +123,7 @@ def test_corrupt_graph_same_size_caught_by_onnxruntime(model_copy):
     p.write_bytes(bytes(raw))
     with pytest.raises(ModelDirError, match=r"sha256"):
         OrtBackend.from_model_dir(model_copy, verify_hashes=True)
-    backend = OrtBackend.from_model_dir(model_copy)
+    backend = OrtBackend.from_model_dir(model_copy, verify_hashes=False)  # the opt-out: ORT still names it
     with pytest.raises(ModelDirError, match=r"graph 'vae_kv'.*vae_kv\.onnx"):
         backend.decoder_kv(np.zeros((1, 4, backend.config["vae"]["latent_channels"]), np.float32))
 
@@ -234,7 +234,8 @@ def test_embedded_demo_model_matches_its_recipe_and_torch(guidance):
     from holopart_infer.export.make_demo_model import MINI_CHECKPOINT
     from holopart_infer.export.torch_backend import TorchBackend
     from holopart_infer import assets
-    from holopart_infer.manifest import load_manifest, sha256_file
+    from holopart_infer.fsafe import sha256_file
+    from holopart_infer.manifest import load_manifest
 
     m = load_manifest(assets.demo_model_path(), verify_hashes=True)
     assert m.source["sha256"] == {f: sha256_file(MINI_CHECKPOINT / f) for f in m.source["sha256"]}

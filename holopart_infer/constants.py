@@ -1,0 +1,31 @@
+"""Geometry constants and option ranges, in one place.
+
+Every module that needs one of these imports it from here; the CLI's help and
+:meth:`holopart_infer.pipeline.CompletionOptions.validate` read the ranges
+from here too, so they cannot disagree.
+"""
+from __future__ import annotations
+
+#: Half side of the extraction box in a part's model frame: the decoder is
+#: queried on ``[-EXTRACTION_BOUND, EXTRACTION_BOUND]^3`` (reference value).
+EXTRACTION_BOUND = 1.05
+
+#: Octree depth of extraction: the final grid has ``2**depth - 8`` cells per axis.
+DEPTH_MIN, DEPTH_MAX = 5, 11
+DEFAULT_DEPTH = 9  # reference: 504 cells
+
+#: |logit| threshold of the coarse-to-fine band (reference 0.95).
+DEFAULT_BAND = 0.95
+
+#: Surface samples per part and for the whole object (reference 20480).
+DEFAULT_NUM_POINTS = 20480
+MIN_NUM_POINTS = 16
+
+#: Latent length of the published model.
+DEFAULT_LATENT_TOKENS = 2048
+
+#: Seeds are fed to numpy's generators, which take 0 .. 2**63 - 1 here.
+SEED_MAX = 2**63 - 1
+
+#: Smallest decimation target that still gives a closed mesh (a tetrahedron).
+MIN_DECIMATE_FACES = 4
