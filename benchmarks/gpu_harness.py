@@ -27,7 +27,7 @@ everything.
 from __future__ import annotations
 
 import argparse
-import copy
+import os
 import datetime as _dt
 import json
 import math
@@ -48,7 +48,6 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from holopart_infer.engines.base import BackendBase  # noqa: E402
 
 from benchmarks import flops  # noqa: E402
 
@@ -64,7 +63,14 @@ PLANS: dict[str, dict[str, Any]] = {
                  mc_sizes=(32, 64), steps=50, depth=6, gemm=512, copy_mib=16, repeats=5, warmup=1,
                  ref_repeats=2, e2e_repeats=1),
 }
-REFERENCE_CHUNK = 10000  # points per decoder call in the original pipeline
+from holopart_infer.export.reference_backend import REFERENCE_CHUNK, ReferenceBackend  # noqa: E402
+
+#: rough seconds per stage at the full config (fast + reference), for the time budget;
+#: other configs scale by BUDGET_SCALE
+STAGE_ESTIMATE_S = {"matmul_ceiling": 5, "copy_bandwidth": 3, "dit_forward": 12, "guided_step": 15,
+                    "cuda_graph": 25, "part_encoder": 8, "decoder_kv": 8, "decoder_query": 40,
+                    "marching_cubes_256": 8, "marching_cubes_512": 40, "end_to_end": 150}
+BUDGET_SCALE = {"full": 1.0, "mid": 0.5, "tiny": 0.02}
 
 # every stage the JSON always has (sizes filled in from the plan)
 def stage_names(plan: dict) -> list[str]:
@@ -125,78 +131,55 @@ def summarize(samples: list[float]) -> dict:
             "min_ms": s[0], "max_ms": s[-1], "repeats": len(s), "samples_ms": s}
 
 
-# --------------------------------------------------------------------------- reference backend
-class ReferenceBackend(BackendBase):
-    """The original pipeline's way of running the networks (for the side-by-side ratio).
+# --------------------------------------------------------------------------- end-to-end field
+#: logits per unit of signed distance of the known shape: |logit| < band (0.95) is
+#: about two final cells (2.1 / 504) either side of the surface at depth 9, the
+#: width a trained decoder's band has (a few million queries per part)
+SHAPE_LOGITS_PER_UNIT = 0.95 / (2 * 2.1 / 504)
 
-    fp16 eager faithful model in the checkpoint's head layout; CFG as a doubled
-    batch [uncond; cond] with zero conditions through full cross-attention
-    (condition k/v projected every step); the latents cast back to fp16 after
-    every fp32 Euler update; the decoder's 16-block stack recomputed for every
-    10000-point chunk. Latents stay on the device between steps (as in the
-    original's diffusers loop).
+
+def shape_logits(points: np.ndarray) -> np.ndarray:
+    """Logits of a known shape per batch row (row b: an ellipsoid of its own size), inside > 0.
+
+    points float32 (B, Q, 3) in the part's normalized frame -> float32 (B, Q, 1).
+    """
+    p = np.asarray(points, dtype=np.float32)
+    out = np.empty(p.shape[:2] + (1,), dtype=np.float32)
+    for b in range(p.shape[0]):
+        radii = np.array([0.75, 0.55, 0.65], dtype=np.float32) * (1.0 - 0.06 * (b % 5))
+        centre = np.array([0.05 * (b % 3), -0.04 * (b % 2), 0.0], dtype=np.float32)
+        q = (p[b] - centre) / radii
+        # first-order signed distance of an ellipsoid: (|q| - 1) * min radius
+        d = (np.sqrt(np.einsum("ij,ij->i", q, q)) - 1.0) * radii.min()
+        out[b, :, 0] = -SHAPE_LOGITS_PER_UNIT * d
+    return out
+
+
+class ShapeDriven:
+    """A backend whose decoder does its full work but a known shape answers.
+
+    With random weights the decoder's field is noise (50-100% of the cells fall
+    in the band at depth 9, ~1e9 queries per object), which says nothing about
+    a trained model. This wrapper lets a known analytic shape (:func:`shape_logits`)
+    drive the band and refinement decisions while the real decoder (the
+    wrapped backend's ``decoder_query``, host copy included) computes on exactly
+    the points that shape makes extraction ask for: the cost of a real run on a
+    real surface. Every other call goes to the wrapped backend unchanged.
     """
 
-    name = "reference"
+    def __init__(self, backend: Any):
+        self.inner = backend
+        self.name = f"{getattr(backend, 'name', 'backend')}+shape"
+        self.decoder_points = 0  # points (padding rows included) the real decoder computed
 
-    def __init__(self, nets, device: torch.device, precision: str = "fp16"):
-        from holopart_infer.networks.load import TORCH_DTYPES
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.inner, attr)
 
-        self.device = str(device)
-        self.torch_device = device
-        self.precision = precision
-        self.config = {k: dict(nets.checkpoint[k].config) for k in ("transformer", "vae", "part_encoder")}
-        self.config["scheduler"] = dict(nets.scheduler)
-        self.dtype = TORCH_DTYPES[precision]
-        self.dit = copy.deepcopy(nets.transformer).to(device=device, dtype=self.dtype).eval()
-        self.vae = copy.deepcopy(nets.vae).to(device=device, dtype=self.dtype).eval()
-        self.encoder = copy.deepcopy(nets.part_encoder).to(device=device, dtype=self.dtype).eval()
-
-    def _t(self, a, dtype=None):
-        from holopart_infer.engines.pytorch import as_tensor
-
-        return as_tensor(a, self.torch_device, dtype or self.dtype)
-
-    @torch.inference_mode()
-    def encode(self, part_tokens, whole_points, local_tokens, local_points):
-        from holopart_infer.engines.pytorch import DeviceTensor
-
-        w, p = self.encoder(self._t(part_tokens), self._t(whole_points), self._t(local_tokens), self._t(local_points))
-        return DeviceTensor(w), DeviceTensor(p)
-
-    @torch.inference_mode()
-    def forward(self, x, t, e1, e2):
-        return self.dit(x, t, e1, e2)
-
-    @torch.inference_mode()
-    def guided_step(self, latents, t, dt, guidance, part_cond, whole_cond):
-        from holopart_infer.engines.pytorch import DeviceTensor
-
-        x = self._t(latents)
-        e1, e2 = self._t(part_cond), self._t(whole_cond)
-        B = x.shape[0]
-        if guidance > 1.0:
-            xx = torch.cat([x, x])
-            e1 = torch.cat([torch.zeros_like(e1), e1])
-            e2 = torch.cat([torch.zeros_like(e2), e2])
-            tt = torch.full((2 * B,), float(t), device=self.device)
-            vu, vc = self.dit(xx, tt, e1, e2).float().chunk(2)
-            v = vu + guidance * (vc - vu)
-        else:
-            v = self.dit(x, torch.full((B,), float(t), device=self.device), e1, e2).float()
-        return DeviceTensor((x.float() + dt * v).to(self.dtype))
-
-    def decoder_kv(self, latents):
-        return self._t(latents)  # the original keeps only the latents and re-runs the stack per chunk
-
-    @torch.inference_mode()
-    def decoder_query(self, points, latents):
-        p = self._t(points, torch.float32)
-        out = []
-        for s in range(0, p.shape[1], REFERENCE_CHUNK):
-            k, v = self.vae.decode_kv(latents)
-            out.append(self.vae.query(p[:, s:s + REFERENCE_CHUNK], k, v).float().cpu())  # host per chunk
-        return torch.cat(out, dim=1).numpy()
+    def decoder_query(self, points, kv):
+        pts = np.asarray(points, dtype=np.float32)
+        np.asarray(self.inner.decoder_query(pts, kv))  # the real cost; waits for the device
+        self.decoder_points += int(pts.shape[0] * pts.shape[1])
+        return shape_logits(pts)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -244,22 +227,25 @@ def _inference(fn, *args):
         return fn(*args)
 
 
-class _quiet_extract_progress:
-    """Run the pipeline with extraction progress reports switched off.
+class _capture_extract:
+    """Run the pipeline with extraction progress off, keeping each extraction's stats.
 
-    The harness does not use them, and this keeps the end-to-end stage
-    independent of the progress-callback signature agreed between
-    holopart_infer.pipeline and holopart_infer.extract.
+    The harness does not use progress reports (this keeps the end-to-end stage
+    independent of the progress-callback signature); the stats give the
+    decoder queries per part.
     """
 
     def __enter__(self):
         from holopart_infer import extract
 
         self.mod, self.orig = extract, extract.extract_meshes
+        self.stats: list = []
 
         def wrapped(*args, **kwargs):
             kwargs["progress"] = None
-            return self.orig(*args, **kwargs)
+            meshes, stats = self.orig(*args, **kwargs)
+            self.stats.append(stats)
+            return meshes, stats
 
         extract.extract_meshes = wrapped
         return self
@@ -267,6 +253,24 @@ class _quiet_extract_progress:
     def __exit__(self, *exc):
         self.mod.extract_meshes = self.orig
         return False
+
+    def queries_per_part(self) -> list[int]:
+        return [int(sum(q)) for st in self.stats for q in st.queries_per_part]
+
+    def decode_calls(self) -> int:
+        return int(sum(st.decode_calls for st in self.stats))
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` via a temp file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def floor_ms(flop: float, nbytes: float, ceil: dict) -> tuple[float | None, str]:
@@ -288,9 +292,58 @@ class Harness:
         self.ceil: dict[str, float] = {}
         self.stages: dict[str, dict] = {}
         self.precision = args.precision or ("bf16" if self.cuda else "fp32")
+        self.started_at = args.started_at if args.started_at is not None else time.time()
+        self.out = Path(args.out)
+        self.e2e_field = args.e2e_field if args.e2e_field != "auto" else ("model" if args.weights else "shape")
+        self.ref = None
+        self.tcfg = self.vcfg = self.pcfg = None
+
+    def result(self) -> dict:
+        """Everything measured so far (the JSON's content)."""
+        p = self.plan
+        res = {"meta": {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                        "commit": git_commit(), "command": " ".join(sys.argv), "config": self.args.config,
+                        "precision": self.precision, "reference": bool(self.args.reference),
+                        "checkpoint": str(getattr(self, "ckpt", "")), "e2e_field": self.e2e_field,
+                        "budget_s": self.args.budget_s,
+                        "plan": {k: list(v) if isinstance(v, tuple) else v for k, v in p.items()},
+                        **device_info(self.device)},
+               "ceilings": dict(self.ceil), "stages": dict(self.stages)}
+        if self.tcfg is not None:
+            T, K = p["latent_tokens"], self.pcfg.num_tokens
+            res["predicted"] = {
+                "dit_forward_tflop_per_sequence": flops.dit_forward(self.tcfg, T, K)["total"] / 1e12,
+                "decoder_mflop_per_point": flops.decoder_query_per_point(self.vcfg, T)["total"] / 1e6,
+                "savings": flops.savings(self.tcfg, T, K, batch=p["parts"], steps=p["steps"]),
+            }
+        return res
+
+    def write(self) -> None:
+        """Rewrite the JSON atomically (temp file + rename): a run killed at any point
+        leaves every stage measured before it."""
+        write_json_atomic(self.out, self.result())
 
     # -- bookkeeping ------------------------------------------------------------------
+    def estimate_s(self, name: str) -> float:
+        """Rough seconds ``name`` takes (fast + reference) at this config, for the budget."""
+        key = next((k for k in STAGE_ESTIMATE_S if name.startswith(k)), None)
+        if key is None:
+            key = next((k for k in STAGE_ESTIMATE_S if k in name), "decoder_query")
+        est = STAGE_ESTIMATE_S[key] * BUDGET_SCALE.get(self.args.config, 1.0)
+        return est * (1.0 if self.args.reference else 0.6)
+
     def record(self, name: str, fn: Callable[[], dict]) -> None:
+        budget = self.args.budget_s
+        if budget is not None:
+            used = time.time() - self.started_at
+            est = self.estimate_s(name)
+            if used + est > budget:
+                self.stages[name] = {"status": "not started",
+                                     "reason": f"time budget: {used:.0f} s used + ~{est:.0f} s estimated "
+                                               f"> {budget:.0f} s (--budget-s)"}
+                print(f"[harness] {name}: not started ({self.stages[name]['reason']})", flush=True)
+                self.write()
+                return
         t0 = time.perf_counter()
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -305,6 +358,7 @@ class Harness:
             rec["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)
         rec["wall_s"] = round(time.perf_counter() - t0, 3)
         self.stages[name] = rec
+        self.write()
         msg = rec.get("median_ms")
         print(f"[harness] {name}: {rec['status']}" + (f" median {msg:.3f} ms" if msg is not None else "")
               + (f" ({rec['reason']})" if rec["status"] != "ok" else ""), flush=True)
@@ -511,8 +565,8 @@ class Harness:
         n = B * Q
         rec.update(batch=B, points_per_part=Q, queries_per_s=n / (rec["median_ms"] * 1e-3))
         if self.ref:
-            lr = lat.to(self.ref.dtype)
-            ref = self.ref_measure(lambda: self.ref.decoder_query(pts[0], lr), host=True)
+            rkv = self.ref.decoder_kv(lat)
+            ref = self.ref_measure(lambda: self.ref.decoder_query(pts[0], rkv), host=True)
             ref["queries_per_s"] = n / (ref["median_ms"] * 1e-3)
             ref["chunk_points"] = REFERENCE_CHUNK
             rec["reference"] = ref
@@ -558,25 +612,33 @@ class Harness:
         parts = make_parts(P)
         opts = dict(steps=steps, depth=depth, parts_per_batch=P, decimate=None, num_points=self.plan["num_points"],
                     latent_tokens=self.plan["latent_tokens"], seed=0)
-        model = HoloPart(self.fast)
-        res = {}
+        shaped = self.e2e_field == "shape"
+        wrap = ShapeDriven if shaped else (lambda b: b)
+        model = HoloPart(wrap(self.fast))
+        res, caps = {}, {}
 
         def run(m, key):
-            res[key] = m.complete(parts, **opts)
+            with _capture_extract() as cap:
+                res[key] = m.complete(parts, **opts)
+            caps[key] = cap
 
         reps = self.plan["e2e_repeats"]
-        with _quiet_extract_progress():
-            rec = self.timer.measure(lambda: run(model, "fast"), 0, reps, host=True)
+        rec = self.timer.measure(lambda: run(model, "fast"), 0, reps, host=True)
         r = res["fast"]
         queries = sum(int(v) for v in r.stats.get("decoder_queries_per_level", {}).values())
+        per_part = caps["fast"].queries_per_part()
         rec.update(parts=P, steps=steps, depth=depth, decoder_queries=queries,
+                   decoder_queries_per_part=per_part, decode_calls=caps["fast"].decode_calls(),
+                   chunk_points=model.chunk_points,
+                   field=("known shape drives band/refine; the real decoder computes on exactly those points "
+                          "(benchmarks/gpu_harness.py ShapeDriven)") if shaped else "the decoder's own field",
                    stage_seconds={k: round(v, 4) for k, v in r.timings.items()},
                    faces=[int(len(p.faces)) for p in r.parts])
         if self.ref:
-            refm = HoloPart(self.ref)
-            with _quiet_extract_progress():
-                ref = self.timer.measure(lambda: run(refm, "ref"), 0, 1, host=True)
+            refm = HoloPart(wrap(self.ref))
+            ref = self.timer.measure(lambda: run(refm, "ref"), 0, 1, host=True)
             ref["stage_seconds"] = {k: round(v, 4) for k, v in res["ref"].timings.items()}
+            ref["decoder_queries_per_part"] = caps["ref"].queries_per_part()
             rec["reference"] = ref
         T, K = self.plan["latent_tokens"], self.pcfg.num_tokens
         flop = (flops.sampling_run(self.tcfg, P, T, K, steps, mode="fast")
@@ -588,7 +650,9 @@ class Harness:
     # -- driver ---------------------------------------------------------------------------
     def run(self) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = False
+        self.write()
         self.load()
+        self.write()
         p = self.plan
         self.record("matmul_ceiling", self.stage_matmul)
         self.record("copy_bandwidth", self.stage_copy)
@@ -604,23 +668,10 @@ class Harness:
         if self.args.skip_e2e:
             self.stages[f"end_to_end_{p['parts']}parts_{p['steps']}steps"] = {"status": "skipped",
                                                                               "reason": "--skip-e2e"}
+            self.write()
         else:
             self.record(f"end_to_end_{p['parts']}parts_{p['steps']}steps", self.stage_end_to_end)
-        T, K = p["latent_tokens"], self.pcfg.num_tokens
-        return {
-            "meta": {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                     "commit": git_commit(), "command": " ".join(sys.argv), "config": self.args.config,
-                     "precision": self.precision, "reference": bool(self.ref), "checkpoint": str(self.ckpt),
-                     "plan": {k: list(v) if isinstance(v, tuple) else v for k, v in p.items()},
-                     **device_info(self.device)},
-            "ceilings": dict(self.ceil),
-            "predicted": {
-                "dit_forward_tflop_per_sequence": flops.dit_forward(self.tcfg, T, K)["total"] / 1e12,
-                "decoder_mflop_per_point": flops.decoder_query_per_point(self.vcfg, T)["total"] / 1e6,
-                "savings": flops.savings(self.tcfg, T, K, batch=p["parts"], steps=p["steps"]),
-            },
-            "stages": self.stages,
-        }
+        return self.result()
 
 
 def table(result: dict) -> str:
@@ -660,6 +711,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--gemm", type=int, help="GEMM ceiling size n (n x n x n)")
     ap.add_argument("--parts", type=int, help="parts per object (default 8)")
     ap.add_argument("--skip-e2e", action="store_true")
+    ap.add_argument("--e2e-field", dest="e2e_field", choices=("auto", "shape", "model"), default="auto",
+                    help="what drives end-to-end extraction: 'shape' = a known analytic shape decides the band "
+                         "while the real decoder computes on exactly those points (the cost of a trained model; "
+                         "the default with random weights), 'model' = the decoder's own field (default with "
+                         "--weights)")
+    ap.add_argument("--budget-s", dest="budget_s", type=float,
+                    help="do not start a stage once this many seconds (since --started-at) plus the stage's "
+                         "estimate would be exceeded; it is recorded as 'not started'")
+    ap.add_argument("--started-at", dest="started_at", type=float,
+                    help="epoch seconds the budget counts from (default: now)")
     return ap.parse_args(argv)
 
 
@@ -670,8 +731,7 @@ def main(argv=None) -> int:
         return 2
     result = Harness(args).run()
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=str))
+    write_json_atomic(out, result)
     print(f"[harness] wrote {out}")
     print(table(result))
     return 1 if any(r.get("status") == "error" for r in result["stages"].values()) else 0

@@ -57,6 +57,7 @@ __all__ = [
     "grid_points",
     "extract_meshes",
     "extract_dense",
+    "query_chunk_points",
 ]
 
 DecodeFn = Callable[[list[np.ndarray]], Sequence[Any]]
@@ -70,6 +71,17 @@ ProgressFn = Callable[[int, int, int, int], None]
 #: profile forces it.
 QUERY_CHUNK_POINTS = 8192
 DEFAULT_CHUNK_POINTS = QUERY_CHUNK_POINTS
+#: The query chunk by the device the decoder runs on (the one place these live).
+#: CPU: QUERY_CHUNK_POINTS bounds the attention scratch. CUDA: each call is one
+#: synchronized launch, so it is 8x larger (8192 meant ~16,000 calls per object at
+#: depth 9 for a noise field); benchmarks/device_check.py (stage chunk_sweep)
+#: measures the best value. The TensorRT profile's max (8 x QUERY_CHUNK_POINTS) matches.
+QUERY_CHUNK_POINTS_BY_DEVICE = {"cpu": QUERY_CHUNK_POINTS, "cuda": 8 * QUERY_CHUNK_POINTS}
+
+
+def query_chunk_points(device: str) -> int:
+    """The default query chunk for a decoder on ``device`` ("cpu", "cuda", "cuda:N")."""
+    return QUERY_CHUNK_POINTS_BY_DEVICE["cuda" if str(device).strip().lower().startswith("cuda") else "cpu"]
 
 
 class PartMesh(NamedTuple):

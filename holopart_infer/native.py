@@ -6,14 +6,19 @@ the same results (FPS and band/refine indices bit for bit, marching-cubes
 vertices and faces in the same order; normals may differ in the last bits
 because the GPU sums them with atomics).
 
-Asking for ``"cuda"`` where the CUDA module was not built or no GPU is usable
-raises :class:`~holopart_infer.errors.BackendUnavailable` (never a silent CPU
-fallback).
+Asking for ``"cuda"`` (or ``"cuda:N"``) where the CUDA module was not built or
+no GPU is usable raises :class:`~holopart_infer.errors.BackendUnavailable`
+(never a silent CPU fallback). When the CUDA module exists on disk but fails to
+import (a missing runtime library, an architecture mismatch) the import error
+is kept and :func:`cuda_status` says it; with ``HOLOPART_EXPECT_CUDA=1`` in the
+environment (the device check sets it) that failure is logged as an error.
 """
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
+import os
 from types import ModuleType
 from typing import Any
 
@@ -26,6 +31,7 @@ __all__ = [
     "built_with_cuda",
     "cuda_available",
     "cuda_status",
+    "normalize_device",
     "kernels",
     "farthest_point_sampling",
     "band_cells",
@@ -44,6 +50,11 @@ _INSTALL_HINT = (
 )
 
 _modules: dict[str, ModuleType | None] = {}
+_import_errors: dict[str, str] = {}
+
+
+def _expect_cuda() -> bool:
+    return os.environ.get("HOLOPART_EXPECT_CUDA", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _load(name: str) -> ModuleType | None:
@@ -51,9 +62,35 @@ def _load(name: str) -> ModuleType | None:
         try:
             _modules[name] = importlib.import_module(f"holopart_infer.{name}")
         except ImportError as e:
-            logger.debug("holopart_infer.%s not importable: %s", name, e)
+            built = importlib.util.find_spec(f"holopart_infer.{name}") is not None
+            _import_errors[name] = (f"holopart_infer.{name} exists but failed to import: {type(e).__name__}: {e}"
+                                    if built else f"holopart_infer.{name} was not built")
+            if name == "_cuda" and (built or _expect_cuda()):
+                # a module on disk that does not import, or a missing one where CUDA was
+                # expected, is a broken install: say so where it is seen
+                logger.error("%s", _import_errors[name])
+            else:
+                logger.debug("%s", _import_errors[name])
             _modules[name] = None
     return _modules[name]
+
+
+def normalize_device(device: str) -> str:
+    """``"cpu"`` or ``"cuda"`` for a device string; ``"cuda:0"`` (torch's spelling) is "cuda".
+
+    The kernels run on the current CUDA device; an index other than 0 is accepted
+    only when it is the one torch/CUDA has current, which this function cannot
+    check, so it is passed through as "cuda".
+
+    Raises:
+        InputError: not "cpu", "cuda" or "cuda:N".
+    """
+    d = str(device).strip().lower()
+    if d in DEVICES:
+        return d
+    if d.startswith("cuda:") and d[5:].isdigit():
+        return "cuda"
+    raise InputError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
 def _cpu() -> ModuleType:
@@ -91,7 +128,11 @@ def cuda_status() -> str:
     """One line saying whether the CUDA kernels are usable, and if not why."""
     mod = _load("_cuda")
     if mod is None:
-        return "CUDA kernels not built (no CUDA compiler at build time)"
+        reason = _import_errors.get("_cuda", "")
+        if "failed to import" in reason:
+            return f"CUDA kernels unusable: {reason}"
+        return ("CUDA kernels not built (the build found no working CUDA compiler, or "
+                "HOLOPART_CUDA=OFF); rebuild with -C cmake.define.HOLOPART_CUDA=ON to see why")
     n = int(mod.device_count())
     if n > 0:
         return f"CUDA kernels usable ({n} device(s))"
@@ -105,14 +146,19 @@ def kernels(device: str) -> Any:
         InputError: ``device`` is not "cpu" or "cuda".
         BackendUnavailable: "cuda" requested but not built or no usable GPU.
     """
+    if not isinstance(device, str):
+        raise InputError(f"device: expected one of {DEVICES}, got {device!r}")
+    try:
+        device = normalize_device(device)
+    except InputError:
+        raise InputError(f"device: expected one of {DEVICES} (or 'cuda:N'), got {device!r}") from None
     if device == "cpu":
         return _cpu()
     if device == "cuda":
         mod = _load("_cuda")
         if mod is None:
             raise BackendUnavailable(
-                "device='cuda' requested but holopart_infer was built without its CUDA kernels "
-                "(no CUDA compiler was found at build time). " + _INSTALL_HINT
+                f"device='cuda' requested but the CUDA kernels are unusable: {cuda_status()}. " + _INSTALL_HINT
             )
         if int(mod.device_count()) <= 0:
             raise BackendUnavailable(

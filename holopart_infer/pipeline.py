@@ -26,7 +26,7 @@ import numpy as np
 
 from holopart_infer import constants, sampler
 from holopart_infer.errors import EmptyResult, EngineError, HoloPartError, InputError, ModelDirError
-from holopart_infer.extract import QUERY_CHUNK_POINTS
+from holopart_infer.extract import query_chunk_points
 from holopart_infer.tokens import select_tokens
 
 log = logging.getLogger("holopart_infer")
@@ -83,8 +83,11 @@ class CompletionOptions:
                                        "about [-1, 1])")
     band: float = _option(constants.DEFAULT_BAND, "|logit| threshold of the coarse-to-fine band (reference 0.95)",
                           kind=float, lo=0.0, lo_open=True, cli=None)
-    chunk_points: int = _option(QUERY_CHUNK_POINTS, "decoder query points per part per call; bounds the attention scratch "
-                                "(points x latent tokens x heads) per call", kind=int, lo=1, cli=None)
+    chunk_points: int | None = _option(None, "decoder query points per part per call; bounds the attention scratch "
+                                       "(points x latent tokens x heads) per call; None: the decoder's device "
+                                       "picks (extract.QUERY_CHUNK_POINTS_BY_DEVICE: 8192 on the CPU, 65536 on "
+                                       "CUDA, where each call is a synchronized launch; benchmarks/device_check.py "
+                                       "measures the best GPU value)", kind=int, lo=1, optional=True, cli=None)
     min_component: float = _option(0.0, "drop connected pieces of a part's mesh whose area is below this fraction "
                                    "of its largest piece (floaters); 0 keeps everything, as the reference",
                                    kind=float, lo=0.0, hi=1.0)
@@ -301,7 +304,14 @@ class HoloPart:
         runs there and cpp_ext was built with CUDA."""
         from holopart_infer import native
 
-        return "cuda" if str(self.device).startswith("cuda") and native.cuda_available() else "cpu"
+        dev = str(self.device).strip().lower()
+        on_gpu = dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit())
+        return "cuda" if on_gpu and native.cuda_available() else "cpu"
+
+    @property
+    def chunk_points(self) -> int:
+        """Decoder points per part per call when the options leave it to the device."""
+        return query_chunk_points(self.device)
 
     def default_options(self) -> CompletionOptions:
         """:class:`CompletionOptions` with this model's recommended defaults applied
@@ -517,14 +527,15 @@ class HoloPart:
         with _timed(timings, "extract"):
             out, stats = extract.extract_meshes(
                 decode, len(batch), depth=opts.depth, band=opts.band, device=self.extract_device,
-                chunk_points=opts.chunk_points, close=bool(opts.close_at_bounds),
+                chunk_points=opts.chunk_points or self.chunk_points, close=bool(opts.close_at_bounds),
                 progress=lambda lvl, nl, d, t: report(f"extract {lvl + 1}/{nl}", d, t))
         if opts.thin_parts:  # thin/flat parts that decoded empty: a grid fitted to each (holopart_infer.thin)
             with _timed(timings, "thin_parts"):
                 out, retried = thin.retry_empty(
                     out, [o.cond.part_local[i, :, :3] for o, i in batch], decode,
                     lambda d, n: extract.extract_meshes(d, n, depth=opts.depth, band=opts.band,
-                                                        device=self.extract_device, chunk_points=opts.chunk_points,
+                                                        device=self.extract_device,
+                                                        chunk_points=opts.chunk_points or self.chunk_points,
                                                         close=bool(opts.close_at_bounds)),
                     opts.depth, [o.parts.names[i] for o, i in batch])
             for j in retried:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch", reason="the harness needs the [torch] extra")
@@ -70,3 +71,46 @@ def test_harness_cpu_smoke(tmp_path):
             assert stages[name]["speedup_vs_reference"] == pytest.approx(ref["median_ms"] / stages[name]["median_ms"])
     assert stages["decoder_query"]["queries_per_s"] > 0
     assert stages["end_to_end_2parts_2steps"]["decoder_queries"] > 0
+
+
+def test_harness_budget_records_not_started_and_writes_json(tmp_path):
+    """--budget-s: stages that would not fit are 'not started'; the JSON exists with every stage named."""
+    import time
+
+    out = tmp_path / "results.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "gpu_harness.py"), "--config", "tiny", "--device", "cpu",
+           "--out", str(out), "--ckpt-dir", str(tmp_path / "ckpt"), "--budget-s", "60",
+           "--started-at", str(time.time() - 59.99)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    res = json.loads(out.read_text())
+    assert res["meta"]["budget_s"] == 60 and res["meta"]["e2e_field"] == "shape"
+    stages = res["stages"]
+    assert stages and all(r["status"] == "not started" and "budget" in r["reason"] for r in stages.values()), stages
+
+
+def test_shape_driven_decoder_runs_the_real_decoder_on_the_same_points():
+    from benchmarks.gpu_harness import ShapeDriven, shape_logits
+
+    seen = []
+
+    class Inner:
+        name = "inner"
+
+        def decoder_query(self, points, kv):
+            seen.append((np.array(points), kv))
+            return np.zeros(points.shape[:2] + (1,), np.float32)
+
+        def decoder_kv(self, latents):
+            return "kv"
+
+    be = ShapeDriven(Inner())
+    pts = np.zeros((2, 3, 3), np.float32)
+    pts[:, 1] = [0.0, 0.0, 0.0]
+    pts[:, 2] = [1.0, 1.0, 1.0]
+    out = be.decoder_query(pts, be.decoder_kv(None))
+    assert len(seen) == 1 and seen[0][1] == "kv" and np.array_equal(seen[0][0], pts)
+    assert out.shape == (2, 3, 1) and be.decoder_points == 6
+    np.testing.assert_array_equal(out, shape_logits(pts))
+    assert (out[:, 1] > 0).all() and (out[:, 2] < 0).all()  # the centre is inside, a box corner outside
+    assert be.name == "inner+shape"
