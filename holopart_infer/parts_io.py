@@ -415,7 +415,25 @@ def _parts_from_nodes(nodes, path: Path, kind: str) -> Parts:
         part = _make_part(name, v, f, str(path))
         part.appearance = app
         parts.append(part)
-    return Parts(parts, source=str(path), kind=kind, input_paths=(path,))
+    return Parts(parts, source=str(path), kind=kind, input_paths=(path, *_referenced_files(path)))
+
+
+def _referenced_files(path: Path) -> tuple[Path, ...]:
+    """Files a mesh file makes the reader open besides itself (glTF buffers and
+    images, an OBJ's material libraries): protected like the file itself."""
+    ext = path.suffix.lower()
+    if ext in SCENE_EXTENSIONS:
+        from holopart_infer import gltf_json
+
+        return gltf_json.referenced_files(path)
+    if ext == ".obj":
+        libs = []
+        with open(path, "r", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("mtllib "):
+                    libs.extend(path.parent / name for name in line.split()[1:])
+        return tuple(libs)
+    return ()
 
 
 def _merged_nodes(path: Path):

@@ -20,7 +20,7 @@ import os
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from holopart_infer import constants, sampler
 from holopart_infer.errors import EmptyResult, EngineError, HoloPartError, InputError, ModelDirError
 from holopart_infer.extract import query_chunk_points
 from holopart_infer.tokens import select_tokens
+
+if TYPE_CHECKING:  # annotations only: parts_io is imported when a job is read
+    from holopart_infer.parts_io import Parts
 
 log = logging.getLogger("holopart_infer")
 

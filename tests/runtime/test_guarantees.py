@@ -588,3 +588,24 @@ def test_cli_export_quiet_hides_third_party_warnings():
     lg = logging.getLogger("torch.onnx._internal.exporter._registration")
     with _quiet_exporter_logs():
         assert not lg.isEnabledFor(logging.WARNING)
+
+
+def test_2_gltf_external_buffers_are_inputs_too(mini, tmp_path):
+    import trimesh
+
+    glb = tmp_path / "src.glb"
+    write_transformed_scene(glb)
+    files = trimesh.load_scene(glb).export(file_type="gltf")  # {name: bytes}: the .gltf and its .bin
+    folder = tmp_path / "gltf"
+    folder.mkdir()
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    gltf = folder / "model.gltf"
+    bins = [folder / n for n in files if n.endswith(".bin")]
+    assert gltf.is_file() and bins
+    before = snapshot(tmp_path)
+    result = mini.complete(gltf, **FAST_OPTS)
+    assert set(bins) <= set(result.inputs)
+    with pytest.raises(OutputError, match="is the input"):
+        result.save(bins[0], overwrite=True)
+    assert snapshot(tmp_path) == before
