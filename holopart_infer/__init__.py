@@ -19,6 +19,7 @@ _LAZY = {
     "HoloPart": ("holopart_infer.pipeline", "HoloPart"),
     "CompletionOptions": ("holopart_infer.pipeline", "CompletionOptions"),
     "CompletionResult": ("holopart_infer.pipeline", "CompletionResult"),
+    "CompletionJob": ("holopart_infer.pipeline", "CompletionJob"),
     "marching_cubes": ("holopart_infer.mcubes", "marching_cubes"),
     "load_parts": ("holopart_infer.parts_io", "load_parts"),
 }

@@ -153,33 +153,45 @@ def _check_output(path: Path, what: str, overwrite: bool, inputs: list[Path]) ->
 
 
 def _complete_and_write(model, input_path, labels, output: Path, preview: Path | None, opts,
-                        overwrite: bool, quiet: bool) -> int:
+                        overwrite: bool, quiet: bool, view=None) -> int:
     import os
 
+    from holopart_infer.parts_io import load_parts
+
+    view = view or _InputView()
     _check_output(output, "output", overwrite, [input_path, labels])
     if preview is not None:
         _check_output(preview, "preview", overwrite, [input_path, labels, output])
+    if view.turntable is not None:
+        _check_output(view.turntable, "turntable", overwrite, [input_path, labels, output, preview])
     bars = _Bars(not quiet)
     t0 = time.perf_counter()
+    parts = load_parts(input_path, labels=labels, parts=view.parts)
     try:
-        result = model.complete(input_path, labels=labels, options=opts, progress=bars)
+        result = model.complete(parts, options=opts, progress=bars)
     finally:
         bars.close()
-    # render the preview to a temp file first: on any failure nothing is written
-    tmp_preview = None
+    # render the pictures to temp files first: on any failure nothing is written
+    pictures = [(dest, dest.with_name(f".{dest.name}.tmp-{os.getpid()}{dest.suffix}"))
+                for dest in (preview, view.turntable) if dest is not None]
     try:
         if preview is not None:
-            tmp_preview = preview.with_name(f".{preview.name}.tmp-{os.getpid()}.png")
-            result.preview(tmp_preview)
+            from holopart_infer.preview import render_comparison
+
+            render_comparison(parts, result, pictures[0][1], exploded=view.exploded)
+        if view.turntable is not None:
+            from holopart_infer.preview import render_turntable
+
+            render_turntable(parts, result, pictures[-1][1], exploded=view.exploded)
         result.save(output, source=input_path)
-        if tmp_preview is not None:
-            os.replace(tmp_preview, preview)
-            tmp_preview = None
+        for dest, tmp in pictures:
+            os.replace(tmp, dest)
     finally:
-        if tmp_preview is not None and tmp_preview.exists():
-            tmp_preview.unlink()
+        for _, tmp in pictures:
+            if tmp.exists():
+                tmp.unlink()
     total = time.perf_counter() - t0
-    print(f"wrote {output} ({len(result.parts)} parts)" + (f" and {preview}" if preview else ""))
+    print(f"wrote {output} ({len(result.parts)} parts)" + "".join(f" and {d}" for d, _ in pictures))
     print(f"backend {model.backend_name} on {model.device} ({model.precision})")
     for stage, sec in result.timings.items():
         print(f"  {stage:<14} {sec:8.2f} s")
@@ -208,6 +220,7 @@ def _options_from(args, base=None, **defaults):
         kw["normalize"] = False
     if getattr(args, "open_at_bounds", False):
         kw["close_at_bounds"] = False
+    kw.update(_input_view_options(args))
     return CompletionOptions(**kw)
 
 
@@ -225,7 +238,7 @@ def cmd_run(args) -> int:
     return _complete_and_write(model, input_path, labels, Path(args.output),
                                Path(args.preview) if args.preview else None,
                                _options_from(args, model.default_options()),
-                               args.overwrite, args.quiet)
+                               args.overwrite, args.quiet, _InputView.from_args(args))
 
 
 DEMO_DEFAULTS = dict(steps=20, depth=7, decimate=5000, min_component=0.2)  # floaters dropped for the picture
@@ -243,7 +256,55 @@ def cmd_demo(args) -> int:
     preview = Path(args.preview) if args.preview else output.with_suffix(".png")
     return _complete_and_write(model, assets.demo_object_path(args.object), None, output, preview,
                                _options_from(args, model.default_options(), **DEMO_DEFAULTS), args.overwrite,
-                               args.quiet)
+                               args.quiet, _InputView.from_args(args))
+
+
+# --------------------------------------------------------------------------- parts, appearance, pictures
+class _InputView:
+    """The run/demo flags about how parts are read and pictured (not completion knobs)."""
+
+    def __init__(self, parts: str = "auto", exploded: float = 0.0, turntable: Path | None = None):
+        self.parts, self.exploded, self.turntable = parts, exploded, turntable
+
+    @classmethod
+    def from_args(cls, args) -> "_InputView":
+        exploded = getattr(args, "exploded", None) or 0.0
+        if exploded < 0:
+            raise InputError(f"--exploded must be >= 0, got {exploded}")
+        turntable = getattr(args, "turntable", None)
+        if turntable and Path(turntable).suffix.lower() not in (".gif", ".mp4"):
+            raise InputError(f"--turntable {turntable}: expected a .gif (or .mp4) path")
+        preview = getattr(args, "preview", None)
+        if preview and Path(preview).suffix.lower() != ".png":
+            raise InputError(f"--preview {preview}: the preview is a PNG image; give a .png path")
+        return cls(getattr(args, "parts", None) or "auto", exploded, Path(turntable) if turntable else None)
+
+
+def _input_view_options(args) -> dict:
+    """CompletionOptions fields set by the flags of :func:`_add_input_view_args`."""
+    kw = {}
+    if getattr(args, "no_appearance", False):
+        kw["appearance"] = False
+    if getattr(args, "no_thin_parts", False):
+        kw["thin_parts"] = False
+    return kw
+
+
+def _add_input_view_args(p: argparse.ArgumentParser, parts_flag: bool = True) -> None:
+    from holopart_infer.parts_io import PARTS_MODES
+
+    if parts_flag:
+        p.add_argument("--parts", choices=PARTS_MODES, default="auto",
+                       help="how one file is cut into parts: auto (scene nodes; OBJ objects/groups; STL solids), "
+                            "primitives (one part per glTF primitive), components (connected pieces)")
+    p.add_argument("--no-appearance", dest="no_appearance", action="store_true",
+                   help="colour parts from a palette instead of carrying the input's colours/texture over")
+    p.add_argument("--no-thin-parts", dest="no_thin_parts", action="store_true",
+                   help="leave parts that decode empty empty (default: retry on a fitted grid, then keep the "
+                        "input surface closed and thickened)")
+    p.add_argument("--exploded", type=float, default=0.0,
+                   help="preview/turntable: move parts apart by this factor (e.g. 0.5) so hidden parts show")
+    p.add_argument("--turntable", help="also write a rotating view, input vs completed (.gif; .mp4 with imageio-ffmpeg)")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, defaults: dict | None = None) -> None:
@@ -283,19 +344,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="complete the parts of an object and write a glb")
-    r.add_argument("input", help="glb/gltf scene (one node per part), a mesh with --labels, or a folder of part meshes")
+    r.add_argument("input", help="glb/gltf scene (one node per part), multi-piece OBJ/STL, a mesh with --labels or "
+                                 "--parts components, a folder of part meshes, or a SAMesh/SAMPart3D output folder")
     r.add_argument("-o", "--output", required=True, help="output .glb")
     src = r.add_mutually_exclusive_group()
     src.add_argument("--weights", help="checkpoint dir (published layout; needs the [torch] extra)")
     src.add_argument("--model", help="exported model dir (manifest.json + ONNX)")
-    r.add_argument("--labels", help="per-face part labels (.npy) for a single-mesh input")
-    r.add_argument("--preview", help="also write a PNG preview of the result")
+    r.add_argument("--labels", help="per-face part labels (.npy, .json incl. SAMesh face2label.json, .txt) for a "
+                                    "single-mesh input; labels < 0 are unassigned (context, in no part)")
+    r.add_argument("--preview", help="also write a PNG: input parts and completed parts side by side")
     r.add_argument("--precision", choices=["fp32", "fp16", "bf16"],
                    help="torch / TensorRT precision (default: torch fp32 on CPU, bf16 on CUDA; TensorRT fp16)")
     r.add_argument("--engine-cache", dest="engine_cache", help="TensorRT engine cache folder")
     r.add_argument("--cuda-graph", dest="graph", action="store_const", const="cuda_graph",
                    help="torch backend on CUDA: replay each guided step as a captured CUDA graph")
     _add_sampling_args(r)
+    _add_input_view_args(r)
     r.set_defaults(func=cmd_run)
 
     d = sub.add_parser("demo", help="run the whole pipeline on the embedded object and model")
@@ -306,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--object", choices=list(assets.DEMO_OBJECTS), default=assets.DEFAULT_DEMO_OBJECT,
                    help=f"embedded object to complete (default {assets.DEFAULT_DEMO_OBJECT})")
     _add_sampling_args(d, DEMO_DEFAULTS)
+    _add_input_view_args(d, parts_flag=False)
     d.set_defaults(func=cmd_demo)
 
     v = sub.add_parser("verify", help="recompute a golden folder's outputs and compare (tolerance 1e-4)")
@@ -325,6 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
     e.add_argument("-q", "--quiet", action="store_true")
     e.set_defaults(func=cmd_export)
+
+    from holopart_infer.batch import add_batch_command
+
+    add_batch_command(sub)  # `batch`: many objects, resumable, optionally on Ray (holopart_infer/batch.py)
+
+    from holopart_infer.serve import add_subcommand as add_serve_subcommand  # the service owns its flags
+
+    add_serve_subcommand(sub)
     return p
 
 

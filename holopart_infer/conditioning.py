@@ -20,7 +20,9 @@ Frames, from outside in:
 Sampling (section 8 of the spec): ``num_points`` area-weighted samples with
 face normals per part, and ``num_points`` for the whole object, which is the
 concatenation of all parts' meshes sampled by area (so a part with twice the
-area gets about twice the whole samples). The whole's mask channel for part i is
+area gets about twice the whole samples), plus the object's unassigned context
+faces (negative labels, :attr:`Parts.context`) when there are any; context
+samples have mask 0 for every part. The whole's mask channel for part i is
 1 where the nearest part sample (over all parts' samples, a KD-tree) belongs to
 part i, as in the reference.
 
@@ -61,7 +63,8 @@ class Conditions:
         object_center: (3,) float64, input-frame point mapped to the origin.
         object_scale: input-frame length mapped to 1.
         names: part names (same order).
-        whole_labels: (N,) int64, index of the part nearest each whole sample.
+        whole_labels: (N,) int64, index of the part nearest each whole sample
+            (-1 for samples on context faces, which belong to no part).
     """
 
     part: np.ndarray
@@ -94,6 +97,11 @@ class Conditions:
     def to_input_frame(self, i: int, vertices: np.ndarray) -> np.ndarray:
         """Part i's normalized-frame points (e.g. its decoded mesh) -> input frame (float64)."""
         return self.from_model_frame(self.part_to_model_frame(i, vertices))
+
+    def to_part_frame(self, i: int, points: np.ndarray) -> np.ndarray:
+        """Input-frame points -> part i's normalized frame (inverse of :meth:`to_input_frame`)."""
+        self._check_index(i)
+        return (self.to_model_frame(points) - self.centers[i]) / self.scales[i]
 
     def _check_index(self, i: int) -> None:
         if not 0 <= int(i) < self.num_parts:
@@ -209,15 +217,23 @@ def build_conditions(parts, num_points: int = NUM_SURFACE_SAMPLES, seed: int | N
             raise InputError(f"part {parts.names[i]!r}: {e}") from e
         part[i, :, :3], part[i, :, 3:] = pts, nrm
 
-    offsets = np.cumsum([0] + [len(v) for v in verts[:-1]])
-    whole_v = np.concatenate(verts, axis=0)
-    whole_f = np.concatenate([f + o for f, o in zip(faces, offsets)], axis=0)
-    whole_pts, whole_nrm, _ = sample_surface(whole_v, whole_f, N, rng)
+    # the whole: every part, then the context faces (unassigned: in the object, in no part)
+    context = getattr(parts, "context", None)
+    pieces_v, pieces_f = list(verts), list(faces)
+    if context is not None:
+        pieces_v.append((np.asarray(context[0], dtype=np.float64) - object_center) / object_scale)
+        pieces_f.append(np.asarray(context[1], dtype=np.int64))
+    offsets = np.cumsum([0] + [len(v) for v in pieces_v[:-1]])
+    whole_v = np.concatenate(pieces_v, axis=0)
+    whole_f = np.concatenate([f + o for f, o in zip(pieces_f, offsets)], axis=0)
+    whole_pts, whole_nrm, whole_face = sample_surface(whole_v, whole_f, N, rng)
 
     # label of the nearest part sample (ties: cKDTree's choice, deterministic)
     tree = cKDTree(part[:, :, :3].reshape(-1, 3))
     _, nearest = tree.query(whole_pts, k=1)
     labels = (np.asarray(nearest, dtype=np.int64) // N)
+    if context is not None:
+        labels[whole_face >= sum(len(f) for f in faces)] = -1  # context samples: no part's mask
 
     whole = np.empty((P, N, 7), dtype=np.float32)
     whole[:, :, :3] = whole_pts
@@ -244,5 +260,6 @@ def build_conditions(parts, num_points: int = NUM_SURFACE_SAMPLES, seed: int | N
 
 def _vertices_of(parts) -> Sequence[np.ndarray]:
     if hasattr(parts, "vertices") and not isinstance(parts, np.ndarray):
-        return parts.vertices
+        context = getattr(parts, "context", None)  # unassigned faces are part of the object too
+        return list(parts.vertices) + ([context[0]] if context is not None else [])
     return [v for v, _ in parts]

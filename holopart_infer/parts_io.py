@@ -1,20 +1,29 @@
 """Reading a segmented object as parts, and writing completed parts as a glb scene.
 
-Three input layouts are accepted by :func:`load_parts`:
+Ways in, all through :func:`load_parts` (``parts=`` picks how a single file is
+cut into parts; ``"auto"`` is the default):
 
 * a ``.glb`` / ``.gltf`` scene with one mesh node per part. Every node's full
   scene-graph transform (the product of its ancestors' transforms) is applied,
-  so vertices come out in the scene's world coordinates, and node names become
-  part names. The reference reads part geometries *without* their transforms
-  while reading the whole object *with* them; here both use them.
-* one mesh file (``.obj``, ``.ply``, ``.stl``, ``.glb``, ``.gltf``) plus a
-  per-face integer label array (a ``.npy`` file or an array): one part per
-  distinct label, named ``part_<label>``, in increasing label order.
+  so vertices come out in the scene's world coordinates; a node whose transform
+  mirrors (negative determinant) gets its triangles' winding flipped, as glTF
+  requires. Node names become part names, in natural sort order.
+  ``parts="primitives"``: one part per glTF primitive instead (named
+  ``<mesh>`` , ``<mesh>_1``, ...).
+* a multi-piece ``.obj`` (``o`` objects / ``g`` groups) or ``.stl`` (several
+  ``solid`` blocks): one part per piece, named by the object/group/solid.
+* any single mesh with ``parts="components"``: one part per connected
+  component (vertices merged by position first), named ``component_<i>``.
+* one mesh file plus per-face integer labels (a ``.npy``/``.json``/``.txt``
+  file or an array, see :mod:`holopart_infer.labels`): one part per distinct
+  label >= 0, named ``part_<label>``, in increasing label order. Labels < 0 are
+  *unassigned*: those faces stay in the whole object as context
+  (:attr:`Parts.context`) but belong to no part. Per-polygon labels of an OBJ
+  with quads or n-gons are mapped to its triangles.
 * a folder of mesh files, one part per file, named by the file stem, in natural
   sort order (``leg2`` before ``leg10``). Files with other extensions are ignored.
-
-Part order from a scene is the natural sort order of the node names, so it does
-not depend on how the glTF file orders its nodes.
+  A folder holding a segmenter's output (SAMesh, SAMPart3D) is read by
+  :mod:`holopart_infer.adapters`.
 
 :func:`write_scene` writes one named node per part with a per-part PBR material
 colour (from :func:`part_colors`, a deterministic palette), atomically.
@@ -25,6 +34,7 @@ import logging
 import os
 import re
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -32,25 +42,38 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from holopart_infer.errors import InputError, InputFileNotFound
+from holopart_infer.labels import LABEL_EXTENSIONS  # noqa: F401  (re-exported)
 
 log = logging.getLogger("holopart_infer")
 
 MESH_EXTENSIONS = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
 SCENE_EXTENSIONS = (".glb", ".gltf")
-LABEL_EXTENSIONS = (".npy",)
+PARTS_MODES = ("auto", "primitives", "components")
 
 # Relative to the object's size: a part whose area is below this (times the
 # squared bounding-box diagonal of the object) is treated as having no surface.
 _MIN_RELATIVE_AREA = 1e-12
 
+WAYS_IN = ("a .glb/.gltf scene with one mesh node per part (or --parts primitives for one part per "
+           "primitive); an OBJ with several o/g groups or an STL with several solids; a single mesh with "
+           "per-face labels (--labels LABELS.npy|.json|.txt, e.g. SAMesh's face2label.json or SAMPart3D's "
+           "mesh_<scale>.npy); a SAMesh or SAMPart3D output folder; a folder with one mesh file per part; "
+           "or --parts components to split a mesh into its connected pieces")
+
 
 @dataclass
 class Part:
-    """One part: a triangle mesh in the input's coordinates."""
+    """One part: a triangle mesh in the input's coordinates.
+
+    Attributes:
+        appearance: the input's look of this part (colours, texture), or None;
+            see :mod:`holopart_infer.appearance`.
+    """
 
     name: str
     vertices: np.ndarray  # (V, 3) float64
     faces: np.ndarray  # (F, 3) int64
+    appearance: object | None = None
 
     @property
     def area(self) -> float:
@@ -65,15 +88,19 @@ class Parts:
         parts: the parts, in a deterministic order (see the module docstring).
         source: where they came from (path of the scene / mesh / folder, or
             ``"<memory>"``).
-        kind: ``"scene"``, ``"mesh+labels"``, ``"folder"`` or ``"memory"``.
+        kind: ``"scene"``, ``"primitives"``, ``"pieces"``, ``"components"``,
+            ``"mesh+labels"``, ``"folder"``, ``"samesh"``, ``"sampart3d"`` or ``"memory"``.
         input_paths: every file that was read (protected from being overwritten
             by :func:`write_scene`).
+        context: ``(vertices, faces)`` of faces that belong to the whole object
+            but to no part (negative labels), or None.
     """
 
     parts: list[Part]
     source: str = "<memory>"
     kind: str = "memory"
     input_paths: tuple[Path, ...] = field(default_factory=tuple)
+    context: tuple[np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.parts)
@@ -108,7 +135,8 @@ class Parts:
 
         Args:
             meshes: one ``(vertices (V,3), faces (F,3))`` pair or
-                ``trimesh.Trimesh`` per part.
+                ``trimesh.Trimesh`` per part (a Trimesh's colours/texture are kept
+                as the part's appearance).
             names: part names (default ``part_0``, ``part_1``, ...); duplicates
                 are made unique with ``_1``, ``_2`` suffixes.
             source: a description used in error messages.
@@ -117,6 +145,8 @@ class Parts:
             InputError: fewer than two parts, bad arrays, NaN/inf vertices, a
                 part without surface area.
         """
+        from holopart_infer import appearance
+
         meshes = list(meshes)
         if names is None:
             names = [f"part_{i}" for i in range(len(meshes))]
@@ -125,71 +155,105 @@ class Parts:
             raise InputError(f"{source}: got {len(meshes)} meshes but {len(names)} names")
         parts = []
         for name, mesh in zip(_unique_names(names), meshes):
+            app = None
             if hasattr(mesh, "vertices") and hasattr(mesh, "faces"):
                 v, f = mesh.vertices, mesh.faces
+                app = appearance.from_trimesh(mesh)
             else:
                 try:
                     v, f = mesh
                 except (TypeError, ValueError) as e:
                     raise InputError(f"{source}: part {name!r} must be a (vertices, faces) pair or a "
                                      f"trimesh.Trimesh, got {type(mesh).__name__}") from e
-            parts.append(_make_part(name, v, f, source))
+            part = _make_part(name, v, f, source)
+            part.appearance = app
+            parts.append(part)
         result = cls(parts, source=source, kind="memory")
         validate_parts(result)
         return result
 
 
-def load_parts(path: str | os.PathLike, labels: str | os.PathLike | np.ndarray | None = None) -> Parts:
+def load_parts(path: str | os.PathLike, labels: str | os.PathLike | np.ndarray | None = None,
+               parts: str = "auto") -> Parts:
     """Read a segmented object.
 
     Args:
-        path: a ``.glb``/``.gltf`` scene (one node per part), a single mesh file
-            (with ``labels``), or a folder of part meshes.
-        labels: per-face integer labels (a ``.npy`` path or an array) when
-            ``path`` is a single mesh; ``None`` otherwise.
+        path: a ``.glb``/``.gltf`` scene (one node per part), a multi-piece OBJ
+            or STL, a single mesh file (with ``labels`` or ``parts="components"``),
+            a folder of part meshes, or a SAMesh / SAMPart3D output folder.
+        labels: per-face integer labels (a ``.npy``/``.json``/``.txt`` path or
+            an array) when ``path`` is a single mesh; labels < 0 are unassigned
+            (context only). ``None`` otherwise.
+        parts: ``"auto"`` (nodes of a scene, pieces of an OBJ/STL), ``"primitives"``
+            (one part per glTF primitive) or ``"components"`` (one part per
+            connected component of the whole file).
 
     Returns:
         :class:`Parts` in the input's coordinates (float64 vertices, int64 faces).
 
     Raises:
         InputFileNotFound: ``path`` or the labels file does not exist.
-        InputError: unsupported extension, unreadable file, empty scene, bad
-            labels, a part with NaN/inf vertices or no surface area, fewer than
-            two parts. Messages name the file and the part.
+        InputError: unsupported extension, empty or unreadable file, empty scene,
+            bad labels, a part with NaN/inf vertices or no surface area, fewer
+            than two parts. Messages name the file and the part.
     """
     path = Path(path)
+    if parts not in PARTS_MODES:
+        raise InputError(f"parts must be one of {', '.join(PARTS_MODES)}, got {parts!r}")
     if not path.exists():
         raise InputFileNotFound(f"input {path} does not exist")
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        # numpy warnings of a reader on a broken file must not print before our clean error
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = _load(path, labels, parts)
+        validate_parts(result)
+    log.info("loaded %d parts from %s (%s)", len(result), result.source, result.kind)
+    return result
+
+
+def _load(path: Path, labels, mode: str) -> Parts:
     if path.is_dir():
+        from holopart_infer import adapters
+
         if labels is not None:
-            raise InputError(f"labels were given but {path} is a folder of part meshes; labels "
-                             "apply to a single mesh file only")
-        parts = _load_folder(path)
-    else:
-        ext = path.suffix.lower()
-        if ext not in MESH_EXTENSIONS:
-            raise InputError(f"{path}: unsupported extension {ext or '(none)'!r}; expected a mesh file "
-                             f"({', '.join(MESH_EXTENSIONS)}) or a folder of part meshes")
-        if labels is not None:
-            parts = _load_mesh_with_labels(path, labels)
-        elif ext in SCENE_EXTENSIONS:
-            parts = _load_scene_parts(path)
-        else:
-            raise InputError(
-                f"{path} is a single {ext} mesh without part labels. Pass per-face labels "
-                "(labels=LABELS.npy / --labels LABELS.npy), a .glb scene with one node per part, "
-                "or a folder with one mesh file per part."
-            )
-    validate_parts(parts)
-    log.info("loaded %d parts from %s (%s)", len(parts), parts.source, parts.kind)
-    return parts
+            raise InputError(f"labels were given but {path} is a folder; labels apply to a single mesh file "
+                             "only")
+        adapted = adapters.load_segmenter_output(path)
+        if adapted is not None:
+            return adapted
+        if mode != "auto":
+            raise InputError(f"--parts {mode} applies to a single mesh file, but {path} is a folder")
+        return _load_folder(path)
+    ext = path.suffix.lower()
+    if ext not in MESH_EXTENSIONS:
+        raise InputError(f"{path}: unsupported extension {ext or '(none)'!r}; expected a mesh file "
+                         f"({', '.join(MESH_EXTENSIONS)}) or a folder of part meshes")
+    if labels is not None:
+        if mode != "auto":
+            raise InputError(f"{path}: pass either labels or --parts {mode}, not both")
+        return load_mesh_with_labels(path, labels)
+    if mode == "components":
+        return _load_components(path)
+    if mode == "primitives":
+        if ext not in SCENE_EXTENSIONS:
+            raise InputError(f"{path}: --parts primitives applies to .glb/.gltf files, got {ext!r}; "
+                             "use --parts components to split a mesh into its connected pieces")
+        nodes = _scene_mesh_nodes(_read_scene(path, "scene", merge_primitives=False), path)
+        return _parts_from_nodes(nodes, path, "primitives")
+    if ext in SCENE_EXTENSIONS:
+        return _parts_from_nodes(_scene_mesh_nodes(_read_scene(path, "scene"), path), path, "scene")
+    split = ext != ".obj" or _obj_piece_count(path) >= 2  # OBJ: pieces are its o/g names, not its materials
+    nodes = _scene_mesh_nodes(_read_scene(path, "mesh file", split=split), path)
+    if split and len(nodes) > 1:
+        return _parts_from_nodes(nodes, path, "pieces")
+    raise InputError(f"{path} is a single {ext} mesh without part labels. Ways in: {WAYS_IN}")
 
 
 def validate_parts(parts: Parts) -> None:
     """Check finiteness, surface area and the part count; raise :class:`InputError`."""
     src = parts.source
     if len(parts) == 0:
-        raise InputError(f"{src}: no parts found")
+        raise InputError(f"{src}: no parts found. Ways in: {WAYS_IN}")
     for p in parts:
         bad = ~np.isfinite(p.vertices).all(axis=1)
         if bad.any():
@@ -207,8 +271,7 @@ def validate_parts(parts: Parts) -> None:
         raise InputError(
             f"{src}: found a single part ({parts.names[0]!r}). HoloPart completes each part "
             "of an object whose whole is the union of its parts, so it needs at least 2 parts. "
-            "Segment the mesh first (e.g. SAMPart3D or SAMesh) and pass one node per part, a "
-            "per-face label array, or a folder of part meshes"
+            f"Segment the mesh first (e.g. SAMPart3D or SAMesh). Ways in: {WAYS_IN}"
         )
 
 
@@ -216,116 +279,273 @@ def validate_parts(parts: Parts) -> None:
 # readers
 
 
-def _read_scene(path: Path, what: str = "mesh file"):
-    """trimesh.Scene of a mesh file; any reader failure becomes an InputError."""
+def _read_scene(path: Path, what: str = "mesh file", merge_primitives: bool = True, split: bool = False):
+    """trimesh.Scene of a mesh file; any reader failure becomes an InputError naming the file."""
+    import io
+
     import trimesh
 
-    kwargs = {"process": False}
-    if path.suffix.lower() in SCENE_EXTENSIONS:
+    if path.stat().st_size == 0:
+        raise InputError(f"{path} is an empty file (0 bytes); expected a {path.suffix.lower()} {what}. "
+                         "Was it written completely?")
+    ext = path.suffix.lower()
+    kwargs: dict = {"process": False}
+    source: object = str(path)
+    if ext in SCENE_EXTENSIONS:
+        from holopart_infer import gltf_json
+
         # one geometry per glTF mesh, not per primitive (whose frames get random names)
-        kwargs["merge_primitives"] = True
+        kwargs["merge_primitives"] = merge_primitives
+        try:
+            report = gltf_json.inspect(path)
+        except InputError:
+            raise
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError, OSError) as e:
+            raise InputError(f"{path}: malformed glTF: {_describe(e)}; check the file with the Khronos glTF "
+                             "validator or re-export it") from e
+        for what_skipped in report.skipped:
+            log.warning("%s: skipping %s: it has no surface to complete", path, what_skipped)
+        if report.rewritten is not None:
+            source = io.BytesIO(report.rewritten)
+            kwargs["file_type"] = ext[1:]
+            kwargs["resolver"] = trimesh.resolvers.FilePathResolver(str(path))
+    elif ext == ".obj" and split:
+        kwargs.update(split_objects=True, split_groups=True)
     try:
-        scene = trimesh.load_scene(str(path), **kwargs)
+        try:
+            scene = trimesh.load_scene(source, **kwargs)
+        except Exception:
+            if not kwargs.get("merge_primitives"):
+                raise
+            # trimesh's primitive merging fails on some valid files (e.g. primitives without a
+            # material): read primitives separately and merge them per node here instead
+            log.debug("%s: merging primitives failed in trimesh; merging them here", path, exc_info=True)
+            if hasattr(source, "seek"):
+                source.seek(0)
+            scene = trimesh.load_scene(source, **{**kwargs, "merge_primitives": False})
+            scene.metadata["holopart_merge_primitives"] = True
+    except ModuleNotFoundError as e:
+        # an optional dependency of trimesh's reader, not a problem of the file
+        raise InputError(f"{path}: reading this {ext} file needs the Python package {e.name!r}, which is not "
+                         f"installed (a dependency of trimesh's reader, not a problem with the file). "
+                         f"Install it with: pip install {e.name}") from e
     except Exception as e:  # trimesh raises many types for broken files
-        raise InputError(f"{path}: cannot read this {what} ({type(e).__name__}: {e}); is it a valid "
-                         f"{path.suffix.lower()} file?") from e
+        raise InputError(f"{path}: cannot read this {what} ({_describe(e)}); is it a valid "
+                         f"{ext} file?") from e
     return scene
 
 
-def _scene_mesh_nodes(scene, path: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(node name, world vertices, faces) for every triangle-mesh node."""
+def _describe(e: BaseException) -> str:
+    """``Type: message``; for an exception without a message, where it was raised instead."""
+    import traceback
+
+    msg = str(e).strip()
+    if msg:
+        return f"{type(e).__name__}: {msg}"
+    tb = traceback.extract_tb(e.__traceback__)
+    where = f" in {Path(tb[-1].filename).name}:{tb[-1].lineno} ({tb[-1].line})" if tb else ""
+    return f"the reader's consistency check failed{where}; the file is malformed"
+
+
+def _scene_mesh_nodes(scene, path: Path) -> list[tuple[str, np.ndarray, np.ndarray, object]]:
+    """(node name, world vertices, faces, appearance) for every triangle-mesh node.
+
+    A node whose world transform mirrors (negative determinant) has its faces'
+    winding flipped so they keep facing outwards, as glTF requires.
+    """
     import trimesh
 
-    out = []
-    for node in scene.graph.nodes_geometry:
+    from holopart_infer import appearance
+
+    out, skipped = [], []
+    merge = bool(scene.metadata.get("holopart_merge_primitives"))
+    primitive_k: dict[str, int] = {}
+    parents = scene.graph.transforms.parents
+    for node in scene.graph.nodes_geometry:  # scene-graph order: the order segmenters label faces in
         transform, geom_name = scene.graph[node]
         geom = scene.geometry.get(geom_name)
         if not isinstance(geom, trimesh.Trimesh):
-            continue  # point clouds, paths: nothing to complete
+            skipped.append(f"{node!r} ({type(geom).__name__})")
+            continue
         v = np.asarray(geom.vertices, dtype=np.float64)
         f = np.asarray(geom.faces, dtype=np.int64).reshape(-1, 3)
         T = np.asarray(transform, dtype=np.float64)
         v = v @ T[:3, :3].T + T[:3, 3]
-        out.append((str(node), v, f))
+        if np.linalg.det(T[:3, :3]) < 0:
+            f = f[:, ::-1].copy()
+        name = str(node)
+        if geom.metadata.get("from_gltf_primitive") and node in parents:
+            # one primitive of a multi-primitive glTF mesh: trimesh names its node with a random
+            # suffix; name it <node>_<k> by primitive order instead (or merge it into <node>)
+            parent = str(parents[node])
+            k = primitive_k[parent] = primitive_k.get(parent, -1) + 1
+            if merge:
+                prev = next((i for i, o in enumerate(out) if o[0] == parent), None)
+                if prev is not None:
+                    pv, pf = out[prev][1], out[prev][2]
+                    out[prev] = (parent, np.concatenate([pv, v]), np.concatenate([pf, f + len(pv)]), None)
+                    continue
+                name = parent
+            else:
+                name = f"{parent}_{k}"
+        out.append((name, v, f, appearance.from_trimesh(geom)))
+    if skipped:
+        log.warning("%s: skipping %d node(s) without triangles (point clouds or lines have no surface to "
+                    "complete): %s", path, len(skipped), ", ".join(skipped))
     if not out:
-        raise InputError(f"{path}: the file holds no triangle meshes (empty scene)")
+        raise InputError(f"{path}: the file holds no triangle meshes (empty scene"
+                         + (f"; only {', '.join(skipped)}" if skipped else "") + ")")
     return out
 
 
-def _load_scene_parts(path: Path) -> Parts:
-    scene = _read_scene(path, "scene")
-    nodes = _scene_mesh_nodes(scene, path)
-    nodes.sort(key=lambda n: _natural_key(n[0]))
+def _obj_piece_count(path: Path) -> int:
+    """Distinct ``o`` / ``g`` names of an OBJ file."""
+    names = set()
+    with open(path, "r", encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            if line.startswith(("o ", "g ")):
+                names.add(line.split(None, 1)[1].strip() if len(line.split(None, 1)) > 1 else "")
+    return len(names)
+
+
+def _parts_from_nodes(nodes, path: Path, kind: str) -> Parts:
+    nodes = sorted(nodes, key=lambda n: _natural_key(n[0]))
     names = _unique_names([n[0] for n in nodes])
-    parts = [_make_part(name, v, f, str(path)) for name, (_, v, f) in zip(names, nodes)]
-    return Parts(parts, source=str(path), kind="scene", input_paths=(path,))
+    parts = []
+    for name, (_, v, f, app) in zip(names, nodes):
+        part = _make_part(name, v, f, str(path))
+        part.appearance = app
+        parts.append(part)
+    return Parts(parts, source=str(path), kind=kind, input_paths=(path,))
 
 
-def _load_single_mesh(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One mesh file as one mesh (world coordinates, file face order)."""
+def _merged_nodes(path: Path):
+    """The whole file as one mesh: (vertices, faces, appearance per node, face offsets).
+
+    Node order is the scene graph's, as ``trimesh.load(path).dump(concatenate=True)``
+    gives it: the face order segmenters such as SAMPart3D label.
+    """
     nodes = _scene_mesh_nodes(_read_scene(path), path)
-    v = [n[1] for n in nodes]
-    offsets = np.cumsum([0] + [len(x) for x in v[:-1]])
-    f = [n[2] + o for n, o in zip(nodes, offsets)]
-    return np.concatenate(v, axis=0), np.concatenate(f, axis=0)
+    offsets = np.cumsum([0] + [len(n[1]) for n in nodes[:-1]])
+    v = np.concatenate([n[1] for n in nodes], axis=0)
+    f = np.concatenate([n[2] + o for n, o in zip(nodes, offsets)], axis=0)
+    return v, f, nodes
 
 
-def _load_mesh_with_labels(path: Path, labels) -> Parts:
-    nodes = _scene_mesh_nodes(_read_scene(path), path)
-    if len(nodes) > 1:
-        raise InputError(
-            f"{path}: per-face labels need a file with one mesh, but it holds {len(nodes)} mesh "
-            f"nodes ({', '.join(sorted(n[0] for n in nodes)[:5])}...) whose face order is ambiguous. "
-            "Pass it without labels to use its nodes as parts, or merge it into one mesh first"
-        )
-    _, v, f = nodes[0]
-    inputs: tuple[Path, ...] = (path,)
+def _load_single_mesh(path: Path) -> tuple[np.ndarray, np.ndarray, object]:
+    """One mesh file as one mesh (world coordinates, file face order) and its appearance."""
+    v, f, nodes = _merged_nodes(path)
+    return v, f, nodes[0][3] if len(nodes) == 1 else None
+
+
+def _face_appearance(nodes, labels_mask: np.ndarray):
+    """The appearance of the faces selected by ``labels_mask`` when they come from one node."""
+    counts = np.cumsum([0] + [len(n[2]) for n in nodes])
+    owner = np.searchsorted(counts, np.nonzero(labels_mask)[0], side="right") - 1
+    owners = np.unique(owner)
+    return (int(owners[0]), counts) if len(owners) == 1 else (None, counts)
+
+
+def _split_by_labels(v, f, labels: np.ndarray, nodes, path: Path) -> tuple[list[Part], tuple | None]:
+    parts = []
+    vcounts = np.cumsum([0] + [len(n[1]) for n in nodes])
+    for lab in np.unique(labels[labels >= 0]):
+        mask = labels == lab
+        sel = f[mask]
+        used, inverse = np.unique(sel.reshape(-1), return_inverse=True)
+        part = _make_part(f"part_{int(lab)}", v[used], inverse.reshape(-1, 3), str(path))
+        node_i, fcounts = _face_appearance(nodes, mask)
+        if node_i is not None and nodes[node_i][3] is not None:
+            part.appearance = nodes[node_i][3].subset(used - vcounts[node_i],
+                                                      np.nonzero(mask)[0] - fcounts[node_i])
+        parts.append(part)
+    context = None
+    if (labels < 0).any():
+        sel = f[labels < 0]
+        used, inverse = np.unique(sel.reshape(-1), return_inverse=True)
+        context = (v[used].astype(np.float64), inverse.reshape(-1, 3).astype(np.int64))
+        log.info("%s: %d faces with negative labels are unassigned: context for the whole object, in no part",
+                 path, int((labels < 0).sum()))
+    return parts, context
+
+
+def load_mesh_with_labels(path: str | os.PathLike, labels, kind: str = "mesh+labels",
+                          extra_inputs: tuple[Path, ...] = ()) -> Parts:
+    """One mesh file plus per-face labels (see :func:`load_parts`); not validated here."""
+    from holopart_infer import labels as labels_mod
+
+    path = Path(path)
+    inputs: tuple[Path, ...] = (path, *extra_inputs)
     if isinstance(labels, (str, os.PathLike)):
         lpath = Path(labels)
-        if not lpath.exists():
-            raise InputFileNotFound(f"labels file {lpath} does not exist")
-        if lpath.suffix.lower() not in LABEL_EXTENSIONS:
-            raise InputError(f"labels file {lpath}: unsupported extension {lpath.suffix!r}; expected a "
-                             ".npy array of per-face integer labels")
-        try:
-            arr = np.load(lpath, allow_pickle=False)
-        except Exception as e:
-            raise InputError(f"labels file {lpath}: cannot read it as a .npy array ({e})") from e
+        arr = labels_mod.read_labels(lpath)
         lsrc = f"labels file {lpath}"
-        inputs = (path, lpath)
+        inputs = inputs + (lpath,)
     else:
-        arr = np.asarray(labels)
         lsrc = "labels array"
-    arr = np.asarray(arr)
-    if arr.ndim == 2 and 1 in arr.shape:
-        arr = arr.reshape(-1)
-    if arr.ndim != 1:
-        raise InputError(f"{lsrc}: expected a 1-D array of per-face labels, got shape {arr.shape}")
-    if arr.dtype.kind not in "iu":
-        raise InputError(f"{lsrc}: labels must be integers, got dtype {arr.dtype}; convert them "
-                         "(e.g. labels.astype(np.int64)) if they are whole numbers")
+        arr = labels_mod.check_label_array(labels, lsrc)
+    v, f, nodes = _merged_nodes(path)
+    if len(arr) != len(f) and path.suffix.lower() == ".obj":
+        sizes = labels_mod.obj_polygon_sizes(path)
+        if sizes is not None and len(sizes) == len(arr) and (sizes > 3).any():
+            # per-polygon labels of an OBJ with quads / n-gons: triangulate the polygons here so
+            # every triangle takes its polygon's label
+            v, polys = labels_mod.read_obj_polygons(path)
+            f, arr = labels_mod.triangulate_polygons(polys, arr)
+            nodes = [("mesh", v, f, None)]
+            log.info("%s: %d per-polygon labels mapped to %d triangles", lsrc, len(polys), len(f))
     if len(arr) != len(f):
-        raise InputError(f"{lsrc}: has {len(arr)} labels but mesh {path} has {len(f)} faces; "
+        hint = ""
+        if path.suffix.lower() == ".obj":
+            sizes = labels_mod.obj_polygon_sizes(path)
+            hint = (f" (the OBJ has {0 if sizes is None else len(sizes)} polygons; per-polygon labels are "
+                    "accepted too)")
+        raise InputError(f"{lsrc}: has {len(arr)} labels but mesh {path} has {len(f)} faces{hint}; "
                          "expected exactly one label per face, in the file's face order")
-    parts = []
-    for lab in np.unique(arr):
-        sel = f[arr == lab]
-        used, inverse = np.unique(sel.reshape(-1), return_inverse=True)
-        parts.append(_make_part(f"part_{int(lab)}", v[used], inverse.reshape(-1, 3), str(path)))
-    return Parts(parts, source=str(path), kind="mesh+labels", input_paths=inputs)
+    if len(nodes) > 1:
+        log.info("%s: %d mesh nodes concatenated in scene-graph order for the labels", path, len(nodes))
+    parts, context = _split_by_labels(v, f, arr, nodes, path)
+    if not parts:
+        raise InputError(f"{lsrc}: every label is negative (unassigned), so there are no parts. Labels >= 0 "
+                         "name parts; labels < 0 mark context faces that belong to no part")
+    return Parts(parts, source=str(path), kind=kind, input_paths=inputs, context=context)
+
+
+def _load_components(path: Path) -> Parts:
+    """One part per connected component of the whole file (vertices merged by position)."""
+    import trimesh
+
+    v, f, nodes = _merged_nodes(path)
+    merged = trimesh.Trimesh(v, f, process=False)
+    merged.merge_vertices(merge_tex=True, merge_norm=True)
+    labels = trimesh.graph.connected_component_labels(merged.face_adjacency, node_count=len(merged.faces))
+    # number components by their first face, so names follow the file's face order
+    _, first = np.unique(labels, return_index=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first)] = np.arange(len(first))
+    parts, _ = _split_by_labels(v, f, rank[labels], nodes, path)
+    for p in parts:
+        p.name = p.name.replace("part_", "component_", 1)
+    if len(parts) < 2:
+        raise InputError(f"{path}: --parts components found a single connected piece, so there is nothing to "
+                         f"split. Ways in: {WAYS_IN}")
+    log.info("%s: split into %d connected components", path, len(parts))
+    return Parts(parts, source=str(path), kind="components", input_paths=(path,))
 
 
 def _load_folder(folder: Path) -> Parts:
     files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in MESH_EXTENSIONS]
     if not files:
         raise InputError(f"folder {folder} holds no mesh files ({', '.join(MESH_EXTENSIONS)}); "
-                         "expected one file per part")
+                         "expected one file per part, or a SAMesh / SAMPart3D output folder")
     files.sort(key=lambda p: (_natural_key(p.stem), p.name))
     names = _unique_names([p.stem for p in files])
     parts = []
     for name, fp in zip(names, files):
-        v, f = _load_single_mesh(fp)
-        parts.append(_make_part(name, v, f, str(fp)))
+        v, f, app = _load_single_mesh(fp)
+        part = _make_part(name, v, f, str(fp))
+        part.appearance = app
+        parts.append(part)
     return Parts(parts, source=str(folder), kind="folder", input_paths=tuple(files))
 
 
@@ -350,7 +570,8 @@ def _face_areas(v: np.ndarray, f: np.ndarray) -> np.ndarray:
     if len(f) == 0:
         return np.zeros(0)
     tri = v[f]
-    return 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    with np.errstate(all="ignore"):
+        return 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
 
 
 def _natural_key(s: str):
@@ -406,7 +627,8 @@ def mesh_arrays(mesh) -> tuple[np.ndarray, np.ndarray]:
 
 def write_scene(parts_meshes: Sequence, names: Sequence[str], path: str | os.PathLike,
                 colors: Sequence | np.ndarray | None = None,
-                protect: Iterable[str | os.PathLike] | None = None) -> Path:
+                protect: Iterable[str | os.PathLike] | None = None,
+                vertex_colors: Sequence | None = None) -> Path:
     """Write parts as a ``.glb`` scene: one named node per part, one colour per part.
 
     Args:
@@ -420,6 +642,9 @@ def write_scene(parts_meshes: Sequence, names: Sequence[str], path: str | os.Pat
             default :func:`part_colors`. Stored as each part's PBR base colour.
         protect: input files that must not be overwritten (e.g. the source
             scene); ``path`` equal to any of them raises.
+        vertex_colors: per part ``None`` or (V, 4) uint8 RGBA per vertex (the
+            input's look, :mod:`holopart_infer.appearance`); written as the
+            glTF ``COLOR_0`` attribute, over a white material.
 
     Returns:
         The output path.
@@ -456,9 +681,12 @@ def write_scene(parts_meshes: Sequence, names: Sequence[str], path: str | os.Pat
             continue
         if not np.isfinite(v).all():
             raise InputError(f"write_scene: part {name!r} has NaN or inf vertices")
-        material = PBRMaterial(name=f"{name}_material", baseColorFactor=rgba[i],
-                               metallicFactor=0.0, roughnessFactor=0.8, doubleSided=True)
+        vcol = _vertex_colors_of(vertex_colors, i, len(v), name)
+        material = PBRMaterial(name=f"{name}_material", baseColorFactor=rgba[i] if vcol is None else
+                               (255, 255, 255, 255), metallicFactor=0.0, roughnessFactor=0.8, doubleSided=True)
         tm = trimesh.Trimesh(v, f, process=False, visual=TextureVisuals(material=material))
+        if vcol is not None:  # appearance: per-vertex colours (COLOR_0) multiply the white material
+            tm.visual.vertex_attributes["color"] = vcol
         scene.add_geometry(tm, node_name=name, geom_name=name)
     try:
         data = scene.export(file_type="glb")
@@ -468,6 +696,17 @@ def write_scene(parts_meshes: Sequence, names: Sequence[str], path: str | os.Pat
     _atomic_write(path, data)
     log.info("wrote %d parts to %s", len(meshes), path)
     return path
+
+
+def _vertex_colors_of(vertex_colors, i: int, n_vertices: int, name: str) -> np.ndarray | None:
+    """Part i's (V, 4) uint8 vertex colours, or None (appearance output of write_scene)."""
+    if vertex_colors is None or vertex_colors[i] is None:
+        return None
+    c = np.asarray(vertex_colors[i])
+    if c.ndim != 2 or c.shape[0] != n_vertices or c.shape[1] not in (3, 4):
+        raise InputError(f"write_scene: part {name!r}: vertex colours must be ({n_vertices}, 3|4), got {c.shape}")
+    c = _normalize_colors(c, n_vertices)
+    return c
 
 
 def _normalize_colors(colors, n: int) -> np.ndarray:

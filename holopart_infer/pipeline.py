@@ -20,12 +20,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from holopart_infer import sampler
-from holopart_infer.errors import InputError, ModelDirError
+from holopart_infer.errors import EngineError, HoloPartError, InputError, ModelDirError
 from holopart_infer.extract import QUERY_CHUNK_POINTS
 from holopart_infer.tokens import select_tokens
 
@@ -60,6 +60,13 @@ class CompletionOptions:
         close_at_bounds: a part that reaches the +-1.05 extraction box of its
             frame is capped with the box face, so its mesh is closed; False
             leaves the hole, as the reference does.
+        thin_parts: a part that decodes empty (thin or flat parts) is extracted
+            again on a grid fitted to it; if still empty, its input surface is
+            closed and thickened, with a warning naming it. False leaves such
+            parts empty, as the reference does.
+        appearance: carry the input's look (vertex colours, material colour,
+            texture) over to the completed parts as vertex colours; False
+            colours each part from a fixed palette.
     """
 
     steps: int = sampler.DEFAULT_STEPS
@@ -75,6 +82,11 @@ class CompletionOptions:
     chunk_points: int = QUERY_CHUNK_POINTS
     min_component: float = 0.0
     close_at_bounds: bool = True
+    thin_parts: bool = field(default=True, metadata={
+        "help": "retry parts that decode empty on a grid fitted to them, then keep their input surface "
+                "closed and thickened (default on; off leaves them empty, as the reference)"})
+    appearance: bool = field(default=True, metadata={
+        "help": "carry the input's colours/texture to the completed parts as vertex colours (default on)"})
 
     @classmethod
     def with_defaults(cls, defaults: dict | None, source: str = "model") -> "CompletionOptions":
@@ -121,6 +133,7 @@ class CompletedPart:
     vertices: np.ndarray  # (V, 3) float32, in the input's coordinates
     faces: np.ndarray  # (F, 3) int64
     color: tuple[int, int, int, int]
+    vertex_colors: np.ndarray | None = None  # (V, 4) uint8: the input's look (options.appearance)
 
 
 @dataclass
@@ -134,13 +147,14 @@ class CompletionResult:
         from holopart_infer.parts_io import write_scene
 
         return write_scene([(p.vertices, p.faces) for p in self.parts], [p.name for p in self.parts], path,
-                           colors=[p.color for p in self.parts], protect=[source] if source else None)
+                           colors=[p.color for p in self.parts], protect=[source] if source else None,
+                           vertex_colors=[p.vertex_colors for p in self.parts])
 
     def preview(self, path: str | os.PathLike, size=(800, 600)) -> Path:
         from holopart_infer.preview import render_preview
 
         return render_preview([(p.vertices, p.faces) for p in self.parts], [p.color for p in self.parts],
-                              path, size=size)
+                              path, size=size, vertex_colors=[p.vertex_colors for p in self.parts])
 
 
 class HoloPart:
@@ -229,11 +243,125 @@ class HoloPart:
             :class:`CompletionResult` with one mesh per input part, in the input's
             coordinates, and per-stage timings. Same seed and backend: same result.
         """
-        from holopart_infer import conditioning, extract, parts_io
-        from holopart_infer.cleanup import edge_manifold, remove_floaters
-        from holopart_infer.decimate import decimate as decimate_mesh
+        opts = self._options(options, overrides)
+        report = progress or _no_progress
+        obj = self._prepare(parts, labels, opts)
+        P = obj.num_parts
+        batches = [[(obj, i) for i in range(s, min(P, s + opts.parts_per_batch))]
+                   for s in range(0, P, opts.parts_per_batch)]
+        for b, batch in enumerate(batches):
+            self._run_batch(batch, report, step_base=b * opts.steps, step_total=len(batches) * opts.steps)
+        return self._finish(obj, report)
 
+    def complete_many(self, jobs: Iterable[CompletionJob], *, parts_per_batch: int | None = None,
+                      progress: Progress | None = None
+                      ) -> Iterator[tuple[CompletionJob, CompletionResult | HoloPartError]]:
+        """Complete many objects, packing parts of several objects into each batch.
+
+        Parts of different objects share a DiT / decoder batch when the options
+        that shape a batch agree (steps, guidance, latent tokens, depth, band,
+        chunk_points, closing; see :data:`BATCH_KEY_FIELDS`). Each object keeps its
+        own seed: its noise, surface samples and tokens depend only on its parts
+        and its seed, so a result equals :meth:`complete` on that object (up to
+        the backend's batch-size numerics, which are tested to be negligible).
+
+        Jobs are read from ``jobs`` lazily: at most about one batch of parts per
+        option group is held besides the objects being completed. A batch runs
+        when a group has ``parts_per_batch`` parts waiting, and the partial
+        batches run when ``jobs`` is exhausted: for dynamic batching with a
+        maximum wait (a service), gather the jobs that arrive within the wait
+        and call this on that list.
+
+        Args:
+            jobs: :class:`CompletionJob` items (any iterable, e.g. a generator).
+            parts_per_batch: parts per DiT / decoder batch for every job
+                (default: each job's ``options.parts_per_batch``; jobs with
+                different values then form different groups).
+            progress: ``progress(stage, done, total)`` for the batch stages.
+
+        Yields:
+            ``(job, CompletionResult)`` when all of a job's parts are done, or
+            ``(job, HoloPartError)`` for a job that could not be read, had bad
+            options or whose batch failed; other jobs go on. Results come in
+            completion order, which need not be the input order (use ``job.key``).
+        """
+        if parts_per_batch is not None and (isinstance(parts_per_batch, bool) or int(parts_per_batch) < 1):
+            raise InputError(f"parts_per_batch must be an integer >= 1 or None, got {parts_per_batch!r}")
+        report = progress or _no_progress
+        # group key -> FIFO of (object, part index) waiting for a batch
+        waiting: dict[tuple, list[tuple[_Prepared, int]]] = {}
+        failed: set[int] = set()  # id() of objects whose batch failed
+
+        def batch_size(key):
+            return key[-1]
+
+        def run(key, n):
+            queue = waiting[key]
+            batch, waiting[key] = queue[:n], queue[n:]
+            if not waiting[key]:
+                del waiting[key]
+            batch = [(o, i) for o, i in batch if id(o) not in failed]
+            if not batch:
+                return
+            objs = list({id(o): o for o, _ in batch}.values())
+            try:
+                self._run_batch(batch, report)
+            except Exception as e:
+                # one failed batch must not fail the run, nor an object that merely shared it:
+                # with several objects in it, each object's parts are retried on their own
+                log.warning("a batch of %d parts from %d object(s) failed: %s", len(batch), len(objs), e)
+                for o in objs:
+                    try:
+                        if len(objs) == 1:
+                            raise e
+                        self._run_batch([(ob, i) for ob, i in batch if ob is o], report)
+                    except Exception as e_own:
+                        failed.add(id(o))
+                        o.error = _as_error(e_own, f"completing {len([1 for ob, _ in batch if ob is o])} "
+                                                   f"part(s) of {_describe(o.job) if o.job else 'the object'}")
+            for o in objs:
+                if o.reported:
+                    continue
+                if o.error is not None:
+                    o.reported = True
+                    yield o.job, o.error
+                elif o.pending == 0:
+                    o.reported = True
+                    try:
+                        yield o.job, self._finish(o, report)
+                    except Exception as e:
+                        yield o.job, _as_error(e, f"postprocessing {_describe(o.job)}")
+
+        def oldest_full(n_of):
+            for key, queue in waiting.items():
+                if len(queue) >= n_of(key):
+                    return key
+            return None
+
+        for job in jobs:
+            if not isinstance(job, CompletionJob):
+                raise InputError(f"complete_many: jobs must be CompletionJob items, got {type(job).__name__}")
+            try:
+                opts = self._options(job.options, {})
+                if parts_per_batch is not None:
+                    opts = CompletionOptions(**{**opts.__dict__, "parts_per_batch": int(parts_per_batch)})
+                obj = self._prepare(job.parts, job.labels, opts, job=job)
+            except Exception as e:
+                yield job, _as_error(e, f"reading {_describe(job)}")
+                continue
+            key = _batch_key(opts)
+            waiting.setdefault(key, []).extend((obj, i) for i in range(obj.num_parts))
+            while (key := oldest_full(batch_size)) is not None:
+                yield from run(key, batch_size(key))
+        while waiting:  # the rest: partial batches, oldest group first
+            key = next(iter(waiting))
+            yield from run(key, batch_size(key))
+
+    # ------------------------------------------------------------------ stages
+    def _options(self, options: CompletionOptions | None, overrides: dict) -> CompletionOptions:
         opts = options or self.default_options()
+        if not isinstance(opts, CompletionOptions):
+            raise InputError(f"options must be a CompletionOptions, got {type(opts).__name__}")
         if overrides:
             unknown = set(overrides) - set(CompletionOptions.__dataclass_fields__)
             if unknown:
@@ -241,70 +369,113 @@ class HoloPart:
                                  f"known: {', '.join(CompletionOptions.__dataclass_fields__)}")
             opts = CompletionOptions(**{**opts.__dict__, **overrides})
         opts.validate()
-        report = progress or (lambda stage, done, total: None)
+        return opts
+
+    def _prepare(self, parts, labels, opts: CompletionOptions, job: "CompletionJob | None" = None) -> "_Prepared":
+        """Stage 1, per object: read the parts, condition them, draw the object's noise."""
+        from holopart_infer import conditioning, parts_io
+
         timings: dict[str, float] = {}
-
-        @contextlib.contextmanager
-        def timed(stage):
-            t0 = time.perf_counter()
-            try:
-                yield
-            finally:
-                timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0
-
-        with timed("load_parts"):
+        with _timed(timings, "load_parts"):
             if not isinstance(parts, parts_io.Parts):
                 parts = parts_io.load_parts(parts, labels=labels)
         P = len(parts.names)
-        with timed("conditioning"):
+        with _timed(timings, "conditioning"):
             cond = conditioning.build_conditions(parts, num_points=opts.num_points, seed=opts.seed,
                                                  normalize=opts.normalize)
             K = self.num_tokens
             part_tok = select_tokens(cond.part, K, seed=opts.seed)
             local_tok = select_tokens(cond.part_local, K, seed=opts.seed)
-        # all noise drawn at once: results do not depend on parts_per_batch
+        # all noise drawn at once, from the object's seed: results depend neither
+        # on parts_per_batch nor on which other objects share a batch
         noise = np.random.default_rng(opts.seed).standard_normal(
             (P, opts.latent_tokens, self.latent_channels), dtype=np.float32)
+        return _Prepared(job=job, parts=parts, opts=opts, cond=cond, part_tok=part_tok, local_tok=local_tok,
+                         noise=noise, timings=timings, meshes=[None] * P, pending=P)
+
+    def _run_batch(self, batch: list[tuple["_Prepared", int]], report: Progress, *, step_base: int = 0,
+                   step_total: int | None = None) -> None:
+        """Stage 2, per batch of parts (possibly of several objects whose batch
+        options agree): encode, denoise, decoder key/values, extraction. Stores
+        each part's mesh (normalized frame) in its object; shares the batch's
+        stage times among the objects by their number of parts in it."""
+        from holopart_infer import extract, thin
+
+        opts = batch[0][0].opts
+        timings: dict[str, float] = {}
+
+        def rows(get):
+            return np.stack([get(o)[i] for o, i in batch])
+
         sched = self.config.get("scheduler", {})
         shift = float(sched.get("shift", 1.0))
         n_train = int(sched.get("num_train_timesteps", 1000))
+        total_steps = step_total or opts.steps
+        with _timed(timings, "part_encoder"):
+            whole_cond, part_cond = self.backend.encode(rows(lambda o: o.part_tok), rows(lambda o: o.cond.whole),
+                                                        rows(lambda o: o.local_tok), rows(lambda o: o.cond.part_local))
+        with _timed(timings, "denoise"):
+            latents = sampler.sample(self.backend.guided_step, rows(lambda o: o.noise), part_cond, whole_cond,
+                                     steps=opts.steps, guidance=opts.guidance, shift=shift,
+                                     num_train_timesteps=n_train,
+                                     callback=lambda i, n: report("denoise", step_base + i, total_steps))
+        with _timed(timings, "decoder_kv"):
+            kv = self.backend.decoder_kv(latents)
 
-        meshes: list[tuple[np.ndarray, np.ndarray]] = []
-        level_queries: dict[str, int] = {}
-        batches = [list(range(s, min(P, s + opts.parts_per_batch))) for s in range(0, P, opts.parts_per_batch)]
-        done_steps = 0
-        for batch in batches:
-            with timed("part_encoder"):
-                whole_cond, part_cond = self.backend.encode(part_tok[batch], cond.whole[batch],
-                                                            local_tok[batch], cond.part_local[batch])
+        def decode(points_per_part: list[np.ndarray]) -> list[np.ndarray]:
+            return self._decode_padded(points_per_part, kv)
 
-            def step_cb(i, n, _base=done_steps):
-                report("denoise", _base + i, n * len(batches))
+        with _timed(timings, "extract"):
+            out, stats = extract.extract_meshes(
+                decode, len(batch), depth=opts.depth, band=opts.band, device=self.extract_device,
+                chunk_points=opts.chunk_points, close=bool(opts.close_at_bounds),
+                progress=lambda lvl, nl, d, t: report(f"extract {lvl + 1}/{nl}", d, t))
+        if opts.thin_parts:  # thin/flat parts that decoded empty: a grid fitted to each (holopart_infer.thin)
+            with _timed(timings, "thin_parts"):
+                out, retried = thin.retry_empty(
+                    out, [o.cond.part_local[i, :, :3] for o, i in batch], decode,
+                    lambda d, n: extract.extract_meshes(d, n, depth=opts.depth, band=opts.band,
+                                                        device=self.extract_device, chunk_points=opts.chunk_points,
+                                                        close=bool(opts.close_at_bounds)),
+                    opts.depth, [o.parts.names[i] for o, i in batch])
+            for j in retried:
+                o, i = batch[j]
+                o.thin_retried.append(o.parts.names[i])
+        per_part = getattr(stats, "queries_per_part", None) or [[] for _ in batch]
+        for (o, i), mesh, queries in zip(batch, out, per_part):
+            o.meshes[i] = mesh
+            o.pending -= 1
+            for level, q in enumerate(queries):
+                o.level_queries[str(level)] = o.level_queries.get(str(level), 0) + int(q)
+            share = 1.0 / len(batch)
+            for stage, sec in timings.items():
+                o.timings[stage] = o.timings.get(stage, 0.0) + sec * share
+        for o in {id(o): o for o, _ in batch}.values():
+            o.batch_sizes.append(len(batch))
 
-            with timed("denoise"):
-                latents = sampler.sample(self.backend.guided_step, noise[batch], part_cond, whole_cond,
-                                         steps=opts.steps, guidance=opts.guidance, shift=shift,
-                                         num_train_timesteps=n_train, callback=step_cb)
-            done_steps += opts.steps
-            with timed("decoder_kv"):
-                kv = self.backend.decoder_kv(latents)
+    def _finish(self, obj: "_Prepared", report: Progress) -> CompletionResult:
+        """Stage 3, per object: back to the input frame, floaters, decimation, appearance."""
+        from holopart_infer import appearance, parts_io, thin
+        from holopart_infer.cleanup import edge_manifold, remove_floaters
+        from holopart_infer.decimate import decimate as decimate_mesh
 
-            def decode(points_per_part: list[np.ndarray], _kv=kv) -> list[np.ndarray]:
-                return self._decode_padded(points_per_part, _kv)
-
-            with timed("extract"):
-                out, stats = extract.extract_meshes(
-                    decode, len(batch), depth=opts.depth, band=opts.band, device=self.extract_device,
-                    chunk_points=opts.chunk_points, close=bool(opts.close_at_bounds),
-                    progress=lambda lvl, nl, d, t: report(f"extract {lvl + 1}/{nl}", d, t))
-            for key, val in _level_counts(stats).items():
-                level_queries[key] = level_queries.get(key, 0) + val
-            meshes.extend(out)
-
+        opts, parts, cond = obj.opts, obj.parts, obj.cond
+        P = obj.num_parts
         results: list[CompletedPart] = []
         palette = parts_io.part_colors(P)
-        with timed("postprocess"):
-            for i, (v, f) in enumerate(meshes):
+        thin_fallback = []
+        if opts.thin_parts:  # still empty: the input surface, closed and thickened, stands in
+            for i, (v, f) in enumerate(obj.meshes):
+                if len(f) == 0:
+                    pv, pf = thin.thickened_patch(parts[i].vertices, parts[i].faces)
+                    obj.meshes[i] = (cond.to_part_frame(i, pv), pf)
+                    thin_fallback.append(parts.names[i])
+            if thin_fallback:
+                log.warning("%d part(s) came back empty from the model even on a grid fitted to them (thin or "
+                            "flat parts): kept their input surface, closed and thickened: %s",
+                            len(thin_fallback), ", ".join(repr(n) for n in thin_fallback))
+        with _timed(obj.timings, "postprocess"):
+            for i, (v, f) in enumerate(obj.meshes):
                 v = cond.to_input_frame(i, np.asarray(v, dtype=np.float64))
                 f = np.asarray(f, dtype=np.int64)
                 if opts.min_component > 0:
@@ -320,8 +491,15 @@ class HoloPart:
                 results.append(CompletedPart(parts.names[i], np.asarray(v, np.float32), np.asarray(f, np.int64),
                                         tuple(palette[i])))
                 report("postprocess", i + 1, P)
-        return CompletionResult(results, timings, {"decoder_queries_per_level": level_queries,
-                                                   "num_parts": P, "backend": self.backend_name})
+        obj.meshes = []  # the normalized-frame meshes are no longer needed
+        if opts.appearance:  # the input's look onto the completed parts (holopart_infer.appearance)
+            with _timed(obj.timings, "appearance"):
+                appearance.apply(results, parts, seed=opts.seed)
+        return CompletionResult(results, dict(obj.timings), {"decoder_queries_per_level": obj.level_queries,
+                                                             "num_parts": P, "backend": self.backend_name,
+                                                             "batch_sizes": list(obj.batch_sizes),
+                                                             "thin_parts": {"retried": list(obj.thin_retried),
+                                                                            "fallback": thin_fallback}})
 
     def _decode_padded(self, points_per_part: list[np.ndarray], kv) -> list[np.ndarray]:
         """Query the decoder for each part's points, all parts of the batch in one call.
@@ -340,13 +518,84 @@ class HoloPart:
         return [logits[b, :n] for b, n in enumerate(counts)]
 
 
-def _level_counts(stats) -> dict[str, int]:
-    counts = getattr(stats, "queries_per_level", None)
-    if counts is None and isinstance(stats, dict):
-        counts = stats.get("queries_per_level", {})
-    if isinstance(counts, dict):
-        return {str(k): int(v) for k, v in counts.items()}
-    return {str(i): int(v) for i, v in enumerate(counts or [])}
+#: options that must be equal for parts to share a DiT / decoder batch (the
+#: sampler loop and the extraction run once per batch with one value of each)
+BATCH_KEY_FIELDS = ("steps", "guidance", "latent_tokens", "depth", "band", "chunk_points", "close_at_bounds",
+                    "thin_parts", "parts_per_batch")
+
+
+def _batch_key(opts: CompletionOptions) -> tuple:
+    return tuple(getattr(opts, f) for f in BATCH_KEY_FIELDS)  # parts_per_batch last: the batch size
+
+
+@dataclass
+class CompletionJob:
+    """One object for :meth:`HoloPart.complete_many`.
+
+    Attributes:
+        parts: a path (glb/gltf scene, mesh + ``labels``, folder of part meshes)
+            or a :class:`holopart_infer.parts_io.Parts`.
+        labels: per-face labels (path or array) when ``parts`` is a single mesh.
+        options: :class:`CompletionOptions`; None uses the model's defaults.
+        key: the caller's id for the job, returned unchanged.
+    """
+
+    parts: "str | os.PathLike | Parts"
+    labels: "str | os.PathLike | np.ndarray | None" = None
+    options: "CompletionOptions | None" = None
+    key: Any = None
+
+
+@dataclass(eq=False)
+class _Prepared:
+    """An object between the stages: conditioned, then its parts' meshes as batches finish."""
+
+    job: CompletionJob | None
+    parts: Any
+    opts: CompletionOptions
+    cond: Any
+    part_tok: np.ndarray
+    local_tok: np.ndarray
+    noise: np.ndarray
+    timings: dict[str, float]
+    meshes: list
+    pending: int
+    level_queries: dict[str, int] = field(default_factory=dict)
+    batch_sizes: list[int] = field(default_factory=list)
+    thin_retried: list[str] = field(default_factory=list)  # parts re-extracted on a fitted grid
+    error: HoloPartError | None = None
+    reported: bool = False
+
+    @property
+    def num_parts(self) -> int:
+        return len(self.meshes)
+
+
+def _no_progress(stage: str, done: int, total: int) -> None:
+    pass
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], stage: str):
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0
+
+
+def _describe(job: CompletionJob) -> str:
+    src = getattr(job.parts, "source", None) or str(job.parts)
+    return f"job {job.key!r} ({src})" if job.key is not None else src
+
+
+def _as_error(e: Exception, what: str) -> HoloPartError:
+    """A job's failure as the library's error (unexpected exceptions wrapped, cause kept)."""
+    if isinstance(e, HoloPartError):
+        return e
+    err = EngineError(f"{what} failed: {type(e).__name__}: {e}")
+    err.__cause__ = e
+    return err
 
 
 def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", precision: str | None = None,

@@ -31,7 +31,8 @@ _FRAGMENTS_PER_CHUNK = 1 << 21
 
 
 def render_preview(meshes: Sequence, colors: Sequence | np.ndarray | None, path: str | os.PathLike,
-                   size: tuple[int, int] = (800, 600), supersample: int = 2) -> Path:
+                   size: tuple[int, int] = (800, 600), supersample: int = 2,
+                   vertex_colors: Sequence | None = None) -> Path:
     """Render parts to a PNG from a fixed 3/4 view, the camera fitted to the scene.
 
     Args:
@@ -42,6 +43,8 @@ def render_preview(meshes: Sequence, colors: Sequence | np.ndarray | None, path:
         path: output ``.png`` path (written atomically; parent folders created).
         size: ``(width, height)`` in pixels.
         supersample: render at this multiple of ``size`` then downsample.
+        vertex_colors: per part ``None`` or (V, 3|4) per-vertex colours (the
+            input's look); a triangle takes the mean of its vertices' colours.
 
     Returns:
         The output path.
@@ -49,13 +52,17 @@ def render_preview(meshes: Sequence, colors: Sequence | np.ndarray | None, path:
     Raises:
         InputError: bad size, colours or extension.
     """
-    from PIL import Image
-
-    from holopart_infer.parts_io import _atomic_write, _normalize_colors
-
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise InputError(f"preview {path}: only .png is supported, got {path.suffix or '(none)'!r}")
+    width, height = _check_size(size, supersample)
+    tris, tri_colors = _triangles(meshes, colors, vertex_colors)
+    img = _image(tris, tri_colors, width, height, supersample, sphere=None, azimuth=_AZIMUTH_DEG, what=str(path))
+    _write_png(img, path)
+    return path
+
+
+def _check_size(size, supersample) -> tuple[int, int]:
     try:
         width, height = (int(s) for s in size)
     except (TypeError, ValueError) as e:
@@ -64,41 +71,65 @@ def render_preview(meshes: Sequence, colors: Sequence | np.ndarray | None, path:
         raise InputError(f"size must be between 1 and 16384 pixels per side, got {size!r}")
     if isinstance(supersample, bool) or not isinstance(supersample, (int, np.integer)) or not 1 <= supersample <= 4:
         raise InputError(f"supersample must be an integer 1..4, got {supersample!r}")
+    return width, height
+
+
+def _triangles(meshes, colors, vertex_colors=None, offsets=None) -> tuple[np.ndarray, np.ndarray]:
+    """All parts' triangles (T, 3, 3) and their RGB colours (T, 3), parts moved by ``offsets``."""
+    from holopart_infer.parts_io import _normalize_colors
+
     meshes = list(meshes)
     rgb = _normalize_colors(colors, len(meshes))[:, :3].astype(np.float64)
-
     tris, tri_colors = [], []
     for i, mesh in enumerate(meshes):
         v, f = mesh_arrays(mesh)
         if len(f) == 0:
             continue
-        t = v[f]
-        t = t[np.isfinite(t).all(axis=(1, 2))]
-        tris.append(t)
-        tri_colors.append(np.broadcast_to(rgb[i], (len(t), 3)))
+        if offsets is not None:
+            v = v + offsets[i]
+        ok = np.isfinite(v[f]).all(axis=(1, 2))
+        tris.append(v[f][ok])
+        vc = None if vertex_colors is None else vertex_colors[i]
+        if vc is not None and len(vc) == len(v):
+            tri_colors.append(np.asarray(vc, np.float64)[:, :3][f[ok]].mean(axis=1))
+        else:
+            tri_colors.append(np.broadcast_to(rgb[i], (int(ok.sum()), 3)))
+    if not tris:
+        return np.zeros((0, 3, 3)), np.zeros((0, 3))
+    return np.concatenate(tris), np.concatenate(tri_colors)
+
+
+def _image(tris, tri_colors, width, height, supersample, sphere, azimuth, what):
+    """A PIL image of triangles; ``sphere`` (centre, radius) fixes the framing."""
+    from PIL import Image
 
     W, H = width * supersample, height * supersample
-    if not tris or sum(len(t) for t in tris) == 0:
-        log.warning("preview: nothing to render; writing an empty image to %s", path)
+    if len(tris) == 0:
+        log.warning("preview: nothing to render; writing an empty image to %s", what)
         image = np.empty((H, W, 3), dtype=np.uint8)
         image[:] = BACKGROUND
     else:
-        image = _render(np.concatenate(tris), np.concatenate(tri_colors), W, H)
+        image = _render(tris, tri_colors, W, H, azimuth=azimuth, sphere=sphere)
     img = Image.fromarray(image, mode="RGB")
     if supersample > 1:
         img = img.resize((width, height), Image.Resampling.BOX)
+    return img
+
+
+def _write_png(img, path: Path) -> None:
     import io
+
+    from holopart_infer.parts_io import _atomic_write
 
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(path, buf.getvalue())
-    return path
 
 
-def _camera() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(right, up, forward) unit vectors of the fixed view (forward points into the scene)."""
-    az, el = np.radians(_AZIMUTH_DEG), np.radians(_ELEVATION_DEG)
+def _camera(azimuth: float = _AZIMUTH_DEG) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(right, up, forward) unit vectors of the view (forward points into the scene)."""
+    az, el = np.radians(azimuth), np.radians(_ELEVATION_DEG)
     to_camera = np.array([np.cos(el) * np.sin(az), np.sin(el), np.cos(el) * np.cos(az)])
     forward = -to_camera
     right = np.cross(forward, [0.0, 1.0, 0.0])
@@ -107,8 +138,9 @@ def _camera() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return right, up, forward
 
 
-def _render(tris: np.ndarray, colors: np.ndarray, W: int, H: int) -> np.ndarray:
-    right, up, forward = _camera()
+def _render(tris: np.ndarray, colors: np.ndarray, W: int, H: int, azimuth: float = _AZIMUTH_DEG,
+            sphere: tuple[np.ndarray, float] | None = None) -> np.ndarray:
+    right, up, forward = _camera(azimuth)
     R = np.stack([right, up, forward])  # world -> camera (x right, y up, z depth)
     cam = tris @ R.T  # (T, 3, 3)
 
@@ -126,8 +158,12 @@ def _render(tris: np.ndarray, colors: np.ndarray, W: int, H: int) -> np.ndarray:
     tri_rgb = np.clip(colors * shade[:, None], 0, 255).astype(np.uint8)
 
     # fit the projected bounds into the image
-    xy = cam[:, :, :2].reshape(-1, 2)
-    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    if sphere is None:
+        xy = cam[:, :, :2].reshape(-1, 2)
+        lo, hi = xy.min(axis=0), xy.max(axis=0)
+    else:  # a fixed frame (side-by-side panels, turntable frames): the bounding sphere's outline
+        c = (R @ np.asarray(sphere[0], np.float64))[:2]
+        lo, hi = c - sphere[1], c + sphere[1]
     extent = np.maximum(hi - lo, 1e-12)
     scale = min(W * (1 - 2 * _MARGIN) / extent[0], H * (1 - 2 * _MARGIN) / extent[1])
     mid = (lo + hi) / 2
@@ -198,3 +234,177 @@ def _splat(gx, gy, tri, px, py, pz, tri_rgb, zbuf, cbuf, W) -> None:
     p, zb, tb = p[closer], zb[closer], t[best][closer]
     zbuf[p] = zb
     cbuf[p] = tri_rgb[tb]
+
+
+# --------------------------------------------------------------------------- input vs completed, turntable
+
+
+def explode_offsets(parts_vertices: Sequence[np.ndarray], factor: float) -> np.ndarray:
+    """Per part a translation moving it away from the object's centre.
+
+    Each part moves along the line from the object's bounding-box centre to the
+    part's own bounding-box centre, by ``factor`` times that distance, so parts
+    hidden inside others come out (0 = assembled).
+    """
+    allv = np.concatenate([np.asarray(v, np.float64).reshape(-1, 3) for v in parts_vertices])
+    center = (allv.min(axis=0) + allv.max(axis=0)) / 2
+    out = np.zeros((len(parts_vertices), 3))
+    for i, v in enumerate(parts_vertices):
+        v = np.asarray(v, np.float64).reshape(-1, 3)
+        if len(v):
+            out[i] = ((v.min(axis=0) + v.max(axis=0)) / 2 - center) * float(factor)
+    return out
+
+
+def _bounding_sphere(tris_list: Sequence[np.ndarray]) -> tuple[np.ndarray, float]:
+    pts = np.concatenate([t.reshape(-1, 3) for t in tris_list if len(t)]) if any(len(t) for t in tris_list) \
+        else np.zeros((1, 3))
+    center = (pts.min(axis=0) + pts.max(axis=0)) / 2
+    radius = float(np.linalg.norm(pts - center, axis=1).max()) or 1.0
+    return center, radius
+
+
+def _panels(parts, result, exploded: float):
+    """(input triangles, colours), (completed triangles, colours), both exploded the same way."""
+    names = [p.name for p in result.parts]
+    colors = [p.color for p in result.parts]
+    offsets = explode_offsets(parts.vertices, exploded) if exploded else None
+    in_vc = [_input_vertex_colors(p) for p in parts]
+    inp = _triangles([(p.vertices, p.faces) for p in parts], colors, in_vc, offsets)
+    out = _triangles([(p.vertices, p.faces) for p in result.parts], colors,
+                     [getattr(p, "vertex_colors", None) for p in result.parts], offsets)
+    if list(parts.names) != names:
+        raise InputError(f"preview: the result's parts {names[:4]}... are not the input's {parts.names[:4]}...")
+    return inp, out
+
+
+def _input_vertex_colors(part) -> np.ndarray | None:
+    """Colours at an input part's vertices from its appearance (None: use the part colour)."""
+    app = getattr(part, "appearance", None)
+    if app is None or app.is_plain:
+        return None
+    if app.vertex_colors is not None:
+        return app.vertex_colors
+    if app.image is not None and app.uv is not None:
+        from holopart_infer.appearance import _sample_texture
+
+        col = _sample_texture(app.image, app.uv) * (app.base_color.astype(np.float64) / 255.0)
+        return np.clip(np.round(col), 0, 255).astype(np.uint8)
+    return None
+
+
+def _scene_for_pictures(parts, result, exploded, size, supersample):
+    """Checked size, both panels' triangles and colours, and the shared framing sphere."""
+    if isinstance(exploded, bool) or not isinstance(exploded, (int, float, np.number)) or not np.isfinite(exploded) \
+            or exploded < 0:
+        raise InputError(f"exploded must be a number >= 0, got {exploded!r}")
+    width, height = _check_size(size, supersample)
+    inp, out = _panels(parts, result, exploded)
+    return width, height, inp, out, _bounding_sphere([inp[0], out[0]])
+
+
+def render_comparison(parts, result, path: str | os.PathLike, size: tuple[int, int] = (640, 480),
+                      exploded: float = 0.0, supersample: int = 2) -> Path:
+    """Input parts (left) and completed parts (right) from the same camera, as one PNG.
+
+    Args:
+        parts: the input :class:`~holopart_infer.parts_io.Parts`.
+        result: the :class:`~holopart_infer.pipeline.CompletionResult` of those parts.
+        path: output ``.png``.
+        size: ``(width, height)`` of each panel; the image is twice as wide.
+        exploded: move parts apart by this factor (0 = assembled; 0.5 is a good
+            start) so parts hidden inside others are visible. Both panels use
+            the same offsets (from the input parts).
+        supersample: anti-aliasing factor 1..4.
+
+    Returns:
+        The output path.
+    """
+    from PIL import Image, ImageDraw
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise InputError(f"preview {path}: only .png is supported, got {path.suffix or '(none)'!r}")
+    width, height, (ti, ci), (to, co), sphere = _scene_for_pictures(parts, result, exploded, size, supersample)
+    left = _image(ti, ci, width, height, supersample, sphere, _AZIMUTH_DEG, str(path))
+    right = _image(to, co, width, height, supersample, sphere, _AZIMUTH_DEG, str(path))
+    img = Image.new("RGB", (2 * width, height), BACKGROUND)
+    img.paste(left, (0, 0))
+    img.paste(right, (width, 0))
+    draw = ImageDraw.Draw(img)
+    draw.line([(width, 0), (width, height)], fill=(200, 200, 200), width=1)
+    for x, text in ((8, "input parts"), (width + 8, "completed parts")):
+        draw.text((x, 6), text + (f" (exploded x{exploded:g})" if exploded else ""), fill=(60, 60, 60))
+    _write_png(img, path)
+    return path
+
+
+TURNTABLE_FORMATS = (".gif", ".mp4")
+
+
+def render_turntable(parts, result, path: str | os.PathLike, frames: int = 36, size: tuple[int, int] = (320, 240),
+                     exploded: float = 0.0, fps: int = 12, supersample: int = 1) -> Path:
+    """A rotating view (one turn around the vertical axis): input and completed parts side by side.
+
+    Args:
+        parts, result: as :func:`render_comparison`.
+        path: ``.gif`` (Pillow) or ``.mp4`` (needs ``imageio`` with an ffmpeg
+            writer: ``pip install imageio imageio-ffmpeg``).
+        frames: frames per turn (>= 2).
+        size: ``(width, height)`` of each panel.
+        exploded: as :func:`render_comparison`.
+        fps: frames per second.
+
+    Returns:
+        The output path.
+
+    Raises:
+        InputError: another extension, bad numbers, or .mp4 without a writer.
+    """
+    import importlib.util
+
+    from PIL import Image
+
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in TURNTABLE_FORMATS:
+        raise InputError(f"turntable {path}: expected {' or '.join(TURNTABLE_FORMATS)}, got {ext or '(none)'!r}")
+    if ext == ".mp4" and (importlib.util.find_spec("imageio") is None
+                          or importlib.util.find_spec("imageio_ffmpeg") is None):
+        raise InputError(f"turntable {path}: writing .mp4 needs imageio and imageio-ffmpeg (pip install imageio "
+                         "imageio-ffmpeg); .gif needs nothing extra")
+    if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or not 2 <= frames <= 720:
+        raise InputError(f"frames must be an integer 2..720, got {frames!r}")
+    if isinstance(fps, bool) or not isinstance(fps, (int, np.integer)) or not 1 <= fps <= 60:
+        raise InputError(f"fps must be an integer 1..60, got {fps!r}")
+    width, height, (ti, ci), (to, co), sphere = _scene_for_pictures(parts, result, exploded, size, supersample)
+    images = []
+    for k in range(frames):
+        az = _AZIMUTH_DEG + 360.0 * k / frames
+        img = Image.new("RGB", (2 * width, height), BACKGROUND)
+        img.paste(_image(ti, ci, width, height, supersample, sphere, az, str(path)), (0, 0))
+        img.paste(_image(to, co, width, height, supersample, sphere, az, str(path)), (width, 0))
+        images.append(img)
+    import io
+
+    from holopart_infer.parts_io import _atomic_write
+
+    if ext == ".gif":
+        buf = io.BytesIO()
+        pal = [im.convert("P", palette=Image.Palette.ADAPTIVE, colors=255) for im in images]
+        pal[0].save(buf, format="GIF", save_all=True, append_images=pal[1:], duration=int(1000 / fps), loop=0)
+        data = buf.getvalue()
+    else:
+        import tempfile
+
+        import imageio.v2 as imageio
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp_mp4 = Path(tmp) / "turntable.mp4"
+            with imageio.get_writer(tmp_mp4, fps=fps) as writer:
+                for im in images:
+                    writer.append_data(np.asarray(im))
+            data = tmp_mp4.read_bytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, data)
+    return path

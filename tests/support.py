@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
+from holopart_infer.engines.base import BackendBase
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -281,3 +283,31 @@ class FakeEngine:
         assert strategy == "user"
         self.context = FakeContext(self)
         return self.context
+
+
+class SphereBackend(BackendBase):
+    """A stand-in model whose decoder field is a sphere of radius R in each part's frame.
+
+    Lets the test check the geometry around the networks exactly: conditioning
+    frames, grid index -> world, extraction, mapping back to input coordinates.
+    """
+
+    name = "sphere"
+    device = "cpu"
+    precision = "fp32"
+    R = 0.5
+    config = {"part_encoder": {"num_tokens": 4}, "transformer": {"in_channels": 8}, "scheduler": {"shift": 1.0}}
+
+    def encode(self, part_tokens, whole_points, local_tokens, local_points):
+        B = len(part_tokens)
+        return np.zeros((B, 4, 8), np.float32), np.zeros((B, 4, 8), np.float32)
+
+    def guided_step(self, latents, t, dt, guidance, part_cond, whole_cond):
+        return latents
+
+    def decoder_kv(self, latents):
+        return len(latents)
+
+    def decoder_query(self, points, kv):
+        assert points.shape[0] == kv
+        return (20.0 * (self.R - np.linalg.norm(points, axis=-1)))[..., None]

@@ -123,3 +123,32 @@ def test_export_without_torch_gives_install_hint(tmp_path):
             "from holopart_infer.cli import main; sys.exit(main(['export', 'w', 'o']))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 2 and "holopart-infer[torch]" in r.stderr, r.stderr
+
+
+def test_run_components_with_side_by_side_preview_and_turntable(tmp_path):
+    from PIL import Image
+
+    a = trimesh.creation.box(extents=(1, 1, 1))
+    b = trimesh.creation.icosphere(subdivisions=2, radius=0.4)
+    b.apply_translation([0, 1.2, 0])
+    src = tmp_path / "two.stl"
+    trimesh.util.concatenate([a, b]).export(src)
+    before = src.read_bytes()
+    out, png, gif = tmp_path / "out.glb", tmp_path / "cmp.png", tmp_path / "turn.gif"
+    # without --parts components a single mesh is refused, naming the ways in
+    r = cli("run", src, "-o", out, "--model", assets.demo_model_path(), *FAST)
+    assert r.returncode == 2 and "--parts components" in r.stderr and not out.exists()
+    # a bad turntable extension is refused before any work
+    r = cli("run", src, "-o", out, "--model", assets.demo_model_path(), "--parts", "components",
+            "--turntable", tmp_path / "t.avi", *FAST)
+    assert r.returncode == 2 and "t.avi" in r.stderr and not out.exists()
+    r = cli("run", src, "-o", out, "--model", assets.demo_model_path(), "--parts", "components", "--preview", png,
+            "--turntable", gif, "--exploded", "0.5", "--no-appearance", *FAST)
+    assert r.returncode == 0, r.stderr
+    assert _node_names(out) == ["component_0", "component_1"]
+    with Image.open(png) as im:
+        assert im.size == (1280, 480)  # two 640x480 panels
+    with Image.open(gif) as im:
+        assert im.format == "GIF" and im.n_frames > 1
+    assert src.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cmp.png", "out.glb", "turn.gif", "two.stl"]

@@ -289,10 +289,18 @@ def test_single_mesh_without_labels(tmp_path):
         load_parts(tmp_path / "m.obj")
 
 
-def test_labels_with_multi_node_scene(tmp_path):
-    write_transformed_scene(tmp_path / "chair.glb")
-    with pytest.raises(InputError, match="3 mesh nodes"):
-        load_parts(tmp_path / "chair.glb", labels=np.zeros(36, int))
+def test_labels_with_multi_node_scene_follow_scene_graph_order(tmp_path):
+    # SAMPart3D labels the faces of trimesh.load(path).dump(concatenate=True): nodes in scene-graph order
+    expected = write_transformed_scene(tmp_path / "chair.glb")
+    scene = trimesh.load_scene(str(tmp_path / "chair.glb"))
+    order = list(scene.graph.nodes_geometry)
+    labels = np.concatenate([np.full(12, i) for i in range(len(order))])
+    parts = load_parts(tmp_path / "chair.glb", labels=labels)
+    for i, node in enumerate(order):
+        got = parts[parts.names.index(f"part_{i}")].vertices
+        np.testing.assert_allclose(np.sort(got, axis=0), np.sort(expected[node], axis=0), atol=1e-5)
+    with pytest.raises(InputError, match=r"has 35 labels but mesh .*chair\.glb has 36 faces"):
+        load_parts(tmp_path / "chair.glb", labels=labels[:35])
 
 
 def test_empty_folder(tmp_path):

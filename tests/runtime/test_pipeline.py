@@ -6,41 +6,12 @@ import pytest
 
 import holopart_infer as hp
 from holopart_infer import assets
-from holopart_infer.engines.base import BackendBase
 from holopart_infer.errors import BackendUnavailable, InputError, InputFileNotFound
 from holopart_infer.parts_io import load_parts
 from holopart_infer.pipeline import CompletionOptions, HoloPart
-from tests.support import assert_same_surface, write_transformed_scene
+from tests.support import SphereBackend, assert_same_surface, write_transformed_scene
 
 FAST = dict(steps=2, depth=6, num_points=1024, latent_tokens=64, decimate=None)
-
-
-class SphereBackend(BackendBase):
-    """A stand-in model whose decoder field is a sphere of radius R in each part's frame.
-
-    Lets the test check the geometry around the networks exactly: conditioning
-    frames, grid index -> world, extraction, mapping back to input coordinates.
-    """
-
-    name = "sphere"
-    device = "cpu"
-    precision = "fp32"
-    R = 0.5
-    config = {"part_encoder": {"num_tokens": 4}, "transformer": {"in_channels": 8}, "scheduler": {"shift": 1.0}}
-
-    def encode(self, part_tokens, whole_points, local_tokens, local_points):
-        B = len(part_tokens)
-        return np.zeros((B, 4, 8), np.float32), np.zeros((B, 4, 8), np.float32)
-
-    def guided_step(self, latents, t, dt, guidance, part_cond, whole_cond):
-        return latents
-
-    def decoder_kv(self, latents):
-        return len(latents)
-
-    def decoder_query(self, points, kv):
-        assert points.shape[0] == kv
-        return (20.0 * (self.R - np.linalg.norm(points, axis=-1)))[..., None]
 
 
 def _sphere_model() -> HoloPart:

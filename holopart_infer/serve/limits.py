@@ -1,0 +1,392 @@
+"""What the service accepts: bounds on every request, and checks of untrusted uploads.
+
+Uploads are untrusted. Before any mesh reader sees a file, :func:`check_gltf`
+reads the glTF container and JSON itself and refuses:
+
+* any URI that is not a ``data:`` URI (buffers and images): the server never
+  reads a file or URL named by an upload; only self-contained ``.glb`` files
+  and ``.gltf`` files with embedded ``data:`` buffers are accepted;
+* declared sizes that the upload does not hold (glb length, chunk lengths,
+  buffer byteLength, bufferView ranges, accessor ranges), so a small upload
+  cannot make a reader allocate or read more than it sent;
+* counts beyond the limits (mesh nodes -> parts, triangles, vertices, nodes),
+  counted per mesh *instance* so one mesh referenced by many nodes counts many
+  times; sparse accessors and required extensions (Draco and the like: data
+  that expands when decoded);
+* scene graphs with cycles or nodes with two parents.
+
+The reader then gets :func:`geometry_only` of the upload: images, textures,
+materials and animations removed, so no embedded image is ever decoded.
+Label arrays (``.npy``) are read with ``allow_pickle=False`` after their header
+is checked against the bytes present. Nothing here imports the web stack.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from holopart_infer.errors import InputError
+
+_GLB_MAGIC = b"glTF"
+_CHUNK_JSON = 0x4E4F534A
+_CHUNK_BIN = 0x004E4942
+_COMPONENT_BYTES = {5120: 1, 5121: 1, 5122: 2, 5123: 2, 5125: 4, 5126: 4}
+_TYPE_COMPONENTS = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4, "MAT2": 4, "MAT3": 9, "MAT4": 16}
+_TRIANGLE_MODES = (4, 5, 6)  # triangles, strip, fan: everything else is not a surface
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on one request. The CLI flags of ``holopart-infer serve`` set them.
+
+    Attributes:
+        max_body_bytes: request body, counted as it streams in (413 beyond).
+        max_parts: parts per object (422 beyond).
+        max_faces: triangles per object, over all parts (422 beyond).
+        max_vertices: vertices per object (422 beyond).
+        max_nodes: glTF nodes (422 beyond).
+        body_idle_s: longest wait for the next piece of the body (408 beyond).
+        body_total_s: longest time to receive a whole body (408 beyond).
+        deadline_s: longest time from a request's arrival to its result (504
+            beyond); a request may ask for less with ``deadline``.
+        max_steps: largest ``steps`` a request may ask for.
+        max_depth: largest ``depth`` a request may ask for.
+    """
+
+    max_body_bytes: int = 32 << 20
+    max_parts: int = 32
+    max_faces: int = 400_000
+    max_vertices: int = 800_000
+    max_nodes: int = 1024
+    body_idle_s: float = 10.0
+    body_total_s: float = 60.0
+    deadline_s: float = 300.0
+    max_steps: int = 100
+    max_depth: int = 9
+
+
+class RequestRefused(InputError):
+    """A request the service answers with an HTTP error: ``status``, a machine ``kind``
+    (``body_too_large``, ``too_many_parts``, ``unsafe_uri``, ...) and a message
+    naming the problem, the limit and the actual value."""
+
+    def __init__(self, status: int, kind: str, message: str, **details):
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.details = details
+
+    def as_json(self) -> dict:
+        return {"error": {"kind": self.kind, "message": str(self), **self.details}}
+
+
+@dataclass
+class GltfSummary:
+    """What a checked glTF declares: mesh nodes (parts), triangles and vertices over all of them."""
+
+    mesh_nodes: int
+    faces: int
+    vertices: int
+
+
+def _bad(message: str) -> RequestRefused:
+    return RequestRefused(422, "invalid_gltf", message)
+
+
+def split_glb(data: bytes, what: str) -> tuple[dict, int]:
+    """Parse a glb container: (glTF JSON, length of the BIN chunk or 0). Sizes are
+    checked against the bytes present before anything is sliced."""
+    if len(data) < 20:
+        raise _bad(f"{what}: {len(data)} bytes is too short for a glb (header 12 + chunk header 8)")
+    magic, version, length = struct.unpack_from("<4sII", data, 0)
+    if magic != _GLB_MAGIC:
+        raise _bad(f"{what}: not a glb (magic {magic!r}, expected b'glTF')")
+    if version != 2:
+        raise _bad(f"{what}: glb version {version}; only glTF 2 is accepted")
+    if length != len(data):
+        raise _bad(f"{what}: glb header declares {length} bytes but the upload has {len(data)}")
+    json_len, json_type = struct.unpack_from("<II", data, 12)
+    if json_type != _CHUNK_JSON:
+        raise _bad(f"{what}: the first glb chunk must be JSON (type 0x{_CHUNK_JSON:08x}), got 0x{json_type:08x}")
+    if json_len > len(data) - 20:
+        raise _bad(f"{what}: JSON chunk declares {json_len} bytes but only {len(data) - 20} follow")
+    doc = _parse_json(data[20:20 + json_len], what)
+    bin_len = 0
+    pos = 20 + json_len
+    if pos + 8 <= len(data):
+        chunk_len, chunk_type = struct.unpack_from("<II", data, pos)
+        if chunk_len > len(data) - pos - 8:
+            raise _bad(f"{what}: BIN chunk declares {chunk_len} bytes but only {len(data) - pos - 8} follow")
+        if chunk_type == _CHUNK_BIN:
+            bin_len = chunk_len
+    return doc, bin_len
+
+
+def _parse_json(raw: bytes, what: str) -> dict:
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise _bad(f"{what}: the glTF JSON cannot be parsed ({type(e).__name__}: {e})") from None
+    if not isinstance(doc, dict):
+        raise _bad(f"{what}: the glTF JSON must be an object, got {type(doc).__name__}")
+    return doc
+
+
+def _list(doc: dict, key: str, what: str) -> list:
+    val = doc.get(key, [])
+    if not isinstance(val, list) or not all(isinstance(x, dict) for x in val):
+        raise _bad(f"{what}: '{key}' must be a list of objects")
+    return val
+
+
+def _int(obj: dict, key: str, what: str, default: int | None = None, lo: int = 0) -> int:
+    val = obj.get(key, default)
+    if isinstance(val, bool) or not isinstance(val, int) or val < lo:
+        raise _bad(f"{what}: '{key}' must be an integer >= {lo}, got {val!r}")
+    return val
+
+
+def _data_uri_length(uri: str, what: str) -> int:
+    """Decoded length of a base64 ``data:`` URI (decoding it: it is inside the upload anyway)."""
+    head, sep, payload = uri.partition(",")
+    if not sep or ";base64" not in head:
+        raise RequestRefused(422, "unsafe_uri", f"{what}: data: URI without base64 payload refused")
+    try:
+        return len(base64.b64decode(payload, validate=True))
+    except (binascii.Error, ValueError) as e:
+        raise _bad(f"{what}: data: URI is not valid base64 ({e})") from None
+
+
+def _check_uri(uri, what: str) -> int:
+    if not isinstance(uri, str):
+        raise _bad(f"{what}: 'uri' must be a string")
+    if not uri.startswith("data:"):
+        shown = uri if len(uri) <= 80 else uri[:77] + "..."
+        raise RequestRefused(
+            422, "unsafe_uri",
+            f"{what}: external URI {shown!r} refused; the service reads nothing outside the upload. "
+            "Send a self-contained .glb (or a .gltf with data: URIs)", uri=shown)
+    return _data_uri_length(uri, what)
+
+
+def check_gltf(data: bytes, limits: Limits, what: str = "upload") -> GltfSummary:
+    """Check an uploaded ``.glb`` (or ``.gltf`` JSON) before any reader parses it.
+
+    Returns:
+        :class:`GltfSummary` of what the file declares.
+
+    Raises:
+        RequestRefused: 422 with kind ``invalid_gltf``, ``unsafe_uri``,
+            ``unsupported_gltf``, ``too_many_parts``, ``too_many_faces``,
+            ``too_many_vertices`` or ``too_many_nodes``; the message names the
+            element, the limit and the declared value.
+    """
+    if data[:4] == _GLB_MAGIC:
+        doc, bin_len = split_glb(data, what)
+        glb = True
+    else:
+        doc, bin_len, glb = _parse_json(data, what), 0, False
+    asset = doc.get("asset")
+    if not isinstance(asset, dict) or not str(asset.get("version", "")).startswith("2."):
+        raise _bad(f"{what}: asset.version must be 2.x (glTF 2)")
+    required = doc.get("extensionsRequired", [])
+    if required:
+        raise RequestRefused(422, "unsupported_gltf",
+                             f"{what}: required extensions {required!r} are not accepted (compressed or "
+                             "extended data); export plain glTF 2 triangles")
+    buffers = _list(doc, "buffers", what)
+    sizes = []
+    for i, b in enumerate(buffers):
+        n = _int(b, "byteLength", f"{what}: buffers[{i}]")
+        if "uri" in b:
+            have = _check_uri(b["uri"], f"{what}: buffers[{i}]")
+        elif glb and i == 0:
+            have = bin_len
+        else:
+            raise _bad(f"{what}: buffers[{i}] has no uri and is not the glb BIN chunk")
+        if n > have:
+            raise _bad(f"{what}: buffers[{i}] declares byteLength {n} but holds {have} bytes")
+        sizes.append(n)
+    for i, img in enumerate(_list(doc, "images", what)):
+        if "uri" in img:
+            _check_uri(img["uri"], f"{what}: images[{i}]")
+    views = _list(doc, "bufferViews", what)
+    view_len = []
+    for i, v in enumerate(views):
+        w = f"{what}: bufferViews[{i}]"
+        b = _int(v, "buffer", w)
+        if b >= len(sizes):
+            raise _bad(f"{w}: buffer {b} does not exist ({len(sizes)} buffers)")
+        off, n = _int(v, "byteOffset", w, 0), _int(v, "byteLength", w, None, lo=1)
+        if off + n > sizes[b]:
+            raise _bad(f"{w}: bytes {off}..{off + n} lie outside buffer {b} ({sizes[b]} bytes)")
+        if "byteStride" in v and not 4 <= _int(v, "byteStride", w) <= 252:
+            raise _bad(f"{w}: byteStride must be 4..252")
+        view_len.append((n, v.get("byteStride")))
+    accessors = _list(doc, "accessors", what)
+    most = max(3 * limits.max_faces, limits.max_vertices)
+    counts = []
+    for i, a in enumerate(accessors):
+        w = f"{what}: accessors[{i}]"
+        count = _int(a, "count", w, None, lo=0)
+        if "sparse" in a:
+            raise RequestRefused(422, "unsupported_gltf", f"{w}: sparse accessors are not accepted")
+        comp, typ = a.get("componentType"), a.get("type")
+        if comp not in _COMPONENT_BYTES or typ not in _TYPE_COMPONENTS:
+            raise _bad(f"{w}: unknown componentType {comp!r} or type {typ!r}")
+        if count > most:
+            raise RequestRefused(422, "too_many_vertices",
+                                 f"{w}: declares {count} elements; the limit is {most}", limit=most, actual=count)
+        elem = _COMPONENT_BYTES[comp] * _TYPE_COMPONENTS[typ]
+        if "bufferView" in a:
+            bv = _int(a, "bufferView", w)
+            if bv >= len(view_len):
+                raise _bad(f"{w}: bufferView {bv} does not exist ({len(view_len)} bufferViews)")
+            n, stride = view_len[bv]
+            off = _int(a, "byteOffset", w, 0)
+            need = off + (count - 1) * (stride or elem) + elem if count else 0
+            if need > n:
+                raise _bad(f"{w}: {count} x {elem}-byte elements need {need} bytes of bufferView {bv}, "
+                           f"which has {n}")
+        elif count:
+            # an accessor without data is zeros of the declared size: a tiny file could
+            # declare a huge one, and meshes need real data anyway
+            raise _bad(f"{w}: declares {count} elements but no bufferView (no data)")
+        counts.append(count)
+
+    meshes = _list(doc, "meshes", what)
+    mesh_cost = []  # (faces, vertices) per mesh
+    for m, mesh in enumerate(meshes):
+        faces = verts = 0
+        prims = mesh.get("primitives", [])
+        if not isinstance(prims, list):
+            raise _bad(f"{what}: meshes[{m}].primitives must be a list")
+        for p, prim in enumerate(prims):
+            w = f"{what}: meshes[{m}].primitives[{p}]"
+            if not isinstance(prim, dict):
+                raise _bad(f"{w}: must be an object")
+            attrs = prim.get("attributes", {})
+            if not isinstance(attrs, dict):
+                raise _bad(f"{w}: attributes must be an object")
+            for name, idx in attrs.items():
+                if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < len(counts):
+                    raise _bad(f"{w}: attribute {name} refers to accessor {idx!r}, which does not exist")
+            if "POSITION" not in attrs:
+                continue
+            nv = counts[attrs["POSITION"]]
+            mode = prim.get("mode", 4)
+            if "indices" in prim:
+                idx = prim["indices"]
+                if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < len(counts):
+                    raise _bad(f"{w}: indices refer to accessor {idx!r}, which does not exist")
+                ni = counts[idx]
+            else:
+                ni = nv
+            verts += nv
+            if mode in _TRIANGLE_MODES:
+                faces += ni // 3 if mode == 4 else max(ni - 2, 0)
+        mesh_cost.append((faces, verts))
+
+    nodes = _list(doc, "nodes", what)
+    if len(nodes) > limits.max_nodes:
+        raise RequestRefused(422, "too_many_nodes", f"{what}: {len(nodes)} nodes; the limit is {limits.max_nodes}",
+                             limit=limits.max_nodes, actual=len(nodes))
+    parent = [-1] * len(nodes)
+    mesh_nodes = faces = verts = 0
+    for i, node in enumerate(nodes):
+        for c in node.get("children", []):
+            if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < len(nodes) or c == i:
+                raise _bad(f"{what}: nodes[{i}] has an invalid child {c!r}")
+            if parent[c] != -1:
+                raise _bad(f"{what}: nodes[{c}] has two parents ({parent[c]} and {i}); a glTF node tree has one")
+            parent[c] = i
+        if "mesh" in node:
+            m = node["mesh"]
+            if isinstance(m, bool) or not isinstance(m, int) or not 0 <= m < len(mesh_cost):
+                raise _bad(f"{what}: nodes[{i}] refers to mesh {m!r}, which does not exist")
+            mesh_nodes += 1
+            faces += mesh_cost[m][0]
+            verts += mesh_cost[m][1]
+    for i in range(len(nodes)):  # cycles: walking up from any node must end at a root
+        seen, j = 0, i
+        while j != -1:
+            j, seen = parent[j], seen + 1
+            if seen > len(nodes):
+                raise _bad(f"{what}: the node hierarchy has a cycle through nodes[{i}]")
+    check_counts(mesh_nodes, faces, verts, limits, what)
+    return GltfSummary(mesh_nodes, faces, verts)
+
+
+_NOT_GEOMETRY = ("images", "textures", "samplers", "materials", "animations", "skins", "cameras", "extensions",
+                 "extensionsUsed")
+
+
+def geometry_only(data: bytes) -> bytes:
+    """The upload with everything but geometry removed (images, textures, materials,
+    animations, skins, extensions), for the mesh reader: embedded images are never
+    decoded (no image decompression bombs). Call after :func:`check_gltf`."""
+    if data[:4] == _GLB_MAGIC:
+        doc, _ = split_glb(data, "upload")
+        json_len = struct.unpack_from("<I", data, 12)[0]
+        rest = data[20 + json_len:]  # the BIN chunk (header included), unchanged
+    else:
+        doc, rest = _parse_json(data, "upload"), None
+    for key in _NOT_GEOMETRY:
+        doc.pop(key, None)
+    for mesh in doc.get("meshes", []):
+        for prim in mesh.get("primitives", []):
+            prim.pop("material", None)
+            prim.pop("extensions", None)
+            prim.pop("targets", None)
+    for node in doc.get("nodes", []):
+        for key in ("skin", "camera", "extensions", "weights"):
+            node.pop(key, None)
+    raw = json.dumps(doc, separators=(",", ":")).encode()
+    if rest is None:
+        return raw
+    raw += b" " * (-len(raw) % 4)
+    body = struct.pack("<II", len(raw), _CHUNK_JSON) + raw + rest
+    return struct.pack("<4sII", _GLB_MAGIC, 2, 12 + len(body)) + body
+
+
+def check_counts(parts: int, faces: int, vertices: int, limits: Limits, what: str) -> None:
+    """Raise 422 ``too_many_parts`` / ``too_many_faces`` / ``too_many_vertices``."""
+    for kind, n, limit, noun in (("too_many_parts", parts, limits.max_parts, "parts (mesh nodes)"),
+                                 ("too_many_faces", faces, limits.max_faces, "triangles"),
+                                 ("too_many_vertices", vertices, limits.max_vertices, "vertices")):
+        if n > limit:
+            raise RequestRefused(422, kind, f"{what}: {n} {noun}; the limit is {limit}", limit=limit, actual=n)
+
+
+def load_labels(data: bytes, limits: Limits, what: str = "labels") -> np.ndarray:
+    """A per-face label array from untrusted ``.npy`` bytes (no pickles; the header's
+    shape checked against the bytes present before anything is allocated)."""
+    f = io.BytesIO(data)
+    try:
+        major, _ = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+    except (ValueError, SyntaxError, TypeError) as e:
+        raise RequestRefused(422, "invalid_labels", f"{what}: not a .npy array ({e})") from None
+    if dtype.hasobject or dtype.kind not in "iu":
+        raise RequestRefused(422, "invalid_labels", f"{what}: labels must be integers, got dtype {dtype}")
+    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if n > limits.max_faces:
+        raise RequestRefused(422, "too_many_faces", f"{what}: {n} labels; the limit is {limits.max_faces} faces",
+                             limit=limits.max_faces, actual=n)
+    if n * dtype.itemsize != len(data) - f.tell():
+        raise RequestRefused(422, "invalid_labels", f"{what}: header declares shape {shape} of {dtype} "
+                             f"({n * dtype.itemsize} bytes) but {len(data) - f.tell()} bytes follow")
+    f.seek(0)
+    arr = np.load(f, allow_pickle=False)
+    distinct = len(np.unique(arr))
+    if distinct > limits.max_parts:
+        raise RequestRefused(422, "too_many_parts", f"{what}: {distinct} distinct labels (parts); the limit is "
+                             f"{limits.max_parts}", limit=limits.max_parts, actual=distinct)
+    return arr

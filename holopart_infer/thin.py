@@ -1,0 +1,148 @@
+"""Thin and flat parts: a second, finer look, then a closed stand-in, never an empty part.
+
+A flat part (a panel, a blade, a sheet) fills its part frame along two axes
+and almost nothing along the third. On the extraction grid of the whole part
+frame (``2**depth - 8`` cells over 2.1 units) its occupied slab can be thinner
+than a cell, or the coarse level misses it, and marching cubes returns nothing.
+
+:func:`decode_local` extracts such a part again on a grid fitted to the part's
+own samples, scaled per axis: the box around the samples (padded) is mapped
+onto the extraction cube, so the thin axis gets as many cells as the others.
+If the model still says "empty", :func:`thickened_patch` closes the input
+surface into a thin solid (the input faces offset both ways along the vertex
+normals, the boundary stitched), and the caller warns naming the part.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import numpy as np
+
+log = logging.getLogger("holopart_infer")
+
+_PAD_FRACTION = 0.08  # padding of the local box, as a fraction of its largest half-extent
+_PAD_CELLS = 3.0  # ... and at least this many cells of the original grid
+_THICKNESS = 0.01  # stand-in thickness, as a fraction of the part's bounding-box diagonal
+
+
+def local_box(samples: np.ndarray, depth: int, bounds: float = 1.05) -> tuple[np.ndarray, np.ndarray]:
+    """(centre, half-extents) of the padded box around a part's samples (part frame)."""
+    p = np.asarray(samples, dtype=np.float64)
+    lo, hi = p.min(axis=0), p.max(axis=0)
+    center = (lo + hi) / 2.0
+    half = (hi - lo) / 2.0
+    cell = 2.0 * bounds / max(2 ** int(depth) - 8, 1)
+    pad = max(_PAD_FRACTION * float(half.max()), _PAD_CELLS * cell)
+    return center, np.minimum(half + pad, bounds)
+
+
+def decode_local(extract: Callable, decode: Callable, samples: list[np.ndarray], depth: int,
+                 bounds: float = 1.05) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Extract parts again, each on a grid fitted to its own samples.
+
+    Args:
+        extract: ``extract(decode_fn, num_parts) -> (meshes, stats)`` running the
+            usual coarse-to-fine extraction over ``[-bounds, bounds]^3``.
+        decode: the usual decode callback, over these parts, in the part frame.
+        samples: per part its surface samples (N, 3) in the part frame.
+        depth: the extraction depth in use (sets the minimum padding).
+
+    Returns:
+        per part ``(vertices, faces)`` in the part frame (empty arrays when the
+        model still gives no surface).
+    """
+    boxes = [local_box(s, depth, bounds) for s in samples]
+
+    def to_part(i: int, pts: np.ndarray) -> np.ndarray:
+        c, h = boxes[i]
+        return (c + np.asarray(pts, dtype=np.float64) * (h / bounds)).astype(np.float32)
+
+    def local_decode(points_per_part):
+        return decode([to_part(i, p) if len(p) else p for i, p in enumerate(points_per_part)])
+
+    meshes, _ = extract(local_decode, len(samples))
+    out = []
+    for i, (v, f) in enumerate(meshes):
+        v = np.asarray(v)
+        out.append((to_part(i, v) if len(v) else v.reshape(0, 3).astype(np.float32),
+                    np.asarray(f, dtype=np.int64).reshape(-1, 3)))
+    return out
+
+
+def thickened_patch(vertices: np.ndarray, faces: np.ndarray,
+                    thickness: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A closed thin solid made from a surface patch.
+
+    The patch (vertices merged by position) is offset by ``thickness / 2`` both
+    ways along its area-weighted vertex normals; the lower copy is reversed and
+    every boundary edge is stitched to its copy with two triangles, so each edge
+    is shared by exactly two faces with opposite directions. A patch that is
+    already closed is returned as it is (merged).
+
+    Args:
+        vertices, faces: the input part.
+        thickness: total thickness (default 1% of the bounding-box diagonal).
+
+    Returns:
+        (vertices (V, 3) float64, faces (F, 3) int64).
+    """
+    import trimesh
+
+    m = trimesh.Trimesh(np.asarray(vertices, np.float64), np.asarray(faces, np.int64), process=False)
+    m.merge_vertices()
+    m.update_faces(m.nondegenerate_faces())
+    m.remove_unreferenced_vertices()
+    v, f = np.asarray(m.vertices, np.float64), np.asarray(m.faces, np.int64)
+    edges = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])  # directed, face orientation
+    key = np.sort(edges, axis=1)
+    _, inverse, counts = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+    boundary = edges[counts[inverse.reshape(-1)] == 1]
+    if len(boundary) == 0:
+        return v, f
+    if thickness is None:
+        thickness = _THICKNESS * float(np.linalg.norm(v.max(axis=0) - v.min(axis=0)))
+    n = np.asarray(m.vertex_normals, np.float64)
+    top, bottom = v + n * (thickness / 2), v - n * (thickness / 2)
+    nv = len(v)
+    a, b = boundary[:, 0], boundary[:, 1]
+    walls = np.concatenate([np.stack([b, a, a + nv], axis=1), np.stack([b, a + nv, b + nv], axis=1)])
+    faces_out = np.concatenate([f, f[:, ::-1] + nv, walls])
+    return np.concatenate([top, bottom]), faces_out.astype(np.int64)
+
+
+def retry_empty(meshes: list, samples: list[np.ndarray], decode: Callable, extract: Callable, depth: int,
+                names: list[str]) -> tuple[list, list[int]]:
+    """Extract again, on fitted local grids, the parts of a batch that came back empty.
+
+    The batch may hold parts of several objects: everything is per batch row.
+
+    Args:
+        meshes: the batch's ``(vertices, faces)`` in the part frame (not modified).
+        samples: per batch row, the part's surface samples in its part frame (N, 3).
+        decode: the batch's decode callback (one point array per batch row).
+        extract: ``extract(decode_fn, num_parts) -> (meshes, stats)``.
+        depth: the extraction depth in use.
+        names: per batch row, the part's name (for the log).
+
+    Returns:
+        (the batch's meshes with recovered parts replaced, the batch rows retried).
+    """
+    empty = [j for j, (_, f) in enumerate(meshes) if len(f) == 0]
+    if not empty:
+        return meshes, []
+
+    def subset_decode(points_subset):
+        full = [np.empty((0, 3), np.float32) for _ in meshes]
+        for k, j in enumerate(empty):
+            full[j] = points_subset[k]
+        answer = decode(full)
+        return [answer[j] for j in empty]
+
+    again = decode_local(extract, subset_decode, [samples[j] for j in empty], depth)
+    out = list(meshes)
+    for j, mesh in zip(empty, again):
+        out[j] = mesh
+        log.info("part %r decoded empty on the object grid; on a grid fitted to it: %d faces",
+                 names[j], len(mesh[1]))
+    return out, empty
