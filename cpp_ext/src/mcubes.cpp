@@ -109,29 +109,41 @@ bool cubes_active(const Segments& g, int64_t i, int64_t j, int64_t s) {
 
 }  // namespace
 
-void vertex_normals(const float* vertices, int64_t nv, const int64_t* faces, int64_t nf,
-                    float* normals) {
-    std::vector<double> acc(static_cast<size_t>(nv) * 3, 0.0);
-    for (int64_t f = 0; f < nf; ++f) {
+// Adds the (area-weighted) normals of faces [f0, f1) to acc (V, 3).
+static void accumulate_normals(const float* vertices, const int64_t* faces, int64_t f0,
+                               int64_t f1, float* acc) {
+    for (int64_t f = f0; f < f1; ++f) {
         const int64_t a = faces[f * 3], b = faces[f * 3 + 1], c = faces[f * 3 + 2];
         const float* pa = vertices + a * 3;
         const float* pb = vertices + b * 3;
         const float* pc = vertices + c * 3;
-        const double u[3] = {(double)pb[0] - pa[0], (double)pb[1] - pa[1], (double)pb[2] - pa[2]};
-        const double v[3] = {(double)pc[0] - pa[0], (double)pc[1] - pa[1], (double)pc[2] - pa[2]};
-        const double n[3] = {u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2],
-                             u[0] * v[1] - u[1] * v[0]};
+        const float u[3] = {pb[0] - pa[0], pb[1] - pa[1], pb[2] - pa[2]};
+        const float v[3] = {pc[0] - pa[0], pc[1] - pa[1], pc[2] - pa[2]};
+        const float n[3] = {u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2],
+                            u[0] * v[1] - u[1] * v[0]};
         for (int q = 0; q < 3; ++q) {
             acc[a * 3 + q] += n[q];
             acc[b * 3 + q] += n[q];
             acc[c * 3 + q] += n[q];
         }
     }
-    for (int64_t i = 0; i < nv; ++i) {
-        const double* n = &acc[i * 3];
-        const double len = std::sqrt(n[0] * n[0] + n[1] * n[1] + n[2] * n[2]);
-        for (int q = 0; q < 3; ++q) normals[i * 3 + q] = len > 0 ? (float)(n[q] / len) : 0.0f;
-    }
+}
+
+static void normalize_rows(float* normals, int64_t nv) {
+    parallel_for(nv, 1 << 16, [&](int64_t v0, int64_t v1) {
+        for (int64_t i = v0; i < v1; ++i) {
+            float* n = normals + i * 3;
+            const double len = std::sqrt((double)n[0] * n[0] + (double)n[1] * n[1] + (double)n[2] * n[2]);
+            for (int q = 0; q < 3; ++q) n[q] = len > 0 ? (float)(n[q] / len) : 0.0f;
+        }
+    });
+}
+
+void vertex_normals(const float* vertices, int64_t nv, const int64_t* faces, int64_t nf,
+                    float* normals) {
+    std::fill(normals, normals + nv * 3, 0.0f);
+    accumulate_normals(vertices, faces, 0, nf, normals);
+    normalize_rows(normals, nv);
 }
 
 Mesh marching_cubes(const float* vol, int64_t nx, int64_t ny, int64_t nz, float level,
@@ -197,6 +209,8 @@ Mesh marching_cubes(const float* vol, int64_t nx, int64_t ny, int64_t nz, float 
         for (int64_t c; (c = next_chunk.fetch_add(1)) < nchunks;) {
             const int64_t c0 = ncl * c / nchunks, c1 = ncl * (c + 1) / nchunks;
             std::vector<int64_t>& out = chunk_faces[c];
+            // A closed surface has about two faces per vertex.
+            out.reserve(static_cast<size_t>((base[c1 + 1] - base[c0]) * 2 * 3 + 64));
             std::vector<int64_t>* lo = &ids_a;
             std::vector<int64_t>* hi = &ids_b;
             fill(c0, *lo, true);
@@ -222,13 +236,27 @@ Mesh marching_cubes(const float* vol, int64_t nx, int64_t ny, int64_t nz, float 
             }
         }
     });
-    size_t total = 0;
-    for (const auto& f : chunk_faces) total += f.size();
-    mesh.faces.reserve(total);
-    for (const auto& f : chunk_faces) mesh.faces.insert(mesh.faces.end(), f.begin(), f.end());
-    const int64_t nf = static_cast<int64_t>(mesh.faces.size()) / 3;
-    mesh.normals.resize(static_cast<size_t>(nv) * 3);
-    vertex_normals(mesh.vertices.data(), nv, mesh.faces.data(), nf, mesh.normals.data());
+    // Faces of chunk c only reference vertices of point layers [c0, c1], so
+    // chunks two apart never touch the same vertex: copy the faces into place
+    // and accumulate normals for even chunks, then odd ones, in parallel.
+    std::vector<int64_t> fbase(static_cast<size_t>(nchunks) + 1, 0);
+    for (int64_t c = 0; c < nchunks; ++c) fbase[c + 1] = fbase[c] + (int64_t)chunk_faces[c].size();
+    mesh.faces.resize(static_cast<size_t>(fbase[nchunks]));
+    mesh.normals.assign(static_cast<size_t>(nv) * 3, 0.0f);
+    for (int parity = 0; parity < 2; ++parity) {
+        const int64_t half = (nchunks - parity + 1) / 2;
+        parallel_for(half, 1, [&](int64_t h0, int64_t h1) {
+            for (int64_t h = h0; h < h1; ++h) {
+                const int64_t c = 2 * h + parity;
+                std::vector<int64_t>& src = chunk_faces[c];
+                std::copy(src.begin(), src.end(), mesh.faces.begin() + fbase[c]);
+                std::vector<int64_t>().swap(src);
+                accumulate_normals(mesh.vertices.data(), mesh.faces.data(), fbase[c] / 3,
+                                   fbase[c + 1] / 3, mesh.normals.data());
+            }
+        });
+    }
+    normalize_rows(mesh.normals.data(), nv);
     return mesh;
 }
 

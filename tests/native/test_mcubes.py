@@ -37,6 +37,14 @@ def two_boxes(n=40):
                       box((0.5, 0.1, -0.2), (0.2, 0.25, 0.3))).astype(np.float32) + 0.0123
 
 
+def thin_gyroid(n=64):
+    """Thin shell around a gyroid, 1.5 periods: many thin pieces cut by the border."""
+    x = np.linspace(0.0, 3.0 * np.pi, n, dtype=np.float32)
+    X, Y, Z = x[:, None, None], x[None, :, None], x[None, None, :]
+    g = np.sin(X) * np.cos(Y) + np.sin(Y) * np.cos(Z) + np.sin(Z) * np.cos(X)
+    return np.ascontiguousarray(0.25 - np.abs(g) + np.float32(1.4e-4), dtype=np.float32)
+
+
 def edge_counts(faces: np.ndarray) -> np.ndarray:
     e = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
     _, counts = np.unique(e, axis=0, return_counts=True)
@@ -90,6 +98,23 @@ def test_matches_skimage_and_is_closed(field):
     idx = tree.query(v)[1]
     assert np.mean(np.einsum("ij,ij->i", n, sn[idx]) > 0.5) > 0.98
     assert vals.shape == (len(v),) and (vals >= 0).all()
+
+
+def test_thin_shells_match_skimage_for_any_thread_count(monkeypatch):
+    vol = thin_gyroid()
+    sv, sf, _, _ = skimage_measure.marching_cubes(vol, 0.0)
+    runs = []
+    for threads in ("1", "3"):
+        monkeypatch.setenv("HOLOPART_NUM_THREADS", threads)
+        v, f, n, _ = marching_cubes(vol, 0.0)
+        assert len(f) == len(sf) and len(v) == len(sv)
+        assert surface_distance(v, sv) < 1e-3
+        assert is_consistently_oriented(f)
+        assert (edge_counts(f) <= 2).all()
+        assert np.allclose(np.linalg.norm(n, axis=1), 1.0, atol=1e-4)
+        runs.append((v, f))
+    # Vertex ids do not depend on the thread count.
+    assert np.array_equal(runs[0][0], runs[1][0]) and np.array_equal(runs[0][1], runs[1][1])
 
 
 def test_connected_components_of_two_boxes():
