@@ -567,6 +567,14 @@ class HoloPart:
         results: list[CompletedPart] = []
         pinched: list[str] = []  # parts that decimation left non-manifold
         palette = parts_io.part_colors(P)
+        if P and all(len(f) == 0 for _, f in obj.meshes):
+            # before any stand-in: a result made only of thickened input patches would hide this
+            raise EmptyResult(
+                f"every one of the {P} parts came out empty: the model's decoder found no surface anywhere in the "
+                f"extraction box{' (nor on grids fitted to each part)' if opts.thin_parts else ''}. The input was "
+                f"read correctly ({P} parts with surface), so this points at the model ({self.path}): untrained, "
+                "corrupt or non-finite weights, or a model dir that does not match its checkpoint. Check it with "
+                "`holopart-infer verify`, or re-export it.")
         thin_fallback = []
         if opts.thin_parts:  # still empty: the input surface, closed and thickened, stands in
             for i, (v, f) in enumerate(obj.meshes):
@@ -576,11 +584,8 @@ class HoloPart:
                     thin_fallback.append(parts.names[i])
             if thin_fallback:
                 log.warning("%d part(s) came back empty from the model even on a grid fitted to them (thin or "
-                            "flat parts): kept their input surface, closed and thickened: %s%s",
-                            len(thin_fallback), ", ".join(repr(n) for n in thin_fallback),
-                            "; every part came back empty, which points at the model (untrained, corrupt or "
-                            "mismatched weights: check it with `holopart-infer verify`)"
-                            if len(thin_fallback) == P > 1 else "")
+                            "flat parts): kept their input surface, closed and thickened: %s",
+                            len(thin_fallback), ", ".join(repr(n) for n in thin_fallback))
         with _timed(obj.timings, "postprocess"):
             for i, (v, f) in enumerate(obj.meshes):
                 v = cond.to_input_frame(i, np.asarray(v, dtype=np.float64))
@@ -601,12 +606,6 @@ class HoloPart:
             log.warning("decimation to %d faces left %d of %d parts non-manifold at a few edges (%s); "
                         "decimate=None (CLI --no-decimate) keeps the closed marching-cubes meshes",
                         opts.decimate, len(pinched), P, ", ".join(pinched[:5]) + (" ..." if len(pinched) > 5 else ""))
-        if P and all(len(r.faces) == 0 for r in results):
-            raise EmptyResult(
-                f"every one of the {P} parts came out empty: the model's decoder found no surface anywhere in the "
-                f"extraction box. The input was read correctly ({P} parts with surface), so this points at the "
-                f"model ({self.path}): untrained, corrupt or non-finite weights, or a model dir that does not match "
-                "its checkpoint. Check it with `holopart-infer verify`, or re-export it.")
         if opts.appearance:  # the input's look onto the completed parts (holopart_infer.appearance)
             with _timed(obj.timings, "appearance"):
                 appearance.apply(results, parts, seed=opts.seed)

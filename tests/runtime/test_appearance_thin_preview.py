@@ -10,6 +10,7 @@ from PIL import Image
 
 from holopart_infer import appearance
 from holopart_infer.appearance import Appearance
+from holopart_infer.errors import EmptyResult
 from holopart_infer.parts_io import Parts, load_parts, write_scene
 from holopart_infer.pipeline import HoloPart
 from holopart_infer.preview import explode_offsets, render_comparison, render_turntable
@@ -167,8 +168,9 @@ def test_thin_part_recovered_on_fitted_grid(caplog):
     parts = _plates()
     # the field is a thin slab for every part: the body is not thin, so it stays empty on both grids
     model = _model(_slab_or_sphere)
-    before = model.complete(parts, thin_parts=False, appearance=False, **FAST)
-    assert [len(p.faces) for p in before.parts] == [0, 0]
+    # without thin-part handling both parts decode empty: every part empty is the model's fault
+    with pytest.raises(EmptyResult, match="every one of the 2 parts came out empty"):
+        model.complete(parts, thin_parts=False, appearance=False, **FAST)
     with caplog.at_level(logging.WARNING, logger="holopart_infer"):
         after = model.complete(parts, appearance=False, **FAST)
     assert after.stats["thin_parts"]["retried"] == ["body", "plate"]
@@ -186,10 +188,27 @@ def test_thin_part_recovered_on_fitted_grid(caplog):
     assert body.is_watertight and abs(body.volume - 1.0) < 1e-3  # closed input surface kept
 
 
-def test_never_empty_when_model_gives_nothing():
+def _empty_for_body(points):
+    """Batch row 0 (the body) decodes empty everywhere; row 1 (the plate) is a sphere."""
+    out = _sphere_field(points)
+    out[0] = -1.0
+    return out
+
+
+def test_model_that_gives_nothing_is_named_not_papered_over():
+    # every part empty even on fitted grids: the model is at fault, and a result made only of
+    # thickened input patches would be silently wrong; the stand-in is for some thin parts
     parts = _plates()
-    res = _model(lambda p: -np.ones(p.shape[:-1], np.float32)).complete(parts, appearance=False, **FAST)
-    for p, src in zip(res.parts, parts):
+    with pytest.raises(EmptyResult, match="every one of the 2 parts came out empty.*points at the model"):
+        _model(lambda p: -np.ones(p.shape[:-1], np.float32)).complete(parts, appearance=False, **FAST)
+
+
+def test_thickened_stand_in_hugs_the_input_surface():
+    parts = _plates()
+    # the body's field is empty everywhere, the plate's is a sphere: only the body falls back
+    res = _model(_empty_for_body).complete(parts, appearance=False, **FAST)
+    assert res.stats["thin_parts"]["fallback"] == ["body"]
+    for p, src in list(zip(res.parts, parts))[:1]:
         m = trimesh.Trimesh(p.vertices, p.faces)
         assert m.is_watertight and m.volume > 0
         # it is the input surface, offset by half of 1% of the part's diagonal
@@ -265,9 +284,9 @@ def test_turntable_gif(tmp_path):
             im.seek(k)
             frames.append(np.asarray(im.convert("RGB")).copy())
     assert not np.array_equal(frames[0], frames[1])  # it turns
-    from holopart_infer.errors import InputError
+    from holopart_infer.errors import EmptyResult, InputError
 
-    with pytest.raises(InputError, match=r"turn\.avi: expected \.gif or \.mp4"):
+    with pytest.raises(InputError, match=r"turn\.avi: unsupported extension '\.avi'; supported: \.gif, \.mp4"):
         render_turntable(parts, res, tmp_path / "turn.avi")
     assert not (tmp_path / "turn.avi").exists()
 

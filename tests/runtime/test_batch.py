@@ -23,7 +23,8 @@ FAST_FLAGS = ["--steps", "2", "--depth", "6", "--num-points", "1024", "--latent-
 
 
 def two_box_glb(path: Path, shift: float = 0.0) -> Path:
-    write_scene([box((shift, 0, 0), (1.0, 0.4, 0.6)), box((shift, 0.5, 0), (0.3, 0.6, 0.3))], ["base", "post"], path)
+    write_scene([box((shift, 0, 0), (1.0, 0.4, 0.6)), box((shift, 0.5, 0), (0.3, 0.6, 0.3))], ["base", "post"], path,
+                overwrite=True)  # a fixture may rewrite its own file (the "broken input fixed" step)
     return path
 
 
