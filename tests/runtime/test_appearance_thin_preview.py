@@ -284,7 +284,7 @@ def test_turntable_gif(tmp_path):
             im.seek(k)
             frames.append(np.asarray(im.convert("RGB")).copy())
     assert not np.array_equal(frames[0], frames[1])  # it turns
-    from holopart_infer.errors import EmptyResult, InputError
+    from holopart_infer.errors import InputError
 
     with pytest.raises(InputError, match=r"turn\.avi: unsupported extension '\.avi'; supported: \.gif, \.mp4"):
         render_turntable(parts, res, tmp_path / "turn.avi")
