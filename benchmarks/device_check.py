@@ -91,12 +91,10 @@ class Fail(Exception):
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``obj`` as JSON to ``path`` atomically (the project's one atomic writer)."""
+    from holopart_infer import fsafe
+
+    fsafe.atomic_write(Path(path), json.dumps(obj, indent=1, default=str).encode("utf-8"))
 
 
 def git_commit() -> str:

@@ -27,7 +27,6 @@ everything.
 from __future__ import annotations
 
 import argparse
-import os
 import datetime as _dt
 import json
 import math
@@ -262,15 +261,10 @@ class _capture_extract:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temp file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``obj`` as JSON to ``path`` atomically (the project's one atomic writer)."""
+    from holopart_infer import fsafe
+
+    fsafe.atomic_write(Path(path), json.dumps(obj, indent=1, default=str).encode("utf-8"))
 
 
 def floor_ms(flop: float, nbytes: float, ceil: dict) -> tuple[float | None, str]:
