@@ -454,15 +454,22 @@ class Service:
         from starlette.responses import Response
 
         route = "/v1/jobs/{id}/result.glb"
+        job, refused = self._done_job(request, route)
+        if refused is not None:
+            return refused
+        self.metrics.requests.labels(route, "200").inc()
+        return Response(job.glb, media_type="model/gltf-binary",
+                        headers={"Content-Disposition": 'attachment; filename="completed.glb"'})
+
+    def _done_job(self, request, route: str):
+        """(the finished job a result route asks for, None) or (None, the refusal to send)."""
         try:
             self._auth(request)
             job = self._job(request)
             self._need_done(job)
         except RequestRefused as e:
-            return self._refused(route, e)
-        self.metrics.requests.labels(route, "200").inc()
-        return Response(job.glb, media_type="model/gltf-binary",
-                        headers={"Content-Disposition": 'attachment; filename="completed.glb"'})
+            return None, self._refused(route, e)
+        return job, None
 
     @staticmethod
     def _need_done(job: ServeJob) -> None:
@@ -493,12 +500,9 @@ class Service:
         from starlette.responses import Response
 
         route = "/v1/jobs/{id}/preview.png"
-        try:
-            self._auth(request)
-            job = self._job(request)
-            self._need_done(job)
-        except RequestRefused as e:
-            return self._refused(route, e)
+        job, refused = self._done_job(request, route)
+        if refused is not None:
+            return refused
         data = await self._preview_bytes(job)
         self.metrics.requests.labels(route, "200").inc()
         return Response(data, media_type="image/png")
