@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from holopart_infer.engines.base import BackendBase
-from holopart_infer.engines.pytorch import DeviceTensor, as_tensor
+from holopart_infer.engines.pytorch import DeviceTensor, as_tensor, networks_config
 from holopart_infer.networks.load import TORCH_DTYPES, HoloPartNetworks
 
 #: points per decoder call in the original pipeline
@@ -59,12 +59,7 @@ class ReferenceBackend(BackendBase):
         self.dit_net = copy.deepcopy(networks.transformer).to(device=self.torch_device, dtype=self.dtype).eval()
         self.vae = copy.deepcopy(networks.vae).to(device=self.torch_device, dtype=self.dtype).eval()
         self.encoder = copy.deepcopy(networks.part_encoder).to(device=self.torch_device, dtype=self.dtype).eval()
-        self.config = {
-            "transformer": dict(networks.checkpoint["transformer"].config),
-            "vae": dict(networks.checkpoint["vae"].config),
-            "part_encoder": dict(networks.checkpoint["part_encoder"].config),
-            "scheduler": dict(networks.scheduler),
-        } if networks.checkpoint is not None else {}
+        self.config = networks_config(networks)
 
     @property
     def num_tokens(self) -> int:

@@ -379,6 +379,14 @@ class FastDecoder:
         return torch.cat([self.net.query(p[:, s:s + step], *kv).float() for s in range(0, Q, step)], dim=1)
 
 
+def networks_config(networks) -> dict:
+    """The component configs of loaded networks (``{}`` when they came without a checkpoint)."""
+    if networks.checkpoint is None:
+        return {}
+    return {**{c: dict(networks.checkpoint[c].config) for c in ("transformer", "vae", "part_encoder")},
+            "scheduler": dict(networks.scheduler)}
+
+
 class FastTorchBackend(BackendBase):
     """The backend protocol (docs/contracts.md) over the optimized PyTorch path.
 
@@ -402,12 +410,7 @@ class FastTorchBackend(BackendBase):
         self.dit_path = FastDiT(networks.transformer, self.torch_device, self.precision, graph=graph)
         self.decoder = FastDecoder(networks.vae, self.torch_device, self.precision)
         self.encoder: PartEncoder = prepare_module(networks.part_encoder, self.torch_device, self.dtype)
-        self._config = {
-            "transformer": dict(networks.checkpoint["transformer"].config),
-            "vae": dict(networks.checkpoint["vae"].config),
-            "part_encoder": dict(networks.checkpoint["part_encoder"].config),
-            "scheduler": dict(networks.scheduler),
-        } if networks.checkpoint is not None else {}
+        self._config = networks_config(networks)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str, precision: str,
