@@ -1,15 +1,30 @@
-// Marching cubes, two passes over x-layers of grid points:
-//   1. count the needed (crossed, emitted) edges owned by every point layer;
-//      an exclusive prefix sum gives each layer's first vertex id, so ids are
-//      global and deterministic whatever the thread count;
-//   2. each thread walks a contiguous range of cube layers keeping the vertex
-//      ids of two point layers, writes the vertices of the layers it owns and
-//      the triangles of its cubes into its own list; lists are concatenated
-//      in layer order.
+// Marching cubes on bit-packed rows of the grid.
+//
+//   0. Classify every point once: one bit per point for "inside" (value >
+//      level) and one for "known" (finite), packed 64 points to a word along
+//      the last axis. Everything after works on these words: a cube is cut
+//      when its eight corner bits differ, an edge is crossed when its two end
+//      bits differ, so the float grid is read again only to place vertices.
+//   1. Count, per row of points, the needed edges (its vertices) and, per row
+//      of cubes, the triangles of its cut cubes; exclusive prefix sums give
+//      every row its first vertex id and first face, so ids are global and
+//      deterministic whatever the thread count, and every thread writes its
+//      vertices and faces straight into the final arrays.
+//   2. Chunks of cube layers (a fixed size, not a per-thread split) are taken
+//      by the threads. A chunk walks its layers keeping the ids of the edges of
+//      two point layers, writes the vertices of the point layers it owns and
+//      the faces of its cubes, and accumulates area-weighted face normals at
+//      the same time (see `emit_layer` for the fixed summation order).
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
+#include <stdexcept>
 #include <vector>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "holopart/kernels.hpp"
 #include "holopart/parallel.hpp"
@@ -18,93 +33,158 @@ namespace holopart {
 
 namespace {
 
-// Rows of points along the last axis are cut into segments of kSeg points.
-// Segment s of row (i, j) summarises points [s*kSeg, (s+1)*kSeg] (one past its
-// end, so that the cubes and z-edges of the segment are covered): 0 = all
-// outside, 1 = all inside, 2 = mixed or partly unknown, 3 = all unknown (the
-// bulk of a coarse-to-fine grid). Segments that
-// are uniform and equal to their neighbours hold no crossed edge and no cut
-// cube, which lets both passes skip most of the volume at memory speed.
-constexpr int64_t kSeg = 32;
+using Word = uint64_t;
 
-struct Segments {
-    int64_t ns = 0, ny = 0;
-    std::vector<uint8_t> state;  // (nx, ny, ns)
-    bool any_unknown = false;
-    uint8_t at(int64_t i, int64_t j, int64_t s) const { return state[(i * ny + j) * ns + s]; }
+inline int popcount64(Word x) { return __builtin_popcountll(x); }
+inline int ctz64(Word x) { return __builtin_ctzll(x); }
+
+// Bit-packed classification of the grid: row r = i * ny + j holds W words.
+struct BitGrid {
+    int64_t nx = 0, ny = 0, nz = 0, W = 0;
+    std::vector<Word> in;     // bit k: point (i, j, k) > level (NaN: 0)
+    std::vector<Word> known;  // bit k: point (i, j, k) finite; only when unk
+    std::vector<Word> pmask;  // bits k < nz (valid points)
+    std::vector<Word> cmask;  // bits k < nz - 1 (valid cubes / z-edges)
+    bool unk = false;
+
+    const Word* in_row(int64_t i, int64_t j) const { return &in[(i * ny + j) * W]; }
+    const Word* known_row(int64_t i, int64_t j) const { return &known[(i * ny + j) * W]; }
+
+    // x shifted so that bit k holds bit k + 1 of the row (0 past the end).
+    static Word up(const Word* x, int64_t w, int64_t W) {
+        return (x[w] >> 1) | (w + 1 < W ? x[w + 1] << 63 : 0);
+    }
+    // x shifted so that bit k holds bit k - 1 of the row (0 before the start).
+    static Word down(const Word* x, int64_t w) {
+        return (x[w] << 1) | (w > 0 ? x[w - 1] >> 63 : 0);
+    }
+
+    // Cubes of cube row (i, j) whose eight corners are all known, into out[W].
+    void cube_known(int64_t i, int64_t j, Word* out) const {
+        if (i < 0 || j < 0 || i + 1 >= nx || j + 1 >= ny) {
+            std::fill(out, out + W, Word(0));
+            return;
+        }
+        if (!unk) {
+            std::copy(cmask.begin(), cmask.end(), out);
+            return;
+        }
+        const Word *a = known_row(i, j), *b = known_row(i, j + 1), *c = known_row(i + 1, j),
+                   *d = known_row(i + 1, j + 1);
+        Word carry = 0;
+        for (int64_t w = W - 1; w >= 0; --w) {
+            const Word k4 = a[w] & b[w] & c[w] & d[w];
+            out[w] = k4 & ((k4 >> 1) | carry) & cmask[w];
+            carry = k4 << 63;
+        }
+    }
 };
 
-Segments summarise(const float* vol, int64_t nx, int64_t ny, int64_t nz, float level) {
-    Segments g;
-    g.ny = ny;
-    g.ns = (nz - 1 + kSeg - 1) / kSeg;  // segments of cubes along z
-    g.state.resize(static_cast<size_t>(nx * ny * g.ns));
-    std::atomic<bool> unk{false};
-    parallel_for(nx * ny, 256, [&](int64_t r0, int64_t r1) {
-      bool found = false;
-      for (int64_t r = r0; r < r1; ++r) {
-        const float* row = vol + r * nz;
-        for (int64_t s = 0; s < g.ns; ++s) {
-            const int64_t k0 = s * kSeg, k1 = std::min(k0 + kSeg, nz - 1);
-            int n_in = 0, n_nan = 0;
-            for (int64_t k = k0; k <= k1; ++k) {
-                const float v = row[k];
-                n_in += v > level;
-                n_nan += hp_is_unknown(v);
+// Packs the classification bits of point layer i.
+void classify_layer(const float* vol, BitGrid& g, int64_t i, float level, bool& found_unknown) {
+    const int64_t ny = g.ny, nz = g.nz, W = g.W;
+    Word any_unk = 0;
+    for (int64_t j = 0; j < ny; ++j) {
+        const float* row = vol + (i * ny + j) * nz;
+        Word* in = &g.in[(i * ny + j) * W];
+        Word* kn = &g.known[(i * ny + j) * W];
+        for (int64_t w = 0; w < W; ++w) {
+            const int64_t k0 = w * 64, k1 = std::min(nz, k0 + 64);
+            Word bi = 0, bu = 0;
+            int64_t k = k0;
+#if defined(__SSE2__)
+            const __m128 lv = _mm_set1_ps(level);
+            for (; k + 4 <= k1; k += 4) {
+                const __m128 v = _mm_loadu_ps(row + k);
+                const __m128 t = _mm_sub_ps(v, v);  // NaN exactly for NaN and +-inf
+                bi |= Word(_mm_movemask_ps(_mm_cmpgt_ps(v, lv))) << (k - k0);
+                bu |= Word(_mm_movemask_ps(_mm_cmpunord_ps(t, t))) << (k - k0);
             }
-            const int64_t n = k1 - k0 + 1;
-            g.state[r * g.ns + s] =
-                n_nan == n ? 3 : (n_nan ? 2 : (n_in == 0 ? 0 : (n_in == n ? 1 : 2)));
-            if (n_nan) found = true;
+#endif
+            for (; k < k1; ++k) {
+                const float v = row[k];
+                bi |= Word(v > level) << (k - k0);
+                bu |= Word(hp_is_unknown(v)) << (k - k0);
+            }
+            in[w] = bi;
+            kn[w] = ~bu & g.pmask[w];
+            any_unk |= bu;
         }
-      }
-      if (found) unk = true;
-    });
-    g.any_unknown = unk;
-    return g;
-}
-
-// Needed-edge mask of point (i, j, k); the UNK=false version is the fast path
-// for grids without unknown values (every crossed edge is needed).
-template <bool UNK>
-inline unsigned point_mask(const float* vol, int64_t nx, int64_t ny, int64_t nz, int64_t i,
-                           int64_t j, int64_t k, float level) {
-    if (UNK) return hp_point_edge_mask(vol, nx, ny, nz, i, j, k, level, true);
-    const int64_t sx = ny * nz;
-    const float* p = vol + i * sx + j * nz + k;
-    const bool a = p[0] > level;
-    unsigned m = 0;
-    if (i + 1 < nx && a != (p[sx] > level)) m |= 1u;
-    if (j + 1 < ny && a != (p[nz] > level)) m |= 2u;
-    if (k + 1 < nz && a != (p[1] > level)) m |= 4u;
-    return m;
-}
-
-// Whether the points of segment s of row (i, j) may own a crossed edge.
-bool points_active(const Segments& g, int64_t nx, int64_t i, int64_t j, int64_t s) {
-    const uint8_t a = g.at(i, j, s);
-    if (a == 3) return false;  // no known point, no crossed edge
-    if (a == 2) return true;
-    // A uniform segment only crosses towards a neighbour that is not the same
-    // uniform state and not entirely unknown.
-    if (i + 1 < nx) {
-        const uint8_t b = g.at(i + 1, j, s);
-        if (b != a && b != 3) return true;
     }
-    if (j + 1 < g.ny) {
-        const uint8_t b = g.at(i, j + 1, s);
-        if (b != a && b != 3) return true;
-    }
-    return false;
+    if (any_unk) found_unknown = true;
 }
 
-// Whether the cubes of segment s of cube row (i, j) may be cut.
-bool cubes_active(const Segments& g, int64_t i, int64_t j, int64_t s) {
-    const uint8_t a = g.at(i, j, s), b = g.at(i + 1, j, s), c = g.at(i, j + 1, s),
-                  d = g.at(i + 1, j + 1, s);
-    // A row segment with no known point leaves every cube here unknown.
-    if (a == 3 || b == 3 || c == 3 || d == 3) return false;
-    return a == 2 || b != a || c != a || d != a;
+// Needed-edge masks (bit k: the edge from point (i, j, k) along x, y, z is
+// crossed and belongs to a cube with eight known corners, i.e. a cube that
+// emits it) of point row (i, j). scratch holds 4 * W words.
+void edge_masks(const BitGrid& g, int64_t i, int64_t j, Word* ex, Word* ey, Word* ez,
+                Word* scratch) {
+    const int64_t W = g.W;
+    const Word* a = g.in_row(i, j);
+    const Word* ax = i + 1 < g.nx ? g.in_row(i + 1, j) : nullptr;
+    const Word* ay = j + 1 < g.ny ? g.in_row(i, j + 1) : nullptr;
+    for (int64_t w = 0; w < W; ++w) {
+        ex[w] = ax ? a[w] ^ ax[w] : 0;
+        ey[w] = ay ? a[w] ^ ay[w] : 0;
+        ez[w] = (a[w] ^ BitGrid::up(a, w, W)) & g.cmask[w];
+    }
+    if (!g.unk) return;  // every edge of the grid lies on a known cube
+    // Known cubes around the edges: x-edge (i, j, k) touches cubes
+    // (i, j-1..j, k-1..k), y-edge cubes (i-1..i, j, k-1..k), z-edge cubes
+    // (i-1..i, j-1..j, k).
+    Word *c00 = scratch, *c01 = scratch + W, *c10 = scratch + 2 * W, *c11 = scratch + 3 * W;
+    g.cube_known(i - 1, j - 1, c00);
+    g.cube_known(i - 1, j, c01);
+    g.cube_known(i, j - 1, c10);
+    g.cube_known(i, j, c11);
+    Word prev_x = 0, prev_y = 0;
+    for (int64_t w = 0; w < W; ++w) {
+        const Word cx = c10[w] | c11[w], cy = c01[w] | c11[w];
+        ex[w] &= cx | (cx << 1) | prev_x;
+        ey[w] &= cy | (cy << 1) | prev_y;
+        ez[w] &= c00[w] | c01[w] | c10[w] | c11[w];
+        prev_x = cx >> 63;
+        prev_y = cy >> 63;
+    }
+}
+
+// Cut cubes (corners not all on one side, all known) of cube row (i, j), word w.
+inline Word cut_cubes(const BitGrid& g, const Word* a, const Word* b, const Word* c,
+                      const Word* d, const Word* ck, int64_t w) {
+    const int64_t W = g.W;
+    const Word x0 = (a[w] ^ b[w]) | (a[w] ^ c[w]) | (a[w] ^ d[w]);
+    const Word x1 = (a[w] ^ BitGrid::up(a, w, W)) | (x0 >> 1) |
+                    (w + 1 < W ? ((a[w + 1] ^ b[w + 1]) | (a[w + 1] ^ c[w + 1]) | (a[w + 1] ^ d[w + 1])) << 63 : 0);
+    return (x0 | x1) & (g.unk ? ck[w] : g.cmask[w]);
+}
+
+// Case index of cube k (bit n: corner n inside; corner n at offset
+// ((n >> 2) & 1, (n >> 1) & 1, n & 1)) from the rows' words and their
+// one-up shifts.
+inline int cube_case(Word a, Word au, Word b, Word bu, Word c, Word cu, Word d, Word du, int s) {
+    return int((a >> s) & 1) | int(((au >> s) & 1) << 1) | int(((b >> s) & 1) << 2) |
+           int(((bu >> s) & 1) << 3) | int(((c >> s) & 1) << 4) | int(((cu >> s) & 1) << 5) |
+           int(((d >> s) & 1) << 6) | int(((du >> s) & 1) << 7);
+}
+
+// Calls fn(k, case) for every cut cube of cube row (i, j), k ascending.
+template <class F>
+inline void for_cut_cubes(const BitGrid& g, int64_t i, int64_t j, Word* ck, F&& fn) {
+    const Word *a = g.in_row(i, j), *b = g.in_row(i, j + 1), *c = g.in_row(i + 1, j),
+               *d = g.in_row(i + 1, j + 1);
+    if (g.unk) g.cube_known(i, j, ck);
+    const int64_t W = g.W;
+    for (int64_t w = 0; w < W; ++w) {
+        Word m = cut_cubes(g, a, b, c, d, ck, w);
+        if (!m) continue;
+        const Word au = BitGrid::up(a, w, W), bu = BitGrid::up(b, w, W),
+                   cu = BitGrid::up(c, w, W), du = BitGrid::up(d, w, W);
+        while (m) {
+            const int s = ctz64(m);
+            m &= m - 1;
+            fn(w * 64 + s, cube_case(a[w], au, b[w], bu, c[w], cu, d[w], du, s));
+        }
+    }
 }
 
 }  // namespace
@@ -150,113 +230,209 @@ Mesh marching_cubes(const float* vol, int64_t nx, int64_t ny, int64_t nz, float 
                     const double spacing[3], const double origin[3]) {
     Mesh mesh;
     if (nx < 2 || ny < 2 || nz < 2) return mesh;
+    // Edge ids inside a point layer are kept as 32-bit offsets.
+    if (ny * nz * 3 >= (int64_t(1) << 32))
+        throw std::length_error("marching_cubes: a layer of more than 1.4e9 points is not supported");
     const McTable& table = mc_table();
-    const Segments seg = summarise(vol, nx, ny, nz, level);
-    const bool unk = seg.any_unknown;
-    const int64_t ns = seg.ns;
 
-    // Visit every point of layer i near the surface with its crossed-edge mask
-    // (bit d: the edge from the point along axis d crosses the level). Both
-    // passes below walk the points in this one order, so vertex ids agree.
-    auto visit_points = [&](int64_t i, auto&& fn) {
-        for (int64_t j = 0; j < ny; ++j)
-            for (int64_t s = 0; s < ns; ++s) {
-                if (!points_active(seg, nx, i, j, s)) continue;
-                const int64_t k1 = s + 1 == ns ? nz : (s + 1) * kSeg;
-                for (int64_t k = s * kSeg; k < k1; ++k)
-                    fn(j, k, unk ? point_mask<true>(vol, nx, ny, nz, i, j, k, level)
-                                 : point_mask<false>(vol, nx, ny, nz, i, j, k, level));
+    // ---- 0. classification bits
+    BitGrid g;
+    g.nx = nx, g.ny = ny, g.nz = nz, g.W = (nz + 63) / 64;
+    const int64_t W = g.W, nrows = nx * ny;
+    g.pmask.assign(W, ~Word(0));
+    g.cmask.assign(W, ~Word(0));
+    for (int64_t w = 0; w < W; ++w) {
+        const int64_t k0 = w * 64;
+        if (nz - k0 < 64) g.pmask[w] = (Word(1) << (nz - k0)) - 1;
+        const int64_t nc = nz - 1 - k0;
+        g.cmask[w] = nc >= 64 ? ~Word(0) : (nc <= 0 ? 0 : (Word(1) << nc) - 1);
+    }
+    g.in.resize(static_cast<size_t>(nrows * W));
+    g.known.resize(static_cast<size_t>(nrows * W));
+    {
+        std::atomic<bool> unk{false};
+        parallel_for(nx, 1, [&](int64_t i0, int64_t i1) {
+            bool found = false;
+            for (int64_t i = i0; i < i1; ++i) classify_layer(vol, g, i, level, found);
+            if (found) unk = true;
+        });
+        g.unk = unk;
+        if (!g.unk) std::vector<Word>().swap(g.known);
+    }
+
+    // ---- 1. vertices per point row, faces per cube row
+    const int64_t ncl = nx - 1;
+    std::vector<int64_t> vbase(static_cast<size_t>(nrows) + 1, 0);  // first vertex of row
+    std::vector<int64_t> fbase(static_cast<size_t>(ncl * ny) + 1, 0);  // first face of cube row
+    parallel_for(nx, 1, [&](int64_t i0, int64_t i1) {
+        std::vector<Word> buf(static_cast<size_t>(W) * 7);
+        Word *ex = buf.data(), *ey = ex + W, *ez = ey + W, *scratch = ez + W;
+        for (int64_t i = i0; i < i1; ++i) {
+            for (int64_t j = 0; j < ny; ++j) {
+                edge_masks(g, i, j, ex, ey, ez, scratch);
+                int64_t cnt = 0;
+                for (int64_t w = 0; w < W; ++w)
+                    cnt += popcount64(ex[w]) + popcount64(ey[w]) + popcount64(ez[w]);
+                vbase[i * ny + j + 1] = cnt;
             }
-    };
-
-    // Pass 1: needed edges per point layer.
-    std::vector<int64_t> base(static_cast<size_t>(nx) + 1, 0);
-    parallel_for(nx, 1, [&](int64_t i, int64_t) {
-        int64_t cnt = 0;
-        visit_points(i, [&](int64_t, int64_t, unsigned m) { cnt += (m & 1) + ((m >> 1) & 1) + ((m >> 2) & 1); });
-        base[i + 1] = cnt;
+            if (i + 1 >= nx) continue;
+            for (int64_t j = 0; j + 1 < ny; ++j) {
+                int64_t cnt = 0;
+                for_cut_cubes(g, i, j, scratch, [&](int64_t, int cs) { cnt += table.ntri[cs]; });
+                fbase[i * ny + j + 1] = cnt;
+            }
+        }
     });
-    for (int64_t i = 0; i < nx; ++i) base[i + 1] += base[i];
-    const int64_t nv = base[nx];
+    for (int64_t r = 0; r < nrows; ++r) vbase[r + 1] += vbase[r];
+    for (int64_t r = 0; r < ncl * ny; ++r) fbase[r + 1] += fbase[r];
+    const int64_t nv = vbase[nrows], nf = fbase[ncl * ny];
     mesh.vertices.resize(static_cast<size_t>(nv) * 3);
     mesh.values.resize(static_cast<size_t>(nv));
+    mesh.faces.resize(static_cast<size_t>(nf) * 3);
+    mesh.normals.assign(static_cast<size_t>(nv) * 3, 0.0f);
+    if (nf == 0) {
+        // Vertices without faces cannot happen (a needed edge lies on a cut,
+        // known cube), so the mesh is empty.
+        return mesh;
+    }
+    int64_t max_layer_v = 0;
+    for (int64_t i = 0; i < nx; ++i)
+        max_layer_v = std::max(max_layer_v, vbase[(i + 1) * ny] - vbase[i * ny]);
 
-    const int64_t ncl = nx - 1;  // cube layers
-    const int nthreads = static_cast<int>(std::min<int64_t>(num_threads(), ncl));
-    // More chunks than threads balance the work (the surface is rarely uniform
-    // along x); each chunk recomputes the ids of one extra point layer.
-    const int64_t nchunks = std::min<int64_t>(ncl, (int64_t)nthreads * 4);
-    std::vector<std::vector<int64_t>> chunk_faces(static_cast<size_t>(nchunks));
+    // Slot offset (within a point layer's id array of (ny, nz, 3)) and layer
+    // (0: the cube's lower x layer) of each of the 12 cube edges.
+    int64_t eoff[12];
+    int elay[12];
+    for (int e = 0; e < 12; ++e) {
+        int di, dj, dk, d;
+        hp_edge_owner(e, di, dj, dk, d);
+        eoff[e] = (dj * nz + dk) * 3 + d;
+        elay[e] = di;
+    }
+
+    // ---- 2. vertices, faces and normals, chunk by chunk
+    // Chunk boundaries depend only on the grid, so every float sum below is
+    // the same whatever the thread count.
+    const int64_t chunk = std::max<int64_t>(8, (ncl + 63) / 64);
+    const int64_t nchunks = (ncl + chunk - 1) / chunk;
+    // Normals of a vertex in point layer p: (sum of its faces in cube layer
+    // p - 1, in face order) + (sum of its faces in cube layer p, in face
+    // order). The first sum goes straight into mesh.normals; the second is
+    // gathered in a layer buffer and added when cube layer p is done, or, for
+    // the first layer of a chunk (whose first sum another chunk may still be
+    // writing), after all chunks have finished.
+    std::vector<std::vector<float>> first_layer_sum(static_cast<size_t>(nchunks));
+    const int nthreads = static_cast<int>(std::min<int64_t>(num_threads(), nchunks));
+    std::atomic<int64_t> next_chunk{0};
+    float* V = mesh.vertices.data();
+    float* N = mesh.normals.data();
+    float* VAL = mesh.values.data();
+    int64_t* F = mesh.faces.data();
     const int64_t layer = ny * nz;
 
-    std::atomic<int64_t> next_chunk{0};
     parallel_workers(nthreads, [&](int) {
-        std::vector<int64_t> ids_a(static_cast<size_t>(layer) * 3), ids_b(static_cast<size_t>(layer) * 3);
-        auto fill = [&](int64_t i, std::vector<int64_t>& ids, bool write) {
-            int64_t next = base[i];
-            visit_points(i, [&](int64_t j, int64_t k, unsigned m) {
-                int64_t* slot = &ids[(j * nz + k) * 3];
-                for (int d = 0; d < 3; ++d) {
-                    if (!(m & (1u << d))) continue;
-                    slot[d] = next;
-                    if (write)
-                        hp_edge_vertex(vol, ny, nz, i, j, k, d, level, spacing, origin,
-                                       &mesh.vertices[next * 3], &mesh.values[next]);
-                    ++next;
-                }
-            });
-        };
-        for (int64_t c; (c = next_chunk.fetch_add(1)) < nchunks;) {
-            const int64_t c0 = ncl * c / nchunks, c1 = ncl * (c + 1) / nchunks;
-            std::vector<int64_t>& out = chunk_faces[c];
-            // A closed surface has about two faces per vertex.
-            out.reserve(static_cast<size_t>((base[c1 + 1] - base[c0]) * 2 * 3 + 64));
-            std::vector<int64_t>* lo = &ids_a;
-            std::vector<int64_t>* hi = &ids_b;
-            fill(c0, *lo, true);
-            for (int64_t i = c0; i < c1; ++i) {
-                fill(i + 1, *hi, i + 1 < c1 || i + 1 == nx - 1);
-                const int64_t* L[2] = {lo->data(), hi->data()};
-                for (int64_t j = 0; j + 1 < ny; ++j)
-                  for (int64_t s = 0; s < ns; ++s) {
-                    if (!cubes_active(seg, i, j, s)) continue;
-                    const int64_t k1 = std::min((s + 1) * kSeg, nz - 1);
-                    for (int64_t k = s * kSeg; k < k1; ++k) {
-                        const int cs = hp_cube_case(vol, ny, nz, i, j, k, level, unk);
-                        if (cs <= 0 || cs == 255) continue;
-                        const int8_t* t = table.tris[cs];
-                        for (int q = 0; q < table.ntri[cs] * 3; ++q) {
-                            int di, dj, dk, d;
-                            hp_edge_owner(t[q], di, dj, dk, d);
-                            out.push_back(L[di][((j + dj) * nz + (k + dk)) * 3 + d]);
+        std::vector<uint32_t> ids_a(static_cast<size_t>(layer) * 3), ids_b(static_cast<size_t>(layer) * 3);
+        std::vector<float> own_pos(static_cast<size_t>(max_layer_v) * 3);  // a layer this chunk does not own
+        std::vector<float> tsum(static_cast<size_t>(max_layer_v) * 3);
+        std::vector<Word> buf(static_cast<size_t>(W) * 7);
+        Word *ex = buf.data(), *ey = ex + W, *ez = ey + W, *scratch = ez + W;
+
+        // Ids of the needed edges of point layer p (offsets from the layer's
+        // first vertex), and their vertices written to pos (+ values when owned).
+        auto fill = [&](int64_t p, uint32_t* ids, float* pos, bool owned) {
+            uint32_t next = 0;
+            for (int64_t j = 0; j < ny; ++j) {
+                edge_masks(g, p, j, ex, ey, ez, scratch);
+                for (int64_t w = 0; w < W; ++w) {
+                    Word m = ex[w] | ey[w] | ez[w];
+                    while (m) {
+                        const int s = ctz64(m);
+                        m &= m - 1;
+                        const int64_t k = w * 64 + s;
+                        const Word bit = Word(1) << s;
+                        uint32_t* slot = ids + (j * nz + k) * 3;
+                        const Word md[3] = {ex[w], ey[w], ez[w]};
+                        for (int d = 0; d < 3; ++d) {
+                            if (!(md[d] & bit)) continue;
+                            slot[d] = next;
+                            float value;
+                            hp_edge_vertex(vol, ny, nz, p, j, k, d, level, spacing, origin,
+                                           pos + (int64_t)next * 3, &value);
+                            if (owned) VAL[vbase[p * ny] + next] = value;
+                            ++next;
                         }
                     }
-                  }
+                }
+            }
+        };
+
+        for (int64_t c; (c = next_chunk.fetch_add(1)) < nchunks;) {
+            const int64_t c0 = c * chunk, c1 = std::min(ncl, c0 + chunk);
+            uint32_t* lo = ids_a.data();
+            uint32_t* hi = ids_b.data();
+            fill(c0, lo, V + vbase[c0 * ny] * 3, true);
+            for (int64_t i = c0; i < c1; ++i) {
+                const bool owned = i + 1 < c1 || i + 1 == nx - 1;
+                const int64_t lb0 = vbase[i * ny], lb1 = vbase[(i + 1) * ny];
+                float* pos1 = owned ? V + lb1 * 3 : own_pos.data();
+                fill(i + 1, hi, pos1, owned);
+                const float* P[2] = {V + lb0 * 3, pos1};
+                const uint32_t* L[2] = {lo, hi};
+                const int64_t nv0 = lb1 - lb0;
+                // Layer i's second sum: in tsum, or kept for after the join.
+                float* T;
+                if (i == c0 && c0 > 0) {
+                    first_layer_sum[c].assign(static_cast<size_t>(nv0) * 3, 0.0f);
+                    T = first_layer_sum[c].data();
+                } else {
+                    std::fill(tsum.begin(), tsum.begin() + nv0 * 3, 0.0f);
+                    T = tsum.data();
+                }
+                float* NS[2] = {T, N + lb1 * 3};
+                for (int64_t j = 0; j + 1 < ny; ++j) {
+                    int64_t* out = F + fbase[i * ny + j] * 3;
+                    for_cut_cubes(g, i, j, scratch, [&](int64_t k, int cs) {
+                        const int8_t* t = table.tris[cs];
+                        const int64_t base = (j * nz + k) * 3;
+                        const int nt = table.ntri[cs];
+                        for (int q = 0; q < nt; ++q, t += 3, out += 3) {
+                            int lay[3];
+                            uint32_t rel[3];
+                            for (int r = 0; r < 3; ++r) {
+                                lay[r] = elay[t[r]];
+                                rel[r] = L[lay[r]][base + eoff[t[r]]];
+                                out[r] = (lay[r] ? lb1 : lb0) + (int64_t)rel[r];
+                            }
+                            const float* pa = P[lay[0]] + (int64_t)rel[0] * 3;
+                            const float* pb = P[lay[1]] + (int64_t)rel[1] * 3;
+                            const float* pc = P[lay[2]] + (int64_t)rel[2] * 3;
+                            const float u0 = pb[0] - pa[0], u1 = pb[1] - pa[1], u2 = pb[2] - pa[2];
+                            const float v0 = pc[0] - pa[0], v1 = pc[1] - pa[1], v2 = pc[2] - pa[2];
+                            const float n0 = u1 * v2 - u2 * v1, n1 = u2 * v0 - u0 * v2,
+                                        n2 = u0 * v1 - u1 * v0;
+                            for (int r = 0; r < 3; ++r) {
+                                float* acc = NS[lay[r]] + (int64_t)rel[r] * 3;
+                                acc[0] += n0;
+                                acc[1] += n1;
+                                acc[2] += n2;
+                            }
+                        }
+                    });
+                }
+                if (T == tsum.data()) {
+                    float* dst = N + lb0 * 3;
+                    for (int64_t q = 0; q < nv0 * 3; ++q) dst[q] += T[q];
+                }
                 std::swap(lo, hi);
             }
         }
     });
-    // Faces of chunk c only reference vertices of point layers [c0, c1], so
-    // chunks two apart never touch the same vertex: copy the faces into place
-    // and accumulate normals for even chunks, then odd ones, in parallel.
-    std::vector<int64_t> fbase(static_cast<size_t>(nchunks) + 1, 0);
-    for (int64_t c = 0; c < nchunks; ++c) fbase[c + 1] = fbase[c] + (int64_t)chunk_faces[c].size();
-    mesh.faces.resize(static_cast<size_t>(fbase[nchunks]));
-    mesh.normals.assign(static_cast<size_t>(nv) * 3, 0.0f);
-    for (int parity = 0; parity < 2; ++parity) {
-        const int64_t half = (nchunks - parity + 1) / 2;
-        parallel_for(half, 1, [&](int64_t h0, int64_t h1) {
-            for (int64_t h = h0; h < h1; ++h) {
-                const int64_t c = 2 * h + parity;
-                std::vector<int64_t>& src = chunk_faces[c];
-                std::copy(src.begin(), src.end(), mesh.faces.begin() + fbase[c]);
-                std::vector<int64_t>().swap(src);
-                accumulate_normals(mesh.vertices.data(), mesh.faces.data(), fbase[c] / 3,
-                                   fbase[c + 1] / 3, mesh.normals.data());
-            }
-        });
+    for (int64_t c = 1; c < nchunks; ++c) {
+        const std::vector<float>& T = first_layer_sum[c];
+        float* dst = N + vbase[c * chunk * ny] * 3;
+        for (size_t q = 0; q < T.size(); ++q) dst[q] += T[q];
     }
-    normalize_rows(mesh.normals.data(), nv);
+    normalize_rows(N, nv);
     return mesh;
 }
 
