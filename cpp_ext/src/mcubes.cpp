@@ -19,6 +19,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
 #include <vector>
 
@@ -80,14 +81,16 @@ struct BitGrid {
     }
 };
 
-// Packs the classification bits of point layer i.
+// Packs the classification bits of point layer i: the inside bits, and the
+// known bits when KNOWN (a second pass, only for grids with unknown points).
+template <bool KNOWN>
 void classify_layer(const float* vol, BitGrid& g, int64_t i, float level, bool& found_unknown) {
     const int64_t ny = g.ny, nz = g.nz, W = g.W;
     Word any_unk = 0;
     for (int64_t j = 0; j < ny; ++j) {
         const float* row = vol + (i * ny + j) * nz;
         Word* in = &g.in[(i * ny + j) * W];
-        Word* kn = &g.known[(i * ny + j) * W];
+        Word* kn = KNOWN ? &g.known[(i * ny + j) * W] : nullptr;
         for (int64_t w = 0; w < W; ++w) {
             const int64_t k0 = w * 64, k1 = std::min(nz, k0 + 64);
             Word bi = 0, bu = 0;
@@ -106,8 +109,8 @@ void classify_layer(const float* vol, BitGrid& g, int64_t i, float level, bool& 
                 bi |= Word(v > level) << (k - k0);
                 bu |= Word(hp_is_unknown(v)) << (k - k0);
             }
-            in[w] = bi;
-            kn[w] = ~bu & g.pmask[w];
+            if (KNOWN) kn[w] = ~bu & g.pmask[w];
+            else in[w] = bi;
             any_unk |= bu;
         }
     }
@@ -248,74 +251,69 @@ Mesh marching_cubes(const float* vol, int64_t nx, int64_t ny, int64_t nz, float 
         g.cmask[w] = nc >= 64 ? ~Word(0) : (nc <= 0 ? 0 : (Word(1) << nc) - 1);
     }
     g.in.resize(static_cast<size_t>(nrows * W));
-    g.known.resize(static_cast<size_t>(nrows * W));
     {
         std::atomic<bool> unk{false};
         parallel_for(nx, 1, [&](int64_t i0, int64_t i1) {
             bool found = false;
-            for (int64_t i = i0; i < i1; ++i) classify_layer(vol, g, i, level, found);
+            for (int64_t i = i0; i < i1; ++i) classify_layer<false>(vol, g, i, level, found);
             if (found) unk = true;
         });
         g.unk = unk;
-        if (!g.unk) std::vector<Word>().swap(g.known);
+        if (g.unk) {
+            g.known.resize(static_cast<size_t>(nrows * W));
+            parallel_for(nx, 1, [&](int64_t i0, int64_t i1) {
+                bool found = false;
+                for (int64_t i = i0; i < i1; ++i) classify_layer<true>(vol, g, i, level, found);
+            });
+        }
     }
 
-    // ---- 1. vertices per point row, faces per cube row
+    // ---- 1. vertices per point layer, faces per cube layer
     const int64_t ncl = nx - 1;
-    std::vector<int64_t> vbase(static_cast<size_t>(nrows) + 1, 0);  // first vertex of row
-    std::vector<int64_t> fbase(static_cast<size_t>(ncl * ny) + 1, 0);  // first face of cube row
+    std::vector<int64_t> vbase(static_cast<size_t>(nx) + 1, 0);   // first vertex of point layer
+    std::vector<int64_t> fbase(static_cast<size_t>(ncl) + 1, 0);  // first face of cube layer
     parallel_for(nx, 1, [&](int64_t i0, int64_t i1) {
         std::vector<Word> buf(static_cast<size_t>(W) * 7);
         Word *ex = buf.data(), *ey = ex + W, *ez = ey + W, *scratch = ez + W;
         for (int64_t i = i0; i < i1; ++i) {
+            int64_t nvl = 0;
             for (int64_t j = 0; j < ny; ++j) {
                 edge_masks(g, i, j, ex, ey, ez, scratch);
-                int64_t cnt = 0;
                 for (int64_t w = 0; w < W; ++w)
-                    cnt += popcount64(ex[w]) + popcount64(ey[w]) + popcount64(ez[w]);
-                vbase[i * ny + j + 1] = cnt;
+                    nvl += popcount64(ex[w]) + popcount64(ey[w]) + popcount64(ez[w]);
             }
+            vbase[i + 1] = nvl;
             if (i + 1 >= nx) continue;
-            for (int64_t j = 0; j + 1 < ny; ++j) {
-                int64_t cnt = 0;
-                for_cut_cubes(g, i, j, scratch, [&](int64_t, int cs) { cnt += table.ntri[cs]; });
-                fbase[i * ny + j + 1] = cnt;
-            }
+            int64_t nfl = 0;
+            for (int64_t j = 0; j + 1 < ny; ++j)
+                for_cut_cubes(g, i, j, scratch, [&](int64_t, int cs) { nfl += table.ntri[cs]; });
+            fbase[i + 1] = nfl;
         }
     });
-    for (int64_t r = 0; r < nrows; ++r) vbase[r + 1] += vbase[r];
-    for (int64_t r = 0; r < ncl * ny; ++r) fbase[r + 1] += fbase[r];
-    const int64_t nv = vbase[nrows], nf = fbase[ncl * ny];
+    for (int64_t i = 0; i < nx; ++i) vbase[i + 1] += vbase[i];
+    for (int64_t i = 0; i < ncl; ++i) fbase[i + 1] += fbase[i];
+    const int64_t nv = vbase[nx], nf = fbase[ncl];
+    // A needed edge lies on a cut cube with known corners, which emits faces:
+    // no faces means no vertices.
+    if (nf == 0) return mesh;
     mesh.vertices.resize(static_cast<size_t>(nv) * 3);
     mesh.values.resize(static_cast<size_t>(nv));
     mesh.faces.resize(static_cast<size_t>(nf) * 3);
     mesh.normals.assign(static_cast<size_t>(nv) * 3, 0.0f);
-    if (nf == 0) {
-        // Vertices without faces cannot happen (a needed edge lies on a cut,
-        // known cube), so the mesh is empty.
-        return mesh;
-    }
     int64_t max_layer_v = 0;
-    for (int64_t i = 0; i < nx; ++i)
-        max_layer_v = std::max(max_layer_v, vbase[(i + 1) * ny] - vbase[i * ny]);
+    for (int64_t i = 0; i < nx; ++i) max_layer_v = std::max(max_layer_v, vbase[i + 1] - vbase[i]);
 
-    // Slot offset (within a point layer's id array of (ny, nz, 3)) and layer
-    // (0: the cube's lower x layer) of each of the 12 cube edges.
-    int64_t eoff[12];
-    int elay[12];
-    for (int e = 0; e < 12; ++e) {
-        int di, dj, dk, d;
-        hp_edge_owner(e, di, dj, dk, d);
-        eoff[e] = (dj * nz + dk) * 3 + d;
-        elay[e] = di;
-    }
+    // Each of the 12 cube edges: owning point (offset from the cube's lowest
+    // corner: layer di, row dj, column dk) and axis d.
+    int elay[12], erow[12], ecol[12], eaxis[12];
+    for (int e = 0; e < 12; ++e) hp_edge_owner(e, elay[e], erow[e], ecol[e], eaxis[e]);
 
     // ---- 2. vertices, faces and normals, chunk by chunk
     // Chunk boundaries depend only on the grid, so every float sum below is
     // the same whatever the thread count.
     const int64_t chunk = std::max<int64_t>(8, (ncl + 63) / 64);
     const int64_t nchunks = (ncl + chunk - 1) / chunk;
-    // Normals of a vertex in point layer p: (sum of its faces in cube layer
+    // Normal of a vertex in point layer p: (sum of its faces in cube layer
     // p - 1, in face order) + (sum of its faces in cube layer p, in face
     // order). The first sum goes straight into mesh.normals; the second is
     // gathered in a layer buffer and added when cube layer p is done, or, for
@@ -331,34 +329,43 @@ Mesh marching_cubes(const float* vol, int64_t nx, int64_t ny, int64_t nz, float 
     const int64_t layer = ny * nz;
 
     parallel_workers(nthreads, [&](int) {
-        std::vector<uint32_t> ids_a(static_cast<size_t>(layer) * 3), ids_b(static_cast<size_t>(layer) * 3);
-        std::vector<float> own_pos(static_cast<size_t>(max_layer_v) * 3);  // a layer this chunk does not own
-        std::vector<float> tsum(static_cast<size_t>(max_layer_v) * 3);
-        std::vector<Word> buf(static_cast<size_t>(W) * 7);
-        Word *ex = buf.data(), *ey = ex + W, *ez = ey + W, *scratch = ez + W;
+        // Per point layer in flight (two): the id of the first vertex of
+        // every point (offset from the layer's first vertex) and the rows'
+        // needed-edge masks; a vertex's id is its point's first id plus the
+        // number of its point's needed edges along lower axes. The id arrays
+        // are left uninitialised (new[]): only points with a needed edge are
+        // written and read, so untouched pages cost no memory.
+        std::unique_ptr<uint32_t[]> first_a(new uint32_t[static_cast<size_t>(layer)]);
+        std::unique_ptr<uint32_t[]> first_b(new uint32_t[static_cast<size_t>(layer)]);
+        std::vector<Word> masks_a(static_cast<size_t>(ny * 3 * W)), masks_b(masks_a.size());
+        std::unique_ptr<float[]> own_pos(new float[static_cast<size_t>(max_layer_v) * 3]);  // a layer this chunk does not own
+        std::unique_ptr<float[]> tsum(new float[static_cast<size_t>(max_layer_v) * 3]);
+        std::vector<Word> scratch(static_cast<size_t>(W) * 4);
 
-        // Ids of the needed edges of point layer p (offsets from the layer's
-        // first vertex), and their vertices written to pos (+ values when owned).
-        auto fill = [&](int64_t p, uint32_t* ids, float* pos, bool owned) {
+        // Ids of the needed edges of point layer p and their vertices, written
+        // to pos (+ values when the chunk owns the layer).
+        auto fill = [&](int64_t p, uint32_t* first, Word* masks, float* pos, bool owned) {
             uint32_t next = 0;
+            float* val = VAL + vbase[p];
             for (int64_t j = 0; j < ny; ++j) {
-                edge_masks(g, p, j, ex, ey, ez, scratch);
+                Word* ex = masks + j * 3 * W;
+                Word *ey = ex + W, *ez = ey + W;
+                edge_masks(g, p, j, ex, ey, ez, scratch.data());
                 for (int64_t w = 0; w < W; ++w) {
                     Word m = ex[w] | ey[w] | ez[w];
                     while (m) {
                         const int s = ctz64(m);
                         m &= m - 1;
                         const int64_t k = w * 64 + s;
-                        const Word bit = Word(1) << s;
-                        uint32_t* slot = ids + (j * nz + k) * 3;
-                        const Word md[3] = {ex[w], ey[w], ez[w]};
+                        first[j * nz + k] = next;
+                        const unsigned md = unsigned((ex[w] >> s) & 1) | unsigned(((ey[w] >> s) & 1) << 1) |
+                                            unsigned(((ez[w] >> s) & 1) << 2);
                         for (int d = 0; d < 3; ++d) {
-                            if (!(md[d] & bit)) continue;
-                            slot[d] = next;
+                            if (!(md & (1u << d))) continue;
                             float value;
                             hp_edge_vertex(vol, ny, nz, p, j, k, d, level, spacing, origin,
                                            pos + (int64_t)next * 3, &value);
-                            if (owned) VAL[vbase[p * ny] + next] = value;
+                            if (owned) val[next] = value;
                             ++next;
                         }
                     }
@@ -368,16 +375,19 @@ Mesh marching_cubes(const float* vol, int64_t nx, int64_t ny, int64_t nz, float 
 
         for (int64_t c; (c = next_chunk.fetch_add(1)) < nchunks;) {
             const int64_t c0 = c * chunk, c1 = std::min(ncl, c0 + chunk);
-            uint32_t* lo = ids_a.data();
-            uint32_t* hi = ids_b.data();
-            fill(c0, lo, V + vbase[c0 * ny] * 3, true);
+            uint32_t *first_lo = first_a.get(), *first_hi = first_b.get();
+            Word *masks_lo = masks_a.data(), *masks_hi = masks_b.data();
+            fill(c0, first_lo, masks_lo, V + vbase[c0] * 3, true);
+            int64_t* out = F + fbase[c0] * 3;
             for (int64_t i = c0; i < c1; ++i) {
                 const bool owned = i + 1 < c1 || i + 1 == nx - 1;
-                const int64_t lb0 = vbase[i * ny], lb1 = vbase[(i + 1) * ny];
-                float* pos1 = owned ? V + lb1 * 3 : own_pos.data();
-                fill(i + 1, hi, pos1, owned);
+                const int64_t lb0 = vbase[i], lb1 = vbase[i + 1];
+                float* pos1 = owned ? V + lb1 * 3 : own_pos.get();
+                fill(i + 1, first_hi, masks_hi, pos1, owned);
                 const float* P[2] = {V + lb0 * 3, pos1};
-                const uint32_t* L[2] = {lo, hi};
+                const uint32_t* FI[2] = {first_lo, first_hi};
+                const Word* M[2] = {masks_lo, masks_hi};
+                const int64_t LB[2] = {lb0, lb1};
                 const int64_t nv0 = lb1 - lb0;
                 // Layer i's second sum: in tsum, or kept for after the join.
                 float* T;
@@ -385,23 +395,30 @@ Mesh marching_cubes(const float* vol, int64_t nx, int64_t ny, int64_t nz, float 
                     first_layer_sum[c].assign(static_cast<size_t>(nv0) * 3, 0.0f);
                     T = first_layer_sum[c].data();
                 } else {
-                    std::fill(tsum.begin(), tsum.begin() + nv0 * 3, 0.0f);
-                    T = tsum.data();
+                    std::fill(tsum.get(), tsum.get() + nv0 * 3, 0.0f);
+                    T = tsum.get();
                 }
                 float* NS[2] = {T, N + lb1 * 3};
                 for (int64_t j = 0; j + 1 < ny; ++j) {
-                    int64_t* out = F + fbase[i * ny + j] * 3;
-                    for_cut_cubes(g, i, j, scratch, [&](int64_t k, int cs) {
+                    for_cut_cubes(g, i, j, scratch.data(), [&](int64_t k, int cs) {
                         const int8_t* t = table.tris[cs];
-                        const int64_t base = (j * nz + k) * 3;
                         const int nt = table.ntri[cs];
                         for (int q = 0; q < nt; ++q, t += 3, out += 3) {
                             int lay[3];
                             uint32_t rel[3];
                             for (int r = 0; r < 3; ++r) {
-                                lay[r] = elay[t[r]];
-                                rel[r] = L[lay[r]][base + eoff[t[r]]];
-                                out[r] = (lay[r] ? lb1 : lb0) + (int64_t)rel[r];
+                                const int e = t[r], l = elay[e], d = eaxis[e];
+                                const int64_t jj = j + erow[e], kk = k + ecol[e];
+                                uint32_t id = FI[l][jj * nz + kk];
+                                if (d) {
+                                    const Word* em = M[l] + (jj * 3 * W) + (kk >> 6);
+                                    const int s = int(kk & 63);
+                                    id += uint32_t((em[0] >> s) & 1);             // x-edge first
+                                    if (d == 2) id += uint32_t((em[W] >> s) & 1);  // then y
+                                }
+                                lay[r] = l;
+                                rel[r] = id;
+                                out[r] = LB[l] + (int64_t)id;
                             }
                             const float* pa = P[lay[0]] + (int64_t)rel[0] * 3;
                             const float* pb = P[lay[1]] + (int64_t)rel[1] * 3;
@@ -419,17 +436,18 @@ Mesh marching_cubes(const float* vol, int64_t nx, int64_t ny, int64_t nz, float 
                         }
                     });
                 }
-                if (T == tsum.data()) {
+                if (T == tsum.get()) {
                     float* dst = N + lb0 * 3;
                     for (int64_t q = 0; q < nv0 * 3; ++q) dst[q] += T[q];
                 }
-                std::swap(lo, hi);
+                std::swap(first_lo, first_hi);
+                std::swap(masks_lo, masks_hi);
             }
         }
     });
     for (int64_t c = 1; c < nchunks; ++c) {
         const std::vector<float>& T = first_layer_sum[c];
-        float* dst = N + vbase[c * chunk * ny] * 3;
+        float* dst = N + vbase[c * chunk] * 3;
         for (size_t q = 0; q < T.size(); ++q) dst[q] += T[q];
     }
     normalize_rows(N, nv);
