@@ -26,6 +26,9 @@
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "holopart/kernels.hpp"
 #include "holopart/parallel.hpp"
@@ -190,6 +193,40 @@ inline void for_cut_cubes(const BitGrid& g, int64_t i, int64_t j, Word* ck, F&& 
     }
 }
 
+// hp_edge_vertex for the edge along axis D from the point whose value is at
+// a_ptr (the other end `step` floats on), the point's index along D being idx;
+// c[3] are the point's precomputed coordinates (the one along D is replaced).
+// Same arithmetic as hp_edge_vertex, same bits.
+template <int D>
+inline void edge_vertex(const float* a_ptr, int64_t step, int64_t idx, const float c[3],
+                        float level, const double* spacing, const double* origin, float* pos,
+                        float* value) {
+    const float a = a_ptr[0], b = a_ptr[step];
+    const float t = (level - a) / (b - a);
+    pos[0] = c[0];
+    pos[1] = c[1];
+    pos[2] = c[2];
+    pos[D] = (float)(((double)idx + (double)t) * spacing[D] + origin[D]);
+    if (value) *value = a > b ? a : b;
+}
+
+// v.resize(n) for an output array. Large blocks come untouched from mmap;
+// asking for transparent huge pages before the first touch (as numpy does for
+// its large arrays) saves most of the page-fault time of writing them.
+template <class T>
+void resize_output(std::vector<T>& v, size_t n) {
+    v.reserve(n);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    const uintptr_t huge = uintptr_t(2) << 20;
+    if (n * sizeof(T) >= 2 * huge) {
+        const uintptr_t lo = (reinterpret_cast<uintptr_t>(v.data()) + huge - 1) & ~(huge - 1);
+        const uintptr_t hi = (reinterpret_cast<uintptr_t>(v.data()) + n * sizeof(T)) & ~(huge - 1);
+        if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);  // a hint only
+    }
+#endif
+    v.resize(n);
+}
+
 }  // namespace
 
 // Adds the (area-weighted) normals of faces [f0, f1) to acc (V, 3).
@@ -296,17 +333,40 @@ Mesh marching_cubes(const float* vol, int64_t nx, int64_t ny, int64_t nz, float 
     // A needed edge lies on a cut cube with known corners, which emits faces:
     // no faces means no vertices.
     if (nf == 0) return mesh;
-    mesh.vertices.resize(static_cast<size_t>(nv) * 3);
-    mesh.values.resize(static_cast<size_t>(nv));
-    mesh.faces.resize(static_cast<size_t>(nf) * 3);
-    mesh.normals.assign(static_cast<size_t>(nv) * 3, 0.0f);
+    resize_output(mesh.vertices, static_cast<size_t>(nv) * 3);
+    resize_output(mesh.values, static_cast<size_t>(nv));
+    resize_output(mesh.faces, static_cast<size_t>(nf) * 3);
+    resize_output(mesh.normals, static_cast<size_t>(nv) * 3);  // zeros: sums start here
     int64_t max_layer_v = 0;
     for (int64_t i = 0; i < nx; ++i) max_layer_v = std::max(max_layer_v, vbase[i + 1] - vbase[i]);
 
     // Each of the 12 cube edges: owning point (offset from the cube's lowest
     // corner: layer di, row dj, column dk) and axis d.
     int elay[12], erow[12], ecol[12], eaxis[12];
-    for (int e = 0; e < 12; ++e) hp_edge_owner(e, elay[e], erow[e], ecol[e], eaxis[e]);
+    Word emx[12], emy[12];  // 1 when the owner's x- (y-) edge precedes this one
+    for (int e = 0; e < 12; ++e) {
+        hp_edge_owner(e, elay[e], erow[e], ecol[e], eaxis[e]);
+        emx[e] = eaxis[e] >= 1;
+        emy[e] = eaxis[e] == 2;
+    }
+    // The cube edges each case's triangles use (its cut edges).
+    uint16_t cut_edges[256];
+    for (int cs = 0; cs < 256; ++cs) {
+        cut_edges[cs] = 0;
+        for (int q = 0; q < table.ntri[cs] * 3; ++q) cut_edges[cs] |= uint16_t(1u << table.tris[cs][q]);
+    }
+
+    // Vertex coordinates along the two axes an edge does not run along are
+    // the grid coordinates, computed once per index with hp_edge_vertex's
+    // arithmetic (same value bit for bit).
+    std::vector<float> coord[3];
+    for (int ax = 0; ax < 3; ++ax) {
+        const int64_t n = ax == 0 ? nx : (ax == 1 ? ny : nz);
+        coord[ax].resize(static_cast<size_t>(n));
+        for (int64_t q = 0; q < n; ++q)
+            coord[ax][q] = (float)((double)q * spacing[ax] + origin[ax]);
+    }
+    const float *cx = coord[0].data(), *cy = coord[1].data(), *cz = coord[2].data();
 
     // ---- 2. vertices, faces and normals, chunk by chunk
     // Chunk boundaries depend only on the grid, so every float sum below is
@@ -346,28 +406,47 @@ Mesh marching_cubes(const float* vol, int64_t nx, int64_t ny, int64_t nz, float 
         // to pos (+ values when the chunk owns the layer).
         auto fill = [&](int64_t p, uint32_t* first, Word* masks, float* pos, bool owned) {
             uint32_t next = 0;
-            float* val = VAL + vbase[p];
+            float* val = owned ? VAL + vbase[p] : nullptr;
+            const float* vp = vol + p * layer;
             for (int64_t j = 0; j < ny; ++j) {
                 Word* ex = masks + j * 3 * W;
                 Word *ey = ex + W, *ez = ey + W;
                 edge_masks(g, p, j, ex, ey, ez, scratch.data());
+                uint32_t* fr = first + j * nz;
+                const float* row = vp + j * nz;
+
                 for (int64_t w = 0; w < W; ++w) {
-                    Word m = ex[w] | ey[w] | ez[w];
-                    while (m) {
+                    const Word mx = ex[w], my = ey[w], mz = ez[w];
+                    if (!(mx | my | mz)) continue;
+                    // First ids of the points, in (point, axis) order...
+                    for (Word m = mx | my | mz; m; m &= m - 1) {
                         const int s = ctz64(m);
-                        m &= m - 1;
+                        fr[w * 64 + s] = next;
+                        next += uint32_t(((mx >> s) & 1) + ((my >> s) & 1) + ((mz >> s) & 1));
+                    }
+                    // ...then the vertices one axis at a time (no per-edge branch).
+                    for (Word m = mx; m; m &= m - 1) {
+                        const int64_t k = w * 64 + ctz64(m);
+                        const uint32_t id = fr[k];
+                        const float c3[3] = {cx[p], cy[j], cz[k]};
+                        edge_vertex<0>(row + k, layer, p, c3, level, spacing, origin,
+                                       pos + (int64_t)id * 3, val ? val + id : nullptr);
+                    }
+                    for (Word m = my; m; m &= m - 1) {
+                        const int s = ctz64(m);
                         const int64_t k = w * 64 + s;
-                        first[j * nz + k] = next;
-                        const unsigned md = unsigned((ex[w] >> s) & 1) | unsigned(((ey[w] >> s) & 1) << 1) |
-                                            unsigned(((ez[w] >> s) & 1) << 2);
-                        for (int d = 0; d < 3; ++d) {
-                            if (!(md & (1u << d))) continue;
-                            float value;
-                            hp_edge_vertex(vol, ny, nz, p, j, k, d, level, spacing, origin,
-                                           pos + (int64_t)next * 3, &value);
-                            if (owned) val[next] = value;
-                            ++next;
-                        }
+                        const uint32_t id = fr[k] + uint32_t((mx >> s) & 1);
+                        const float c3[3] = {cx[p], cy[j], cz[k]};
+                        edge_vertex<1>(row + k, nz, j, c3, level, spacing, origin,
+                                       pos + (int64_t)id * 3, val ? val + id : nullptr);
+                    }
+                    for (Word m = mz; m; m &= m - 1) {
+                        const int s = ctz64(m);
+                        const int64_t k = w * 64 + s;
+                        const uint32_t id = fr[k] + uint32_t(((mx >> s) & 1) + ((my >> s) & 1));
+                        const float c3[3] = {cx[p], cy[j], cz[k]};
+                        edge_vertex<2>(row + k, 1, k, c3, level, spacing, origin,
+                                       pos + (int64_t)id * 3, val ? val + id : nullptr);
                     }
                 }
             }
@@ -401,37 +480,41 @@ Mesh marching_cubes(const float* vol, int64_t nx, int64_t ny, int64_t nz, float 
                 float* NS[2] = {T, N + lb1 * 3};
                 for (int64_t j = 0; j + 1 < ny; ++j) {
                     for_cut_cubes(g, i, j, scratch.data(), [&](int64_t k, int cs) {
+                        // Ids, positions and normal sums of the cube's cut
+                        // edges, then its triangles.
+                        int64_t gid[12];
+                        const float* pos[12];
+                        float* acc[12];
+                        for (unsigned m = cut_edges[cs]; m; m &= m - 1) {
+                            const int e = __builtin_ctz(m), l = elay[e];
+                            const int64_t jj = j + erow[e], kk = k + ecol[e];
+                            // Point's first id + its needed x-edge (for
+                            // d >= 1) + its needed y-edge (for d == 2).
+                            const Word* em = M[l] + (jj * 3 * W) + (kk >> 6);
+                            const int s = int(kk & 63);
+                            const uint32_t id = FI[l][jj * nz + kk] +
+                                                uint32_t((em[0] >> s) & emx[e]) +
+                                                uint32_t((em[W] >> s) & emy[e]);
+                            gid[e] = LB[l] + (int64_t)id;
+                            pos[e] = P[l] + (int64_t)id * 3;
+                            acc[e] = NS[l] + (int64_t)id * 3;
+                        }
                         const int8_t* t = table.tris[cs];
                         const int nt = table.ntri[cs];
                         for (int q = 0; q < nt; ++q, t += 3, out += 3) {
-                            int lay[3];
-                            uint32_t rel[3];
-                            for (int r = 0; r < 3; ++r) {
-                                const int e = t[r], l = elay[e], d = eaxis[e];
-                                const int64_t jj = j + erow[e], kk = k + ecol[e];
-                                uint32_t id = FI[l][jj * nz + kk];
-                                if (d) {
-                                    const Word* em = M[l] + (jj * 3 * W) + (kk >> 6);
-                                    const int s = int(kk & 63);
-                                    id += uint32_t((em[0] >> s) & 1);             // x-edge first
-                                    if (d == 2) id += uint32_t((em[W] >> s) & 1);  // then y
-                                }
-                                lay[r] = l;
-                                rel[r] = id;
-                                out[r] = LB[l] + (int64_t)id;
-                            }
-                            const float* pa = P[lay[0]] + (int64_t)rel[0] * 3;
-                            const float* pb = P[lay[1]] + (int64_t)rel[1] * 3;
-                            const float* pc = P[lay[2]] + (int64_t)rel[2] * 3;
+                            const int ea = t[0], eb = t[1], ec = t[2];
+                            out[0] = gid[ea];
+                            out[1] = gid[eb];
+                            out[2] = gid[ec];
+                            const float *pa = pos[ea], *pb = pos[eb], *pc = pos[ec];
                             const float u0 = pb[0] - pa[0], u1 = pb[1] - pa[1], u2 = pb[2] - pa[2];
                             const float v0 = pc[0] - pa[0], v1 = pc[1] - pa[1], v2 = pc[2] - pa[2];
                             const float n0 = u1 * v2 - u2 * v1, n1 = u2 * v0 - u0 * v2,
                                         n2 = u0 * v1 - u1 * v0;
-                            for (int r = 0; r < 3; ++r) {
-                                float* acc = NS[lay[r]] + (int64_t)rel[r] * 3;
-                                acc[0] += n0;
-                                acc[1] += n1;
-                                acc[2] += n2;
+                            for (float* n : {acc[ea], acc[eb], acc[ec]}) {
+                                n[0] += n0;
+                                n[1] += n1;
+                                n[2] += n2;
                             }
                         }
                     });
