@@ -371,7 +371,10 @@ Mesh marching_cubes(const float* vol, int64_t nx, int64_t ny, int64_t nz, float 
     // ---- 2. vertices, faces and normals, chunk by chunk
     // Chunk boundaries depend only on the grid, so every float sum below is
     // the same whatever the thread count.
-    const int64_t chunk = std::max<int64_t>(8, (ncl + 63) / 64);
+    // 2..8 layers (each chunk fills one extra point layer), at least 16
+    // chunks where the grid allows, at most 64.
+    const int64_t chunk = std::max<int64_t>(
+        std::min<int64_t>(8, std::max<int64_t>(2, (ncl + 15) / 16)), (ncl + 63) / 64);
     const int64_t nchunks = (ncl + chunk - 1) / chunk;
     // Normal of a vertex in point layer p: (sum of its faces in cube layer
     // p - 1, in face order) + (sum of its faces in cube layer p, in face
