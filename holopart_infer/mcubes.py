@@ -22,6 +22,11 @@ conventions:
 * values: float32 (V,) the larger of the two grid values on the vertex's edge
   (scikit-image: "maximum value of the data in the local region").
 
+All four outputs are the same bit for bit whatever the thread count
+(``HOLOPART_NUM_THREADS``); the CPU kernel (cpp_ext/src/mcubes.cpp) works on
+one bit per grid point and writes the outputs in place, see
+docs/performance.md, "Marching cubes on the CPU".
+
 Cubes with a NaN or infinite corner are unknown and emit nothing; a
 closed level set strictly inside the known region gives a watertight
 (every edge in exactly two faces), consistently oriented mesh. Ambiguous cube
