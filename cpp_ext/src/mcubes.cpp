@@ -1,20 +1,23 @@
-// Marching cubes on bit-packed rows of the grid.
+// Marching cubes on bit-packed rows of the grid (design notes in
+// docs/performance.md, "Marching cubes on the CPU").
 //
-//   0. Classify every point once: one bit per point for "inside" (value >
-//      level) and one for "known" (finite), packed 64 points to a word along
-//      the last axis. Everything after works on these words: a cube is cut
-//      when its eight corner bits differ, an edge is crossed when its two end
-//      bits differ, so the float grid is read again only to place vertices.
-//   1. Count, per row of points, the needed edges (its vertices) and, per row
-//      of cubes, the triangles of its cut cubes; exclusive prefix sums give
-//      every row its first vertex id and first face, so ids are global and
-//      deterministic whatever the thread count, and every thread writes its
-//      vertices and faces straight into the final arrays.
-//   2. Chunks of cube layers (a fixed size, not a per-thread split) are taken
-//      by the threads. A chunk walks its layers keeping the ids of the edges of
-//      two point layers, writes the vertices of the point layers it owns and
-//      the faces of its cubes, and accumulates area-weighted face normals at
-//      the same time (see `emit_layer` for the fixed summation order).
+//   0. Classify every point once: one bit for "inside" (value > level), and,
+//      only when the grid has unknown points, one for "known" (finite),
+//      packed 64 points to a word along the last axis. Everything after works
+//      on these words: a cube is cut when its eight corner bits differ, an
+//      edge is crossed when its two end bits differ, so the float grid is
+//      read again only to place vertices.
+//   1. Count the needed edges (vertices) of every point layer and the
+//      triangles of every cube layer; exclusive prefix sums give each layer
+//      its first vertex id and first face, so ids are global and the same
+//      whatever the thread count, and threads write vertices, faces and
+//      normals straight into the final arrays.
+//   2. Chunks of 2-8 cube layers (sizes fixed by the grid, not by the thread
+//      count) are taken by the threads. A chunk walks its layers keeping one
+//      first-vertex id per point and the edge masks of two point layers,
+//      writes the vertices of the point layers it owns and the faces of its
+//      cubes, and sums area-weighted face normals in the same loop, in a
+//      fixed order (see `first_layer_sum`).
 #include <algorithm>
 #include <atomic>
 #include <cmath>
