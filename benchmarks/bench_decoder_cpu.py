@@ -11,6 +11,8 @@ and ONNX Runtime thread pools are sized before anything starts):
   extraction does) for each variant below, measured round-robin: every round
   runs every variant once, so a ratio is taken between runs seconds apart on
   the same (shared, noisy) machine; medians and spreads over rounds.
+* flips: the share of query points whose inside/outside answer (sign of the
+  logit) differs from the ``before`` row -- 0 for every fp32 variant.
 * measured/floor = (seconds per query) / (matmul FLOP per query / GEMM rate):
   1.0 would mean the decoder runs as fast as its matrix products alone at the
   measured GEMM rate.
@@ -27,18 +29,21 @@ Elementwise work is listed separately, not in the floor (it does not run at
 GEMM rate): embedding 3F multiplies + 6F sin/cos, 3 LayerNorms (~8W), softmax
 over H*T scores (exp), GELU over 4W (erf), residual/bias adds (~8W).
 
-Variants (the embedded model; "backend" rows go through OrtBackend.decoder_query,
-the shipped path; the others are raw sessions of the same graph file):
+Variants, all the same function (max|diff| is the largest logit difference to
+the first row), each a vae_query graph exported here from the same weights:
 
-* ``backend-default``  OrtBackend as before issue 16 (ORT's default SessionOptions)
-* ``backend``          OrtBackend now (holopart_infer.engines.onnxruntime.cpu_session_options)
-* ``ort-nospin`` / ``ort-spin``  intra-op spinning off / on
-* ``ort-basic``        graph optimization level BASIC instead of ALL
-* ``ort-noarena``      no CPU memory arena and no memory pattern
-* ``fused``            the graph run through onnxruntime.transformers' fusions
-                       (BiasGelu, SkipLayerNormalization) -- an export-side candidate
-* ``int8``             onnxruntime.quantization.quantize_dynamic (u8/s8 MatMulInteger)
-                       -- a speed probe only; no quality claim
+* ``before``       the export before issue 16 (the exporter's own GELU), ONNX
+                   Runtime's default SessionOptions: what the backend ran before
+* ``export-now``   today's export (GELU in the form ORT fuses into BiasGelu), default options
+* ``now``          today's export with cpu_session_options(threads), the backend's CPU default
+* ``backend``      (demo only) OrtBackend.decoder_query on the embedded model: the shipped path
+* ``ort-spin`` / ``ort-nospin``  today's export, intra-op spinning on / off
+* ``ort-basic``    graph optimization level BASIC instead of ALL
+* ``ort-noarena``  no CPU memory arena and no memory pattern
+* ``fused``        today's export through onnxruntime.transformers' fusions (adds a
+                   second SkipLayerNormalization) -- an export-side candidate, not shipped
+* ``int8``         onnxruntime.quantization.quantize_dynamic (u8/s8 MatMulInteger)
+                   -- a speed probe; its max|diff| shows why it is not offered
 
 Run (about 3-6 min on 2 busy cores)::
 
@@ -135,8 +140,13 @@ def gemm_rates(rows: int, width: int, threads: int, repeats: int) -> dict:
     return {k: _median(v) for k, v in out.items()}
 
 
-def export_query_graph(preset: str, tokens: int, out_dir: Path):
-    """vae_query of a random-weight decoder of ``preset`` -> (onnx path, vae cfg, keys, values maker)."""
+def export_query_graphs(name: str, out_dir: Path):
+    """vae_query of ``name`` exported twice: (before, now) paths, vae cfg, tokens, chunk, keys/values maker.
+
+    "before" keeps the exporter's own GELU (the export before issue 16), "now" is
+    what ``holopart-infer export`` writes today. demo: the embedded model's
+    checkpoint (export/holopart_mini); mid/full: random weights of the preset.
+    """
     import torch
 
     from holopart_infer.export.graphs.vae import graphs
@@ -144,11 +154,26 @@ def export_query_graph(preset: str, tokens: int, out_dir: Path):
     from holopart_infer.export.random_checkpoint import PRESETS
     from holopart_infer.networks.vae import VAEConfig, VAEDecoder
 
-    cfg = dict(PRESETS[preset]["vae"])
-    torch.manual_seed(0)
-    ref = VAEDecoder(VAEConfig.from_dict(cfg)).eval()
-    g = [g for g in graphs(ref, torch.float32, tokens) if g.name == "vae_query"][0]
-    path = _export_graph(g, out_dir, big=False)
+    if name == "demo":
+        from holopart_infer.export.make_demo_model import MINI_CHECKPOINT
+        from holopart_infer.networks.load import load_networks
+
+        ref = load_networks(MINI_CHECKPOINT).vae
+        cfg = json.loads((MINI_CHECKPOINT / "vae" / "config.json").read_text())
+        tokens = int(json.loads((MINI_CHECKPOINT / "model_index.json").read_text())
+                     .get("inference_defaults", {}).get("latent_tokens", 64))
+        chunk = None
+    else:
+        preset, tokens, chunk = LARGE[name]
+        cfg = dict(PRESETS[preset]["vae"])
+        torch.manual_seed(0)
+        ref = VAEDecoder(VAEConfig.from_dict(cfg)).eval()
+    paths = []
+    for tag, fusable in (("before", False), ("now", True)):
+        d = out_dir / tag
+        d.mkdir(parents=True)
+        g = [g for g in graphs(ref, torch.float32, tokens, fusable_gelu=fusable) if g.name == "vae_query"][0]
+        paths.append(_export_graph(g, d, big=False))
 
     def make_kv(parts: int):
         gen = torch.Generator().manual_seed(1)
@@ -156,7 +181,7 @@ def export_query_graph(preset: str, tokens: int, out_dir: Path):
             k, v = ref.decode_kv(torch.randn((parts, tokens, cfg["latent_channels"]), generator=gen))
         return k.numpy(), v.numpy()
 
-    return path, cfg, make_kv
+    return paths[0], paths[1], cfg, tokens, chunk, make_kv
 
 
 def variant_graphs(src: Path, vae_cfg: dict, out_dir: Path, want: set) -> dict:
@@ -193,28 +218,19 @@ def worker(args) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="bench_decoder_cpu_"))
     for name in args.configs.split(","):
         rng = np.random.default_rng(0)
+        d = tmp / name
+        before, src, vae_cfg, tokens, chunk, make_kv = export_query_graphs(name, d)
+        chunk = chunk or args.chunk
+        keys, values = make_kv(args.parts)
         backends = {}
-        if name == "demo":
+        if name == "demo":  # the shipped path: OrtBackend on the embedded model, its default options
             from holopart_infer.assets import demo_model_path
 
-            man = load_manifest(demo_model_path())
-            vae_cfg, tokens, chunk = dict(man.config["vae"]), int(man.raw["latent_tokens"]), args.chunk
-            src = man.graph("vae_query").path
-            lat = rng.standard_normal((args.parts, tokens, int(vae_cfg["latent_channels"]))).astype(np.float32)
-            be = OrtBackend(man, session_options=cpu_session_options(threads))
-            keys, values = (np.asarray(x) for x in be.decoder_kv(lat))
-            default_so = ort.SessionOptions()
-            default_so.intra_op_num_threads = threads  # what a caller had to do before
-            backends = {"backend-default": OrtBackend(man, session_options=default_so), "backend": be}
-        else:
-            preset, tokens, chunk = LARGE[name]
-            d = tmp / name
-            d.mkdir()
-            src, vae_cfg, make_kv = export_query_graph(preset, tokens, d)
-            keys, values = make_kv(args.parts)
+            be = OrtBackend(load_manifest(demo_model_path()), session_options=cpu_session_options(threads))
+            backends = {"backend": be}
         W = int(vae_cfg["width_decoder"])
         want = set(args.variants.split(",")) if args.variants else set()
-        vdir = tmp / (name + "_variants")
+        vdir = d / "variants"
         vdir.mkdir()
         extra = variant_graphs(Path(src), vae_cfg, vdir, want)
 
@@ -222,7 +238,15 @@ def worker(args) -> dict:
             so = cpu_session_options(threads, **opts)
             return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
+        def plain_session(path):  # ONNX Runtime's default SessionOptions: what the backend used before
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = threads
+            return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
         runners = {}
+        for v, s in (("before", plain_session(before)), ("export-now", plain_session(src)),
+                     ("now", session(src))):
+            runners[v] = (lambda s: lambda p: s.run(None, {"points": p, "keys": keys, "values": values})[0])(s)
         for bname, be in backends.items():
             runners[bname] = (lambda be: lambda p: be.decoder_query(p, (keys, values)))(be)
         sess_variants = {"ort-spin": dict(spinning=True), "ort-nospin": dict(spinning=False),
@@ -238,7 +262,11 @@ def worker(args) -> dict:
 
         pts = rng.uniform(-1.05, 1.05, (args.parts, chunk, 3)).astype(np.float32)
         ref_out = next(iter(runners.values()))(pts)
-        agree = {v: float(np.max(np.abs(r(pts) - ref_out))) for v, r in runners.items()}
+        agree, flips = {}, {}
+        for v, r in runners.items():
+            out = r(pts)
+            agree[v] = float(np.max(np.abs(out - ref_out)))
+            flips[v] = float(np.mean((out > 0) != (ref_out > 0)))  # inside/outside answers that change
         times = {v: [] for v in runners}
         gemm = {"ort": [], "numpy": []}
         order = list(runners)
@@ -257,7 +285,7 @@ def worker(args) -> dict:
             sizes = [int(c) for c in args.chunks.split(",")]
             total = max(sizes) * args.parts
             big = rng.uniform(-1.05, 1.05, (args.parts, max(sizes), 3)).astype(np.float32)
-            run = runners["backend"]
+            run = runners["backend"]  # the shipped path
             ct = {c: [] for c in sizes}
             for _ in range(args.rounds):
                 for c in sizes:
@@ -271,14 +299,15 @@ def worker(args) -> dict:
         rate = max(_median(gemm["ort"]), _median(gemm["numpy"]))
         floor_s = fl["total"] / (rate * 1e9)
         q = args.parts * chunk
-        base = "backend-default" if "backend-default" in times else next(iter(times))
+        base = "before"
         rows = {}
         for v, ts in times.items():
             sec_per_q = _median(ts) / q
             ratios = [b / t for b, t in zip(times[base], ts)]
             rows[v] = {"qps_median": q / _median(ts), "qps_iqr": [q / x for x in reversed(_spread(ts))],
                        "measured_over_floor": sec_per_q / floor_s, "speedup_vs_" + base: _median(ratios),
-                       "speedup_iqr": list(_spread(ratios)), "max_abs_diff": agree[v]}
+                       "speedup_iqr": list(_spread(ratios)), "max_abs_diff": agree[v],
+                       "occupancy_flips": flips[v]}
         res["configs"][name] = {"width": W, "heads": int(vae_cfg["num_attention_heads"]), "tokens": tokens,
                                 "parts": args.parts, "chunk": chunk, "flops_per_query": fl,
                                 "elementwise_per_query": query_elementwise(vae_cfg, tokens),
@@ -302,14 +331,14 @@ def table(results: list[dict]) -> str:
                          f"ORT {g['ort']:.1f} GFLOP/s, numpy {g['numpy']:.1f} GFLOP/s -> floor "
                          f"{c['floor_qps'] / 1e6:.3f} M queries/s")
             lines.append(f"{'variant':<16} {'M q/s median':>12} {'[IQR]':>17} {'meas/floor':>10} "
-                         f"{'x vs ' + c['baseline']:>22} {'[IQR]':>13} {'max|diff|':>9}")
+                         f"{'x vs ' + c['baseline']:>12} {'[IQR]':>13} {'max|diff|':>9} {'flips':>7}")
             for v, row in c["variants"].items():
                 sp = row[[k for k in row if k.startswith("speedup_vs_")][0]]
                 lo, hi = row["qps_iqr"]
                 slo, shi = row["speedup_iqr"]
                 lines.append(f"{v:<16} {row['qps_median'] / 1e6:>12.3f} [{lo / 1e6:6.3f}, {hi / 1e6:6.3f}] "
-                             f"{row['measured_over_floor']:>10.2f} {sp:>22.3f} [{slo:5.2f},{shi:5.2f}] "
-                             f"{row['max_abs_diff']:>9.1e}")
+                             f"{row['measured_over_floor']:>10.2f} {sp:>12.3f} [{slo:5.2f},{shi:5.2f}] "
+                             f"{row['max_abs_diff']:>9.1e} {row['occupancy_flips']:>7.2%}")
             if c["chunk_sweep"]:
                 lines.append("points per part per call (backend):  " + ",  ".join(
                     f"{k}: {v['qps_median'] / 1e6:.3f} M q/s" for k, v in c["chunk_sweep"].items()))

@@ -58,13 +58,16 @@ class VAEQueryGraph(nn.Module):
         return self.vae.query(points.to(d), keys.to(d), values.to(d)).float()
 
 
-def graphs(ref: VAEDecoder, dtype: torch.dtype, latent_tokens: int) -> list[GraphDef]:
+def graphs(ref: VAEDecoder, dtype: torch.dtype, latent_tokens: int, *,
+           fusable_gelu: bool = True) -> list[GraphDef]:
+    """The two decoder graphs; ``fusable_gelu=False`` keeps the exporter's own GELU
+    (the form before issue 16, for benchmarks/bench_decoder_cpu.py's comparison)."""
     cfg = ref.cfg
     H = cfg.num_attention_heads
     dh = cfg.width_decoder // H
     exp = prepare_for_export(ref, dtype)
     for sub in exp.modules():
-        if isinstance(sub, FeedForward):
+        if fusable_gelu and isinstance(sub, FeedForward):
             _with_fusable_gelu(sub)
     ranges = {BATCH: DEFAULT_BATCH, TOKENS: (1, latent_tokens, latent_tokens), QUERIES: DEFAULT_QUERIES}
     kv = [TensorDecl("keys", (BATCH, H, TOKENS, dh)), TensorDecl("values", (BATCH, H, TOKENS, dh))]

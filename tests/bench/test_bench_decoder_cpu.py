@@ -22,6 +22,7 @@ def test_flops_per_query_follow_the_documented_formula(preset, tokens):
 
 def test_demo_smoke_run_reports_every_variant(tmp_path, capsys):
     pytest.importorskip("onnx")
+    pytest.importorskip("torch")
     out = tmp_path / "r.json"
     rc = bench.main(["--configs", "demo", "--threads", "1", "--rounds", "1", "--parts", "2", "--chunk", "256",
                      "--chunks", "128,256", "--variants", "ort-nospin,ort-basic,fused,int8", "--json", str(out)])
@@ -29,12 +30,13 @@ def test_demo_smoke_run_reports_every_variant(tmp_path, capsys):
     text = capsys.readouterr().out
     res = json.loads(out.read_text())
     c = res["results"][0]["configs"]["demo"]
-    assert set(c["variants"]) == {"backend-default", "backend", "ort-nospin", "ort-basic", "fused", "int8"}
+    assert set(c["variants"]) == {"before", "export-now", "now", "backend", "ort-nospin", "ort-basic",
+                                  "fused", "int8"}
     for name, row in c["variants"].items():
         assert row["qps_median"] > 0 and row["measured_over_floor"] > 0, name
         assert name in text
     # the fp32 variants compute the same function as the shipped graph
-    for name in ("backend", "ort-nospin", "ort-basic", "fused"):
+    for name in ("export-now", "now", "backend", "ort-nospin", "ort-basic", "fused"):
         assert c["variants"][name]["max_abs_diff"] < 1e-3, name
     assert c["gemm_gflops"]["ort"] > 0 and set(c["chunk_sweep"]) == {"128", "256"}
     assert "measured/floor" in text or "meas/floor" in text
