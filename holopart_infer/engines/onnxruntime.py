@@ -60,6 +60,46 @@ def _shape_str(shape: Sequence) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
+_GRAPH_OPT_LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+
+
+def cpu_session_options(threads: int | None = None, *, spinning: bool | None = None,
+                        graph_optimization: str = "all", memory_arena: bool = True) -> ort.SessionOptions:
+    """The SessionOptions the backend uses on the CPU (benchmarks/bench_decoder_cpu.py measures them).
+
+    Args:
+        threads: intra-op threads; None lets ONNX Runtime pick (one per physical core).
+            The graphs are sequential chains, so there is one inter-op thread.
+        spinning: let idle intra-op threads spin between ops; None: spin only when
+            ``threads`` > 1 (ONNX Runtime's default), False frees the cores for
+            other processes at a small cost per op.
+        graph_optimization: "disable", "basic", "extended" or "all".
+        memory_arena: ONNX Runtime's CPU arena and memory pattern planning.
+
+    Raises:
+        InputError: a bad ``threads`` or ``graph_optimization``.
+    """
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InputError(f"threads: expected None or an int >= 1, got {threads!r}")
+    if graph_optimization not in _GRAPH_OPT_LEVELS:
+        raise InputError(f"graph_optimization must be one of {', '.join(_GRAPH_OPT_LEVELS)}, "
+                         f"got {graph_optimization!r}")
+    so = ort.SessionOptions()
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.inter_op_num_threads = 1
+    if threads is not None:
+        so.intra_op_num_threads = threads
+    so.graph_optimization_level = _GRAPH_OPT_LEVELS[graph_optimization]
+    if spinning is not None:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    so.enable_cpu_mem_arena = memory_arena
+    so.enable_mem_pattern = memory_arena
+    return so
+
+
 def _parse_device(device: str) -> tuple[str, int]:
     kind, _, index = str(device).partition(":")
     if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
@@ -89,6 +129,8 @@ class OrtBackend(BackendBase):
             providers = (["CPUExecutionProvider"] if self.device_type == "cpu" else
                          [("CUDAExecutionProvider", {"device_id": self.device_id}), "CPUExecutionProvider"])
         self.providers = list(providers)
+        if session_options is None and self.device_type == "cpu":
+            session_options = cpu_session_options()
         self.session_options = session_options
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._cond_cache: tuple | None = None  # (part_cond, whole_cond, their device copies)
@@ -102,7 +144,9 @@ class OrtBackend(BackendBase):
             model_dir: directory written by ``holopart-infer export``.
             device: "cpu", "cuda" or "cuda:N".
             providers: ONNX Runtime providers to use instead of the default for ``device``.
-            session_options: ``onnxruntime.SessionOptions`` for every graph.
+            session_options: ``onnxruntime.SessionOptions`` for every graph; on the
+                CPU the default is :func:`cpu_session_options` (use it with ``threads=``
+                to size the thread pool).
             verify_hashes: check every graph file against the manifest's sha256
                 first (cheap on re-loads: see :func:`holopart_infer.manifest.load_manifest`).
 
