@@ -207,6 +207,10 @@ def _complete_and_write(model, input_path, labels, output: Path, preview: Path |
     if q:
         print("  decoder queries per level: " + ", ".join(f"{k}: {v:,}" for k, v in q.items()))
     print(f"  {'total':<14} {total:8.2f} s")
+    mem = result.stats.get("memory")
+    if mem:  # the process's peak: this command runs one completion, so it is the run's
+        print(f"  peak memory {mem['peak_rss_mb']:,.0f} MB resident (input parts {mem['input_mb']:,.1f} MB, "
+              f"result meshes {mem['result_mb']:,.1f} MB)")
     return EXIT_OK
 
 

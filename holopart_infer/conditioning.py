@@ -53,10 +53,11 @@ class Conditions:
     """Model inputs of one object with P parts (arrays in the model frame).
 
     Attributes:
-        part: (P, N, 6) float32, [xyz, normal] of each part's samples.
-        whole: (P, N, 7) float32, [xyz, normal, mask] of the whole object's
-            samples; xyz/normal are the same for every part, mask is 1 where
-            the nearest part sample belongs to that part.
+        part: (P, N, 6) float32, [xyz, normal] of each part's samples (the
+            pipeline drops it, setting None, once the part tokens are drawn).
+        whole_points: (N, 6) float32, [xyz, normal] of the whole object's
+            samples, stored once: :attr:`whole` and :meth:`whole_of` add the
+            per-part mask channel when asked.
         part_local: (P, N, 6) float32, ``part`` in each part's own frame
             (normals unchanged).
         centers: (P, 3) float64 part-frame centres (model frame).
@@ -68,8 +69,8 @@ class Conditions:
             (-1 for samples on context faces, which belong to no part).
     """
 
-    part: np.ndarray
-    whole: np.ndarray
+    part: np.ndarray | None
+    whole_points: np.ndarray
     part_local: np.ndarray
     centers: np.ndarray
     scales: np.ndarray
@@ -80,7 +81,23 @@ class Conditions:
 
     @property
     def num_parts(self) -> int:
-        return int(self.part.shape[0])
+        return int(self.centers.shape[0])
+
+    def whole_of(self, i: int) -> np.ndarray:
+        """(N, 7) float32 [xyz, normal, mask] of the whole object's samples for part i:
+        mask is 1 where the nearest part sample belongs to part i."""
+        self._check_index(i)
+        out = np.empty((self.whole_points.shape[0], 7), dtype=np.float32)
+        out[:, :6] = self.whole_points
+        out[:, 6] = self.whole_labels == int(i)
+        return out
+
+    @property
+    def whole(self) -> np.ndarray:
+        """(P, N, 7) float32: :meth:`whole_of` for every part (made on each access: P copies
+        of the same samples, so the pipeline asks for one batch's rows at a time)."""
+        return np.stack([self.whole_of(i) for i in range(self.num_parts)]) if self.num_parts else \
+            np.empty((0, self.whole_points.shape[0], 7), np.float32)
 
     def to_model_frame(self, points: np.ndarray) -> np.ndarray:
         """Input-frame points (..., 3) -> model frame (float64)."""
@@ -109,6 +126,11 @@ class Conditions:
             raise InputError(f"part index {i} is out of range for {self.num_parts} parts")
 
 
+#: faces whose corner and cross-product arrays are made at once while sampling: bounds the
+#: temporaries (about 100 bytes a face) however large the input mesh
+_FACE_CHUNK = 1 << 20
+
+
 def sample_surface(vertices: np.ndarray, faces: np.ndarray, n: int,
                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Area-weighted uniform samples on a triangle mesh.
@@ -126,24 +148,63 @@ def sample_surface(vertices: np.ndarray, faces: np.ndarray, n: int,
     Raises:
         InputError: the mesh has no surface area.
     """
-    v = np.asarray(vertices, dtype=np.float64)
-    f = np.asarray(faces, dtype=np.int64)
-    a = v[f[:, 0]]
-    e1 = v[f[:, 1]] - a
-    e2 = v[f[:, 2]] - a
-    cross = np.cross(e1, e2)
-    double_area = np.linalg.norm(cross, axis=1)
+    return sample_pieces([(vertices, faces)], n, rng)
+
+
+def sample_pieces(pieces, n: int, rng: np.random.Generator, center=None,
+                  scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`sample_surface` of the concatenation of several meshes, without concatenating them.
+
+    Args:
+        pieces: ``(vertices (V, 3), faces (F, 3))`` pairs; the mesh sampled is
+            their concatenation (face index ``k`` of piece ``j`` is face
+            ``sum(F of pieces before j) + k``).
+        n, rng: as :func:`sample_surface` (same draws, same result as sampling
+            the concatenated mesh).
+        center, scale: vertices are first mapped to ``(v - center) / scale``.
+
+    Only the face areas (8 bytes a face) are held for all faces; corner and
+    cross-product arrays are made ``_FACE_CHUNK`` faces at a time and again
+    for the ``n`` chosen faces.
+    """
+    center = np.zeros(3) if center is None else np.asarray(center, dtype=np.float64)
+
+    def corners(v, f):
+        a = (v[f[:, 0]] - center) / scale
+        e1 = (v[f[:, 1]] - center) / scale - a
+        e2 = (v[f[:, 2]] - center) / scale - a
+        return a, e1, e2, np.cross(e1, e2)
+
+    pieces = [(np.asarray(v, dtype=np.float64), np.asarray(f, dtype=np.int64)) for v, f in pieces]
+    sizes = [len(f) for _, f in pieces]
+    double_area = np.empty(sum(sizes), dtype=np.float64)
+    at = 0
+    for v, f in pieces:
+        for s in range(0, len(f), _FACE_CHUNK):
+            cross = corners(v, f[s:s + _FACE_CHUNK])[3]
+            double_area[at:at + len(cross)] = np.linalg.norm(cross, axis=1)
+            at += len(cross)
     cum = np.cumsum(double_area)
     if len(cum) == 0 or not cum[-1] > 0:
         raise InputError("cannot sample a mesh with no surface area")
     # side="right" never picks a zero-area face (its cumulative value equals its predecessor's)
     face_idx = np.searchsorted(cum, rng.random(n) * cum[-1], side="right")
-    face_idx = np.minimum(face_idx, len(cum) - 1)
+    del cum
+    face_idx = np.minimum(face_idx, len(double_area) - 1)
     uv = rng.random((n, 2))
     flip = uv.sum(axis=1) > 1.0
     uv[flip] = 1.0 - uv[flip]  # reflect into the triangle: uniform over its area
-    points = a[face_idx] + uv[:, :1] * e1[face_idx] + uv[:, 1:] * e2[face_idx]
-    normals = cross[face_idx] / double_area[face_idx, None]
+    points = np.empty((n, 3), dtype=np.float64)
+    normals = np.empty((n, 3), dtype=np.float64)
+    starts = np.cumsum([0] + sizes)
+    owner = np.searchsorted(starts, face_idx, side="right") - 1
+    for j, (v, f) in enumerate(pieces):
+        sel = np.nonzero(owner == j)[0]
+        if not len(sel):
+            continue
+        a, e1, e2, cross = corners(v, f[face_idx[sel] - starts[j]])
+        points[sel] = a + uv[sel, :1] * e1 + uv[sel, 1:] * e2
+        normals[sel] = cross / double_area[face_idx[sel], None]
     return points, normals, face_idx
 
 
@@ -206,55 +267,52 @@ def build_conditions(parts, num_points: int = NUM_SURFACE_SAMPLES, seed: int | N
         object_center, object_scale = object_normalization(parts)
     else:
         object_center, object_scale = np.zeros(3), 1.0
-    verts = [(np.asarray(v, dtype=np.float64) - object_center) / object_scale for v in parts.vertices]
-    faces = [np.asarray(f, dtype=np.int64) for f in parts.faces]
+    # input-frame arrays as they are: the samplers map the faces they touch into the model frame
+    verts = list(parts.vertices)
+    faces = list(parts.faces)
 
     rng = np.random.default_rng(seed)
-    part = np.empty((P, N, 6), dtype=np.float64)
+    # float32 arrays kept; float64 only for the samples' xyz (the KD-tree) and one part at a time
+    part = np.empty((P, N, 6), dtype=np.float32)
+    part_xyz = np.empty((P, N, 3), dtype=np.float64)
+    centers = np.empty((P, 3), dtype=np.float64)
+    scales = np.empty(P, dtype=np.float64)
+    part_local = np.empty((P, N, 6), dtype=np.float32)
     for i, (v, f) in enumerate(zip(verts, faces)):
         try:
-            pts, nrm, _ = sample_surface(v, f, N, rng)
+            pts, nrm, _ = sample_pieces([(v, f)], N, rng, object_center, object_scale)
         except InputError as e:
             raise InputError(f"part {parts.names[i]!r}: {e}") from e
+        part_xyz[i] = pts
         part[i, :, :3], part[i, :, 3:] = pts, nrm
+        c, s = part_frame(pts)
+        if not s > 0:
+            raise InputError(f"part {parts.names[i]!r}: all samples coincide; cannot build its frame")
+        centers[i], scales[i] = c, s
+        part_local[i, :, :3] = (pts - c) / s
+        part_local[i, :, 3:] = nrm
 
     # the whole: every part, then the context faces (unassigned: in the object, in no part)
     context = getattr(parts, "context", None)
-    pieces_v, pieces_f = list(verts), list(faces)
-    if context is not None:
-        pieces_v.append((np.asarray(context[0], dtype=np.float64) - object_center) / object_scale)
-        pieces_f.append(np.asarray(context[1], dtype=np.int64))
-    offsets = np.cumsum([0] + [len(v) for v in pieces_v[:-1]])
-    whole_v = np.concatenate(pieces_v, axis=0)
-    whole_f = np.concatenate([f + o for f, o in zip(pieces_f, offsets)], axis=0)
-    whole_pts, whole_nrm, whole_face = sample_surface(whole_v, whole_f, N, rng)
+    pieces = list(zip(verts, faces)) + ([tuple(context)] if context is not None else [])
+    whole_pts, whole_nrm, whole_face = sample_pieces(pieces, N, rng, object_center, object_scale)
 
     # label of the nearest part sample (ties: cKDTree's choice, deterministic)
-    tree = cKDTree(part[:, :, :3].reshape(-1, 3))
+    tree = cKDTree(part_xyz.reshape(-1, 3))
+    del part_xyz
     _, nearest = tree.query(whole_pts, k=1)
+    del tree
     labels = (np.asarray(nearest, dtype=np.int64) // N)
     if context is not None:
         labels[whole_face >= sum(len(f) for f in faces)] = -1  # context samples: no part's mask
 
-    whole = np.empty((P, N, 7), dtype=np.float32)
-    whole[:, :, :3] = whole_pts
-    whole[:, :, 3:6] = whole_nrm
-    whole[:, :, 6] = (labels[None, :] == np.arange(P)[:, None])
-
-    centers = np.empty((P, 3), dtype=np.float64)
-    scales = np.empty(P, dtype=np.float64)
-    part_local = np.empty((P, N, 6), dtype=np.float32)
-    for i in range(P):
-        c, s = part_frame(part[i, :, :3])
-        if not s > 0:
-            raise InputError(f"part {parts.names[i]!r}: all samples coincide; cannot build its frame")
-        centers[i], scales[i] = c, s
-        part_local[i, :, :3] = (part[i, :, :3] - c) / s
-        part_local[i, :, 3:] = part[i, :, 3:]
+    whole_points = np.empty((N, 6), dtype=np.float32)
+    whole_points[:, :3] = whole_pts
+    whole_points[:, 3:] = whole_nrm
 
     log.debug("conditions: %d parts x %d points, object center %s scale %.4g", P, N, object_center,
               object_scale)
-    return Conditions(part=part.astype(np.float32), whole=whole, part_local=part_local, centers=centers,
+    return Conditions(part=part, whole_points=whole_points, part_local=part_local, centers=centers,
                       scales=scales, object_center=np.asarray(object_center, dtype=np.float64),
                       object_scale=float(object_scale), names=list(parts.names), whole_labels=labels)
 

@@ -49,12 +49,8 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int) -> tupl
         return v, f.astype(np.int64, copy=False)
 
     import fast_simplification
-    import trimesh
 
-    mesh = trimesh.Trimesh(v.astype(np.float64), f.astype(np.int64), process=False)
-    mesh.merge_vertices()
-    vv = np.asarray(mesh.vertices, dtype=np.float64)
-    ff = np.asarray(mesh.faces, dtype=np.int64)
+    vv, ff = merge_coincident(v.astype(np.float64), f.astype(np.int64))
     # quadric collapse can stop slightly above the target; retry a few times, then cut harder
     goal = int(target_faces)
     for _ in range(4):
@@ -70,3 +66,27 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int) -> tupl
     log.debug("decimated %d -> %d faces", len(f), len(ff))
     return np.asarray(vv, dtype=v.dtype), ff
 
+
+
+def merge_coincident(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Merge vertices at the same position, as ``trimesh.Trimesh.merge_vertices()`` does
+    (positions rounded to trimesh's merge tolerance, first occurrence kept, unreferenced
+    vertices dropped), on plain arrays: a Trimesh object is a reference cycle, so its
+    arrays would wait for the garbage collector after every decimated part."""
+    from trimesh import util
+    from trimesh.constants import tol
+    from trimesh.grouping import unique_rows
+
+    if len(vertices) == 0:
+        return vertices, faces
+    referenced = np.zeros(len(vertices), dtype=bool)
+    if len(faces):
+        referenced[faces] = True
+    else:
+        referenced[:] = True
+    key = (vertices * (10 ** util.decimal_to_digits(tol.merge))).round().astype(np.int64)
+    u, i = unique_rows(key[referenced], keep_order=True)
+    inverse = np.zeros(len(vertices), dtype=np.int64)
+    inverse[referenced] = i
+    keep = np.nonzero(referenced)[0][u]
+    return vertices[keep], inverse[faces.reshape(-1)].reshape((-1, 3))

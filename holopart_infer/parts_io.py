@@ -30,6 +30,7 @@ colour (from :func:`part_colors`, a deterministic palette), atomically.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import re
@@ -172,6 +173,10 @@ class Parts:
         return result
 
 
+#: inputs with more faces than this are followed by a garbage collection (:func:`load_parts`)
+_COLLECT_AFTER_FACES = 1_000_000
+
+
 def load_parts(path: str | os.PathLike, labels: str | os.PathLike | np.ndarray | None = None,
                parts: str = "auto") -> Parts:
     """Read a segmented object.
@@ -205,6 +210,10 @@ def load_parts(path: str | os.PathLike, labels: str | os.PathLike | np.ndarray |
         # numpy warnings of a reader on a broken file must not print before our clean error
         warnings.simplefilter("ignore", RuntimeWarning)
         result = _load(path, labels, parts)
+        if sum(len(p.faces) for p in result) > _COLLECT_AFTER_FACES:
+            # the reader's objects (a trimesh Scene and its geometry) are reference cycles: free a
+            # large input's copies now rather than whenever the garbage collector next runs
+            gc.collect()
         validate_parts(result)
     log.info("loaded %d parts from %s (%s)", len(result), result.source, result.kind)
     return result
@@ -412,7 +421,7 @@ def _parts_from_nodes(nodes, path: Path, kind: str) -> Parts:
     names = _unique_names([n[0] for n in nodes])
     parts = []
     for name, (_, v, f, app) in zip(names, nodes):
-        part = _make_part(name, v, f, str(path))
+        part = _make_part(name, v, f, str(path), copy=False)  # arrays of the reader, not the caller's
         part.appearance = app
         parts.append(part)
     return Parts(parts, source=str(path), kind=kind, input_paths=(path, *_referenced_files(path)))
@@ -470,7 +479,7 @@ def _split_by_labels(v, f, labels: np.ndarray, nodes, path: Path) -> tuple[list[
         mask = labels == lab
         sel = f[mask]
         used, inverse = np.unique(sel.reshape(-1), return_inverse=True)
-        part = _make_part(f"part_{int(lab)}", v[used], inverse.reshape(-1, 3), str(path))
+        part = _make_part(f"part_{int(lab)}", v[used], inverse.reshape(-1, 3), str(path), copy=False)
         node_i, fcounts = _face_appearance(nodes, mask)
         if node_i is not None and nodes[node_i][3] is not None:
             part.appearance = nodes[node_i][3].subset(used - vcounts[node_i],
@@ -560,13 +569,15 @@ def _load_folder(folder: Path) -> Parts:
     parts = []
     for name, fp in zip(names, files):
         v, f, app = _load_single_mesh(fp)
-        part = _make_part(name, v, f, str(fp))
+        part = _make_part(name, v, f, str(fp), copy=False)
         part.appearance = app
         parts.append(part)
     return Parts(parts, source=str(folder), kind="folder", input_paths=tuple(files))
 
 
-def _make_part(name: str, vertices, faces, source: str) -> Part:
+def _make_part(name: str, vertices, faces, source: str, copy: bool = True) -> Part:
+    """A checked part; ``copy=False`` keeps arrays that are already float64 / int64 (a
+    reader's own arrays: one copy of a large input is enough)."""
     v = np.asarray(vertices)
     f = np.asarray(faces)
     if v.ndim != 2 or v.shape[1] != 3 or v.dtype.kind not in "fiu":
@@ -580,7 +591,7 @@ def _make_part(name: str, vertices, faces, source: str) -> Part:
     if f.size and (f.min() < 0 or f.max() >= len(v)):
         raise InputError(f"{source}: part {name!r} has face indices outside 0..{len(v) - 1} "
                          f"(min {int(f.min())}, max {int(f.max())})")
-    return Part(name, v.astype(np.float64, copy=True), f.astype(np.int64, copy=True))
+    return Part(name, v.astype(np.float64, copy=copy), f.astype(np.int64, copy=copy))
 
 
 def _face_areas(v: np.ndarray, f: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from holopart_infer import constants, sampler
+from holopart_infer import constants, memory, sampler
 from holopart_infer.errors import BackendUnavailable, EmptyResult, EngineError, HoloPartError, InputError, ModelDirError
 from holopart_infer.extract import query_chunk_points
 from holopart_infer.tokens import select_tokens
@@ -498,10 +498,12 @@ class HoloPart:
         from holopart_infer import conditioning, parts_io
 
         timings: dict[str, float] = {}
+        mem = memory.Tracker()
         source_paths = [p for p in (parts, labels) if isinstance(p, (str, os.PathLike))]
         with _timed(timings, "load_parts"):
             if not isinstance(parts, parts_io.Parts):
                 parts = parts_io.load_parts(parts, labels=labels)
+        mem.mark("load_parts")
         inputs = tuple(dict.fromkeys(Path(p) for p in (*source_paths, *parts.input_paths)))
         P = len(parts.names)
         with _timed(timings, "conditioning"):
@@ -510,12 +512,14 @@ class HoloPart:
             K = self.num_tokens
             part_tok = select_tokens(cond.part, K, seed=opts.seed)
             local_tok = select_tokens(cond.part_local, K, seed=opts.seed)
+            cond.part = None  # the tokens are drawn: only part_local (encoder, thin retry) is used from here on
+        mem.mark("conditioning")
         # all noise drawn at once, from the object's seed: results depend neither
         # on parts_per_batch nor on which other objects share a batch
         noise = np.random.default_rng(opts.seed).standard_normal(
             (P, opts.latent_tokens, self.latent_channels), dtype=np.float32)
         return _Prepared(job=job, parts=parts, opts=opts, cond=cond, part_tok=part_tok, local_tok=local_tok,
-                         noise=noise, timings=timings, meshes=[None] * P, pending=P, inputs=inputs)
+                         noise=noise, timings=timings, results=[None] * P, pending=P, inputs=inputs, memory=mem)
 
     def _run_batch(self, batch: list[tuple["_Prepared", int]], report: Progress, *, step_base: int = 0,
                    step_total: int | None = None) -> None:
@@ -536,7 +540,8 @@ class HoloPart:
         n_train = int(sched.get("num_train_timesteps", 1000))
         total_steps = step_total or opts.steps
         with _timed(timings, "part_encoder"):
-            whole_cond, part_cond = self.backend.encode(rows(lambda o: o.part_tok), rows(lambda o: o.cond.whole),
+            whole = np.stack([o.cond.whole_of(i) for o, i in batch])
+            whole_cond, part_cond = self.backend.encode(rows(lambda o: o.part_tok), whole,
                                                         rows(lambda o: o.local_tok), rows(lambda o: o.cond.part_local))
         with _timed(timings, "denoise"):
             latents = sampler.sample(self.backend.guided_step, rows(lambda o: o.noise), part_cond, whole_cond,
@@ -573,30 +578,72 @@ class HoloPart:
             for j in retried:
                 o, i = batch[j]
                 o.thin_retried.append(o.parts.names[i])
+        del kv, latents, whole, whole_cond, part_cond  # the batch's model state: not needed any more
+        objs = list({id(o): o for o, _ in batch}.values())
+        for o in objs:
+            o.memory.mark("extract")
+        # postprocess here, not when the object is done: only the final (decimated) meshes
+        # outlive the batch, so memory does not grow with the number of parts
+        done: list = [None] * len(batch)
+        with _timed(timings, "postprocess"):
+            for j, ((o, i), mesh) in enumerate(zip(batch, out)):
+                if len(mesh[1]):
+                    done[j] = self._postprocess_part(o, i, mesh[0], mesh[1])
+                out[j] = None  # type: ignore[call-overload]  # the full marching-cubes mesh
+        del out
         per_part = getattr(stats, "queries_per_part", None) or [[] for _ in batch]
-        for (o, i), mesh, queries in zip(batch, out, per_part):
-            o.meshes[i] = mesh
+        for (o, i), part_done, queries in zip(batch, done, per_part):
+            if part_done is None:
+                o.empty.append(i)
+            else:
+                o.results[i], pinched = part_done
+                if pinched:
+                    o.pinched.append(i)
             o.pending -= 1
             for level, q in enumerate(queries):
                 o.level_queries[str(level)] = o.level_queries.get(str(level), 0) + int(q)
             share = 1.0 / len(batch)
             for stage, sec in timings.items():
                 o.timings[stage] = o.timings.get(stage, 0.0) + sec * share
-        for o in {id(o): o for o, _ in batch}.values():
+        for o in objs:
             o.batch_sizes.append(len(batch))
+            o.memory.mark("postprocess")
+        for o, _ in batch:
+            o.postprocessed += 1
+            report("postprocess", o.postprocessed, o.num_parts)
 
-    def _finish(self, obj: "_Prepared", report: Progress) -> CompletionResult:
-        """Stage 3, per object: back to the input frame, floaters, decimation, appearance."""
-        from holopart_infer import appearance, parts_io, thin
+    def _postprocess_part(self, obj: "_Prepared", i: int, vertices, faces) -> tuple[CompletedPart, bool]:
+        """Part i's mesh (its normalized frame) -> the input frame, floaters removed, decimated.
+
+        Returns the part and whether decimation left it non-manifold (the full mesh was closed)."""
+        from holopart_infer import parts_io
         from holopart_infer.cleanup import edge_manifold, remove_floaters
         from holopart_infer.decimate import decimate as decimate_mesh
 
+        opts = obj.opts
+        v = obj.cond.to_input_frame(i, np.asarray(vertices, dtype=np.float64))
+        f = np.asarray(faces, dtype=np.int64)
+        if opts.min_component > 0:
+            v, f = remove_floaters(v, f, opts.min_component)
+        pinched = False
+        if opts.decimate is not None and len(f) > opts.decimate:
+            f_full = f
+            v, f = decimate_mesh(v, f, opts.decimate)
+            # the full mesh is only checked in the rare case the decimated one is not closed
+            pinched = not edge_manifold(f) and edge_manifold(f_full)
+        color = tuple(parts_io.part_colors(i + 1)[i])
+        return CompletedPart(obj.parts.names[i], np.asarray(v, np.float32), np.asarray(f, np.int64), color), pinched
+
+    def _finish(self, obj: "_Prepared", report: Progress) -> CompletionResult:
+        """Stage 3, per object: stand-ins for parts still empty, appearance, the result.
+
+        Each part was already taken back to the input frame, cleaned and decimated
+        when its batch finished (:meth:`_run_batch`)."""
+        from holopart_infer import appearance, thin
+
         opts, parts, cond = obj.opts, obj.parts, obj.cond
         P = obj.num_parts
-        results: list[CompletedPart] = []
-        pinched: list[str] = []  # parts that decimation left non-manifold
-        palette = parts_io.part_colors(P)
-        if P and all(len(f) == 0 for _, f in obj.meshes):
+        if P and len(obj.empty) == P:
             # before any stand-in: a result made only of thickened input patches would hide this
             raise EmptyResult(
                 f"every one of the {P} parts came out empty: the model's decoder found no surface anywhere in the "
@@ -605,32 +652,23 @@ class HoloPart:
                 "corrupt or non-finite weights, or a model dir that does not match its checkpoint. Check it with "
                 "`holopart-infer verify`, or re-export it.")
         thin_fallback = []
-        if opts.thin_parts:  # still empty: the input surface, closed and thickened, stands in
-            for i, (v, f) in enumerate(obj.meshes):
-                if len(f) == 0:
-                    pv, pf = thin.thickened_patch(parts[i].vertices, parts[i].faces)
-                    obj.meshes[i] = (cond.to_part_frame(i, pv), pf)
-                    thin_fallback.append(parts.names[i])
-            if thin_fallback:
-                log.warning("%d part(s) came back empty from the model even on a grid fitted to them (thin or "
-                            "flat parts): kept their input surface, closed and thickened: %s",
-                            len(thin_fallback), ", ".join(repr(n) for n in thin_fallback))
         with _timed(obj.timings, "postprocess"):
-            for i, (v, f) in enumerate(obj.meshes):
-                v = cond.to_input_frame(i, np.asarray(v, dtype=np.float64))
-                f = np.asarray(f, dtype=np.int64)
-                if opts.min_component > 0:
-                    v, f = remove_floaters(v, f, opts.min_component)
-                if opts.decimate is not None and len(f) > opts.decimate:
-                    f_full = f
-                    v, f = decimate_mesh(v, f, opts.decimate)
-                    # the full mesh is only checked in the rare case the decimated one is not closed
-                    if not edge_manifold(f) and edge_manifold(f_full):
-                        pinched.append(parts.names[i])
-                results.append(CompletedPart(parts.names[i], np.asarray(v, np.float32), np.asarray(f, np.int64),
-                                        tuple(palette[i])))
-                report("postprocess", i + 1, P)
-        obj.meshes = []  # the normalized-frame meshes are no longer needed
+            for i in sorted(obj.empty):
+                if opts.thin_parts:  # still empty: the input surface, closed and thickened, stands in
+                    pv, pf = thin.thickened_patch(parts[i].vertices, parts[i].faces)
+                    obj.results[i], pinched = self._postprocess_part(obj, i, cond.to_part_frame(i, pv), pf)
+                    if pinched:
+                        obj.pinched.append(i)
+                    thin_fallback.append(parts.names[i])
+                else:
+                    obj.results[i], _ = self._postprocess_part(obj, i, np.zeros((0, 3), np.float32),
+                                                               np.zeros((0, 3), np.int64))
+        if thin_fallback:
+            log.warning("%d part(s) came back empty from the model even on a grid fitted to them (thin or "
+                        "flat parts): kept their input surface, closed and thickened: %s",
+                        len(thin_fallback), ", ".join(repr(n) for n in thin_fallback))
+        results: list[CompletedPart] = list(obj.results)
+        pinched = [parts.names[i] for i in sorted(obj.pinched)]
         if pinched:  # one line per run, not per part: a warning on most parts teaches users to ignore warnings
             log.warning("decimation to %d faces left %d of %d parts non-manifold at a few edges (%s); "
                         "decimate=None (CLI --no-decimate) keeps the closed marching-cubes meshes",
@@ -638,12 +676,17 @@ class HoloPart:
         if opts.appearance:  # the input's look onto the completed parts (holopart_infer.appearance)
             with _timed(obj.timings, "appearance"):
                 appearance.apply(results, parts, seed=opts.seed)
+            obj.memory.mark("appearance")
+        mem = obj.memory.report(
+            input_mb=memory.arrays_mb([a for p in parts for a in (p.vertices, p.faces)]),
+            result_mb=memory.arrays_mb([a for p in results for a in (p.vertices, p.faces, p.vertex_colors)]))
         return CompletionResult(results, dict(obj.timings), {"decoder_queries_per_level": obj.level_queries,
                                                              "num_parts": P, "backend": self.backend_name,
                                                              "batch_sizes": list(obj.batch_sizes),
                                                              "decimation_non_manifold": pinched,
                                                              "thin_parts": {"retried": list(obj.thin_retried),
-                                                                            "fallback": thin_fallback}},
+                                                                            "fallback": thin_fallback},
+                                                             "memory": mem},
                                 obj.inputs)
 
     def _decode_padded(self, points_per_part: list[np.ndarray], kv) -> list[np.ndarray]:
@@ -703,8 +746,12 @@ class _Prepared:
     local_tok: np.ndarray
     noise: np.ndarray
     timings: dict[str, float]
-    meshes: list
+    results: list  # per part: its CompletedPart once its batch is done (None until then, or when empty)
     pending: int
+    memory: Any = None  # holopart_infer.memory.Tracker
+    empty: list[int] = field(default_factory=list)  # parts whose batch gave no surface
+    pinched: list[int] = field(default_factory=list)  # parts that decimation left non-manifold
+    postprocessed: int = 0  # parts done (progress)
     level_queries: dict[str, int] = field(default_factory=dict)
     batch_sizes: list[int] = field(default_factory=list)
     thin_retried: list[str] = field(default_factory=list)  # parts re-extracted on a fitted grid
@@ -714,7 +761,7 @@ class _Prepared:
 
     @property
     def num_parts(self) -> int:
-        return len(self.meshes)
+        return len(self.results)
 
 
 def _no_progress(stage: str, done: int, total: int) -> None:
