@@ -22,7 +22,16 @@ of at least ``min_resolution`` (32) cells, giving 63, 126, 252, 504 for depth 9,
 Band rule (per level): a cell is kept when one of its known corners has
 ``|logit| < band`` (0.95) or its known corners change sign; kept cells are
 dilated by ``dilation`` cells (26-neighbourhood) and all corners of their
-eight sub-cells are evaluated at the next level.
+eight sub-cells are evaluated at the next level. At the final level
+(``grow=True``, the default) the dilated cells are not all evaluated: the band's
+own cells are, then, round by round, only those dilated cells the surface runs
+into (a face of an evaluated cell whose 3 x 3 fine points change sign), since
+marching cubes meshes nothing else there. Same surface, about half the
+final-level queries (a piece lying wholly in dilation cells and touching no
+band cell can be missed: tests/runtime/test_extract_queries.py states the
+tolerance). No point is evaluated twice: coarse values are reused and points
+shared by cells of different rounds are skipped. A part whose coarse level has
+no band cell (empty) costs only its coarse level.
 
 Closing (``close=True``, the default): a surface cut by the box would leave a
 hole there (the reference's output). Unknown points on the grid's six faces take
