@@ -11,7 +11,7 @@ Quality: per-part volume IoU of each preset's meshes against the depth-9 /
 demo objects (mug, lamp, table) and the 10-part object, same seed.
 
     python benchmarks/cpu_defaults.py timing [--repeats 3] [--with-high]
-    python benchmarks/cpu_defaults.py quality [--objects mug lamp table ten]
+    python benchmarks/cpu_defaults.py quality [--objects mug lamp table ten] [--all-settings]
 """
 from __future__ import annotations
 
@@ -96,6 +96,7 @@ def quality(args) -> None:
     model = load(assets.demo_model_path())
     configs = [("draft", QUALITY_PRESETS["draft"]), ("balanced", QUALITY_PRESETS["balanced"]),
                ("depth 8, 20 steps", dict(depth=8, steps=20)), ("depth 9, 20 steps", dict(depth=9, steps=20))]
+    configs = [(n, c) for n, c in configs if args.all_settings or n in ("draft", "balanced")]
     rows: dict[str, list[float]] = {name: [] for name, _ in configs}
     with tempfile.TemporaryDirectory() as tmp:
         for obj_name in args.objects:
@@ -122,6 +123,8 @@ def main() -> None:
     t.add_argument("--with-high", action="store_true", help="also time the high preset (minutes per run)")
     q = sub.add_parser("quality")
     q.add_argument("--objects", nargs="+", default=["mug", "lamp", "table", "ten"])
+    q.add_argument("--all-settings", action="store_true",
+                   help="also depth 8 and depth 9 at 20 steps (separates the cost of depth from that of steps)")
     args = p.parse_args()
     timing(args) if args.cmd == "timing" else quality(args)
 
