@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 import numpy as np
 
 from holopart_infer import constants, sampler
-from holopart_infer.errors import EmptyResult, EngineError, HoloPartError, InputError, ModelDirError
+from holopart_infer.errors import BackendUnavailable, EmptyResult, EngineError, HoloPartError, InputError, ModelDirError
 from holopart_infer.extract import query_chunk_points
 from holopart_infer.tokens import select_tokens
 
@@ -282,6 +282,11 @@ class HoloPart:
         #: the model's recommended options (manifest ``defaults`` / model_index
         #: ``inference_defaults``), read from the backend; assign to change them
         self.defaults = dict(backend.defaults)
+        #: extraction with the grids, query points and logits on the decoder's
+        #: device (:mod:`holopart_infer.resident`): None (default) = whenever the
+        #: backend offers it and extraction runs on CUDA (the torch backend on a
+        #: GPU); True / False to force it on (e.g. the torch backend on the CPU) or off
+        self.resident_extraction: bool | None = None
 
     @property
     def backend_name(self) -> str:
@@ -325,6 +330,23 @@ class HoloPart:
         dev = str(self.device).strip().lower()
         on_gpu = dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit())
         return "cuda" if on_gpu and native.cuda_available() else "cpu"
+
+    @property
+    def extracts_on_device(self) -> bool:
+        """Whether extraction keeps grids, points and logits on the decoder's device
+        (see :attr:`resident_extraction`).
+
+        Raises:
+            BackendUnavailable: forced on for a backend that cannot (not the torch backend).
+        """
+        can = callable(getattr(self.backend, "query_on_device", None))
+        if self.resident_extraction is None:
+            return can and self.extract_device == "cuda"
+        if self.resident_extraction and not can:
+            raise BackendUnavailable(
+                f"resident_extraction=True: the {self.backend_name} backend cannot keep decoder points and logits "
+                "on its device (only the torch backend can); set it to None or False")
+        return bool(self.resident_extraction)
 
     @property
     def chunk_points(self) -> int:
@@ -543,10 +565,17 @@ class HoloPart:
             return self._decode_padded(points_per_part, kv)
 
         with _timed(timings, "extract"):
-            out, stats = extract.extract_meshes(
-                decode, len(batch), depth=opts.depth, band=opts.band, device=self.extract_device,
-                chunk_points=opts.chunk_points or self.chunk_points, close=bool(opts.close_at_bounds),
-                progress=lambda lvl, nl, d, t: report(f"extract {lvl + 1}/{nl}", d, t))
+            level_opts = dict(depth=opts.depth, band=opts.band, chunk_points=opts.chunk_points or self.chunk_points,
+                              close=bool(opts.close_at_bounds),
+                              progress=lambda lvl, nl, d, t: report(f"extract {lvl + 1}/{nl}", d, t))
+            if self.extracts_on_device:
+                from holopart_infer import resident  # imports torch: the torch backend is loaded
+
+                out, stats = resident.extract_meshes_resident(
+                    lambda pts: self.backend.query_on_device(pts, kv), len(batch),
+                    device=self.backend.torch_device, **level_opts)
+            else:
+                out, stats = extract.extract_meshes(decode, len(batch), device=self.extract_device, **level_opts)
         if opts.thin_parts:  # thin/flat parts that decoded empty: a grid fitted to each (holopart_infer.thin)
             with _timed(timings, "thin_parts"):
                 out, retried = thin.retry_empty(

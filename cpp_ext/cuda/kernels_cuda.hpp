@@ -1,5 +1,5 @@
 // CUDA kernels of holopart_infer behind a host-side C++ API (host pointers in,
-// host results out), with the same semantics and output order as the CPU
+// host results out; marching_cubes_device takes a device pointer), with the same semantics and output order as the CPU
 // kernels in include/holopart/kernels.hpp. Compiled by nvcc; this header is
 // plain C++ so the bindings are built by the host compiler.
 #pragma once
@@ -27,6 +27,10 @@ std::vector<int64_t> refine_points(const uint8_t* cells, int64_t cx, int64_t cy,
                                    const float* coarse_values);
 Mesh marching_cubes(const float* vol, int64_t nx, int64_t ny, int64_t nz, float level,
                     const double spacing[3], const double origin[3]);
+// Same, for a volume already in device memory of the current device (no
+// upload; e.g. a CUDA tensor's data_ptr()); the mesh comes back to the host.
+Mesh marching_cubes_device(const float* d_vol, int64_t nx, int64_t ny, int64_t nz, float level,
+                           const double spacing[3], const double origin[3]);
 
 }  // namespace cuda
 }  // namespace holopart

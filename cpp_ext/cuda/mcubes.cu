@@ -140,20 +140,18 @@ __global__ void normalize_kernel(const double* __restrict__ acc, int64_t nv, flo
 
 }  // namespace
 
-Mesh marching_cubes(const float* vol, int64_t nx, int64_t ny, int64_t nz, float level,
-                    const double spacing[3], const double origin[3]) {
+// The volume is already on the device (d_vol, C order); only the mesh is
+// copied back to the host.
+static Mesh marching_cubes_on_device(const float* d_vol, int64_t nx, int64_t ny, int64_t nz,
+                                     float level, const double spacing[3], const double origin[3]) {
     Mesh mesh;
-    if (nx < 2 || ny < 2 || nz < 2) return mesh;
     const int64_t np = nx * ny * nz;
     const int64_t ncube = (nx - 1) * (ny - 1) * (nz - 1);
-    check_scan_size(np, "marching_cubes");
     upload_table();
 
-    DeviceBuffer<float> d_vol(static_cast<size_t>(np));
-    d_vol.upload(vol, static_cast<size_t>(np));
     DeviceBuffer<int> d_flag(1);
     d_flag.zero();
-    any_unknown_kernel<<<blocks_for(np, kThreads), kThreads>>>(d_vol.get(), np, d_flag.get());
+    any_unknown_kernel<<<blocks_for(np, kThreads), kThreads>>>(d_vol, np, d_flag.get());
     check(cudaGetLastError(), "any_unknown_kernel launch");
     int unk_flag = 0;
     d_flag.download(&unk_flag, 1);
@@ -162,14 +160,14 @@ Mesh marching_cubes(const float* vol, int64_t nx, int64_t ny, int64_t nz, float 
     // Vertices.
     DeviceBuffer<uint8_t> d_mask(static_cast<size_t>(np));
     DeviceBuffer<uint32_t> d_vcount(static_cast<size_t>(np)), d_vbase(static_cast<size_t>(np));
-    edge_mask_kernel<<<blocks_for(np, kThreads), kThreads>>>(d_vol.get(), nx, ny, nz, level, unk,
+    edge_mask_kernel<<<blocks_for(np, kThreads), kThreads>>>(d_vol, nx, ny, nz, level, unk,
                                                              d_mask.get(), d_vcount.get());
     check(cudaGetLastError(), "edge_mask_kernel launch");
     const uint32_t nv = exclusive_scan(d_vcount.get(), d_vbase.get(), np);
     DeviceBuffer<float> d_verts(static_cast<size_t>(nv) * 3), d_values(nv);
     if (nv) {
         emit_vertices_kernel<<<blocks_for(np, kThreads), kThreads>>>(
-            d_vol.get(), nx, ny, nz, level, d_mask.get(), d_vbase.get(), spacing[0], spacing[1],
+            d_vol, nx, ny, nz, level, d_mask.get(), d_vbase.get(), spacing[0], spacing[1],
             spacing[2], origin[0], origin[1], origin[2], d_verts.get(), d_values.get());
         check(cudaGetLastError(), "emit_vertices_kernel launch");
     }
@@ -178,7 +176,7 @@ Mesh marching_cubes(const float* vol, int64_t nx, int64_t ny, int64_t nz, float 
     DeviceBuffer<uint8_t> d_cases(static_cast<size_t>(ncube));
     DeviceBuffer<uint32_t>& d_tcount = d_vcount;
     DeviceBuffer<uint32_t> d_tbase(static_cast<size_t>(ncube));
-    cube_count_kernel<<<blocks_for(ncube, kThreads), kThreads>>>(d_vol.get(), nx, ny, nz, level, unk,
+    cube_count_kernel<<<blocks_for(ncube, kThreads), kThreads>>>(d_vol, nx, ny, nz, level, unk,
                                                                  d_cases.get(), d_tcount.get());
     check(cudaGetLastError(), "cube_count_kernel launch");
     const uint32_t nf = exclusive_scan(d_tcount.get(), d_tbase.get(), ncube);
@@ -211,6 +209,35 @@ Mesh marching_cubes(const float* vol, int64_t nx, int64_t ny, int64_t nz, float 
     d_normals.download(mesh.normals.data(), mesh.normals.size());
     d_faces.download(mesh.faces.data(), mesh.faces.size());
     return mesh;
+}
+
+Mesh marching_cubes(const float* vol, int64_t nx, int64_t ny, int64_t nz, float level,
+                    const double spacing[3], const double origin[3]) {
+    if (nx < 2 || ny < 2 || nz < 2) return Mesh();
+    const int64_t np = nx * ny * nz;
+    check_scan_size(np, "marching_cubes");
+    DeviceBuffer<float> d_vol(static_cast<size_t>(np));
+    d_vol.upload(vol, static_cast<size_t>(np));
+    return marching_cubes_on_device(d_vol.get(), nx, ny, nz, level, spacing, origin);
+}
+
+Mesh marching_cubes_device(const float* d_vol, int64_t nx, int64_t ny, int64_t nz, float level,
+                           const double spacing[3], const double origin[3]) {
+    if (nx < 2 || ny < 2 || nz < 2) return Mesh();
+    check_scan_size(nx * ny * nz, "marching_cubes_device");
+    cudaPointerAttributes attr;
+    check(cudaPointerGetAttributes(&attr, d_vol), "marching_cubes_device: cudaPointerGetAttributes");
+    if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged)
+        throw std::invalid_argument(
+            "marching_cubes_device: the volume pointer is not CUDA device memory; "
+            "pass a CUDA tensor's data_ptr() or use marching_cubes() for host arrays");
+    int current = -1;
+    check(cudaGetDevice(&current), "marching_cubes_device: cudaGetDevice");
+    if (attr.type == cudaMemoryTypeDevice && attr.device != current)
+        throw std::invalid_argument(
+            "marching_cubes_device: the volume lives on CUDA device " + std::to_string(attr.device) +
+            " but the current device is " + std::to_string(current) + "; make it current first");
+    return marching_cubes_on_device(d_vol, nx, ny, nz, level, spacing, origin);
 }
 
 }  // namespace cuda

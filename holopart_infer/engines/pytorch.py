@@ -474,6 +474,18 @@ class FastTorchBackend(BackendBase):
         self._check("decoder_query", "points", points, (None, None, 3))
         return self.decoder.query(points, kv).cpu().numpy()
 
+    def query_on_device(self, points: torch.Tensor, kv) -> torch.Tensor:
+        """Decoder logits with no host copy: float32 (P, Q, 3) points already on
+        this backend's device -> float32 (P, Q, 1) logits there (used by
+        :mod:`holopart_infer.resident`)."""
+        if not isinstance(points, torch.Tensor) or points.device != self.torch_device or points.ndim != 3 \
+                or points.shape[-1] != 3:
+            got = (f"{type(points).__name__} {tuple(points.shape)} on {points.device}"
+                   if isinstance(points, torch.Tensor) else type(points).__name__)
+            raise ShapeError(f"torch backend query_on_device: input 'points' must be a (P, Q, 3) tensor on "
+                             f"{self.torch_device}, got {got}; use decoder_query for host arrays")
+        return self.decoder.query(points, kv)
+
     def close(self) -> None:
         """Forget cached condition k/v and captured graphs (device memory goes with them)."""
         self.dit_path.clear_cache()

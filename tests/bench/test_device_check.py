@@ -46,8 +46,11 @@ def test_rehearsal_runs_every_stage_and_records_each(tmp_path):
     st = whole["stages"]
     assert st["environment"]["status"] == "ok" and st["environment"]["built_with_cuda"] in (True, False)
     # CUDA-only stages: explicitly skipped for want of a GPU
-    for name in ("host_round_trips",):
-        assert st[name]["status"] == "skipped" and st[name]["reason"].startswith("no GPU"), st[name]
+    # resident extraction vs the host path: compared on the CPU, copies counted only on a GPU
+    hrt = st["host_round_trips"]
+    assert hrt["status"] == "skipped" and hrt["reason"].startswith("no GPU"), hrt
+    assert hrt["host"]["decode_calls"] == hrt["resident"]["decode_calls"] > 0
+    assert hrt["resident"]["device_to_host_copies"] is None and hrt["max_surface_distance"] <= 1e-4
     # parity stages: the CPU half ran and measured, the CUDA half was skipped with the reason
     for name in ("parity_fps", "parity_band", "parity_mcubes", "extract_analytic"):
         assert st[name]["status"] == "skipped" and st[name]["reason"].startswith("no GPU"), st[name]

@@ -97,6 +97,16 @@ py::array_t<int64_t> py_refine_points(u8arr cells, py::object coarse_values) {
     return to_array(std::move(idx), {n});
 }
 
+// (vertices (V, 3) float32, faces (F, 3) int64, normals (V, 3) float32, values (V,) float32)
+inline py::tuple mesh_tuple(holopart::Mesh&& m) {
+    const py::ssize_t nv = (py::ssize_t)m.values.size();
+    const py::ssize_t nf = (py::ssize_t)m.faces.size() / 3;
+    return py::make_tuple(to_array(std::move(m.vertices), {nv, 3}),
+                          to_array(std::move(m.faces), {nf, 3}),
+                          to_array(std::move(m.normals), {nv, 3}),
+                          to_array(std::move(m.values), {nv}));
+}
+
 template <class B>
 py::tuple py_marching_cubes(farr volume, float level, std::array<double, 3> spacing,
                             std::array<double, 3> origin) {
@@ -107,12 +117,7 @@ py::tuple py_marching_cubes(farr volume, float level, std::array<double, 3> spac
         m = B::marching_cubes(volume.data(), volume.shape(0), volume.shape(1), volume.shape(2),
                            level, spacing.data(), origin.data());
     }
-    const py::ssize_t nv = (py::ssize_t)m.values.size();
-    const py::ssize_t nf = (py::ssize_t)m.faces.size() / 3;
-    return py::make_tuple(to_array(std::move(m.vertices), {nv, 3}),
-                          to_array(std::move(m.faces), {nf, 3}),
-                          to_array(std::move(m.normals), {nv, 3}),
-                          to_array(std::move(m.values), {nv}));
+    return mesh_tuple(std::move(m));
 }
 
 inline py::tuple py_case_table() {

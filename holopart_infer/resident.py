@@ -1,0 +1,260 @@
+"""Coarse-to-fine extraction with the grids, query points and logits kept on the
+decoder's device (torch tensors).
+
+:func:`extract_meshes_resident` does what :func:`holopart_infer.extract.extract_meshes`
+does -- the same levels, band rule, dilation, refinement, query order, points
+per decoder call, statistics and meshes -- but every level grid, band and
+refinement mask, query point and logit is a torch tensor on the decoder's
+device. With a torch decoder on CUDA nothing goes through the host per decoder
+call; what crosses is one point count per part and level (to size the chunks)
+and each part's finished mesh. Marching cubes runs on the device grid through
+cpp_ext's CUDA kernel (``marching_cubes_device``, no upload). Two cases take the
+host path for their last step, on purpose: a part whose surface is cut by the
+extraction box (the cap's face fill is a host distance transform) and grids on
+a CPU tensor (the CPU kernels read the tensor's memory in place).
+
+The band, dilation and refinement rules are written as tensor operations that
+give exactly the masks and indices of cpp_ext's kernels
+(:func:`holopart_infer.native.band_cells`, ``dilate_cells``, ``refine_points``);
+tests/runtime/test_resident.py compares them on grids with unknown points and
+compares whole extractions with the host path.
+
+This module imports torch: only the torch backend's path imports it.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from holopart_infer import extract, native
+from holopart_infer.errors import InputError
+
+__all__ = ["QueryFn", "band_cells", "dilate_cells", "refine_points", "grid_points", "extract_meshes_resident"]
+
+#: query(points) -> logits: float32 (P, Q, 3) on the device -> (P, Q) or (P, Q, 1), inside > 0.
+QueryFn = Callable[[torch.Tensor], torch.Tensor]
+
+_CORNERS = [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]
+
+
+def band_cells(grid: torch.Tensor, band: float) -> torch.Tensor:
+    """bool (X, Y, Z): cells of the (X+1, Y+1, Z+1) grid with a known corner of
+    ``|value| < band`` or known corners of both signs (``> 0`` / ``<= 0``);
+    NaN and infinite values are unknown. Same rule as native.band_cells."""
+    cx, cy, cz = (int(s) - 1 for s in grid.shape)
+    known = torch.isfinite(grid)
+    near = torch.zeros((cx, cy, cz), dtype=torch.bool, device=grid.device)
+    pos = torch.zeros_like(near)
+    neg = torch.zeros_like(near)
+    for a, b, c in _CORNERS:
+        v = grid[a:a + cx, b:b + cy, c:c + cz]
+        k = known[a:a + cx, b:b + cy, c:c + cz]
+        inside = v > 0
+        near |= k & (v < band) & (v > -band)
+        pos |= k & inside
+        neg |= k & ~inside
+    return near | (pos & neg)
+
+
+def dilate_cells(cells: torch.Tensor, radius: int) -> torch.Tensor:
+    """bool: box dilation by ``radius`` cells (26-neighbourhood), clipped at the grid's border."""
+    if radius <= 0:
+        return cells.clone()
+    x = cells.to(torch.float16 if cells.is_cuda else torch.float32)[None, None]
+    return F.max_pool3d(x, kernel_size=2 * radius + 1, stride=1, padding=radius)[0, 0] > 0
+
+
+def _spread(mask: torch.Tensor, axis: int) -> torch.Tensor:
+    """Cells -> fine points along one axis (n cells -> 2n + 1 points): odd fine
+    point 2m+1 lies inside cell m, even point 2m on the face of cells m-1 and m."""
+    n = mask.shape[axis]
+    shape = list(mask.shape)
+    shape[axis] = 2 * n + 1
+    out = torch.zeros(shape, dtype=torch.bool, device=mask.device)
+    odd = [slice(None)] * 3
+    odd[axis] = slice(1, 2 * n, 2)
+    out[tuple(odd)] = mask
+    shape[axis] = n + 1
+    even = torch.zeros(shape, dtype=torch.bool, device=mask.device)
+    lo, hi = [slice(None)] * 3, [slice(None)] * 3
+    lo[axis], hi[axis] = slice(0, n), slice(1, n + 1)
+    even[tuple(lo)] |= mask
+    even[tuple(hi)] |= mask
+    ev = [slice(None)] * 3
+    ev[axis] = slice(0, 2 * n + 1, 2)
+    out[tuple(ev)] = even
+    return out
+
+
+def refine_points(cells: torch.Tensor, coarse: torch.Tensor | None = None) -> torch.Tensor:
+    """int64 ascending C-order indices of the points of the twice finer grid
+    ((2X+1, 2Y+1, 2Z+1)) on a corner of the eight sub-cells of an active cell,
+    less the points that coincide with a known coarse point. Same result as
+    native.refine_points."""
+    fine = _spread(_spread(_spread(cells, 0), 1), 2)
+    if coarse is not None:
+        fine[::2, ::2, ::2] &= ~torch.isfinite(coarse)
+    return torch.nonzero(fine.reshape(-1)).reshape(-1)
+
+
+def grid_points(indices: torch.Tensor, resolution: int, bounds: float) -> torch.Tensor:
+    """float32 (Q, 3) world coordinates of a level's linear point indices (as extract.grid_points)."""
+    n = resolution + 1
+    ijk = torch.stack((indices // (n * n), (indices // n) % n, indices % n), dim=1).to(torch.float64)
+    return (ijk * (2.0 * bounds / resolution) - bounds).to(torch.float32)
+
+
+class _Query:
+    """Feeds each part's device indices to ``query`` in chunks, as extract's host decoder does."""
+
+    def __init__(self, query: QueryFn, chunk: int, bounds: float, progress, stats: extract.ExtractionStats,
+                 num_levels: int, device: torch.device):
+        self.query, self.chunk, self.bounds = query, int(chunk), float(bounds)
+        self.progress, self.stats, self.num_levels, self.device = progress, stats, num_levels, device
+
+    def __call__(self, level: int, resolution: int, indices: list[torch.Tensor]) -> list[torch.Tensor]:
+        counts = [int(ix.numel()) for ix in indices]  # sizes are host-side already: no copy
+        total = sum(counts)
+        out = [torch.empty(c, dtype=torch.float32, device=self.device) for c in counts]
+        done = 0
+        shared = len(indices) > 1 and all(ix is indices[0] for ix in indices)  # level 0
+        for start in range(0, max(counts, default=0), self.chunk):
+            width = min(self.chunk, max(counts) - start)
+            batch = torch.zeros((len(indices), width, 3), dtype=torch.float32, device=self.device)
+            if shared:
+                batch[:] = grid_points(indices[0][start:start + width], resolution, self.bounds)
+            else:
+                for p, ix in enumerate(indices):
+                    if start < counts[p]:
+                        pts = grid_points(ix[start:start + self.chunk], resolution, self.bounds)
+                        batch[p, :pts.shape[0]] = pts
+            t0 = time.perf_counter()
+            logits = self.query(batch)
+            self.stats.decode_seconds += time.perf_counter() - t0
+            self.stats.decode_calls += 1
+            if not isinstance(logits, torch.Tensor) or logits.shape[:2] != batch.shape[:2] or \
+                    logits.numel() != batch.shape[0] * batch.shape[1]:
+                got = type(logits).__name__ if not isinstance(logits, torch.Tensor) else tuple(logits.shape)
+                raise InputError(f"query: expected a tensor of shape {tuple(batch.shape[:2])} (or with a trailing 1) "
+                                 f"of logits for points {tuple(batch.shape)}, got {got}")
+            logits = logits.reshape(batch.shape[:2]).to(torch.float32)
+            for p in range(len(indices)):
+                n = min(self.chunk, counts[p] - start)
+                if n > 0:
+                    out[p][start:start + n] = logits[p, :n]
+                    done += n
+            if self.progress is not None:
+                self.progress(level, self.num_levels, done, total)
+        return out
+
+
+def _touches_box(grid: torch.Tensor) -> bool:
+    """Is any known point on the grid's six faces inside (> 0)? (one scalar to the host)"""
+    faces = [grid[0], grid[-1], grid[:, 0], grid[:, -1], grid[:, :, 0], grid[:, :, -1]]
+    return bool(torch.stack([(f > 0).any() for f in faces]).any())
+
+
+def _mesh(grid: torch.Tensor, resolution: int, bounds: float, close: bool) -> extract.PartMesh:
+    if grid.is_cuda and not (close and _touches_box(grid)):
+        step = 2.0 * bounds / resolution
+        grid = grid.contiguous()
+        with torch.cuda.device(grid.device):
+            torch.cuda.current_stream(grid.device).synchronize()  # the kernels use the legacy stream
+            v, f, _, _ = native.kernels("cuda").marching_cubes_device(
+                grid.data_ptr(), tuple(grid.shape), 0.0, (step,) * 3, (-bounds,) * 3)
+        return extract.PartMesh(v, f)
+    # a part cut by the box (the cap's face fill runs on the host), or a CPU tensor
+    host = grid.cpu().numpy()
+    return extract._mesh(host, resolution, bounds, "cuda" if grid.is_cuda else "cpu", close)
+
+
+def extract_meshes_resident(
+    query: QueryFn,
+    num_parts: int,
+    *,
+    device: str | torch.device,
+    depth: int = 9,
+    bounds: float = extract.constants.EXTRACTION_BOUND,
+    band: float = 0.95,
+    dilation: int = 1,
+    min_resolution: int = 32,
+    chunk_points: int = extract.DEFAULT_CHUNK_POINTS,
+    progress: extract.ProgressFn | None = None,
+    close: bool = True,
+) -> tuple[list[extract.PartMesh], extract.ExtractionStats]:
+    """:func:`holopart_infer.extract.extract_meshes` with everything on ``device``.
+
+    Args:
+        query: ``query(points)``: float32 (P, Q, 3) tensor on ``device`` (P =
+            ``num_parts``; rows past a part's points are zero padding) -> logits
+            (P, Q) or (P, Q, 1), inside > 0. Typically the torch decoder's query
+            against the parts' key/values.
+        device: the torch device of the tensors ("cuda", "cuda:1", "cpu").
+        other arguments: as :func:`holopart_infer.extract.extract_meshes`.
+
+    Returns:
+        (one :class:`~holopart_infer.extract.PartMesh` per part, host arrays;
+        :class:`~holopart_infer.extract.ExtractionStats`).
+
+    Raises:
+        InputError: bad arguments, or ``query`` answered with the wrong shape.
+        BackendUnavailable: a CUDA device but cpp_ext was built without CUDA.
+    """
+    t_start = time.perf_counter()
+    extract._validate(num_parts, bounds, chunk_points)
+    if not np.isfinite(band) or band < 0:
+        raise InputError(f"band: expected a finite number >= 0, got {band!r}")
+    if int(dilation) < 0:
+        raise InputError(f"dilation: expected an int >= 0, got {dilation!r}")
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        native.kernels("cuda")  # marching cubes on the device grid needs cpp_ext's CUDA module
+    levels = extract.levels_for_depth(depth, min_resolution)
+    stats = extract.ExtractionStats(resolutions=list(levels))
+    stats.queries_per_part = [[] for _ in range(num_parts)]
+    stats.dense_queries = num_parts * (levels[-1] + 1) ** 3
+    run = _Query(query, chunk_points, bounds, progress, stats, len(levels), dev)
+
+    r0 = levels[0]
+    all_idx = torch.arange((r0 + 1) ** 3, dtype=torch.int64, device=dev)
+    vals = run(0, r0, [all_idx] * num_parts)
+    grids = [v.reshape((r0 + 1,) * 3) for v in vals]
+    stats.queries_per_level.append(num_parts * all_idx.numel())
+    for q in stats.queries_per_part:
+        q.append(all_idx.numel())
+    del all_idx, vals
+
+    meshes: list[extract.PartMesh] = []
+    for li in range(1, len(levels)):
+        r = levels[li]
+        indices = []
+        for g in grids:
+            cells = band_cells(g, float(band))
+            if dilation:
+                cells = dilate_cells(cells, int(dilation))
+            indices.append(refine_points(cells, g))
+        vals = run(li, r, indices)
+        stats.queries_per_level.append(int(sum(ix.numel() for ix in indices)))
+        for q, ix in zip(stats.queries_per_part, indices):
+            q.append(int(ix.numel()))
+        new_grids = []
+        for p in range(num_parts):
+            fine = torch.full((r + 1,) * 3, float("nan"), dtype=torch.float32, device=dev)
+            fine[::2, ::2, ::2] = grids[p]
+            fine.view(-1)[indices[p]] = vals[p]
+            grids[p] = None  # type: ignore[call-overload]
+            if li == len(levels) - 1:
+                meshes.append(_mesh(fine, r, bounds, close))
+                del fine
+            else:
+                new_grids.append(fine)
+        grids = new_grids
+        del indices, vals
+    if len(levels) == 1:
+        meshes = [_mesh(g, r0, bounds, close) for g in grids]
+    stats.total_seconds = time.perf_counter() - t_start
+    return meshes, stats

@@ -1,0 +1,148 @@
+"""Device-resident extraction (holopart_infer.resident) against the host path.
+
+The tensor rules must give exactly cpp_ext's masks and point lists, and a whole
+extraction must give the host path's meshes and query counts. Run here on CPU
+tensors; benchmarks/device_check.py runs the same comparison on CUDA.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from holopart_infer import extract, native  # noqa: E402
+from holopart_infer.errors import BackendUnavailable, InputError  # noqa: E402
+
+resident = pytest.importorskip("holopart_infer.resident")
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _grid(shape, seed, unknown=0.3):
+    rng = np.random.default_rng(seed)
+    g = rng.normal(0.0, 1.5, size=shape).astype(np.float32)
+    g[rng.random(shape) < unknown] = np.nan
+    g[rng.random(shape) < 0.02] = np.inf
+    g.flat[:5] = 0.0  # exactly 0 counts as "<= 0"
+    return g
+
+
+@pytest.mark.parametrize("shape", [(5, 6, 7), (9, 9, 9), (2, 3, 2)])
+@pytest.mark.parametrize("band", [0.0, 0.95, 3.0])
+def test_band_cells_match_native(shape, band):
+    g = _grid(shape, seed=sum(shape))
+    want = native.band_cells(g, band).astype(bool)
+    got = resident.band_cells(torch.from_numpy(g), band).numpy()
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("radius", [0, 1, 2])
+def test_dilate_cells_match_native(radius):
+    rng = np.random.default_rng(radius)
+    cells = rng.random((7, 5, 9)) < 0.05
+    want = native.dilate_cells(cells, radius).astype(bool)
+    got = resident.dilate_cells(torch.from_numpy(cells), radius).numpy()
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("with_coarse", [False, True])
+def test_refine_points_match_native(with_coarse):
+    g = _grid((6, 8, 5), seed=3, unknown=0.4)
+    cells = native.band_cells(g, 0.95)
+    coarse = g if with_coarse else None
+    want = native.refine_points(cells, coarse)
+    got = resident.refine_points(torch.from_numpy(cells.astype(bool)),
+                                 None if coarse is None else torch.from_numpy(coarse)).numpy()
+    assert want.size > 0
+    np.testing.assert_array_equal(got, want)
+
+
+def test_grid_points_match_host():
+    idx = np.arange(0, 65 ** 3, 997, dtype=np.int64)
+    want = extract.grid_points(idx, 64, 1.05)
+    got = resident.grid_points(torch.from_numpy(idx), 64, 1.05).numpy()
+    np.testing.assert_array_equal(got, want)
+
+
+def _field(points):
+    """Three parts as logits (inside > 0), computed by torch for both paths:
+    a sphere, a box cut by the extraction box (capped), and nothing."""
+    p = points
+    sphere = 40.0 * (0.55 - torch.linalg.norm(p[0] - torch.tensor([0.1, -0.05, 0.0]), dim=-1))
+    slab = 40.0 * (0.4 - p[1][:, 0])  # x < 0.4: cut by five faces of the box
+    empty = torch.full_like(p[2][:, 0], -5.0)
+    return torch.stack([sphere, slab, empty])
+
+
+def _host_decode(pts_per_part):
+    n = max(len(p) for p in pts_per_part)
+    batch = np.zeros((len(pts_per_part), n, 3), np.float32)
+    for i, p in enumerate(pts_per_part):
+        batch[i, :len(p)] = p
+    out = _field(torch.from_numpy(batch)).numpy()
+    return [out[i, :len(p)] for i, p in enumerate(pts_per_part)]
+
+
+def _surface_distance(a, b):
+    from scipy.spatial import cKDTree
+
+    return max(cKDTree(b).query(a)[0].max(), cKDTree(a).query(b)[0].max())
+
+
+@pytest.mark.parametrize("depth,chunk", [(6, 4096), (7, 100_000)])
+def test_extraction_matches_host_path(depth, chunk):
+    host, hs = extract.extract_meshes(_host_decode, 3, depth=depth, chunk_points=chunk)
+    seen = []
+
+    def query(pts):
+        assert isinstance(pts, torch.Tensor) and pts.dtype == torch.float32
+        seen.append(tuple(pts.shape))
+        return _field(pts)[..., None]
+
+    dev, ds = resident.extract_meshes_resident(query, 3, device="cpu", depth=depth, chunk_points=chunk)
+    assert ds.queries_per_level == hs.queries_per_level
+    assert ds.queries_per_part == hs.queries_per_part
+    assert ds.decode_calls == hs.decode_calls == len(seen)
+    assert max(s[1] for s in seen) <= chunk
+    for h, d in zip(host, dev):
+        assert len(h.faces) == len(d.faces) and len(h.vertices) == len(d.vertices)
+        if len(h.faces):
+            assert _surface_distance(h.vertices, d.vertices) < 1e-5
+    assert len(dev[0].faces) > 0 and len(dev[1].faces) > 0 and len(dev[2].faces) == 0
+
+
+def test_query_answer_checked():
+    with pytest.raises(InputError, match="query: expected a tensor of shape"):
+        resident.extract_meshes_resident(lambda pts: pts[..., :2], 2, device="cpu", depth=5)
+
+
+def test_pipeline_resident_on_cpu_matches_host(tmp_path):
+    import holopart_infer as hp
+    from holopart_infer import assets
+
+    model = hp.load(REPO / "export" / "holopart_mini", backend="torch", device="cpu", precision="fp32")
+    assert model.extracts_on_device is False  # auto: only on CUDA
+    opts = dict(steps=2, depth=6, seed=0, decimate=None)
+    host = model.complete(assets.demo_object_path(), **opts)
+    model.resident_extraction = True
+    assert model.extracts_on_device is True
+    dev = model.complete(assets.demo_object_path(), **opts)
+    assert dev.stats["decoder_queries_per_level"] == host.stats["decoder_queries_per_level"]
+    for a, b in zip(host.parts, dev.parts):
+        assert len(a.faces) == len(b.faces)
+        if len(a.faces):
+            assert _surface_distance(np.asarray(a.vertices), np.asarray(b.vertices)) < 1e-4
+
+
+def test_resident_forced_on_a_backend_without_it():
+    import holopart_infer as hp
+    from holopart_infer import assets
+
+    model = hp.load(assets.demo_model_path(), backend="onnxruntime")
+    assert model.extracts_on_device is False
+    model.resident_extraction = True
+    with pytest.raises(BackendUnavailable, match="only the torch backend"):
+        model.extracts_on_device
