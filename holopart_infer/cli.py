@@ -256,13 +256,37 @@ def _add_input_view_args(p: argparse.ArgumentParser, parts_flag: bool = True) ->
 
 
 def _options_from(args, base):
-    """``base`` (the model's defaults, plus the demo preset) with the flags given applied."""
-    from holopart_infer.pipeline import option_fields
+    """``base`` (the model's defaults, plus the demo preset), then ``--quality``'s
+    preset, then the flags given (explicit flags win)."""
+    from holopart_infer.pipeline import option_fields, quality_preset
 
+    quality = getattr(args, "quality", None)
+    if quality:
+        base = base.replace(**quality_preset(quality))
     given = {f.name: getattr(args, f.name) for f in option_fields() if getattr(args, f.name, None) is not None}
     opts = base.replace(**given)
     opts.validate(flags=True)
     return opts
+
+
+def _settings_line(args, opts, model_defaults: dict, model_label: str) -> str:
+    """Says which depth/steps a run uses and where they come from (flag, preset, model, library)."""
+    from holopart_infer.pipeline import QUALITY_PRESETS
+
+    quality = getattr(args, "quality", None)
+    said = []
+    for name in ("depth", "steps"):
+        if getattr(args, name, None) is not None:
+            said.append(f"--{name}")
+        elif quality:
+            said.append(f"--quality {quality}")
+        elif name in model_defaults:
+            said.append(f"{model_label}'s defaults")
+        else:
+            said.append("library default (reference)")
+    named = [k for k, v in QUALITY_PRESETS.items() if v == {"depth": opts.depth, "steps": opts.steps}]
+    return (f"settings: depth {opts.depth}, {opts.steps} steps" + (f" (= --quality {named[0]})" if named else "")
+            + f"; from {', '.join(dict.fromkeys(said))}; --quality draft|balanced|high or --depth/--steps change it")
 
 
 def _input_paths(args) -> list:
@@ -287,9 +311,10 @@ def cmd_run(args) -> int:
     model = load(args.weights or args.model, backend=args.backend, device=args.device,
                  precision=args.precision, engine_cache=args.engine_cache, graph=args.graph,
                  verify_integrity=not args.no_verify)
-    return _complete_and_write(model, input_path, labels, output, preview,
-                               _options_from(args, model.default_options()), args.overwrite, args.quiet, inputs,
-                               view)
+    opts = _options_from(args, model.default_options())
+    print(_settings_line(args, opts, dict(model.defaults or {}), "the model"))
+    return _complete_and_write(model, input_path, labels, output, preview, opts, args.overwrite, args.quiet,
+                               inputs, view)
 
 
 def cmd_demo(args) -> int:
@@ -305,8 +330,9 @@ def cmd_demo(args) -> int:
           f"{assets.DEMO_OBJECT_DESCRIPTIONS[args.object]}")
     model = load(assets.demo_model_path(), backend=args.backend, device=args.device,
                  verify_integrity=not args.no_verify)
-    return _complete_and_write(model, assets.demo_object_path(args.object), None, output, preview,
-                               _options_from(args, model.default_options().replace(**assets.DEMO_PRESET)),
+    opts = _options_from(args, model.default_options().replace(**assets.DEMO_PRESET))
+    print(_settings_line(args, opts, {**(model.defaults or {}), **assets.DEMO_PRESET}, "the demo"))
+    return _complete_and_write(model, assets.demo_object_path(args.object), None, output, preview, opts,
                                args.overwrite, args.quiet, [], view)
 
 
@@ -357,9 +383,13 @@ def add_option_args(p: argparse.ArgumentParser, defaults: dict, default_source: 
         defaults: values to show as defaults (library defaults with the model's applied).
         default_source: says where the shown defaults come from.
     """
-    from holopart_infer.pipeline import option_fields, option_range
+    from holopart_infer.pipeline import QUALITY_PRESETS, option_fields, option_range
 
     g = p.add_argument_group("completion options", f"Defaults shown: {default_source}.")
+    presets = "; ".join(f"{k}: depth {v['depth']}, {v['steps']} steps" for k, v in QUALITY_PRESETS.items())
+    g.add_argument("--quality", choices=list(QUALITY_PRESETS), default=None,
+                   help=f"a named depth/steps pair ({presets}); --depth/--steps given as well win; default: "
+                        f"the depth/steps shown below (high is the reference)")
     for f in option_fields():
         m = f.metadata
         if m["cli"] is None:

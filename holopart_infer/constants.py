@@ -14,6 +14,17 @@ EXTRACTION_BOUND = 1.05
 DEPTH_MIN, DEPTH_MAX = 5, 11
 DEFAULT_DEPTH = 9  # reference: 504 cells
 
+#: ``--quality`` presets: named (depth, steps) pairs. ``high`` is the reference
+#: (depth 9, 50 Euler steps) and the library default for a model that sets
+#: neither; the embedded holopart-mini's manifest asks for ``balanced`` values
+#: (a CPU default: benchmarks/RESULTS.md, "CPU defaults and fewer queries").
+#: Explicit ``depth``/``steps`` win over a preset.
+QUALITY_PRESETS = {
+    "draft": {"depth": 6, "steps": 10},
+    "balanced": {"depth": 7, "steps": 20},
+    "high": {"depth": 9, "steps": 50},
+}
+
 #: |logit| threshold of the coarse-to-fine band (reference 0.95).
 DEFAULT_BAND = 0.95
 

@@ -22,7 +22,16 @@ of at least ``min_resolution`` (32) cells, giving 63, 126, 252, 504 for depth 9,
 Band rule (per level): a cell is kept when one of its known corners has
 ``|logit| < band`` (0.95) or its known corners change sign; kept cells are
 dilated by ``dilation`` cells (26-neighbourhood) and all corners of their
-eight sub-cells are evaluated at the next level.
+eight sub-cells are evaluated at the next level. At the final level
+(``grow=True``, the default) the dilated cells are not all evaluated: the band's
+own cells are, then, round by round, only those dilated cells the surface runs
+into (a face of an evaluated cell whose 3 x 3 fine points change sign), since
+marching cubes meshes nothing else there. Same surface, about half the
+final-level queries (a piece lying wholly in dilation cells and touching no
+band cell can be missed: tests/runtime/test_extract_queries.py states the
+tolerance). No point is evaluated twice: coarse values are reused and points
+shared by cells of different rounds are skipped. A part whose coarse level has
+no band cell (empty) costs only its coarse level.
 
 Closing (``close=True``, the default): a surface cut by the box would leave a
 hole there (the reference's output). Unknown points on the grid's six faces take
@@ -259,6 +268,127 @@ def _mesh(values: np.ndarray, resolution: int, bounds: float, device: str, close
     return PartMesh(v, f)
 
 
+class _Sparse:
+    """A part's final-level values without the full grid: the coarse grid (even
+    points) plus the sorted linear indices and values of the points queried."""
+
+    def __init__(self, coarse: np.ndarray, r: int):
+        self.coarse, self.n = coarse, r + 1
+        self.idx = np.zeros(0, dtype=np.int64)
+        self.val = np.zeros(0, dtype=np.float32)
+
+    def known(self, ix: np.ndarray) -> np.ndarray:
+        """(Q,) bool: are the fine points ``ix`` (linear, none on the coarse lattice) known?"""
+        if not len(self.idx):
+            return np.zeros(len(ix), dtype=bool)
+        pos = np.minimum(np.searchsorted(self.idx, ix), len(self.idx) - 1)
+        return self.idx[pos] == ix
+
+    def add(self, ix: np.ndarray, values: np.ndarray) -> None:
+        idx = np.concatenate([self.idx, ix])
+        order = np.argsort(idx, kind="stable")
+        self.idx, self.val = idx[order], np.concatenate([self.val, values])[order]
+
+    def values(self, ijk: np.ndarray) -> np.ndarray:
+        """Values at fine points (..., 3); NaN where unknown."""
+        even = (ijk & 1).sum(axis=-1) == 0
+        out = np.full(ijk.shape[:-1], np.nan, dtype=np.float32)
+        e = ijk[even] >> 1
+        out[even] = self.coarse[e[:, 0], e[:, 1], e[:, 2]]
+        odd = ijk[~even]
+        lin = (odd[:, 0] * self.n + odd[:, 1]) * self.n + odd[:, 2]
+        if len(lin) and len(self.idx):
+            pos = np.minimum(np.searchsorted(self.idx, lin), len(self.idx) - 1)
+            hit = self.idx[pos] == lin
+            vals = np.full(len(lin), np.nan, dtype=np.float32)
+            vals[hit] = self.val[pos[hit]]
+            out[~even] = vals
+        return out
+
+    def grid(self) -> np.ndarray:
+        fine = np.full((self.n,) * 3, np.nan, dtype=np.float32)
+        fine[::2, ::2, ::2] = self.coarse
+        fine.reshape(-1)[self.idx] = self.val
+        return fine
+
+
+def _face_sign_changes(part: _Sparse, cells: np.ndarray, axis: int, side: int) -> np.ndarray:
+    """(N,) bool: do the 3 x 3 fine points on the ``side`` face (0: low, 1: high)
+    along ``axis`` of each coarse cell of ``cells`` (N, 3) not all have one sign?"""
+    base = 2 * cells
+    base[:, axis] += 2 * side
+    o = np.arange(3)
+    other = [a for a in range(3) if a != axis]
+    offs = np.zeros((9, 3), dtype=np.int64)
+    offs[:, other[0]] = np.repeat(o, 3)
+    offs[:, other[1]] = np.tile(o, 3)
+    inside = part.values(base[:, None, :] + offs[None, :, :]) > 0.0  # (N, 9); all known here
+    return inside.any(axis=1) & ~inside.all(axis=1)
+
+
+def _grow_final(run: "_Decoder", level: int, r: int, grids: list, band: float, dilation: int,
+                device: str) -> tuple[list[_Sparse], list[int]]:
+    """Query the final level of every part, growing from the band.
+
+    The plain rule queries every corner of the sub-cells of the dilated band
+    ``A``. Marching cubes only meshes the surface inside queried cells, and a
+    surface leaves a cell only through a face whose 3 x 3 fine points do not
+    all have one sign. So: query the band cells ``B`` first; then, while a
+    queried cell has such a face towards a cell of ``A`` not yet queried,
+    query those cells too (all parts in one ``decode`` call per round). The
+    surface found is the plain rule's, except a piece lying wholly in
+    dilation cells that touches no band cell (tests/runtime/test_extract_queries.py
+    bounds the difference on model output). No point is queried twice: known
+    coarse points and points shared with cells queried before are skipped.
+
+    Returns:
+        (per part its final-level values, per part the points queried).
+    """
+    n = len(grids)
+    parts = [_Sparse(g, r) for g in grids]
+    allowed, active, done = [], [], []
+    for g in grids:
+        b = native.band_cells(g, band, device=device)
+        allowed.append((native.dilate_cells(b, dilation, device=device) if dilation else b).astype(bool))
+        active.append(b.astype(bool))
+        done.append(np.zeros(b.shape, dtype=bool))
+    counts = [0] * n
+    while True:
+        indices, new_cells = [], []
+        for p in range(n):
+            new = active[p] & ~done[p]
+            new_cells.append(np.argwhere(new))
+            ix = np.zeros(0, dtype=np.int64)
+            if len(new_cells[p]):
+                ix = native.refine_points(new.view(np.uint8), grids[p], device=device)
+                ix = ix[~parts[p].known(ix)]  # shared with cells queried in an earlier round
+                done[p] |= new
+            indices.append(ix)
+        if not any(len(c) for c in new_cells):
+            break
+        if any(len(ix) for ix in indices):
+            vals = run(level, r, indices)
+            for p in range(n):
+                if len(indices[p]):
+                    parts[p].add(indices[p], vals[p])
+                    counts[p] += int(len(indices[p]))
+        for p in range(n):
+            cells = new_cells[p]
+            shape = active[p].shape
+            for axis in range(3):
+                for side in (0, 1):
+                    nb = cells.copy()
+                    nb[:, axis] += 1 if side else -1
+                    ok = (nb[:, axis] >= 0) & (nb[:, axis] < shape[axis])
+                    sel, nbs = cells[ok], nb[ok]
+                    cand = allowed[p][nbs[:, 0], nbs[:, 1], nbs[:, 2]] & ~active[p][nbs[:, 0], nbs[:, 1], nbs[:, 2]]
+                    if not cand.any():
+                        continue
+                    grow_to = nbs[cand][_face_sign_changes(parts[p], sel[cand], axis, side)]
+                    active[p][grow_to[:, 0], grow_to[:, 1], grow_to[:, 2]] = True
+    return parts, counts
+
+
 def extract_meshes(
     decode: DecodeFn,
     num_parts: int,
@@ -272,6 +402,7 @@ def extract_meshes(
     progress: ProgressFn | None = None,
     device: str = "cpu",
     close: bool = True,
+    grow: bool = True,
 ) -> tuple[list[PartMesh], ExtractionStats]:
     """Coarse-to-fine extraction of every part's zero-level surface.
 
@@ -289,6 +420,9 @@ def extract_meshes(
         close: cap surfaces cut by the box (``[-bounds, bounds]^3``) with the
             box face, so every mesh is closed; False leaves them open, as the
             reference does.
+        grow: at the final level query the band's cells first and then only
+            the dilation cells the surface runs into (``_grow_final``), instead
+            of every dilated cell; False queries every dilated cell as before.
 
     Returns:
         (one :class:`PartMesh` per part, in the normalized frame;
@@ -322,24 +456,35 @@ def extract_meshes(
 
     for li in range(1, len(levels)):
         r = levels[li]
-        indices = []
-        for g in grids:
-            cells = native.band_cells(g, band, device=device)
-            if dilation:
-                cells = native.dilate_cells(cells, int(dilation), device=device)
-            indices.append(native.refine_points(cells, g, device=device))
-        vals = run(li, r, indices)
-        stats.queries_per_level.append(int(sum(len(ix) for ix in indices)))
-        for q, ix in zip(stats.queries_per_part, indices):
-            q.append(int(len(ix)))
+        last = li == len(levels) - 1
+        if last and grow:
+            # final level: the band's own cells, then only the dilation cells the
+            # surface runs into (see _grow_final)
+            sparse, counts = _grow_final(run, li, r, grids, band, int(dilation), device)
+        else:
+            indices = []
+            for g in grids:
+                cells = native.band_cells(g, band, device=device)
+                if dilation:
+                    cells = native.dilate_cells(cells, int(dilation), device=device)
+                indices.append(native.refine_points(cells, g, device=device))
+            vals = run(li, r, indices)
+            counts = [int(len(ix)) for ix in indices]
+        stats.queries_per_level.append(int(sum(counts)))
+        for q, c in zip(stats.queries_per_part, counts):
+            q.append(int(c))
         # Assemble the finer grids one part at a time (the final grid is the
         # large one; only one exists at a time).
         new_grids = []
         for p in range(num_parts):
-            fine = np.full((r + 1,) * 3, np.nan, dtype=np.float32)
-            fine[::2, ::2, ::2] = grids[p]
-            fine.reshape(-1)[indices[p]] = vals[p]
-            if li == len(levels) - 1:
+            if last and grow:
+                fine = sparse[p].grid()
+                sparse[p] = None  # type: ignore[call-overload]
+            else:
+                fine = np.full((r + 1,) * 3, np.nan, dtype=np.float32)
+                fine[::2, ::2, ::2] = grids[p]
+                fine.reshape(-1)[indices[p]] = vals[p]
+            if last:
                 new_grids.append(_mesh(fine, r, bounds, device, close))
             else:
                 new_grids.append(fine)

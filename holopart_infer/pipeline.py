@@ -151,6 +151,21 @@ class CompletionOptions:
                 raise InputError(f"option {name} must be {problem}, got {value!r} ({type(value).__name__})")
 
 
+#: ``--quality`` presets (name -> {"depth", "steps"}); see :data:`holopart_infer.constants.QUALITY_PRESETS`.
+QUALITY_PRESETS = constants.QUALITY_PRESETS
+
+
+def quality_preset(name: str) -> dict:
+    """The options of a ``--quality`` preset ("draft", "balanced", "high").
+
+    Raises:
+        InputError: an unknown preset name.
+    """
+    if name not in QUALITY_PRESETS:
+        raise InputError(f"quality: expected one of {', '.join(QUALITY_PRESETS)}, got {name!r}")
+    return dict(QUALITY_PRESETS[name])
+
+
 def option_fields() -> list:
     """The :class:`CompletionOptions` fields (dataclass ``Field`` objects, with metadata)."""
     return list(fields(CompletionOptions))
