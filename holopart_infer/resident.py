@@ -2,7 +2,7 @@
 decoder's device (torch tensors).
 
 :func:`extract_meshes_resident` does what :func:`holopart_infer.extract.extract_meshes`
-does -- the same levels, band rule, dilation, refinement, query order, points
+does -- the same levels, band rule, dilation, refinement, final-level growth, query order, points
 per decoder call, statistics and meshes -- but every level grid, band and
 refinement mask, query point and logit is a torch tensor on the decoder's
 device. With a torch decoder on CUDA nothing goes through the host per decoder
@@ -152,6 +152,68 @@ class _Query:
         return out
 
 
+def _face_changes(fine: torch.Tensor, axis: int) -> torch.Tensor:
+    """bool (n+1, ...): for each face plane ``k`` across ``axis`` (fine index 2k)
+    and each cell of that plane, do its 3 x 3 fine points not all have one sign
+    (``> 0`` inside; unknown counts as outside, as in extract._face_sign_changes)?"""
+    plane = fine.movedim(axis, 0)[::2]  # (n+1, 2a+1, 2b+1)
+    inside = (plane > 0).to(torch.float16 if fine.is_cuda else torch.float32)[:, None]
+    some = F.max_pool2d(inside, kernel_size=3, stride=2)[:, 0] > 0
+    every = F.max_pool2d(1 - inside, kernel_size=3, stride=2)[:, 0] == 0
+    return (some & ~every).movedim(0, axis)
+
+
+def _grow_final(run: "_Query", level: int, r: int, grids: list[torch.Tensor], band: float, dilation: int,
+                dev: torch.device) -> tuple[list[torch.Tensor], list[int]]:
+    """extract._grow_final on device tensors: the final level's band cells first,
+    then, round by round, the dilation cells the surface runs into. Same points,
+    in the same order and the same decode calls as the host path; the final grids
+    are dense (NaN where not queried)."""
+    n = len(grids)
+    fines, allowed, active, done, queried = [], [], [], [], []
+    for g in grids:
+        fine = torch.full((r + 1,) * 3, float("nan"), dtype=torch.float32, device=dev)
+        fine[::2, ::2, ::2] = g
+        fines.append(fine)
+        b = band_cells(g, band)
+        allowed.append(dilate_cells(b, dilation) if dilation else b)
+        active.append(b.clone())
+        done.append(torch.zeros_like(b))
+        queried.append(torch.zeros((r + 1,) * 3, dtype=torch.bool, device=dev))
+    counts = [0] * n
+    while True:
+        news, indices = [], []
+        for p in range(n):
+            new = active[p] & ~done[p]
+            news.append(new)
+            ix = torch.zeros(0, dtype=torch.int64, device=dev)
+            if bool(new.any()):
+                ix = refine_points(new, grids[p])
+                ix = ix[~queried[p].view(-1)[ix]]  # shared with cells queried in an earlier round
+                done[p] |= new
+            indices.append(ix)
+        if not any(bool(m.any()) for m in news):
+            break
+        if any(ix.numel() for ix in indices):
+            vals = run(level, r, indices)
+            for p in range(n):
+                if indices[p].numel():
+                    fines[p].view(-1)[indices[p]] = vals[p]
+                    queried[p].view(-1)[indices[p]] = True
+                    counts[p] += int(indices[p].numel())
+        for p in range(n):
+            new = news[p]
+            grow = torch.zeros_like(new)
+            for axis in range(3):
+                face = _face_changes(fines[p], axis).movedim(axis, 0)[1:-1]  # inner planes 1..c-1
+                nw = new.movedim(axis, 0)
+                g = grow.movedim(axis, 0)  # a view: writes land in grow
+                g[1:] |= nw[:-1] & face  # cell k grows to k+1 through plane k+1
+                g[:-1] |= nw[1:] & face  # cell k grows to k-1 through plane k
+            active[p] |= grow & allowed[p]
+    return fines, counts
+
+
 def _touches_box(grid: torch.Tensor) -> bool:
     """Is any known point on the grid's six faces inside (> 0)? (one scalar to the host)"""
     faces = [grid[0], grid[-1], grid[:, 0], grid[:, -1], grid[:, :, 0], grid[:, :, -1]]
@@ -185,6 +247,7 @@ def extract_meshes_resident(
     chunk_points: int = extract.DEFAULT_CHUNK_POINTS,
     progress: extract.ProgressFn | None = None,
     close: bool = True,
+    grow: bool = True,
 ) -> tuple[list[extract.PartMesh], extract.ExtractionStats]:
     """:func:`holopart_infer.extract.extract_meshes` with everything on ``device``.
 
@@ -194,7 +257,8 @@ def extract_meshes_resident(
             (P, Q) or (P, Q, 1), inside > 0. Typically the torch decoder's query
             against the parts' key/values.
         device: the torch device of the tensors ("cuda", "cuda:1", "cpu").
-        other arguments: as :func:`holopart_infer.extract.extract_meshes`.
+        other arguments: as :func:`holopart_infer.extract.extract_meshes`
+            (``grow`` too: the same final-level growth, on dense device grids).
 
     Returns:
         (one :class:`~holopart_infer.extract.PartMesh` per part, host arrays;
@@ -231,23 +295,33 @@ def extract_meshes_resident(
     meshes: list[extract.PartMesh] = []
     for li in range(1, len(levels)):
         r = levels[li]
-        indices = []
-        for g in grids:
-            cells = band_cells(g, float(band))
-            if dilation:
-                cells = dilate_cells(cells, int(dilation))
-            indices.append(refine_points(cells, g))
-        vals = run(li, r, indices)
-        stats.queries_per_level.append(int(sum(ix.numel() for ix in indices)))
-        for q, ix in zip(stats.queries_per_part, indices):
-            q.append(int(ix.numel()))
+        last = li == len(levels) - 1
+        if last and grow:  # final level: grown from the band (extract._grow_final)
+            finals, counts = _grow_final(run, li, r, grids, float(band), int(dilation), dev)
+            indices, vals = None, None
+        else:
+            indices = []
+            for g in grids:
+                cells = band_cells(g, float(band))
+                if dilation:
+                    cells = dilate_cells(cells, int(dilation))
+                indices.append(refine_points(cells, g))
+            vals = run(li, r, indices)
+            counts = [int(ix.numel()) for ix in indices]
+        stats.queries_per_level.append(int(sum(counts)))
+        for q, c in zip(stats.queries_per_part, counts):
+            q.append(int(c))
         new_grids = []
         for p in range(num_parts):
-            fine = torch.full((r + 1,) * 3, float("nan"), dtype=torch.float32, device=dev)
-            fine[::2, ::2, ::2] = grids[p]
-            fine.view(-1)[indices[p]] = vals[p]
+            if last and grow:
+                fine = finals[p]
+                finals[p] = None  # type: ignore[call-overload]
+            else:
+                fine = torch.full((r + 1,) * 3, float("nan"), dtype=torch.float32, device=dev)
+                fine[::2, ::2, ::2] = grids[p]
+                fine.view(-1)[indices[p]] = vals[p]
             grids[p] = None  # type: ignore[call-overload]
-            if li == len(levels) - 1:
+            if last:
                 meshes.append(_mesh(fine, r, bounds, close))
                 del fine
             else:

@@ -92,11 +92,16 @@ def _surface_distance(a, b):
     return max(cKDTree(b).query(a)[0].max(), cKDTree(a).query(b)[0].max())
 
 
-@pytest.mark.parametrize("depth,chunk", [(6, 4096), (7, 100_000)])
-def test_extraction_matches_host_path(depth, chunk):
-    # the resident path implements the plain final-level rule (grow=False; the host
-    # default grows from the band, issue 16 item 2)
-    host, hs = extract.extract_meshes(_host_decode, 3, depth=depth, chunk_points=chunk, grow=False)
+@pytest.mark.parametrize("depth,lo,chunk,grow", [(6, 32, 4096, True), (6, 16, 4096, True), (7, 32, 100_000, True),
+                                                 (7, 32, 4096, False)])
+def test_extraction_matches_host_path(depth, lo, chunk, grow):
+    # grow: the final level grown from the band (the default, issue 16 item 2); False: every dilated cell.
+    # depth 6 with min_resolution 32 is a single level (no final-level growth)
+    host, hs = extract.extract_meshes(_host_decode, 3, depth=depth, min_resolution=lo, chunk_points=chunk, grow=grow)
+    if grow and len(hs.resolutions) > 1:  # growth ran: more than one round at the final level
+        _, plain = extract.extract_meshes(_host_decode, 3, depth=depth, min_resolution=lo, chunk_points=chunk,
+                                          grow=False)
+        assert hs.queries_per_level[-1] < plain.queries_per_level[-1]
     seen = []
 
     def query(pts):
@@ -104,7 +109,8 @@ def test_extraction_matches_host_path(depth, chunk):
         seen.append(tuple(pts.shape))
         return _field(pts)[..., None]
 
-    dev, ds = resident.extract_meshes_resident(query, 3, device="cpu", depth=depth, chunk_points=chunk)
+    dev, ds = resident.extract_meshes_resident(query, 3, device="cpu", depth=depth, min_resolution=lo,
+                                               chunk_points=chunk, grow=grow)
     assert ds.queries_per_level == hs.queries_per_level
     assert ds.queries_per_part == hs.queries_per_part
     assert ds.decode_calls == hs.decode_calls == len(seen)
