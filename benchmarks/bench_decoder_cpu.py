@@ -42,8 +42,9 @@ the first row), each a vae_query graph exported here from the same weights:
 * ``ort-noarena``  no CPU memory arena and no memory pattern
 * ``fused``        today's export through onnxruntime.transformers' fusions (adds a
                    second SkipLayerNormalization) -- an export-side candidate, not shipped
-* ``int8``         onnxruntime.quantization.quantize_dynamic (u8/s8 MatMulInteger)
-                   -- a speed probe; its max|diff| shows why it is not offered
+* ``int8``, ``int8-7bit``, ``int8-7bit-inner``, ...  onnxruntime.quantization.quantize_dynamic
+                   (u8/s8 MatMulInteger), the recipes of ``decoder_int8_gate.py``, which
+                   scores them on extracted surfaces -- speed probes here
 
 Run (about 3-6 min on 2 busy cores)::
 
@@ -185,7 +186,7 @@ def export_query_graphs(name: str, out_dir: Path):
 
 
 def variant_graphs(src: Path, vae_cfg: dict, out_dir: Path, want: set) -> dict:
-    """Extra graph files of the export-side candidates: {"fused": path, "int8": path}."""
+    """Extra graph files of the export-side candidates: {"fused": path, "int8...": path}."""
     out = {}
     if "fused" in want:
         import logging
@@ -197,11 +198,10 @@ def variant_graphs(src: Path, vae_cfg: dict, out_dir: Path, want: set) -> dict:
                                      hidden_size=int(vae_cfg["width_decoder"]), opt_level=0, use_gpu=False)
         out["fused"] = out_dir / "vae_query.fused.onnx"
         m.save_model_to_file(str(out["fused"]))
-    if "int8" in want:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+    from decoder_int8_gate import VARIANTS as INT8_VARIANTS, quantize  # the recipes the quality gate scores
 
-        out["int8"] = out_dir / "vae_query.int8.onnx"
-        quantize_dynamic(str(src), str(out["int8"]), weight_type=QuantType.QInt8)
+    for v in sorted(want & set(INT8_VARIANTS)):
+        out[v] = quantize(src, out_dir / f"vae_query.{v}.onnx", v)
     return out
 
 
@@ -352,7 +352,8 @@ def main(argv=None) -> int:
     ap.add_argument("--parts", type=int, default=8)
     ap.add_argument("--chunk", type=int, default=8192, help="points per part per call (demo)")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--variants", default="ort-spin,ort-nospin,ort-basic,ort-noarena,fused,int8")
+    ap.add_argument("--variants", default="ort-spin,ort-nospin,ort-basic,ort-noarena,fused,int8,int8-7bit,"
+                                          "int8-7bit-inner")
     ap.add_argument("--chunks", default="1024,2048,4096,8192,16384",
                     help="points-per-call sweep on the demo model ('' to skip)")
     ap.add_argument("--json", help="write the results here too")

@@ -25,13 +25,14 @@ def test_demo_smoke_run_reports_every_variant(tmp_path, capsys):
     pytest.importorskip("torch")
     out = tmp_path / "r.json"
     rc = bench.main(["--configs", "demo", "--threads", "1", "--rounds", "1", "--parts", "2", "--chunk", "256",
-                     "--chunks", "128,256", "--variants", "ort-nospin,ort-basic,fused,int8", "--json", str(out)])
+                     "--chunks", "128,256", "--variants", "ort-nospin,ort-basic,fused,int8,int8-7bit-inner", "--json",
+                     str(out)])
     assert rc == 0
     text = capsys.readouterr().out
     res = json.loads(out.read_text())
     c = res["results"][0]["configs"]["demo"]
     assert set(c["variants"]) == {"before", "export-now", "now", "backend", "ort-nospin", "ort-basic",
-                                  "fused", "int8"}
+                                  "fused", "int8", "int8-7bit-inner"}
     for name, row in c["variants"].items():
         assert row["qps_median"] > 0 and row["measured_over_floor"] > 0, name
         assert name in text
