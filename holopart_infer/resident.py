@@ -163,54 +163,50 @@ def _face_changes(fine: torch.Tensor, axis: int) -> torch.Tensor:
     return (some & ~every).movedim(0, axis)
 
 
-def _grow_final(run: "_Query", level: int, r: int, grids: list[torch.Tensor], band: float, dilation: int,
-                dev: torch.device) -> tuple[list[torch.Tensor], list[int]]:
+def _finer(coarse: torch.Tensor, r: int) -> torch.Tensor:
+    """The (r+1)^3 grid of the next level: the coarse values on its even points, NaN elsewhere."""
+    fine = torch.full((r + 1,) * 3, float("nan"), dtype=torch.float32, device=coarse.device)
+    fine[::2, ::2, ::2] = coarse
+    return fine
+
+
+def _grow_final(run: "_Query", level: int, r: int, grids: list[torch.Tensor], band: float, dilation: int
+                ) -> tuple[list[torch.Tensor], list[int]]:
     """extract._grow_final on device tensors: the final level's band cells first,
     then, round by round, the dilation cells the surface runs into. Same points,
     in the same order and the same decode calls as the host path; the final grids
-    are dense (NaN where not queried)."""
+    are dense (NaN where not queried, which is how points already queried are
+    told apart: the decoder's logits are finite)."""
     n = len(grids)
-    fines, allowed, active, done, queried = [], [], [], [], []
-    for g in grids:
-        fine = torch.full((r + 1,) * 3, float("nan"), dtype=torch.float32, device=dev)
-        fine[::2, ::2, ::2] = g
-        fines.append(fine)
-        b = band_cells(g, band)
-        allowed.append(dilate_cells(b, dilation) if dilation else b)
-        active.append(b.clone())
-        done.append(torch.zeros_like(b))
-        queried.append(torch.zeros((r + 1,) * 3, dtype=torch.bool, device=dev))
+    fines = [_finer(g, r) for g in grids]
+    new = [band_cells(g, band) for g in grids]  # cells to query this round
+    allowed = [dilate_cells(b, dilation) if dilation else b for b in new]
+    active = [b.clone() for b in new]  # cells queried so far, or this round
     counts = [0] * n
-    while True:
-        news, indices = [], []
+    has_new = [bool(m.any()) for m in new]
+    while any(has_new):
+        indices = []
         for p in range(n):
-            new = active[p] & ~done[p]
-            news.append(new)
-            ix = torch.zeros(0, dtype=torch.int64, device=dev)
-            if bool(new.any()):
-                ix = refine_points(new, grids[p])
-                ix = ix[~queried[p].view(-1)[ix]]  # shared with cells queried in an earlier round
-                done[p] |= new
-            indices.append(ix)
-        if not any(bool(m.any()) for m in news):
-            break
+            ix = refine_points(new[p], grids[p])  # empty when the part has no new cell
+            indices.append(ix[torch.isnan(fines[p].view(-1)[ix])])  # less points of cells queried before
         if any(ix.numel() for ix in indices):
             vals = run(level, r, indices)
             for p in range(n):
                 if indices[p].numel():
                     fines[p].view(-1)[indices[p]] = vals[p]
-                    queried[p].view(-1)[indices[p]] = True
                     counts[p] += int(indices[p].numel())
         for p in range(n):
-            new = news[p]
-            grow = torch.zeros_like(new)
-            for axis in range(3):
-                face = _face_changes(fines[p], axis).movedim(axis, 0)[1:-1]  # inner planes 1..c-1
-                nw = new.movedim(axis, 0)
-                g = grow.movedim(axis, 0)  # a view: writes land in grow
-                g[1:] |= nw[:-1] & face  # cell k grows to k+1 through plane k+1
-                g[:-1] |= nw[1:] & face  # cell k grows to k-1 through plane k
-            active[p] |= grow & allowed[p]
+            grow = torch.zeros_like(new[p])
+            if has_new[p]:
+                for axis in range(3):
+                    face = _face_changes(fines[p], axis).movedim(axis, 0)[1:-1]  # inner planes 1..c-1
+                    nw = new[p].movedim(axis, 0)
+                    g = grow.movedim(axis, 0)  # a view: writes land in grow
+                    g[1:] |= nw[:-1] & face  # cell k grows to k+1 through plane k+1
+                    g[:-1] |= nw[1:] & face  # cell k grows to k-1 through plane k
+            new[p] = grow & allowed[p] & ~active[p]
+            active[p] |= new[p]
+            has_new[p] = bool(new[p].any())
     return fines, counts
 
 
@@ -297,7 +293,7 @@ def extract_meshes_resident(
         r = levels[li]
         last = li == len(levels) - 1
         if last and grow:  # final level: grown from the band (extract._grow_final)
-            finals, counts = _grow_final(run, li, r, grids, float(band), int(dilation), dev)
+            finals, counts = _grow_final(run, li, r, grids, float(band), int(dilation))
             indices, vals = None, None
         else:
             indices = []
@@ -317,8 +313,7 @@ def extract_meshes_resident(
                 fine = finals[p]
                 finals[p] = None  # type: ignore[call-overload]
             else:
-                fine = torch.full((r + 1,) * 3, float("nan"), dtype=torch.float32, device=dev)
-                fine[::2, ::2, ::2] = grids[p]
+                fine = _finer(grids[p], r)
                 fine.view(-1)[indices[p]] = vals[p]
             grids[p] = None  # type: ignore[call-overload]
             if last:
