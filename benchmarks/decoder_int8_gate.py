@@ -42,6 +42,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.support import surface_distance  # noqa: E402  (the measure the tests call "the same solid")
+
 GATE = {"mean_iou": 0.99, "min_iou": 0.97, "max_rel_dist": 2e-3}
 
 
@@ -68,32 +70,12 @@ def quantize(src: Path, dst: Path, variant: str) -> Path:
     if inner:
         model = onnx.load(str(src))
         weights = {i.name for i in model.graph.initializer}
-        mm = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and any(i in weights for i in n.input)]
+        mm = [n.name for n in model.graph.node
+              if n.op_type in ("MatMul", "Gemm") and any(i in weights for i in n.input)]
         exclude = [mm[0], mm[-1]]
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
                      reduce_range=reduce_range, nodes_to_exclude=exclude)
     return dst
-
-
-def _samples(vertices, faces, n: int, seed: int) -> np.ndarray:
-    import trimesh
-
-    mesh = trimesh.Trimesh(np.asarray(vertices, np.float64), np.asarray(faces), process=False)
-    return trimesh.sample.sample_surface(mesh, n, seed=seed)[0]
-
-
-def _sym_mean_nn(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.spatial import cKDTree
-
-    return 0.5 * (float(cKDTree(b).query(a)[0].mean()) + float(cKDTree(a).query(b)[0].mean()))
-
-
-def surface_distance(a, b, n: int = 20000) -> float:
-    """Symmetric mean surface distance beyond sampling noise, the measure of
-    tests/support.py:surface_distance: mean nearest-sample distance between n
-    samples of each surface, less the same between two samplings of ``a``."""
-    pa, pa2, pb = _samples(*a, n, 0), _samples(*a, n, 2), _samples(*b, n, 1)
-    return max(0.0, _sym_mean_nn(pa, pb) - _sym_mean_nn(pa, pa2))
 
 
 def objects(n: int, tmp: Path) -> list[tuple[str, Path]]:
