@@ -85,11 +85,11 @@ ESTIMATE_S: dict[str, dict[str, float]] = {
     "parity_band": {"device": 20, "rehearsal": 1},
     "parity_mcubes": {"device": 10, "rehearsal": 1},
     "extract_analytic": {"device": 35, "rehearsal": 3},
-    "fast_torch_parity": {"device": 90, "rehearsal": 8},  # the driver loads the full networks here
+    "fast_torch_parity": {"device": 90, "rehearsal": 6},  # the driver loads the full networks here
     "cuda_tests": {"device": 90, "rehearsal": 1},  # torch.compile of the tiny step included
-    "host_round_trips": {"device": 30, "rehearsal": 10},
-    "chunk_sweep": {"device": 30, "rehearsal": 5},
-    "demo_end_to_end": {"device": 90, "rehearsal": 15},
+    "host_round_trips": {"device": 30, "rehearsal": 15},
+    "chunk_sweep": {"device": 30, "rehearsal": 10},
+    "demo_end_to_end": {"device": 90, "rehearsal": 45},
     "harness_rest": {"device": 60, "rehearsal": 30},   # load + the decoder kv pass
 }
 STAGES = list(ESTIMATE_S)
