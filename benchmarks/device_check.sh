@@ -83,6 +83,7 @@ for dist in ("scikit-build-core", "pybind11", "numpy", "torch"):
 sp = sysconfig.get_paths()["purelib"]
 print(f"site-packages: {sp} ({'writable' if os.access(sp, os.W_OK) else 'NOT writable'})")
 EOF
+  echo "preflight took $(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $T0}") s"
 } > "$OUT/build.log" 2>&1
 sed 's/^/  preflight: /' "$OUT/build.log" | grep -v "== preflight"
 
