@@ -312,11 +312,15 @@ class Check:
             rec = {"status": "error", "reason": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
         rec["wall_s"] = round(time.perf_counter() - t0, 2)
         rec["estimate_s"] = est
+        event, self._ckpt_event = self._ckpt_event, None  # set when this stage resolved the checkpoint
+        if event is not None:
+            rec["checkpoint"] = event
         if self.writer is not None:
-            # the 9 GiB writer shares the CPU: figures measured beside it say so
-            rec["ckpt_writer_running"] = writer_before or self.writer_running()
-        if self._ckpt_event is not None:  # the checkpoint was resolved during this stage
-            rec["checkpoint"], self._ckpt_event = self._ckpt_event, None
+            # the 9 GiB writer shares the CPU: figures measured beside it say so. A stage that
+            # waited for the writer to end measured after the wait: only a writer still running
+            # at its end (one left behind at the cap) counts then
+            waited = event is not None and event.get("background_writer") in ("done", "failed", "gone")
+            rec["ckpt_writer_running"] = (writer_before and not waited) or self.writer_running()
         self.put(name, rec)
         print(f"[check] {name}: {rec['status']} in {rec['wall_s']} s"
               + (f" ({rec.get('reason')})" if rec["status"] != "ok" else ""), flush=True)
