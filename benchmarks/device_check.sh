@@ -168,7 +168,7 @@ if [ "$MODE" = device ]; then
   # nothing on this machine is worth the window without a GPU torch can use
   $PY -c "import torch; ok = torch.cuda.is_available(); print('torch', torch.__version__, 'sees', torch.cuda.device_count() if ok else 0, 'GPU(s)'); raise SystemExit(0 if ok else 1)" \
     2>&1 | tee -a "$OUT/build.log"
-  [ "${PIPESTATUS[0]}" = 0 ] || { say "FAILED: torch sees no GPU (above): stopping"; exit 5; }
+  [ "${PIPESTATUS[0]}" = 0 ] || { say "FAILED: torch is missing or sees no GPU (above): stopping"; exit 5; }
 elif simulated cuda_build; then
   BUILD=cpu_fallback
   say "simulated: the CUDA build failed; the rehearsal builds nothing (the installed CPU build stands for the rebuild without CUDA)" \
