@@ -77,20 +77,20 @@ SIZES: dict[str, dict[str, Any]] = {
 #: with nothing else running; 45 s for parity_band while the checkpoint writer ran) and the
 #: demo's CPU half (165 s on 2 loaded cores). The harness stages: loading the full checkpoint
 #: (~40 s) plus their first sub-stage (the harness checks its own budget per sub-stage).
-#: rehearsal: the stages' wall times on the 2-core machine, rounded up.
+#: rehearsal: the stages' wall times in a whole rehearsal on the loaded 2-core machine, rounded up.
 ESTIMATE_S: dict[str, dict[str, float]] = {
     "environment": {"device": 5, "rehearsal": 3},
-    "harness_e2e": {"device": 200, "rehearsal": 60},   # load + ceilings + end to end
+    "harness_e2e": {"device": 200, "rehearsal": 100},   # load + ceilings + end to end
     "parity_fps": {"device": 5, "rehearsal": 1},
     "parity_band": {"device": 20, "rehearsal": 1},
     "parity_mcubes": {"device": 10, "rehearsal": 1},
     "extract_analytic": {"device": 35, "rehearsal": 3},
-    "fast_torch_parity": {"device": 90, "rehearsal": 6},  # the driver loads the full networks here
+    "fast_torch_parity": {"device": 90, "rehearsal": 10},  # the driver loads the full networks here
     "cuda_tests": {"device": 90, "rehearsal": 1},  # torch.compile of the tiny step included
-    "host_round_trips": {"device": 30, "rehearsal": 15},
+    "host_round_trips": {"device": 30, "rehearsal": 20},
     "chunk_sweep": {"device": 30, "rehearsal": 10},
     "demo_end_to_end": {"device": 90, "rehearsal": 45},
-    "harness_rest": {"device": 60, "rehearsal": 30},   # load + the decoder kv pass
+    "harness_rest": {"device": 60, "rehearsal": 45},   # load + the decoder kv pass
 }
 STAGES = list(ESTIMATE_S)
 #: statuses that make the exit code 1
