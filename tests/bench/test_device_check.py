@@ -217,3 +217,15 @@ def test_writer_wait_is_capped(tmp_path):
     assert check.writer.state() == "failed"
     Path(f"{ck}.done").write_text("ok")
     assert check.writer.state() == "done"
+
+
+def test_call_prints_the_one_call_with_this_commit():
+    """`device_check.sh --call`: the runbook's one call, HOLOPART_COMMIT set to this checkout's sha."""
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    if sha.returncode != 0:
+        pytest.skip("no git checkout here")
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "device_check.sh"), "--call"], cwd=REPO,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == (f'run(command="HOLOPART_COMMIT={sha.stdout.strip()} bash '
+                                   f'benchmarks/device_check.sh", carry=[".whl"], timeout_s=560)')
