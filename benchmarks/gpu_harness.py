@@ -4,15 +4,17 @@
     python benchmarks/gpu_harness.py --config full --device cuda --out results.json --reference
 
 Writes a random-weight checkpoint of the chosen config (or uses --weights) and
-times, in one process:
+times, in one process and in this order (most valuable first; ``--stages``
+picks a subset, ``--merge`` adds to an earlier run's JSON):
 
 * ceilings: a large GEMM (bf16 on CUDA, fp32 on CPU) and a device-to-device copy;
-* the DiT forward at 2, 8 and 16 sequences (fast path, cached condition k/v);
-* one guided step for the object's parts (eager, and a captured CUDA graph on GPU);
-* the part encoder and the decoder key/value pass for those parts;
-* decoder queries per second (kv cached, large point batches);
+* end to end for an 8-part object at 50 steps through holopart_infer.pipeline;
+* the DiT forward at 16 sequences, one guided step for the object's parts, and
+  decoder queries per second (kv cached, large point batches), against floors;
+* the decoder key/value pass and the part encoder for those parts;
+* the DiT forward at 2 and 8 sequences; the guided step as a captured CUDA graph;
 * marching cubes at 256^3 and 512^3 (CUDA kernels when usable, plus the CPU kernels);
-* end to end for an 8-part object at 50 steps through holopart_infer.pipeline.
+* the guided step through torch.compile (GPU only; its compile time is recorded).
 
 Every stage records median and spread over repeats (CUDA events around each
 repeat, after warm-up; host clock + synchronize for stages with host work),
@@ -30,6 +32,7 @@ import argparse
 import datetime as _dt
 import json
 import math
+import os
 import platform
 import statistics
 import subprocess
@@ -64,22 +67,60 @@ PLANS: dict[str, dict[str, Any]] = {
 }
 from holopart_infer.export.reference_backend import REFERENCE_CHUNK, ReferenceBackend  # noqa: E402
 
-#: rough seconds per stage at the full config (fast + reference), for the time budget;
-#: other configs scale by BUDGET_SCALE
+#: rough seconds per stage at the full config on an H200 (fast + reference), for the time
+#: budget; other configs scale by BUDGET_SCALE. The end to end: two fast runs (<= 11 s each
+#: is the goal) after a small warm-up, one reference run (~4x), the shape's host numpy on
+#: every decode call; the decoder query: 10 fast repeats + 3 reference repeats that rebuild
+#: the decoder stack per 10000-point chunk; torch.compile: the compile itself dominates.
 STAGE_ESTIMATE_S = {"matmul_ceiling": 5, "copy_bandwidth": 3, "dit_forward": 12, "guided_step": 15,
-                    "cuda_graph": 25, "part_encoder": 8, "decoder_kv": 8, "decoder_query": 40,
+                    "cuda_graph": 25, "compile": 120, "part_encoder": 8, "decoder_kv": 8, "decoder_query": 40,
                     "marching_cubes_256": 8, "marching_cubes_512": 40, "end_to_end": 150}
 BUDGET_SCALE = {"full": 1.0, "mid": 0.5, "tiny": 0.02}
 
-# every stage the JSON always has (sizes filled in from the plan)
+
 def stage_names(plan: dict) -> list[str]:
-    names = ["matmul_ceiling", "copy_bandwidth"]
-    names += [f"dit_forward_b{b}" for b in plan["dit_batches"]]
-    names += [f"guided_step_b{plan['parts']}", f"guided_step_b{plan['parts']}_cuda_graph",
-              f"part_encoder_b{plan['parts']}", f"decoder_kv_b{plan['parts']}", "decoder_query"]
+    """Every stage of a plan, in the order a run takes them (most valuable first).
+
+    The ceilings come first (every floor needs them, ~8 s), then the end-to-end
+    figure, then the DiT and decoder against their floors, then the rest, the
+    compiled step (its compile time) last.
+    """
+    P, bs = plan["parts"], list(plan["dit_batches"])
+    big = max(bs)
+    names = ["matmul_ceiling", "copy_bandwidth", f"end_to_end_{P}parts_{plan['steps']}steps",
+             f"dit_forward_b{big}", f"guided_step_b{P}", "decoder_query", f"decoder_kv_b{P}",
+             f"part_encoder_b{P}"]
+    names += [f"dit_forward_b{b}" for b in bs if b != big]
+    names += [f"guided_step_b{P}_cuda_graph"]
     names += [f"marching_cubes_{n}" for n in plan["mc_sizes"]]
-    names += [f"end_to_end_{plan['parts']}parts_{plan['steps']}steps"]
+    names += [f"guided_step_b{P}_compile"]
     return names
+
+
+def select_stages(spec: str | None, plan: dict) -> list[str]:
+    """The stages ``--stages`` names, in the run's order (:func:`stage_names`).
+
+    ``spec`` is comma-separated; each item is a stage's full name or a prefix of
+    names (``end_to_end``, ``dit_forward``, ``marching_cubes``, ``ceilings`` for
+    both ceilings). An exact name selects only itself (``guided_step_b8`` is the
+    eager step, not its graph or compiled variants). Raises ValueError on an item
+    that selects nothing.
+    """
+    every = stage_names(plan)
+    if not spec:
+        return every
+    chosen: set[str] = set()
+    for item in (x.strip() for x in spec.split(",") if x.strip()):
+        if item == "ceilings":
+            hit = ["matmul_ceiling", "copy_bandwidth"]
+        elif item in every:
+            hit = [item]
+        else:
+            hit = [n for n in every if n.startswith(item)]
+        if not hit:
+            raise ValueError(f"--stages: {item!r} names no stage of this plan (stages: {', '.join(every)})")
+        chosen.update(hit)
+    return [n for n in every if n in chosen]
 
 
 # --------------------------------------------------------------------------- timing
@@ -183,6 +224,11 @@ class ShapeDriven:
 
 # --------------------------------------------------------------------------- helpers
 def git_commit() -> str:
+    """The commit measured: ``HOLOPART_COMMIT`` (the device copy has no .git, so the run
+    command sets it), else ``git rev-parse HEAD``, else "unknown"."""
+    env = os.environ.get("HOLOPART_COMMIT", "").strip()
+    if env:
+        return env
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
                               timeout=10).stdout.strip() or "unknown"
@@ -291,6 +337,7 @@ class Harness:
         self.e2e_field = args.e2e_field if args.e2e_field != "auto" else ("model" if args.weights else "shape")
         self.ref = None
         self.tcfg = self.vcfg = self.pcfg = None
+        self.previous_meta: dict | None = None
 
     def result(self) -> dict:
         """Everything measured so far (the JSON's content)."""
@@ -299,7 +346,8 @@ class Harness:
                         "commit": git_commit(), "command": " ".join(sys.argv), "config": self.args.config,
                         "precision": self.precision, "reference": bool(self.args.reference),
                         "checkpoint": str(getattr(self, "ckpt", "")), "e2e_field": self.e2e_field,
-                        "budget_s": self.args.budget_s,
+                        "budget_s": self.args.budget_s, "stages_asked": self.args.stages,
+                        **({"previous_run": self.previous_meta} if self.previous_meta else {}),
                         "plan": {k: list(v) if isinstance(v, tuple) else v for k, v in p.items()},
                         **device_info(self.device)},
                "ceilings": dict(self.ceil), "stages": dict(self.stages)}
@@ -320,9 +368,9 @@ class Harness:
     # -- bookkeeping ------------------------------------------------------------------
     def estimate_s(self, name: str) -> float:
         """Rough seconds ``name`` takes (fast + reference) at this config, for the budget."""
-        key = next((k for k in STAGE_ESTIMATE_S if name.startswith(k)), None)
+        key = next((k for k in ("compile", "cuda_graph") if name.endswith(k)), None)
         if key is None:
-            key = next((k for k in STAGE_ESTIMATE_S if k in name), "decoder_query")
+            key = next((k for k in STAGE_ESTIMATE_S if name.startswith(k)), "decoder_query")
         est = STAGE_ESTIMATE_S[key] * BUDGET_SCALE.get(self.args.config, 1.0)
         return est * (1.0 if self.args.reference else 0.6)
 
@@ -616,6 +664,13 @@ class Harness:
                 res[key] = m.complete(parts, **opts)
             caps[key] = cap
 
+        if self.cuda:
+            # the first call's one-time costs (cuBLAS handles, lazy kernel loading, the
+            # allocator's first growth) stay out of the samples: a 2-step, depth-6 run first
+            warm = {**opts, "steps": 2, "depth": 6}
+            HoloPart(wrap(self.fast)).complete(parts, **warm)
+            if self.ref:
+                HoloPart(wrap(self.ref)).complete(parts, **warm)
         reps = self.plan["e2e_repeats"]
         rec = self.timer.measure(lambda: run(model, "fast"), 0, reps, host=True)
         r = res["fast"]
@@ -641,30 +696,84 @@ class Harness:
                 + queries * flops.decoder_query_per_point(self.vcfg, T)["total"])
         return self.finish(rec, flop, 0.0)
 
+    def stage_guided_compile(self) -> dict:
+        """The guided step through ``torch.compile(mode="reduce-overhead")`` (``graph="compile"``).
+
+        The first call compiles (``compile_s``); the timing is over the calls after
+        it, and the result is compared with the eager step on the same inputs.
+        """
+        if not self.cuda:
+            raise Skip("torch.compile (graph='compile') is CUDA-only in the fast path (this run is on CPU)")
+        from holopart_infer.engines.pytorch import FastDiT
+
+        B, T, C, pc, wc, x = self._step_inputs()
+        comp = FastDiT(self.nets.transformer, self.device, self.precision, graph="compile")
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            comp.guided_step(x, 500.0, 0.02, 3.5, pc, wc)
+        self.timer.sync()
+        compile_s = time.perf_counter() - t0
+        rec = self.measure(lambda: comp.guided_step(x, 500.0, 0.02, 3.5, pc, wc))
+        rec.update(batch=B, guidance=3.5, graph="compile", compile_s=round(compile_s, 2))
+        eager = self.stages.get(f"guided_step_b{B}", {})
+        if eager.get("median_ms"):
+            rec["speedup_vs_eager"] = eager["median_ms"] / rec["median_ms"]
+        with torch.inference_mode():
+            want = self.fast.dit_path.guided_step(x, 321.0, 0.05, 3.5, pc, wc)
+            got = comp.guided_step(x, 321.0, 0.05, 3.5, pc, wc)
+        rec["rel_error_vs_eager"] = float((got - want).abs().max() / want.abs().max())
+        comp.clear_cache()
+        del comp
+        return self.finish(rec, *self.step_floor(B, T))
+
     # -- driver ---------------------------------------------------------------------------
+    def stage_fns(self) -> dict[str, Callable[[], dict]]:
+        p = self.plan
+        P = p["parts"]
+        fns: dict[str, Callable[[], dict]] = {"matmul_ceiling": self.stage_matmul, "copy_bandwidth": self.stage_copy}
+        for b in p["dit_batches"]:
+            fns[f"dit_forward_b{b}"] = lambda b=b: self.stage_dit(b)
+        fns[f"guided_step_b{P}"] = self.stage_guided
+        fns[f"guided_step_b{P}_cuda_graph"] = self.stage_guided_graph
+        fns[f"guided_step_b{P}_compile"] = self.stage_guided_compile
+        fns[f"part_encoder_b{P}"] = self.stage_part_encoder
+        fns[f"decoder_kv_b{P}"] = self.stage_decoder_kv
+        fns["decoder_query"] = self.stage_decoder_query
+        for n in p["mc_sizes"]:
+            fns[f"marching_cubes_{n}"] = lambda n=n: self.stage_marching_cubes(n)
+        fns[f"end_to_end_{P}parts_{p['steps']}steps"] = self.stage_end_to_end
+        return fns
+
+    def merge_previous(self) -> None:
+        """``--merge``: keep the stages and ceilings an earlier run wrote to ``--out``
+        (the device check's second harness call adds to the first one's JSON)."""
+        try:
+            prev = json.loads(self.out.read_text())
+        except (OSError, ValueError):
+            return
+        self.ceil.update(prev.get("ceilings") or {})
+        self.stages.update(prev.get("stages") or {})
+        self.previous_meta = {k: v for k, v in (prev.get("meta") or {}).items() if k != "previous_run"}
+
     def run(self) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = False
+        names = select_stages(self.args.stages, self.plan)
+        if self.args.merge:
+            self.merge_previous()
+            # floors need the ceilings: measure them first unless an earlier run did
+            if not {"matmul_flops_per_s", "copy_bytes_per_s"} <= set(self.ceil):
+                names = ["matmul_ceiling", "copy_bandwidth"] + [n for n in names if n not in
+                                                                ("matmul_ceiling", "copy_bandwidth")]
         self.write()
         self.load()
         self.write()
-        p = self.plan
-        self.record("matmul_ceiling", self.stage_matmul)
-        self.record("copy_bandwidth", self.stage_copy)
-        for b in p["dit_batches"]:
-            self.record(f"dit_forward_b{b}", lambda b=b: self.stage_dit(b))
-        self.record(f"guided_step_b{p['parts']}", self.stage_guided)
-        self.record(f"guided_step_b{p['parts']}_cuda_graph", self.stage_guided_graph)
-        self.record(f"part_encoder_b{p['parts']}", self.stage_part_encoder)
-        self.record(f"decoder_kv_b{p['parts']}", self.stage_decoder_kv)
-        self.record("decoder_query", self.stage_decoder_query)
-        for n in p["mc_sizes"]:
-            self.record(f"marching_cubes_{n}", lambda n=n: self.stage_marching_cubes(n))
-        if self.args.skip_e2e:
-            self.stages[f"end_to_end_{p['parts']}parts_{p['steps']}steps"] = {"status": "skipped",
-                                                                              "reason": "--skip-e2e"}
-            self.write()
-        else:
-            self.record(f"end_to_end_{p['parts']}parts_{p['steps']}steps", self.stage_end_to_end)
+        fns = self.stage_fns()
+        for name in names:
+            if name.startswith("end_to_end") and self.args.skip_e2e:
+                self.stages[name] = {"status": "skipped", "reason": "--skip-e2e"}
+                self.write()
+                continue
+            self.record(name, fns[name])
         return self.result()
 
 
@@ -705,6 +814,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--gemm", type=int, help="GEMM ceiling size n (n x n x n)")
     ap.add_argument("--parts", type=int, help="parts per object (default 8)")
     ap.add_argument("--skip-e2e", action="store_true")
+    ap.add_argument("--stages", help="comma-separated stages to run, always in the run's order (most valuable "
+                                     "first): full names or prefixes (end_to_end, dit_forward, marching_cubes, "
+                                     "ceilings); default: all")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the stages and ceilings already in --out (a second call adding to a first one's "
+                         "JSON); the ceilings are measured first if --out has none")
     ap.add_argument("--e2e-field", dest="e2e_field", choices=("auto", "shape", "model"), default="auto",
                     help="what drives end-to-end extraction: 'shape' = a known analytic shape decides the band "
                          "while the real decoder computes on exactly those points (the cost of a trained model; "
@@ -715,7 +830,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "estimate would be exceeded; it is recorded as 'not started'")
     ap.add_argument("--started-at", dest="started_at", type=float,
                     help="epoch seconds the budget counts from (default: now)")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    try:
+        select_stages(args.stages, {**PLANS[args.config], **{k: getattr(args, k) for k in ("parts", "steps")
+                                                              if getattr(args, k) is not None}})
+    except ValueError as e:
+        ap.error(str(e))
+    return args
 
 
 def main(argv=None) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -58,13 +59,20 @@ def test_harness_cpu_smoke(tmp_path):
             assert f in rec, (name, f)
         _check_timing(rec, name)
     # GPU-only stages are skipped with a reason on CPU; everything else ran
-    graph = stages[f"guided_step_b{res['meta']['plan']['parts']}_cuda_graph"]
+    P = res["meta"]["plan"]["parts"]
+    graph = stages[f"guided_step_b{P}_cuda_graph"]
     assert graph["status"] == "skipped" and "CUDA" in graph["reason"]
-    assert all(r["status"] == "ok" for n, r in stages.items() if "cuda_graph" not in n
+    comp = stages[f"guided_step_b{P}_compile"]
+    assert comp["status"] == "skipped" and "torch.compile" in comp["reason"] and "CUDA-only" in comp["reason"]
+    assert all(r["status"] == "ok" for n, r in stages.items() if not n.endswith(("cuda_graph", "compile"))
                and not n.startswith("marching_cubes")), {n: r.get("reason") for n, r in stages.items()}
+    # most valuable first: the ceilings, then the end to end, then the DiT and decoder
+    assert expected[:6] == ["matmul_ceiling", "copy_bandwidth", f"end_to_end_{P}parts_2steps",
+                            "dit_forward_b16", f"guided_step_b{P}", "decoder_query"]
     # the reference ran in the same run for the model stages, with a speed-up
     for name in expected:
-        if name.startswith(("dit_forward", "guided_step_b2", "decoder_query", "end_to_end")) and "graph" not in name:
+        if (name.startswith(("dit_forward", "guided_step_b2", "decoder_query", "end_to_end"))
+                and not name.endswith(("cuda_graph", "compile"))):
             ref = stages[name]["reference"]
             _check_timing(ref, name + " reference", floor=False)
             # the reported ratio is the two medians of this run, not a number from elsewhere
@@ -74,19 +82,45 @@ def test_harness_cpu_smoke(tmp_path):
 
 
 def test_harness_budget_records_not_started_and_writes_json(tmp_path):
-    """--budget-s: stages that would not fit are 'not started'; the JSON exists with every stage named."""
+    """--budget-s: stages that would not fit are 'not started'. With --merge and --stages, the
+    stages and ceilings of an earlier run stay in the JSON and only the named stages are added,
+    in the run's order (the device check's second harness call)."""
     import time
 
     out = tmp_path / "results.json"
+    earlier = {"meta": {"commit": "earlier"}, "ceilings": {"matmul_flops_per_s": 1e12, "copy_bytes_per_s": 1e11},
+               "stages": {"end_to_end_8parts_50steps": {"status": "ok", "median_ms": 9000.0}}}
+    out.write_text(json.dumps(earlier))
     cmd = [sys.executable, str(REPO / "benchmarks" / "gpu_harness.py"), "--config", "tiny", "--device", "cpu",
            "--out", str(out), "--ckpt-dir", str(tmp_path / "ckpt"), "--budget-s", "60",
-           "--started-at", str(time.time() - 59.99)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+           "--started-at", str(time.time() - 59.99), "--merge", "--stages", "marching_cubes,decoder_kv"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HOLOPART_COMMIT": "feedc0de"})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     res = json.loads(out.read_text())
     assert res["meta"]["budget_s"] == 60 and res["meta"]["e2e_field"] == "shape"
+    assert res["meta"]["commit"] == "feedc0de" and res["meta"]["previous_run"]["commit"] == "earlier"
+    assert res["ceilings"] == earlier["ceilings"]  # kept: no ceiling stage re-run
     stages = res["stages"]
-    assert stages and all(r["status"] == "not started" and "budget" in r["reason"] for r in stages.values()), stages
+    assert list(stages) == ["end_to_end_8parts_50steps", "decoder_kv_b8", "marching_cubes_32", "marching_cubes_64"]
+    assert stages["end_to_end_8parts_50steps"] == earlier["stages"]["end_to_end_8parts_50steps"]
+    new = [r for n, r in stages.items() if n != "end_to_end_8parts_50steps"]
+    assert all(r["status"] == "not started" and "budget" in r["reason"] for r in new), stages
+
+
+def test_select_stages():
+    from benchmarks.gpu_harness import PLANS, select_stages
+
+    plan = PLANS["full"]
+    every = select_stages(None, plan)
+    assert every[:3] == ["matmul_ceiling", "copy_bandwidth", "end_to_end_8parts_50steps"]
+    assert every[-1] == "guided_step_b8_compile"
+    # the run's order whatever order they are named in; an exact name selects only itself
+    assert select_stages("decoder_query,guided_step_b8,end_to_end,ceilings", plan) == [
+        "matmul_ceiling", "copy_bandwidth", "end_to_end_8parts_50steps", "guided_step_b8", "decoder_query"]
+    assert select_stages("dit_forward", plan) == ["dit_forward_b16", "dit_forward_b2", "dit_forward_b8"]
+    with pytest.raises(ValueError, match="names no stage"):
+        select_stages("end_to_end,warp_drive", plan)
 
 
 def test_shape_driven_decoder_runs_the_real_decoder_on_the_same_points():

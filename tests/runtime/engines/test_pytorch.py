@@ -134,6 +134,7 @@ def test_graph_modes_need_cuda_and_the_torch_backend(tiny_checkpoint):
     assert hp.load(tiny_checkpoint, device="cpu", graph="eager").backend.dit_path.graph_mode == "eager"
 
 
+@pytest.mark.requires_cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
 def test_cuda_graph_step_matches_eager(tiny_checkpoint):
     nets = load_networks(_weights(tiny_checkpoint), precision="fp32", device="cpu")
@@ -147,3 +148,22 @@ def test_cuda_graph_step_matches_eager(tiny_checkpoint):
     want = sample(eager.guided_step, x, pc, wc, steps=4, guidance=3.5)
     got = sample(graphed.guided_step, x, pc, wc, steps=4, guidance=3.5)
     assert relative_error(np.asarray(got), np.asarray(want)) < 1e-4
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.compile (graph='compile') is CUDA-only here")
+def test_compiled_step_matches_eager(tiny_checkpoint):
+    """graph='compile' (torch.compile, reduce-overhead) samples what eager samples, guided and not."""
+    nets = load_networks(_weights(tiny_checkpoint), precision="fp32", device="cpu")
+    eager = FastTorchBackend(nets, "cuda", "fp32")
+    compiled = FastTorchBackend(nets, "cuda", "fp32", graph="compile")
+    assert compiled.dit_path.graph_mode == "compile"
+    rng = np.random.default_rng(6)
+    tc = nets.transformer.cfg
+    x = rng.standard_normal((2, 32, tc.in_channels), dtype=np.float32)
+    pc = rng.standard_normal((2, eager.num_tokens, tc.cross_attention_dim), dtype=np.float32)
+    wc = rng.standard_normal((2, eager.num_tokens, tc.cross_attention_2_dim), dtype=np.float32)
+    for guidance in (3.5, 1.0):
+        want = sample(eager.guided_step, x, pc, wc, steps=3, guidance=guidance)
+        got = sample(compiled.guided_step, x, pc, wc, steps=3, guidance=guidance)
+        assert relative_error(np.asarray(got), np.asarray(want)) < 1e-4, guidance
