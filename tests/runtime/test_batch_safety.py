@@ -259,6 +259,7 @@ def test_25_3_sigint_says_what_was_kept(model, tmp_path, capsys, monkeypatch):
         return entry
 
     monkeypatch.setattr(batch_mod, "_write_one", interrupt_after_two)
+    monkeypatch.setattr(fsafe, "_signal", None)  # the recorded signal is forgotten after this test
     assert batch(objs, "-o", out, "--parts-per-batch", "2") == 130
     err = capsys.readouterr().err
     assert "nothing was written" not in err

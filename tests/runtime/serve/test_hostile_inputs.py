@@ -1,0 +1,63 @@
+"""Issue 24 item 8: hostile glTF and labels are 422 JSON naming the problem, never a server error
+(unit level; the HTTP answers and the server log are checked in test_service_issues.py)."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from holopart_infer.serve.limits import Limits, RequestRefused, check_gltf, load_labels
+from tests.runtime.serve.serve_util import make_glb, tetra_doc
+
+LIMITS = Limits(max_parts=8, max_faces=1000, max_vertices=2000)
+
+
+def hostile_glb(edit) -> bytes:
+    doc, binary = tetra_doc(2)
+    edit(doc)
+    return make_glb(doc, binary)
+
+
+HOSTILE_GLTF = {
+    "children_int": lambda d: d["nodes"][0].update(children=1),
+    "children_null": lambda d: d["nodes"][0].update(children=None),
+    "children_dict": lambda d: d["nodes"][0].update(children={"0": 1}),
+    "component_type_list": lambda d: d["accessors"][0].update(componentType=[5126]),
+    "type_dict": lambda d: d["accessors"][0].update(type={"VEC3": 1}),
+    "scene_nodes_str": lambda d: d.update(nodes=[{"children": "01"}]),
+    "extensions_required_int": lambda d: d.update(extensionsRequired=5),
+    "asset_list": lambda d: d.update(asset=[2.0]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_GLTF))
+def test_hostile_gltf_is_invalid_gltf(case):
+    with pytest.raises(RequestRefused) as e:
+        check_gltf(hostile_glb(HOSTILE_GLTF[case]), LIMITS, "upload.glb")
+    assert e.value.status == 422 and e.value.kind in ("invalid_gltf", "unsupported_gltf")
+    assert "upload.glb" in str(e.value)
+    if case.startswith("children"):
+        assert "children" in str(e.value)
+
+
+def npy_header(shape, descr="<i8") -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("shape", [(2**64,), (2**63, 2), (2**62, 4), (2**32, 2**32)])
+def test_labels_header_with_an_enormous_shape(shape):
+    for tail in (b"", b"\0" * 64):
+        with pytest.raises(RequestRefused) as e:
+            load_labels(npy_header(shape) + tail, LIMITS, "labels.npy")
+        assert e.value.status == 422 and e.value.kind in ("too_many_faces", "invalid_labels"), e.value
+        assert "labels.npy" in str(e.value)
+
+
+def test_labels_header_with_a_negative_or_odd_shape():
+    for header in (npy_header((-1,)), npy_header((-2**63,))):
+        with pytest.raises(RequestRefused) as e:
+            load_labels(header, LIMITS, "labels.npy")
+        assert e.value.status == 422
