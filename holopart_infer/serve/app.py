@@ -219,25 +219,29 @@ class Service:
     async def _read_body(self, request, hold: Hold, path: Path) -> int:
         """Stream the body into ``path`` (a private file), counted as it arrives (Content-Length
         is not trusted), within the byte limit, the in-flight budget (``hold`` grows with it) and
-        the idle / total time limits. Returns its length."""
+        the idle / total time limits. Returns its length.
+
+        A body refused on the way (too large, over the budget) is still read, and dropped, for up
+        to a couple of seconds so that the client, busy sending, gets the answer."""
         limit = self.limits.max_body_bytes
         declared = request.headers.get("content-length", "")
+        refusal = None
         if declared.isdigit() and int(declared) > limit:
-            raise RequestRefused(413, "body_too_large", f"request body of {int(declared)} bytes (Content-Length); "
-                                 f"the limit is {limit}", limit=limit, actual=int(declared))
-        if declared.isdigit() and not hold.grow_to(int(declared)):
-            raise self._busy(int(declared))
+            refusal = RequestRefused(413, "body_too_large", f"request body of {int(declared)} bytes "
+                                     f"(Content-Length); the limit is {limit}", limit=limit, actual=int(declared))
+        elif declared.isdigit() and not hold.grow_to(int(declared)):
+            refusal = self._busy(int(declared))
         with open(path, "wb") as sink:
-            return await self._stream_body(request, hold, sink, limit)
+            return await self._stream_body(request, hold, sink, limit, refusal)
 
-    async def _stream_body(self, request, hold: Hold, sink, limit: int) -> int:
+    async def _stream_body(self, request, hold: Hold, sink, limit: int, refusal: RequestRefused | None) -> int:
         n, t0 = 0, time.monotonic()
-        too_large_at = None
+        refused_at = None if refusal is None else t0
         complete = False
         while True:
             left = min(self.limits.body_idle_s, self.limits.body_total_s - (time.monotonic() - t0))
-            if too_large_at is not None:
-                left = min(left, too_large_at + _DRAIN_AFTER_LIMIT_S - time.monotonic())
+            if refused_at is not None:
+                left = min(left, refused_at + _DRAIN_AFTER_LIMIT_S - time.monotonic())
             if left <= 0:
                 break
             try:
@@ -248,22 +252,24 @@ class Service:
                 raise RequestRefused(400, "client_disconnected", "the client went away during the upload")
             chunk = message.get("body", b"")
             n += len(chunk)
-            if n > limit and too_large_at is None:
-                too_large_at = time.monotonic()
-            if too_large_at is None:
-                if not hold.grow_to(n):
-                    raise self._busy(n)
+            if refusal is None and n > limit:
+                refusal = RequestRefused(413, "body_too_large", f"request body exceeds {limit} bytes (counted as "
+                                         "it arrived)", limit=limit, actual_at_least=n)
+            elif refusal is None and not hold.grow_to(n):
+                refusal = self._busy(n)
+            if refusal is not None:
+                refused_at = refused_at or time.monotonic()
+                hold.release()  # nothing of this body is kept
+            else:
                 sink.write(chunk)
             if not message.get("more_body", False):
                 complete = True
                 break
             if n > 4 * limit:
                 break
-        if too_large_at is not None:
-            e = RequestRefused(413, "body_too_large", f"request body exceeds {limit} bytes (counted as it "
-                               "arrived)", limit=limit, actual_at_least=n)
-            e.headers = dict(_CLOSE)
-            raise e
+        if refusal is not None:
+            refusal.headers = {**getattr(refusal, "headers", {}), **_CLOSE}
+            raise refusal
         if not complete:
             e = RequestRefused(408, "body_timeout",
                                f"the request body did not arrive in time ({n} bytes received in "

