@@ -18,12 +18,16 @@ Inputs (:func:`collect_items`), each becoming one or more objects:
   ``{"input": PATH, "labels": PATH, "options": {"steps": 20, ...}, "id": NAME}``
   (only ``input`` is required).
 
-Outputs: ``OUT_DIR/<id>.glb`` per object (the id is the input's stem, made
-unique), each written atomically, and ``OUT_DIR/ledger.jsonl``: one line per
-finished attempt with ``id``, ``input``, ``status`` ("ok" or "failed"),
-``output``, ``parts``, ``seconds``, ``timings``, ``error`` and ``error_type``;
-the last line of an id wins. A re-run skips an object whose last ledger line
-is "ok" and whose output exists, and retries the rest.
+Outputs: ``OUT_DIR/<name>.glb`` per object (the name is the id, kept as given
+and ``%``-encoded where unsafe: :func:`output_stem`; ids are unique per run), and
+``OUT_DIR/ledger.jsonl``: one line per finished attempt with ``id``, ``input``,
+``key`` (a hash of what was computed: input and labels content, resolved
+options, model), ``status`` ("ok" or "failed"), ``output``, ``output_bytes``,
+``output_sha256``, ``parts``, ``seconds``, ``timings``, ``error`` and
+``error_type``. A re-run skips the work whose "ok" line and output are there
+and computes the rest. Nothing in ``OUT_DIR`` is replaced without ``redo``
+(``--overwrite``); an output is published (no-replace) after its ledger line;
+one run at a time holds the folder's lock. docs/batch.md has the details.
 
 Results and the ledger are written by one process (the caller's), whether the
 objects are completed here (:meth:`HoloPart.complete_many`, parts of several
