@@ -61,3 +61,50 @@ def test_labels_header_with_a_negative_or_odd_shape():
         with pytest.raises(RequestRefused) as e:
             load_labels(header, LIMITS, "labels.npy")
         assert e.value.status == 422
+
+
+# --------------------------------------------------------------------------- issue 25 item 7: deadlines
+def test_a_batch_whose_every_deadline_passed_stops_between_stages(monkeypatch):
+    """The worker stops a batch at its next progress report once nobody waits for any of its
+    jobs (before: a 2 s deadline still ran 9.4 s to completion); a batch with a job still in
+    time runs on, and only the late job gets 504."""
+    import threading
+    import time
+
+    from holopart_infer.serve.batcher import DONE, FAILED, Batcher, ServeJob
+
+    class _Result:
+        stats = {"batch_sizes": [2]}
+        timings = {}
+        parts = []
+
+    stages = []
+
+    def run(jobs, progress):
+        for step in range(200):  # 200 stages of 20 ms: 4 s when run to the end
+            progress("denoise", step, 200)
+            stages.append(step)
+            time.sleep(0.02)
+        for j in jobs:
+            yield j, _Result()
+
+    monkeypatch.setattr("holopart_infer.serve.batcher.encode_glb", lambda r: b"glb")
+    b = Batcher(run, max_queue=4, max_wait_s=0.0, max_batch_objects=2)
+    b.start()
+    late = ServeJob(parts=[0, 1], options=None, deadline=time.monotonic() + 0.3)
+    b.submit(late)
+    assert b.stop(30)
+    assert late.state == FAILED and late.error["status"] == 504 and "stopped" in late.error["message"]
+    assert len(stages) < 100, f"ran {len(stages)} of 200 stages after the deadline passed"
+
+    stages.clear()
+    b = Batcher(run, max_queue=4, max_wait_s=0.2, max_batch_objects=2)
+    b.start()
+    late = ServeJob(parts=[0, 1], options=None, deadline=time.monotonic() + 0.5)
+    in_time = ServeJob(parts=[0, 1], options=None, deadline=time.monotonic() + 600)
+    b.submit(late)
+    b.submit(in_time)
+    assert b.stop(60)
+    assert len(stages) == 200 and in_time.state == DONE
+    assert late.state == FAILED and late.error["status"] == 504
+    assert threading.active_count() >= 1

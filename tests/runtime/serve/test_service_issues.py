@@ -96,7 +96,8 @@ def test_29_5_bearer_scheme_is_case_insensitive(server):
 
 
 def test_29_5_slow_body_answered_at_the_configured_time(server):
-    """--body-timeout 2: a body trickled a byte at a time is answered 408 near 2 s, not seconds later."""
+    """--body-timeout 2: a body trickled a byte at a time is answered 408 near 2 s and the connection
+    closed with it, not kept open for keep-alive (5 s more: the reported 13 s against 8 s)."""
     host, port = server.host_port
     s = socket.create_connection((host, port), timeout=30)
     s.sendall(f"POST /v1/complete HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
@@ -114,10 +115,8 @@ def test_29_5_slow_body_answered_at_the_configured_time(server):
         except socket.timeout:
             continue
         if not got:
-            break
+            break  # closed by the server: the answer is complete
         response += got
-        if b"\r\n\r\n" in response and response.rstrip().endswith(b"}"):
-            break
     elapsed = time.monotonic() - t0
     s.close()
     assert response.startswith(b"HTTP/1.1 408") and b'"body_timeout"' in response, response[:300]
@@ -125,13 +124,17 @@ def test_29_5_slow_body_answered_at_the_configured_time(server):
 
 
 def test_25_7_a_request_past_its_deadline_stops_its_work(server):
-    # 100 steps at depth 8 on the mug takes far longer than the 25 s allowed below on this CPU
+    # 100 steps at depth 9 on the mug take well over a minute on a 2-core CPU; the deadline
+    # (generous, so that the job starts on a loaded machine) passes early in the run
+    status, _, body = server.post("/v1/jobs?demo=mug&steps=100&depth=9&deadline=6")
+    assert status == 202, body
+    job = json.loads(body)
     t0 = time.monotonic()
-    status, err = error_of(server.post("/v1/complete?demo=mug&steps=100&depth=8&deadline=1.5", timeout=120))
-    assert (status, err["kind"]) == (504, "deadline_exceeded")
-    while server.metrics()["holopart_inflight_jobs"] > 0:
-        assert time.monotonic() - t0 < 25, "the worker went on with a request nobody waits for"
-        time.sleep(0.2)
+    while job["state"] in ("queued", "running"):
+        assert time.monotonic() - t0 < 300
+        job = json.loads(server.get(f"/v1/jobs/{job['id']}?wait=5")[2])
+    assert job["state"] == "failed" and job["error"]["kind"] == "deadline_exceeded", job
+    assert "its work was stopped" in job["error"]["message"], job  # stopped between stages, not run out
     assert "whose deadlines all passed" in server.log()
     status, _, body = server.post("/v1/complete", tetra_glb(2))  # and the worker is free for the next one
     assert status == 200 and body[:4] == b"glTF"
