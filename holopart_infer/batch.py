@@ -103,6 +103,7 @@ class BatchSummary:
     parts: int = 0
     seconds: float = 0.0
     worker_restarts: int = 0  # Ray actors replaced after their process died
+    cluster_restarts: int = 0  # local Ray clusters restarted after their node died
     failed_ids: list[str] = field(default_factory=list)
 
     @property
@@ -784,6 +785,7 @@ def _run_items(todo, failed_early, out, ledger, summary, *, holo, model_path, ra
         summary.seconds = time.perf_counter() - t0
         if pool is not None:
             summary.worker_restarts = pool.restarts
+            summary.cluster_restarts = pool.cluster_restarts
         staging = out / STAGING_NAME
         with contextlib.suppress(OSError):
             staging.rmdir()  # empty unless something failed to clean up
@@ -905,9 +907,10 @@ def add_batch_command(sub, common=None) -> None:
     src = b.add_mutually_exclusive_group(required=True)
     src.add_argument("--weights", help="checkpoint dir (published layout; needs the [torch] extra)")
     src.add_argument("--model", help="exported model dir (manifest.json + ONNX)")
-    b.add_argument("--ray", metavar="auto|ADDRESS",
-                   help="run on Ray: 'auto' (the running cluster, else a local one) or a cluster address; "
-                        "needs pip install 'holopart-infer[ray]'")
+    b.add_argument("--ray", metavar="auto|local|ADDRESS",
+                   help="run on Ray: 'auto' (the running cluster, else a local one), 'local' (always a new local "
+                        "one) or a cluster address; needs pip install 'holopart-infer[ray]'. A local cluster this "
+                        "run started is restarted if its node dies; on another cluster the objects left fail (exit 3)")
     b.add_argument("--ray-workers", dest="ray_workers", type=int,
                    help="number of Ray actors (default: one per GPU, else one per CPU)")
     cli._common_run_args(b)
