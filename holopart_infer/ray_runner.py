@@ -279,8 +279,10 @@ class RayPool:
         self._lost = False
         try:
             while True:
-                for slot in range(len(self.actors)):
-                    while in_flight(slot) < IN_FLIGHT_PER_WORKER:
+                for depth in range(IN_FLIGHT_PER_WORKER):  # round-robin: every actor gets work first
+                    for slot in range(len(self.actors)):
+                        if in_flight(slot) > depth:
+                            continue
                         task = next_group()
                         if task is None:
                             break
