@@ -926,8 +926,8 @@ def cmd_batch(args) -> int:
     from holopart_infer import cli
     from holopart_infer.pipeline import load
 
-    prepare_out_dir(args.output_dir)  # before any work: a read-only or full folder is exit 2
     items = collect_items(args.inputs)
+    prepare_out_dir(args.output_dir)  # before any work: a read-only or full folder is exit 2
     path = args.weights or args.model
     if args.ray:
         model = path
