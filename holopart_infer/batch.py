@@ -637,7 +637,9 @@ def run_batch(model, items: Iterable[BatchItem], out_dir: str | os.PathLike, *, 
 
         failed_early: list[tuple[BatchItem, Exception]] = []
         todo: list[BatchItem] = []
-        record_hashes = fsafe.HashRecord.default()
+        # inputs' hashes, kept apart from the model-integrity record so that they never evict it
+        record_hashes = fsafe.HashRecord(fsafe.user_cache_dir("batch-input-sha256.json"))
+        record_hashes.MAX_ENTRIES = 100_000
         model_digest = _model_digest(model_path)
         for it in items:
             it.output = f"{output_stem(it.id)}.glb"
