@@ -864,22 +864,23 @@ def _write_one(it: BatchItem, res, out: Path, ledger: Ledger, *, replace: bool) 
                 return entry
             fsafe._fsync_dir(out)
             return entry
-        except OSError as e:
-            if e.errno in _NO_SPACE:
+        except Exception as e:  # this object failed (e.g. an unencodable mesh); the run goes on, unless
+            # the disk is full (an OSError, or a writer's own error around one: the probe's, say)
+            cause = e if isinstance(e, OSError) else (e.__cause__ or e.__context__)
+            if isinstance(cause, OSError) and cause.errno in _NO_SPACE:
                 with contextlib.suppress(OSError):  # the ledger's own line may not fit either
                     ledger.append({**entry, "status": "failed", "output": None, "output_bytes": None,
                                    "output_sha256": None, "error": f"no space left writing {target}",
                                    "error_type": "OutOfSpace"})
                 raise OutOfSpace(f"no space left on the device of {out} while writing {target.name} "
-                                 f"({e.strerror})", e.errno) from e
-            res = e
-        except Exception as e:  # this object failed (e.g. an unencodable mesh); the run goes on
+                                 f"({cause.strerror})", cause.errno) from e
             res = e
         finally:
             with contextlib.suppress(OSError):
                 staged.unlink()
     err = res if isinstance(res, BaseException) else HoloPartError(f"unexpected result {type(res).__name__}")
-    entry.update(status="failed", output=None, error=str(err) or type(err).__name__, error_type=type(err).__name__)
+    entry.update(status="failed", output=None, output_bytes=None, output_sha256=None,
+                 error=str(err) or type(err).__name__, error_type=type(err).__name__)
     ledger.append(entry)
     return entry
 

@@ -266,3 +266,28 @@ def test_25_3_sigint_says_what_was_kept(model, tmp_path, capsys, monkeypatch):
     assert "interrupted by SIGINT" in err and f"2 objects finished in this run are kept in {out}" in err
     last = check_ledger_agrees_with_files(out)
     assert len(last) == 2
+
+
+def test_24_6_a_real_full_file_system(tmp_path, capsys):
+    """The same on a real 1.5 MiB tmpfs (where this test may mount one: root with CAP_SYS_ADMIN)."""
+    small = tmp_path / "small"
+    small.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1536k", "tmpfs", str(small)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({r.stderr.decode().strip()})")
+    try:
+        objs = tmp_path / "objs"
+        objs.mkdir()
+        for i in range(6):  # about 360 kB each: four fit
+            two_box_glb(objs / f"o{i}.glb", float(i))
+        out = small / "out"
+        assert batch(objs, "-o", out, "--parts-per-batch", "2") == 4
+        err = capsys.readouterr().err
+        assert "no space left" in err and "kept in" in err and "internal error" not in err
+        last = check_ledger_agrees_with_files(out)
+        ok = [k for k, e in last.items() if e["status"] == "ok"]
+        assert 1 <= len(ok) < 6
+        for k in ok:
+            assert (out / f"{k}.glb").stat().st_size == last[k]["output_bytes"]
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
