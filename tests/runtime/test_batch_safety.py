@@ -291,3 +291,22 @@ def test_24_6_a_real_full_file_system(tmp_path, capsys):
             assert (out / f"{k}.glb").stat().st_size == last[k]["output_bytes"]
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_ids_are_kept_encoded_and_unique(tmp_path):
+    from holopart_infer.batch import output_stem
+
+    assert [output_stem(i) for i in ("椅子", "my d", "a/b", ".a", "x.", "100%", "c:d")] == [
+        "椅子", "my d", "a%2Fb", "%2Ea", "x%2E", "100%25", "c%3Ad"]
+    long = output_stem("é" * 300)
+    assert len(long.encode()) <= 160 and long != output_stem("é" * 299)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    chair = two_box_glb(tmp_path / "x" / "chair.glb")
+    upper = two_box_glb(tmp_path / "y" / "Chair.glb")
+    lst = tmp_path / "list.jsonl"
+    lst.write_text(json.dumps({"input": "x/chair.glb", "id": "chair", "options": {"seed": 3}}) + "\n")
+    items = collect_items([lst, chair, upper])
+    ids = sorted(i.id for i in items)
+    assert ids[0].startswith("Chair-") and ids[1] == "chair" and ids[2].startswith("chair-"), ids
+    assert len({i.id.casefold() for i in items}) == 3  # no two outputs collide, even without case
