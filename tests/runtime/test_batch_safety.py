@@ -227,9 +227,9 @@ def test_29_6_kill_9_then_resume_leaves_no_temporaries(tmp_path):
     proc = subprocess.Popen(_cli_cmd(objs, "-o", out, "--parts-per-batch", "2"), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if (out / ".holopart-batch-staging").exists() or (out / "ledger.jsonl").stat().st_size if (
-                out / "ledger.jsonl").exists() else False:
+    ledger = out / "ledger.jsonl"
+    while time.monotonic() < deadline and proc.poll() is None:  # kill it while it writes its outputs
+        if (out / ".holopart-batch-staging").exists() or (ledger.exists() and ledger.stat().st_size > 0):
             break
         time.sleep(0.01)
     proc.kill()
