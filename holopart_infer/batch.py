@@ -612,7 +612,7 @@ def run_batch(model, items: Iterable[BatchItem], out_dir: str | os.PathLike, *, 
         Interrupted: a signal; its message says what was kept.
     """
     from holopart_infer import fsafe
-    from holopart_infer.pipeline import CompletionJob, CompletionOptions, HoloPart, load
+    from holopart_infer.pipeline import CompletionOptions, HoloPart, load
 
     out = prepare_out_dir(out_dir)
     items = list(items)
@@ -649,10 +649,13 @@ def run_batch(model, items: Iterable[BatchItem], out_dir: str | os.PathLike, *, 
             try:
                 it.resolved = CompletionOptions(**{**asdict(base), **it.options}) if it.options else base
                 it.resolved.validate()
-            except (TypeError, InputError) as e:
+            except TypeError as e:  # an unknown option name
                 failed_early.append((it, InputError(
                     f"{it.source}: bad options {it.options} ({e}); known: "
                     f"{', '.join(CompletionOptions.__dataclass_fields__)}")))
+                continue
+            except InputError as e:  # a known option with a bad value: validate() names it and the range
+                failed_early.append((it, InputError(f"{it.source}: {e}")))
                 continue
             try:
                 it.key = work_key(it, it.resolved, model_digest, record_hashes)
@@ -670,9 +673,8 @@ def run_batch(model, items: Iterable[BatchItem], out_dir: str | os.PathLike, *, 
         if summary.skipped:
             log.info("batch: %d of %d objects already done in %s; skipping them", summary.skipped, len(items), out)
         _run_items(todo, failed_early, out, ledger, summary, holo=holo, model_path=model_path, ray=ray,
-                   ray_workers=ray_workers,
-                   backend=backend, device=device, parts_per_batch=parts_per_batch, redo=redo,
-                   show_progress=show_progress, on_result=on_result, ray_hook=_ray_hook)
+                   ray_workers=ray_workers, backend=backend, device=device, parts_per_batch=parts_per_batch,
+                   redo=redo, show_progress=show_progress, on_result=on_result, ray_hook=_ray_hook)
     return summary
 
 

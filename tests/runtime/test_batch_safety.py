@@ -20,7 +20,7 @@ import pytest
 
 import holopart_infer as hp
 from holopart_infer import assets, fsafe
-from holopart_infer.batch import BatchFolderBusy, OutOfSpace, collect_items, run_batch
+from holopart_infer.batch import BatchFolderBusy, collect_items, run_batch
 from holopart_infer.cli import main
 from tests.runtime.test_batch import FAST_FLAGS, check_ledger_agrees_with_files, fast_options, ledger_lines, two_box_glb
 
