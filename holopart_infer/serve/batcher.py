@@ -166,10 +166,25 @@ class Batcher:
 
     @property
     def accepting(self) -> bool:
+        self.drop_expired()
         return self.alive and not self._stopping and len(self._queue) < self.max_queue
+
+    def drop_expired(self) -> int:
+        """Fail (504) and remove the queued jobs whose deadline has passed: nobody waits for
+        them, and they must not hold a place in the queue. Returns how many."""
+        now = time.monotonic()
+        with self._cond:
+            late = [j for j in self._queue if now > j.deadline]
+            for job in late:
+                self._queue.remove(job)
+        for job in late:
+            job.fail(504, "deadline_exceeded", "the request's deadline passed while it waited in the queue")
+            self.on_job_done(job)
+        return len(late)
 
     def submit(self, job: ServeJob) -> None:
         """Queue a job, or raise :class:`QueueFull` / RuntimeError (shutting down)."""
+        self.drop_expired()
         with self._cond:
             if self._stopping or not self.alive:
                 raise RuntimeError("the service is shutting down")

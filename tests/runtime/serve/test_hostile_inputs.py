@@ -106,3 +106,35 @@ def test_a_batch_whose_every_deadline_passed_stops_between_stages(monkeypatch):
     assert b.stop(60)
     assert len(stages) == 200 and in_time.state == DONE
     assert late.state == FAILED and late.error["status"] == 504
+
+
+def test_a_queued_job_past_its_deadline_leaves_the_queue(monkeypatch):
+    """A job nobody waits for any more is failed (504) and gives its place in the queue up at
+    once, not when the worker gets to it."""
+    import threading
+    import time
+
+    from holopart_infer.serve.batcher import FAILED, Batcher, QueueFull, ServeJob
+
+    gate = threading.Event()
+
+    def run(jobs, progress):
+        gate.wait(30)
+        for j in jobs:
+            yield j, ValueError("not run in this test")
+
+    b = Batcher(run, max_queue=1, max_wait_s=0.0, max_batch_objects=1)
+    b.start()
+    try:
+        b.submit(ServeJob(parts=[0], options=None, deadline=time.monotonic() + 60))  # holds the worker
+        time.sleep(0.2)
+        late = ServeJob(parts=[0], options=None, deadline=time.monotonic() + 0.1)
+        b.submit(late)
+        with pytest.raises(QueueFull):
+            b.submit(ServeJob(parts=[0], options=None, deadline=time.monotonic() + 60))
+        time.sleep(0.2)
+        b.submit(ServeJob(parts=[0], options=None, deadline=time.monotonic() + 60))  # its place is free
+        assert late.state == FAILED and late.error["status"] == 504 and "queue" in late.error["message"]
+    finally:
+        gate.set()
+        assert b.stop(30)
