@@ -53,8 +53,6 @@ REQUEST_OPTIONS = {
     "close_at_bounds": lambda s: s if isinstance(s, bool) else str(s).lower() in ("1", "true", "yes"),
 }
 _DRAIN_AFTER_LIMIT_S = 2.0  # read and drop the rest of a too-large body this long, so the 413 reaches the client
-#: what a request may put besides the options: ``deadline`` (s), ``preview`` (/v1/complete), ``demo`` (an embedded object)
-REQUEST_EXTRAS = ("deadline", "preview", "demo")
 _CLOSE = {"Connection": "close"}  # after a refusal mid-body: do not wait for the rest of it
 
 
