@@ -641,8 +641,14 @@ def run_batch(model, items: Iterable[BatchItem], out_dir: str | os.PathLike, *, 
         record_hashes = fsafe.HashRecord(fsafe.user_cache_dir("batch-input-sha256.json"))
         record_hashes.MAX_ENTRIES = 100_000
         model_digest = _model_digest(model_path)
+        protected = _Inputs(items)
         for it in items:
             it.output = f"{output_stem(it.id)}.glb"
+            clash = protected.clash(out / it.output)
+            if clash:  # inputs are never replaced, --overwrite or not
+                failed_early.append((it, OutputError(f"output {out / it.output} {clash}; inputs are never modified "
+                                                     "or replaced. Choose another output folder")))
+                continue
             if it.error:
                 failed_early.append((it, InputError(it.error)))
                 continue
@@ -676,6 +682,38 @@ def run_batch(model, items: Iterable[BatchItem], out_dir: str | os.PathLike, *, 
                    ray_workers=ray_workers, backend=backend, device=device, parts_per_batch=parts_per_batch,
                    redo=redo, show_progress=show_progress, on_result=on_result, ray_hook=_ray_hook)
     return summary
+
+
+class _Inputs:
+    """Every path a run reads (inputs, labels), to keep outputs off them: by resolved path,
+    by folder (an output inside a folder object) and by inode (hard links)."""
+
+    def __init__(self, items: list[BatchItem]):
+        self.paths: dict[str, str] = {}
+        self.dirs: dict[str, str] = {}
+        self.inodes: dict[tuple[int, int], str] = {}
+        for it in items:
+            for p in (it.input, it.labels):
+                if p is None:
+                    continue
+                r = os.path.realpath(p)
+                (self.dirs if os.path.isdir(r) else self.paths)[r] = str(p)
+                with contextlib.suppress(OSError):
+                    st = os.stat(r)
+                    self.inodes[(st.st_dev, st.st_ino)] = str(p)
+
+    def clash(self, target: Path) -> str | None:
+        r = os.path.realpath(target)
+        if r in self.paths or r in self.dirs:
+            return f"is the input {self.paths.get(r) or self.dirs[r]}"
+        for parent in Path(r).parents:
+            if str(parent) in self.dirs:
+                return f"lies inside the input folder {self.dirs[str(parent)]}"
+        with contextlib.suppress(OSError):
+            st = os.stat(r)
+            if (st.st_dev, st.st_ino) in self.inodes:
+                return f"is the input {self.inodes[(st.st_dev, st.st_ino)]} (a hard link to it)"
+        return None
 
 
 def _existing_output(it: BatchItem, out: Path, index: _LedgerIndex) -> str | None:

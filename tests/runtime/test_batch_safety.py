@@ -310,3 +310,16 @@ def test_ids_are_kept_encoded_and_unique(tmp_path):
     ids = sorted(i.id for i in items)
     assert ids[0].startswith("Chair-") and ids[1] == "chair" and ids[2].startswith("chair-"), ids
     assert len({i.id.casefold() for i in items}) == 3  # no two outputs collide, even without case
+
+
+def test_outputs_next_to_the_inputs_never_replace_them(tmp_path, capsys):
+    """OUT_DIR = the inputs' folder: `obj.glb` would be both; --overwrite does not make it an output."""
+    objs = tmp_path / "objs"
+    objs.mkdir()
+    src = two_box_glb(objs / "obj.glb")
+    before = src.read_bytes()
+    for extra in ([], ["--overwrite"]):
+        assert batch(src, "-o", objs, *extra) == 3
+        assert "is the input" in capsys.readouterr().err + ledger_lines(objs)[-1]["error"]
+        assert src.read_bytes() == before
+    assert ledger_lines(objs)[-1]["error_type"] == "OutputError"
