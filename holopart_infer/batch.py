@@ -18,12 +18,16 @@ Inputs (:func:`collect_items`), each becoming one or more objects:
   ``{"input": PATH, "labels": PATH, "options": {"steps": 20, ...}, "id": NAME}``
   (only ``input`` is required).
 
-Outputs: ``OUT_DIR/<id>.glb`` per object (the id is the input's stem, made
-unique), each written atomically, and ``OUT_DIR/ledger.jsonl``: one line per
-finished attempt with ``id``, ``input``, ``status`` ("ok" or "failed"),
-``output``, ``parts``, ``seconds``, ``timings``, ``error`` and ``error_type``;
-the last line of an id wins. A re-run skips an object whose last ledger line
-is "ok" and whose output exists, and retries the rest.
+Outputs: ``OUT_DIR/<name>.glb`` per object (the name is the id, kept as given
+and ``%``-encoded where unsafe: :func:`output_stem`; ids are unique per run), and
+``OUT_DIR/ledger.jsonl``: one line per finished attempt with ``id``, ``input``,
+``key`` (a hash of what was computed: input and labels content, resolved
+options, model), ``status`` ("ok" or "failed"), ``output``, ``output_bytes``,
+``output_sha256``, ``parts``, ``seconds``, ``timings``, ``error`` and
+``error_type``. A re-run skips the work whose "ok" line and output are there
+and computes the rest. Nothing in ``OUT_DIR`` is replaced without ``redo``
+(``--overwrite``); an output is published (no-replace) after its ledger line;
+one run at a time holds the folder's lock. docs/batch.md has the details.
 
 Results and the ledger are written by one process (the caller's), whether the
 objects are completed here (:meth:`HoloPart.complete_many`, parts of several
@@ -31,22 +35,27 @@ objects packed into each batch) or on Ray actors (:mod:`holopart_infer.ray_runne
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
-import re
+import shutil
 import time
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from holopart_infer.errors import HoloPartError, InputError, InputFileNotFound
+from holopart_infer.errors import HoloPartError, InputError, InputFileNotFound, OutputError, OutputExists
 
 log = logging.getLogger("holopart_infer")
 
 LEDGER_NAME = "ledger.jsonl"
+#: where outputs are encoded before they are recorded and published (removed at the end of a run)
+STAGING_NAME = ".holopart-batch-staging"
 LIST_EXTENSIONS = (".txt", ".jsonl")
 _JSONL_KEYS = {"input", "labels", "options", "id"}
 
@@ -56,7 +65,8 @@ class BatchItem:
     """One object of a batch run.
 
     Attributes:
-        id: its name: the output is ``OUT_DIR/<id>.glb``, the ledger key.
+        id: its name, kept as given (any script): the output is
+            ``OUT_DIR/<output_stem(id)>.glb``; the ledger's ``id``.
         input: scene / mesh file or folder of part meshes.
         labels: per-face label file for a single mesh, else None.
         options: per-object option overrides (from a JSONL list), applied on
@@ -70,6 +80,14 @@ class BatchItem:
     labels: Path | None = None
     options: dict = field(default_factory=dict)
     error: str | None = None
+    #: where it was listed (``list.jsonl:3``, or the path), for messages
+    source: str | None = None
+    #: the id was given (a .jsonl ``id``), not derived from a file name
+    explicit_id: bool = False
+    #: set by :func:`run_batch`: output file name, resolved options, work key
+    output: str | None = None
+    resolved: Any = field(default=None, repr=False)
+    key: str | None = None
 
 
 @dataclass
@@ -85,6 +103,7 @@ class BatchSummary:
     parts: int = 0
     seconds: float = 0.0
     worker_restarts: int = 0  # Ray actors replaced after their process died
+    cluster_restarts: int = 0  # local Ray clusters restarted after their node died
     failed_ids: list[str] = field(default_factory=list)
 
     @property
@@ -103,8 +122,9 @@ def collect_items(inputs: Sequence[str | os.PathLike]) -> list[BatchItem]:
 
     Raises:
         InputFileNotFound: an input does not exist.
-        InputError: no objects found, an unreadable list file. (A bad *entry*
-            of a JSONL list does not raise: it becomes a failed item.)
+        InputError: no objects found, an unreadable list file, one id given to
+            two different objects. (A bad *entry* of a JSONL list does not
+            raise: it becomes a failed item.)
     """
     from holopart_infer.parts_io import MESH_EXTENSIONS
 
@@ -128,12 +148,13 @@ def collect_items(inputs: Sequence[str | os.PathLike]) -> list[BatchItem]:
 
 
 def _object_item(path: Path, labels: Path | None = None, options: dict | None = None, id: str | None = None,
-                 error: str | None = None) -> BatchItem:
+                 error: str | None = None, source: str | None = None) -> BatchItem:
     if labels is None and path.is_file():
         sidecar = path.with_suffix(".npy")
         if path.suffix.lower() not in (".glb", ".gltf", ".npy") and sidecar.is_file():
             labels = sidecar
-    return BatchItem(id=id or path.stem, input=path, labels=labels, options=dict(options or {}), error=error)
+    return BatchItem(id=id or path.stem, input=path, labels=labels, options=dict(options or {}), error=error,
+                     source=source or str(path), explicit_id=id is not None)
 
 
 def _folder_items(folder: Path, mesh_exts) -> list[BatchItem]:
@@ -152,10 +173,10 @@ def _folder_items(folder: Path, mesh_exts) -> list[BatchItem]:
 
 def _read_txt_list(path: Path) -> list[BatchItem]:
     items = []
-    for line in _read_lines(path):
+    for n, line in enumerate(_read_lines(path), start=1):
         entry = line.split("#", 1)[0].strip()
         if entry:
-            items.append(_object_item(_relative_to(path, entry)))
+            items.append(_object_item(_relative_to(path, entry), source=f"{path}:{n}"))
     return items
 
 
@@ -187,7 +208,7 @@ def _read_jsonl_list(path: Path) -> list[BatchItem]:
             ident = None
         items.append(_object_item(_relative_to(path, entry["input"]),
                                   labels=_relative_to(path, labels) if isinstance(labels, str) else None,
-                                  options=options, id=ident, error=error))
+                                  options=options, id=ident, error=error, source=where))
     return items
 
 
@@ -203,31 +224,142 @@ def _relative_to(list_file: Path, entry: str) -> Path:
     return p if p.is_absolute() else list_file.parent / p
 
 
-def _safe_id(s: str) -> str:
-    s = re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("._") or "object"
-    return s[:120]
+_KEPT_CHARS = set("-_.+=,@()[]{}~!#$&' ")
+_MAX_NAME_BYTES = 160  # of the stem; file systems allow 255 bytes per name
+
+
+def output_stem(ident: str) -> str:
+    """The file-name stem of an id: the id itself where that is a safe file name.
+
+    Letters and digits of any script and ``-_.+=,@()[]{}~!#$&'`` and space are
+    kept; anything else (path separators, control characters, characters
+    Windows refuses, ``%``, a leading or trailing dot or space) is written as
+    ``%XX`` per UTF-8 byte. A name over 160 UTF-8 bytes is cut and ends with a
+    hash of the id. Distinct ids give distinct names.
+    """
+    ident = unicodedata.normalize("NFC", ident)
+    out = []
+    last = len(ident) - 1
+    for i, ch in enumerate(ident):
+        keep = (ch.isalnum() or ch in _KEPT_CHARS) and unicodedata.category(ch)[0] != "C"
+        if (i == 0 or i == last) and ch in ". ":
+            keep = False
+        out.append(ch if keep else "".join(f"%{b:02X}" for b in ch.encode("utf-8")))
+    name = "".join(out)
+    if len(name.encode("utf-8")) > _MAX_NAME_BYTES:
+        digest = hashlib.sha256(ident.encode("utf-8")).hexdigest()[:16]
+        cut = name.encode("utf-8")[:_MAX_NAME_BYTES - 17].decode("utf-8", errors="ignore")
+        name = f"{cut}-{digest}"
+    return name
+
+
+def _listing(it: BatchItem) -> str:
+    """What an item asks for (input, labels, options), independent of its id and of the order of the list."""
+    return json.dumps({"input": os.path.realpath(it.input), "labels": os.path.realpath(it.labels) if it.labels else None,
+                       "options": it.options}, sort_keys=True, default=str)
 
 
 def _unique_ids(items: list[BatchItem]) -> list[BatchItem]:
-    """Ids safe as file names and unique; a repeated stem gets a suffix from its
-    input path (stable across re-runs with the same inputs, whatever the order)."""
+    """Make every object's output name unique (compared case-insensitively).
+
+    An id given in a .jsonl list is kept as given; two different objects with
+    the same given id are an error. An id derived from a file name that
+    another object also has gets ``-`` and a hash of what the object asks
+    for (input path, labels, options), lengthened until no other name has it:
+    stable across re-runs with the same inputs, whatever their order. The
+    same entry listed twice (same input, labels, options and id) is done once.
+    """
+    seen_listing: set[tuple[str, str]] = set()
+    unique: list[BatchItem] = []
     for it in items:
-        it.id = _safe_id(it.id)
-    counts: dict[str, int] = {}
-    for it in items:
-        counts[it.id] = counts.get(it.id, 0) + 1
-    seen: set[str] = set()
-    out = []
-    for it in items:
-        if counts[it.id] > 1:
-            digest = hashlib.sha1(str(it.input.resolve()).encode()).hexdigest()[:8]
-            it.id = f"{it.id}-{digest}"
-        if it.id in seen:  # the same input listed twice: do it once
-            log.warning("batch: %s is listed more than once; completing it once", it.input)
+        k = (_listing(it), it.id if it.explicit_id else "")
+        if k in seen_listing:
+            log.warning("batch: %s (%s) is listed more than once; completing it once", it.input, it.source)
             continue
-        seen.add(it.id)
-        out.append(it)
-    return out
+        seen_listing.add(k)
+        unique.append(it)
+
+    def fold(it: BatchItem) -> str:
+        return output_stem(it.id).casefold()
+
+    given: dict[str, BatchItem] = {}
+    for it in unique:
+        if it.explicit_id:
+            other = given.get(fold(it))
+            if other is not None:
+                raise InputError(f"id {it.id!r} ({it.source}) names the same output as id {other.id!r} "
+                                 f"({other.source}) for a different object (ids are compared without case); "
+                                 "give each object its own id")
+            given[fold(it)] = it
+    counts: dict[str, int] = {}
+    for it in unique:
+        counts[fold(it)] = counts.get(fold(it), 0) + 1
+    fixed = {fold(it) for it in unique if it.explicit_id or counts[fold(it)] == 1}
+    renamed = [it for it in unique if not it.explicit_id and counts[fold(it)] > 1]
+    digests = {id(it): hashlib.sha256(_listing(it).encode("utf-8")).hexdigest() for it in renamed}
+    stems = {id(it): it.id for it in renamed}
+    length = {id(it): 8 for it in renamed}
+    while renamed:
+        for it in renamed:
+            it.id = f"{stems[id(it)]}-{digests[id(it)][:length[id(it)]]}"
+        names: dict[str, list[BatchItem]] = {}
+        for it in renamed:
+            names.setdefault(fold(it), []).append(it)
+        clash = [it for it in renamed if fold(it) in fixed or len(names[fold(it)]) > 1]
+        if not clash:
+            break
+        for it in clash:
+            if length[id(it)] >= 64:  # pragma: no cover - a full sha256 collision
+                raise InputError(f"batch: cannot give {it.input} a unique id")
+            length[id(it)] = min(64, length[id(it)] * 2)
+    return unique
+
+
+# ----------------------------------------------------------------------------- what was computed
+def _content_digest(path: Path, record) -> str:
+    """SHA-256 of a file, or of a folder's files (relative names and contents, hidden ones excluded)."""
+    if path.is_file():
+        return record.sha256(path)
+    h = hashlib.sha256()
+    for f in sorted(path.rglob("*")):
+        rel = f.relative_to(path)
+        if any(part.startswith(".") for part in rel.parts) or not f.is_file():
+            continue
+        h.update(f"{rel.as_posix()}\0{record.sha256(f)}\n".encode("utf-8"))
+    return h.hexdigest()
+
+
+def _model_digest(model_path: Path | None) -> str | None:
+    """What identifies the model: its manifest (which holds every graph's sha256), else the
+    checkpoint's file names and sizes."""
+    if model_path is None:
+        return None
+    from holopart_infer import fsafe
+
+    p = Path(model_path)
+    manifest = p / "manifest.json"
+    if manifest.is_file():
+        return fsafe.sha256_file(manifest)
+    h = hashlib.sha256()
+    for f in sorted(p.rglob("*")) if p.is_dir() else []:
+        if f.is_file() and not f.name.startswith("."):
+            h.update(f"{f.relative_to(p).as_posix()}\0{f.stat().st_size}\n".encode("utf-8"))
+    return h.hexdigest()
+
+
+#: options that change how the work is scheduled, not its result (beyond rounding)
+_SCHEDULING_OPTIONS = ("parts_per_batch", "chunk_points")
+
+
+def work_key(it: BatchItem, options, model_digest: str | None, record) -> str:
+    """The ledger's key of finished work: a hash of the input's content, the labels' content,
+    the resolved options (less the scheduling ones: ``parts_per_batch``, ``chunk_points``) and
+    the model. Raises OSError when an input cannot be read."""
+    opts = {k: v for k, v in asdict(options).items() if k not in _SCHEDULING_OPTIONS}
+    data = {"input": _content_digest(it.input, record),
+            "labels": _content_digest(it.labels, record) if it.labels else None,
+            "options": opts, "model": model_digest}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
 # ----------------------------------------------------------------------------- ledger
@@ -241,23 +373,34 @@ class Ledger:
     def __init__(self, out_dir: Path):
         self.path = Path(out_dir) / LEDGER_NAME
 
-    def read(self) -> dict[str, dict]:
-        """The last entry per id."""
-        last: dict[str, dict] = {}
+    def size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def entries(self, offset: int = 0) -> list[dict]:
+        """Every readable line, in order (from byte ``offset``: the lines appended since)."""
+        out: list[dict] = []
         if not self.path.exists():
-            return last
+            return out
         with open(self.path, encoding="utf-8", errors="replace") as fh:
+            fh.seek(offset)
             for line in fh:
                 try:
                     entry = json.loads(line)
                 except ValueError:
                     continue  # a line cut by a crash
                 if isinstance(entry, dict) and isinstance(entry.get("id"), str):
-                    last[entry["id"]] = entry
-        return last
+                    out.append(entry)
+        return out
+
+    def read(self) -> dict[str, dict]:
+        """The last entry per id."""
+        return {e["id"]: e for e in self.entries()}
 
     def append(self, entry: dict) -> None:
-        data = (json.dumps(entry, sort_keys=True) + "\n").encode()
+        data = (json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             size = os.fstat(fd).st_size
@@ -272,9 +415,161 @@ class Ledger:
             os.close(fd)
 
 
+class _LedgerIndex:
+    """What the ledger says is finished: "ok" entries by work key and by output name."""
+
+    def __init__(self, entries: list[dict]):
+        self.last_by_id = {e["id"]: e for e in entries}
+        self.ok_by_key: dict[str, list[dict]] = {}
+        self.ok_by_output: dict[str, list[dict]] = {}  # oldest first
+        for e in entries:
+            if e.get("status") == "ok" and isinstance(e.get("output"), str):
+                if isinstance(e.get("key"), str):
+                    self.ok_by_key.setdefault(e["key"], []).append(e)
+                self.ok_by_output.setdefault(e["output"], []).append(e)
+        self.outputs = {e["output"] for e in entries if isinstance(e.get("output"), str)}
+
+    def done(self, it: BatchItem, out_dir: Path) -> bool:
+        """Finished: an "ok" line for this work (key) and this output name, and the file there
+        is that line's output (the newest "ok" line naming it, at its size; else the same sha256).
+        A line of an older version without a key counts for the same id and input path."""
+        target = Path(out_dir) / it.output
+        if not target.is_file() or target.is_symlink():
+            return False
+        if it.key and any(e["output"] == it.output for e in self.ok_by_key.get(it.key, ())):
+            owner = self.owner_of(it.output, out_dir)
+            return owner is not None and owner.get("key") == it.key
+        legacy = self.last_by_id.get(it.id)
+        return bool(legacy and "key" not in legacy and legacy.get("status") == "ok"
+                    and legacy.get("input") == str(it.input) and legacy.get("output") == it.output)
+
+    def owner_of(self, name: str, out_dir: Path) -> dict | None:
+        """The "ok" line whose output the file ``name`` is now, or None: the newest line naming it
+        when the size agrees (sha256 checked only when that is not conclusive)."""
+        from holopart_infer import fsafe
+
+        lines = self.ok_by_output.get(name)
+        target = Path(out_dir) / name
+        if not lines or not target.is_file() or target.is_symlink():
+            return None
+        newest = lines[-1]
+        size = target.stat().st_size
+        if newest.get("output_sha256") is None:  # an older version's line: trust its name
+            return newest
+        if newest.get("output_bytes") == size and len({e.get("output_sha256") for e in lines}) == 1:
+            return newest
+        try:
+            digest = fsafe.sha256_file(target)
+        except OSError:
+            return None
+        return next((e for e in reversed(lines) if e.get("output_sha256") == digest), None)
+
+
 def is_done(entry: dict | None, out_dir: Path) -> bool:
-    """Finished: the last ledger entry says ok and its output file exists."""
+    """An entry says ok and its output file exists (a weaker test than the run's, which also
+    checks the work key; kept for callers of earlier versions)."""
     return bool(entry) and entry.get("status") == "ok" and (Path(out_dir) / str(entry.get("output"))).is_file()
+
+
+class BatchFolderBusy(OutputError):
+    """Another batch holds ``OUT_DIR``'s lock."""
+
+
+class OutOfSpace(HoloPartError, OSError):
+    """The output folder's file system is full (ENOSPC / EDQUOT); the run stopped.
+
+    ``summary`` is the :class:`BatchSummary` of what finished (kept and recorded).
+    """
+
+    summary: "BatchSummary | None" = None
+
+    def __init__(self, message: str, err: int = errno.ENOSPC):
+        super().__init__(message)
+        self.errno = err
+
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+_MIN_FREE_BYTES = 1 << 20
+
+
+def prepare_out_dir(out_dir: str | os.PathLike) -> Path:
+    """Create ``out_dir`` if needed and check before any work that files can be written there.
+
+    Raises:
+        OutputError: it is a file, cannot be created, is not writable, or its file system has
+            less than 1 MiB free; the message names the folder.
+    """
+    from holopart_infer import fsafe
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output folder {out} exists and is not a folder; choose another -o")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"output folder {out}: cannot create it ({e.strerror or e}); "
+                          "choose a writable folder") from None
+    fsafe._probe_writable(out, "output folder", out)
+    try:
+        st = os.statvfs(out)
+        free = st.f_bavail * st.f_frsize
+    except (OSError, AttributeError):  # no statvfs (Windows): writing will tell
+        free = None
+    if free is not None and free < _MIN_FREE_BYTES:
+        raise OutputError(f"output folder {out}: its file system is full ({free} bytes free); "
+                          "free some space or choose another folder")
+    return out
+
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``OUT_DIR/ledger.jsonl`` (created) for the block; another holder:
+    :class:`BatchFolderBusy`. Where ``fcntl`` is missing (Windows) there is no lock."""
+    path = out / LEDGER_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise OutputError(f"output folder {out}: cannot open its ledger {path} ({e.strerror or e}); "
+                          "choose a writable folder") from None
+    try:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            fcntl = None
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise BatchFolderBusy(
+                    f"output folder {out} is in use by another holopart-infer batch (its ledger {path} is "
+                    "locked); wait for that run to finish, or choose another output folder") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _clean_leftovers(out: Path, index: _LedgerIndex) -> int:
+    """Remove the temporaries that earlier batch runs on this folder left (a kill -9): the
+    staging folder, and ``.NAME.tmp-*`` files next to outputs the ledger names. Nothing else."""
+    from holopart_infer import fsafe
+
+    removed = 0
+    staging = out / STAGING_NAME
+    if staging.is_dir() and not staging.is_symlink():
+        removed += sum(1 for _ in staging.iterdir())
+        shutil.rmtree(staging, ignore_errors=True)
+    names = index.outputs | {LEDGER_NAME}
+    for p in out.iterdir():
+        n = p.name
+        if not n.startswith(".") or fsafe.TMP_MARK not in n or p.is_symlink() or not p.is_file():
+            continue
+        if n[1:n.index(fsafe.TMP_MARK)] in names:
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed += 1
+    if removed:
+        log.info("batch: removed %d temporary file(s) an earlier run left in %s", removed, out)
+    return removed
 
 
 # ----------------------------------------------------------------------------- running
@@ -301,7 +596,7 @@ def run_batch(model, items: Iterable[BatchItem], out_dir: str | os.PathLike, *, 
             a Ray address runs on Ray actors (``pip install 'holopart-infer[ray]'``).
         ray_workers: number of actors (default: one per GPU, else one per CPU).
         backend, device: used when ``model`` is a path.
-        redo: recompute objects already done.
+        redo: recompute every object and replace existing outputs (``--overwrite``).
         show_progress: a tqdm bar over objects (with an ETA) on stderr.
         on_result: called with each item and its ledger entry as it is recorded.
 
@@ -309,64 +604,159 @@ def run_batch(model, items: Iterable[BatchItem], out_dir: str | os.PathLike, *, 
         :class:`BatchSummary`. One object failing never stops the run.
 
     Raises:
-        InputError: unusable ``out_dir`` or options; Ray errors when the
-        cluster cannot be reached.
+        OutputError: ``out_dir`` unusable (checked before any work);
+            :class:`BatchFolderBusy`: another run holds its lock.
+        OutOfSpace: the disk filled up; what finished is kept and recorded
+            (``error.summary``); re-run to resume.
+        InputError: unusable options; Ray errors when the cluster cannot be reached.
+        Interrupted: a signal; its message says what was kept.
     """
-    from holopart_infer.pipeline import CompletionJob, CompletionOptions, HoloPart, load
+    from holopart_infer import fsafe
+    from holopart_infer.pipeline import CompletionOptions, HoloPart, load
 
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"output folder {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    ledger = Ledger(out)
-    done = ledger.read()
+    out = prepare_out_dir(out_dir)
     items = list(items)
-    summary = BatchSummary(out_dir=out, ledger=ledger.path, total=len(items))
-    todo = []
-    for it in items:
-        if not redo and is_done(done.get(it.id), out):
-            summary.skipped += 1
+    summary = BatchSummary(out_dir=out, ledger=out / LEDGER_NAME, total=len(items))
+    with _locked(out):
+        ledger = Ledger(out)
+        index = _LedgerIndex(ledger.entries())
+        _clean_leftovers(out, index)
+        if ray is None:
+            holo = model if isinstance(model, HoloPart) else load(model, backend=backend, device=device)
+            base = options or holo.default_options()
+            model_path = getattr(holo, "path", None)
         else:
-            todo.append(it)
-    if summary.skipped:
-        log.info("batch: %d of %d objects already done in %s; skipping them", summary.skipped, len(items), out)
+            holo = None
+            if isinstance(model, HoloPart):
+                model_path, backend, device = Path(model.path), model.backend_name, model.device
+            else:
+                model_path = Path(model)
+            base = options or _defaults_of(model_path)
+        if not isinstance(base, CompletionOptions):
+            raise InputError(f"options must be a CompletionOptions, got {type(base).__name__}")
 
-    if ray is None:
-        holo = model if isinstance(model, HoloPart) else load(model, backend=backend, device=device)
-        base = options or holo.default_options()
-        executor: Executor = lambda jobs: holo.complete_many(jobs, parts_per_batch=parts_per_batch)  # noqa: E731
-        load_here = False
-    else:
-        from holopart_infer import ray_runner
-
-        if isinstance(model, HoloPart):
-            model_path, backend, device = model.path, model.backend_name, model.device
-        else:
-            model_path = Path(model)
-        base = options or _defaults_of(model_path)
-        pool = ray_runner.RayPool(model_path, address=ray, backend=backend, device=device,
-                                  num_workers=ray_workers, parts_per_batch=parts_per_batch, hook=_ray_hook)
-        executor = pool.run
-        load_here = True  # Ray actors get the parts, not paths: no shared file system needed
-    if not isinstance(base, CompletionOptions):
-        raise InputError(f"options must be a CompletionOptions, got {type(base).__name__}")
-
-    by_id = {it.id: it for it in todo}
-    failed_early: list[tuple[BatchItem, Exception]] = []
-    load_seconds: dict[str, float] = {}
-
-    def jobs():
-        for it in todo:
+        failed_early: list[tuple[BatchItem, Exception]] = []
+        todo: list[BatchItem] = []
+        # inputs' hashes, kept apart from the model-integrity record so that they never evict it
+        record_hashes = fsafe.HashRecord(fsafe.user_cache_dir("batch-input-sha256.json"))
+        record_hashes.MAX_ENTRIES = 100_000
+        model_digest = _model_digest(model_path)
+        protected = _Inputs(items)
+        for it in items:
+            it.output = f"{output_stem(it.id)}.glb"
+            clash = protected.clash(out / it.output)
+            if clash:  # inputs are never replaced, --overwrite or not
+                failed_early.append((it, OutputError(f"output {out / it.output} {clash}; inputs are never modified "
+                                                     "or replaced. Choose another output folder")))
+                continue
             if it.error:
                 failed_early.append((it, InputError(it.error)))
                 continue
             try:
-                opts = CompletionOptions(**{**asdict(base), **it.options}) if it.options else base
-            except TypeError as e:
+                it.resolved = CompletionOptions(**{**asdict(base), **it.options}) if it.options else base
+                it.resolved.validate()
+            except TypeError as e:  # an unknown option name
                 failed_early.append((it, InputError(
-                    f"{it.input}: bad options {sorted(it.options)} ({e}); known: "
+                    f"{it.source}: bad options {it.options} ({e}); known: "
                     f"{', '.join(CompletionOptions.__dataclass_fields__)}")))
                 continue
+            except InputError as e:  # a known option with a bad value: validate() names it and the range
+                failed_early.append((it, InputError(f"{it.source}: {e}")))
+                continue
+            try:
+                it.key = work_key(it, it.resolved, model_digest, record_hashes)
+            except OSError:
+                it.key = None  # unreadable: the attempt will fail with the reader's message
+            if not redo and index.done(it, out):
+                summary.skipped += 1
+                continue
+            clash = None if redo else _existing_output(it, out, index)
+            if clash:
+                failed_early.append((it, OutputExists(clash)))
+                continue
+            todo.append(it)
+        record_hashes.save()
+        if summary.skipped:
+            log.info("batch: %d of %d objects already done in %s; skipping them", summary.skipped, len(items), out)
+        _run_items(todo, failed_early, out, ledger, summary, holo=holo, model_path=model_path, ray=ray,
+                   ray_workers=ray_workers, backend=backend, device=device, parts_per_batch=parts_per_batch,
+                   redo=redo, show_progress=show_progress, on_result=on_result, ray_hook=_ray_hook)
+    return summary
+
+
+class _Inputs:
+    """Every path a run reads (inputs, labels), to keep outputs off them: by resolved path,
+    by folder (an output inside a folder object) and by inode (hard links)."""
+
+    def __init__(self, items: list[BatchItem]):
+        self.paths: dict[str, str] = {}
+        self.dirs: dict[str, str] = {}
+        self.inodes: dict[tuple[int, int], str] = {}
+        for it in items:
+            for p in (it.input, it.labels):
+                if p is None:
+                    continue
+                r = os.path.realpath(p)
+                (self.dirs if os.path.isdir(r) else self.paths)[r] = str(p)
+                with contextlib.suppress(OSError):
+                    st = os.stat(r)
+                    self.inodes[(st.st_dev, st.st_ino)] = str(p)
+
+    def clash(self, target: Path) -> str | None:
+        r = os.path.realpath(target)
+        if r in self.paths or r in self.dirs:
+            return f"is the input {self.paths.get(r) or self.dirs[r]}"
+        for parent in Path(r).parents:
+            if str(parent) in self.dirs:
+                return f"lies inside the input folder {self.dirs[str(parent)]}"
+        with contextlib.suppress(OSError):
+            st = os.stat(r)
+            if (st.st_dev, st.st_ino) in self.inodes:
+                return f"is the input {self.inodes[(st.st_dev, st.st_ino)]} (a hard link to it)"
+        return None
+
+
+def _existing_output(it: BatchItem, out: Path, index: _LedgerIndex) -> str | None:
+    """Why ``OUT_DIR/<output>`` may not be written for this item without ``--overwrite``, or None."""
+    target = out / it.output
+    if not (target.exists() or target.is_symlink()):
+        return None
+    owner = index.owner_of(it.output, out)
+    if owner is not None:
+        return (f"{target} holds this folder's earlier result for {owner.get('input')} (ledger, "
+                f"{owner.get('finished_at')}), computed from a different input content, labels, options or "
+                f"model than {it.input} now asks for; it was kept. Pass --overwrite to recompute and replace, "
+                "give this object another id (a .jsonl \"id\"), or choose another output folder")
+    return (f"{target} already exists and is not an output recorded in {out / LEDGER_NAME}; it was kept. "
+            "Move it away, choose another output folder, or pass --overwrite to replace it")
+
+
+def _run_items(todo, failed_early, out, ledger, summary, *, holo, model_path, ray, ray_workers,
+               backend, device, parts_per_batch, redo, show_progress, on_result, ray_hook) -> None:
+    from holopart_infer.errors import Interrupted
+    from holopart_infer.pipeline import CompletionJob
+
+    pool = None
+    if ray is None:
+        executor: Executor = lambda jobs: holo.complete_many(jobs, parts_per_batch=parts_per_batch)  # noqa: E731
+        load_here = False
+    elif todo:
+        from holopart_infer import ray_runner
+
+        pool = ray_runner.RayPool(model_path, address=ray, backend=backend, device=device,
+                                  num_workers=ray_workers, parts_per_batch=parts_per_batch, hook=ray_hook)
+        executor = pool.run
+        load_here = True  # Ray actors get the parts, not paths: no shared file system needed
+    else:
+        executor = lambda jobs: iter(())  # noqa: E731 - nothing left to run: no cluster needed
+        load_here = False
+
+    by_id = {it.id: it for it in todo}
+    ledger_start = ledger.size()
+    load_seconds: dict[str, float] = {}
+
+    def jobs():
+        for it in todo:
             parts: Any = it.input
             if load_here:
                 from holopart_infer.parts_io import load_parts
@@ -378,13 +768,14 @@ def run_batch(model, items: Iterable[BatchItem], out_dir: str | os.PathLike, *, 
                 except Exception as e:
                     failed_early.append((it, e))
                     continue
-            yield CompletionJob(parts=parts, labels=None if load_here else it.labels, options=opts, key=it.id)
+            yield CompletionJob(parts=parts, labels=None if load_here else it.labels, options=it.resolved,
+                                key=it.id)
 
     bar = None
     if show_progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(todo), desc="objects", unit="obj", dynamic_ncols=True)
+        bar = tqdm(total=len(todo) + len(failed_early), desc="objects", unit="obj", dynamic_ncols=True)
     t0 = time.perf_counter()
     recorded: set[str] = set()
 
@@ -394,8 +785,7 @@ def run_batch(model, items: Iterable[BatchItem], out_dir: str | os.PathLike, *, 
         recorded.add(it.id)
         if it.id in load_seconds and hasattr(res, "timings"):  # read here, completed on a Ray actor
             res.timings["load_parts"] = load_seconds.pop(it.id)
-        entry = _write_one(it, res, out)
-        ledger.append(entry)
+        entry = _write_one(it, res, out, ledger, replace=redo)
         if entry["status"] == "ok":
             summary.ok += 1
             summary.parts += int(entry.get("parts") or 0)
@@ -409,20 +799,57 @@ def run_batch(model, items: Iterable[BatchItem], out_dir: str | os.PathLike, *, 
         if on_result is not None:
             on_result(it, entry)
 
+    results = executor(jobs())
     try:
-        for job, res in executor(jobs()):
+        while failed_early:
+            record(*failed_early.pop(0))
+        for job, res in results:
             while failed_early:
                 record(*failed_early.pop(0))
             record(by_id[job.key], res)
         while failed_early:
             record(*failed_early.pop(0))
+    except OutOfSpace as e:
+        e.summary = summary
+        e.args = (f"{e.args[0]}; the run stopped: {_kept(out, ledger, ledger_start)}. Free space there and run "
+                  "the same command again to do the rest",)
+        raise
+    except Interrupted as e:
+        e.args = (f"interrupted by {_signal_name(e.signum)}; {_kept(out, ledger, ledger_start)}. The objects in "
+                  "progress were not written; run the same command again to do the rest",)
+        raise
     finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
         if bar is not None:
             bar.close()
         summary.seconds = time.perf_counter() - t0
-        if ray is not None:
+        if pool is not None:
             summary.worker_restarts = pool.restarts
-    return summary
+            summary.cluster_restarts = pool.cluster_restarts
+        staging = out / STAGING_NAME
+        with contextlib.suppress(OSError):
+            staging.rmdir()  # empty unless something failed to clean up
+
+
+def _kept(out: Path, ledger: Ledger, since: int) -> str:
+    """What this run finished, from the ledger itself (a signal may land anywhere in the bookkeeping)."""
+    index = _LedgerIndex(ledger.entries(since))
+    done = sum(1 for name in index.ok_by_output if index.owner_of(name, out) is not None)
+    if not done:
+        return f"no object finished in this run; no output was written in {out}"
+    return (f"{done} object{'s' if done != 1 else ''} finished in this run {'are' if done != 1 else 'is'} kept in "
+            f"{out} and recorded in {ledger.path.name}")
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def _defaults_of(model_path: Path):
@@ -438,35 +865,69 @@ def _defaults_of(model_path: Path):
     return CompletionOptions.with_defaults(load_manifest(model_path).defaults, str(model_path))
 
 
-def _write_one(it: BatchItem, res, out: Path) -> dict:
-    """Write one object's output (atomically) and return its ledger entry."""
+def _write_one(it: BatchItem, res, out: Path, ledger: Ledger, *, replace: bool) -> dict:
+    """Record one object's attempt and publish its output; returns its ledger entry.
+
+    An output is encoded into ``OUT_DIR/.holopart-batch-staging/`` first; its "ok" line
+    (with the output's size and sha256) is appended to the ledger; then it is published
+    with a no-replace link (``replace``: ``--overwrite``). A crash between the two leaves
+    an "ok" line without its file, which a resume redoes; a file never appears without its
+    line. A full disk raises :class:`OutOfSpace` (the run stops, nothing finished is lost).
+    """
+    from holopart_infer import fsafe
     from holopart_infer.pipeline import CompletionResult
 
-    entry: dict[str, Any] = {"id": it.id, "input": str(it.input), "output": None, "parts": None,
+    entry: dict[str, Any] = {"id": it.id, "input": str(it.input), "key": it.key, "output": None, "parts": None,
                              "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if isinstance(res, CompletionResult):
-        target = out / f"{it.id}.glb"
+        target = out / it.output
+        staging = out / STAGING_NAME
+        staged = staging / it.output
         try:
-            # OUT_DIR/<id>.glb belongs to this run's ledger: an object redone (failed before, or
-            # --overwrite) replaces its own earlier output; inputs stay protected
-            res.save(target, source=it.input, overwrite=True)
-        except Exception as e:  # e.g. a full disk: this object failed, the run goes on
-            res = e
-        else:
+            staging.mkdir(exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                staged.unlink()
+            res.save(staged, source=it.input)
             timings = {k: round(float(v), 4) for k, v in res.timings.items()}
-            entry.update(status="ok", output=target.name, parts=len(res.parts),
+            entry.update(status="ok", output=it.output, parts=len(res.parts),
                          empty_parts=sum(1 for p in res.parts if len(p.faces) == 0),
                          seconds=round(sum(timings.values()), 4), timings=timings,
-                         worker=res.stats.get("worker"), error=None, error_type=None)
+                         worker=res.stats.get("worker"), error=None, error_type=None,
+                         output_bytes=staged.stat().st_size, output_sha256=fsafe.sha256_file(staged))
+            ledger.append(entry)
+            try:
+                fsafe._publish_file(staged, target, replace)
+            except OutputExists as e:  # appeared while we computed: kept, this attempt failed
+                entry = {**entry, "status": "failed", "output": None, "error": str(e), "error_type": "OutputExists",
+                         "output_bytes": None, "output_sha256": None}
+                ledger.append(entry)
+                return entry
+            fsafe._fsync_dir(out)
             return entry
+        except Exception as e:  # this object failed (e.g. an unencodable mesh); the run goes on, unless
+            # the disk is full (an OSError, or a writer's own error around one: the probe's, say)
+            cause = e if isinstance(e, OSError) else (e.__cause__ or e.__context__)
+            if isinstance(cause, OSError) and cause.errno in _NO_SPACE:
+                with contextlib.suppress(OSError):  # the ledger's own line may not fit either
+                    ledger.append({**entry, "status": "failed", "output": None, "output_bytes": None,
+                                   "output_sha256": None, "error": f"no space left writing {target}",
+                                   "error_type": "OutOfSpace"})
+                raise OutOfSpace(f"no space left on the device of {out} while writing {target.name} "
+                                 f"({cause.strerror})", cause.errno) from e
+            res = e
+        finally:
+            with contextlib.suppress(OSError):
+                staged.unlink()
     err = res if isinstance(res, BaseException) else HoloPartError(f"unexpected result {type(res).__name__}")
-    entry.update(status="failed", error=str(err) or type(err).__name__, error_type=type(err).__name__)
+    entry.update(status="failed", output=None, output_bytes=None, output_sha256=None,
+                 error=str(err) or type(err).__name__, error_type=type(err).__name__)
+    ledger.append(entry)
     return entry
 
 
 # ----------------------------------------------------------------------------- CLI
 #: exit codes of ``holopart-infer batch``
-EXIT_ALL_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_SOME_FAILED = 0, 1, 2, 3
+EXIT_ALL_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_SOME_FAILED, EXIT_NO_SPACE = 0, 1, 2, 3, 4
 
 
 def add_batch_command(sub, common=None) -> None:
@@ -478,17 +939,21 @@ def add_batch_command(sub, common=None) -> None:
         "batch", parents=[common] if common is not None else [], help="complete many objects into a folder, resumably (parts of several objects share batches)",
         description="Complete many objects: files, folders of objects, or list files (.txt one path per line; "
                     ".jsonl with per-object labels/options/id). Writes OUT_DIR/<id>.glb atomically and "
-                    "OUT_DIR/ledger.jsonl; a re-run skips objects already done. Exit codes: 0 every object "
-                    "completed (or already done), 3 some objects failed (see the ledger), 2 bad arguments or "
-                    "inputs, 1 internal error, 130 interrupted.")
+                    "OUT_DIR/ledger.jsonl; a re-run skips objects already done (same input content, labels, options "
+                    "and model). A file already in OUT_DIR is never replaced without --overwrite. Exit codes: 0 "
+                    "every object completed (or already done), 3 some objects failed (see the ledger), 2 bad "
+                    "arguments or inputs (or OUT_DIR unusable or in use by another batch), 4 the disk filled up "
+                    "(what finished is kept; re-run to resume), 1 internal error, 130/143 interrupted (what "
+                    "finished is kept).")
     b.add_argument("inputs", nargs="+", metavar="INPUT", help="object file, folder of objects, or .txt/.jsonl list")
     b.add_argument("-o", "--output-dir", dest="output_dir", required=True, help="output folder (created)")
     src = b.add_mutually_exclusive_group(required=True)
     src.add_argument("--weights", help="checkpoint dir (published layout; needs the [torch] extra)")
     src.add_argument("--model", help="exported model dir (manifest.json + ONNX)")
-    b.add_argument("--ray", metavar="auto|ADDRESS",
-                   help="run on Ray: 'auto' (the running cluster, else a local one) or a cluster address; "
-                        "needs pip install 'holopart-infer[ray]'")
+    b.add_argument("--ray", metavar="auto|local|ADDRESS",
+                   help="run on Ray: 'auto' (the running cluster, else a local one), 'local' (always a new local "
+                        "one) or a cluster address; needs pip install 'holopart-infer[ray]'. A local cluster this "
+                        "run started is restarted if its node dies; on another cluster the objects left fail (exit 3)")
     b.add_argument("--ray-workers", dest="ray_workers", type=int,
                    help="number of Ray actors (default: one per GPU, else one per CPU)")
     cli._common_run_args(b)
@@ -505,6 +970,7 @@ def cmd_batch(args) -> int:
     from holopart_infer.pipeline import load
 
     items = collect_items(args.inputs)
+    prepare_out_dir(args.output_dir)  # before any work: a read-only or full folder is exit 2
     path = args.weights or args.model
     if args.ray:
         model = path
@@ -513,9 +979,15 @@ def cmd_batch(args) -> int:
         model = load(path, backend=args.backend, device=args.device, verify_integrity=not args.no_verify)
         base = cli._options_from(args, model.default_options())
     base.validate()
-    summary = run_batch(model, items, args.output_dir, options=base, parts_per_batch=args.parts_per_batch,
-                        ray=args.ray, ray_workers=args.ray_workers, backend=args.backend, device=args.device,
-                        redo=args.overwrite, show_progress=not args.quiet)
+    try:
+        summary = run_batch(model, items, args.output_dir, options=base, parts_per_batch=args.parts_per_batch,
+                            ray=args.ray, ray_workers=args.ray_workers, backend=args.backend, device=args.device,
+                            redo=args.overwrite, show_progress=not args.quiet)
+    except OutOfSpace as e:
+        if e.summary is not None:
+            print(e.summary.describe())
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_NO_SPACE
     print(summary.describe())
     if summary.failed:
         shown = ", ".join(summary.failed_ids[:10]) + (" ..." if len(summary.failed_ids) > 10 else "")

@@ -16,6 +16,15 @@ a replacement and resubmits the unfinished objects of that actor one per task,
 so an object that kills its worker again only fails itself; after
 ``max_attempts`` deaths it is reported as failed. Objects are sent as loaded
 parts, not paths, so the workers need no shared file system.
+
+Every wait is bounded: the driver waits for results in ticks of
+``health_check_s`` and, between ticks and before starting a replacement actor,
+checks that the cluster still has a live node able to host one. When it has
+none (the node died: its raylet was killed, or out of memory took it down),
+a cluster this pool started itself is restarted (up to ``max_cluster_restarts``
+times) and the unfinished objects are redone there; on a cluster the pool only
+joined, the unfinished and remaining objects fail with an error saying so (the
+batch then exits 3, keeping what finished). Each object is yielded once.
 """
 from __future__ import annotations
 
@@ -33,6 +42,10 @@ log = logging.getLogger("holopart_infer")
 
 #: groups of objects each actor may have queued or running
 IN_FLIGHT_PER_WORKER = 2
+
+
+class ClusterLost(EngineError):
+    """The Ray cluster has no live node that can host a worker."""
 
 
 def _ray():
@@ -84,9 +97,10 @@ class RayPool:
 
     Args:
         model_path: model dir or checkpoint dir, readable on every node.
-        address: ``"auto"`` (``ray.init()``: the cluster in ``RAY_ADDRESS`` or
-            started on this machine, else a new local one) or a Ray address.
-            When Ray is already initialized in this process, it is used as is.
+        address: ``"auto"`` (the cluster in ``RAY_ADDRESS`` or started on this
+            machine, else a new local one), ``"local"`` (always a new local
+            one) or a Ray address. When Ray is already initialized in this
+            process, it is used as is (and not restarted: it is not the pool's).
         backend, device: as :func:`holopart_infer.load`, on each actor
             (``device="auto"``: cuda on GPU actors, cpu otherwise).
         num_workers: number of actors (default: one per GPU of the cluster,
@@ -95,12 +109,17 @@ class RayPool:
         objects_per_task: objects sent to an actor at a time (packed together there).
         max_attempts: an object whose worker died this many times is failed.
         hook: ``hook(keys)`` called on the actor before each group (fault
-            injection in tests: :class:`CrashOnce`).
+            injection in tests: :class:`CrashOnce`, :class:`StallOnce`).
+        health_check_s: longest single wait for results before the cluster's
+            nodes are checked again.
+        max_cluster_restarts: how often a local cluster this pool started is
+            restarted after its node died, before the rest fails.
     """
 
     def __init__(self, model_path: str | os.PathLike, *, address: str = "auto", backend: str = "auto",
                  device: str = "auto", num_workers: int | None = None, parts_per_batch: int | None = None,
-                 objects_per_task: int = 4, max_attempts: int = 2, hook: Callable | None = None):
+                 objects_per_task: int = 4, max_attempts: int = 2, hook: Callable | None = None,
+                 health_check_s: float = 5.0, max_cluster_restarts: int = 2):
         ray = _ray()
         if num_workers is not None and int(num_workers) < 1:
             raise InputError(f"ray workers must be >= 1, got {num_workers!r}")
@@ -112,11 +131,37 @@ class RayPool:
         self.objects_per_task = int(objects_per_task)
         self.max_attempts = int(max_attempts)
         self.hook = hook
-        self._owns_ray = False
+        self.health_check_s = float(health_check_s)
+        self.max_cluster_restarts = int(max_cluster_restarts)
+        self.cluster_restarts = 0
+        self.address = address
+        self._owns_ray = False  # we called ray.init (and may shut it down)
+        self._owns_cluster = False  # ... and it started a cluster of its own (which we may restart)
         if not ray.is_initialized():
-            kwargs = dict(include_dashboard=False, logging_level=logging.WARNING)
-            ray.init(address=None if address in (None, "auto") else address, **kwargs)
-            self._owns_ray = True
+            self._connect(ray, address)
+        self.restarts = 0
+        self._setup(ray, num_workers)
+
+    _INIT = dict(include_dashboard=False, logging_level=logging.WARNING)
+
+    def _connect(self, ray, address) -> None:
+        """``auto``: the cluster in RAY_ADDRESS or one started on this machine, else a new local one
+        (ours); ``local``: always a new local one (ours); else that address."""
+        if address == "local":
+            ray.init(address="local", **self._INIT)
+            self._owns_cluster = True
+        elif address in (None, "auto"):
+            try:
+                ray.init(address="auto", **self._INIT)
+            except ConnectionError:  # no cluster to join: start our own
+                ray.init(address="local", **self._INIT)
+                self._owns_cluster = True
+        else:
+            ray.init(address=address, **self._INIT)
+        self._owns_ray = True
+
+    def _setup(self, ray, num_workers) -> None:
+        device = self.device
         res = ray.cluster_resources()
         cpus, gpus = int(res.get("CPU", 1)), int(res.get("GPU", 0))
         if device == "cpu":
@@ -129,8 +174,8 @@ class RayPool:
         self._options = dict(num_gpus=1, num_cpus=1) if self.use_gpu else dict(num_cpus=per)
         self._threads = None if self.use_gpu else per
         self._actor_cls = ray.remote(max_restarts=0, max_task_retries=0)(_Worker)
+        self._num_workers_arg = num_workers
         self.actors = [self._start() for _ in range(self.num_workers)]
-        self.restarts = 0
         log.info("ray: %d %s worker(s) for %s", self.num_workers, "GPU" if self.use_gpu else "CPU", self.model_path)
 
     def _start(self):
@@ -138,18 +183,40 @@ class RayPool:
         return self._actor_cls.options(**self._options).remote(self.model_path, self.backend, dev, self._threads,
                                                                self.hook)
 
+    def _can_host(self, ray) -> bool:
+        """Whether a live node of the cluster has the resources of one worker (False when the
+        cluster cannot even be asked)."""
+        need = ("GPU", 1) if self.use_gpu else ("CPU", self._options.get("num_cpus", 1))
+        try:
+            nodes = ray.nodes()
+        except Exception as e:  # the cluster's control plane is gone too
+            log.warning("ray: cannot list the cluster's nodes: %s", e)
+            return False
+        return any(n.get("Alive") and n.get("Resources", {}).get(need[0], 0) >= need[1] for n in nodes)
+
+    def _restart_cluster(self, ray) -> None:
+        """Shut our own local cluster down and start a fresh one with new actors."""
+        self.cluster_restarts += 1
+        try:
+            ray.shutdown()
+        except Exception as e:  # its processes may already be gone
+            log.debug("ray: shutdown of the lost cluster: %s", e)
+        ray.init(address="local", **self._INIT)
+        self._setup(ray, self._num_workers_arg)
+
     def run(self, jobs: Iterable, *, close: bool = True) -> Iterator[tuple]:
         """Complete ``jobs`` (:class:`CompletionJob`, each with a unique ``key``) on the actors.
 
-        Yields ``(job, CompletionResult | HoloPartError)`` as groups finish.
+        Yields ``(job, CompletionResult | HoloPartError)`` as groups finish, each job once.
         ``close=False`` keeps the actors for another run (then call :meth:`close`).
         """
         ray = _ray()
-        from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
+        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError, WorkerCrashedError
 
         source = iter(jobs)
         retry: collections.deque = collections.deque()  # (jobs, attempt) to resubmit
         pending: dict = {}  # ObjectRef -> (slot, actor, jobs, attempt)
+        answered: set = set()  # keys already yielded
 
         def in_flight(slot):  # groups queued on the slot's current actor
             return sum(1 for s, a, *_ in pending.values() if s == slot and a is self.actors[slot])
@@ -169,10 +236,53 @@ class RayPool:
                     exhausted = True
             return (group, 1) if group else None
 
+        def unfinished() -> list:
+            """Every job handed out and not answered (pending and queued for a retry), in order."""
+            out = [j for _, _, group, _ in pending.values() for j in group]
+            out += [j for group, _ in retry for j in group]
+            seen, jobs_left = set(), []
+            for j in out:
+                if j.key not in answered and j.key not in seen:
+                    seen.add(j.key)
+                    jobs_left.append(j)
+            return jobs_left
+
+        def cluster_lost(reason: str):
+            """No live node can host a worker: restart our own cluster, or fail what is left."""
+            nonlocal exhausted
+            left = unfinished()
+            pending.clear()
+            retry.clear()
+            if self._owns_cluster and self.cluster_restarts < self.max_cluster_restarts:
+                log.warning("ray: the Ray node is lost (%s); restarting the local cluster (restart %d of %d) and "
+                            "redoing %d unfinished object(s)", reason, self.cluster_restarts + 1,
+                            self.max_cluster_restarts, len(left))
+                self._restart_cluster(ray)
+                for i in range(0, len(left), self.objects_per_task):  # not the objects' fault: attempts kept
+                    retry.append((left[i:i + self.objects_per_task], 1))
+                return
+            if self._owns_cluster:
+                why = (f"the local Ray cluster this run started was lost again after {self.cluster_restarts} "
+                       "restart(s)")
+            else:
+                why = (f"the Ray cluster at {self.address!r} has no live node that can run a worker any more "
+                       "(a node died: killed, or out of memory)")
+            rest = list(source)
+            exhausted = True
+            log.error("ray: %s (%s); %d object(s) not done", why, reason, len(left) + len(rest))
+            self._lost = True
+            for job in left + rest:
+                answered.add(job.key)
+                yield job, ClusterLost(f"{why}; {job.key!r} was not completed. Objects finished before are kept; "
+                                       "run again when the cluster is back (finished objects are skipped)")
+
+        self._lost = False
         try:
             while True:
-                for slot in range(len(self.actors)):
-                    while in_flight(slot) < IN_FLIGHT_PER_WORKER:
+                for depth in range(IN_FLIGHT_PER_WORKER):  # round-robin: every actor gets work first
+                    for slot in range(len(self.actors)):
+                        if in_flight(slot) > depth:
+                            continue
                         task = next_group()
                         if task is None:
                             break
@@ -182,12 +292,28 @@ class RayPool:
                         pending[ref] = (slot, actor, group, attempt)
                 if not pending:
                     return
-                (ref,), _ = ray.wait(list(pending), num_returns=1)
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.health_check_s)
+                if not ready:  # a bounded wait: nothing finished in this tick; is there still a cluster?
+                    if not self._can_host(ray):
+                        yield from cluster_lost("no live node left")
+                        if self._lost:
+                            return
+                    continue
+                ref = ready[0]
                 slot, actor, group, attempt = pending.pop(ref)
                 by_key = {j.key: j for j in group}
                 try:
-                    out = ray.get(ref)
+                    out = ray.get(ref, timeout=self.health_check_s * 12)
+                except GetTimeoutError:  # ready but not fetched in time: wait for it again
+                    pending[ref] = (slot, actor, group, attempt)
+                    continue
                 except (RayActorError, WorkerCrashedError) as e:
+                    if not self._can_host(ray):  # not this worker: the node is gone
+                        pending[ref] = (slot, actor, group, attempt)
+                        yield from cluster_lost(type(e).__name__)
+                        if self._lost:
+                            return
+                        continue
                     if self.actors[slot] is actor:  # the first of its failed groups: replace the actor
                         self.restarts += 1
                         if self.restarts > max_restarts:
@@ -197,7 +323,10 @@ class RayPool:
                         ray.kill(actor, no_restart=True)
                         self.actors[slot] = self._start()
                     for job in group:
+                        if job.key in answered:
+                            continue
                         if attempt >= self.max_attempts:
+                            answered.add(job.key)
                             yield job, EngineError(
                                 f"the worker process died {attempt} times while completing {job.key!r}; it is "
                                 f"skipped (last: {type(e).__name__}). The object may exhaust memory or crash the "
@@ -208,24 +337,29 @@ class RayPool:
                 except RayTaskError as e:  # the task raised (not the per-object errors: those are results)
                     cause = e.cause if isinstance(getattr(e, "cause", None), Exception) else e
                     for job in group:
-                        yield job, (cause if isinstance(cause, HoloPartError) else
-                                    EngineError(f"Ray task for {job.key!r} failed: {type(cause).__name__}: {cause}"))
+                        if job.key not in answered:
+                            answered.add(job.key)
+                            yield job, (cause if isinstance(cause, HoloPartError) else
+                                        EngineError(f"Ray task for {job.key!r} failed: {type(cause).__name__}: {cause}"))
                     continue
                 for key, res in out:
-                    yield by_key[key], res
+                    if key not in answered:
+                        answered.add(key)
+                        yield by_key[key], res
         finally:
-            for ref in pending:  # the caller stopped early or an error ended the run
-                try:
-                    ray.cancel(ref)
-                except Exception as e:  # already finished / actor gone
-                    log.debug("ray: cancel: %s", e)
+            if not self._lost:
+                for ref in pending:  # the caller stopped early or an error ended the run
+                    try:
+                        ray.cancel(ref)
+                    except Exception as e:  # already finished / actor gone
+                        log.debug("ray: cancel: %s", e)
             if close:
                 self.close()
 
     def close(self) -> None:
         """Stop the actors (and Ray, when this pool started it)."""
         ray = _ray()
-        for actor in self.actors:
+        for actor in self.actors if not getattr(self, "_lost", False) else []:
             try:
                 ray.kill(actor, no_restart=True)
             except Exception as e:  # already gone
@@ -252,3 +386,23 @@ class CrashOnce:
             except FileNotFoundError:
                 return
             os._exit(17)
+
+
+class StallOnce:
+    """Fault injection: the first worker handed ``key`` while ``marker`` exists removes it and
+    hangs (an object still in flight when the test kills the node)."""
+
+    def __init__(self, key, marker: str | os.PathLike, seconds: float = 600.0):
+        self.key = key
+        self.marker = str(marker)
+        self.seconds = float(seconds)
+
+    def __call__(self, keys) -> None:
+        if self.key in keys:
+            try:
+                os.unlink(self.marker)
+            except FileNotFoundError:
+                return
+            import time
+
+            time.sleep(self.seconds)

@@ -60,6 +60,9 @@ def add_subcommand(sub, common=None) -> argparse.ArgumentParser:
     lim = s.add_argument_group("limits")
     lim.add_argument("--max-body-mb", type=float, default=d.max_body_bytes / 2**20,
                      help=f"request body (default {d.max_body_bytes / 2**20:g} MiB; 413 beyond)")
+    lim.add_argument("--max-inflight-mb", type=float, default=d.max_inflight_bytes / 2**20,
+                     help=f"upload bytes held at once over all requests, from the first byte until the job is "
+                          f"done (default {d.max_inflight_bytes / 2**20:g} MiB; 503 + Retry-After beyond)")
     lim.add_argument("--max-parts", type=int, default=d.max_parts, help=f"default {d.max_parts} (422 beyond)")
     lim.add_argument("--max-faces", type=int, default=d.max_faces, help=f"default {d.max_faces} (422 beyond)")
     lim.add_argument("--max-vertices", type=int, default=d.max_vertices, help=f"default {d.max_vertices}")
@@ -99,6 +102,18 @@ def _parse_option(text: str):
             raise InputError(f"--option {text!r}: value must be a number, true/false or none") from None
 
 
+def is_embedded_model(path) -> bool:
+    """``path`` is None or names the embedded holopart-mini (through any relative path or link)."""
+    from holopart_infer import assets
+
+    if path is None:
+        return True
+    try:
+        return os.path.samefile(path, assets.demo_model_path())
+    except OSError:
+        return False
+
+
 def build_service(args):
     """The :class:`Service` described by parsed ``serve`` arguments (loads the model)."""
     from dataclasses import asdict
@@ -111,10 +126,8 @@ def build_service(args):
 
     model = load(args.model or assets.demo_model_path(), backend=args.backend, device=args.device)
     opts = asdict(model.default_options())
-    if not args.model:
-        from holopart_infer.assets import DEMO_PRESET
-
-        opts.update(DEMO_PRESET)
+    if is_embedded_model(args.model):  # one model, one set of defaults, however it was named
+        opts.update(assets.DEMO_PRESET)
     opts.update(dict(_parse_option(o) for o in args.option))
     defaults = CompletionOptions(**opts)
     defaults.validate()
@@ -124,7 +137,10 @@ def build_service(args):
     limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20), max_parts=args.max_parts,
                     max_faces=args.max_faces, max_vertices=args.max_vertices, body_idle_s=args.body_idle_timeout,
                     body_total_s=args.body_timeout, deadline_s=args.deadline, max_steps=args.max_steps,
-                    max_depth=args.max_depth)
+                    max_depth=args.max_depth, max_inflight_bytes=int(args.max_inflight_mb * 2**20))
+    if limits.max_inflight_bytes < limits.max_body_bytes:
+        raise InputError(f"--max-inflight-mb {args.max_inflight_mb:g} is below --max-body-mb {args.max_body_mb:g}: "
+                         "no upload of the largest allowed size could ever be accepted; raise it")
     token = args.token or os.environ.get(TOKEN_ENV) or None
     return Service(model, defaults, limits, token, max_queue=args.max_queue,
                    max_wait_s=0.0 if args.no_batching else args.batch_wait_ms / 1000.0,

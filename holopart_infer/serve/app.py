@@ -38,8 +38,8 @@ import numpy as np
 from holopart_infer.errors import InputError
 from holopart_infer.serve.batcher import (DONE, FAILED, Batcher, JobStore, QueueFull, ServeJob, complete_many_runner,
                                           private_tempdir)
-from holopart_infer.serve.limits import (Limits, RequestRefused, check_counts, check_gltf, geometry_only,
-                                         load_labels)
+from holopart_infer.serve.limits import (ByteBudget, Hold, Limits, RequestRefused, check_counts, check_gltf,
+                                         load_labels, write_geometry_only)
 from holopart_infer.serve.metrics import Metrics
 
 log = logging.getLogger("holopart_infer")
@@ -53,6 +53,12 @@ REQUEST_OPTIONS = {
     "close_at_bounds": lambda s: s if isinstance(s, bool) else str(s).lower() in ("1", "true", "yes"),
 }
 _DRAIN_AFTER_LIMIT_S = 2.0  # read and drop the rest of a too-large body this long, so the 413 reaches the client
+_CLOSE = {"Connection": "close"}  # after a refusal mid-body: do not wait for the rest of it
+
+
+def error_body(kind: str, message: str, **details) -> dict:
+    """The one shape of every error answer: ``{"error": {"kind", "message", ...details}}``."""
+    return {"error": {"kind": kind, "message": message, **details}}
 
 
 class Service:
@@ -84,6 +90,7 @@ class Service:
                                on_job_done=self._on_job_done)
         self.metrics = Metrics(lambda: self.batcher.depth, lambda: self.batcher.inflight)
         self.draining = False
+        self.budget = ByteBudget(self.limits.max_inflight_bytes)
 
     # ------------------------------------------------------------------ hooks from the worker
     def _on_batch(self, jobs: list[ServeJob]) -> None:
@@ -96,6 +103,9 @@ class Service:
             m.queue_wait.observe(now - j.created)
 
     def _on_job_done(self, job: ServeJob) -> None:
+        hold = getattr(job, "hold", None)
+        if hold is not None:  # its upload no longer counts against the in-flight budget
+            hold.release()
         if job.state == DONE:
             self.metrics.job_done(job.finished - job.created, job.num_parts)
             if any(size > job.num_parts for size in job.batch.get("dit_batch_sizes", [])):
@@ -118,9 +128,7 @@ class Service:
             finally:
                 # uvicorn has stopped accepting and waited for in-flight requests
                 self.draining = True
-                finished = await asyncio.get_running_loop().run_in_executor(
-                    None, self.batcher.stop, self.drain_timeout_s)
-                log.info("serve: stopped (%s)", "queue drained" if finished else "drain timed out")
+                await self._drain()
 
         routes = [
             Route("/", self.page, methods=["GET"]),
@@ -136,7 +144,38 @@ class Service:
             Route("/v1/jobs/{job_id}/meshes.json", self.job_meshes, methods=["GET"]),
             Mount("/static", app=StaticFiles(directory=str(STATIC_DIR)), name="static"),
         ]
-        return Starlette(routes=routes, lifespan=lifespan)
+        async def not_found(request, exc):
+            from starlette.responses import JSONResponse
+
+            status = getattr(exc, "status_code", 404)
+            if status == 405:
+                body = error_body("method_not_allowed", f"{request.method} is not allowed on {request.url.path}")
+            else:
+                body = error_body("not_found", f"no route {request.url.path}; the API is under /v1 "
+                                  "(docs/serving.md)")
+            self.metrics.requests.labels("(unknown)" if status == 404 else request.url.path, str(status)).inc()
+            return JSONResponse(body, status_code=status, headers=getattr(exc, "headers", None))
+
+        return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_found})
+
+    async def _drain(self) -> None:
+        """Finish the queued and running jobs (up to ``drain_timeout_s``), saying so in the log."""
+        loop = asyncio.get_running_loop()
+        queued, running = self.batcher.depth, self.batcher.inflight
+        log.info("serve: shutting down: finishing %d queued and %d running job(s) (up to %g s)", queued, running,
+                 self.drain_timeout_s)
+        stop = loop.run_in_executor(None, self.batcher.stop, self.drain_timeout_s)
+        while True:
+            done, _ = await asyncio.wait({stop}, timeout=5.0)
+            if done:
+                break
+            log.info("serve: draining: %d queued, %d running", self.batcher.depth, self.batcher.inflight)
+        finished = stop.result()
+        if finished:
+            log.info("serve: stopped (queue drained)")
+        else:
+            log.warning("serve: stopped with %d job(s) unfinished (--drain-timeout %g s passed)",
+                        self.batcher.depth + self.batcher.inflight, self.drain_timeout_s)
 
     # ------------------------------------------------------------------ helpers
     def _json(self, route: str, payload: dict, status: int = 200, headers: dict | None = None):
@@ -147,13 +186,16 @@ class Service:
 
     def _refused(self, route: str, e: RequestRefused, headers: dict | None = None):
         self.metrics.errors.labels(e.kind).inc()
-        return self._json(route, e.as_json(), e.status, headers)
+        headers = {**(headers or {}), **getattr(e, "headers", {})}
+        return self._json(route, e.as_json(), e.status, headers or None)
 
     def _auth(self, request) -> None:
         if self.token is None:
             return
-        got = request.headers.get("authorization", "")
-        if not (got.startswith("Bearer ") and hmac.compare_digest(got[7:].encode(), self.token.encode())):
+        scheme, _, credentials = request.headers.get("authorization", "").strip().partition(" ")
+        # the auth scheme is case-insensitive (RFC 7235 2.1); the token is compared in constant time
+        if not (scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(),
+                                                                   self.token.encode())):
             raise RequestRefused(401, "unauthorized", "this service needs 'Authorization: Bearer TOKEN' "
                                  "(the token given to `holopart-infer serve --token` / HOLOPART_SERVE_TOKEN)")
 
@@ -164,21 +206,40 @@ class Service:
                                  f"are kept {self.store.ttl_s:.0f} s)")
         return job
 
-    async def _read_body(self, request) -> bytes:
-        """The body, counted as it arrives (Content-Length is not trusted), within
-        the byte limit and the idle / total time limits."""
+    def _busy(self, n: int) -> RequestRefused:
+        e = RequestRefused(503, "busy", f"{self.budget.used} bytes of uploads are in flight and this one needs "
+                           f"{n}; the limit is {self.budget.limit} (--max-inflight-mb); retry later",
+                           limit=self.budget.limit, actual=self.budget.used + n)
+        retry = self.batcher.retry_after()
+        e.headers = {"Retry-After": str(retry), **_CLOSE}
+        return e
+
+    async def _read_body(self, request, hold: Hold, path: Path) -> int:
+        """Stream the body into ``path`` (a private file), counted as it arrives (Content-Length
+        is not trusted), within the byte limit, the in-flight budget (``hold`` grows with it) and
+        the idle / total time limits. Returns its length.
+
+        A body refused on the way (too large, over the budget) is still read, and dropped, for up
+        to a couple of seconds so that the client, busy sending, gets the answer."""
         limit = self.limits.max_body_bytes
         declared = request.headers.get("content-length", "")
+        refusal = None
         if declared.isdigit() and int(declared) > limit:
-            raise RequestRefused(413, "body_too_large", f"request body of {int(declared)} bytes (Content-Length); "
-                                 f"the limit is {limit}", limit=limit, actual=int(declared))
-        chunks, n, t0 = [], 0, time.monotonic()
-        too_large_at = None
+            refusal = RequestRefused(413, "body_too_large", f"request body of {int(declared)} bytes "
+                                     f"(Content-Length); the limit is {limit}", limit=limit, actual=int(declared))
+        elif declared.isdigit() and not hold.grow_to(int(declared)):
+            refusal = self._busy(int(declared))
+        with open(path, "wb") as sink:
+            return await self._stream_body(request, hold, sink, limit, refusal)
+
+    async def _stream_body(self, request, hold: Hold, sink, limit: int, refusal: RequestRefused | None) -> int:
+        n, t0 = 0, time.monotonic()
+        refused_at = None if refusal is None else t0
         complete = False
         while True:
             left = min(self.limits.body_idle_s, self.limits.body_total_s - (time.monotonic() - t0))
-            if too_large_at is not None:
-                left = min(left, too_large_at + _DRAIN_AFTER_LIMIT_S - time.monotonic())
+            if refused_at is not None:
+                left = min(left, refused_at + _DRAIN_AFTER_LIMIT_S - time.monotonic())
             if left <= 0:
                 break
             try:
@@ -189,25 +250,32 @@ class Service:
                 raise RequestRefused(400, "client_disconnected", "the client went away during the upload")
             chunk = message.get("body", b"")
             n += len(chunk)
-            if n > limit and too_large_at is None:
-                too_large_at = time.monotonic()
-                chunks = []
-            if too_large_at is None:
-                chunks.append(chunk)
+            if refusal is None and n > limit:
+                refusal = RequestRefused(413, "body_too_large", f"request body exceeds {limit} bytes (counted as "
+                                         "it arrived)", limit=limit, actual_at_least=n)
+            elif refusal is None and not hold.grow_to(n):
+                refusal = self._busy(n)
+            if refusal is not None:
+                refused_at = refused_at or time.monotonic()
+                hold.release()  # nothing of this body is kept
+            else:
+                sink.write(chunk)
             if not message.get("more_body", False):
                 complete = True
                 break
             if n > 4 * limit:
                 break
-        if too_large_at is not None:
-            raise RequestRefused(413, "body_too_large", f"request body exceeds {limit} bytes (counted as it "
-                                 "arrived)", limit=limit, actual_at_least=n)
+        if refusal is not None:
+            refusal.headers = {**getattr(refusal, "headers", {}), **_CLOSE}
+            raise refusal
         if not complete:
-            raise RequestRefused(408, "body_timeout",
-                                 f"the request body did not arrive in time ({n} bytes received; limits: "
-                                 f"{self.limits.body_idle_s:g} s between pieces, {self.limits.body_total_s:g} s "
-                                 "in all)")
-        return b"".join(chunks)
+            e = RequestRefused(408, "body_timeout",
+                               f"the request body did not arrive in time ({n} bytes received in "
+                               f"{time.monotonic() - t0:.1f} s; limits: {self.limits.body_idle_s:g} s between "
+                               f"pieces, {self.limits.body_total_s:g} s in all)")
+            e.headers = dict(_CLOSE)
+            raise e
+        return n
 
     def _options(self, params: dict):
         from holopart_infer.pipeline import CompletionOptions
@@ -216,7 +284,8 @@ class Service:
         for name, raw in params.items():
             if name not in REQUEST_OPTIONS:
                 raise RequestRefused(422, "unknown_option", f"option {name!r} cannot be set per request; "
-                                     f"allowed: {', '.join(REQUEST_OPTIONS)}", option=name)
+                                     f"allowed: {', '.join([*REQUEST_OPTIONS, 'deadline'])} (and, as query "
+                                     "parameters, preview on /v1/complete and demo)", option=name)
             try:
                 given[name] = REQUEST_OPTIONS[name](raw)
             except (TypeError, ValueError):
@@ -233,8 +302,20 @@ class Service:
             raise RequestRefused(422, "invalid_option", str(e)) from None
         return opts
 
-    async def _submission(self, request) -> ServeJob:
-        """Read, check and parse an upload into a queued-to-be :class:`ServeJob`."""
+    async def _submission(self, request, hold: Hold) -> ServeJob:
+        """Read, check and parse an upload into a queued-to-be :class:`ServeJob`.
+
+        The body is streamed into a private temporary folder (removed before this returns);
+        ``hold`` keeps its bytes counted against the in-flight budget."""
+        from starlette.concurrency import run_in_threadpool
+
+        tmp = Path(private_tempdir())
+        try:
+            return await self._submission_in(request, hold, tmp)
+        finally:
+            await run_in_threadpool(shutil.rmtree, tmp, True)
+
+    async def _submission_in(self, request, hold: Hold, tmp: Path) -> ServeJob:
         from starlette.concurrency import run_in_threadpool
 
         from holopart_infer import assets
@@ -252,14 +333,15 @@ class Service:
         query.pop("preview", None)
         demo = query.pop("demo", None)
         arrived = time.monotonic()
-        body = await self._read_body(request)
+        body = tmp / "body"
+        size = await self._read_body(request, hold, body)
         obj, labels_raw, form_opts, name = body, None, {}, "upload"
         ctype = request.headers.get("content-type", "")
-        if demo is None and ctype.startswith("multipart/form-data"):
-            obj, labels_raw, form_opts, name = await self._parse_form(request, body)
+        if demo is None and ctype.startswith("multipart/form-data") and size:
+            obj, labels_raw, form_opts, name = await self._parse_form(request, body, tmp)
         options = self._options({**query, **form_opts})
         if demo is not None:
-            if body:
+            if size:
                 raise RequestRefused(422, "invalid_request", "?demo=NAME takes no upload")
             if demo not in assets.DEMO_OBJECTS:
                 raise RequestRefused(422, "unknown_demo", f"no embedded object {demo!r}; choose one of "
@@ -267,21 +349,25 @@ class Service:
             parts = await run_in_threadpool(load_parts, assets.demo_object_path(demo))
             source = f"demo:{demo}"
         else:
-            if not obj:
+            if not obj.stat().st_size:
                 raise RequestRefused(422, "empty_upload", "no object uploaded: send a .glb as the body, or "
                                      "multipart with a 'file' field (or use ?demo=NAME)")
-            parts = await run_in_threadpool(self._parse_upload, obj, labels_raw, name)
+            parts = await run_in_threadpool(self._parse_upload, obj, labels_raw, name, tmp)
             source = name
         check_counts(len(parts), sum(len(p.faces) for p in parts), sum(len(p.vertices) for p in parts),
                      self.limits, source)
         return ServeJob(parts=parts, options=options, deadline=arrived + deadline_s, source=source)
 
-    async def _parse_form(self, request, body: bytes):
+    async def _parse_form(self, request, body: Path, tmp: Path):
+        """The multipart fields; the object is copied into ``tmp`` piece by piece (never whole in memory)."""
+        from starlette.concurrency import run_in_threadpool
         from starlette.datastructures import UploadFile
         from starlette.formparsers import MultiPartException, MultiPartParser
 
         async def replay():
-            yield body
+            with open(body, "rb") as f:
+                while chunk := await run_in_threadpool(f.read, 1 << 20):
+                    yield chunk
             yield b""
 
         try:
@@ -292,7 +378,14 @@ class Service:
             file = form.get("file")
             if not isinstance(file, UploadFile):
                 raise RequestRefused(422, "empty_upload", "multipart upload needs a 'file' field with the object")
-            obj = await file.read()
+            obj = tmp / "object"
+
+            def copy_out():
+                file.file.seek(0)
+                with open(obj, "wb") as out:
+                    shutil.copyfileobj(file.file, out, 1 << 20)
+
+            await run_in_threadpool(copy_out)
             name = Path(file.filename or "upload.glb").name
             labels = form.get("labels")
             labels_raw = await labels.read() if isinstance(labels, UploadFile) else None
@@ -309,28 +402,33 @@ class Service:
         finally:
             await form.close()
 
-    def _parse_upload(self, obj: bytes, labels_raw: bytes | None, name: str):
-        """Safety checks, then the library's reader on a private copy (worker thread)."""
+    def _parse_upload(self, obj: Path, labels_raw: bytes | None, name: str, tmp: Path):
+        """Safety checks, then the library's reader on a geometry-only copy (worker thread).
+        The upload is mapped, not read: only its header and JSON are touched here."""
+        import mmap
+
         from holopart_infer.parts_io import load_parts
 
-        summary = check_gltf(obj, self.limits, name)
-        labels = None
-        if labels_raw is not None:
-            labels = load_labels(labels_raw, self.limits, f"{name} labels")
-            if summary.mesh_nodes != 1:
-                raise RequestRefused(422, "invalid_input", f"{name}: labels need one mesh; it has "
-                                     f"{summary.mesh_nodes} mesh nodes")
-        suffix = ".glb" if obj[:4] == b"glTF" else ".gltf"
-        tmp = private_tempdir()
+        with open(obj, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            summary = check_gltf(data, self.limits, name)
+            labels = None
+            if labels_raw is not None:
+                labels = load_labels(labels_raw, self.limits, f"{name} labels")
+                if summary.mesh_nodes != 1:
+                    raise RequestRefused(422, "invalid_input", f"{name}: labels need one mesh; it has "
+                                         f"{summary.mesh_nodes} mesh nodes")
+            path = tmp / ("upload.glb" if data[:4] == b"glTF" else "upload.gltf")
+            with open(path, "wb") as out:
+                write_geometry_only(data, out, source=f)
+        obj.unlink()  # the checked copy is all the reader needs
         try:
-            path = Path(tmp) / f"upload{suffix}"
-            path.write_bytes(geometry_only(obj))
-            try:
-                parts = load_parts(path, labels=labels)
-            except InputError as e:
-                raise RequestRefused(422, "invalid_input", str(e).replace(str(path), name)) from None
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            parts = load_parts(path, labels=labels)
+        except InputError as e:
+            raise RequestRefused(422, "invalid_input", str(e).replace(str(path), name)) from None
+        except Exception as e:  # the reader choked on a file the checks let through: still the upload's fault
+            log.debug("serve: reader failed on %s", name, exc_info=True)
+            raise RequestRefused(422, "invalid_input", f"{name}: the glTF reader could not read it "
+                                 f"({type(e).__name__}: {e})") from None
         parts.source = name
         parts.input_paths = ()
         return parts
@@ -385,6 +483,7 @@ class Service:
 
     async def _accept(self, request, route: str):
         """Auth, read, check, queue. Returns the job or an error response."""
+        hold = Hold(self.budget)
         try:
             self._auth(request)
             if self.draining:
@@ -392,18 +491,27 @@ class Service:
             if not self.batcher.accepting and self.batcher.alive:
                 # refuse before reading the body when the queue is already full
                 raise QueueFull(self.batcher.depth, self.batcher.retry_after())
-            job = await self._submission(request)
+            job = await self._submission(request, hold)
+            job.hold = hold  # given back when the job is done (Service._on_job_done)
             self.batcher.submit(job)
         except RequestRefused as e:
+            hold.release()
             return None, self._refused(route, e)
         except QueueFull as e:
+            hold.release()
             self.metrics.errors.labels("queue_full").inc()
-            return None, self._json(route, {"error": {"kind": "queue_full", "message": f"{e}; retry later",
-                                                      "retry_after_s": e.retry_after}}, 503,
-                                    {"Retry-After": str(e.retry_after)})
+            return None, self._json(route, error_body("queue_full", f"{e}; retry later", retry_after_s=e.retry_after),
+                                    503, {"Retry-After": str(e.retry_after)})
         except RuntimeError as e:
+            hold.release()
             self.metrics.errors.labels("shutting_down").inc()
-            return None, self._json(route, {"error": {"kind": "shutting_down", "message": str(e)}}, 503)
+            return None, self._json(route, error_body("shutting_down", str(e)), 503)
+        except Exception as e:  # a bug, not the upload: say so as JSON, keep the traceback in the log
+            hold.release()
+            log.exception("serve: %s failed unexpectedly", route)
+            self.metrics.errors.labels("internal_error").inc()
+            return None, self._json(route, error_body("internal_error", f"the service failed on this request "
+                                                      f"({type(e).__name__}); see the server log"), 500)
         self.store.add(job)
         return job, None
 
@@ -416,11 +524,11 @@ class Service:
             return refused
         await self._wait(job, job.deadline + 0.5)
         if job.state not in (DONE, FAILED):  # the worker marks (and counts) it when it gets to it
-            return self._json(route, {"error": {"status": 504, "kind": "deadline_exceeded", "message":
-                                                "the request's deadline passed before its result was ready"},
-                                      "job": job.id}, 504)
+            return self._json(route, error_body("deadline_exceeded", "the request's deadline passed before its "
+                                                "result was ready"), 504, {"X-HoloPart-Job": job.id})
         if job.state == FAILED:
-            return self._json(route, {"error": job.error, "job": job.id}, job.error["status"])
+            err = {k: v for k, v in job.error.items() if k != "status"}
+            return self._json(route, {"error": err}, job.error["status"], {"X-HoloPart-Job": job.id})
         headers = {"X-HoloPart-Job": job.id, "X-HoloPart-Batch-Objects": str(job.batch.get("objects", 1)),
                    "Content-Disposition": 'attachment; filename="completed.glb"'}
         if request.query_params.get("preview", "") in ("1", "true", "yes"):

@@ -29,6 +29,11 @@ log = logging.getLogger("holopart_infer")
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 
 
+class _AllExpired(BaseException):
+    """Raised from the progress callback to stop a batch whose every job's deadline has passed
+    (a BaseException: the pipeline's per-batch error handling does not swallow it)."""
+
+
 class QueueFull(Exception):
     """The bounded queue is full; try again after ``retry_after`` seconds."""
 
@@ -161,10 +166,25 @@ class Batcher:
 
     @property
     def accepting(self) -> bool:
+        self.drop_expired()
         return self.alive and not self._stopping and len(self._queue) < self.max_queue
+
+    def drop_expired(self) -> int:
+        """Fail (504) and remove the queued jobs whose deadline has passed: nobody waits for
+        them, and they must not hold a place in the queue. Returns how many."""
+        now = time.monotonic()
+        with self._cond:
+            late = [j for j in self._queue if now > j.deadline]
+            for job in late:
+                self._queue.remove(job)
+        for job in late:
+            job.fail(504, "deadline_exceeded", "the request's deadline passed while it waited in the queue")
+            self.on_job_done(job)
+        return len(late)
 
     def submit(self, job: ServeJob) -> None:
         """Queue a job, or raise :class:`QueueFull` / RuntimeError (shutting down)."""
+        self.drop_expired()
         with self._cond:
             if self._stopping or not self.alive:
                 raise RuntimeError("the service is shutting down")
@@ -250,38 +270,53 @@ class Batcher:
         self.batches_run += 1
 
         def progress(stage: str, done: int, total: int) -> None:
-            for job in live:
-                if job.state == RUNNING:
-                    job.stage, job.done, job.total = stage, int(done), int(total)
-                    job.version += 1
+            now = time.monotonic()
+            running = [job for job in live if job.state == RUNNING]
+            if running and all(now > job.deadline for job in running):
+                raise _AllExpired()  # nobody waits for this batch any more: stop between stages
+            for job in running:
+                job.stage, job.done, job.total = stage, int(done), int(total)
+                job.version += 1
 
         t0 = time.monotonic()
         seen = set()
-        for job, outcome in self.run_batch(live, progress):
-            seen.add(id(job))
-            if isinstance(outcome, BaseException):
-                status = 422 if isinstance(outcome, ValueError) else 500
-                kind = "invalid_input" if status == 422 else "internal_error"
-                job.fail(status, kind, str(outcome))
-            elif time.monotonic() > job.deadline:
-                job.fail(504, "deadline_exceeded", "the request's deadline passed while it was being completed")
-            else:
-                try:
-                    job.glb = encode_glb(outcome)
-                except Exception as e:  # a writer failure fails this job only
-                    log.exception("serve: encoding job %s failed", job.id)
-                    job.fail(500, "internal_error", f"writing the result failed: {type(e).__name__}: {e}")
-                else:
-                    job.result = outcome
-                    job.batch["dit_batch_sizes"] = list(outcome.stats.get("batch_sizes", []))
-                    job.state, job.stage, job.finished = DONE, "done", time.monotonic()
-                    job.version += 1
-            self.on_job_done(job)
+        try:
+            for job, outcome in self.run_batch(live, progress):
+                seen.add(id(job))
+                self._settle(job, outcome)
+        except _AllExpired:
+            log.info("serve: stopped a batch of %d job(s) whose deadlines all passed", len(live))
+            for job in live:
+                if id(job) not in seen and job.state == RUNNING:
+                    seen.add(id(job))
+                    job.fail(504, "deadline_exceeded", "the request's deadline passed while it was being "
+                             "completed; its work was stopped")
+                    self.on_job_done(job)
         for job in live:
             if id(job) not in seen:
                 job.fail(500, "internal_error", "the batch ended without a result for this request")
                 self.on_job_done(job)
         self._batch_seconds.append(time.monotonic() - t0)
+
+    def _settle(self, job: ServeJob, outcome) -> None:
+        """Record one job's outcome from the batch (result, error or a passed deadline)."""
+        if isinstance(outcome, BaseException):
+            status = 422 if isinstance(outcome, ValueError) else 500
+            job.fail(status, "invalid_input" if status == 422 else "internal_error", str(outcome))
+        elif time.monotonic() > job.deadline:
+            job.fail(504, "deadline_exceeded", "the request's deadline passed while it was being completed")
+        else:
+            try:
+                job.glb = encode_glb(outcome)
+            except Exception as e:  # a writer failure fails this job only
+                log.exception("serve: encoding job %s failed", job.id)
+                job.fail(500, "internal_error", f"writing the result failed: {type(e).__name__}: {e}")
+            else:
+                job.result = outcome
+                job.batch["dit_batch_sizes"] = list(outcome.stats.get("batch_sizes", []))
+                job.state, job.stage, job.finished = DONE, "done", time.monotonic()
+                job.version += 1
+        self.on_job_done(job)
 
 
 class JobStore:

@@ -26,7 +26,9 @@ import base64
 import binascii
 import io
 import json
+import math
 import struct
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +59,10 @@ class Limits:
             beyond); a request may ask for less with ``deadline``.
         max_steps: largest ``steps`` a request may ask for.
         max_depth: largest ``depth`` a request may ask for.
+        max_inflight_bytes: uploads held at once, over all requests: a body's
+            bytes count from its first byte (its Content-Length, when given,
+            up front) until its job has finished; beyond it, 503 ``busy`` with
+            Retry-After. Bounds the memory uploads and their parsed parts take.
     """
 
     max_body_bytes: int = 32 << 20
@@ -69,6 +75,50 @@ class Limits:
     deadline_s: float = 300.0
     max_steps: int = 100
     max_depth: int = 9
+    max_inflight_bytes: int = 256 << 20
+
+
+class ByteBudget:
+    """The service-wide budget of upload bytes in flight (thread-safe: the inference
+    thread gives back what a finished job held)."""
+
+    def __init__(self, limit: int):
+        self.limit = int(limit)
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        """Reserve ``n`` bytes; False (nothing reserved) when that would pass the limit."""
+        with self._lock:
+            if self.used + n > self.limit:
+                return False
+            self.used += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self.used = max(0, self.used - n)
+
+
+class Hold:
+    """What one request holds of a :class:`ByteBudget`; :meth:`release` gives it all back once."""
+
+    def __init__(self, budget: ByteBudget):
+        self.budget = budget
+        self.bytes = 0
+
+    def grow_to(self, n: int) -> bool:
+        if n <= self.bytes:
+            return True
+        if not self.budget.take(n - self.bytes):
+            return False
+        self.bytes = n
+        return True
+
+    def release(self) -> None:
+        with self.budget._lock:  # the event loop and the inference thread may both call it
+            n, self.bytes = self.bytes, 0
+            self.budget.used = max(0, self.budget.used - n)
 
 
 class RequestRefused(InputError):
@@ -130,7 +180,7 @@ def split_glb(data: bytes, what: str) -> tuple[dict, int]:
 
 def _parse_json(raw: bytes, what: str) -> dict:
     try:
-        doc = json.loads(raw.decode("utf-8"))
+        doc = json.loads(bytes(raw).decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise _bad(f"{what}: the glTF JSON cannot be parsed ({type(e).__name__}: {e})") from None
     if not isinstance(doc, dict):
@@ -178,6 +228,9 @@ def _check_uri(uri, what: str) -> int:
 def check_gltf(data: bytes, limits: Limits, what: str = "upload") -> GltfSummary:
     """Check an uploaded ``.glb`` (or ``.gltf`` JSON) before any reader parses it.
 
+    Args:
+        data: the upload (``bytes``, or an ``mmap`` of the spooled upload).
+
     Returns:
         :class:`GltfSummary` of what the file declares.
 
@@ -185,8 +238,19 @@ def check_gltf(data: bytes, limits: Limits, what: str = "upload") -> GltfSummary
         RequestRefused: 422 with kind ``invalid_gltf``, ``unsafe_uri``,
             ``unsupported_gltf``, ``too_many_parts``, ``too_many_faces``,
             ``too_many_vertices`` or ``too_many_nodes``; the message names the
-            element, the limit and the declared value.
+            element, the limit and the declared value. A value of the wrong
+            JSON type anywhere is ``invalid_gltf`` too, never a server error.
     """
+    try:
+        return _check_gltf(data, limits, what)
+    except RequestRefused:
+        raise
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError, OverflowError, RecursionError) as e:
+        raise _bad(f"{what}: the glTF JSON does not have the structure glTF 2 requires "
+                   f"({type(e).__name__}: {e})") from None
+
+
+def _check_gltf(data, limits: Limits, what: str) -> GltfSummary:
     if data[:4] == _GLB_MAGIC:
         doc, bin_len = split_glb(data, what)
         glb = True
@@ -238,7 +302,7 @@ def check_gltf(data: bytes, limits: Limits, what: str = "upload") -> GltfSummary
         if "sparse" in a:
             raise RequestRefused(422, "unsupported_gltf", f"{w}: sparse accessors are not accepted")
         comp, typ = a.get("componentType"), a.get("type")
-        if comp not in _COMPONENT_BYTES or typ not in _TYPE_COMPONENTS:
+        if not isinstance(comp, int) or not isinstance(typ, str) or comp not in _COMPONENT_BYTES or typ not in _TYPE_COMPONENTS:
             raise _bad(f"{w}: unknown componentType {comp!r} or type {typ!r}")
         if count > most:
             raise RequestRefused(422, "too_many_vertices",
@@ -300,7 +364,10 @@ def check_gltf(data: bytes, limits: Limits, what: str = "upload") -> GltfSummary
     parent = [-1] * len(nodes)
     mesh_nodes = faces = verts = 0
     for i, node in enumerate(nodes):
-        for c in node.get("children", []):
+        children = node.get("children", [])
+        if not isinstance(children, list):
+            raise _bad(f"{what}: nodes[{i}].children must be a list of node indices, got {children!r}")
+        for c in children:
             if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < len(nodes) or c == i:
                 raise _bad(f"{what}: nodes[{i}] has an invalid child {c!r}")
             if parent[c] != -1:
@@ -331,12 +398,22 @@ def geometry_only(data: bytes) -> bytes:
     """The upload with everything but geometry removed (images, textures, materials,
     animations, skins, extensions), for the mesh reader: embedded images are never
     decoded (no image decompression bombs). Call after :func:`check_gltf`."""
+    out = io.BytesIO()
+    write_geometry_only(data, out)
+    return out.getvalue()
+
+
+def write_geometry_only(data, out, source=None) -> None:
+    """:func:`geometry_only` written to the binary file ``out``. ``data`` may be an
+    ``mmap``; with ``source`` (the open upload file) the BIN chunk is copied from it
+    piece by piece instead of through memory."""
+    rest_at = None
     if data[:4] == _GLB_MAGIC:
         doc, _ = split_glb(data, "upload")
         json_len = struct.unpack_from("<I", data, 12)[0]
-        rest = data[20 + json_len:]  # the BIN chunk (header included), unchanged
+        rest_at = 20 + json_len  # the BIN chunk (header included), unchanged
     else:
-        doc, rest = _parse_json(data, "upload"), None
+        doc = _parse_json(data, "upload")
     for key in _NOT_GEOMETRY:
         doc.pop(key, None)
     for mesh in doc.get("meshes", []):
@@ -348,11 +425,20 @@ def geometry_only(data: bytes) -> bytes:
         for key in ("skin", "camera", "extensions", "weights"):
             node.pop(key, None)
     raw = json.dumps(doc, separators=(",", ":")).encode()
-    if rest is None:
-        return raw
+    if rest_at is None:
+        out.write(raw)
+        return
     raw += b" " * (-len(raw) % 4)
-    body = struct.pack("<II", len(raw), _CHUNK_JSON) + raw + rest
-    return struct.pack("<4sII", _GLB_MAGIC, 2, 12 + len(body)) + body
+    rest_len = len(data) - rest_at
+    out.write(struct.pack("<4sII", _GLB_MAGIC, 2, 12 + 8 + len(raw) + rest_len))
+    out.write(struct.pack("<II", len(raw), _CHUNK_JSON) + raw)
+    if source is None:
+        out.write(memoryview(data)[rest_at:])
+    else:
+        import shutil
+
+        source.seek(rest_at)
+        shutil.copyfileobj(source, out, 1 << 20)
 
 
 def check_counts(parts: int, faces: int, vertices: int, limits: Limits, what: str) -> None:
@@ -372,11 +458,13 @@ def load_labels(data: bytes, limits: Limits, what: str = "labels") -> np.ndarray
         major, _ = np.lib.format.read_magic(f)
         read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
         shape, fortran, dtype = read_header(f)
-    except (ValueError, SyntaxError, TypeError) as e:
+    except (ValueError, SyntaxError, TypeError, OverflowError, MemoryError) as e:
         raise RequestRefused(422, "invalid_labels", f"{what}: not a .npy array ({e})") from None
     if dtype.hasobject or dtype.kind not in "iu":
         raise RequestRefused(422, "invalid_labels", f"{what}: labels must be integers, got dtype {dtype}")
-    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise RequestRefused(422, "invalid_labels", f"{what}: header declares an invalid shape {shape!r}")
+    n = math.prod(shape)  # Python integers: a declared 2**64 does not wrap around
     if n > limits.max_faces:
         raise RequestRefused(422, "too_many_faces", f"{what}: {n} labels; the limit is {limits.max_faces} faces",
                              limit=limits.max_faces, actual=n)

@@ -83,7 +83,7 @@ def test_collect_items_layouts(tmp_path):
         json.dumps({"input": "objs/d.obj", "labels": "objs/d.npy", "options": {"seed": 4}, "id": "my d"}) + "\n"
         + json.dumps({"input": "objs/a.glb", "colour": "red"}) + "\n")
     d, a = collect_items([tmp_path / "list.jsonl"])
-    assert (d.id, d.labels.name, d.options, d.error) == ("my_d", "d.npy", {"seed": 4}, None)
+    assert (d.id, d.labels.name, d.options, d.error) == ("my d", "d.npy", {"seed": 4}, None)  # kept as given
     assert "colour" in a.error and "list.jsonl:2" in a.error
     with pytest.raises(InputFileNotFound, match="nope"):
         collect_items([tmp_path / "nope"])
