@@ -15,8 +15,9 @@ Inputs (:func:`collect_items`), each becoming one or more objects:
   no label files) is itself one object;
 * a list file: ``.txt`` with one object path per line (``#`` comments, paths
   relative to the list file), or ``.jsonl`` with one JSON object per line:
-  ``{"input": PATH, "labels": PATH, "options": {"steps": 20, ...}, "id": NAME}``
-  (only ``input`` is required).
+  ``{"input": PATH, "labels": PATH, "options": {"steps": 20, ...}, "id": NAME, "up": "+z"}``
+  (only ``input`` is required; ``up``: the axis pointing up in the input, as
+  ``load_parts(up=)``; default: ``batch --up``, else the format's).
 
 Outputs: ``OUT_DIR/<id>.glb`` per object (the id is the input's stem, made
 unique), each written atomically, and ``OUT_DIR/ledger.jsonl``: one line per
@@ -48,7 +49,7 @@ log = logging.getLogger("holopart_infer")
 
 LEDGER_NAME = "ledger.jsonl"
 LIST_EXTENSIONS = (".txt", ".jsonl")
-_JSONL_KEYS = {"input", "labels", "options", "id"}
+_JSONL_KEYS = {"input", "labels", "options", "id", "up"}
 
 
 @dataclass
@@ -63,6 +64,7 @@ class BatchItem:
             top of the run's options.
         error: set when the list entry itself was unusable; the object is then
             recorded as failed without being read.
+        up: the axis pointing up in the input (None: the format's default).
     """
 
     id: str
@@ -70,6 +72,7 @@ class BatchItem:
     labels: Path | None = None
     options: dict = field(default_factory=dict)
     error: str | None = None
+    up: str | None = None
 
 
 @dataclass
@@ -181,6 +184,15 @@ def _read_jsonl_list(path: Path) -> list[BatchItem]:
             error = f"{where}: \"options\" must be a JSON object, got {type(options).__name__}"
             options = {}
         labels = entry.get("labels")
+        up = entry.get("up")
+        if up is not None:
+            from holopart_infer.frames import check_up
+
+            try:
+                up = check_up(up, '"up"')
+            except InputError as e:
+                error = error or f"{where}: {e}"
+                up = None
         ident = entry.get("id")
         if ident is not None and (not isinstance(ident, str) or not ident.strip()):
             error = error or f"{where}: \"id\" must be a non-empty string, got {ident!r}"
@@ -188,6 +200,7 @@ def _read_jsonl_list(path: Path) -> list[BatchItem]:
         items.append(_object_item(_relative_to(path, entry["input"]),
                                   labels=_relative_to(path, labels) if isinstance(labels, str) else None,
                                   options=options, id=ident, error=error))
+        items[-1].up = up
     return items
 
 
@@ -373,12 +386,13 @@ def run_batch(model, items: Iterable[BatchItem], out_dir: str | os.PathLike, *, 
 
                 t_load = time.perf_counter()
                 try:
-                    parts = load_parts(it.input, labels=it.labels)
+                    parts = load_parts(it.input, labels=it.labels, up=it.up)
                     load_seconds[it.id] = time.perf_counter() - t_load
                 except Exception as e:
                     failed_early.append((it, e))
                     continue
-            yield CompletionJob(parts=parts, labels=None if load_here else it.labels, options=opts, key=it.id)
+            yield CompletionJob(parts=parts, labels=None if load_here else it.labels, options=opts, key=it.id,
+                                up=None if load_here else it.up)
 
     bar = None
     if show_progress:
@@ -492,6 +506,7 @@ def add_batch_command(sub, common=None) -> None:
     b.add_argument("--ray-workers", dest="ray_workers", type=int,
                    help="number of Ray actors (default: one per GPU, else one per CPU)")
     cli._common_run_args(b)
+    cli.add_up_arg(b)
     cli.add_option_args(b, CompletionOptions().__dict__,
                         "the library's; the model's manifest and a .jsonl line's options win over them")
     b.set_defaults(func=cmd_batch)
@@ -505,6 +520,8 @@ def cmd_batch(args) -> int:
     from holopart_infer.pipeline import load
 
     items = collect_items(args.inputs)
+    for it in items:  # a .jsonl line's "up" wins over --up
+        it.up = it.up or args.up
     path = args.weights or args.model
     if args.ray:
         model = path
