@@ -266,7 +266,7 @@ def add_up_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--up", choices=UP_AXES, default=None,
                    help=f"the axis pointing up in the input; default per format ({per}); glTF is +y by its "
                         "specification, so another value there overrides it. Results are written in the "
-                        "input's own frame")
+                        "input's own frame. '--up -z' and '--up=-z' both work")
 
 
 def _join_up_values(argv: list[str]) -> list[str]:
