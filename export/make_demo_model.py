@@ -14,6 +14,14 @@ random weights (seed 0). Run::
 The synthetic demo objects (see ``holopart_infer.assets.DEMO_OBJECTS``) come from
 seed 9000, which no training, validation or test set uses; they were fixed before
 the model's output on them was seen.
+
+Frames: every embedded demo object is a glTF file and so +Y up, like HoloPart's
+training data. :mod:`holopart_infer.export.synthetic` builds its objects +Z up
+(:data:`SYNTHETIC_UP`), so :func:`write_demo_objects` turns each one to +Y up as
+it writes it (:func:`holopart_infer.frames.up_rotation`, exact). holopart-mini v1
+was trained on those objects as built: its ``model_index.json`` (and so the demo
+model's manifest) says ``"up_axis": "+z"``, and the runtime turns the Y-up files
+back into its frame and the results out of it.
 """
 from __future__ import annotations
 
@@ -31,6 +39,10 @@ DEFAULT_OUT = ASSETS / "demo_model"
 #: demo object name -> (make_object seed, template, cameras)
 SYNTHETIC_DEMO_OBJECTS = {"mug": ((9000, 0), "mug", 16), "lamp": ((9000, 1), "lamp", 16)}
 MINI_CHECKPOINT = Path(__file__).resolve().parent / "holopart_mini"
+#: the up axis of :mod:`holopart_infer.export.synthetic`'s objects (its templates stand along z)
+SYNTHETIC_UP = "+z"
+#: the up axis of the embedded demo files (glTF's)
+DEMO_UP = "+y"
 
 
 def make_demo_model(out: Path = DEFAULT_OUT, overwrite: bool = True, random_weights: bool = False,
@@ -50,12 +62,26 @@ def demo_object(name: str):
     return make_object(seed, template, n_views=views)
 
 
-def write_demo_objects(folder: Path = ASSETS) -> list[Path]:
-    """Write the visible patches of each synthetic demo object as ``demo_<name>.glb``."""
-    from .synthetic import write_example
-    from holopart_infer.assets import DEMO_OBJECTS
+def demo_patches(name: str) -> tuple[list[str], list[tuple]]:
+    """Part names and visible patches ``(vertices, faces)`` of a synthetic demo object, turned
+    from :data:`SYNTHETIC_UP` to :data:`DEMO_UP` (what ``demo_<name>.glb`` holds)."""
+    from holopart_infer.frames import up_rotation
 
-    return [Path(write_example(demo_object(n), Path(folder) / DEMO_OBJECTS[n])) for n in SYNTHETIC_DEMO_OBJECTS]
+    obj = demo_object(name)
+    turn = up_rotation(SYNTHETIC_UP, DEMO_UP)
+    return obj.names, [(turn.apply(v), f) for v, f in obj.patches()]
+
+
+def write_demo_objects(folder: Path = ASSETS) -> list[Path]:
+    """Write the visible patches of each synthetic demo object as ``demo_<name>.glb``, +Y up."""
+    from holopart_infer.assets import DEMO_OBJECTS
+    from holopart_infer.parts_io import write_scene
+
+    out = []
+    for n in SYNTHETIC_DEMO_OBJECTS:
+        names, patches = demo_patches(n)
+        out.append(Path(write_scene(patches, names, Path(folder) / DEMO_OBJECTS[n], overwrite=True)))
+    return out
 
 
 def main() -> None:

@@ -143,7 +143,9 @@ def export_model(weights_dir: str | os.PathLike, out_dir: str | os.PathLike, pre
 
     The checkpoint's ``model_index.json`` ``inference_defaults`` (the options a
     model was trained for, e.g. holopart-mini's latent length) are checked and
-    copied into the manifest as ``defaults``; the runtime applies them.
+    copied into the manifest as ``defaults``; the runtime applies them. Its
+    top-level ``"up_axis"`` (the frame the model was trained in, ``"+y"`` when
+    absent: HoloPart's convention) becomes the manifest's ``up_axis``.
 
     Args:
         weights_dir: checkpoint folder in the published layout.
@@ -202,11 +204,12 @@ def _quiet_exporter_logs():
 
 def _export(weights_dir: Path, out_dir: Path, precision: str, overwrite: bool, progress: bool,
             validate: bool, latent_tokens: int) -> Path:
-    from holopart_infer.checkpoint import checkpoint_inference_defaults
+    from holopart_infer.checkpoint import checkpoint_inference_defaults, checkpoint_up_axis
     from holopart_infer.pipeline import CompletionOptions
 
     dtype = TORCH_DTYPES[precision]
     defaults = checkpoint_inference_defaults(weights_dir)
+    up_axis = checkpoint_up_axis(weights_dir)  # the frame the model was trained in; "+y" when unstated
     CompletionOptions.with_defaults(defaults, str(weights_dir / "model_index.json"))  # fail before exporting
     if latent_tokens is None:
         latent_tokens = int(defaults.get("latent_tokens", LATENT_TOKENS))
@@ -261,6 +264,7 @@ def _export(weights_dir: Path, out_dir: Path, precision: str, overwrite: bool, p
                     "scheduler": dict(nets.scheduler),
                 },
                 "latent_tokens": latent_tokens,
+                "up_axis": up_axis,
                 "defaults": defaults,
                 "graphs": entries,
             }

@@ -15,8 +15,9 @@ Inputs (:func:`collect_items`), each becoming one or more objects:
   no label files) is itself one object;
 * a list file: ``.txt`` with one object path per line (``#`` comments, paths
   relative to the list file), or ``.jsonl`` with one JSON object per line:
-  ``{"input": PATH, "labels": PATH, "options": {"steps": 20, ...}, "id": NAME}``
-  (only ``input`` is required).
+  ``{"input": PATH, "labels": PATH, "options": {"steps": 20, ...}, "id": NAME, "up": "+z"}``
+  (only ``input`` is required; ``up``: the axis pointing up in the input, as
+  ``load_parts(up=)``; default: ``batch --up``, else the format's).
 
 Outputs: ``OUT_DIR/<name>.glb`` per object (the name is the id, kept as given
 and ``%``-encoded where unsafe: :func:`output_stem`; ids are unique per run), and
@@ -57,7 +58,7 @@ LEDGER_NAME = "ledger.jsonl"
 #: where outputs are encoded before they are recorded and published (removed at the end of a run)
 STAGING_NAME = ".holopart-batch-staging"
 LIST_EXTENSIONS = (".txt", ".jsonl")
-_JSONL_KEYS = {"input", "labels", "options", "id"}
+_JSONL_KEYS = {"input", "labels", "options", "id", "up"}
 
 
 @dataclass
@@ -73,6 +74,7 @@ class BatchItem:
             top of the run's options.
         error: set when the list entry itself was unusable; the object is then
             recorded as failed without being read.
+        up: the axis pointing up in the input (None: the format's default).
     """
 
     id: str
@@ -88,6 +90,8 @@ class BatchItem:
     output: str | None = None
     resolved: Any = field(default=None, repr=False)
     key: str | None = None
+    #: the axis pointing up in the input (``load_parts(up=)``); None: the format's
+    up: str | None = None
 
 
 @dataclass
@@ -202,6 +206,15 @@ def _read_jsonl_list(path: Path) -> list[BatchItem]:
             error = f"{where}: \"options\" must be a JSON object, got {type(options).__name__}"
             options = {}
         labels = entry.get("labels")
+        up = entry.get("up")
+        if up is not None:
+            from holopart_infer.frames import check_up
+
+            try:
+                up = check_up(up, '"up"')
+            except InputError as e:
+                error = error or f"{where}: {e}"
+                up = None
         ident = entry.get("id")
         if ident is not None and (not isinstance(ident, str) or not ident.strip()):
             error = error or f"{where}: \"id\" must be a non-empty string, got {ident!r}"
@@ -209,6 +222,7 @@ def _read_jsonl_list(path: Path) -> list[BatchItem]:
         items.append(_object_item(_relative_to(path, entry["input"]),
                                   labels=_relative_to(path, labels) if isinstance(labels, str) else None,
                                   options=options, id=ident, error=error, source=where))
+        items[-1].up = up
     return items
 
 
@@ -353,12 +367,14 @@ _SCHEDULING_OPTIONS = ("parts_per_batch", "chunk_points")
 
 def work_key(it: BatchItem, options, model_digest: str | None, record) -> str:
     """The ledger's key of finished work: a hash of the input's content, the labels' content,
-    the resolved options (less the scheduling ones: ``parts_per_batch``, ``chunk_points``) and
-    the model. Raises OSError when an input cannot be read."""
+    the resolved options (less the scheduling ones: ``parts_per_batch``, ``chunk_points``), the
+    input's up axis when one was given, and the model. Raises OSError when an input cannot be read."""
     opts = {k: v for k, v in asdict(options).items() if k not in _SCHEDULING_OPTIONS}
     data = {"input": _content_digest(it.input, record),
             "labels": _content_digest(it.labels, record) if it.labels else None,
             "options": opts, "model": model_digest}
+    if it.up is not None:  # the input's frame changes what is computed
+        data["up"] = it.up
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
@@ -763,13 +779,13 @@ def _run_items(todo, failed_early, out, ledger, summary, *, holo, model_path, ra
 
                 t_load = time.perf_counter()
                 try:
-                    parts = load_parts(it.input, labels=it.labels)
+                    parts = load_parts(it.input, labels=it.labels, up=it.up)
                     load_seconds[it.id] = time.perf_counter() - t_load
                 except Exception as e:
                     failed_early.append((it, e))
                     continue
             yield CompletionJob(parts=parts, labels=None if load_here else it.labels, options=it.resolved,
-                                key=it.id)
+                                key=it.id, up=None if load_here else it.up)
 
     bar = None
     if show_progress:
@@ -957,6 +973,7 @@ def add_batch_command(sub, common=None) -> None:
     b.add_argument("--ray-workers", dest="ray_workers", type=int,
                    help="number of Ray actors (default: one per GPU, else one per CPU)")
     cli._common_run_args(b)
+    cli.add_up_arg(b)
     cli.add_option_args(b, CompletionOptions().__dict__,
                         "the library's; the model's manifest and a .jsonl line's options win over them")
     b.set_defaults(func=cmd_batch)
@@ -971,6 +988,8 @@ def cmd_batch(args) -> int:
 
     items = collect_items(args.inputs)
     prepare_out_dir(args.output_dir)  # before any work: a read-only or full folder is exit 2
+    for it in items:  # a .jsonl line's "up" wins over --up
+        it.up = it.up or args.up
     path = args.weights or args.model
     if args.ray:
         model = path

@@ -21,7 +21,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from holopart_infer.errors import CheckpointError, InputFileNotFound
+from holopart_infer.errors import CheckpointError, InputError, InputFileNotFound
 
 log = logging.getLogger("holopart_infer")
 
@@ -370,3 +370,20 @@ def checkpoint_inference_defaults(path: str | os.PathLike) -> dict:
     if not isinstance(d, dict):
         raise CheckpointError(f"{index}: inference_defaults must be an object, got {type(d).__name__}")
     return d
+
+
+def checkpoint_up_axis(path: str | os.PathLike) -> str:
+    """The top-level ``"up_axis"`` of a checkpoint's model_index.json: the up axis of the frame
+    the model was trained in (:data:`holopart_infer.frames.UP_AXES`); ``"+y"``, HoloPart's
+    convention, when absent."""
+    from holopart_infer.frames import MODEL_DEFAULT_UP, check_up
+
+    index = Path(path) / "model_index.json"
+    try:
+        value = json.loads(index.read_text(encoding="utf-8")).get("up_axis", MODEL_DEFAULT_UP)
+    except (OSError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{index}: cannot read it ({e})") from None
+    try:
+        return check_up(value, "up_axis")
+    except InputError as e:
+        raise CheckpointError(f"{index}: {e}") from None

@@ -175,7 +175,7 @@ def _complete_and_write(model, input_path, labels, output: Path, preview: Path |
     _check_outputs(output, preview, overwrite, inputs, view.turntable)
     bars = _Bars(not quiet)
     t0 = time.perf_counter()
-    parts = load_parts(input_path, labels=labels, parts=view.parts)  # kept: the pictures show the input too
+    parts = load_parts(input_path, labels=labels, parts=view.parts, up=view.up)  # kept: the pictures show it too
     try:
         result = model.complete(parts, options=opts, progress=bars)
     finally:
@@ -230,8 +230,9 @@ def _render_turntable(*args, **kw):
 class _InputView:
     """The run/demo flags about how parts are read and pictured (not completion knobs)."""
 
-    def __init__(self, parts: str = "auto", exploded: float = 0.0, turntable: Path | None = None):
-        self.parts, self.exploded, self.turntable = parts, exploded, turntable
+    def __init__(self, parts: str = "auto", exploded: float = 0.0, turntable: Path | None = None,
+                 up: str | None = None):
+        self.parts, self.exploded, self.turntable, self.up = parts, exploded, turntable, up
 
     @classmethod
     def from_args(cls, args) -> "_InputView":
@@ -239,7 +240,8 @@ class _InputView:
         if exploded < 0:
             raise InputError(f"--exploded must be >= 0, got {exploded}")
         turntable = getattr(args, "turntable", None)
-        return cls(getattr(args, "parts", None) or "auto", exploded, Path(turntable) if turntable else None)
+        return cls(getattr(args, "parts", None) or "auto", exploded, Path(turntable) if turntable else None,
+                   getattr(args, "up", None))
 
 
 def _add_input_view_args(p: argparse.ArgumentParser, parts_flag: bool = True) -> None:
@@ -250,9 +252,32 @@ def _add_input_view_args(p: argparse.ArgumentParser, parts_flag: bool = True) ->
         p.add_argument("--parts", choices=PARTS_MODES, default="auto",
                        help="how one file is cut into parts: auto (scene nodes; OBJ objects/groups; STL solids), "
                             "primitives (one part per glTF primitive), components (connected pieces)")
+        add_up_arg(p)
     p.add_argument("--exploded", type=float, default=0.0,
                    help="preview/turntable: move parts apart by this factor (e.g. 0.5) so hidden parts show")
     p.add_argument("--turntable", help="also write a rotating view, input vs completed (.gif; .mp4 with imageio-ffmpeg)")
+
+
+def add_up_arg(p: argparse.ArgumentParser) -> None:
+    """``--up``: the axis pointing up in the input (holopart_infer.frames)."""
+    from holopart_infer.frames import DEFAULT_UP, UP_AXES
+
+    per = ", ".join(f"{ext} {axis}" for ext, axis in DEFAULT_UP.items())
+    p.add_argument("--up", choices=UP_AXES, default=None,
+                   help=f"the axis pointing up in the input; default per format ({per}); glTF is +y by its "
+                        "specification, so another value there overrides it. Results are written in the "
+                        "input's own frame. '--up -z' and '--up=-z' both work")
+
+
+def _join_up_values(argv: list[str]) -> list[str]:
+    """``--up -z`` as ``--up=-z`` (argparse would take ``-z`` for an option)."""
+    out: list[str] = []
+    for a in argv:
+        if out and out[-1] == "--up" and a in ("-x", "-y", "-z"):
+            out[-1] = f"--up={a}"
+        else:
+            out.append(a)
+    return out
 
 
 def _options_from(args, base):
@@ -538,6 +563,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def _run(argv: list[str] | None) -> int:
+    argv = _join_up_values([str(a) for a in (sys.argv[1:] if argv is None else argv)])
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s")

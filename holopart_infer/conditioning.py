@@ -3,7 +3,11 @@
 Frames, from outside in:
 
 * **input frame**: the coordinates of the input file (any unit).
-* **model frame**: ``x_model = (x_input - object_center) / object_scale``. With
+* **model frame**: ``x_model = A((x_input - object_center) / object_scale)``, where
+  ``A`` (:attr:`Conditions.axes`) is the exact rotation from the input's up axis
+  to the model's (:func:`holopart_infer.frames.up_rotation`: a signed permutation
+  of the coordinates; the identity when they agree or when ``model_up`` is not
+  given). With
   ``normalize=True`` (default) ``object_center`` is the centre of the axis-aligned
   bounding box of all parts' vertices and ``object_scale`` is half of its
   longest side, so the object spans exactly [-1, 1] along its longest axis and
@@ -11,7 +15,8 @@ Frames, from outside in:
   reference script does no normalization and assumes the input already spans
   about [-1, 1]). The map is a uniform scale plus a translation, so shapes are
   not distorted. With ``normalize=False`` the model frame is the input frame
-  (``object_center = 0``, ``object_scale = 1``), as in the reference.
+  (``object_center = 0``, ``object_scale = 1``, the rotation still applied), as
+  in the reference.
 * **part frame** (per part i): ``x_part = (x_model - centers[i]) / scales[i]``
   with ``centers[i] = (max + min) / 2`` of the part's samples (model frame) and
   ``scales[i] = max ||p - centers[i]|| / (0.95 * 0.7)``. The decoder's mesh of
@@ -67,6 +72,9 @@ class Conditions:
         names: part names (same order).
         whole_labels: (N,) int64, index of the part nearest each whole sample
             (-1 for samples on context faces, which belong to no part).
+        axes: the rotation from the input's axes to the model's
+            (:class:`holopart_infer.frames.AxisMap`), None for the identity.
+        input_up, model_up: the up axes it rotates between (None: not rotated).
     """
 
     part: np.ndarray | None
@@ -78,6 +86,9 @@ class Conditions:
     object_scale: float
     names: list[str] = field(default_factory=list)
     whole_labels: np.ndarray | None = None
+    axes: object | None = None  # holopart_infer.frames.AxisMap
+    input_up: str | None = None
+    model_up: str | None = None
 
     @property
     def num_parts(self) -> int:
@@ -101,11 +112,15 @@ class Conditions:
 
     def to_model_frame(self, points: np.ndarray) -> np.ndarray:
         """Input-frame points (..., 3) -> model frame (float64)."""
-        return (np.asarray(points, dtype=np.float64) - self.object_center) / self.object_scale
+        p = (np.asarray(points, dtype=np.float64) - self.object_center) / self.object_scale
+        return p if self.axes is None else self.axes.apply(p)
 
     def from_model_frame(self, points: np.ndarray) -> np.ndarray:
         """Model-frame points (..., 3) -> input frame (float64)."""
-        return np.asarray(points, dtype=np.float64) * self.object_scale + self.object_center
+        p = np.asarray(points, dtype=np.float64)
+        if self.axes is not None:
+            p = self.axes.inverse().apply(p)
+        return p * self.object_scale + self.object_center
 
     def part_to_model_frame(self, i: int, vertices: np.ndarray) -> np.ndarray:
         """Part i's normalized-frame points -> model frame: ``v * s + c``."""
@@ -231,7 +246,7 @@ def object_normalization(parts) -> tuple[np.ndarray, float]:
 
 
 def build_conditions(parts, num_points: int = NUM_SURFACE_SAMPLES, seed: int | None = 0,
-                     normalize: bool = True) -> Conditions:
+                     normalize: bool = True, model_up: str | None = None) -> Conditions:
     """Sample the part and whole point sets and compute the part frames.
 
     Args:
@@ -241,6 +256,10 @@ def build_conditions(parts, num_points: int = NUM_SURFACE_SAMPLES, seed: int | N
         seed: seed of ``numpy.random.default_rng``; ``None`` draws fresh entropy
             (not reproducible, as the reference).
         normalize: map the object into [-1, 1] first (see module docstring).
+        model_up: the up axis of the model's frame (its manifest's ``up_axis``):
+            the object is rotated from its own up axis (``parts.up``; parts
+            without one are taken as already in the model's frame) into it.
+            None: no rotation (the input's axes are the model's).
 
     Returns:
         :class:`Conditions`.
@@ -263,6 +282,20 @@ def build_conditions(parts, num_points: int = NUM_SURFACE_SAMPLES, seed: int | N
     if P < 2:
         raise InputError(f"HoloPart needs at least 2 parts, got {P}")
 
+    from holopart_infer.frames import check_up, up_rotation
+
+    input_up = getattr(parts, "up", None)
+    axes = None
+    if model_up is not None:
+        model_up = check_up(model_up, "model_up")
+        input_up = model_up if input_up is None else check_up(input_up, "parts.up")
+        axes = up_rotation(input_up, model_up)
+        if axes.is_identity:
+            axes = None
+        else:
+            log.info("conditioning: the object's up axis %s is rotated to the model's %s", input_up, model_up)
+    turn = (lambda a: a) if axes is None else axes.apply  # exact: swaps and negates coordinates
+
     if normalize:
         object_center, object_scale = object_normalization(parts)
     else:
@@ -283,6 +316,7 @@ def build_conditions(parts, num_points: int = NUM_SURFACE_SAMPLES, seed: int | N
             pts, nrm, _ = sample_pieces([(v, f)], N, rng, object_center, object_scale)
         except InputError as e:
             raise InputError(f"part {parts.names[i]!r}: {e}") from e
+        pts, nrm = turn(pts), turn(nrm)
         part_xyz[i] = pts
         part[i, :, :3], part[i, :, 3:] = pts, nrm
         c, s = part_frame(pts)
@@ -296,6 +330,7 @@ def build_conditions(parts, num_points: int = NUM_SURFACE_SAMPLES, seed: int | N
     context = getattr(parts, "context", None)
     pieces = list(zip(verts, faces)) + ([tuple(context)] if context is not None else [])
     whole_pts, whole_nrm, whole_face = sample_pieces(pieces, N, rng, object_center, object_scale)
+    whole_pts, whole_nrm = turn(whole_pts), turn(whole_nrm)
 
     # label of the nearest part sample (ties: cKDTree's choice, deterministic)
     tree = cKDTree(part_xyz.reshape(-1, 3))
@@ -314,7 +349,8 @@ def build_conditions(parts, num_points: int = NUM_SURFACE_SAMPLES, seed: int | N
               object_scale)
     return Conditions(part=part, whole_points=whole_points, part_local=part_local, centers=centers,
                       scales=scales, object_center=np.asarray(object_center, dtype=np.float64),
-                      object_scale=float(object_scale), names=list(parts.names), whole_labels=labels)
+                      object_scale=float(object_scale), names=list(parts.names), whole_labels=labels,
+                      axes=axes, input_up=input_up if model_up is not None else None, model_up=model_up)
 
 
 def _vertices_of(parts) -> Sequence[np.ndarray]:

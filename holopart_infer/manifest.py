@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from holopart_infer import fsafe
-from holopart_infer.errors import InputFileNotFound, ModelDirError
+from holopart_infer.errors import InputError, InputFileNotFound, ModelDirError
 
 FORMAT = "holopart-infer-model"
 FORMAT_VERSION = 1
@@ -72,6 +72,19 @@ class Manifest:
             raise ModelDirError(f"{self.model_dir / MANIFEST_NAME}: 'defaults' must be an object, "
                                 f"got {type(d).__name__}. Re-export the model.")
         return dict(d)
+
+    @property
+    def up_axis(self) -> str:
+        """The up axis of the frame the model was trained in (``"up_axis"`` in the manifest,
+        one of :data:`holopart_infer.frames.UP_AXES`; ``"+y"``, HoloPart's convention, when absent)."""
+        from holopart_infer.frames import MODEL_DEFAULT_UP, check_up
+
+        value = self.raw.get("up_axis", MODEL_DEFAULT_UP)
+        try:
+            return check_up(value, "'up_axis'")
+        except InputError as e:
+            raise ModelDirError(f"{self.model_dir / MANIFEST_NAME}: {e}. Fix the field or re-export the "
+                                "model.") from None
 
     def graph(self, name: str) -> GraphSpec:
         try:

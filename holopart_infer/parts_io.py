@@ -27,6 +27,13 @@ cut into parts; ``"auto"`` is the default):
 
 :func:`write_scene` writes one named node per part with a per-part PBR material
 colour (from :func:`part_colors`, a deterministic palette), atomically.
+
+Which way is up (:mod:`holopart_infer.frames`): every :class:`Parts` from
+:func:`load_parts` records its up axis (:attr:`Parts.up`): ``up=`` when given,
+else +Y for glTF (its specification) and the per-format default for the formats
+without one (:data:`holopart_infer.frames.DEFAULT_UP`: OBJ and PLY +Y, STL and
+OFF +Z). Vertices stay in the file's coordinates; the pipeline rotates the object
+into the model's frame and the results back (:mod:`holopart_infer.conditioning`).
 """
 from __future__ import annotations
 
@@ -94,6 +101,10 @@ class Parts:
             by :func:`write_scene`).
         context: ``(vertices, faces)`` of faces that belong to the whole object
             but to no part (negative labels), or None.
+        up: the axis that points up in these coordinates (one of
+            :data:`holopart_infer.frames.UP_AXES`), set by :func:`load_parts`;
+            None (parts built in memory without ``up=``) means the coordinates
+            are already in the model's frame, so nothing is rotated.
     """
 
     parts: list[Part]
@@ -101,6 +112,7 @@ class Parts:
     kind: str = "memory"
     input_paths: tuple[Path, ...] = field(default_factory=tuple)
     context: tuple[np.ndarray, np.ndarray] | None = None
+    up: str | None = None
 
     def __len__(self) -> int:
         return len(self.parts)
@@ -130,7 +142,7 @@ class Parts:
 
     @classmethod
     def from_meshes(cls, meshes: Sequence, names: Sequence[str] | None = None,
-                    source: str = "<memory>") -> "Parts":
+                    source: str = "<memory>", up: str | None = None) -> "Parts":
         """Build and validate parts from ``(vertices, faces)`` pairs or trimesh meshes.
 
         Args:
@@ -140,12 +152,18 @@ class Parts:
             names: part names (default ``part_0``, ``part_1``, ...); duplicates
                 are made unique with ``_1``, ``_2`` suffixes.
             source: a description used in error messages.
+            up: the axis pointing up in the meshes' coordinates (``"+y"``,
+                ``"+z"``, ...); None: they are already in the model's frame.
 
         Raises:
             InputError: fewer than two parts, bad arrays, NaN/inf vertices, a
-                part without surface area.
+                part without surface area, a bad ``up``.
         """
         from holopart_infer import appearance
+        from holopart_infer.frames import check_up
+
+        if up is not None:
+            up = check_up(up)
 
         meshes = list(meshes)
         if names is None:
@@ -168,7 +186,7 @@ class Parts:
             part = _make_part(name, v, f, source)
             part.appearance = app
             parts.append(part)
-        result = cls(parts, source=source, kind="memory")
+        result = cls(parts, source=source, kind="memory", up=up)
         validate_parts(result)
         return result
 
@@ -178,7 +196,7 @@ _COLLECT_AFTER_FACES = 1_000_000
 
 
 def load_parts(path: str | os.PathLike, labels: str | os.PathLike | np.ndarray | None = None,
-               parts: str = "auto") -> Parts:
+               parts: str = "auto", up: str | None = None) -> Parts:
     """Read a segmented object.
 
     Args:
@@ -191,19 +209,30 @@ def load_parts(path: str | os.PathLike, labels: str | os.PathLike | np.ndarray |
         parts: ``"auto"`` (nodes of a scene, pieces of an OBJ/STL), ``"primitives"``
             (one part per glTF primitive) or ``"components"`` (one part per
             connected component of the whole file).
+        up: the axis that points up in the file (``"+x"``, ``"-x"``, ``"+y"``,
+            ``"-y"``, ``"+z"``, ``"-z"``); None: the format's
+            (:data:`holopart_infer.frames.DEFAULT_UP`: glTF +Y by its
+            specification, OBJ/PLY +Y, STL/OFF +Z). For glTF another value is an
+            override for files authored against the specification.
 
     Returns:
-        :class:`Parts` in the input's coordinates (float64 vertices, int64 faces).
+        :class:`Parts` in the input's coordinates (float64 vertices, int64 faces),
+        with :attr:`Parts.up` set.
 
     Raises:
         InputFileNotFound: ``path`` or the labels file does not exist.
         InputError: unsupported extension, empty or unreadable file, empty scene,
             bad labels, a part with NaN/inf vertices or no surface area, fewer
-            than two parts. Messages name the file and the part.
+            than two parts, a bad ``up``, a folder of files whose formats have
+            different default up axes and no ``up``. Messages name the file and the part.
     """
+    from holopart_infer.frames import check_up
+
     path = Path(path)
     if parts not in PARTS_MODES:
         raise InputError(f"parts must be one of {', '.join(PARTS_MODES)}, got {parts!r}")
+    if up is not None:
+        up = check_up(up)
     if not path.exists():
         raise InputFileNotFound(f"input {path} does not exist")
     with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -215,8 +244,28 @@ def load_parts(path: str | os.PathLike, labels: str | os.PathLike | np.ndarray |
             # large input's copies now rather than whenever the garbage collector next runs
             gc.collect()
         validate_parts(result)
-    log.info("loaded %d parts from %s (%s)", len(result), result.source, result.kind)
+    result.up = _input_up(result, path, up)
+    log.info("loaded %d parts from %s (%s), %s up", len(result), result.source, result.kind, result.up)
     return result
+
+
+def _input_up(parts: Parts, path: Path, up: str | None) -> str:
+    """The up axis of what was read: ``up``, else its format's default (see :func:`load_parts`)."""
+    from holopart_infer.frames import DEFAULT_UP, default_up
+
+    meshes = [p for p in (*parts.input_paths, path) if p.suffix.lower() in DEFAULT_UP]
+    suffixes = sorted({p.suffix.lower() for p in meshes})
+    if up is None:
+        found = default_up(suffixes)
+        if found is None:
+            per = ", ".join(f"{s} {DEFAULT_UP[s]}" for s in suffixes)
+            raise InputError(f"{path}: its files are of formats with different default up axes ({per}); say "
+                             "which axis points up in them with up= (CLI --up), e.g. --up +y")
+        return found
+    gltf = [s for s in suffixes if DEFAULT_UP[s] == "+y" and s in SCENE_EXTENSIONS]
+    if gltf and up != "+y":
+        log.info("%s: glTF is +Y up by its specification; reading it as %s up, as asked", path, up)
+    return up
 
 
 def _load(path: Path, labels, mode: str) -> Parts:

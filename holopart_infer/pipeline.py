@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from holopart_infer import constants, memory, sampler
+from holopart_infer import constants, frames, memory, sampler
 from holopart_infer.errors import BackendUnavailable, EmptyResult, EngineError, HoloPartError, InputError, ModelDirError
 from holopart_infer.extract import query_chunk_points
 from holopart_infer.tokens import select_tokens
@@ -234,12 +234,15 @@ class CompletionResult:
         inputs: every path the result was made from (the scene, the mesh and its
             labels, the folder and each part file); :meth:`save` and
             :meth:`preview` refuse to write over, inside or around them.
+        up: the axis pointing up in the input's (and so the result's)
+            coordinates; pictures show the object upright about it.
     """
 
     parts: list[CompletedPart]
     timings: dict[str, float] = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
     inputs: tuple[Path, ...] = ()
+    up: str = "+y"
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False,
              source: str | os.PathLike | None = None) -> Path:
@@ -266,7 +269,7 @@ class CompletionResult:
 
         return render_preview([(p.vertices, p.faces) for p in self.parts], [p.color for p in self.parts],
                               path, size=size, overwrite=overwrite, protect=self.inputs,
-                              vertex_colors=[p.vertex_colors for p in self.parts])
+                              vertex_colors=[p.vertex_colors for p in self.parts], up=self.up)
 
 
 class HoloPart:
@@ -282,6 +285,9 @@ class HoloPart:
         #: the model's recommended options (manifest ``defaults`` / model_index
         #: ``inference_defaults``), read from the backend; assign to change them
         self.defaults = dict(backend.defaults)
+        #: the up axis of the frame the model was trained in (manifest / model_index
+        #: ``up_axis``, "+y" when unstated): inputs are rotated into it and results back
+        self.up_axis = frames.model_up_axis(backend)
         #: extraction with the grids, query points and logits on the decoder's
         #: device (:mod:`holopart_infer.resident`): None (default) = whenever the
         #: backend offers it and extraction runs on CUDA (the torch backend on a
@@ -367,7 +373,7 @@ class HoloPart:
     def latent_channels(self) -> int:
         return self.backend.latent_channels
 
-    def complete(self, parts, *, labels=None, options: CompletionOptions | None = None,
+    def complete(self, parts, *, labels=None, up: str | None = None, options: CompletionOptions | None = None,
                  progress: Progress | None = None, **overrides) -> CompletionResult:
         """Complete every part of an object.
 
@@ -375,6 +381,9 @@ class HoloPart:
             parts: a path (glb/gltf scene, mesh + ``labels``, or a folder of part
                 meshes) or a :class:`holopart_infer.parts_io.Parts`.
             labels: per-face label file/array when ``parts`` is a single mesh.
+            up: the axis pointing up in the input (``"+y"``, ``"+z"``, ...; see
+                :func:`holopart_infer.parts_io.load_parts`); None: the format's
+                default for a path, ``parts.up`` for a ``Parts``.
             options: a :class:`CompletionOptions` (default:
                 :meth:`default_options`); keyword overrides (steps=, guidance=,
                 seed=, depth=, parts_per_batch=, decimate=, ...) win.
@@ -386,7 +395,7 @@ class HoloPart:
         """
         opts = self._options(options, overrides)
         report = progress or _no_progress
-        obj = self._prepare(parts, labels, opts)
+        obj = self._prepare(parts, labels, opts, up=up)
         P = obj.num_parts
         batches = [[(obj, i) for i in range(s, min(P, s + opts.parts_per_batch))]
                    for s in range(0, P, opts.parts_per_batch)]
@@ -486,7 +495,7 @@ class HoloPart:
                 opts = self._options(job.options, {})
                 if parts_per_batch is not None:
                     opts = CompletionOptions(**{**opts.__dict__, "parts_per_batch": int(parts_per_batch)})
-                obj = self._prepare(job.parts, job.labels, opts, job=job)
+                obj = self._prepare(job.parts, job.labels, opts, job=job, up=job.up)
             except Exception as e:
                 yield job, _as_error(e, f"reading {_describe(job)}")
                 continue
@@ -508,8 +517,11 @@ class HoloPart:
         opts.validate()
         return opts
 
-    def _prepare(self, parts, labels, opts: CompletionOptions, job: "CompletionJob | None" = None) -> "_Prepared":
+    def _prepare(self, parts, labels, opts: CompletionOptions, job: "CompletionJob | None" = None,
+                 up: str | None = None) -> "_Prepared":
         """Stage 1, per object: read the parts, condition them, draw the object's noise."""
+        import dataclasses
+
         from holopart_infer import conditioning, parts_io
 
         timings: dict[str, float] = {}
@@ -517,13 +529,15 @@ class HoloPart:
         source_paths = [p for p in (parts, labels) if isinstance(p, (str, os.PathLike))]
         with _timed(timings, "load_parts"):
             if not isinstance(parts, parts_io.Parts):
-                parts = parts_io.load_parts(parts, labels=labels)
+                parts = parts_io.load_parts(parts, labels=labels, up=up)
+            elif up is not None:  # the caller's Parts is left as it is
+                parts = dataclasses.replace(parts, up=frames.check_up(up))
         mem.mark("load_parts")
         inputs = tuple(dict.fromkeys(Path(p) for p in (*source_paths, *parts.input_paths)))
         P = len(parts.names)
         with _timed(timings, "conditioning"):
             cond = conditioning.build_conditions(parts, num_points=opts.num_points, seed=opts.seed,
-                                                 normalize=opts.normalize)
+                                                 normalize=opts.normalize, model_up=self.up_axis)
             K = self.num_tokens
             part_tok = select_tokens(cond.part, K, seed=opts.seed)
             local_tok = select_tokens(cond.part_local, K, seed=opts.seed)
@@ -702,7 +716,7 @@ class HoloPart:
                                                              "thin_parts": {"retried": list(obj.thin_retried),
                                                                             "fallback": thin_fallback},
                                                              "memory": mem},
-                                obj.inputs)
+                                obj.inputs, up=cond.input_up or self.up_axis)
 
     def _decode_padded(self, points_per_part: list[np.ndarray], kv) -> list[np.ndarray]:
         """Query the decoder for each part's points, all parts of the batch in one call.
@@ -741,12 +755,14 @@ class CompletionJob:
         labels: per-face labels (path or array) when ``parts`` is a single mesh.
         options: :class:`CompletionOptions`; None uses the model's defaults.
         key: the caller's id for the job, returned unchanged.
+        up: the axis pointing up in the input (as :meth:`HoloPart.complete`'s ``up``).
     """
 
     parts: "str | os.PathLike | Parts"
     labels: "str | os.PathLike | np.ndarray | None" = None
     options: "CompletionOptions | None" = None
     key: Any = None
+    up: str | None = None
 
 
 @dataclass(eq=False)

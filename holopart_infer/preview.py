@@ -1,9 +1,16 @@
 """Headless preview images of completed parts (numpy z-buffer rasterizer + Pillow).
 
 No display, OpenGL or GPU is needed: triangles are projected orthographically
-from a fixed three-quarter view (Y up, as in glTF), shaded with a Lambert key
-light plus ambient in each part's colour, and resolved with a z-buffer at twice
-the output resolution, then box-filtered down (anti-aliasing).
+from a fixed three-quarter view, shaded with a Lambert key light plus ambient in
+each part's colour, and resolved with a z-buffer at twice the output resolution,
+then box-filtered down (anti-aliasing).
+
+Upright: the camera's up is the object's up axis (``up=``; the input's
+:attr:`~holopart_infer.parts_io.Parts.up` / the result's
+:attr:`~holopart_infer.pipeline.CompletionResult.up`, +Y as in glTF when not
+known), and turntables spin about it. The object is turned from its up axis to
++Y exactly (:func:`holopart_infer.frames.up_rotation`) and drawn from a Y-up
+camera, so a Z-up object's -Y side faces the viewer as a Y-up object's +Z side does.
 """
 from __future__ import annotations
 
@@ -34,7 +41,8 @@ IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 
 def render_preview(meshes: Sequence, colors: Sequence | np.ndarray | None, path: str | os.PathLike,
                    size: tuple[int, int] = (800, 600), supersample: int = 2,
-                   vertex_colors: Sequence | None = None, *, overwrite: bool = False, protect=()) -> Path:
+                   vertex_colors: Sequence | None = None, *, overwrite: bool = False, protect=(),
+                   up: str = "+y") -> Path:
     """Render parts to a PNG or JPEG image from a fixed 3/4 view, the camera fitted to the scene.
 
     Args:
@@ -50,18 +58,27 @@ def render_preview(meshes: Sequence, colors: Sequence | np.ndarray | None, path:
             input's look); a triangle takes the mean of its vertices' colours.
         overwrite: replace an existing file (otherwise it is an error and kept).
         protect: input paths the output may not be, lie inside or contain.
+        up: the axis pointing up in the meshes' coordinates (the image shows it up).
 
     Returns:
         The output path.
 
     Raises:
-        InputError: bad size, colours or extension.
+        InputError: bad size, colours, extension or ``up``.
     """
     path = _check_image_output(path, overwrite, protect)
     width, height = _check_size(size, supersample)
     tris, tri_colors = _triangles(meshes, colors, vertex_colors)
+    tris = _upright(tris, up)
     img = _image(tris, tri_colors, width, height, supersample, sphere=None, azimuth=_AZIMUTH_DEG, what=str(path))
     return _write_image(img, path, overwrite)
+
+
+def _upright(tris: np.ndarray, up) -> np.ndarray:
+    """Triangles turned exactly from their up axis to +Y, the camera's up."""
+    from holopart_infer.frames import up_rotation
+
+    return up_rotation(up or "+y", "+y").apply(tris)
 
 
 def _check_image_output(path, overwrite: bool, protect, suffixes=IMAGE_FORMATS, what: str = "preview") -> Path:
@@ -304,18 +321,21 @@ def _input_vertex_colors(part) -> np.ndarray | None:
     return None
 
 
-def _scene_for_pictures(parts, result, exploded, size, supersample):
-    """Checked size, both panels' triangles and colours, and the shared framing sphere."""
+def _scene_for_pictures(parts, result, exploded, size, supersample, up=None):
+    """Checked size, both panels' triangles (turned upright) and colours, and the shared framing sphere."""
     if isinstance(exploded, bool) or not isinstance(exploded, (int, float, np.number)) or not np.isfinite(exploded) \
             or exploded < 0:
         raise InputError(f"exploded must be a number >= 0, got {exploded!r}")
     width, height = _check_size(size, supersample)
-    inp, out = _panels(parts, result, exploded)
+    up = up or getattr(result, "up", None) or getattr(parts, "up", None) or "+y"
+    (ti, ci), (to, co) = _panels(parts, result, exploded)
+    inp, out = (_upright(ti, up), ci), (_upright(to, up), co)
     return width, height, inp, out, _bounding_sphere([inp[0], out[0]])
 
 
 def render_comparison(parts, result, path: str | os.PathLike, size: tuple[int, int] = (640, 480),
-                      exploded: float = 0.0, supersample: int = 2, *, overwrite: bool = False, protect=()) -> Path:
+                      exploded: float = 0.0, supersample: int = 2, *, overwrite: bool = False, protect=(),
+                      up: str | None = None) -> Path:
     """Input parts (left) and completed parts (right) from the same camera, as one image.
 
     Args:
@@ -328,6 +348,8 @@ def render_comparison(parts, result, path: str | os.PathLike, size: tuple[int, i
             start) so parts hidden inside others are visible. Both panels use
             the same offsets (from the input parts).
         supersample: anti-aliasing factor 1..4.
+        up: the axis pointing up in the parts' coordinates, shown up (default:
+            ``result.up``, else ``parts.up``, else +Y).
 
     Returns:
         The output path.
@@ -335,7 +357,7 @@ def render_comparison(parts, result, path: str | os.PathLike, size: tuple[int, i
     from PIL import Image, ImageDraw
 
     path = _check_image_output(path, overwrite, protect)
-    width, height, (ti, ci), (to, co), sphere = _scene_for_pictures(parts, result, exploded, size, supersample)
+    width, height, (ti, ci), (to, co), sphere = _scene_for_pictures(parts, result, exploded, size, supersample, up)
     left = _image(ti, ci, width, height, supersample, sphere, _AZIMUTH_DEG, str(path))
     right = _image(to, co, width, height, supersample, sphere, _AZIMUTH_DEG, str(path))
     img = Image.new("RGB", (2 * width, height), BACKGROUND)
@@ -353,11 +375,11 @@ TURNTABLE_FORMATS = (".gif", ".mp4")
 
 def render_turntable(parts, result, path: str | os.PathLike, frames: int = 36, size: tuple[int, int] = (320, 240),
                      exploded: float = 0.0, fps: int = 12, supersample: int = 1, *, overwrite: bool = False,
-                     protect=()) -> Path:
-    """A rotating view (one turn around the vertical axis): input and completed parts side by side.
+                     protect=(), up: str | None = None) -> Path:
+    """A rotating view (one turn about the object's up axis): input and completed parts side by side.
 
     Args:
-        parts, result: as :func:`render_comparison`.
+        parts, result, up: as :func:`render_comparison`.
         path: ``.gif`` (Pillow) or ``.mp4`` (needs ``imageio`` with an ffmpeg
             writer: ``pip install imageio imageio-ffmpeg``).
         frames: frames per turn (>= 2).
@@ -385,7 +407,7 @@ def render_turntable(parts, result, path: str | os.PathLike, frames: int = 36, s
         raise InputError(f"frames must be an integer 2..720, got {frames!r}")
     if isinstance(fps, bool) or not isinstance(fps, (int, np.integer)) or not 1 <= fps <= 60:
         raise InputError(f"fps must be an integer 1..60, got {fps!r}")
-    width, height, (ti, ci), (to, co), sphere = _scene_for_pictures(parts, result, exploded, size, supersample)
+    width, height, (ti, ci), (to, co), sphere = _scene_for_pictures(parts, result, exploded, size, supersample, up)
     images = []
     for k in range(frames):
         az = _AZIMUTH_DEG + 360.0 * k / frames

@@ -6,6 +6,11 @@ parts (see :data:`DEMO_OBJECTS`); ``demo_mug.glb`` is the demo's default.
 
 ``demo_table.glb`` is a hand-built table in 5 parts with scene-graph transforms;
 its generator is on the export side (:mod:`holopart_infer.export.demo_table`).
+
+All three are glTF and +Y up, as glTF specifies and HoloPart's training data is;
+the synthetic mug and lamp (built +Z up) were turned to +Y up when written. The
+demo model's manifest says which frame it was trained in (``"up_axis"``), and the
+runtime turns the objects into it and the results back (:mod:`holopart_infer.frames`).
 """
 from __future__ import annotations
 
@@ -16,7 +21,8 @@ from pathlib import Path
 #: of :mod:`holopart_infer.export.synthetic` from a seed no training or evaluation set uses
 #: (``make_object((9000, 0), "mug", n_views=16)``, ``make_object((9000, 1), "lamp",
 #: n_views=16)``, the first of each template at that seed with a handle / a bulb),
-#: written as their visible patches by ``python -m holopart_infer.export.make_demo_model --objects``.
+#: written as their visible patches, turned from +Z up to glTF's +Y up, by
+#: ``python -m holopart_infer.export.make_demo_model --objects``.
 DEMO_OBJECTS = {"mug": "demo_mug.glb", "lamp": "demo_lamp.glb", "table": "demo_table.glb"}
 DEFAULT_DEMO_OBJECT = "mug"
 #: what ``holopart-infer demo`` says about each object

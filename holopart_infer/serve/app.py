@@ -18,7 +18,10 @@ An upload is a raw ``.glb`` body, or multipart/form-data with ``file`` (a
 ``.glb``/``.gltf`` scene, or one mesh with ``labels``), ``labels`` (``.npy``
 per-face integers) and ``options`` (JSON). Options also come as query
 parameters: ``seed steps guidance depth decimate min_component close_at_bounds``,
-plus ``deadline`` (seconds) and, on ``/v1/complete``, ``preview=1``.
+plus ``deadline`` (seconds) and, on ``/v1/complete``, ``preview=1``. ``up``
+(query parameter or a key of ``options``: ``+x -x +y -y +z -z``, ``z`` for
+``+z``) overrides glTF's +Y up for a file authored otherwise; results are
+returned in the upload's own frame.
 """
 from __future__ import annotations
 
@@ -339,20 +342,22 @@ class Service:
         ctype = request.headers.get("content-type", "")
         if demo is None and ctype.startswith("multipart/form-data") and size:
             obj, labels_raw, form_opts, name = await self._parse_form(request, body, tmp)
-        options = self._options({**query, **form_opts})
+        params = {**query, **form_opts}
+        up = self._up(params.pop("up", None))
+        options = self._options(params)
         if demo is not None:
             if size:
                 raise RequestRefused(422, "invalid_request", "?demo=NAME takes no upload")
             if demo not in assets.DEMO_OBJECTS:
                 raise RequestRefused(422, "unknown_demo", f"no embedded object {demo!r}; choose one of "
                                      f"{', '.join(assets.DEMO_OBJECTS)}")
-            parts = await run_in_threadpool(load_parts, assets.demo_object_path(demo))
+            parts = await run_in_threadpool(load_parts, assets.demo_object_path(demo), None, "auto", up)
             source = f"demo:{demo}"
         else:
             if not obj.stat().st_size:
                 raise RequestRefused(422, "empty_upload", "no object uploaded: send a .glb as the body, or "
                                      "multipart with a 'file' field (or use ?demo=NAME)")
-            parts = await run_in_threadpool(self._parse_upload, obj, labels_raw, name, tmp)
+            parts = await run_in_threadpool(self._parse_upload, obj, labels_raw, name, tmp, up)
             source = name
         check_counts(len(parts), sum(len(p.faces) for p in parts), sum(len(p.vertices) for p in parts),
                      self.limits, source)
@@ -402,7 +407,19 @@ class Service:
         finally:
             await form.close()
 
-    def _parse_upload(self, obj: Path, labels_raw: bytes | None, name: str, tmp: Path):
+    @staticmethod
+    def _up(raw):
+        """The request's ``up`` (None: glTF's +Y)."""
+        from holopart_infer.frames import check_up
+
+        if raw is None:
+            return None
+        try:
+            return check_up(raw)
+        except InputError as e:
+            raise RequestRefused(422, "invalid_option", str(e), option="up") from None
+
+    def _parse_upload(self, obj: Path, labels_raw: bytes | None, name: str, tmp: Path, up: str | None = None):
         """Safety checks, then the library's reader on a geometry-only copy (worker thread).
         The upload is mapped, not read: only its header and JSON are touched here."""
         import mmap
@@ -422,7 +439,7 @@ class Service:
                 write_geometry_only(data, out, source=f)
         obj.unlink()  # the checked copy is all the reader needs
         try:
-            parts = load_parts(path, labels=labels)
+            parts = load_parts(path, labels=labels, up=up)
         except InputError as e:
             raise RequestRefused(422, "invalid_input", str(e).replace(str(path), name)) from None
         except Exception as e:  # the reader choked on a file the checks let through: still the upload's fault

@@ -192,3 +192,21 @@ def test_export_refuses_bad_inference_defaults(tmp_path):
     with pytest.raises(ModelDirError, match=r"model_index.json: inference_defaults: option depth"):
         export_model(ck, tmp_path / "m", progress=False)
     assert not (tmp_path / "m").exists()
+
+
+def test_up_axis_travels_to_the_manifest_and_the_runtime(tmp_path):
+    """The checkpoint's model_index.json "up_axis" (the frame the model was trained in) becomes the
+    manifest's; a checkpoint without one is HoloPart's +y, written out explicitly."""
+    import holopart_infer as hp
+    from holopart_infer.export.onnx_export import export_model
+
+    assert load_manifest(exported_model("golden")).raw["up_axis"] == "+y"
+    ck = tmp_path / "ck"
+    shutil.copytree(checkpoint("variant"), ck)
+    index = json.loads((ck / "model_index.json").read_text())
+    index["up_axis"] = "-x"
+    (ck / "model_index.json").write_text(json.dumps(index))
+    md = export_model(ck, tmp_path / "m", progress=False, validate=False)
+    assert load_manifest(md).up_axis == "-x"
+    assert hp.load(md, backend="onnxruntime", device="cpu").up_axis == "-x"
+    assert hp.load(ck, backend="torch", device="cpu").up_axis == "-x"  # a checkpoint dir: its model_index

@@ -145,8 +145,11 @@ def test_folder_of_part_meshes(tmp_path):
         v, f = box((3.0 * i, 0, 0))
         trimesh.Trimesh(v, f, process=False).export(str(folder / f"{name}{ext}"))
     (folder / "notes.txt").write_text("not a mesh")
-    parts = load_parts(folder)
-    assert parts.kind == "folder"
+    # .stl is +z up by default, the others +y: the folder's frame must be said
+    with pytest.raises(InputError, match=r"different default up axes \(.*\.stl \+z.*--up"):
+        load_parts(folder)
+    parts = load_parts(folder, up="+y")
+    assert parts.kind == "folder" and parts.up == "+y"
     assert parts.names == ["a", "a2", "a10", "b"]
     np.testing.assert_allclose(parts[0].vertices.min(axis=0), [8.5, -0.5, -0.5], atol=1e-6)
     assert len(parts.input_paths) == 4
@@ -190,13 +193,16 @@ def test_synthetic_demo_objects_match_their_recipe():
     for name in SYNTHETIC_DEMO_OBJECTS:
         obj = demo_object(name)
         parts = load_parts(demo_object_path(name))
-        assert sorted(parts.names) == sorted(obj.names)
+        assert sorted(parts.names) == sorted(obj.names) and parts.up == "+y"
         assert min(p.visible_fraction for p in obj.parts) < 0.6  # something is really hidden
         stored = {n: (v, f) for n, v, f in zip(parts.names, parts.vertices, parts.faces)}
         for p in obj.parts:
-            v, f = p.patch
-            np.testing.assert_allclose(stored[p.name][0], v, atol=1e-6)
+            v, f = p.patch  # synthetic objects stand along +z; the glTF file is +y up: (x, y, z) -> (x, z, -y)
+            np.testing.assert_allclose(stored[p.name][0], np.stack([v[:, 0], v[:, 2], -v[:, 1]], axis=1), atol=1e-6)
             np.testing.assert_array_equal(stored[p.name][1], f)
+        if name == "lamp":  # upright in the file: the pole (the longest extent) runs along y
+            lo, hi = parts.bounds()
+            assert np.argmax(hi - lo) == 1
     with pytest.raises(InputError, match="unknown demo object 'teapot'"):
         demo_object_path("teapot")
 

@@ -288,3 +288,17 @@ def test_queue_full_503_and_graceful_shutdown(tmp_path):
     assert code == 0, srv.log()
     status, headers, body = result["r"]
     assert status == 200 and body[:4] == b"glTF", body[:300]
+
+
+def test_up_axis_per_request(server, tmp_path):
+    """``up`` overrides glTF's +Y per request; results come back in the upload's own frame."""
+    status, err = _error(server.post("/v1/complete?up=north&demo=mug"))
+    assert (status, err["kind"], err["option"]) == (422, "invalid_option", "up") and "'north'" in err["message"]
+    glb = tetra_glb(2)
+    status, _, body = server.post("/v1/complete?up=%2Bz&seed=1", glb)  # "+z"; a bare "+" would arrive as " "
+    assert status == 200, body[:300]
+    inp, out = parts_of(glb, tmp_path), parts_of(body, tmp_path)
+    assert out.names == inp.names
+    for a, b in zip(inp, out):  # the tetrahedra sit 1.5 apart along x: each result on its own input
+        ca, cb = (np.ptp(p.vertices, axis=0) / 2 + p.vertices.min(axis=0) for p in (a, b))
+        assert np.linalg.norm(ca - cb) < 0.5, (a.name, ca, cb)
