@@ -255,6 +255,17 @@ def _add_input_view_args(p: argparse.ArgumentParser, parts_flag: bool = True) ->
     p.add_argument("--turntable", help="also write a rotating view, input vs completed (.gif; .mp4 with imageio-ffmpeg)")
 
 
+class _Off:
+    """What an off flag (``--no-decimate``) stores when the option's "off" value is None: unlike
+    None (the argparse default: flag not given), it says the flag was given."""
+
+    def __repr__(self) -> str:
+        return "off"
+
+
+_OFF = _Off()
+
+
 def _options_from(args, base):
     """``base`` (the model's defaults, plus the demo preset), then ``--quality``'s
     preset, then the flags given (explicit flags win)."""
@@ -263,7 +274,13 @@ def _options_from(args, base):
     quality = getattr(args, "quality", None)
     if quality:
         base = base.replace(**quality_preset(quality))
-    given = {f.name: getattr(args, f.name) for f in option_fields() if getattr(args, f.name, None) is not None}
+    given = {}
+    for f in option_fields():
+        value = getattr(args, f.name, None)
+        if value is _OFF:  # an off flag whose meaning is None (--no-decimate): None must reach the pipeline
+            given[f.name] = None
+        elif value is not None:
+            given[f.name] = value
     opts = base.replace(**given)
     opts.validate(flags=True)
     return opts
@@ -401,7 +418,7 @@ def add_option_args(p: argparse.ArgumentParser, defaults: dict, default_source: 
                            help=f"{m['help']}; {option_range(f)} (default {shown})")
         if m["off_flag"]:
             g.add_argument(m["off_flag"], dest=f.name, action="store_const",
-                           const=None if m["optional"] else False,
+                           const=_OFF if m["optional"] else False,
                            help=m["off_help"] + (" (default)" if value in (None, False) else ""))
 
 
