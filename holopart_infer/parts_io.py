@@ -268,7 +268,8 @@ def validate_parts(parts: Parts) -> None:
             raise InputError(f"{src}: part {p.name!r} has {int(bad.sum())} vertices with NaN or inf "
                              f"coordinates (first at vertex {int(np.argmax(bad))}); fix or remove them")
     allv = np.concatenate([p.vertices for p in parts], axis=0)
-    diag = float(np.linalg.norm(allv.max(axis=0) - allv.min(axis=0))) if len(allv) else 0.0
+    _check_coordinate_range(allv, src)
+    diag = float(np.linalg.norm(allv.max(axis=0).astype(np.float64) - allv.min(axis=0))) if len(allv) else 0.0
     for p in parts:
         area = p.area
         if len(p.faces) == 0 or not area > _MIN_RELATIVE_AREA * max(diag, 1e-30) ** 2:
@@ -281,6 +282,29 @@ def validate_parts(parts: Parts) -> None:
             "of an object whose whole is the union of its parts, so it needs at least 2 parts. "
             f"Segment the mesh first (e.g. SAMPart3D or SAMesh). Ways in: {WAYS_IN}"
         )
+
+
+def _check_coordinate_range(allv: np.ndarray, src) -> None:
+    """Refuse coordinates that cannot complete into a right result (constants.COORD_MAX etc.)."""
+    from holopart_infer.constants import COORD_MAX, COORD_MIN_EXTENT, MIN_EXTENT_RATIO
+
+    if not len(allv):
+        return
+    lo, hi = allv.min(axis=0).astype(np.float64), allv.max(axis=0).astype(np.float64)
+    magnitude = float(np.abs(np.stack([lo, hi])).max())
+    extent = float((hi - lo).max())
+    accepted = (f"accepted: every |coordinate| <= {COORD_MAX:g}, the longest side of the object's bounding box "
+                f">= {COORD_MIN_EXTENT:g} and >= 1/{1 / MIN_EXTENT_RATIO:g} of its largest |coordinate| "
+                "(float32, what a glb stores, must resolve the object's shape)")
+    if magnitude > COORD_MAX:
+        raise InputError(f"{src}: coordinates reach {magnitude:.3g}, beyond the accepted range; {accepted}. "
+                         "Scale the object down (e.g. to metres) before completing it")
+    if extent < COORD_MIN_EXTENT:
+        raise InputError(f"{src}: the object's bounding box is only {extent:.3g} across; {accepted}. "
+                         "Scale the object up (e.g. to metres) before completing it")
+    if extent < MIN_EXTENT_RATIO * magnitude:
+        raise InputError(f"{src}: the object is {extent:.3g} across but lies {magnitude:.3g} from the origin; "
+                         f"{accepted}. Move it near the origin (subtract its centre) before completing it")
 
 
 # ---------------------------------------------------------------------------
