@@ -526,15 +526,17 @@ def load_mesh_with_labels(path: str | os.PathLike, labels, kind: str = "mesh+lab
 
     path = Path(path)
     inputs: tuple[Path, ...] = (path, *extra_inputs)
+    if isinstance(labels, (str, os.PathLike)) and not Path(labels).exists():
+        raise InputFileNotFound(f"labels file {labels} does not exist")
+    v, f, nodes = _merged_nodes(path)
     if isinstance(labels, (str, os.PathLike)):
         lpath = Path(labels)
-        arr = labels_mod.read_labels(lpath)
+        arr = labels_mod.read_labels(lpath, num_faces=len(f))
         lsrc = f"labels file {lpath}"
         inputs = inputs + (lpath,)
     else:
         lsrc = "labels array"
         arr = labels_mod.check_label_array(labels, lsrc)
-    v, f, nodes = _merged_nodes(path)
     if len(arr) != len(f) and path.suffix.lower() == ".obj":
         sizes = labels_mod.obj_polygon_sizes(path)
         if sizes is not None and len(sizes) == len(arr) and (sizes > 3).any():

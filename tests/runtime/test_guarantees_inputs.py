@@ -154,3 +154,86 @@ def test_29_2_every_part_emptied_by_decimation_is_exit_1_with_its_own_explanatio
     monkeypatch.setattr(decimate_mod, "decimate", lambda v, f, n: (v[:0], f[:0]))
     with pytest.raises(EmptyResult, match="no faces left after clean-up and decimation.*--no-decimate"):
         mini.complete(_two_boxes(1.0), decimate=500, **FAST_OPTS)
+
+
+# --------------------------------------------------------------------------- 24.10: face2label.json types and ranges
+def _mesh_file(tmp_path, name="mesh.ply") -> Path:
+    import trimesh
+
+    from tests.support import box
+
+    a, b = box((0, 0, 0), (1, .4, 1)), box((.6, 0, 0), (.3, .3, .8))
+    mesh = trimesh.Trimesh(np.vstack([a[0], b[0]]), np.vstack([a[1], b[1] + len(a[0])]), process=False)
+    path = tmp_path / name
+    mesh.export(path)
+    return path  # 24 faces: 12 per box
+
+
+@pytest.mark.parametrize("entry, expected", [
+    ('"3": "1"', r"label of key '3' is str '1'"),
+    ('"3": 1.5', r"label of key '3' is float 1.5"),
+    ('"3": 1.0', r"label of key '3' is float 1.0"),
+    ('"3": true', r"label of key '3' is bool True"),
+    ('"3": 9223372036854775808', r"label of key '3' does not fit a 64-bit integer"),
+    ('"100000000000000": 1', r"key '100000000000000' names face 100000000000000, but the mesh has 24 faces"),
+    ('"1180591620717411303424": 1', r"key '1180591620717411303424' names face .* the mesh has 24 faces"),
+    ('"1e14": 1', r"key '1e14' is not a face index"),
+    ('"-1": 1', r"key '-1' is not a face index"),
+    ('" 3": 1', r"key ' 3' is not a face index")])
+def test_24_10_face2label_json_types_and_ranges_exit_2_naming_the_key(tmp_path, entry, expected):
+    from holopart_infer.errors import InputError
+    from holopart_infer.parts_io import load_parts
+
+    mesh = _mesh_file(tmp_path)
+    good = ", ".join(f'"{i}": {int(i >= 12)}' for i in range(24) if i != 3)
+    labels = tmp_path / "face2label.json"
+    labels.write_text("{" + good + ", " + entry + "}")
+    with pytest.raises(InputError, match=f"labels file {labels}: .*{expected}"):
+        load_parts(mesh, labels=labels)
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("[0, 1, \"2\"]", r"entry 2 \(the label of face 2\) is str '2'"),
+    ("[0, 1.5]", r"entry 1 \(the label of face 1\) is float 1.5"),
+    ("[false, 1]", r"entry 0 \(the label of face 0\) is bool False"),
+    ("[0, 9223372036854775808]", r"entry 1 \(the label of face 1\) does not fit a 64-bit integer")])
+def test_24_10_json_list_labels_types_and_ranges(tmp_path, content, expected):
+    from holopart_infer.errors import InputError
+    from holopart_infer.labels import read_labels
+
+    labels = tmp_path / "labels.json"
+    labels.write_text(content)
+    with pytest.raises(InputError, match=expected):
+        read_labels(labels)
+
+
+def test_24_10_txt_and_npy_labels_beyond_int64(tmp_path):
+    from holopart_infer.errors import InputError
+    from holopart_infer.labels import read_labels
+
+    txt = tmp_path / "labels.txt"
+    txt.write_text("0\n1\n9223372036854775808\n")
+    with pytest.raises(InputError, match=r"label '9223372036854775808' \(face 2\) does not fit a 64-bit integer"):
+        read_labels(txt)
+    npy = tmp_path / "labels.npy"
+    np.save(npy, np.array([0, 2**63], dtype=np.uint64))
+    with pytest.raises(InputError, match=r"label 9223372036854775808 \(face 1\) does not fit"):
+        read_labels(npy)
+
+
+def test_24_10_faces_a_face2label_json_does_not_name_are_unassigned(tmp_path):
+    from holopart_infer.parts_io import load_parts
+
+    mesh = _mesh_file(tmp_path)
+    labels = tmp_path / "face2label.json"
+    labels.write_text("{" + ", ".join(f'"{i}": {int(i >= 12)}' for i in range(22)) + "}")  # faces 22, 23 unnamed
+    parts = load_parts(mesh, labels=labels)
+    assert [len(p.faces) for p in parts] == [12, 10] and len(parts.context[1]) == 2
+
+
+def test_24_10_cli_exit_2_for_a_string_label(tmp_path):
+    mesh = _mesh_file(tmp_path)
+    labels = tmp_path / "face2label.json"
+    labels.write_text("{" + ", ".join(f'"{i}": "{int(i >= 12)}"' for i in range(24)) + "}")
+    r = cli("run", mesh, "--labels", labels, "-o", tmp_path / "o.glb", "--model", assets.demo_model_path(), "-q")
+    assert r.returncode == 2 and str(labels) in r.stderr and "key '0' is str '0'" in r.stderr, r.stderr
