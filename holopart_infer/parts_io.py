@@ -341,8 +341,12 @@ def _read_scene(path: Path, what: str = "mesh file", merge_primitives: bool = Tr
             source = io.BytesIO(report.rewritten)
             kwargs["file_type"] = ext[1:]
             kwargs["resolver"] = trimesh.resolvers.FilePathResolver(str(path))
-    elif ext == ".obj" and split:
-        kwargs.update(split_objects=True, split_groups=True)
+        for ref in gltf_json.referenced_files(path):
+            _check_referenced(ref, path, "a buffer or image URI", MAX_REFERENCED_BYTES, missing_ok=False)
+    elif ext == ".obj":
+        _check_obj(path)
+        if split:
+            kwargs.update(split_objects=True, split_groups=True)
     try:
         try:
             scene = trimesh.load_scene(source, **kwargs)
@@ -361,10 +365,89 @@ def _read_scene(path: Path, what: str = "mesh file", merge_primitives: bool = Tr
         raise InputError(f"{path}: reading this {ext} file needs the Python package {e.name!r}, which is not "
                          f"installed (a dependency of trimesh's reader, not a problem with the file). "
                          f"Install it with: pip install {e.name}") from e
-    except Exception as e:  # trimesh raises many types for broken files
+    except Exception as e:  # trimesh raises (RecursionError included) many types for broken files
         raise InputError(f"{path}: cannot read this {what} ({_describe(e)}); is it a valid "
                          f"{ext} file?") from e
     return scene
+
+
+#: largest file a glTF buffer or image URI may name (glTF buffers are addressed with 32-bit offsets)
+MAX_REFERENCED_BYTES = 2**32
+#: largest material library an OBJ's ``mtllib`` may name (a text file of material definitions)
+MAX_MTLLIB_BYTES = 64 * 2**20
+
+
+def _check_referenced(ref: Path, owner: Path, what: str, limit: int, missing_ok: bool) -> bool:
+    """A file that ``owner`` makes the reader open: it must be a regular file of at most ``limit``
+    bytes (a FIFO would hang the read, a device such as /dev/zero would never end). Checked by
+    ``stat`` before anything reads it. Returns False for a missing file when ``missing_ok``."""
+    import stat
+
+    try:
+        st = ref.stat()
+    except FileNotFoundError:
+        if missing_ok:
+            return False
+        raise InputError(f"{owner}: {what} names {ref}, which does not exist; put it beside the file "
+                         "or re-export the file with its data embedded (.glb)") from None
+    except OSError as e:
+        raise InputError(f"{owner}: {what} names {ref}, which cannot be read ({e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        raise InputError(f"{owner}: {what} names {ref}, which is {kind}, not a regular file; refusing to read "
+                         "it. Point it at the real file (or re-export the file with its data embedded)")
+    if st.st_size > limit:
+        raise InputError(f"{owner}: {what} names {ref}, which is {st.st_size:,} bytes, more than the "
+                         f"{limit:,} accepted; is it the right file?")
+    return True
+
+
+def _check_obj(path: Path) -> None:
+    """Before trimesh reads an OBJ: every face's vertex indices exist (OBJ counts from 1; negative
+    indices count back from the last vertex read), and every ``mtllib`` is a regular, reasonably
+    sized file; one that is missing or defines no material is ignored with a warning naming it."""
+    nv = 0
+    high, high_line = 0, 0
+    libs: list[str] = []
+    with open(path, "r", encoding="utf-8", errors="replace") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if line.startswith(("v ", "v\t")):
+                nv += 1
+            elif line.startswith(("f ", "f\t")):
+                for tok in line.split("#", 1)[0].split()[1:]:
+                    head = tok.split("/", 1)[0]
+                    try:
+                        i = int(head)
+                    except ValueError:
+                        raise InputError(f"{path}, line {lineno}: face entry {tok!r} does not start with a vertex "
+                                         "index (an integer); the file is malformed") from None
+                    if i == 0:
+                        raise InputError(f"{path}, line {lineno}: a face refers to vertex 0, but OBJ vertex "
+                                         "indices start at 1 (negative ones count back from the last vertex "
+                                         "read); the file was written with 0-based indices. Fix the exporter "
+                                         "or add 1 to every face index")
+                    if i < 0 and -i > nv:
+                        raise InputError(f"{path}, line {lineno}: a face refers to vertex {i} (counting back), "
+                                         f"but only {nv} vertices come before it; the file is malformed")
+                    if i > high:
+                        high, high_line = i, lineno
+            elif line.startswith("mtllib"):
+                libs.extend(line.split("#", 1)[0].split()[1:])
+    if high > nv:
+        raise InputError(f"{path}, line {high_line}: a face refers to vertex {high}, but the file has only {nv} "
+                         "vertices; the file is truncated or malformed")
+    for name in libs:
+        ref = path.parent / name
+        if not _check_referenced(ref, path, "mtllib", MAX_MTLLIB_BYTES, missing_ok=True):
+            log.warning("%s: material library %s (mtllib) does not exist; ignored (parts get no material "
+                        "colours)", path, ref)
+            continue
+        text = ref.read_text(encoding="utf-8", errors="replace")
+        if not any(line.split()[:1] == ["newmtl"] for line in text.splitlines()):
+            log.warning("%s: material library %s (mtllib) defines no material (no 'newmtl' line); ignored",
+                        path, ref)
 
 
 def _describe(e: BaseException) -> str:
@@ -401,6 +484,10 @@ def _scene_mesh_nodes(scene, path: Path) -> list[tuple[str, np.ndarray, np.ndarr
             continue
         v = np.asarray(geom.vertices, dtype=np.float64)
         f = np.asarray(geom.faces, dtype=np.int64).reshape(-1, 3)
+        if f.size and (f.min() < 0 or f.max() >= len(v)):
+            k = int(np.argmax(((f < 0) | (f >= len(v))).any(axis=1)))
+            raise InputError(f"{path}: mesh {node!r}: face {k} refers to vertices {f[k].tolist()}, but the mesh has "
+                             f"{len(v)} vertices (indices 0..{len(v) - 1}); the file is corrupt or truncated")
         T = np.asarray(transform, dtype=np.float64)
         v = v @ T[:3, :3].T + T[:3, 3]
         if np.linalg.det(T[:3, :3]) < 0:

@@ -237,3 +237,201 @@ def test_24_10_cli_exit_2_for_a_string_label(tmp_path):
     labels.write_text("{" + ", ".join(f'"{i}": "{int(i >= 12)}"' for i in range(24)) + "}")
     r = cli("run", mesh, "--labels", labels, "-o", tmp_path / "o.glb", "--model", assets.demo_model_path(), "-q")
     assert r.returncode == 2 and str(labels) in r.stderr and "key '0' is str '0'" in r.stderr, r.stderr
+
+
+# --------------------------------------------------------------------------- 29.3: hostile nesting, bad face indices
+def _tetra_gltf(path: Path, depth: int = 0, uri: str | None = None, nested_extras: int = 0) -> Path:
+    """Two tetrahedra; the first under a chain of ``depth`` nodes; the buffer at ``uri`` (a file
+    written beside it) or embedded."""
+    import base64
+    import json
+
+    v = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)
+    f = np.array([0, 2, 1, 0, 1, 3, 0, 3, 2, 1, 2, 3], np.uint32)
+    blob = v.tobytes() + f.tobytes()
+    buffer = {"byteLength": len(blob)}
+    if uri is None:
+        buffer["uri"] = "data:application/octet-stream;base64," + base64.b64encode(blob).decode()
+    else:
+        buffer["uri"] = uri
+        if not (path.parent / uri).exists():
+            (path.parent / uri).write_bytes(blob)
+    nodes = [{"children": [i + 1]} for i in range(depth)] + [{"mesh": 0, "name": "a"},
+                                                            {"mesh": 0, "name": "b", "translation": [2, 0, 0]}]
+    doc = {"asset": {"version": "2.0"}, "scene": 0, "scenes": [{"nodes": [0, depth + 1]}], "buffers": [buffer],
+           "bufferViews": [{"buffer": 0, "byteOffset": 0, "byteLength": 48},
+                           {"buffer": 0, "byteOffset": 48, "byteLength": 48}],
+           "accessors": [{"bufferView": 0, "componentType": 5126, "count": 4, "type": "VEC3",
+                          "min": [0, 0, 0], "max": [1, 1, 1]},
+                         {"bufferView": 1, "componentType": 5125, "count": 12, "type": "SCALAR"}],
+           "meshes": [{"primitives": [{"attributes": {"POSITION": 0}, "indices": 1}]}], "nodes": nodes}
+    text = json.dumps(doc)
+    if nested_extras:
+        text = text[:-1] + ', "extras": ' + "[" * nested_extras + "]" * nested_extras + "}"
+    path.write_text(text)
+    return path
+
+
+def test_29_3_a_deeply_nested_node_graph_is_exit_2(tmp_path):
+    from holopart_infer.gltf_json import MAX_NODE_DEPTH
+    from holopart_infer.parts_io import load_parts
+
+    assert len(load_parts(_tetra_gltf(tmp_path / "ok.gltf", depth=50))) == 2
+    deep = _tetra_gltf(tmp_path / "deep.gltf", depth=100_000)
+    r = cli("run", deep, "-o", tmp_path / "o.glb", "--model", assets.demo_model_path(), "-q")
+    assert r.returncode == 2, r.stderr
+    assert f"{deep}: the node graph is nested more than {MAX_NODE_DEPTH} levels deep" in r.stderr
+
+
+def test_29_3_deeply_nested_json_is_exit_2(tmp_path):
+    from holopart_infer.errors import InputError
+    from holopart_infer.parts_io import load_parts
+
+    deep = _tetra_gltf(tmp_path / "deep.gltf", nested_extras=100_000)
+    with pytest.raises(InputError, match="nested too deeply"):
+        load_parts(deep)
+
+
+def _tetra_pair_ply(path: Path, bad_index: int | None = None) -> Path:
+    from tests.support import box
+
+    a, b = box((0, 0, 0), (1, .4, 1)), box((.6, 0, 0), (.3, .3, .8))
+    v, f = np.vstack([a[0], b[0]]), np.vstack([a[1], b[1] + len(a[0])])
+    if bad_index is not None:
+        f[5, 1] = bad_index
+    lines = ["ply", "format ascii 1.0", f"element vertex {len(v)}", "property float x", "property float y",
+             "property float z", f"element face {len(f)}", "property list uchar int vertex_indices", "end_header"]
+    lines += [" ".join(map(str, p)) for p in v] + ["3 " + " ".join(map(str, t)) for t in f]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_29_3_ply_face_index_out_of_range_with_labels_is_exit_2(tmp_path):
+    ply = _tetra_pair_ply(tmp_path / "m.ply", bad_index=99)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(str(int(i >= 12)) for i in range(24)))
+    r = cli("run", ply, "--labels", labels, "-o", tmp_path / "o.glb", "--model", assets.demo_model_path(), "-q")
+    assert r.returncode == 2, r.stderr
+    assert f"{ply}: mesh" in r.stderr and "face 5 refers to vertices" in r.stderr and "16 vertices" in r.stderr
+
+
+# --------------------------------------------------------------------------- 24.11: what a glTF URI may name
+def test_24_11_a_gltf_buffer_uri_naming_a_fifo_is_refused_without_reading(tmp_path):
+    import os
+
+    from holopart_infer.errors import InputError
+    from holopart_infer.parts_io import load_parts
+
+    import errno
+    import threading
+    import time
+
+    fifo = tmp_path / "pipe.bin"
+    os.mkfifo(fifo)  # opening it for reading blocks until a writer comes
+    stop = threading.Event()
+
+    def unblock():  # should the reader open it anyway, let it see end-of-file instead of hanging the suite
+        while not stop.is_set():
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError as e:
+                if e.errno != errno.ENXIO:  # ENXIO: no reader yet
+                    return
+                time.sleep(0.05)
+
+    t = threading.Thread(target=unblock, daemon=True)
+    t.start()
+    gltf = _tetra_gltf(tmp_path / "m.gltf", uri="pipe.bin")
+    try:
+        with pytest.raises(InputError, match=r"m\.gltf: a buffer or image URI names .*pipe\.bin, which is a FIFO"):
+            load_parts(gltf)
+    finally:
+        stop.set()
+        t.join()
+
+
+@pytest.mark.parametrize("uri, expected", [("/dev/zero", "which is a device"), ("sub", "which is a folder"),
+                                           ("missing.bin", "which does not exist")])
+def test_24_11_a_gltf_uri_must_name_an_existing_regular_file(tmp_path, uri, expected):
+    from holopart_infer.errors import InputError
+    from holopart_infer.parts_io import load_parts
+
+    (tmp_path / "sub").mkdir()
+    gltf = _tetra_gltf(tmp_path / "m.gltf", uri=uri)
+    if uri == "missing.bin":
+        (tmp_path / "missing.bin").unlink()
+    with pytest.raises(InputError, match=expected):
+        load_parts(gltf)
+
+
+def test_24_11_a_gltf_uri_naming_a_huge_file_is_refused(tmp_path, monkeypatch):
+    from holopart_infer import parts_io
+    from holopart_infer.errors import InputError
+
+    gltf = _tetra_gltf(tmp_path / "m.gltf", uri="data.bin")
+    assert len(parts_io.load_parts(gltf)) == 2  # a regular file below the limit is read
+    monkeypatch.setattr(parts_io, "MAX_REFERENCED_BYTES", 50)
+    with pytest.raises(InputError, match=r"data\.bin, which is 96 bytes, more than the 50 accepted"):
+        parts_io.load_parts(gltf)
+
+
+# --------------------------------------------------------------------------- 24.14: OBJ mtllib and face indices
+_OBJ = """mtllib {lib}
+o a
+v 0 0 0
+v 1 0 0
+v 0 1 0
+v 0 0 1
+f 1 3 2
+f 1 2 4
+f 1 4 3
+f 2 3 4
+o b
+v 2 0 0
+v 3 0 0
+v 2 1 0
+v 2 0 1
+f 5 7 6
+f 5 6 8
+f 5 8 7
+f 6 7 {last}
+"""
+
+
+def test_24_14_obj_mtllib_naming_a_device_is_refused(tmp_path):
+    from holopart_infer.errors import InputError
+    from holopart_infer.parts_io import load_parts
+
+    obj = tmp_path / "m.obj"
+    obj.write_text(_OBJ.format(lib="/dev/zero", last=8))
+    with pytest.raises(InputError, match=r"m\.obj: mtllib names /dev/zero, which is a device"):
+        load_parts(obj)
+
+
+@pytest.mark.parametrize("lib, said", [("/etc/passwd", "defines no material"), ("nope.mtl", "does not exist")])
+def test_24_14_obj_mtllib_that_is_ignored_is_said(tmp_path, caplog, lib, said):
+    from holopart_infer.parts_io import load_parts
+
+    obj = tmp_path / "m.obj"
+    obj.write_text(_OBJ.format(lib=lib, last=8))
+    with caplog.at_level("WARNING", logger="holopart_infer"):
+        assert len(load_parts(obj)) == 2
+    assert any(said in r.getMessage() and lib in r.getMessage() and "ignored" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.parametrize("last, expected", [
+    ("0", r"line 19: a face refers to vertex 0, but OBJ vertex indices start at 1"),
+    ("9", r"line 19: a face refers to vertex 9, but the file has only 8 vertices"),
+    ("-9", r"line 19: a face refers to vertex -9 \(counting back\), but only 8 vertices come before it")])
+def test_24_14_obj_face_indices_out_of_range_are_refused_naming_the_line(tmp_path, last, expected):
+    from holopart_infer.errors import InputError
+    from holopart_infer.parts_io import load_parts
+
+    obj = tmp_path / "m.obj"
+    obj.write_text(_OBJ.format(lib="m.mtl", last=last))
+    (tmp_path / "m.mtl").write_text("newmtl red\nKd 1 0 0\n")
+    with pytest.raises(InputError, match=rf"m\.obj, {expected}"):
+        load_parts(obj)
+    obj.write_text(_OBJ.format(lib="m.mtl", last="-1"))  # relative indices are fine
+    assert len(load_parts(obj)) == 2
