@@ -67,6 +67,10 @@ def inspect(path: Path) -> GltfReport:
     doc, bin_chunk = _split(data, is_glb, path)
     if not isinstance(doc, dict):
         raise InputError(f"{path}: the glTF JSON is a {type(doc).__name__}, not an object; is it a glTF file?")
+    version = doc["asset"].get("version") if isinstance(doc.get("asset"), dict) else None
+    if isinstance(version, str) and not version.startswith("2."):
+        raise InputError(f"{path}: a glTF {version} file (asset.version {version!r}); only glTF 2.0 is read. "
+                         "Convert it to glTF 2.0 (e.g. import and re-export it in Blender, or gltf-pipeline)")
     used = set(doc.get("extensionsUsed", []) or []) | set(doc.get("extensionsRequired", []) or [])
     report = GltfReport()
     meshes = doc.get("meshes", []) or []
@@ -132,6 +136,12 @@ def _split(data: bytes, is_glb: bool, path: Path):
                     f"{data[:4]!r}) nor" if path.suffix.lower() == ".glb" else "not")
             raise InputError(f"{path}: cannot read this file: it is {what} glTF JSON ({e}). Is it a valid "
                              f"{path.suffix.lower()} file?") from None
+    if len(data) >= 8:
+        (version,) = struct.unpack_from("<I", data, 4)
+        if version != 2:
+            raise InputError(f"{path}: a binary glTF of version {version}"
+                             + (" (glTF 1.0)" if version == 1 else "") + "; only glTF 2.0 is read. Convert it "
+                             "to glTF 2.0 (e.g. import and re-export it in Blender, or gltf-pipeline)")
     if len(data) < 20:
         raise InputError(f"{path}: truncated .glb ({len(data)} bytes; a header alone is 20)")
     pos, doc, bin_chunk = 12, None, None

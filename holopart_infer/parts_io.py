@@ -365,7 +365,9 @@ def _read_scene(path: Path, what: str = "mesh file", merge_primitives: bool = Tr
         raise InputError(f"{path}: reading this {ext} file needs the Python package {e.name!r}, which is not "
                          f"installed (a dependency of trimesh's reader, not a problem with the file). "
                          f"Install it with: pip install {e.name}") from e
-    except Exception as e:  # trimesh raises (RecursionError included) many types for broken files
+    except Exception as e:  # trimesh raises many types for broken files (RecursionError included)
+        if ext == ".ply":
+            _refuse_point_cloud(path)  # a face-less PLY: say what it is, not how the reader tripped
         raise InputError(f"{path}: cannot read this {what} ({_describe(e)}); is it a valid "
                          f"{ext} file?") from e
     return scene
@@ -450,6 +452,35 @@ def _check_obj(path: Path) -> None:
                         path, ref)
 
 
+def _ply_counts(path: Path) -> tuple[int | None, int | None]:
+    """(vertex count, face count) from a PLY header (None where an element is not declared or the
+    header cannot be read)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(65536)
+    except OSError:
+        return None, None
+    if not head.startswith(b"ply") or b"end_header" not in head:
+        return None, None
+    counts: dict[str, int] = {}
+    for line in head.split(b"end_header", 1)[0].decode("ascii", "replace").splitlines():
+        words = line.split()
+        if len(words) == 3 and words[0] == "element" and words[2].isdigit():
+            counts[words[1]] = int(words[2])
+    return counts.get("vertex"), counts.get("face")
+
+
+def _refuse_point_cloud(path: Path) -> None:
+    """Raise the point-cloud explanation if ``path`` is a PLY that declares no faces."""
+    nv, nf = _ply_counts(path)
+    if nv is not None and not nf:
+        raise InputError(f"{path} is a point cloud ({nv:,} points, "
+                         + ("no face element" if nf is None else "0 faces")
+                         + "): HoloPart completes parts of a triangle mesh, and points have no surface to "
+                         "sample. Reconstruct a mesh first (e.g. Poisson reconstruction in Open3D or MeshLab), "
+                         "then segment it")
+
+
 def _describe(e: BaseException) -> str:
     """``Type: message``; for an exception without a message, where it was raised instead."""
     import traceback
@@ -512,6 +543,8 @@ def _scene_mesh_nodes(scene, path: Path) -> list[tuple[str, np.ndarray, np.ndarr
         log.warning("%s: skipping %d node(s) without triangles (point clouds or lines have no surface to "
                     "complete): %s", path, len(skipped), ", ".join(skipped))
     if not out:
+        if path.suffix.lower() == ".ply":
+            _refuse_point_cloud(path)
         raise InputError(f"{path}: the file holds no triangle meshes (empty scene"
                          + (f"; only {', '.join(skipped)}" if skipped else "") + ")")
     return out

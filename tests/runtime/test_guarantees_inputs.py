@@ -503,3 +503,41 @@ def test_24_13_checkpoint_config_counts_have_a_range():
 
     assert config_field_problem("num_layers", 21) is None
     assert "[1, 1048576]" in config_field_problem("num_layers", 10**18)
+
+
+# --------------------------------------------------------------------------- 29.4: say what the file is
+def test_29_4_a_gltf_1_binary_is_named_as_such(tmp_path):
+    import json
+    import struct
+
+    from holopart_infer.errors import InputError
+    from holopart_infer.parts_io import load_parts
+
+    content = json.dumps({"scene": "s", "scenes": {"s": {"nodes": []}}}).encode()
+    glb = tmp_path / "old.glb"  # glTF 1.0 binary: header, then contentLength + contentFormat 0, then the JSON
+    glb.write_bytes(struct.pack("<4sIIII", b"glTF", 1, 20 + len(content), len(content), 0) + content)
+    with pytest.raises(InputError, match=r"old\.glb: a binary glTF of version 1 \(glTF 1\.0\); only glTF 2\.0"):
+        load_parts(glb)
+    gltf = tmp_path / "old.gltf"
+    gltf.write_text(json.dumps({"asset": {"version": "1.0"}, "scene": "s", "scenes": {"s": {"nodes": []}}}))
+    with pytest.raises(InputError, match=r"old\.gltf: a glTF 1\.0 file .*only glTF 2\.0"):
+        load_parts(gltf)
+
+
+@pytest.mark.parametrize("faces", [None, 0])
+@pytest.mark.parametrize("binary", [True, False])
+def test_29_4_a_faceless_ply_is_named_a_point_cloud(tmp_path, faces, binary):
+    from holopart_infer.errors import InputError
+    from holopart_infer.parts_io import load_parts
+
+    pts = np.random.default_rng(0).random((40, 3)).astype("<f4")
+    header = ["ply", f"format {'binary_little_endian' if binary else 'ascii'} 1.0", "element vertex 40",
+              "property float x", "property float y", "property float z"]
+    if faces is not None:
+        header += [f"element face {faces}", "property list uchar int vertex_indices"]
+    body = pts.tobytes() if binary else "".join(f"{x} {y} {z}\n" for x, y, z in pts).encode()
+    ply = tmp_path / "scan.ply"
+    ply.write_bytes(("\n".join(header) + "\nend_header\n").encode() + body)
+    for kw in ({"parts": "components"}, {"labels": np.zeros(0, np.int64)}):
+        with pytest.raises(InputError, match=r"scan\.ply is a point cloud \(40 points.*Reconstruct a mesh first"):
+            load_parts(ply, **kw)
