@@ -60,7 +60,7 @@ def _make_verify_backend(args, weights: Path, tmp: Path):
             # no model dir given: export the golden weights first (export side, lazily)
             exp = _torch_side("holopart_infer.export.onnx_export",
                               f"verify --backend {args.backend} without --model (it exports first)")
-            path = exp.export_model(weights, tmp / "model", precision="fp32")
+            path = exp.export_model(weights, tmp / "model", precision="fp32", progress=not args.quiet)
     # golden outputs are fp32: run fp32 where the backend has a choice, the model dir's precision otherwise
     precision = None if spec.default_precision.get(args.device, "fp32") is None else "fp32"
     return open_backend(path, backend=args.backend, device=args.device, precision=precision)
@@ -543,11 +543,15 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="no progress bars, no third-party warnings")
     p = argparse.ArgumentParser(
-        prog="holopart-infer", parents=[common],
+        prog="holopart-infer",
         description="HoloPart inference: complete the parts of a segmented 3D object into watertight solids.",
         epilog="Exit codes: 0 success; 1 failed check or internal error; 2 bad input (argument, input file, "
                "model dir or checkpoint); 130/143 interrupted by SIGINT/SIGTERM (nothing written).")
-    p.set_defaults(verbose=False, quiet=False)
+    # the main parser's own -v/-q (default False), not the shared ones: argparse shares a parent's
+    # action objects, so set_defaults here would also reset what a flag before the subcommand set
+    p.add_argument("-v", "--verbose", action="store_true", default=False, help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", default=False,
+                   help="no progress bars, no third-party warnings")
     sub = p.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
         add(sub, common, argv)

@@ -541,3 +541,36 @@ def test_29_4_a_faceless_ply_is_named_a_point_cloud(tmp_path, faces, binary):
     for kw in ({"parts": "components"}, {"labels": np.zeros(0, np.int64)}):
         with pytest.raises(InputError, match=r"scan\.ply is a point cloud \(40 points.*Reconstruct a mesh first"):
             load_parts(ply, **kw)
+
+
+# --------------------------------------------------------------------------- 25.1: -q / -v before the subcommand
+@pytest.mark.parametrize("command", [["run", "x.glb", "-o", "o.glb", "--model", "m"],
+                                     ["batch", "x.glb", "-o", "out", "--model", "m"],
+                                     ["demo"], ["verify", "golden", "--backend", "onnxruntime"],
+                                     ["export", "ckpt", "out"], ["serve"]], ids=lambda c: c[0])
+@pytest.mark.parametrize("flag, dest", [("-q", "quiet"), ("-v", "verbose"), ("--quiet", "quiet")])
+def test_25_1_verbosity_flags_work_before_and_after_the_subcommand(command, flag, dest):
+    before = _parse(flag, *command)
+    after = _parse(*command, flag)
+    neither = _parse(*command)
+    assert getattr(before, dest) is True and getattr(after, dest) is True
+    assert neither.quiet is False and neither.verbose is False
+
+
+def test_25_1_quiet_before_verify_hides_the_export_bar(monkeypatch, tmp_path):
+    """-q verify --backend onnxruntime (no --model) exports the golden weights first: without a bar."""
+    from holopart_infer import cli as cli_mod
+
+    seen = {}
+
+    class FakeExport:
+        @staticmethod
+        def export_model(weights, out, precision, progress=True, **kw):
+            seen["progress"] = progress
+            raise cli_mod.InputError("stop here")
+
+    monkeypatch.setattr(cli_mod, "_torch_side", lambda module, what: FakeExport)
+    args = _parse("-q", "verify", tmp_path, "--backend", "onnxruntime")
+    with pytest.raises(cli_mod.InputError, match="stop here"):
+        cli_mod._make_verify_backend(args, tmp_path / "weights", tmp_path)
+    assert seen["progress"] is False
