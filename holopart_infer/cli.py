@@ -366,6 +366,8 @@ def _typed(f):
     kind = f.metadata["kind"]
 
     def parse(text: str):
+        if f.metadata["optional"] and text.strip().lower() in ("none", "off"):
+            return _OFF  # the option's documented "None" (off): it must reach the pipeline as None
         try:
             value = kind(text)
         except ValueError:

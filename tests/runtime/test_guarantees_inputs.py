@@ -574,3 +574,21 @@ def test_25_1_quiet_before_verify_hides_the_export_bar(monkeypatch, tmp_path):
     with pytest.raises(cli_mod.InputError, match="stop here"):
         cli_mod._make_verify_backend(args, tmp_path / "weights", tmp_path)
     assert seen["progress"] is False
+
+
+# --------------------------------------------------------------------------- 25.2: --decimate None
+@pytest.mark.parametrize("text", ["None", "none", "off"])
+def test_25_2_an_optional_option_accepts_none_as_its_help_says(tmp_path, text):
+    from holopart_infer import cli as cli_mod
+    from holopart_infer.pipeline import CompletionOptions
+
+    args = _parse("run", "x.glb", "-o", tmp_path / "o.glb", "--model", "m", "--decimate", text)
+    assert cli_mod._options_from(args, CompletionOptions()).decimate is None
+    r = cli("run", "x.glb", "-o", tmp_path / "o.glb", "--model", "m", "--help")
+    assert "None or an integer >= 4" in " ".join(r.stdout.split())
+
+
+def test_25_2_other_words_are_still_refused(tmp_path):
+    r = cli("run", assets.demo_object_path("table"), "-o", tmp_path / "o.glb", "--model", assets.demo_model_path(),
+            "--decimate", "nothing")
+    assert r.returncode == 2 and "argument --decimate: expected None or an integer >= 4, got 'nothing'" in r.stderr
