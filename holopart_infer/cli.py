@@ -176,6 +176,7 @@ def _complete_and_write(model, input_path, labels, output: Path, preview: Path |
     bars = _Bars(not quiet)
     t0 = time.perf_counter()
     parts = load_parts(input_path, labels=labels, parts=view.parts)  # kept: the pictures show the input too
+    steps = {"read input": time.perf_counter() - t0}  # the summary lists every step the total covers
     try:
         result = model.complete(parts, options=opts, progress=bars)
     finally:
@@ -185,14 +186,19 @@ def _complete_and_write(model, input_path, labels, output: Path, preview: Path |
     # pictures first, glb last; if a later write fails, the pictures this run made are removed
     made: list[Path] = []
     try:
-        for dest, render in ((preview, _render_comparison), (view.turntable, _render_turntable)):
+        for dest, render, step in ((preview, _render_comparison, "preview"),
+                                   (view.turntable, _render_turntable, "turntable")):
             if dest is None:
                 continue
             existed = dest.exists()
+            t = time.perf_counter()
             render(parts, result, dest, exploded=view.exploded, overwrite=overwrite, protect=result.inputs)
+            steps[step] = time.perf_counter() - t
             if not existed:
                 made.append(dest)
+        t = time.perf_counter()
         result.save(output, overwrite=overwrite)
+        steps["save"] = time.perf_counter() - t
     except BaseException:
         for dest in made:
             dest.unlink(missing_ok=True)
@@ -201,7 +207,9 @@ def _complete_and_write(model, input_path, labels, output: Path, preview: Path |
     print(f"wrote {output} ({len(result.parts)} parts)" + "".join(f" and {d}" for d in (preview, view.turntable)
                                                                   if d is not None))
     print(f"backend {model.backend_name} on {model.device} ({model.precision})")
-    for stage, sec in result.timings.items():
+    listed = {"read input": steps.pop("read input"), **result.timings, **steps}
+    listed["other"] = max(0.0, total - sum(listed.values()))  # progress bars, bookkeeping
+    for stage, sec in listed.items():
         print(f"  {stage:<14} {sec:8.2f} s")
     q = result.stats.get("decoder_queries_per_level", {})
     if q:
@@ -250,8 +258,9 @@ def _add_input_view_args(p: argparse.ArgumentParser, parts_flag: bool = True) ->
         p.add_argument("--parts", choices=PARTS_MODES, default="auto",
                        help="how one file is cut into parts: auto (scene nodes; OBJ objects/groups; STL solids), "
                             "primitives (one part per glTF primitive), components (connected pieces)")
-    p.add_argument("--exploded", type=float, default=0.0,
-                   help="preview/turntable: move parts apart by this factor (e.g. 0.5) so hidden parts show")
+    p.add_argument("--exploded", type=float, default=None,
+                   help="preview/turntable: move parts apart by this factor (e.g. 0.5) so hidden parts show; "
+                        "needs --preview or --turntable (default 0: parts in place)")
     p.add_argument("--turntable", help="also write a rotating view, input vs completed (.gif; .mp4 with imageio-ffmpeg)")
 
 
@@ -324,6 +333,9 @@ def cmd_run(args) -> int:
     output, preview = Path(args.output), (Path(args.preview) if args.preview else None)
     inputs = _input_paths(args)
     view = _InputView.from_args(args)
+    if args.exploded is not None and preview is None and view.turntable is None:
+        raise InputError(f"--exploded {args.exploded:g} moves parts apart in the pictures, but no picture was "
+                         "asked for: add --preview OUT.png and/or --turntable OUT.gif, or drop --exploded")
     _check_outputs(output, preview, args.overwrite, inputs, view.turntable)  # before loading anything
     model = load(args.weights or args.model, backend=args.backend, device=args.device,
                  precision=args.precision, engine_cache=args.engine_cache, graph=args.graph,
@@ -427,8 +439,13 @@ def add_option_args(p: argparse.ArgumentParser, defaults: dict, default_source: 
 def _common_run_args(p: argparse.ArgumentParser) -> None:
     from holopart_infer.engines import backend_names
 
-    p.add_argument("--backend", choices=list(backend_names()), default="auto")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--backend", choices=list(backend_names()), default="auto",
+                   help="inference backend; auto (default) picks TensorRT, then ONNX Runtime CUDA, then ONNX "
+                        "Runtime CPU for a model dir, torch for a checkpoint dir, and says which; an explicit "
+                        "one that cannot run here is an error with the install hint")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto (default): CUDA when the backend can use it here, else the CPU; cuda without a "
+                        "usable GPU is an error, never a silent fallback")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing output files (inputs are never replaced)")
     p.add_argument("--no-verify", dest="no_verify", action="store_true",

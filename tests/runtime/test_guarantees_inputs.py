@@ -592,3 +592,59 @@ def test_25_2_other_words_are_still_refused(tmp_path):
     r = cli("run", assets.demo_object_path("table"), "-o", tmp_path / "o.glb", "--model", assets.demo_model_path(),
             "--decimate", "nothing")
     assert r.returncode == 2 and "argument --decimate: expected None or an integer >= 4, got 'nothing'" in r.stderr
+
+
+# --------------------------------------------------------------------------- 25.5: what the CLI says
+def _summary(stdout: str) -> dict[str, float]:
+    rows = {}
+    for line in stdout.splitlines():
+        words = line.rsplit(None, 2)
+        if line.startswith("  ") and len(words) == 3 and words[2] == "s":
+            rows[words[0].strip()] = float(words[1])
+    return rows
+
+
+def test_25_5_the_timing_summary_adds_up_to_its_total(tmp_path):
+    r = cli("run", assets.demo_object_path("table"), "-o", tmp_path / "o.glb", "--model", assets.demo_model_path(),
+            "--preview", tmp_path / "p.png", "--steps", "2", "--depth", "6", "-q")
+    assert r.returncode == 0, r.stderr
+    rows = _summary(r.stdout)
+    total = rows.pop("total")
+    assert {"read input", "preview", "save"} <= set(rows), rows
+    assert abs(sum(rows.values()) - total) <= 0.01 * len(rows) + 1e-9, (rows, total)  # rounding of each row only
+
+
+def test_25_5_batch_prints_its_settings_line(tmp_path):
+    r = cli("batch", assets.demo_object_path("table"), "-o", tmp_path / "out", "--model", assets.demo_model_path(),
+            "--steps", "2", "--depth", "6", "-q")
+    assert r.returncode == 0, r.stderr
+    assert "settings: depth 6, 2 steps; from --depth, --steps" in r.stdout, r.stdout
+
+
+def test_25_5_backend_and_device_have_help():
+    for command in ("run", "demo", "batch"):
+        text = " ".join(cli(command, "--help").stdout.split())
+        assert "auto (default) picks TensorRT" in text and "never a silent fallback" in text, command
+
+
+def test_25_5_exploded_without_a_picture_is_refused(tmp_path):
+    r = cli("run", assets.demo_object_path("table"), "-o", tmp_path / "o.glb", "--model", assets.demo_model_path(),
+            "--exploded", "0.5", "-q")
+    assert r.returncode == 2 and "--exploded 0.5" in r.stderr and "--preview" in r.stderr, r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_25_5_readme_demo_usage_lists_demo_flags():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    line = next(ln for ln in readme.splitlines() if ln.startswith("holopart-infer demo"))
+    for flag in ("-o", "--object", "--preview", "--exploded", "--turntable"):
+        assert flag in line, flag
+
+
+def test_25_5_demo_outputs_in_the_repo_root_are_ignored_by_git():
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    r = subprocess.run(["git", "check-ignore", "demo.glb", "demo.png", "holopart_demo.glb", "holopart_demo.png"],
+                       cwd=root, capture_output=True, text=True)
+    assert r.stdout.split() == ["demo.glb", "demo.png", "holopart_demo.glb", "holopart_demo.png"], r
