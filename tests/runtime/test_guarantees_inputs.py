@@ -648,3 +648,32 @@ def test_25_5_demo_outputs_in_the_repo_root_are_ignored_by_git():
     r = subprocess.run(["git", "check-ignore", "demo.glb", "demo.png", "holopart_demo.glb", "holopart_demo.png"],
                        cwd=root, capture_output=True, text=True)
     assert r.stdout.split() == ["demo.glb", "demo.png", "holopart_demo.glb", "holopart_demo.png"], r
+
+
+# --------------------------------------------------------------------------- 25.4: the test command says what it skipped
+def test_25_4_skips_are_summarised_with_how_to_run_them():
+    from types import SimpleNamespace
+
+    from tests.support import FULL_INSTALL, skip_summary
+
+    reports = [
+        SimpleNamespace(nodeid="tests/runtime/serve/test_app.py", when="collect",
+                        longrepr=("tests/runtime/serve/test_app.py", 21, "Skipped: needs the [serve] extra")),
+        SimpleNamespace(nodeid="tests/runtime/serve/test_page.py::test_page_renders", when="setup",
+                        longrepr=("tests/runtime/serve/test_page.py", 23,
+                                  "Skipped: needs Chromium (apt-get install chromium; .ci/run does)")),
+    ]
+    lines = skip_summary(reports)
+    text = "\n".join(lines)
+    app_tests = (Path(__file__).parent / "serve" / "test_app.py").read_text().count("\ndef test_")
+    assert app_tests > 1
+    assert f"tests/runtime/serve/test_app.py (whole module, {app_tests} test functions)" in text
+    assert FULL_INSTALL in text and "install Chromium" in text
+    assert skip_summary([]) == []
+
+
+def test_25_4_readme_setup_installs_what_the_tests_use():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    setup = next(ln for ln in readme.splitlines() if ln.startswith("python3 -m venv .venv"))
+    for extra in ("torch", "test", "serve", "ray", "draco"):
+        assert extra in setup.split("-e", 1)[1].split()[0], extra
