@@ -410,18 +410,53 @@ def _check_obj(path: Path) -> None:
     """Before trimesh reads an OBJ: every face's vertex indices exist (OBJ counts from 1; negative
     indices count back from the last vertex read), and every ``mtllib`` is a regular, reasonably
     sized file; one that is missing or defines no material is ignored with a warning naming it."""
+    import re
+
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    nv = sum(1 for line in lines if line[:2] in (b"v ", b"v\t"))
+    faces = b" ".join([line[2:] for line in lines if line[:2] in (b"f ", b"f\t")])
+    if b"#" in faces:  # a comment after a face (rare): cut it, line by line
+        faces = b" ".join([line[2:].split(b"#", 1)[0] for line in lines if line[:2] in (b"f ", b"f\t")])
+    if b"/" in faces:  # "7/1/3", "7//3": the vertex index is the number before the first slash
+        faces = re.sub(rb"/\S*", b"", faces)
+    try:
+        refs = list(map(int, faces.split()))
+    except ValueError:
+        refs = [0]  # a token that is not an integer: the line-by-line pass names it
+    if refs and (min(refs) <= 0 or max(refs) > nv):
+        _locate_bad_obj_index(path)  # 0, too large, or counting back (legal when in range): line by line
+    libs = []
+    at = data.find(b"mtllib")
+    while at >= 0:  # found by bytes.find, not per line: an OBJ has millions of lines and one mtllib
+        if at == 0 or data[at - 1:at] == b"\n":
+            libs.append(data[at:data.find(b"\n", at) % (len(data) + 1)].split(b"#", 1)[0].split()[1:])
+        at = data.find(b"mtllib", at + 6)
+    for name in (n for names in libs for n in names):
+        for lib in [name.decode("utf-8", "replace")]:
+            ref = path.parent / lib
+            if not _check_referenced(ref, path, "mtllib", MAX_MTLLIB_BYTES, missing_ok=True):
+                log.warning("%s: material library %s (mtllib) does not exist; ignored (parts get no material "
+                            "colours)", path, ref)
+                continue
+            text = ref.read_text(encoding="utf-8", errors="replace")
+            if not any(line.split()[:1] == ["newmtl"] for line in text.splitlines()):
+                log.warning("%s: material library %s (mtllib) defines no material (no 'newmtl' line); ignored",
+                            path, ref)
+
+
+def _locate_bad_obj_index(path: Path) -> None:
+    """Raise naming the line of the first face index that does not exist (see :func:`_check_obj`)."""
     nv = 0
     high, high_line = 0, 0
-    libs: list[str] = []
     with open(path, "r", encoding="utf-8", errors="replace") as fh:
         for lineno, line in enumerate(fh, 1):
             if line.startswith(("v ", "v\t")):
                 nv += 1
             elif line.startswith(("f ", "f\t")):
                 for tok in line.split("#", 1)[0].split()[1:]:
-                    head = tok.split("/", 1)[0]
                     try:
-                        i = int(head)
+                        i = int(tok.split("/", 1)[0])
                     except ValueError:
                         raise InputError(f"{path}, line {lineno}: face entry {tok!r} does not start with a vertex "
                                          "index (an integer); the file is malformed") from None
@@ -435,21 +470,9 @@ def _check_obj(path: Path) -> None:
                                          f"but only {nv} vertices come before it; the file is malformed")
                     if i > high:
                         high, high_line = i, lineno
-            elif line.startswith("mtllib"):
-                libs.extend(line.split("#", 1)[0].split()[1:])
     if high > nv:
         raise InputError(f"{path}, line {high_line}: a face refers to vertex {high}, but the file has only {nv} "
                          "vertices; the file is truncated or malformed")
-    for name in libs:
-        ref = path.parent / name
-        if not _check_referenced(ref, path, "mtllib", MAX_MTLLIB_BYTES, missing_ok=True):
-            log.warning("%s: material library %s (mtllib) does not exist; ignored (parts get no material "
-                        "colours)", path, ref)
-            continue
-        text = ref.read_text(encoding="utf-8", errors="replace")
-        if not any(line.split()[:1] == ["newmtl"] for line in text.splitlines()):
-            log.warning("%s: material library %s (mtllib) defines no material (no 'newmtl' line); ignored",
-                        path, ref)
 
 
 def _ply_counts(path: Path) -> tuple[int | None, int | None]:
