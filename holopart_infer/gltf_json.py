@@ -108,20 +108,25 @@ def referenced_files(path: Path) -> tuple[Path, ...]:
     """Files a glTF reads besides itself: buffer and image URIs that are not
     ``data:`` URIs, resolved against the file's folder (they are inputs too, so
     no output may replace them). Unreadable JSON gives ``()`` (the reader says why)."""
+    return tuple(dict.fromkeys(p for _, p in referenced_uris(path)))
+
+
+def referenced_uris(path: Path) -> list[tuple[str, Path]]:
+    """``("buffer" | "image", path)`` for each URI of :func:`referenced_files`."""
     from urllib.parse import unquote
 
     try:
         data = path.read_bytes()
         doc, _ = _split(data, data[:4] == _GLB_MAGIC, path)
     except (OSError, InputError, struct.error):
-        return ()
+        return []
     out = []
     for key in ("buffers", "images"):
         for item in doc.get(key, []) or [] if isinstance(doc, dict) else []:
             uri = item.get("uri") if isinstance(item, dict) else None
             if isinstance(uri, str) and uri and not uri.startswith("data:") and "://" not in uri:
-                out.append(path.parent / unquote(uri))
-    return tuple(dict.fromkeys(out))
+                out.append((key[:-1], path.parent / unquote(uri)))
+    return out
 
 
 def _split(data: bytes, is_glb: bool, path: Path):

@@ -341,8 +341,10 @@ def _read_scene(path: Path, what: str = "mesh file", merge_primitives: bool = Tr
             source = io.BytesIO(report.rewritten)
             kwargs["file_type"] = ext[1:]
             kwargs["resolver"] = trimesh.resolvers.FilePathResolver(str(path))
-        for ref in gltf_json.referenced_files(path):
-            _check_referenced(ref, path, "a buffer or image URI", MAX_REFERENCED_BYTES, missing_ok=False)
+        for kind, ref in gltf_json.referenced_uris(path):
+            # a missing buffer cannot be right; a missing texture only loses the look (the reader says so)
+            if not _check_referenced(ref, path, f"a {kind} URI", MAX_REFERENCED_BYTES, missing_ok=kind == "image"):
+                log.warning("%s: image %s does not exist; ignored (the parts get no texture colours)", path, ref)
     elif ext == ".obj":
         _check_obj(path)
         if split:

@@ -343,7 +343,7 @@ def test_24_11_a_gltf_buffer_uri_naming_a_fifo_is_refused_without_reading(tmp_pa
     t.start()
     gltf = _tetra_gltf(tmp_path / "m.gltf", uri="pipe.bin")
     try:
-        with pytest.raises(InputError, match=r"m\.gltf: a buffer or image URI names .*pipe\.bin, which is a FIFO"):
+        with pytest.raises(InputError, match=r"m\.gltf: a buffer URI names .*pipe\.bin, which is a FIFO"):
             load_parts(gltf)
     finally:
         stop.set()
@@ -677,3 +677,17 @@ def test_25_4_readme_setup_installs_what_the_tests_use():
     setup = next(ln for ln in readme.splitlines() if ln.startswith("python3 -m venv .venv"))
     for extra in ("torch", "test", "serve", "ray", "draco"):
         assert extra in setup.split("-e", 1)[1].split()[0], extra
+
+
+def test_24_11_a_missing_gltf_image_is_ignored_with_a_warning(tmp_path, caplog):
+    import json
+
+    from holopart_infer.parts_io import load_parts
+
+    gltf = _tetra_gltf(tmp_path / "m.gltf")
+    doc = json.loads(gltf.read_text())
+    doc["images"] = [{"uri": "tex.png"}]
+    gltf.write_text(json.dumps(doc))
+    with caplog.at_level("WARNING", logger="holopart_infer"):
+        assert len(load_parts(gltf)) == 2
+    assert any("tex.png does not exist; ignored" in r.getMessage() for r in caplog.records)
