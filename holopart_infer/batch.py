@@ -984,7 +984,7 @@ def cmd_batch(args) -> int:
     import sys
 
     from holopart_infer import cli
-    from holopart_infer.pipeline import load
+    from holopart_infer.pipeline import CompletionOptions, load
 
     items = collect_items(args.inputs)
     prepare_out_dir(args.output_dir)  # before any work: a read-only or full folder is exit 2
@@ -993,11 +993,15 @@ def cmd_batch(args) -> int:
     path = args.weights or args.model
     if args.ray:
         model = path
-        base = cli._options_from(args, _defaults_of(Path(path)))
+        defaults = _defaults_of(Path(path))
     else:
         model = load(path, backend=args.backend, device=args.device, verify_integrity=not args.no_verify)
-        base = cli._options_from(args, model.default_options())
+        defaults = model.default_options()
+    base = cli._options_from(args, defaults)
     base.validate()
+    library = CompletionOptions()  # the settings line says where depth/steps come from, as run's does
+    print(cli._settings_line(args, base, {k: 1 for k in ("depth", "steps")
+                                          if getattr(defaults, k) != getattr(library, k)}, "the model"))
     try:
         summary = run_batch(model, items, args.output_dir, options=base, parts_per_batch=args.parts_per_batch,
                             ray=args.ray, ray_workers=args.ray_workers, backend=args.backend, device=args.device,

@@ -271,6 +271,16 @@ def read_config(root: str | os.PathLike, component: str) -> dict:
     return cfg
 
 
+#: largest value of a count field (layers, heads, widths, tokens, timesteps): the published model's
+#: largest is 2048; a larger value is no real model, and would allocate or loop without end
+CONFIG_COUNT_MAX = 2**20
+
+
+def config_field_problem(key: str, value) -> str | None:
+    """What config field ``key``'s ``value`` should have been, or None when it is fine."""
+    return _field_problem(_FIELD_KINDS.get(key, "count"), value)
+
+
 def _field_problem(kind: str, value) -> str | None:
     """What ``value`` should have been, or None when it is fine."""
     if kind == "bool":
@@ -279,6 +289,8 @@ def _field_problem(kind: str, value) -> str | None:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value) and value > 0
         return None if ok else "a finite number > 0"
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    if ok and value > CONFIG_COUNT_MAX:
+        return f"an integer in [1, {CONFIG_COUNT_MAX}] (a larger one is no real model)"
     return None if ok else "an integer >= 1"
 
 

@@ -60,7 +60,7 @@ def _make_verify_backend(args, weights: Path, tmp: Path):
             # no model dir given: export the golden weights first (export side, lazily)
             exp = _torch_side("holopart_infer.export.onnx_export",
                               f"verify --backend {args.backend} without --model (it exports first)")
-            path = exp.export_model(weights, tmp / "model", precision="fp32")
+            path = exp.export_model(weights, tmp / "model", precision="fp32", progress=not args.quiet)
     # golden outputs are fp32: run fp32 where the backend has a choice, the model dir's precision otherwise
     precision = None if spec.default_precision.get(args.device, "fp32") is None else "fp32"
     return open_backend(path, backend=args.backend, device=args.device, precision=precision)
@@ -176,6 +176,7 @@ def _complete_and_write(model, input_path, labels, output: Path, preview: Path |
     bars = _Bars(not quiet)
     t0 = time.perf_counter()
     parts = load_parts(input_path, labels=labels, parts=view.parts, up=view.up)  # kept: the pictures show it too
+    steps = {"read input": time.perf_counter() - t0}  # the summary lists every step the total covers
     try:
         result = model.complete(parts, options=opts, progress=bars)
     finally:
@@ -185,14 +186,19 @@ def _complete_and_write(model, input_path, labels, output: Path, preview: Path |
     # pictures first, glb last; if a later write fails, the pictures this run made are removed
     made: list[Path] = []
     try:
-        for dest, render in ((preview, _render_comparison), (view.turntable, _render_turntable)):
+        for dest, render, step in ((preview, _render_comparison, "preview"),
+                                   (view.turntable, _render_turntable, "turntable")):
             if dest is None:
                 continue
             existed = dest.exists()
+            t = time.perf_counter()
             render(parts, result, dest, exploded=view.exploded, overwrite=overwrite, protect=result.inputs)
+            steps[step] = time.perf_counter() - t
             if not existed:
                 made.append(dest)
+        t = time.perf_counter()
         result.save(output, overwrite=overwrite)
+        steps["save"] = time.perf_counter() - t
     except BaseException:
         for dest in made:
             dest.unlink(missing_ok=True)
@@ -201,7 +207,9 @@ def _complete_and_write(model, input_path, labels, output: Path, preview: Path |
     print(f"wrote {output} ({len(result.parts)} parts)" + "".join(f" and {d}" for d in (preview, view.turntable)
                                                                   if d is not None))
     print(f"backend {model.backend_name} on {model.device} ({model.precision})")
-    for stage, sec in result.timings.items():
+    listed = {"read input": steps.pop("read input"), **result.timings, **steps}
+    listed["other"] = max(0.0, total - sum(listed.values()))  # progress bars, bookkeeping
+    for stage, sec in listed.items():
         print(f"  {stage:<14} {sec:8.2f} s")
     q = result.stats.get("decoder_queries_per_level", {})
     if q:
@@ -253,8 +261,9 @@ def _add_input_view_args(p: argparse.ArgumentParser, parts_flag: bool = True) ->
                        help="how one file is cut into parts: auto (scene nodes; OBJ objects/groups; STL solids), "
                             "primitives (one part per glTF primitive), components (connected pieces)")
         add_up_arg(p)
-    p.add_argument("--exploded", type=float, default=0.0,
-                   help="preview/turntable: move parts apart by this factor (e.g. 0.5) so hidden parts show")
+    p.add_argument("--exploded", type=float, default=None,
+                   help="preview/turntable: move parts apart by this factor (e.g. 0.5) so hidden parts show; "
+                        "needs --preview or --turntable (default 0: parts in place)")
     p.add_argument("--turntable", help="also write a rotating view, input vs completed (.gif; .mp4 with imageio-ffmpeg)")
 
 
@@ -280,6 +289,17 @@ def _join_up_values(argv: list[str]) -> list[str]:
     return out
 
 
+class _Off:
+    """What an off flag (``--no-decimate``) stores when the option's "off" value is None: unlike
+    None (the argparse default: flag not given), it says the flag was given."""
+
+    def __repr__(self) -> str:
+        return "off"
+
+
+_OFF = _Off()
+
+
 def _options_from(args, base):
     """``base`` (the model's defaults, plus the demo preset), then ``--quality``'s
     preset, then the flags given (explicit flags win)."""
@@ -288,7 +308,13 @@ def _options_from(args, base):
     quality = getattr(args, "quality", None)
     if quality:
         base = base.replace(**quality_preset(quality))
-    given = {f.name: getattr(args, f.name) for f in option_fields() if getattr(args, f.name, None) is not None}
+    given = {}
+    for f in option_fields():
+        value = getattr(args, f.name, None)
+        if value is _OFF:  # an off flag whose meaning is None (--no-decimate): None must reach the pipeline
+            given[f.name] = None
+        elif value is not None:
+            given[f.name] = value
     opts = base.replace(**given)
     opts.validate(flags=True)
     return opts
@@ -332,6 +358,9 @@ def cmd_run(args) -> int:
     output, preview = Path(args.output), (Path(args.preview) if args.preview else None)
     inputs = _input_paths(args)
     view = _InputView.from_args(args)
+    if args.exploded is not None and preview is None and view.turntable is None:
+        raise InputError(f"--exploded {args.exploded:g} moves parts apart in the pictures, but no picture was "
+                         "asked for: add --preview OUT.png and/or --turntable OUT.gif, or drop --exploded")
     _check_outputs(output, preview, args.overwrite, inputs, view.turntable)  # before loading anything
     model = load(args.weights or args.model, backend=args.backend, device=args.device,
                  precision=args.precision, engine_cache=args.engine_cache, graph=args.graph,
@@ -374,6 +403,8 @@ def _typed(f):
     kind = f.metadata["kind"]
 
     def parse(text: str):
+        if f.metadata["optional"] and text.strip().lower() in ("none", "off"):
+            return _OFF  # the option's documented "None" (off): it must reach the pipeline as None
         try:
             value = kind(text)
         except ValueError:
@@ -426,15 +457,20 @@ def add_option_args(p: argparse.ArgumentParser, defaults: dict, default_source: 
                            help=f"{m['help']}; {option_range(f)} (default {shown})")
         if m["off_flag"]:
             g.add_argument(m["off_flag"], dest=f.name, action="store_const",
-                           const=None if m["optional"] else False,
+                           const=_OFF if m["optional"] else False,
                            help=m["off_help"] + (" (default)" if value in (None, False) else ""))
 
 
 def _common_run_args(p: argparse.ArgumentParser) -> None:
     from holopart_infer.engines import backend_names
 
-    p.add_argument("--backend", choices=list(backend_names()), default="auto")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--backend", choices=list(backend_names()), default="auto",
+                   help="inference backend; auto (default) picks TensorRT, then ONNX Runtime CUDA, then ONNX "
+                        "Runtime CPU for a model dir, torch for a checkpoint dir, and says which; an explicit "
+                        "one that cannot run here is an error with the install hint")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto (default): CUDA when the backend can use it here, else the CPU; cuda without a "
+                        "usable GPU is an error, never a silent fallback")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing output files (inputs are never replaced)")
     p.add_argument("--no-verify", dest="no_verify", action="store_true",
@@ -551,11 +587,15 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="no progress bars, no third-party warnings")
     p = argparse.ArgumentParser(
-        prog="holopart-infer", parents=[common],
+        prog="holopart-infer",
         description="HoloPart inference: complete the parts of a segmented 3D object into watertight solids.",
         epilog="Exit codes: 0 success; 1 failed check or internal error; 2 bad input (argument, input file, "
                "model dir or checkpoint); 130/143 interrupted by SIGINT/SIGTERM (nothing written).")
-    p.set_defaults(verbose=False, quiet=False)
+    # the main parser's own -v/-q (default False), not the shared ones: argparse shares a parent's
+    # action objects, so set_defaults here would also reset what a flag before the subcommand set
+    p.add_argument("-v", "--verbose", action="store_true", default=False, help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", default=False,
+                   help="no progress bars, no third-party warnings")
     sub = p.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
         add(sub, common, argv)

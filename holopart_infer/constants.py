@@ -40,3 +40,15 @@ SEED_MAX = 2**63 - 1
 
 #: Smallest decimation target that still gives a closed mesh (a tetrahedron).
 MIN_DECIMATE_FACES = 4
+
+#: Accepted input coordinates (README "Guarantees"; checked by
+#: :func:`holopart_infer.parts_io.validate_parts`): every coordinate finite and at
+#: most ``COORD_MAX`` in magnitude (completed parts reach past the input, and a glb
+#: stores float32, whose largest value is 3.4e38); the object's longest
+#: bounding-box side at least ``COORD_MIN_EXTENT`` (float32 keeps full precision
+#: down to 1.2e-38) and at least ``MIN_EXTENT_RATIO`` of its largest coordinate
+#: magnitude (float32 then resolves 1/4096 of the object's size or finer; an
+#: object far from the origin for its size must be moved near it first).
+COORD_MAX = 1e36
+COORD_MIN_EXTENT = 1e-30
+MIN_EXTENT_RATIO = 2.0**-11

@@ -14,7 +14,9 @@ log = logging.getLogger("holopart_infer")
 def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int) -> tuple[np.ndarray, np.ndarray]:
     """Reduce a triangle mesh to at most ``target_faces`` faces.
 
-    Coincident vertices are merged first (marching cubes and per-chunk meshes
+    The work happens with the mesh scaled to [-1, 1], so the result does not
+    depend on the unit (1e-9 and 1e30 give the same shape, scaled). Coincident
+    vertices are merged first (marching cubes and per-chunk meshes
     repeat vertices, which would leave seams open to the simplifier), then
     fast-simplification's quadric edge collapse runs, then faces it left on the
     same three vertices as another face (collapsed "fins", which make a closed
@@ -50,7 +52,16 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int) -> tupl
 
     import fast_simplification
 
-    vv, ff = merge_coincident(v.astype(np.float64), f.astype(np.int64))
+    # in a frame where the mesh spans [-1, 1]: the merge tolerance (trimesh's 1e-8) and the rounding
+    # key (int64) then mean the same at any unit (1e-9 or 1e30 would merge everything or overflow)
+    vv = v.astype(np.float64)
+    lo, hi = vv.min(axis=0), vv.max(axis=0)
+    center, scale = (lo + hi) / 2.0, float((hi - lo).max()) / 2.0
+    if not (np.isfinite(center).all() and np.isfinite(scale)):
+        raise InputError(f"vertices must be finite, got bounds {lo} .. {hi}")
+    if scale <= 0:
+        scale = 1.0
+    vv, ff = merge_coincident((vv - center) / scale, f.astype(np.int64))
     # quadric collapse can stop slightly above the target; retry a few times, then cut harder
     goal = int(target_faces)
     for _ in range(4):
@@ -64,7 +75,7 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int) -> tupl
         # not worth failing a whole completion over: keep the closest result
         log.warning("decimation stopped at %d faces, above the target %d", len(ff), target_faces)
     log.debug("decimated %d -> %d faces", len(f), len(ff))
-    return np.asarray(vv, dtype=v.dtype), ff
+    return np.asarray(np.asarray(vv) * scale + center, dtype=v.dtype), ff
 
 
 

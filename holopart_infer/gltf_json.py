@@ -8,7 +8,8 @@ unhelpful result there (found on a peer project's corpus of unusual files):
   part looks like it has no surface area. Said up front, with the install hint.
 * meshopt-compressed buffers cannot be decoded at all here: said up front.
 * A node graph with a cycle (a node that is its own ancestor) is invalid glTF;
-  reported as such, naming the nodes.
+  reported as such, naming the nodes. One nested deeper than
+  :data:`MAX_NODE_DEPTH` is refused too (trimesh walks it recursively).
 * ``TRIANGLE_FAN`` primitives (mode 6) are skipped by trimesh: rewritten here
   as triangle lists (``TRIANGLE_STRIP`` is triangulated by trimesh itself).
 * ``POINTS`` and ``LINES`` primitives have no surface: listed so the reader can
@@ -33,6 +34,8 @@ _MODES = {0: "POINTS", 1: "LINES", 2: "LINE_LOOP", 3: "LINE_STRIP", 4: "TRIANGLE
           6: "TRIANGLE_FAN"}
 _INDEX_DTYPES = {5121: np.uint8, 5123: np.uint16, 5125: np.uint32}
 _GLB_MAGIC = b"glTF"
+#: deepest node hierarchy read (deeper is refused: readers walk it recursively, and slowly)
+MAX_NODE_DEPTH = 1000
 
 
 @dataclass
@@ -64,6 +67,10 @@ def inspect(path: Path) -> GltfReport:
     doc, bin_chunk = _split(data, is_glb, path)
     if not isinstance(doc, dict):
         raise InputError(f"{path}: the glTF JSON is a {type(doc).__name__}, not an object; is it a glTF file?")
+    version = doc["asset"].get("version") if isinstance(doc.get("asset"), dict) else None
+    if isinstance(version, str) and not version.startswith("2."):
+        raise InputError(f"{path}: a glTF {version} file (asset.version {version!r}); only glTF 2.0 is read. "
+                         "Convert it to glTF 2.0 (e.g. import and re-export it in Blender, or gltf-pipeline)")
     used = set(doc.get("extensionsUsed", []) or []) | set(doc.get("extensionsRequired", []) or [])
     report = GltfReport()
     meshes = doc.get("meshes", []) or []
@@ -101,31 +108,45 @@ def referenced_files(path: Path) -> tuple[Path, ...]:
     """Files a glTF reads besides itself: buffer and image URIs that are not
     ``data:`` URIs, resolved against the file's folder (they are inputs too, so
     no output may replace them). Unreadable JSON gives ``()`` (the reader says why)."""
+    return tuple(dict.fromkeys(p for _, p in referenced_uris(path)))
+
+
+def referenced_uris(path: Path) -> list[tuple[str, Path]]:
+    """``("buffer" | "image", path)`` for each URI of :func:`referenced_files`."""
     from urllib.parse import unquote
 
     try:
         data = path.read_bytes()
         doc, _ = _split(data, data[:4] == _GLB_MAGIC, path)
     except (OSError, InputError, struct.error):
-        return ()
+        return []
     out = []
     for key in ("buffers", "images"):
         for item in doc.get(key, []) or [] if isinstance(doc, dict) else []:
             uri = item.get("uri") if isinstance(item, dict) else None
             if isinstance(uri, str) and uri and not uri.startswith("data:") and "://" not in uri:
-                out.append(path.parent / unquote(uri))
-    return tuple(dict.fromkeys(out))
+                out.append((key[:-1], path.parent / unquote(uri)))
+    return out
 
 
 def _split(data: bytes, is_glb: bool, path: Path):
     if not is_glb:
         try:
             return json.loads(data.decode("utf-8-sig")), None
+        except RecursionError:
+            raise InputError(f"{path}: the glTF JSON is nested too deeply to read (thousands of levels of "
+                             "arrays or objects); the file is malformed or hostile") from None
         except (UnicodeDecodeError, ValueError) as e:
             what = ("neither a binary glTF (those start with b'glTF', this one with "
                     f"{data[:4]!r}) nor" if path.suffix.lower() == ".glb" else "not")
             raise InputError(f"{path}: cannot read this file: it is {what} glTF JSON ({e}). Is it a valid "
                              f"{path.suffix.lower()} file?") from None
+    if len(data) >= 8:
+        (version,) = struct.unpack_from("<I", data, 4)
+        if version != 2:
+            raise InputError(f"{path}: a binary glTF of version {version}"
+                             + (" (glTF 1.0)" if version == 1 else "") + "; only glTF 2.0 is read. Convert it "
+                             "to glTF 2.0 (e.g. import and re-export it in Blender, or gltf-pipeline)")
     if len(data) < 20:
         raise InputError(f"{path}: truncated .glb ({len(data)} bytes; a header alone is 20)")
     pos, doc, bin_chunk = 12, None, None
@@ -137,6 +158,9 @@ def _split(data: bytes, is_glb: bool, path: Path):
         if kind == b"JSON" and doc is None:
             try:
                 doc = json.loads(chunk.decode("utf-8"))
+            except RecursionError:
+                raise InputError(f"{path}: the .glb's JSON chunk is nested too deeply to read (thousands of levels "
+                                 "of arrays or objects); the file is malformed or hostile") from None
             except (UnicodeDecodeError, ValueError) as e:
                 raise InputError(f"{path}: the .glb's JSON chunk is not valid JSON ({e})") from None
         elif kind == b"BIN\x00" and bin_chunk is None:
@@ -177,6 +201,12 @@ def _check_cycles(doc: dict, path: Path) -> None:
                 state[nxt] = 1
                 trail.append(nxt)
                 stack.append((nxt, iter(children[nxt])))
+                if len(trail) > MAX_NODE_DEPTH:
+                    raise InputError(
+                        f"{path}: the node graph is nested more than {MAX_NODE_DEPTH} levels deep (from "
+                        f"{_node_name(nodes, trail[0])} down to {_node_name(nodes, nxt)}); real scenes are a few "
+                        "dozen levels deep at most, so this file is malformed or hostile. Flatten the hierarchy "
+                        "(e.g. re-export it with transforms applied)")
 
 
 def _node_name(nodes, i: int) -> str:

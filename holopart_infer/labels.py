@@ -36,12 +36,28 @@ LABEL_EXTENSIONS = (".npy", ".json", ".txt", ".csv")
 UNASSIGNED = -1
 
 
-def read_labels(path: str | Path) -> np.ndarray:
+#: labels are int64: a label outside this range cannot be one
+LABEL_MIN, LABEL_MAX = -(2**63), 2**63 - 1
+#: a ``{"face": label}`` file read without knowing the mesh (``num_faces=None``) may name faces below this
+MAX_FACE_INDEX = 2**28
+
+
+def read_labels(path: str | Path, num_faces: int | None = None) -> np.ndarray:
     """Read a per-face label file into a 1-D int64 array.
+
+    Args:
+        path: the labels file.
+        num_faces: the mesh's face count, when known. A ``{"face": label}``
+            object then gives exactly ``num_faces`` labels (faces it does not name
+            are unassigned) and a face index ``>= num_faces`` is an error;
+            without it the array ends at the highest face named.
 
     Raises:
         InputFileNotFound: the file does not exist.
-        InputError: unknown extension, unreadable content, non-integer labels.
+        InputError: unknown extension, unreadable content, labels that are not
+            integers (strings, floats, booleans) or do not fit int64, face
+            indices that are not non-negative decimal integers below the mesh's
+            face count. Messages name the file and the key or token.
     """
     lpath = Path(path)
     if not lpath.exists():
@@ -64,41 +80,63 @@ def read_labels(path: str | Path) -> np.ndarray:
         except (OSError, UnicodeDecodeError, ValueError) as e:
             raise InputError(f"{src}: not valid JSON ({e}); expected a list of labels or "
                              "{\"face\": label} as SAMesh's face2label.json") from e
-        arr = _labels_from_json(data, src)
+        arr = _labels_from_json(data, src, num_faces)
     else:
         text = lpath.read_text(encoding="utf-8", errors="replace")
         tokens = [t for t in re.split(r"[\s,;]+", text) if t]
-        try:
-            arr = np.array([int(t) for t in tokens], dtype=np.int64)
-        except ValueError:
-            bad = next(t for t in tokens if not re.fullmatch(r"[+-]?\d+", t))
+        bad = next((t for t in tokens if not re.fullmatch(r"[+-]?\d+", t)), None)
+        if bad is not None:
             raise InputError(f"{src}: {bad!r} is not an integer; expected one integer label per face "
-                             "(whitespace or comma separated)") from None
+                             "(whitespace or comma separated)")
+        values = [int(t) for t in tokens]
+        for i, value in enumerate(values):
+            if not LABEL_MIN <= value <= LABEL_MAX:
+                raise InputError(f"{src}: label {tokens[i]!r} (face {i}) does not fit a 64-bit integer; "
+                                 "labels are part ids, e.g. 0, 1, 2 (and < 0 for unassigned faces)")
+        arr = np.array(values, dtype=np.int64)
     return check_label_array(arr, src)
 
 
-def _labels_from_json(data, src: str) -> np.ndarray:
+def _is_label(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and LABEL_MIN <= value <= LABEL_MAX
+
+
+def _labels_from_json(data, src: str, num_faces: int | None = None) -> np.ndarray:
+    expected = "labels are JSON integers such as 0, 1, 2 (< 0: unassigned), not strings, fractions or booleans"
     if isinstance(data, dict):
         # SAMesh face2label.json: {"0": 3, "1": 3, ...}; missing faces are unassigned
-        try:
-            pairs = [(int(k), int(v)) for k, v in data.items()]
-        except (TypeError, ValueError) as e:
-            raise InputError(f"{src}: expected an object mapping face indices to integer labels "
-                             f"(SAMesh face2label.json), got an entry that is not ({e})") from None
-        if not pairs:
+        if not data:
             raise InputError(f"{src}: holds no labels")
-        faces = np.array([p[0] for p in pairs], dtype=np.int64)
-        if faces.min() < 0:
-            raise InputError(f"{src}: face index {int(faces.min())} is negative")
-        arr = np.full(int(faces.max()) + 1, UNASSIGNED, dtype=np.int64)
-        arr[faces] = [p[1] for p in pairs]
+        limit = MAX_FACE_INDEX if num_faces is None else int(num_faces)
+        faces = np.empty(len(data), dtype=np.int64)
+        values = np.empty(len(data), dtype=np.int64)
+        for j, (key, value) in enumerate(data.items()):
+            if not re.fullmatch(r"[0-9]+", key):
+                raise InputError(f"{src}: key {key!r} is not a face index; expected an object mapping face "
+                                 "indices (\"0\", \"1\", ...) to integer labels, as SAMesh's face2label.json")
+            face = int(key)
+            if face >= limit:
+                what = (f"the mesh has {num_faces} faces (indices 0..{num_faces - 1})" if num_faces is not None
+                        else f"face indices must be below {MAX_FACE_INDEX}")
+                raise InputError(f"{src}: key {key!r} names face {face}, but {what}; are these labels for "
+                                 "another mesh?")
+            if not _is_label(value):
+                kind = "does not fit a 64-bit integer" if isinstance(value, int) and not isinstance(value, bool) \
+                    else f"is {type(value).__name__} {value!r}"
+                raise InputError(f"{src}: the label of key {key!r} {kind}; {expected}")
+            faces[j], values[j] = face, value
+        arr = np.full(int(faces.max()) + 1 if num_faces is None else limit, UNASSIGNED, dtype=np.int64)
+        arr[faces] = values
         missing = len(arr) - len(np.unique(faces))
         if missing:
             log.info("%s: %d faces have no label; they are unassigned (context only)", src, missing)
         return arr
     if isinstance(data, list):
-        if not all(isinstance(x, int) and not isinstance(x, bool) for x in data):
-            raise InputError(f"{src}: the list must hold integers only (one label per face)")
+        for i, value in enumerate(data):
+            if not _is_label(value):
+                kind = "does not fit a 64-bit integer" if isinstance(value, int) and not isinstance(value, bool) \
+                    else f"is {type(value).__name__} {value!r}"
+                raise InputError(f"{src}: entry {i} (the label of face {i}) {kind}; {expected}")
         return np.asarray(data, dtype=np.int64)
     raise InputError(f"{src}: expected a JSON list of labels or an object {{face: label}}, "
                      f"got {type(data).__name__}")
@@ -114,6 +152,9 @@ def check_label_array(arr, src: str = "labels array") -> np.ndarray:
     if arr.dtype.kind not in "iu":
         raise InputError(f"{src}: labels must be integers, got dtype {arr.dtype}; convert them "
                          "(e.g. labels.astype(np.int64)) if they are whole numbers")
+    if arr.dtype.kind == "u" and arr.size and int(arr.max()) > LABEL_MAX:
+        raise InputError(f"{src}: label {int(arr.max())} (face {int(arr.argmax())}) does not fit a 64-bit signed "
+                         "integer; labels are part ids, e.g. 0, 1, 2")
     return arr.astype(np.int64)
 
 

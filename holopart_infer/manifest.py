@@ -98,10 +98,39 @@ def _fail(path: Path, msg: str) -> ModelDirError:
     return ModelDirError(f"{path}: {msg}")
 
 
+def _inside(mpath: Path, graph: str, key: str, rel) -> str:
+    """A path from the manifest: relative, and inside the model dir once ``..`` is applied (a
+    manifest is data; it may not make the runtime read files elsewhere)."""
+    if not isinstance(rel, str) or not rel:
+        raise _fail(mpath, f"graph '{graph}': {key} must be a path inside the model directory, got {rel!r}. "
+                           "Re-export the model.")
+    norm = os.path.normpath(rel)
+    if os.path.isabs(rel) or norm == ".." or norm.startswith(".." + os.sep) or rel.startswith("~"):
+        raise _fail(mpath, f"graph '{graph}': {key} {rel!r} points outside the model directory "
+                           f"{mpath.parent}; every file a manifest names must lie inside it (as export "
+                           "writes them: onnx/<graph>.onnx). Re-export the model or copy its files in.")
+    return norm
+
+
+def _check_config_fields(mpath: Path, config: dict) -> None:
+    """Every field the networks are built from is present, of its type and in its range."""
+    from holopart_infer.checkpoint import REQUIRED_CONFIG_FIELDS, config_field_problem
+
+    for comp, keys in REQUIRED_CONFIG_FIELDS.items():
+        for key in keys:
+            if key not in config[comp]:
+                raise _fail(mpath, f"config.{comp}.{key} is missing. Re-export the model.")
+            problem = config_field_problem(key, config[comp][key])
+            if problem:
+                value = config[comp][key]
+                raise _fail(mpath, f"config.{comp}.{key} must be {problem}, got {value!r} "
+                                   f"({type(value).__name__}). Re-export the model.")
+
+
 def _graph_spec(model_dir: Path, mpath: Path, name: str, g: dict, verify_hashes: bool,
                 record: "fsafe.HashRecord | None") -> GraphSpec:
     try:
-        file = model_dir / g["file"]
+        file = model_dir / _inside(mpath, name, "file", g["file"])
         inputs = {k: TensorSpec.from_json(k, v) for k, v in g["inputs"].items()}
         outputs = {k: TensorSpec.from_json(k, v) for k, v in g["outputs"].items()}
         nbytes, sha = int(g["bytes"]), str(g["sha256"])
@@ -136,7 +165,8 @@ def _graph_spec(model_dir: Path, mpath: Path, name: str, g: dict, verify_hashes:
     ext_path = ext_bytes = None
     if ext:
         try:
-            ext_path, ext_bytes = model_dir / ext["file"], int(ext["bytes"])
+            ext_path = model_dir / _inside(mpath, name, "external_data.file", ext["file"])
+            ext_bytes = int(ext["bytes"])
             ext_sha = ext.get("sha256", "")
         except (KeyError, TypeError, ValueError) as e:
             raise _fail(mpath, f"graph '{name}': malformed external_data entry ({e!r})") from e
@@ -196,6 +226,7 @@ def load_manifest(model_dir: str | os.PathLike, verify_hashes: bool = True,
     config = raw.get("config")
     if not isinstance(config, dict) or any(not isinstance(config.get(c), dict) for c in CONFIG_COMPONENTS):
         raise _fail(mpath, f"'config' must hold the component configs {', '.join(CONFIG_COMPONENTS)}")
+    _check_config_fields(mpath, config)
     graphs_raw = raw.get("graphs")
     if not isinstance(graphs_raw, dict):
         raise _fail(mpath, "'graphs' is missing or not an object")

@@ -317,7 +317,8 @@ def validate_parts(parts: Parts) -> None:
             raise InputError(f"{src}: part {p.name!r} has {int(bad.sum())} vertices with NaN or inf "
                              f"coordinates (first at vertex {int(np.argmax(bad))}); fix or remove them")
     allv = np.concatenate([p.vertices for p in parts], axis=0)
-    diag = float(np.linalg.norm(allv.max(axis=0) - allv.min(axis=0))) if len(allv) else 0.0
+    _check_coordinate_range(allv, src)
+    diag = float(np.linalg.norm(allv.max(axis=0).astype(np.float64) - allv.min(axis=0))) if len(allv) else 0.0
     for p in parts:
         area = p.area
         if len(p.faces) == 0 or not area > _MIN_RELATIVE_AREA * max(diag, 1e-30) ** 2:
@@ -330,6 +331,29 @@ def validate_parts(parts: Parts) -> None:
             "of an object whose whole is the union of its parts, so it needs at least 2 parts. "
             f"Segment the mesh first (e.g. SAMPart3D or SAMesh). Ways in: {WAYS_IN}"
         )
+
+
+def _check_coordinate_range(allv: np.ndarray, src) -> None:
+    """Refuse coordinates that cannot complete into a right result (constants.COORD_MAX etc.)."""
+    from holopart_infer.constants import COORD_MAX, COORD_MIN_EXTENT, MIN_EXTENT_RATIO
+
+    if not len(allv):
+        return
+    lo, hi = allv.min(axis=0).astype(np.float64), allv.max(axis=0).astype(np.float64)
+    magnitude = float(np.abs(np.stack([lo, hi])).max())
+    extent = float((hi - lo).max())
+    accepted = (f"accepted: every |coordinate| <= {COORD_MAX:g}, the longest side of the object's bounding box "
+                f">= {COORD_MIN_EXTENT:g} and >= 1/{1 / MIN_EXTENT_RATIO:g} of its largest |coordinate| "
+                "(float32, what a glb stores, must resolve the object's shape)")
+    if magnitude > COORD_MAX:
+        raise InputError(f"{src}: coordinates reach {magnitude:.3g}, beyond the accepted range; {accepted}. "
+                         "Scale the object down (e.g. to metres) before completing it")
+    if extent < COORD_MIN_EXTENT:
+        raise InputError(f"{src}: the object's bounding box is only {extent:.3g} across; {accepted}. "
+                         "Scale the object up (e.g. to metres) before completing it")
+    if extent < MIN_EXTENT_RATIO * magnitude:
+        raise InputError(f"{src}: the object is {extent:.3g} across but lies {magnitude:.3g} from the origin; "
+                         f"{accepted}. Move it near the origin (subtract its centre) before completing it")
 
 
 # ---------------------------------------------------------------------------
@@ -366,8 +390,14 @@ def _read_scene(path: Path, what: str = "mesh file", merge_primitives: bool = Tr
             source = io.BytesIO(report.rewritten)
             kwargs["file_type"] = ext[1:]
             kwargs["resolver"] = trimesh.resolvers.FilePathResolver(str(path))
-    elif ext == ".obj" and split:
-        kwargs.update(split_objects=True, split_groups=True)
+        for kind, ref in gltf_json.referenced_uris(path):
+            # a missing buffer cannot be right; a missing texture only loses the look (the reader says so)
+            if not _check_referenced(ref, path, f"a {kind} URI", MAX_REFERENCED_BYTES, missing_ok=kind == "image"):
+                log.warning("%s: image %s does not exist; ignored (the parts get no texture colours)", path, ref)
+    elif ext == ".obj":
+        _check_obj(path)
+        if split:
+            kwargs.update(split_objects=True, split_groups=True)
     try:
         try:
             scene = trimesh.load_scene(source, **kwargs)
@@ -386,10 +416,143 @@ def _read_scene(path: Path, what: str = "mesh file", merge_primitives: bool = Tr
         raise InputError(f"{path}: reading this {ext} file needs the Python package {e.name!r}, which is not "
                          f"installed (a dependency of trimesh's reader, not a problem with the file). "
                          f"Install it with: pip install {e.name}") from e
-    except Exception as e:  # trimesh raises many types for broken files
+    except Exception as e:  # trimesh raises many types for broken files (RecursionError included)
+        if ext == ".ply":
+            _refuse_point_cloud(path)  # a face-less PLY: say what it is, not how the reader tripped
         raise InputError(f"{path}: cannot read this {what} ({_describe(e)}); is it a valid "
                          f"{ext} file?") from e
     return scene
+
+
+#: largest file a glTF buffer or image URI may name (glTF buffers are addressed with 32-bit offsets)
+MAX_REFERENCED_BYTES = 2**32
+#: largest material library an OBJ's ``mtllib`` may name (a text file of material definitions)
+MAX_MTLLIB_BYTES = 64 * 2**20
+
+
+def _check_referenced(ref: Path, owner: Path, what: str, limit: int, missing_ok: bool) -> bool:
+    """A file that ``owner`` makes the reader open: it must be a regular file of at most ``limit``
+    bytes (a FIFO would hang the read, a device such as /dev/zero would never end). Checked by
+    ``stat`` before anything reads it. Returns False for a missing file when ``missing_ok``."""
+    import stat
+
+    try:
+        st = ref.stat()
+    except FileNotFoundError:
+        if missing_ok:
+            return False
+        raise InputError(f"{owner}: {what} names {ref}, which does not exist; put it beside the file "
+                         "or re-export the file with its data embedded (.glb)") from None
+    except OSError as e:
+        raise InputError(f"{owner}: {what} names {ref}, which cannot be read ({e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        raise InputError(f"{owner}: {what} names {ref}, which is {kind}, not a regular file; refusing to read "
+                         "it. Point it at the real file (or re-export the file with its data embedded)")
+    if st.st_size > limit:
+        raise InputError(f"{owner}: {what} names {ref}, which is {st.st_size:,} bytes, more than the "
+                         f"{limit:,} accepted; is it the right file?")
+    return True
+
+
+def _check_obj(path: Path) -> None:
+    """Before trimesh reads an OBJ: every face's vertex indices exist (OBJ counts from 1; negative
+    indices count back from the last vertex read), and every ``mtllib`` is a regular, reasonably
+    sized file; one that is missing or defines no material is ignored with a warning naming it."""
+    import re
+
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    nv = sum(1 for line in lines if line[:2] in (b"v ", b"v\t"))
+    faces = b" ".join([line[2:] for line in lines if line[:2] in (b"f ", b"f\t")])
+    if b"#" in faces:  # a comment after a face (rare): cut it, line by line
+        faces = b" ".join([line[2:].split(b"#", 1)[0] for line in lines if line[:2] in (b"f ", b"f\t")])
+    if b"/" in faces:  # "7/1/3", "7//3": the vertex index is the number before the first slash
+        faces = re.sub(rb"/\S*", b"", faces)
+    try:
+        refs = list(map(int, faces.split()))
+    except ValueError:
+        refs = [0]  # a token that is not an integer: the line-by-line pass names it
+    if refs and (min(refs) <= 0 or max(refs) > nv):
+        _locate_bad_obj_index(path)  # 0, too large, or counting back (legal when in range): line by line
+    libs = []
+    at = data.find(b"mtllib")
+    while at >= 0:  # found by bytes.find, not per line: an OBJ has millions of lines and one mtllib
+        if at == 0 or data[at - 1:at] == b"\n":
+            libs.append(data[at:data.find(b"\n", at) % (len(data) + 1)].split(b"#", 1)[0].split()[1:])
+        at = data.find(b"mtllib", at + 6)
+    for name in (n for names in libs for n in names):
+        for lib in [name.decode("utf-8", "replace")]:
+            ref = path.parent / lib
+            if not _check_referenced(ref, path, "mtllib", MAX_MTLLIB_BYTES, missing_ok=True):
+                log.warning("%s: material library %s (mtllib) does not exist; ignored (parts get no material "
+                            "colours)", path, ref)
+                continue
+            text = ref.read_text(encoding="utf-8", errors="replace")
+            if not any(line.split()[:1] == ["newmtl"] for line in text.splitlines()):
+                log.warning("%s: material library %s (mtllib) defines no material (no 'newmtl' line); ignored",
+                            path, ref)
+
+
+def _locate_bad_obj_index(path: Path) -> None:
+    """Raise naming the line of the first face index that does not exist (see :func:`_check_obj`)."""
+    nv = 0
+    high, high_line = 0, 0
+    with open(path, "r", encoding="utf-8", errors="replace") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if line.startswith(("v ", "v\t")):
+                nv += 1
+            elif line.startswith(("f ", "f\t")):
+                for tok in line.split("#", 1)[0].split()[1:]:
+                    try:
+                        i = int(tok.split("/", 1)[0])
+                    except ValueError:
+                        raise InputError(f"{path}, line {lineno}: face entry {tok!r} does not start with a vertex "
+                                         "index (an integer); the file is malformed") from None
+                    if i == 0:
+                        raise InputError(f"{path}, line {lineno}: a face refers to vertex 0, but OBJ vertex "
+                                         "indices start at 1 (negative ones count back from the last vertex "
+                                         "read); the file was written with 0-based indices. Fix the exporter "
+                                         "or add 1 to every face index")
+                    if i < 0 and -i > nv:
+                        raise InputError(f"{path}, line {lineno}: a face refers to vertex {i} (counting back), "
+                                         f"but only {nv} vertices come before it; the file is malformed")
+                    if i > high:
+                        high, high_line = i, lineno
+    if high > nv:
+        raise InputError(f"{path}, line {high_line}: a face refers to vertex {high}, but the file has only {nv} "
+                         "vertices; the file is truncated or malformed")
+
+
+def _ply_counts(path: Path) -> tuple[int | None, int | None]:
+    """(vertex count, face count) from a PLY header (None where an element is not declared or the
+    header cannot be read)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(65536)
+    except OSError:
+        return None, None
+    if not head.startswith(b"ply") or b"end_header" not in head:
+        return None, None
+    counts: dict[str, int] = {}
+    for line in head.split(b"end_header", 1)[0].decode("ascii", "replace").splitlines():
+        words = line.split()
+        if len(words) == 3 and words[0] == "element" and words[2].isdigit():
+            counts[words[1]] = int(words[2])
+    return counts.get("vertex"), counts.get("face")
+
+
+def _refuse_point_cloud(path: Path) -> None:
+    """Raise the point-cloud explanation if ``path`` is a PLY that declares no faces."""
+    nv, nf = _ply_counts(path)
+    if nv is not None and not nf:
+        raise InputError(f"{path} is a point cloud ({nv:,} points, "
+                         + ("no face element" if nf is None else "0 faces")
+                         + "): HoloPart completes parts of a triangle mesh, and points have no surface to "
+                         "sample. Reconstruct a mesh first (e.g. Poisson reconstruction in Open3D or MeshLab), "
+                         "then segment it")
 
 
 def _describe(e: BaseException) -> str:
@@ -426,6 +589,10 @@ def _scene_mesh_nodes(scene, path: Path) -> list[tuple[str, np.ndarray, np.ndarr
             continue
         v = np.asarray(geom.vertices, dtype=np.float64)
         f = np.asarray(geom.faces, dtype=np.int64).reshape(-1, 3)
+        if f.size and (f.min() < 0 or f.max() >= len(v)):
+            k = int(np.argmax(((f < 0) | (f >= len(v))).any(axis=1)))
+            raise InputError(f"{path}: mesh {node!r}: face {k} refers to vertices {f[k].tolist()}, but the mesh has "
+                             f"{len(v)} vertices (indices 0..{len(v) - 1}); the file is corrupt or truncated")
         T = np.asarray(transform, dtype=np.float64)
         v = v @ T[:3, :3].T + T[:3, 3]
         if np.linalg.det(T[:3, :3]) < 0:
@@ -450,6 +617,8 @@ def _scene_mesh_nodes(scene, path: Path) -> list[tuple[str, np.ndarray, np.ndarr
         log.warning("%s: skipping %d node(s) without triangles (point clouds or lines have no surface to "
                     "complete): %s", path, len(skipped), ", ".join(skipped))
     if not out:
+        if path.suffix.lower() == ".ply":
+            _refuse_point_cloud(path)
         raise InputError(f"{path}: the file holds no triangle meshes (empty scene"
                          + (f"; only {', '.join(skipped)}" if skipped else "") + ")")
     return out
@@ -551,15 +720,17 @@ def load_mesh_with_labels(path: str | os.PathLike, labels, kind: str = "mesh+lab
 
     path = Path(path)
     inputs: tuple[Path, ...] = (path, *extra_inputs)
+    if isinstance(labels, (str, os.PathLike)) and not Path(labels).exists():
+        raise InputFileNotFound(f"labels file {labels} does not exist")
+    v, f, nodes = _merged_nodes(path)
     if isinstance(labels, (str, os.PathLike)):
         lpath = Path(labels)
-        arr = labels_mod.read_labels(lpath)
+        arr = labels_mod.read_labels(lpath, num_faces=len(f))
         lsrc = f"labels file {lpath}"
         inputs = inputs + (lpath,)
     else:
         lsrc = "labels array"
         arr = labels_mod.check_label_array(labels, lsrc)
-    v, f, nodes = _merged_nodes(path)
     if len(arr) != len(f) and path.suffix.lower() == ".obj":
         sizes = labels_mod.obj_polygon_sizes(path)
         if sizes is not None and len(sizes) == len(arr) and (sizes > 3).any():

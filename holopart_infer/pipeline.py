@@ -650,7 +650,9 @@ class HoloPart:
         from holopart_infer.decimate import decimate as decimate_mesh
 
         opts = obj.opts
-        v = obj.cond.to_input_frame(i, np.asarray(vertices, dtype=np.float64))
+        # clean-up and decimation in the part's normalized frame (about [-1.05, 1.05]): their
+        # tolerances (decimation merges vertices closer than 1e-8) then mean the same at any input unit
+        v = np.asarray(vertices, dtype=np.float64)
         f = np.asarray(faces, dtype=np.int64)
         if opts.min_component > 0:
             v, f = remove_floaters(v, f, opts.min_component)
@@ -660,6 +662,7 @@ class HoloPart:
             v, f = decimate_mesh(v, f, opts.decimate)
             # the full mesh is only checked in the rare case the decimated one is not closed
             pinched = not edge_manifold(f) and edge_manifold(f_full)
+        v = obj.cond.to_input_frame(i, v)
         color = tuple(parts_io.part_colors(i + 1)[i])
         return CompletedPart(obj.parts.names[i], np.asarray(v, np.float32), np.asarray(f, np.int64), color), pinched
 
@@ -692,6 +695,14 @@ class HoloPart:
                 else:
                     obj.results[i], _ = self._postprocess_part(obj, i, np.zeros((0, 3), np.float32),
                                                                np.zeros((0, 3), np.int64))
+        if P and not any(len(r.faces) for r in obj.results):
+            # the decoder found surface, but clean-up / decimation left nothing: say so here, not as a
+            # failure to write the output later
+            raise EmptyResult(
+                f"every one of the {P} parts has no faces left after clean-up and decimation (min_component="
+                f"{opts.min_component}, decimate={opts.decimate}) although the model decoded surface for "
+                f"{P - len(obj.empty)} of them. Run again with decimate=None (CLI --no-decimate) and "
+                "min_component=0 (CLI --min-component 0), and report the input if that does not help.")
         if thin_fallback:
             log.warning("%d part(s) came back empty from the model even on a grid fitted to them (thin or "
                         "flat parts): kept their input surface, closed and thickened: %s",

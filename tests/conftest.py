@@ -45,3 +45,12 @@ def golden_dir() -> Path:
     if not dirs:
         pytest.skip("no golden folder under ../shared/golden")
     return dirs[0]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say loudly what this run did not run and how to run it (README's test command)."""
+    lines = support.skip_summary(terminalreporter.stats.get("skipped", []))
+    if lines:
+        terminalreporter.section("NOT RUN here (skipped)", sep="=", yellow=True, bold=True)
+        for line in lines:
+            terminalreporter.write_line(line, yellow=True)

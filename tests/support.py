@@ -311,3 +311,50 @@ class SphereBackend(BackendBase):
     def decoder_query(self, points, kv):
         assert points.shape[0] == kv
         return (20.0 * (self.R - np.linalg.norm(points, axis=-1)))[..., None]
+
+
+# --------------------------------------------------------------------------- what a run did not run
+#: the install that makes every extra-dependent test run (README "The two commands")
+FULL_INSTALL = ".venv/bin/pip install -e \".[torch,test,serve,ray,draco]\""
+
+
+def skip_summary(reports) -> list[str]:
+    """Lines saying what a test run skipped, grouped by reason, and how to run it.
+
+    ``reports`` are pytest's skipped reports (``terminalreporter.stats["skipped"]``).
+    A whole module skipped at collection counts as one report: its line says so
+    and how many test functions it holds, so one skip cannot hide many tests.
+    """
+    import re
+
+    groups: dict[str, list[str]] = {}
+    for rep in reports:
+        longrepr = getattr(rep, "longrepr", None)
+        if isinstance(longrepr, tuple) and len(longrepr) == 3:
+            path, _, reason = longrepr
+        else:
+            path, reason = rep.nodeid, str(longrepr)
+        reason = str(reason).removeprefix("Skipped: ")
+        if getattr(rep, "when", None) == "collect" or "::" not in rep.nodeid:  # a whole module
+            module = REPO / rep.nodeid.split("::")[0]
+            try:
+                n = len(re.findall(r"^(?:async )?def test_", module.read_text(), flags=re.M))
+            except OSError:
+                n = 0
+            what = f"{rep.nodeid.split('::')[0]} (whole module, {n} test functions)"
+        else:
+            what = rep.nodeid
+        groups.setdefault(reason, []).append(what)
+    if not groups:
+        return []
+    lines = []
+    for reason, items in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        lines.append(f"{reason}: {len(items)} skipped: " + ", ".join(items[:4])
+                     + (f", ... ({len(items) - 4} more)" if len(items) > 4 else ""))
+    text = " ".join(groups)
+    if re.search(r"\[(serve|ray|draco|torch)\]|extra", text):
+        lines.append(f"to run what a missing extra skipped: {FULL_INSTALL}")
+    if "Chromium" in text or "chromium" in text:
+        lines.append("to run the service page's browser test: install Chromium (apt-get install chromium; "
+                     ".ci/run does)")
+    return lines
