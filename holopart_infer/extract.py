@@ -67,6 +67,11 @@ __all__ = [
     "extract_meshes",
     "extract_dense",
     "query_chunk_points",
+    "QueryRowsFn",
+    "row_plan",
+    "row_segments",
+    "PackedFeed",
+    "PaddedFeed",
 ]
 
 DecodeFn = Callable[[list[np.ndarray]], Sequence[Any]]
@@ -93,6 +98,111 @@ def query_chunk_points(device: str) -> int:
     return QUERY_CHUNK_POINTS_BY_DEVICE["cuda" if str(device).strip().lower().startswith("cuda") else "cpu"]
 
 
+#: query(points, parts) -> logits: float32 (R, L, 3) points, row r against the
+#: key/values of part ``parts[r]`` (int64 (R,)); ``parts`` None: row r is part r
+#: and the key/values are the batch's own. Returns (R, L) or (R, L, 1).
+QueryRowsFn = Callable[[Any, Any], Any]
+
+
+def row_plan(counts: Sequence[int], row_points: int) -> list[tuple[int, list[tuple[int, int, int]]]]:
+    """How :class:`PackedFeed` lays out one call's points: per row length, the
+    rows as (part, first point, points).
+
+    Each part's points are cut into rows of ``row_points``; what is left of a part
+    (fewer than ``row_points``) goes into rows of ``max(1, row_points // 8)``, so a
+    part pads fewer than ``row_points // 8`` points per call and a part with no
+    points has no row. At most two row lengths, the long one first.
+    """
+    long_len, short_len = int(row_points), max(1, int(row_points) // 8)
+    long_rows: list[tuple[int, int, int]] = []
+    short_rows: list[tuple[int, int, int]] = []
+    for p, n in enumerate(counts):
+        k = int(n) // long_len
+        long_rows.extend((p, i * long_len, long_len) for i in range(k))
+        for s in range(k * long_len, int(n), short_len):
+            short_rows.append((p, s, min(short_len, int(n) - s)))
+    return [(L, rows) for L, rows in ((long_len, long_rows), (short_len, short_rows)) if rows]
+
+
+def row_segments(rows: list[tuple[int, int, int]], row_len: int) -> list[tuple[int, int, int, int]]:
+    """A row plan's rows of one length (:func:`row_plan`) as runs: (part, first
+    slot in the flattened (R * row_len) batch, first point, points). A part's rows
+    are consecutive and only its last may be short, so each part is one run."""
+    segs: list[list[int]] = []
+    for r, (p, s, n) in enumerate(rows):
+        if segs and segs[-1][0] == p and segs[-1][2] + segs[-1][3] == s and segs[-1][3] % row_len == 0:
+            segs[-1][3] += n
+        else:
+            segs.append([p, r * row_len, s, n])
+    return [tuple(x) for x in segs]  # type: ignore[misc]
+
+
+class PackedFeed:
+    """A :data:`DecodeFn` that feeds the decoder packed rows, no padding rows.
+
+    Every part's points are cut into rows of ``row_points`` (tails into rows of
+    ``row_points // 8``, see :func:`row_plan`) and each row is queried against its
+    own part's key/values (``query(points, parts)``, the backend gathering the
+    key/values of ``parts``). Parts with no points left take no row. The decoder
+    computes every point on its own, so the logits are those of a padded call.
+
+    Attributes:
+        real_points: points asked for, all calls.
+        fed_points: points sent to the decoder, padding included (>= real_points).
+        query_calls: ``query`` invocations (one or two per call).
+    """
+
+    def __init__(self, query: QueryRowsFn, row_points: int = 1024):
+        if isinstance(row_points, bool) or not isinstance(row_points, (int, np.integer)) or row_points < 1:
+            raise InputError(f"row_points: expected an int >= 1, got {row_points!r}")
+        self.query, self.row_points = query, int(row_points)
+        self.real_points = self.fed_points = self.query_calls = 0
+
+    def __call__(self, points_per_part: list[np.ndarray]) -> list[np.ndarray]:
+        pts = [np.asarray(p, dtype=np.float32).reshape(-1, 3) for p in points_per_part]
+        counts = [len(p) for p in pts]
+        out = [np.empty(c, dtype=np.float32) for c in counts]
+        for L, rows in row_plan(counts, self.row_points):
+            batch = np.zeros((len(rows), L, 3), dtype=np.float32)
+            flat = batch.reshape(-1, 3)
+            segs = row_segments(rows, L)
+            for p, at, s, n in segs:
+                flat[at:at + n] = pts[p][s:s + n]
+            parts = np.fromiter((p for p, _, _ in rows), dtype=np.int64, count=len(rows))
+            logits = np.asarray(self.query(batch, parts), dtype=np.float32)
+            if logits.size != batch.shape[0] * L:
+                raise InputError(f"decoder query: expected {batch.shape[0]} x {L} logits, got shape {logits.shape}")
+            logits = logits.reshape(-1)
+            for p, at, s, n in segs:
+                out[p][s:s + n] = logits[at:at + n]
+            self.fed_points += batch.shape[0] * L
+            self.query_calls += 1
+        self.real_points += sum(counts)
+        return out
+
+
+class PaddedFeed:
+    """A :data:`DecodeFn` with one row per part, padded to the call's longest
+    part (for key/values that cannot be gathered by row); counts as PackedFeed."""
+
+    def __init__(self, query: QueryRowsFn):
+        self.query = query
+        self.real_points = self.fed_points = self.query_calls = 0
+
+    def __call__(self, points_per_part: list[np.ndarray]) -> list[np.ndarray]:
+        counts = [len(p) for p in points_per_part]
+        if not any(counts):
+            return [np.empty(0, np.float32) for _ in counts]
+        pts = np.zeros((len(counts), max(counts), 3), dtype=np.float32)
+        for b, p in enumerate(points_per_part):
+            pts[b, : len(p)] = p
+        logits = np.asarray(self.query(pts, None), dtype=np.float32).reshape(pts.shape[:2])
+        self.real_points += sum(counts)
+        self.fed_points += pts.shape[0] * pts.shape[1]
+        self.query_calls += 1
+        return [logits[b, :n] for b, n in enumerate(counts)]
+
+
 class PartMesh(NamedTuple):
     """A part's surface in its normalized frame: float32 (V, 3), int64 (F, 3)."""
 
@@ -113,6 +223,8 @@ class ExtractionStats:
         decode_calls: number of ``decode`` invocations.
         decode_seconds: wall time spent inside ``decode``.
         total_seconds: wall time of the whole extraction.
+        fed_points: points the decoder computed, padding included (0 where
+            the decode callback does not say; see :class:`PackedFeed`).
     """
 
     resolutions: list[int]
@@ -122,10 +234,16 @@ class ExtractionStats:
     decode_calls: int = 0
     decode_seconds: float = 0.0
     total_seconds: float = 0.0
+    fed_points: int = 0
 
     @property
     def total_queries(self) -> int:
         return int(sum(self.queries_per_level))
+
+    @property
+    def padding_ratio(self) -> float:
+        """Points the decoder computed / points asked for (1.0: no padding; 0.0: not counted)."""
+        return self.fed_points / self.total_queries if self.fed_points and self.total_queries else 0.0
 
     @property
     def query_ratio(self) -> float:

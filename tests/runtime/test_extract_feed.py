@@ -1,0 +1,93 @@
+"""extract.PackedFeed: packed decoder rows (each with its part's key/values), no padding rows."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from holopart_infer.errors import InputError
+from holopart_infer.extract import PackedFeed, PaddedFeed, extract_meshes, row_plan, row_segments
+from tests.runtime.test_extract import PARTS, sphere_logits
+
+
+class RowDecoder:
+    """A stand-in backend: ``kv`` is one part per batch row (the part's dict), so a
+    row queried against the wrong part's key/values answers with the wrong sphere."""
+
+    def __init__(self, parts):
+        self.kv = list(parts)
+        self.shapes = []
+
+    def query(self, points, parts):
+        kv = self.kv if parts is None else [self.kv[p] for p in parts]
+        assert points.dtype == np.float32 and points.ndim == 3 and len(kv) == len(points)
+        self.shapes.append(points.shape[:2])
+        return np.stack([sphere_logits(row, part) for row, part in zip(points, kv)])[..., None]
+
+
+def test_row_plan_cuts_each_part_into_long_rows_and_short_tails():
+    plan = row_plan([2500, 0, 1024, 7], 1024)
+    assert [L for L, _ in plan] == [1024, 128]
+    long_rows, short_rows = plan[0][1], plan[1][1]
+    assert long_rows == [(0, 0, 1024), (0, 1024, 1024), (2, 0, 1024)]
+    assert short_rows == [(0, 2048, 128), (0, 2176, 128), (0, 2304, 128), (0, 2432, 68), (3, 0, 7)]
+    assert row_segments(short_rows, 128) == [(0, 0, 2048, 452), (3, 512, 0, 7)]
+    assert row_segments(long_rows, 1024) == [(0, 0, 0, 2048), (2, 2048, 0, 1024)]
+    assert row_plan([0, 0], 1024) == [] and row_plan([5], 1) == [(1, [(0, i, 1) for i in range(5)])]
+
+
+@pytest.mark.parametrize("row_points", [1024, 64, 1])
+def test_packed_feed_answers_what_a_padded_call_does(row_points):
+    rng = np.random.default_rng(0)
+    pts = [rng.uniform(-1, 1, (n, 3)).astype(np.float32) for n in (3000, 0, 17, 1024)]
+    parts = [PARTS[0], PARTS[1], None, PARTS[1]]
+    packed, padded = PackedFeed(RowDecoder(parts).query, row_points), PaddedFeed(RowDecoder(parts).query)
+    a, b = packed(pts), padded(pts)
+    for x, y, p, part in zip(a, b, pts, parts):
+        np.testing.assert_array_equal(x, y)
+        np.testing.assert_array_equal(x, sphere_logits(p, part))
+    assert packed.real_points == padded.real_points == 3000 + 17 + 1024
+    assert padded.fed_points == 4 * 3000
+    short = max(1, row_points // 8)
+    assert packed.real_points <= packed.fed_points < packed.real_points + 4 * short
+
+
+def test_extraction_through_the_packed_feed_is_the_plain_one():
+    plain, ps = extract_meshes(lambda b: [sphere_logits(p, part) for p, part in zip(b, PARTS)], len(PARTS),
+                               depth=7, chunk_points=5000)
+    dec = RowDecoder(PARTS)
+    feed = PackedFeed(dec.query, 512)
+    packed, qs = extract_meshes(feed, len(PARTS), depth=7, chunk_points=5000)
+    assert qs.queries_per_part == ps.queries_per_part and feed.real_points == qs.total_queries
+    for (v, f), (pv, pf) in zip(plain, packed):
+        np.testing.assert_array_equal(v, pv)
+        np.testing.assert_array_equal(f, pf)
+    # padding: under one short row (64 points) per part per decode call, far under a padded call's
+    assert feed.fed_points - feed.real_points < 64 * len(PARTS) * qs.decode_calls
+    assert feed.fed_points / feed.real_points < 1.02
+    assert all(L in (512, 64) for _, L in dec.shapes)
+
+
+def test_packed_feed_checks_its_arguments_and_answers():
+    with pytest.raises(InputError, match="row_points"):
+        PackedFeed(lambda p, k: p, 0)
+    feed = PackedFeed(lambda points, parts: np.zeros((len(points), 3)), 8)
+    with pytest.raises(InputError, match="decoder query: expected 1 x 8 logits"):
+        feed([np.zeros((8, 3), np.float32)])
+
+
+def test_pipeline_packed_rows_give_the_padded_meshes(monkeypatch):
+    import holopart_infer as hp
+    from holopart_infer import assets, pipeline
+
+    model = hp.load(assets.demo_model_path())
+    opts = dict(steps=2, depth=7, num_points=1024, latent_tokens=64, decimate=None, seed=2)
+    packed = model.complete(assets.demo_object_path(), **opts)
+    monkeypatch.setattr(pipeline, "_kv_row_taker", lambda kv: None)  # key/values not gatherable: padded rows
+    padded = model.complete(assets.demo_object_path(), **opts)
+    real = sum(packed.stats["decoder_queries_per_level"].values())
+    assert packed.stats["decoder_queries_per_level"] == padded.stats["decoder_queries_per_level"]
+    assert real <= packed.stats["decoder_points_fed"] <= 1.02 * real
+    assert padded.stats["decoder_points_fed"] > packed.stats["decoder_points_fed"]
+    for a, b in zip(packed.parts, padded.parts):
+        np.testing.assert_array_equal(a.vertices, b.vertices)
+        np.testing.assert_array_equal(a.faces, b.faces)
