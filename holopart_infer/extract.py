@@ -403,9 +403,9 @@ class _Sparse:
         return self.idx[pos] == ix
 
     def add(self, ix: np.ndarray, values: np.ndarray) -> None:
-        idx = np.concatenate([self.idx, ix])
-        order = np.argsort(idx, kind="stable")
-        self.idx, self.val = idx[order], np.concatenate([self.val, values])[order]
+        """Merge points ``ix`` (ascending, none known yet) and their values in: linear, no re-sort."""
+        pos = np.searchsorted(self.idx, ix)
+        self.idx, self.val = np.insert(self.idx, pos, ix), np.insert(self.val, pos, values)
 
     def values(self, ijk: np.ndarray) -> np.ndarray:
         """Values at fine points (..., 3); NaN where unknown."""
@@ -444,6 +444,29 @@ def _face_sign_changes(part: _Sparse, cells: np.ndarray, axis: int, side: int) -
     return inside.any(axis=1) & ~inside.all(axis=1)
 
 
+def _unique_cells(cells: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """(N, 3) cells once each, in C order (as np.argwhere of their mask lists them)."""
+    lin = np.unique(np.ravel_multi_index(cells.T, shape))
+    return np.stack(np.unravel_index(lin, shape), axis=1).astype(np.int64)
+
+
+_CORNERS27 = np.stack(np.meshgrid(np.arange(3), np.arange(3), np.arange(3), indexing="ij"), -1).reshape(-1, 3)
+
+
+def _corner_points(cells: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+    """native.refine_points of a mask holding only ``cells`` (N, 3), from the cell
+    list: ascending fine indices of the corners of their eight sub-cells, less
+    those on a known coarse point. Cost in the cells, not the grid."""
+    n = 2 * (np.asarray(coarse.shape, np.int64) - 1) + 1
+    fine = (2 * cells[:, None, :] + _CORNERS27[None]).reshape(-1, 3)
+    lin = np.unique((fine[:, 0] * n[1] + fine[:, 1]) * n[2] + fine[:, 2])
+    i, j, k = lin // (n[1] * n[2]), (lin // n[2]) % n[1], lin % n[2]
+    on_coarse = ((i | j | k) & 1) == 0
+    known = np.zeros(len(lin), dtype=bool)
+    known[on_coarse] = np.isfinite(coarse[i[on_coarse] >> 1, j[on_coarse] >> 1, k[on_coarse] >> 1])
+    return lin[~known]
+
+
 def _grow_final(run: "_Decoder", level: int, r: int, grids: list, band: float, dilation: int,
                 device: str) -> tuple[list[_Sparse], list[int]]:
     """Query the final level of every part, growing from the band.
@@ -464,26 +487,16 @@ def _grow_final(run: "_Decoder", level: int, r: int, grids: list, band: float, d
     """
     n = len(grids)
     parts = [_Sparse(g, r) for g in grids]
-    allowed, active, done = [], [], []
-    for g in grids:
+    allowed, active, new_cells, indices = [], [], [], []
+    for p, g in enumerate(grids):
         b = native.band_cells(g, band, device=device)
         allowed.append((native.dilate_cells(b, dilation, device=device) if dilation else b).astype(bool))
         active.append(b.astype(bool))
-        done.append(np.zeros(b.shape, dtype=bool))
+        # round 1, the band: the whole-grid kernel; later rounds touch only the cells they grow to
+        new_cells.append(np.argwhere(active[p]))
+        indices.append(native.refine_points(b, g, device=device) if len(new_cells[p]) else np.zeros(0, np.int64))
     counts = [0] * n
-    while True:
-        indices, new_cells = [], []
-        for p in range(n):
-            new = active[p] & ~done[p]
-            new_cells.append(np.argwhere(new))
-            ix = np.zeros(0, dtype=np.int64)
-            if len(new_cells[p]):
-                ix = native.refine_points(new.view(np.uint8), grids[p], device=device)
-                ix = ix[~parts[p].known(ix)]  # shared with cells queried in an earlier round
-                done[p] |= new
-            indices.append(ix)
-        if not any(len(c) for c in new_cells):
-            break
+    while any(len(c) for c in new_cells):
         if any(len(ix) for ix in indices):
             vals = run(level, r, indices)
             for p in range(n):
@@ -493,6 +506,7 @@ def _grow_final(run: "_Decoder", level: int, r: int, grids: list, band: float, d
         for p in range(n):
             cells = new_cells[p]
             shape = active[p].shape
+            grown = []
             for axis in range(3):
                 for side in (0, 1):
                     nb = cells.copy()
@@ -502,8 +516,13 @@ def _grow_final(run: "_Decoder", level: int, r: int, grids: list, band: float, d
                     cand = allowed[p][nbs[:, 0], nbs[:, 1], nbs[:, 2]] & ~active[p][nbs[:, 0], nbs[:, 1], nbs[:, 2]]
                     if not cand.any():
                         continue
-                    grow_to = nbs[cand][_face_sign_changes(parts[p], sel[cand], axis, side)]
-                    active[p][grow_to[:, 0], grow_to[:, 1], grow_to[:, 2]] = True
+                    grown.append(nbs[cand][_face_sign_changes(parts[p], sel[cand], axis, side)])
+            # the next round's cells: those grown to now (none was active before)
+            cells = _unique_cells(np.concatenate(grown), shape) if grown else np.zeros((0, 3), np.int64)
+            active[p][cells[:, 0], cells[:, 1], cells[:, 2]] = True
+            new_cells[p] = cells
+            ix = _corner_points(cells, grids[p]) if len(cells) else np.zeros(0, np.int64)
+            indices[p] = ix[~parts[p].known(ix)]  # shared with cells queried in an earlier round
     return parts, counts
 
 
