@@ -91,3 +91,19 @@ def test_pipeline_packed_rows_give_the_padded_meshes(monkeypatch):
     for a, b in zip(packed.parts, padded.parts):
         np.testing.assert_array_equal(a.vertices, b.vertices)
         np.testing.assert_array_equal(a.faces, b.faces)
+
+
+def test_corner_points_of_a_cell_list_are_refine_points_of_its_mask():
+    from holopart_infer import native
+    from holopart_infer.extract import _corner_points, _unique_cells
+
+    rng = np.random.default_rng(1)
+    coarse = rng.normal(size=(9, 8, 11)).astype(np.float32)
+    coarse[rng.random(coarse.shape) < 0.4] = np.nan
+    for density in (0.02, 0.3, 1.0):
+        mask = rng.random((8, 7, 10)) < density
+        cells = np.argwhere(mask)
+        want = native.refine_points(mask.view(np.uint8), coarse)
+        np.testing.assert_array_equal(_corner_points(cells, coarse), want)
+        shuffled = np.concatenate([cells, cells])[rng.permutation(2 * len(cells))]
+        np.testing.assert_array_equal(_unique_cells(shuffled, mask.shape), cells)
