@@ -423,8 +423,11 @@ class _Sparse:
             out[~even] = vals
         return out
 
-    def grid(self) -> np.ndarray:
-        fine = np.full((self.n,) * 3, np.nan, dtype=np.float32)
+    def grid(self, out: np.ndarray | None = None) -> np.ndarray:
+        """The dense final grid (NaN where unknown), in ``out`` when given (reused
+        from part to part: a fresh 515 MB grid per part at depth 9 costs its page faults)."""
+        fine = out if out is not None else np.empty((self.n,) * 3, dtype=np.float32)
+        fine.fill(np.nan)
         fine[::2, ::2, ::2] = self.coarse
         fine.reshape(-1)[self.idx] = self.val
         return fine
@@ -467,6 +470,22 @@ def _corner_points(cells: np.ndarray, coarse: np.ndarray) -> np.ndarray:
     return lin[~known]
 
 
+def _near_band(band: np.ndarray, cells: np.ndarray, radius: int) -> np.ndarray:
+    """(N,) bool: is each of ``cells`` (N, 3) in native.dilate_cells(band, radius),
+    i.e. within ``radius`` cells (26-neighbourhood) of a band cell? Looked up
+    for these cells only, not dilated over the grid."""
+    out = np.zeros(len(cells), dtype=bool)
+    if not len(cells):
+        return out
+    shape = np.asarray(band.shape)
+    rng = range(-int(radius), int(radius) + 1)
+    for o in ((a, b, c) for a in rng for b in rng for c in rng):
+        q = cells + np.asarray(o)
+        ok = ((q >= 0) & (q < shape)).all(axis=1) & ~out
+        out[ok] = band[q[ok, 0], q[ok, 1], q[ok, 2]]
+    return out
+
+
 def _grow_final(run: "_Decoder", level: int, r: int, grids: list, band: float, dilation: int,
                 device: str) -> tuple[list[_Sparse], list[int]]:
     """Query the final level of every part, growing from the band.
@@ -487,15 +506,16 @@ def _grow_final(run: "_Decoder", level: int, r: int, grids: list, band: float, d
     """
     n = len(grids)
     parts = [_Sparse(g, r) for g in grids]
-    allowed, active, new_cells, indices = [], [], [], []
+    bands, active, new_cells, indices = [], [], [], []
     for p, g in enumerate(grids):
         b = native.band_cells(g, band, device=device)
-        allowed.append((native.dilate_cells(b, dilation, device=device) if dilation else b).astype(bool))
-        active.append(b.astype(bool))
+        bands.append(b.astype(bool))
+        active.append(bands[p].copy())
         # round 1, the band: the whole-grid kernel; later rounds touch only the cells they grow to
         new_cells.append(np.argwhere(active[p]))
         indices.append(native.refine_points(b, g, device=device) if len(new_cells[p]) else np.zeros(0, np.int64))
     counts = [0] * n
+    first = True
     while any(len(c) for c in new_cells):
         if any(len(ix) for ix in indices):
             vals = run(level, r, indices)
@@ -513,7 +533,10 @@ def _grow_final(run: "_Decoder", level: int, r: int, grids: list, band: float, d
                     nb[:, axis] += 1 if side else -1
                     ok = (nb[:, axis] >= 0) & (nb[:, axis] < shape[axis])
                     sel, nbs = cells[ok], nb[ok]
-                    cand = allowed[p][nbs[:, 0], nbs[:, 1], nbs[:, 2]] & ~active[p][nbs[:, 0], nbs[:, 1], nbs[:, 2]]
+                    cand = ~active[p][nbs[:, 0], nbs[:, 1], nbs[:, 2]]
+                    # in the dilated band: always, for a face neighbour of a band cell (round 1)
+                    if not (first and dilation >= 1):
+                        cand[cand] = _near_band(bands[p], nbs[cand], dilation)
                     if not cand.any():
                         continue
                     grown.append(nbs[cand][_face_sign_changes(parts[p], sel[cand], axis, side)])
@@ -523,6 +546,7 @@ def _grow_final(run: "_Decoder", level: int, r: int, grids: list, band: float, d
             new_cells[p] = cells
             ix = _corner_points(cells, grids[p]) if len(cells) else np.zeros(0, np.int64)
             indices[p] = ix[~parts[p].known(ix)]  # shared with cells queried in an earlier round
+        first = False
     return parts, counts
 
 
@@ -613,12 +637,14 @@ def extract_meshes(
         # Assemble the finer grids one part at a time (the final grid is the
         # large one; only one exists at a time).
         new_grids = []
+        final_buf = np.empty((r + 1,) * 3, dtype=np.float32) if last and num_parts else None
         for p in range(num_parts):
             if last and grow:
-                fine = sparse[p].grid()
+                fine = sparse[p].grid(out=final_buf)
                 sparse[p] = None  # type: ignore[call-overload]
             else:
-                fine = np.full((r + 1,) * 3, np.nan, dtype=np.float32)
+                fine = final_buf if last else np.empty((r + 1,) * 3, dtype=np.float32)
+                fine.fill(np.nan)
                 fine[::2, ::2, ::2] = grids[p]
                 fine.reshape(-1)[indices[p]] = vals[p]
             if last:
