@@ -1,7 +1,7 @@
 """Host-side extraction work with a free decoder: this tree's extract.py against
 an earlier commit's, side by side in one process (issue 28 item 2).
 
-Eight analytic parts (spheres, thin slabs, tori; logits = 60 x signed distance,
+Eight analytic parts (spheres, thin slabs, tori, wavy shells; logits = 60 x signed distance,
 as sharp as the model's) are extracted by both versions of
 ``holopart_infer.extract`` (the earlier one read with ``git show REV:...`` and
 imported under another name), alternating which goes first. The decoder is an
@@ -10,7 +10,14 @@ the extraction's own work: band, dilation, refinement, growth rounds, the fine
 grid, marching cubes. Each pair checks that queries per part and meshes
 (vertices and faces) are identical.
 
-    python benchmarks/bench_extract_host.py [--depth 8 9] [--pairs 3] [--before REV]
+    python benchmarks/bench_extract_host.py [--depth 8 9] [--pairs 3] [--before REV] [--model-object OBJ]
+
+``--model-object OBJ`` (or ``standin``: bench_feed.py's 68-part stand-in) takes the
+parts' fields from the embedded model instead: one ``HoloPart.complete`` call on
+the object's first ``--parts`` parts captures the pipeline's decode callback
+(the real decoder against the sampled key/values), and both versions extract
+with it. Model fields are noisier than the analytic ones: the final level grows
+for several rounds (the analytic parts need one).
 """
 from __future__ import annotations
 
@@ -35,7 +42,7 @@ def parts(n: int = 8, seed: int = 0):
     for i in range(n):
         c = rng.uniform(-0.2, 0.2, 3).astype(np.float32)
         r = np.float32(rng.uniform(0.3, 0.7))
-        kind = i % 3
+        kind = i % 4
 
         def f(p, c=c, r=r, kind=kind):
             p = p.astype(np.float32) - c
@@ -43,9 +50,12 @@ def parts(n: int = 8, seed: int = 0):
                 d = r - np.sqrt((p * p).sum(1))
             elif kind == 1:
                 d = np.minimum(0.05 - np.abs(p[:, 1]), r - np.abs(p).max(1))
-            else:
+            elif kind == 2:
                 q = np.sqrt(p[:, 0] ** 2 + p[:, 2] ** 2) - r
                 d = 0.12 - np.sqrt(q * q + p[:, 1] ** 2)
+            else:  # a wavy shell: the surface wanders through dilation cells (more growth rounds)
+                w = np.sin(157.0 * p[:, 0]) * np.sin(161.0 * p[:, 1]) * np.sin(163.0 * p[:, 2])
+                d = r - np.sqrt((p * p).sum(1)) + np.float32(0.02) * w
             return (60.0 * d).astype(np.float32)
 
         fields.append(f)
@@ -64,6 +74,36 @@ def load_before(rev: str):
     return mod
 
 
+def capture_model_decode(obj: str, n: int, depth: int):
+    """The embedded model's decode callback for the first ``n`` parts of ``obj``
+    (captured from one ``complete`` call) and the number of parts."""
+    import holopart_infer as hp
+    from holopart_infer import assets
+    from holopart_infer import extract as ex
+    from holopart_infer.parts_io import Parts, load_parts
+
+    if obj == "standin":
+        sys.path.insert(0, str(Path(__file__).parent))
+        from bench_feed import standin_object
+
+        obj = str(standin_object(Path(tempfile.mkdtemp(prefix="standin_"))))
+    ps = load_parts(obj)
+    ps = Parts(parts=ps.parts[:n], source=ps.source, kind=ps.kind)
+    captured, real = [], ex.extract_meshes
+
+    def spy(decode, num_parts, **kw):
+        if not captured:
+            captured.append((decode, num_parts))
+        return real(decode, num_parts, **kw)
+
+    ex.extract_meshes = spy
+    try:
+        hp.load(assets.demo_model_path()).complete(ps, depth=depth, seed=0, decimate=None, thin_parts=False)
+    finally:
+        ex.extract_meshes = real
+    return captured[0]
+
+
 def main(argv=None) -> int:
     from holopart_infer import extract as after
 
@@ -72,12 +112,17 @@ def main(argv=None) -> int:
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--parts", type=int, default=8)
     ap.add_argument("--before", default=BEFORE)
+    ap.add_argument("--model-object", default=None)
     args = ap.parse_args(argv)
     before = load_before(args.before)
     fields = parts(args.parts)
 
     def decode(batch):
         return [f(p) for f, p in zip(fields, batch)]
+
+    n_parts = len(fields)
+    if args.model_object:
+        decode, n_parts = capture_model_decode(args.model_object, args.parts, max(args.depth))
 
     rows = []
     for depth in args.depth:
@@ -87,7 +132,7 @@ def main(argv=None) -> int:
                 order.reverse()
             got = {}
             for name, mod in order:
-                meshes, st = mod.extract_meshes(decode, len(fields), depth=depth, chunk_points=8192)
+                meshes, st = mod.extract_meshes(decode, n_parts, depth=depth, chunk_points=8192)
                 got[name] = (meshes, st)
                 rec = dict(depth=depth, pair=pair, version=name, host_seconds=round(st.total_seconds -
                                                                                    st.decode_seconds, 3),

@@ -42,8 +42,14 @@ clipped onto the box. Surfaces inside the box are unchanged.
 The ``decode`` callback receives one float32 (Qi, 3) array of world
 coordinates per part (at most ``chunk_points`` points each, parts with nothing
 left get a (0, 3) array) and returns one array of Qi logits per part (inside
-> 0). It is typically a closure over the decoder key/values computed once per
-part that batches all parts into one query-graph call.
+> 0). The pipeline's is a :class:`PackedFeed`: each part's points are cut into
+rows of ``chunk_points // 8`` points (its last few into rows of an eighth of
+that) and every row is queried against its own part's key/values, so a part with
+fewer points, or none left, costs the decoder no padding (one padded row per
+part, :class:`PaddedFeed`, is kept for key/values the host cannot gather by row).
+
+Final-level growth works on cell lists after its first round (the band, the
+whole-grid kernels): a round costs in the cells it grows to, not in the grid.
 """
 from __future__ import annotations
 
