@@ -110,24 +110,29 @@ def query_chunk_points(device: str) -> int:
 QueryRowsFn = Callable[[Any, Any], Any]
 
 
-def row_plan(counts: Sequence[int], row_points: int) -> list[tuple[int, list[tuple[int, int, int]]]]:
-    """How :class:`PackedFeed` lays out one call's points: per row length, the
-    rows as (part, first point, points).
+def row_plan(counts: Sequence[int], row_points: int,
+             granule: int | None = None) -> list[tuple[int, list[tuple[int, int, int]]]]:
+    """How :class:`PackedFeed` lays out one call's points: groups of rows of one
+    length, longest first, each row as (part, first point, points).
 
-    Each part's points are cut into rows of ``row_points``; what is left of a part
-    (fewer than ``row_points``) goes into rows of ``max(1, row_points // 8)``, so a
-    part pads fewer than ``row_points // 8`` points per call and a part with no
-    points has no row. At most two row lengths, the long one first.
+    Each part's points are cut into rows of ``row_points``; what is left of a
+    part (fewer than ``row_points``) is one row rounded up to a multiple of
+    ``granule`` (default ``row_points // 64``), sharing a group with the rows of
+    that length. So a part pads fewer than ``granule`` points per call, a part
+    with no points has no row, and a call with at most ``row_points`` points per
+    part has at most one row per part.
     """
-    long_len, short_len = int(row_points), max(1, int(row_points) // 8)
-    long_rows: list[tuple[int, int, int]] = []
-    short_rows: list[tuple[int, int, int]] = []
+    L = int(row_points)
+    g = max(1, L // 64) if granule is None else max(1, min(int(granule), L))
+    groups: dict[int, list[tuple[int, int, int]]] = {}
     for p, n in enumerate(counts):
-        k = int(n) // long_len
-        long_rows.extend((p, i * long_len, long_len) for i in range(k))
-        for s in range(k * long_len, int(n), short_len):
-            short_rows.append((p, s, min(short_len, int(n) - s)))
-    return [(L, rows) for L, rows in ((long_len, long_rows), (short_len, short_rows)) if rows]
+        n = int(n)
+        for s in range(0, n - n % L, L):
+            groups.setdefault(L, []).append((p, s, L))
+        t = n % L
+        if t:
+            groups.setdefault(min(L, -(-t // g) * g), []).append((p, n - t, t))
+    return [(length, sorted(groups[length])) for length in sorted(groups, reverse=True)]
 
 
 def row_segments(rows: list[tuple[int, int, int]], row_len: int) -> list[tuple[int, int, int, int]]:
@@ -146,10 +151,12 @@ def row_segments(rows: list[tuple[int, int, int]], row_len: int) -> list[tuple[i
 class PackedFeed:
     """A :data:`DecodeFn` that feeds the decoder packed rows, no padding rows.
 
-    Every part's points are cut into rows of ``row_points`` (tails into rows of
-    ``row_points // 8``, see :func:`row_plan`) and each row is queried against its
-    own part's key/values (``query(points, parts)``, the backend gathering the
-    key/values of ``parts``). Parts with no points left take no row. The decoder
+    Every part's points are cut into rows of ``row_points`` and its last few into
+    one row rounded up to a multiple of ``granule`` (:func:`row_plan`); rows of
+    one length go in one ``query(points, parts)`` call, each row queried against
+    its own part's key/values (the backend gathering the key/values of
+    ``parts``: with at most ``row_points`` points per part per call, never more
+    than one copy per part). Parts with no points left take no row. The decoder
     computes every point on its own, so the logits are those of a padded call.
 
     Attributes:
@@ -158,17 +165,18 @@ class PackedFeed:
         query_calls: ``query`` invocations (one or two per call).
     """
 
-    def __init__(self, query: QueryRowsFn, row_points: int = 1024):
-        if isinstance(row_points, bool) or not isinstance(row_points, (int, np.integer)) or row_points < 1:
-            raise InputError(f"row_points: expected an int >= 1, got {row_points!r}")
-        self.query, self.row_points = query, int(row_points)
+    def __init__(self, query: QueryRowsFn, row_points: int = QUERY_CHUNK_POINTS, granule: int | None = None):
+        for name, v in (("row_points", row_points), ("granule", 1 if granule is None else granule)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise InputError(f"{name}: expected an int >= 1, got {v!r}")
+        self.query, self.row_points, self.granule = query, int(row_points), granule
         self.real_points = self.fed_points = self.query_calls = 0
 
     def __call__(self, points_per_part: list[np.ndarray]) -> list[np.ndarray]:
         pts = [np.asarray(p, dtype=np.float32).reshape(-1, 3) for p in points_per_part]
         counts = [len(p) for p in pts]
         out = [np.empty(c, dtype=np.float32) for c in counts]
-        for L, rows in row_plan(counts, self.row_points):
+        for L, rows in row_plan(counts, self.row_points, self.granule):
             batch = np.zeros((len(rows), L, 3), dtype=np.float32)
             flat = batch.reshape(-1, 3)
             segs = row_segments(rows, L)

@@ -158,7 +158,7 @@ class _Query:
 
     def _packed(self, level: int, resolution: int, indices: list[torch.Tensor]) -> list[torch.Tensor]:
         """The same calls (at most ``chunk`` points per part each), each fed as
-        packed rows (extract.row_plan): ``query(points (R, L, 3), parts)`` with
+        packed rows (extract.row_plan, one query per row length): ``query(points (R, L, 3), parts)`` with
         ``parts`` the host int64 (R,) part of each row; no padding rows."""
         counts = [int(ix.numel()) for ix in indices]
         total = sum(counts)
@@ -299,8 +299,9 @@ def extract_meshes_resident(
             against the parts' key/values.
         device: the torch device of the tensors ("cuda", "cuda:1", "cpu").
         row_points: None: ``query`` gets one row per part, padded to the
-            call's longest part (as above). An int: packed rows, no padding
-            rows (extract.PackedFeed's layout, :func:`extract.row_plan`):
+            call's longest part (as above). An int (the pipeline passes
+            ``chunk_points``): packed rows, no padding rows (extract.PackedFeed's
+            layout, :func:`extract.row_plan`, one ``query`` call per row length):
             ``query(points, parts)`` with points (R, L, 3) on ``device`` and
             ``parts`` the host int64 (R,) part of each row, whose key/values
             that row is queried against.

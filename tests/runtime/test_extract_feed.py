@@ -24,18 +24,19 @@ class RowDecoder:
         return np.stack([sphere_logits(row, part) for row, part in zip(points, kv)])[..., None]
 
 
-def test_row_plan_cuts_each_part_into_long_rows_and_short_tails():
-    plan = row_plan([2500, 0, 1024, 7], 1024)
-    assert [L for L, _ in plan] == [1024, 128]
-    long_rows, short_rows = plan[0][1], plan[1][1]
-    assert long_rows == [(0, 0, 1024), (0, 1024, 1024), (2, 0, 1024)]
-    assert short_rows == [(0, 2048, 128), (0, 2176, 128), (0, 2304, 128), (0, 2432, 68), (3, 0, 7)]
-    assert row_segments(short_rows, 128) == [(0, 0, 2048, 452), (3, 512, 0, 7)]
-    assert row_segments(long_rows, 1024) == [(0, 0, 0, 2048), (2, 2048, 0, 1024)]
+def test_row_plan_one_row_per_part_and_length_tails_rounded_to_the_granule():
+    plan = row_plan([2500, 0, 1024, 7, 1000, 130], 1024, 128)
+    assert plan == [(1024, [(0, 0, 1024), (0, 1024, 1024), (2, 0, 1024), (4, 0, 1000)]),
+                    (512, [(0, 2048, 452)]), (256, [(5, 0, 130)]), (128, [(3, 0, 7)])]
+    assert row_segments(plan[0][1], 1024) == [(0, 0, 0, 2048), (2, 2048, 0, 1024), (4, 3072, 0, 1000)]
     assert row_plan([0, 0], 1024) == [] and row_plan([5], 1) == [(1, [(0, i, 1) for i in range(5)])]
+    assert row_plan([8192, 100, 8000], 8192) == [(8192, [(0, 0, 8192)]), (8064, [(2, 0, 8000)]),
+                                                 (128, [(1, 0, 100)])]
+    # a part's rows and its tail in one group stay one run
+    assert row_segments(row_plan([2040], 1024, 64)[0][1], 1024) == [(0, 0, 0, 2040)]
 
 
-@pytest.mark.parametrize("row_points", [1024, 64, 1])
+@pytest.mark.parametrize("row_points", [8192, 1024, 64, 1])
 def test_packed_feed_answers_what_a_padded_call_does(row_points):
     rng = np.random.default_rng(0)
     pts = [rng.uniform(-1, 1, (n, 3)).astype(np.float32) for n in (3000, 0, 17, 1024)]
@@ -47,29 +48,32 @@ def test_packed_feed_answers_what_a_padded_call_does(row_points):
         np.testing.assert_array_equal(x, sphere_logits(p, part))
     assert packed.real_points == padded.real_points == 3000 + 17 + 1024
     assert padded.fed_points == 4 * 3000
-    short = max(1, row_points // 8)
-    assert packed.real_points <= packed.fed_points < packed.real_points + 4 * short
+    granule = max(1, row_points // 64)
+    assert packed.real_points <= packed.fed_points < packed.real_points + 4 * granule
 
 
 def test_extraction_through_the_packed_feed_is_the_plain_one():
     plain, ps = extract_meshes(lambda b: [sphere_logits(p, part) for p, part in zip(b, PARTS)], len(PARTS),
                                depth=7, chunk_points=5000)
     dec = RowDecoder(PARTS)
-    feed = PackedFeed(dec.query, 512)
+    feed = PackedFeed(dec.query, 5000)
     packed, qs = extract_meshes(feed, len(PARTS), depth=7, chunk_points=5000)
     assert qs.queries_per_part == ps.queries_per_part and feed.real_points == qs.total_queries
     for (v, f), (pv, pf) in zip(plain, packed):
         np.testing.assert_array_equal(v, pv)
         np.testing.assert_array_equal(f, pf)
-    # padding: under one short row (64 points) per part per decode call, far under a padded call's
-    assert feed.fed_points - feed.real_points < 64 * len(PARTS) * qs.decode_calls
+    # padding: under one granule (5000 // 64 points) per part per decode call, far under a padded call's
+    assert feed.fed_points - feed.real_points < 78 * len(PARTS) * qs.decode_calls
     assert feed.fed_points / feed.real_points < 1.02
-    assert all(L in (512, 64) for _, L in dec.shapes)
+    assert all(L % 78 == 0 or L == 5000 for _, L in dec.shapes)
+    assert all(R <= len(PARTS) for R, _ in dec.shapes)  # never more than one row (one key/value copy) per part
 
 
 def test_packed_feed_checks_its_arguments_and_answers():
     with pytest.raises(InputError, match="row_points"):
         PackedFeed(lambda p, k: p, 0)
+    with pytest.raises(InputError, match="granule"):
+        PackedFeed(lambda p, k: p, 8, 0)
     feed = PackedFeed(lambda points, parts: np.zeros((len(points), 3)), 8)
     with pytest.raises(InputError, match="decoder query: expected 1 x 8 logits"):
         feed([np.zeros((8, 3), np.float32)])
