@@ -418,8 +418,17 @@ class _Sparse:
 
     def add(self, ix: np.ndarray, values: np.ndarray) -> None:
         """Merge points ``ix`` (ascending, none known yet) and their values in: linear, no re-sort."""
-        pos = np.searchsorted(self.idx, ix)
-        self.idx, self.val = np.insert(self.idx, pos, ix), np.insert(self.val, pos, values)
+        if not len(self.idx):
+            self.idx, self.val = np.asarray(ix, np.int64).copy(), np.asarray(values, np.float32).copy()
+            return
+        at = np.searchsorted(self.idx, ix) + np.arange(len(ix))  # where each new point lands
+        old = np.ones(len(self.idx) + len(ix), dtype=bool)
+        old[at] = False
+        idx = np.empty(len(old), dtype=np.int64)
+        val = np.empty(len(old), dtype=np.float32)
+        idx[at], val[at] = ix, values
+        idx[old], val[old] = self.idx, self.val
+        self.idx, self.val = idx, val
 
     def values(self, ijk: np.ndarray) -> np.ndarray:
         """Values at fine points (..., 3); NaN where unknown."""
@@ -523,10 +532,10 @@ def _grow_final(run: "_Decoder", level: int, r: int, grids: list, band: float, d
     bands, active, new_cells, indices = [], [], [], []
     for p, g in enumerate(grids):
         b = native.band_cells(g, band, device=device)
-        bands.append(b.astype(bool))
-        active.append(bands[p].copy())
+        bands.append(b.view(bool))  # 0 / 1 bytes
+        active.append(b.astype(bool))
         # round 1, the band: the whole-grid kernel; later rounds touch only the cells they grow to
-        new_cells.append(np.argwhere(active[p]))
+        new_cells.append(np.stack(np.unravel_index(np.flatnonzero(b), b.shape), axis=1).astype(np.int64))
         indices.append(native.refine_points(b, g, device=device) if len(new_cells[p]) else np.zeros(0, np.int64))
     counts = [0] * n
     first = True

@@ -111,3 +111,17 @@ def test_corner_points_of_a_cell_list_are_refine_points_of_its_mask():
         np.testing.assert_array_equal(_corner_points(cells, coarse), want)
         shuffled = np.concatenate([cells, cells])[rng.permutation(2 * len(cells))]
         np.testing.assert_array_equal(_unique_cells(shuffled, mask.shape), cells)
+
+
+def test_sparse_add_merges_in_sorted_order():
+    from holopart_infer.extract import _Sparse
+
+    rng = np.random.default_rng(2)
+    sp = _Sparse(np.zeros((3, 3, 3), np.float32), 4)
+    seen = np.zeros(0, np.int64)
+    for size in (0, 50, 1, 200, 7):
+        ix = np.sort(rng.choice(np.setdiff1d(np.arange(5 ** 3 * 40), seen), size, replace=False))
+        sp.add(ix, ix.astype(np.float32) * 0.5)
+        seen = np.concatenate([seen, ix])
+    np.testing.assert_array_equal(sp.idx, np.sort(seen))
+    np.testing.assert_array_equal(sp.val, np.sort(seen).astype(np.float32) * 0.5)
