@@ -43,9 +43,9 @@ The ``decode`` callback receives one float32 (Qi, 3) array of world
 coordinates per part (at most ``chunk_points`` points each, parts with nothing
 left get a (0, 3) array) and returns one array of Qi logits per part (inside
 > 0). The pipeline's is a :class:`PackedFeed`: each part's points are cut into
-rows of ``chunk_points // 8`` points (its last few into rows of an eighth of
-that) and every row is queried against its own part's key/values, so a part with
-fewer points, or none left, costs the decoder no padding (one padded row per
+rows of ``chunk_points // 8`` points (its last few into one row rounded up to a
+multiple of 128) and every row is queried against its own part's key/values, so a
+part with fewer points, or none left, costs the decoder no padding (one padded row per
 part, :class:`PaddedFeed`, is kept for key/values the host cannot gather by row).
 
 Final-level growth works on cell lists after its first round (the band, the
@@ -110,6 +110,11 @@ def query_chunk_points(device: str) -> int:
 QueryRowsFn = Callable[[Any, Any], Any]
 
 
+#: A part's last points in a call are one row rounded up to a multiple of this
+#: (:func:`row_plan`): under 128 padded points per part and call.
+PACK_GRANULE = 128
+
+
 def row_plan(counts: Sequence[int], row_points: int,
              granule: int | None = None) -> list[tuple[int, list[tuple[int, int, int]]]]:
     """How :class:`PackedFeed` lays out one call's points: groups of rows of one
@@ -117,13 +122,12 @@ def row_plan(counts: Sequence[int], row_points: int,
 
     Each part's points are cut into rows of ``row_points``; what is left of a
     part (fewer than ``row_points``) is one row rounded up to a multiple of
-    ``granule`` (default ``row_points // 64``), sharing a group with the rows of
-    that length. So a part pads fewer than ``granule`` points per call, a part
-    with no points has no row, and a call with at most ``row_points`` points per
-    part has at most one row per part.
+    ``granule`` (default :data:`PACK_GRANULE`, at most ``row_points``), sharing
+    a group with the rows of that length. So a part pads fewer than ``granule``
+    points per call and a part with no points has no row.
     """
     L = int(row_points)
-    g = max(1, L // 64) if granule is None else max(1, min(int(granule), L))
+    g = max(1, min(PACK_GRANULE if granule is None else int(granule), L))
     groups: dict[int, list[tuple[int, int, int]]] = {}
     for p, n in enumerate(counts):
         n = int(n)
@@ -155,9 +159,11 @@ class PackedFeed:
     one row rounded up to a multiple of ``granule`` (:func:`row_plan`); rows of
     one length go in one ``query(points, parts)`` call, each row queried against
     its own part's key/values (the backend gathering the key/values of
-    ``parts``: with at most ``row_points`` points per part per call, never more
-    than one copy per part). Parts with no points left take no row. The decoder
-    computes every point on its own, so the logits are those of a padded call.
+    ``parts``). The pipeline's rows are an eighth of its chunk (1024 points on
+    the CPU: 1.1-1.4x the throughput of one 8192-point row per part on the
+    embedded model, same logits), the granule 128 points. Parts with no points
+    left take no row. The decoder computes every point on its own, so the logits
+    are those of a padded call.
 
     Attributes:
         real_points: points asked for, all calls.
@@ -165,7 +171,7 @@ class PackedFeed:
         query_calls: ``query`` invocations (one or two per call).
     """
 
-    def __init__(self, query: QueryRowsFn, row_points: int = QUERY_CHUNK_POINTS, granule: int | None = None):
+    def __init__(self, query: QueryRowsFn, row_points: int = QUERY_CHUNK_POINTS // 8, granule: int | None = None):
         for name, v in (("row_points", row_points), ("granule", 1 if granule is None else granule)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise InputError(f"{name}: expected an int >= 1, got {v!r}")

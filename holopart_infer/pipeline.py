@@ -579,7 +579,7 @@ class HoloPart:
                 take = _kv_row_taker(kv)
                 out, stats = resident.extract_meshes_resident(
                     lambda pts, parts=None: self.backend.query_on_device(pts, kv if parts is None else take(parts)),
-                    len(batch), device=self.backend.torch_device, row_points=chunk, **level_opts)
+                    len(batch), device=self.backend.torch_device, row_points=max(1, chunk // 8), **level_opts)
             else:
                 out, stats = extract.extract_meshes(decode, len(batch), device=self.extract_device, **level_opts)
                 stats.fed_points = decode.fed_points
@@ -709,10 +709,10 @@ class HoloPart:
                                 obj.inputs)
 
     def _decoder_feed(self, kv, chunk_points: int):
-        """The batch's decode callback: a row per part and call, each as long as its
-        points rounded up to ``chunk_points // 64`` and queried against its own
-        part's key/values (extract.PackedFeed), so finished parts cost no row and
-        short parts almost no padding. Key/values the host cannot
+        """The batch's decode callback: rows of ``chunk_points // 8`` points (a
+        part's last few in one row rounded up to a multiple of 128 points), each
+        queried against its own part's key/values (extract.PackedFeed), so finished
+        parts cost no row and short parts almost no padding. Key/values the host cannot
         gather by row (device buffers of ONNX Runtime CUDA, TensorRT) keep one row
         per part padded to the longest (extract.PaddedFeed)."""
         from holopart_infer import extract
@@ -724,7 +724,7 @@ class HoloPart:
 
         if take is None:
             return extract.PaddedFeed(query)
-        return extract.PackedFeed(query, row_points=int(chunk_points))
+        return extract.PackedFeed(query, row_points=max(1, int(chunk_points) // 8))
 
 
 def _kv_row_taker(kv):

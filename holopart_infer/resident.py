@@ -300,7 +300,7 @@ def extract_meshes_resident(
         device: the torch device of the tensors ("cuda", "cuda:1", "cpu").
         row_points: None: ``query`` gets one row per part, padded to the
             call's longest part (as above). An int (the pipeline passes
-            ``chunk_points``): packed rows, no padding rows (extract.PackedFeed's
+            ``chunk_points // 8``): packed rows, no padding rows (extract.PackedFeed's
             layout, :func:`extract.row_plan`, one ``query`` call per row length):
             ``query(points, parts)`` with points (R, L, 3) on ``device`` and
             ``parts`` the host int64 (R,) part of each row, whose key/values

@@ -30,8 +30,9 @@ def test_row_plan_one_row_per_part_and_length_tails_rounded_to_the_granule():
                     (512, [(0, 2048, 452)]), (256, [(5, 0, 130)]), (128, [(3, 0, 7)])]
     assert row_segments(plan[0][1], 1024) == [(0, 0, 0, 2048), (2, 2048, 0, 1024), (4, 3072, 0, 1000)]
     assert row_plan([0, 0], 1024) == [] and row_plan([5], 1) == [(1, [(0, i, 1) for i in range(5)])]
-    assert row_plan([8192, 100, 8000], 8192) == [(8192, [(0, 0, 8192)]), (8064, [(2, 0, 8000)]),
-                                                 (128, [(1, 0, 100)])]
+    assert row_plan([8192, 100, 8000], 8192, 128) == [(8192, [(0, 0, 8192)]), (8064, [(2, 0, 8000)]),
+                                                      (128, [(1, 0, 100)])]
+    assert row_plan([1000, 300], 1024) == [(1024, [(0, 0, 1000)]), (384, [(1, 0, 300)])]  # granule 128
     # a part's rows and its tail in one group stay one run
     assert row_segments(row_plan([2040], 1024, 64)[0][1], 1024) == [(0, 0, 0, 2040)]
 
@@ -48,7 +49,7 @@ def test_packed_feed_answers_what_a_padded_call_does(row_points):
         np.testing.assert_array_equal(x, sphere_logits(p, part))
     assert packed.real_points == padded.real_points == 3000 + 17 + 1024
     assert padded.fed_points == 4 * 3000
-    granule = max(1, row_points // 64)
+    granule = min(row_points, 128)
     assert packed.real_points <= packed.fed_points < packed.real_points + 4 * granule
 
 
@@ -56,7 +57,7 @@ def test_extraction_through_the_packed_feed_is_the_plain_one():
     plain, ps = extract_meshes(lambda b: [sphere_logits(p, part) for p, part in zip(b, PARTS)], len(PARTS),
                                depth=7, chunk_points=5000)
     dec = RowDecoder(PARTS)
-    feed = PackedFeed(dec.query, 5000)
+    feed = PackedFeed(dec.query, 625, 78)  # the pipeline's: chunk // 8, chunk // 64
     packed, qs = extract_meshes(feed, len(PARTS), depth=7, chunk_points=5000)
     assert qs.queries_per_part == ps.queries_per_part and feed.real_points == qs.total_queries
     for (v, f), (pv, pf) in zip(plain, packed):
@@ -65,8 +66,8 @@ def test_extraction_through_the_packed_feed_is_the_plain_one():
     # padding: under one granule (5000 // 64 points) per part per decode call, far under a padded call's
     assert feed.fed_points - feed.real_points < 78 * len(PARTS) * qs.decode_calls
     assert feed.fed_points / feed.real_points < 1.02
-    assert all(L % 78 == 0 or L == 5000 for _, L in dec.shapes)
-    assert all(R <= len(PARTS) for R, _ in dec.shapes)  # never more than one row (one key/value copy) per part
+    assert all(L % 78 == 0 or L == 625 for _, L in dec.shapes)
+    assert all(R <= 9 * len(PARTS) for R, _ in dec.shapes)  # 8 rows and a tail per part at most
 
 
 def test_packed_feed_checks_its_arguments_and_answers():

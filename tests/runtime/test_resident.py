@@ -135,7 +135,7 @@ def _row_field(points, parts):
     return out
 
 
-@pytest.mark.parametrize("chunk,row", [(4096, 4096), (4096, 512), (100_000, 100_000)])
+@pytest.mark.parametrize("chunk,row", [(4096, 4096), (4096, 512), (100_000, 12_500)])
 def test_packed_rows_match_padded_rows(chunk, row):
     padded, ps = resident.extract_meshes_resident(lambda pts: _field(pts)[..., None], 3, device="cpu", depth=7,
                                                   chunk_points=chunk)
@@ -149,7 +149,7 @@ def test_packed_rows_match_padded_rows(chunk, row):
     packed, qs = resident.extract_meshes_resident(query, 3, device="cpu", depth=7, chunk_points=chunk,
                                                   row_points=row)
     assert qs.queries_per_part == ps.queries_per_part and qs.decode_calls == ps.decode_calls
-    assert all(L == row or L % max(1, row // 64) == 0 for _, L in shapes)
+    assert all(L == row or L % 128 == 0 for _, L in shapes)
     if row == chunk:
         assert all(R <= 3 for R, _ in shapes)  # a row per part at most
     assert ps.fed_points > qs.fed_points >= qs.total_queries
