@@ -11,6 +11,11 @@ computed (padding included) and their ratio; per pair: are the meshes the same
 summary (median and interquartile spread per mode, speed-up per pair).
 
     python benchmarks/bench_feed.py --object OBJ [--parts 8] [--depth 7 8] [--pairs 3]
+    python benchmarks/bench_feed.py --row-lengths 8192 1024 256 [--pairs 4]
+
+``--row-lengths``: one decoder call of 8 x 8192 points against 8 parts' gathered
+key/values, cut into rows of each length in turn (interleaved), times and
+whether the logits are bitwise those of the first length.
 
 Default object: a stand-in for a many-part mechanical assembly, the 68-part
 "VW new beetle" of the sweethome3d furniture library (KatorLegaz.sh3f, OBJ
@@ -48,6 +53,32 @@ def _quantiles(xs):
     return float(np.median(a)), float(np.percentile(a, 25)), float(np.percentile(a, 75))
 
 
+def row_lengths(lengths, repeats: int, model_path=None) -> int:
+    import holopart_infer as hp
+    from holopart_infer import assets
+
+    model = hp.load(model_path or assets.demo_model_path())
+    backend = model.backend
+    rng = np.random.default_rng(0)
+    shape = (8, model.default_options().latent_tokens, model.latent_channels)
+    kv = backend.decoder_kv(rng.normal(size=shape).astype(np.float32))
+    pts = rng.uniform(-1, 1, (8 * 8192, 3)).astype(np.float32)
+    times, outs = {L: [] for L in lengths}, {}
+    for _ in range(max(1, repeats)):
+        for L in lengths:
+            R = len(pts) // L
+            kv_rows = tuple(a[np.repeat(np.arange(8), R // 8)] for a in kv)
+            t0 = time.perf_counter()
+            outs[L] = np.asarray(backend.decoder_query(pts.reshape(R, L, 3), kv_rows)).reshape(-1)
+            times[L].append(time.perf_counter() - t0)
+    for L in lengths:
+        med, lo, hi = _quantiles(times[L])
+        print(f"rows of {L:>5}: {len(pts) // L:>4} rows, median {med:.3f} s [p25 {lo:.3f} - p75 {hi:.3f}], "
+              f"{len(pts) / med:,.0f} points/s, logits bitwise those of rows of {lengths[0]}: "
+              f"{np.array_equal(outs[L], outs[lengths[0]])}")
+    return 0
+
+
 def main(argv=None) -> int:
     import holopart_infer as hp
     from holopart_infer import assets, pipeline
@@ -61,7 +92,10 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
     ap.add_argument("--model", default=None, help="model dir or checkpoint (default: the embedded model)")
     ap.add_argument("--json", default=None, help="write every run here")
+    ap.add_argument("--row-lengths", type=int, nargs="+", default=None)
     args = ap.parse_args(argv)
+    if args.row_lengths:
+        return row_lengths(args.row_lengths, args.pairs, args.model)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_feed_"))
     obj = Path(args.object) if args.object else (standin_object(tmp) or assets.demo_object_path())

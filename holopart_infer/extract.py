@@ -160,8 +160,9 @@ class PackedFeed:
     one length go in one ``query(points, parts)`` call, each row queried against
     its own part's key/values (the backend gathering the key/values of
     ``parts``). The pipeline's rows are an eighth of its chunk (1024 points on
-    the CPU: 1.1-1.4x the throughput of one 8192-point row per part on the
-    embedded model, same logits), the granule 128 points. Parts with no points
+    the CPU: as fast as one 8192-point row per part or faster, 1.05x and 1.4x in
+    two loaded runs of ``bench_feed.py --row-lengths``, same logits), the
+    granule 128 points. Parts with no points
     left take no row. The decoder computes every point on its own, so the logits
     are those of a padded call.
 
