@@ -844,6 +844,9 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", p
         path: exported model dir (manifest.json) or checkpoint dir (model_index.json).
         backend: "auto" (TensorRT, then ONNX Runtime CUDA, then ONNX Runtime CPU for a
             model dir; torch for a checkpoint dir), "torch", "onnxruntime" or "tensorrt".
+            On a CPU a checkpoint dir's torch backend ran 3.1x slower end to end than
+            the ONNX Runtime model dir exported from it (issue 28, item 5): export it
+            (``holopart-infer export``) and load the model dir for CPU runs.
         device: "auto", "cpu" or "cuda".
         precision: None for the backend's default (torch: fp32 on CPU, bf16 on CUDA;
             TensorRT: fp16; ONNX Runtime: the model dir's, the only one it runs), or
