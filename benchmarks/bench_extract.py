@@ -8,6 +8,7 @@ benchmark.extra_info["query_ratio"].
 
 python -m pytest benchmarks/bench_extract.py --benchmark-enable --benchmark-json=ex.json
 python benchmarks/bench_extract.py [DEPTH]   # query-count table, grow=False vs True (issue 16 item 2)
+python benchmarks/bench_extract.py feed [DEPTH ...]   # padded/real decoder points, packed vs padded feed (issue 28)
 """
 from __future__ import annotations
 
@@ -149,7 +150,38 @@ def query_table(depths=(7, 8, 9), objects=("mug", "lamp", "table", "ten"), model
     print(f"{'model parts, all':<28} {model_depth:>5} {tot[0]:>10,} {tot[1]:>10,} {tot[1] / tot[0]:>12.3f}")
 
 
-if __name__ == "__main__":  # python benchmarks/bench_extract.py [model depth]
+def feed_table(depths=(7, 8, 9), chunk=8192) -> None:
+    """Decoder points computed / points asked for, the four analytic fields above as
+    the parts of one extraction: the packed feed (extract.PackedFeed, the
+    pipeline's) against one padded row per part (extract.PaddedFeed, before
+    issue 28). Counts, not times: they do not depend on the machine's load."""
+    from holopart_infer.extract import PackedFeed, PaddedFeed
+
+    fields = list(_fields().values())
+
+    def query(points, parts):
+        rows = range(len(points)) if parts is None else parts
+        return np.stack([fields[p](row) for p, row in zip(rows, points)])
+
+    print(f"{'depth':>5} {'queries':>12} {'padded fed':>12} {'packed fed':>12} {'padded/real':>12} "
+          f"{'packed/real':>12}  meshes")
+    for depth in depths:
+        got = []
+        for feed in (PaddedFeed(query), PackedFeed(query, chunk)):
+            meshes, st = extract_meshes(feed, len(fields), depth=depth, chunk_points=chunk)
+            got.append((feed, meshes, st))
+        (fa, ma, sa), (fb, mb, sb) = got
+        same = all(np.array_equal(a.vertices, b.vertices) and np.array_equal(a.faces, b.faces)
+                   for a, b in zip(ma, mb))
+        print(f"{depth:>5} {sa.total_queries:>12,} {fa.fed_points:>12,} {fb.fed_points:>12,} "
+              f"{fa.fed_points / fa.real_points:>12.4f} {fb.fed_points / fb.real_points:>12.4f}  "
+              f"{'identical' if same else 'DIFFERENT'}", flush=True)
+
+
+if __name__ == "__main__":  # python benchmarks/bench_extract.py [model depth] | feed [depth ...]
     import sys
 
-    query_table(model_depth=int(sys.argv[1]) if len(sys.argv) > 1 else 7)
+    if sys.argv[1:2] == ["feed"]:
+        feed_table(tuple(int(d) for d in sys.argv[2:]) or (7, 8, 9))
+    else:
+        query_table(model_depth=int(sys.argv[1]) if len(sys.argv) > 1 else 7)

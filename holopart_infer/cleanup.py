@@ -81,10 +81,22 @@ def drop_duplicate_faces(faces: np.ndarray) -> np.ndarray:
 
 
 def edge_manifold(faces: np.ndarray) -> bool:
-    """True when every edge is shared by exactly two faces (a closed 2-manifold by edges)."""
+    """True when every edge is shared by exactly two faces (a closed 2-manifold by edges).
+
+    One 64-bit key per undirected edge (low vertex << 32 | high vertex), sorted:
+    closed means the sorted keys come in equal pairs and consecutive pairs differ.
+    """
     f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
     if len(f) == 0:
         return False
-    e = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
-    _, counts = np.unique(e, axis=0, return_counts=True)
-    return bool((counts == 2).all())
+    if f.min() < 0 or f.max() >= 1 << 31:  # outside the key's range: the general (slower) count
+        e = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
+        _, counts = np.unique(e, axis=0, return_counts=True)
+        return bool((counts == 2).all())
+    a = f.reshape(-1)
+    b = f[:, [1, 2, 0]].reshape(-1)
+    key = (np.minimum(a, b) << 32) | np.maximum(a, b)
+    if len(key) % 2:  # an odd number of edge uses cannot pair up
+        return False
+    key.sort()
+    return bool((key[0::2] == key[1::2]).all() and (key[2::2] != key[1:-1:2]).all())

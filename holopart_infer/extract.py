@@ -42,8 +42,14 @@ clipped onto the box. Surfaces inside the box are unchanged.
 The ``decode`` callback receives one float32 (Qi, 3) array of world
 coordinates per part (at most ``chunk_points`` points each, parts with nothing
 left get a (0, 3) array) and returns one array of Qi logits per part (inside
-> 0). It is typically a closure over the decoder key/values computed once per
-part that batches all parts into one query-graph call.
+> 0). The pipeline's is a :class:`PackedFeed`: each part's points are cut into
+rows of ``chunk_points // 8`` points (its last few into one row rounded up to a
+multiple of 128) and every row is queried against its own part's key/values, so a
+part with fewer points, or none left, costs the decoder no padding (one padded row per
+part, :class:`PaddedFeed`, is kept for key/values the host cannot gather by row).
+
+Final-level growth works on cell lists after its first round (the band, the
+whole-grid kernels): a round costs in the cells it grows to, not in the grid.
 """
 from __future__ import annotations
 
@@ -67,6 +73,11 @@ __all__ = [
     "extract_meshes",
     "extract_dense",
     "query_chunk_points",
+    "QueryRowsFn",
+    "row_plan",
+    "row_segments",
+    "PackedFeed",
+    "PaddedFeed",
 ]
 
 DecodeFn = Callable[[list[np.ndarray]], Sequence[Any]]
@@ -93,6 +104,126 @@ def query_chunk_points(device: str) -> int:
     return QUERY_CHUNK_POINTS_BY_DEVICE["cuda" if str(device).strip().lower().startswith("cuda") else "cpu"]
 
 
+#: query(points, parts) -> logits: float32 (R, L, 3) points, row r against the
+#: key/values of part ``parts[r]`` (int64 (R,)); ``parts`` None: row r is part r
+#: and the key/values are the batch's own. Returns (R, L) or (R, L, 1).
+QueryRowsFn = Callable[[Any, Any], Any]
+
+
+#: A part's last points in a call are one row rounded up to a multiple of this
+#: (:func:`row_plan`): under 128 padded points per part and call.
+PACK_GRANULE = 128
+
+
+def row_plan(counts: Sequence[int], row_points: int,
+             granule: int | None = None) -> list[tuple[int, list[tuple[int, int, int]]]]:
+    """How :class:`PackedFeed` lays out one call's points: groups of rows of one
+    length, longest first, each row as (part, first point, points).
+
+    Each part's points are cut into rows of ``row_points``; what is left of a
+    part (fewer than ``row_points``) is one row rounded up to a multiple of
+    ``granule`` (default :data:`PACK_GRANULE`, at most ``row_points``), sharing
+    a group with the rows of that length. So a part pads fewer than ``granule``
+    points per call and a part with no points has no row.
+    """
+    L = int(row_points)
+    g = max(1, min(PACK_GRANULE if granule is None else int(granule), L))
+    groups: dict[int, list[tuple[int, int, int]]] = {}
+    for p, n in enumerate(counts):
+        n = int(n)
+        for s in range(0, n - n % L, L):
+            groups.setdefault(L, []).append((p, s, L))
+        t = n % L
+        if t:
+            groups.setdefault(min(L, -(-t // g) * g), []).append((p, n - t, t))
+    return [(length, sorted(groups[length])) for length in sorted(groups, reverse=True)]
+
+
+def row_segments(rows: list[tuple[int, int, int]], row_len: int) -> list[tuple[int, int, int, int]]:
+    """A row plan's rows of one length (:func:`row_plan`) as runs: (part, first
+    slot in the flattened (R * row_len) batch, first point, points). A part's rows
+    are consecutive and only its last may be short, so each part is one run."""
+    segs: list[list[int]] = []
+    for r, (p, s, n) in enumerate(rows):
+        if segs and segs[-1][0] == p and segs[-1][2] + segs[-1][3] == s and segs[-1][3] % row_len == 0:
+            segs[-1][3] += n
+        else:
+            segs.append([p, r * row_len, s, n])
+    return [tuple(x) for x in segs]  # type: ignore[misc]
+
+
+class PackedFeed:
+    """A :data:`DecodeFn` that feeds the decoder packed rows, no padding rows.
+
+    Every part's points are cut into rows of ``row_points`` and its last few into
+    one row rounded up to a multiple of ``granule`` (:func:`row_plan`); rows of
+    one length go in one ``query(points, parts)`` call, each row queried against
+    its own part's key/values (the backend gathering the key/values of
+    ``parts``). The pipeline's rows are an eighth of its chunk (1024 points on
+    the CPU: as fast as one 8192-point row per part or faster, 1.05x and 1.4x in
+    two loaded runs of ``bench_feed.py --row-lengths``, same logits), the
+    granule 128 points. Parts with no points
+    left take no row. The decoder computes every point on its own, so the logits
+    are those of a padded call.
+
+    Attributes:
+        real_points: points asked for, all calls.
+        fed_points: points sent to the decoder, padding included (>= real_points).
+        query_calls: ``query`` invocations (one or two per call).
+    """
+
+    def __init__(self, query: QueryRowsFn, row_points: int = QUERY_CHUNK_POINTS // 8, granule: int | None = None):
+        for name, v in (("row_points", row_points), ("granule", 1 if granule is None else granule)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise InputError(f"{name}: expected an int >= 1, got {v!r}")
+        self.query, self.row_points, self.granule = query, int(row_points), granule
+        self.real_points = self.fed_points = self.query_calls = 0
+
+    def __call__(self, points_per_part: list[np.ndarray]) -> list[np.ndarray]:
+        pts = [np.asarray(p, dtype=np.float32).reshape(-1, 3) for p in points_per_part]
+        counts = [len(p) for p in pts]
+        out = [np.empty(c, dtype=np.float32) for c in counts]
+        for L, rows in row_plan(counts, self.row_points, self.granule):
+            batch = np.zeros((len(rows), L, 3), dtype=np.float32)
+            flat = batch.reshape(-1, 3)
+            segs = row_segments(rows, L)
+            for p, at, s, n in segs:
+                flat[at:at + n] = pts[p][s:s + n]
+            parts = np.fromiter((p for p, _, _ in rows), dtype=np.int64, count=len(rows))
+            logits = np.asarray(self.query(batch, parts), dtype=np.float32)
+            if logits.size != batch.shape[0] * L:
+                raise InputError(f"decoder query: expected {batch.shape[0]} x {L} logits, got shape {logits.shape}")
+            logits = logits.reshape(-1)
+            for p, at, s, n in segs:
+                out[p][s:s + n] = logits[at:at + n]
+            self.fed_points += batch.shape[0] * L
+            self.query_calls += 1
+        self.real_points += sum(counts)
+        return out
+
+
+class PaddedFeed:
+    """A :data:`DecodeFn` with one row per part, padded to the call's longest
+    part (for key/values that cannot be gathered by row); counts as PackedFeed."""
+
+    def __init__(self, query: QueryRowsFn):
+        self.query = query
+        self.real_points = self.fed_points = self.query_calls = 0
+
+    def __call__(self, points_per_part: list[np.ndarray]) -> list[np.ndarray]:
+        counts = [len(p) for p in points_per_part]
+        if not any(counts):
+            return [np.empty(0, np.float32) for _ in counts]
+        pts = np.zeros((len(counts), max(counts), 3), dtype=np.float32)
+        for b, p in enumerate(points_per_part):
+            pts[b, : len(p)] = p
+        logits = np.asarray(self.query(pts, None), dtype=np.float32).reshape(pts.shape[:2])
+        self.real_points += sum(counts)
+        self.fed_points += pts.shape[0] * pts.shape[1]
+        self.query_calls += 1
+        return [logits[b, :n] for b, n in enumerate(counts)]
+
+
 class PartMesh(NamedTuple):
     """A part's surface in its normalized frame: float32 (V, 3), int64 (F, 3)."""
 
@@ -113,6 +244,8 @@ class ExtractionStats:
         decode_calls: number of ``decode`` invocations.
         decode_seconds: wall time spent inside ``decode``.
         total_seconds: wall time of the whole extraction.
+        fed_points: points the decoder computed, padding included (0 where
+            the decode callback does not say; see :class:`PackedFeed`).
     """
 
     resolutions: list[int]
@@ -122,10 +255,16 @@ class ExtractionStats:
     decode_calls: int = 0
     decode_seconds: float = 0.0
     total_seconds: float = 0.0
+    fed_points: int = 0
 
     @property
     def total_queries(self) -> int:
         return int(sum(self.queries_per_level))
+
+    @property
+    def padding_ratio(self) -> float:
+        """Points the decoder computed / points asked for (1.0: no padding; 0.0: not counted)."""
+        return self.fed_points / self.total_queries if self.fed_points and self.total_queries else 0.0
 
     @property
     def query_ratio(self) -> float:
@@ -285,9 +424,18 @@ class _Sparse:
         return self.idx[pos] == ix
 
     def add(self, ix: np.ndarray, values: np.ndarray) -> None:
-        idx = np.concatenate([self.idx, ix])
-        order = np.argsort(idx, kind="stable")
-        self.idx, self.val = idx[order], np.concatenate([self.val, values])[order]
+        """Merge points ``ix`` (ascending, none known yet) and their values in: linear, no re-sort."""
+        if not len(self.idx):
+            self.idx, self.val = np.asarray(ix, np.int64).copy(), np.asarray(values, np.float32).copy()
+            return
+        at = np.searchsorted(self.idx, ix) + np.arange(len(ix))  # where each new point lands
+        old = np.ones(len(self.idx) + len(ix), dtype=bool)
+        old[at] = False
+        idx = np.empty(len(old), dtype=np.int64)
+        val = np.empty(len(old), dtype=np.float32)
+        idx[at], val[at] = ix, values
+        idx[old], val[old] = self.idx, self.val
+        self.idx, self.val = idx, val
 
     def values(self, ijk: np.ndarray) -> np.ndarray:
         """Values at fine points (..., 3); NaN where unknown."""
@@ -305,8 +453,11 @@ class _Sparse:
             out[~even] = vals
         return out
 
-    def grid(self) -> np.ndarray:
-        fine = np.full((self.n,) * 3, np.nan, dtype=np.float32)
+    def grid(self, out: np.ndarray | None = None) -> np.ndarray:
+        """The dense final grid (NaN where unknown), in ``out`` when given (reused
+        from part to part: a fresh 515 MB grid per part at depth 9 costs its page faults)."""
+        fine = out if out is not None else np.empty((self.n,) * 3, dtype=np.float32)
+        fine.fill(np.nan)
         fine[::2, ::2, ::2] = self.coarse
         fine.reshape(-1)[self.idx] = self.val
         return fine
@@ -324,6 +475,45 @@ def _face_sign_changes(part: _Sparse, cells: np.ndarray, axis: int, side: int) -
     offs[:, other[1]] = np.tile(o, 3)
     inside = part.values(base[:, None, :] + offs[None, :, :]) > 0.0  # (N, 9); all known here
     return inside.any(axis=1) & ~inside.all(axis=1)
+
+
+def _unique_cells(cells: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """(N, 3) cells once each, in C order (as np.argwhere of their mask lists them)."""
+    lin = np.unique(np.ravel_multi_index(cells.T, shape))
+    return np.stack(np.unravel_index(lin, shape), axis=1).astype(np.int64)
+
+
+_CORNERS27 = np.stack(np.meshgrid(np.arange(3), np.arange(3), np.arange(3), indexing="ij"), -1).reshape(-1, 3)
+
+
+def _corner_points(cells: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+    """native.refine_points of a mask holding only ``cells`` (N, 3), from the cell
+    list: ascending fine indices of the corners of their eight sub-cells, less
+    those on a known coarse point. Cost in the cells, not the grid."""
+    n = 2 * (np.asarray(coarse.shape, np.int64) - 1) + 1
+    fine = (2 * cells[:, None, :] + _CORNERS27[None]).reshape(-1, 3)
+    lin = np.unique((fine[:, 0] * n[1] + fine[:, 1]) * n[2] + fine[:, 2])
+    i, j, k = lin // (n[1] * n[2]), (lin // n[2]) % n[1], lin % n[2]
+    on_coarse = ((i | j | k) & 1) == 0
+    known = np.zeros(len(lin), dtype=bool)
+    known[on_coarse] = np.isfinite(coarse[i[on_coarse] >> 1, j[on_coarse] >> 1, k[on_coarse] >> 1])
+    return lin[~known]
+
+
+def _near_band(band: np.ndarray, cells: np.ndarray, radius: int) -> np.ndarray:
+    """(N,) bool: is each of ``cells`` (N, 3) in native.dilate_cells(band, radius),
+    i.e. within ``radius`` cells (26-neighbourhood) of a band cell? Looked up
+    for these cells only, not dilated over the grid."""
+    out = np.zeros(len(cells), dtype=bool)
+    if not len(cells):
+        return out
+    shape = np.asarray(band.shape)
+    rng = range(-int(radius), int(radius) + 1)
+    for o in ((a, b, c) for a in rng for b in rng for c in rng):
+        q = cells + np.asarray(o)
+        ok = ((q >= 0) & (q < shape)).all(axis=1) & ~out
+        out[ok] = band[q[ok, 0], q[ok, 1], q[ok, 2]]
+    return out
 
 
 def _grow_final(run: "_Decoder", level: int, r: int, grids: list, band: float, dilation: int,
@@ -346,26 +536,17 @@ def _grow_final(run: "_Decoder", level: int, r: int, grids: list, band: float, d
     """
     n = len(grids)
     parts = [_Sparse(g, r) for g in grids]
-    allowed, active, done = [], [], []
-    for g in grids:
+    bands, active, new_cells, indices = [], [], [], []
+    for p, g in enumerate(grids):
         b = native.band_cells(g, band, device=device)
-        allowed.append((native.dilate_cells(b, dilation, device=device) if dilation else b).astype(bool))
+        bands.append(b.view(bool))  # 0 / 1 bytes
         active.append(b.astype(bool))
-        done.append(np.zeros(b.shape, dtype=bool))
+        # round 1, the band: the whole-grid kernel; later rounds touch only the cells they grow to
+        new_cells.append(np.stack(np.unravel_index(np.flatnonzero(b), b.shape), axis=1).astype(np.int64))
+        indices.append(native.refine_points(b, g, device=device) if len(new_cells[p]) else np.zeros(0, np.int64))
     counts = [0] * n
-    while True:
-        indices, new_cells = [], []
-        for p in range(n):
-            new = active[p] & ~done[p]
-            new_cells.append(np.argwhere(new))
-            ix = np.zeros(0, dtype=np.int64)
-            if len(new_cells[p]):
-                ix = native.refine_points(new.view(np.uint8), grids[p], device=device)
-                ix = ix[~parts[p].known(ix)]  # shared with cells queried in an earlier round
-                done[p] |= new
-            indices.append(ix)
-        if not any(len(c) for c in new_cells):
-            break
+    first = True
+    while any(len(c) for c in new_cells):
         if any(len(ix) for ix in indices):
             vals = run(level, r, indices)
             for p in range(n):
@@ -375,17 +556,27 @@ def _grow_final(run: "_Decoder", level: int, r: int, grids: list, band: float, d
         for p in range(n):
             cells = new_cells[p]
             shape = active[p].shape
+            grown = []
             for axis in range(3):
                 for side in (0, 1):
                     nb = cells.copy()
                     nb[:, axis] += 1 if side else -1
                     ok = (nb[:, axis] >= 0) & (nb[:, axis] < shape[axis])
                     sel, nbs = cells[ok], nb[ok]
-                    cand = allowed[p][nbs[:, 0], nbs[:, 1], nbs[:, 2]] & ~active[p][nbs[:, 0], nbs[:, 1], nbs[:, 2]]
+                    cand = ~active[p][nbs[:, 0], nbs[:, 1], nbs[:, 2]]
+                    # in the dilated band: always, for a face neighbour of a band cell (round 1)
+                    if not (first and dilation >= 1):
+                        cand[cand] = _near_band(bands[p], nbs[cand], dilation)
                     if not cand.any():
                         continue
-                    grow_to = nbs[cand][_face_sign_changes(parts[p], sel[cand], axis, side)]
-                    active[p][grow_to[:, 0], grow_to[:, 1], grow_to[:, 2]] = True
+                    grown.append(nbs[cand][_face_sign_changes(parts[p], sel[cand], axis, side)])
+            # the next round's cells: those grown to now (none was active before)
+            cells = _unique_cells(np.concatenate(grown), shape) if grown else np.zeros((0, 3), np.int64)
+            active[p][cells[:, 0], cells[:, 1], cells[:, 2]] = True
+            new_cells[p] = cells
+            ix = _corner_points(cells, grids[p]) if len(cells) else np.zeros(0, np.int64)
+            indices[p] = ix[~parts[p].known(ix)]  # shared with cells queried in an earlier round
+        first = False
     return parts, counts
 
 
@@ -476,12 +667,14 @@ def extract_meshes(
         # Assemble the finer grids one part at a time (the final grid is the
         # large one; only one exists at a time).
         new_grids = []
+        final_buf = np.empty((r + 1,) * 3, dtype=np.float32) if last and num_parts else None
         for p in range(num_parts):
             if last and grow:
-                fine = sparse[p].grid()
+                fine = sparse[p].grid(out=final_buf)
                 sparse[p] = None  # type: ignore[call-overload]
             else:
-                fine = np.full((r + 1,) * 3, np.nan, dtype=np.float32)
+                fine = final_buf if last else np.empty((r + 1,) * 3, dtype=np.float32)
+                fine.fill(np.nan)
                 fine[::2, ::2, ::2] = grids[p]
                 fine.reshape(-1)[indices[p]] = vals[p]
             if last:

@@ -580,21 +580,23 @@ class HoloPart:
         with _timed(timings, "decoder_kv"):
             kv = self.backend.decoder_kv(latents)
 
-        def decode(points_per_part: list[np.ndarray]) -> list[np.ndarray]:
-            return self._decode_padded(points_per_part, kv)
+        chunk = opts.chunk_points or self.chunk_points
+        decode = self._decoder_feed(kv, chunk)
 
         with _timed(timings, "extract"):
-            level_opts = dict(depth=opts.depth, band=opts.band, chunk_points=opts.chunk_points or self.chunk_points,
+            level_opts = dict(depth=opts.depth, band=opts.band, chunk_points=chunk,
                               close=bool(opts.close_at_bounds),
                               progress=lambda lvl, nl, d, t: report(f"extract {lvl + 1}/{nl}", d, t))
             if self.extracts_on_device:
                 from holopart_infer import resident  # imports torch: the torch backend is loaded
 
+                take = _kv_row_taker(kv)
                 out, stats = resident.extract_meshes_resident(
-                    lambda pts: self.backend.query_on_device(pts, kv), len(batch),
-                    device=self.backend.torch_device, **level_opts)
+                    lambda pts, parts=None: self.backend.query_on_device(pts, kv if parts is None else take(parts)),
+                    len(batch), device=self.backend.torch_device, row_points=max(1, chunk // 8), **level_opts)
             else:
                 out, stats = extract.extract_meshes(decode, len(batch), device=self.extract_device, **level_opts)
+                stats.fed_points = decode.fed_points
         if opts.thin_parts:  # thin/flat parts that decoded empty: a grid fitted to each (holopart_infer.thin)
             with _timed(timings, "thin_parts"):
                 out, retried = thin.retry_empty(
@@ -632,6 +634,7 @@ class HoloPart:
             for level, q in enumerate(queries):
                 o.level_queries[str(level)] = o.level_queries.get(str(level), 0) + int(q)
             share = 1.0 / len(batch)
+            o.points_fed += getattr(stats, "fed_points", 0) * share
             for stage, sec in timings.items():
                 o.timings[stage] = o.timings.get(stage, 0.0) + sec * share
         for o in objs:
@@ -721,6 +724,7 @@ class HoloPart:
             input_mb=memory.arrays_mb([a for p in parts for a in (p.vertices, p.faces)]),
             result_mb=memory.arrays_mb([a for p in results for a in (p.vertices, p.faces, p.vertex_colors)]))
         return CompletionResult(results, dict(obj.timings), {"decoder_queries_per_level": obj.level_queries,
+                                                             "decoder_points_fed": int(round(obj.points_fed)),
                                                              "num_parts": P, "backend": self.backend_name,
                                                              "batch_sizes": list(obj.batch_sizes),
                                                              "decimation_non_manifold": pinched,
@@ -729,21 +733,45 @@ class HoloPart:
                                                              "memory": mem},
                                 obj.inputs, up=cond.input_up or self.up_axis)
 
-    def _decode_padded(self, points_per_part: list[np.ndarray], kv) -> list[np.ndarray]:
-        """Query the decoder for each part's points, all parts of the batch in one call.
+    def _decoder_feed(self, kv, chunk_points: int):
+        """The batch's decode callback: rows of ``chunk_points // 8`` points (a
+        part's last few in one row rounded up to a multiple of 128 points), each
+        queried against its own part's key/values (extract.PackedFeed), so finished
+        parts cost no row and short parts almost no padding. Key/values the host cannot
+        gather by row (device buffers of ONNX Runtime CUDA, TensorRT) keep one row
+        per part padded to the longest (extract.PaddedFeed)."""
+        from holopart_infer import extract
 
-        Parts have different point counts: pad to the longest (padding rows are
-        discarded). Extraction already bounds each part's points per call
-        (``chunk_points``), so no further chunking happens here.
-        """
-        counts = [len(p) for p in points_per_part]
-        if not any(counts):
-            return [np.empty(0, np.float32) for _ in counts]
-        pts = np.zeros((len(counts), max(counts, default=0), 3), dtype=np.float32)
-        for b, p in enumerate(points_per_part):
-            pts[b, : len(p)] = p
-        logits = np.asarray(self.backend.decoder_query(pts, kv)).reshape(pts.shape[:2])
-        return [logits[b, :n] for b, n in enumerate(counts)]
+        take = _kv_row_taker(kv)
+
+        def query(points, parts):
+            return self.backend.decoder_query(points, kv if parts is None else take(parts))
+
+        if take is None:
+            return extract.PaddedFeed(query)
+        return extract.PackedFeed(query, row_points=max(1, int(chunk_points) // 8))
+
+
+def _kv_row_taker(kv):
+    """``take(parts)``: the key/values of rows ``parts`` (int64 (R,) numpy) gathered
+    along the batch axis, for key/values held as numpy arrays or torch tensors
+    (gathered on their device); None for anything else. The last gather is
+    cached: level 0 asks for the same rows call after call."""
+    if not isinstance(kv, (tuple, list)) or not kv:
+        return None
+    if not all(isinstance(a, np.ndarray) or type(a).__module__.split(".")[0] == "torch" for a in kv):
+        return None
+    cache: dict = {}
+
+    def take(parts):
+        parts = np.asarray(parts, dtype=np.int64).reshape(-1)
+        key = parts.tobytes()
+        if cache.get("key") != key:
+            cache.clear()  # the old gather goes before the new one is made
+            cache.update(key=key, kv=tuple(a[parts] for a in kv))  # numpy and torch index alike
+        return cache["kv"]
+
+    return take
 
 
 #: options that must be equal for parts to share a DiT / decoder batch (the
@@ -795,6 +823,7 @@ class _Prepared:
     pinched: list[int] = field(default_factory=list)  # parts that decimation left non-manifold
     postprocessed: int = 0  # parts done (progress)
     level_queries: dict[str, int] = field(default_factory=dict)
+    points_fed: float = 0.0  # decoder points computed in extraction, padding included (its share of batches)
     batch_sizes: list[int] = field(default_factory=list)
     thin_retried: list[str] = field(default_factory=list)  # parts re-extracted on a fitted grid
     inputs: tuple = ()  # the paths the object was read from (the result refuses to overwrite them)
@@ -842,6 +871,9 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", p
         path: exported model dir (manifest.json) or checkpoint dir (model_index.json).
         backend: "auto" (TensorRT, then ONNX Runtime CUDA, then ONNX Runtime CPU for a
             model dir; torch for a checkpoint dir), "torch", "onnxruntime" or "tensorrt".
+            On a CPU a checkpoint dir's torch backend ran 3.1x slower end to end than
+            the ONNX Runtime model dir exported from it (issue 28, item 5): export it
+            (``holopart-infer export``) and load the model dir for CPU runs.
         device: "auto", "cpu" or "cuda".
         precision: None for the backend's default (torch: fp32 on CPU, bf16 on CUDA;
             TensorRT: fp16; ONNX Runtime: the model dir's, the only one it runs), or

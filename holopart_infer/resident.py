@@ -112,11 +112,14 @@ class _Query:
     """Feeds each part's device indices to ``query`` in chunks, as extract's host decoder does."""
 
     def __init__(self, query: QueryFn, chunk: int, bounds: float, progress, stats: extract.ExtractionStats,
-                 num_levels: int, device: torch.device):
+                 num_levels: int, device: torch.device, row_points: int | None = None):
         self.query, self.chunk, self.bounds = query, int(chunk), float(bounds)
         self.progress, self.stats, self.num_levels, self.device = progress, stats, num_levels, device
+        self.row_points = row_points
 
     def __call__(self, level: int, resolution: int, indices: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.row_points:
+            return self._packed(level, resolution, indices)
         counts = [int(ix.numel()) for ix in indices]  # sizes are host-side already: no copy
         total = sum(counts)
         out = [torch.empty(c, dtype=torch.float32, device=self.device) for c in counts]
@@ -142,11 +145,52 @@ class _Query:
                 raise InputError(f"query: expected a tensor of shape {tuple(batch.shape[:2])} (or with a trailing 1) "
                                  f"of logits for points {tuple(batch.shape)}, got {got}")
             logits = logits.reshape(batch.shape[:2]).to(torch.float32)
+            self.stats.fed_points += batch.shape[0] * batch.shape[1]
             for p in range(len(indices)):
                 n = min(self.chunk, counts[p] - start)
                 if n > 0:
                     out[p][start:start + n] = logits[p, :n]
                     done += n
+            if self.progress is not None:
+                self.progress(level, self.num_levels, done, total)
+        return out
+
+
+    def _packed(self, level: int, resolution: int, indices: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The same calls (at most ``chunk`` points per part each), each fed as
+        packed rows (extract.row_plan, one query per row length): ``query(points (R, L, 3), parts)`` with
+        ``parts`` the host int64 (R,) part of each row; no padding rows."""
+        counts = [int(ix.numel()) for ix in indices]
+        total = sum(counts)
+        out = [torch.empty(c, dtype=torch.float32, device=self.device) for c in counts]
+        done = 0
+        for start in range(0, max(counts, default=0), self.chunk):
+            take = [max(0, min(self.chunk, c - start)) for c in counts]
+            pts = {}
+            for p, n in enumerate(take):
+                if n:
+                    same = p and indices[p] is indices[p - 1] and (p - 1) in pts
+                    pts[p] = pts[p - 1] if same else grid_points(indices[p][start:start + n], resolution, self.bounds)
+            for L, rows in extract.row_plan(take, self.row_points):
+                batch = torch.zeros((len(rows), L, 3), dtype=torch.float32, device=self.device)
+                flat = batch.view(-1, 3)
+                segs = extract.row_segments(rows, L)
+                for p, at, s, n in segs:
+                    flat[at:at + n] = pts[p][s:s + n]
+                parts = np.fromiter((p for p, _, _ in rows), dtype=np.int64, count=len(rows))
+                t0 = time.perf_counter()
+                logits = self.query(batch, parts)
+                self.stats.decode_seconds += time.perf_counter() - t0
+                if not isinstance(logits, torch.Tensor) or logits.numel() != batch.shape[0] * L:
+                    got = type(logits).__name__ if not isinstance(logits, torch.Tensor) else tuple(logits.shape)
+                    raise InputError(f"query: expected {batch.shape[0]} x {L} logits for points "
+                                     f"{tuple(batch.shape)}, got {got}")
+                logits = logits.reshape(-1).to(torch.float32)
+                for p, at, s, n in segs:
+                    out[p][start + s:start + s + n] = logits[at:at + n]
+                self.stats.fed_points += batch.shape[0] * L
+            self.stats.decode_calls += 1
+            done += sum(take)
             if self.progress is not None:
                 self.progress(level, self.num_levels, done, total)
         return out
@@ -244,6 +288,7 @@ def extract_meshes_resident(
     progress: extract.ProgressFn | None = None,
     close: bool = True,
     grow: bool = True,
+    row_points: int | None = None,
 ) -> tuple[list[extract.PartMesh], extract.ExtractionStats]:
     """:func:`holopart_infer.extract.extract_meshes` with everything on ``device``.
 
@@ -253,6 +298,13 @@ def extract_meshes_resident(
             (P, Q) or (P, Q, 1), inside > 0. Typically the torch decoder's query
             against the parts' key/values.
         device: the torch device of the tensors ("cuda", "cuda:1", "cpu").
+        row_points: None: ``query`` gets one row per part, padded to the
+            call's longest part (as above). An int (the pipeline passes
+            ``chunk_points // 8``): packed rows, no padding rows (extract.PackedFeed's
+            layout, :func:`extract.row_plan`, one ``query`` call per row length):
+            ``query(points, parts)`` with points (R, L, 3) on ``device`` and
+            ``parts`` the host int64 (R,) part of each row, whose key/values
+            that row is queried against.
         other arguments: as :func:`holopart_infer.extract.extract_meshes`
             (``grow`` too: the same final-level growth, on dense device grids).
 
@@ -277,7 +329,10 @@ def extract_meshes_resident(
     stats = extract.ExtractionStats(resolutions=list(levels))
     stats.queries_per_part = [[] for _ in range(num_parts)]
     stats.dense_queries = num_parts * (levels[-1] + 1) ** 3
-    run = _Query(query, chunk_points, bounds, progress, stats, len(levels), dev)
+    if row_points is not None and (isinstance(row_points, bool) or not isinstance(row_points, (int, np.integer))
+                                   or row_points < 1):
+        raise InputError(f"row_points: expected None or an int >= 1, got {row_points!r}")
+    run = _Query(query, chunk_points, bounds, progress, stats, len(levels), dev, row_points)
 
     r0 = levels[0]
     all_idx = torch.arange((r0 + 1) ** 3, dtype=torch.int64, device=dev)

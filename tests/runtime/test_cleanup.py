@@ -60,3 +60,34 @@ def test_bad_fraction(bad):
     v, f = _cube((0, 0, 0), 1.0)
     with pytest.raises(InputError, match="min_fraction"):
         remove_floaters(v, f, bad)
+
+
+def _edge_manifold_by_rows(f):
+    """The plain definition: every undirected edge used by exactly two faces."""
+    f = np.asarray(f, np.int64)
+    if len(f) == 0:
+        return False
+    e = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
+    _, counts = np.unique(e, axis=0, return_counts=True)
+    return bool((counts == 2).all())
+
+
+def test_edge_manifold_agrees_with_the_edge_count():
+    from holopart_infer.cleanup import edge_manifold
+    from holopart_infer.mcubes import marching_cubes
+
+    x = np.linspace(-1, 1, 24)
+    g = 0.7 - np.sqrt(x[:, None, None] ** 2 + x[None, :, None] ** 2 + x[None, None, :] ** 2)
+    v, closed = marching_cubes(g.astype(np.float32), 0.0)[:2]
+    cube = _cube((0, 0, 0), 1.0)[1]
+    rng = np.random.default_rng(0)
+    cases = [closed, cube, _join(_cube((0, 0, 0), 1), _cube((3, 0, 0), 1))[1],
+             closed[1:],                                  # a hole: boundary edges
+             np.concatenate([closed, closed[:1]]),        # one face twice: edges used 3 times
+             np.concatenate([cube, cube]),                # every edge used 4 times
+             cube[:11], np.zeros((0, 3), np.int64),
+             cube + (1 << 31),                            # ids past the 64-bit key's range
+             rng.integers(0, 30, size=(200, 3))]
+    for f in cases:
+        assert edge_manifold(f) == _edge_manifold_by_rows(f)
+    assert edge_manifold(closed) and edge_manifold(cube) and not edge_manifold(closed[1:])

@@ -122,6 +122,43 @@ def test_extraction_matches_host_path(depth, lo, chunk, grow):
     assert len(dev[0].faces) > 0 and len(dev[1].faces) > 0 and len(dev[2].faces) == 0
 
 
+def _row_field(points, parts):
+    """_field's three parts, row r of ``points`` being part ``parts[r]``."""
+    out = torch.empty(points.shape[:2])
+    for p in range(3):
+        rows = torch.from_numpy(np.flatnonzero(parts == p))
+        if len(rows):
+            flat = points[rows].reshape(-1, 3)
+            stacked = torch.zeros((3,) + flat.shape)
+            stacked[p] = flat
+            out[rows] = _field(stacked)[p].reshape(len(rows), -1)
+    return out
+
+
+@pytest.mark.parametrize("chunk,row", [(4096, 4096), (4096, 512), (100_000, 12_500)])
+def test_packed_rows_match_padded_rows(chunk, row):
+    padded, ps = resident.extract_meshes_resident(lambda pts: _field(pts)[..., None], 3, device="cpu", depth=7,
+                                                  chunk_points=chunk)
+    shapes = []
+
+    def query(points, parts):
+        assert isinstance(parts, np.ndarray) and parts.dtype == np.int64 and len(parts) == len(points)
+        shapes.append(tuple(points.shape[:2]))
+        return _row_field(points, parts)
+
+    packed, qs = resident.extract_meshes_resident(query, 3, device="cpu", depth=7, chunk_points=chunk,
+                                                  row_points=row)
+    assert qs.queries_per_part == ps.queries_per_part and qs.decode_calls == ps.decode_calls
+    assert all(L == row or L % 128 == 0 for _, L in shapes)
+    if row == chunk:
+        assert all(R <= 3 for R, _ in shapes)  # a row per part at most
+    assert ps.fed_points > qs.fed_points >= qs.total_queries
+    assert qs.padding_ratio < 1.02
+    for a, b in zip(padded, packed):
+        np.testing.assert_array_equal(a.vertices, b.vertices)
+        np.testing.assert_array_equal(a.faces, b.faces)
+
+
 def test_query_answer_checked():
     with pytest.raises(InputError, match="query: expected a tensor of shape"):
         resident.extract_meshes_resident(lambda pts: pts[..., :2], 2, device="cpu", depth=5)

@@ -1,0 +1,164 @@
+"""Host-side extraction work with a free decoder: this tree's extract.py against
+an earlier commit's, side by side in one process (issue 28 item 2).
+
+Eight analytic parts (spheres, thin slabs, tori, wavy shells; logits = 60 x signed distance,
+as sharp as the model's) are extracted by both versions of
+``holopart_infer.extract`` (the earlier one read with ``git show REV:...`` and
+imported under another name), alternating which goes first. The decoder is an
+analytic field; its time (``stats.decode_seconds``) is subtracted, so "host" is
+the extraction's own work: band, dilation, refinement, growth rounds, the fine
+grid, marching cubes. Each pair checks that queries per part and meshes
+(vertices and faces) are identical.
+
+    python benchmarks/bench_extract_host.py [--depth 8 9] [--pairs 3] [--before REV] [--model-object OBJ]
+
+``--model-object OBJ`` (or ``standin``: bench_feed.py's 68-part stand-in) takes the
+parts' fields from the embedded model instead: one ``HoloPart.complete`` call on
+the object's first ``--parts`` parts captures the pipeline's decode callback
+(the real decoder against the sampled key/values), and both versions extract
+with it. Model fields are noisier than the analytic ones: the final level grows
+for several rounds (the analytic parts need one).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+#: the tree before issue 28's extraction work
+BEFORE = "d07185d"
+
+
+def parts(n: int = 8, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    fields = []
+    for i in range(n):
+        c = rng.uniform(-0.2, 0.2, 3).astype(np.float32)
+        r = np.float32(rng.uniform(0.3, 0.7))
+        kind = i % 4
+
+        def f(p, c=c, r=r, kind=kind):
+            p = p.astype(np.float32) - c
+            if kind == 0:
+                d = r - np.sqrt((p * p).sum(1))
+            elif kind == 1:
+                d = np.minimum(0.05 - np.abs(p[:, 1]), r - np.abs(p).max(1))
+            elif kind == 2:
+                q = np.sqrt(p[:, 0] ** 2 + p[:, 2] ** 2) - r
+                d = 0.12 - np.sqrt(q * q + p[:, 1] ** 2)
+            else:  # a wavy shell: the surface wanders through dilation cells (more growth rounds)
+                w = np.sin(157.0 * p[:, 0]) * np.sin(161.0 * p[:, 1]) * np.sin(163.0 * p[:, 2])
+                d = r - np.sqrt((p * p).sum(1)) + np.float32(0.02) * w
+            return (60.0 * d).astype(np.float32)
+
+        fields.append(f)
+    return fields
+
+
+def load_before(rev: str):
+    src = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:holopart_infer/extract.py"], check=True,
+                         capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp(prefix="extract_before_")) / "extract_before.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("extract_before", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["extract_before"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def capture_model_decode(obj: str, n: int, depth: int):
+    """The embedded model's decode callback for the first ``n`` parts of ``obj``
+    (captured from one ``complete`` call) and the number of parts."""
+    import holopart_infer as hp
+    from holopart_infer import assets
+    from holopart_infer import extract as ex
+    from holopart_infer.parts_io import Parts, load_parts
+
+    if obj == "standin":
+        sys.path.insert(0, str(Path(__file__).parent))
+        from bench_feed import standin_object
+
+        obj = str(standin_object(Path(tempfile.mkdtemp(prefix="standin_"))))
+    ps = load_parts(obj)
+    ps = Parts(parts=ps.parts[:n], source=ps.source, kind=ps.kind)
+    captured, real = [], ex.extract_meshes
+
+    def spy(decode, num_parts, **kw):
+        if not captured:
+            captured.append((decode, num_parts))
+        return real(decode, num_parts, **kw)
+
+    ex.extract_meshes = spy
+    try:
+        hp.load(assets.demo_model_path()).complete(ps, depth=depth, seed=0, decimate=None, thin_parts=False)
+    finally:
+        ex.extract_meshes = real
+    return captured[0]
+
+
+def main(argv=None) -> int:
+    from holopart_infer import extract as after
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--depth", type=int, nargs="+", default=[8, 9])
+    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--parts", type=int, default=8)
+    ap.add_argument("--before", default=BEFORE)
+    ap.add_argument("--model-object", default=None)
+    args = ap.parse_args(argv)
+    before = load_before(args.before)
+    fields = parts(args.parts)
+
+    def decode(batch):
+        return [f(p) for f, p in zip(fields, batch)]
+
+    n_parts = len(fields)
+    if args.model_object:
+        decode, n_parts = capture_model_decode(args.model_object, args.parts, max(args.depth))
+
+    rows = []
+    for depth in args.depth:
+        for pair in range(args.pairs):
+            order = [("before", before), ("after", after)]
+            if pair % 2:
+                order.reverse()
+            got = {}
+            for name, mod in order:
+                meshes, st = mod.extract_meshes(decode, n_parts, depth=depth, chunk_points=8192)
+                got[name] = (meshes, st)
+                rec = dict(depth=depth, pair=pair, version=name, host_seconds=round(st.total_seconds -
+                                                                                   st.decode_seconds, 3),
+                           total_seconds=round(st.total_seconds, 3), queries=st.total_queries,
+                           decode_calls=st.decode_calls)
+                rows.append(rec)
+                print(json.dumps(rec), flush=True)
+            (mb, sb), (ma, sa) = got["before"], got["after"]
+            same = sb.queries_per_part == sa.queries_per_part and all(
+                np.array_equal(x.vertices, y.vertices) and np.array_equal(x.faces, y.faces) for x, y in zip(mb, ma))
+            rows.append(dict(depth=depth, pair=pair, version="identity", identical=bool(same)))
+            print(json.dumps(rows[-1]), flush=True)
+    print("\n| depth | version | host s median [p25-p75] | queries | before/after per pair | meshes, queries |")
+    print("|---|---|---|---|---|---|")
+    for depth in args.depth:
+        rs = [r for r in rows if r["depth"] == depth]
+        same = all(r["identical"] for r in rs if r["version"] == "identity")
+        by = {v: [r for r in rs if r["version"] == v] for v in ("before", "after")}
+        ratio = [b["host_seconds"] / a["host_seconds"] for b, a in zip(by["before"], by["after"])]
+        for v in ("before", "after"):
+            h = np.asarray([r["host_seconds"] for r in by[v]])
+            sp = "%.2fx [%.2f-%.2f]" % (np.median(ratio), min(ratio), max(ratio)) if v == "after" else ""
+            print(f"| {depth} | {v} | {np.median(h):.2f} [{np.percentile(h, 25):.2f}-{np.percentile(h, 75):.2f}] | "
+                  f"{by[v][0]['queries']:,} | {sp} | {'identical' if same else 'DIFFERENT'} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
