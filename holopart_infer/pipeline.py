@@ -31,6 +31,7 @@ from holopart_infer.tokens import select_tokens
 
 if TYPE_CHECKING:  # annotations only: parts_io is imported when a job is read
     from holopart_infer.parts_io import Parts
+    from holopart_infer.quality import PartQuality
 
 log = logging.getLogger("holopart_infer")
 
@@ -102,6 +103,12 @@ class CompletionOptions:
                                "then keep their input surface closed and thickened, with a warning naming them",
                                kind=bool, off_flag="--no-thin-parts",
                                off_help="leave parts that decode empty empty, as the reference")
+    guard: bool = _option(True, "replace a completed part that does not cover its visible patch or grew beyond a "
+                          "plausible bound (holopart_infer.quality.THRESHOLDS) by its visible patch closed into a thin "
+                          "solid, with a warning naming the part and the measures", kind=bool,
+                          off_flag="--keep-implausible",
+                          off_help="keep the model's output of implausible parts (they are still flagged in the "
+                                   "output's per-part scores)")
     appearance: bool = _option(True, "carry the input's look (vertex colours, material colour, texture) to the "
                                "completed parts as vertex colours", kind=bool, off_flag="--no-appearance",
                                off_help="colour each completed part from a fixed palette")
@@ -212,6 +219,10 @@ def option_problem(f, value) -> str | None:
     return None if ok else option_range(f)
 
 
+#: the glTF node ``extras`` key under which a part's :class:`holopart_infer.quality.PartQuality` is stored
+QUALITY_EXTRAS_KEY = "holopart_quality"
+
+
 @dataclass
 class CompletedPart:
     """One completed part, in the input's coordinates."""
@@ -221,6 +232,9 @@ class CompletedPart:
     faces: np.ndarray  # (F, 3) int64
     color: tuple[int, int, int, int]
     vertex_colors: np.ndarray | None = None  # (V, 4) uint8: the input's look (options.appearance)
+    #: how much to trust it, measured from the inputs (holopart_infer.quality); None for parts made
+    #: outside the pipeline
+    quality: "PartQuality | None" = None
 
 
 @dataclass
@@ -258,7 +272,14 @@ class CompletionResult:
 
         return write_scene([(p.vertices, p.faces) for p in self.parts], [p.name for p in self.parts], path,
                            colors=[p.color for p in self.parts], protect=[*self.inputs, source],
-                           overwrite=overwrite, vertex_colors=[p.vertex_colors for p in self.parts])
+                           overwrite=overwrite, vertex_colors=[p.vertex_colors for p in self.parts],
+                           extras=[None if p.quality is None else {QUALITY_EXTRAS_KEY: p.quality.as_extras()}
+                                   for p in self.parts])
+
+    @property
+    def replaced(self) -> list[str]:
+        """Names of the parts whose model output was replaced by the closed visible patch."""
+        return [p.name for p in self.parts if p.quality is not None and p.quality.replaced]
 
     def preview(self, path: str | os.PathLike, size=(800, 600), *, overwrite: bool = False) -> Path:
         """Render a preview image (``.png`` or ``.jpg``), atomically; same protections as :meth:`save`."""
@@ -682,6 +703,8 @@ class HoloPart:
             log.warning("%d part(s) came back empty from the model even on a grid fitted to them (thin or "
                         "flat parts): kept their input surface, closed and thickened: %s",
                         len(thin_fallback), ", ".join(repr(n) for n in thin_fallback))
+        with _timed(obj.timings, "quality"):
+            flagged = self._judge_parts(obj, set(parts.names.index(n) for n in thin_fallback))
         results: list[CompletedPart] = list(obj.results)
         pinched = [parts.names[i] for i in sorted(obj.pinched)]
         if pinched:  # one line per run, not per part: a warning on most parts teaches users to ignore warnings
@@ -701,8 +724,53 @@ class HoloPart:
                                                              "decimation_non_manifold": pinched,
                                                              "thin_parts": {"retried": list(obj.thin_retried),
                                                                             "fallback": thin_fallback},
+                                                             "quality": {p.name: p.quality.as_extras()
+                                                                         for p in results if p.quality is not None},
+                                                             "guard": {"flagged": flagged,
+                                                                       "replaced": [p.name for p in results
+                                                                                    if p.quality is not None and
+                                                                                    p.quality.replaced]},
                                                              "memory": mem},
                                 obj.inputs)
+
+    def _judge_parts(self, obj: "_Prepared", stand_ins: set[int]) -> list[str]:
+        """Measure every part against its input patch (holopart_infer.quality); with
+        ``options.guard``, replace implausible ones by their closed visible patch.
+
+        Args:
+            stand_ins: parts already replaced by the patch because the model left them empty.
+
+        Returns:
+            the names of the parts found implausible (replaced or, with guard off, kept).
+        """
+        from dataclasses import replace as dc_replace
+
+        from holopart_infer import quality, thin
+
+        opts, parts, cond = obj.opts, obj.parts, obj.cond
+        bounds = parts.bounds()
+        flagged: list[tuple[str, quality.PartQuality]] = []
+        for i, part in enumerate(obj.results):
+            q = quality.measure(part.vertices, part.faces, parts[i].vertices, parts[i].faces, bounds, seed=opts.seed)
+            if i in stand_ins:
+                q = dc_replace(q, replaced=True, stand_in="empty")
+            elif not q.plausible:
+                flagged.append((parts.names[i], q))
+                if opts.guard and len(part.faces):  # empty parts belong to the thin-part path (thin_parts)
+                    pv, pf = thin.thickened_patch(parts[i].vertices, parts[i].faces)
+                    obj.results[i], pinched = self._postprocess_part(obj, i, cond.to_part_frame(i, pv), pf)
+                    if pinched and i not in obj.pinched:
+                        obj.pinched.append(i)
+                    elif not pinched and i in obj.pinched:
+                        obj.pinched.remove(i)
+                    q = dc_replace(q, replaced=True, stand_in="implausible")
+            obj.results[i].quality = q
+        if flagged:  # one warning per object, naming every part and its measures
+            what = ("replaced by their visible patch, closed (guard=False / --keep-implausible keeps the model's "
+                    "output)" if opts.guard else "kept as the model made them (guard off)")
+            log.warning("%d of %d parts look implausible, %s: %s", len(flagged), obj.num_parts, what,
+                        "; ".join(f"{n!r}: {', '.join(q.reasons)}" for n, q in flagged))
+        return [n for n, _ in flagged]
 
     def _decode_padded(self, points_per_part: list[np.ndarray], kv) -> list[np.ndarray]:
         """Query the decoder for each part's points, all parts of the batch in one call.
