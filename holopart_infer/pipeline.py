@@ -219,10 +219,6 @@ def option_problem(f, value) -> str | None:
     return None if ok else option_range(f)
 
 
-#: the glTF node ``extras`` key under which a part's :class:`holopart_infer.quality.PartQuality` is stored
-QUALITY_EXTRAS_KEY = "holopart_quality"
-
-
 @dataclass
 class CompletedPart:
     """One completed part, in the input's coordinates."""
@@ -269,11 +265,12 @@ class CompletionResult:
             OutputExists: ``path`` exists and ``overwrite`` is False.
         """
         from holopart_infer.parts_io import write_scene
+        from holopart_infer.quality import EXTRAS_KEY
 
         return write_scene([(p.vertices, p.faces) for p in self.parts], [p.name for p in self.parts], path,
                            colors=[p.color for p in self.parts], protect=[*self.inputs, source],
                            overwrite=overwrite, vertex_colors=[p.vertex_colors for p in self.parts],
-                           extras=[None if p.quality is None else {QUALITY_EXTRAS_KEY: p.quality.as_extras()}
+                           extras=[None if p.quality is None else {EXTRAS_KEY: p.quality.as_extras()}
                                    for p in self.parts])
 
     @property
@@ -651,7 +648,10 @@ class HoloPart:
     def _postprocess_part(self, obj: "_Prepared", i: int, vertices, faces) -> tuple[CompletedPart, bool]:
         """Part i's mesh (its normalized frame) -> the input frame, floaters removed, decimated.
 
-        Returns the part and whether decimation left it non-manifold (the full mesh was closed)."""
+        Decimation never opens a closed mesh: where the collapse would pinch a
+        closed marching-cubes mesh into a non-manifold one, the full mesh is kept.
+
+        Returns the part and whether decimation was undone for that reason."""
         from holopart_infer import parts_io
         from holopart_infer.cleanup import edge_manifold, remove_floaters
         from holopart_infer.decimate import decimate as decimate_mesh
@@ -663,10 +663,11 @@ class HoloPart:
             v, f = remove_floaters(v, f, opts.min_component)
         pinched = False
         if opts.decimate is not None and len(f) > opts.decimate:
-            f_full = f
-            v, f = decimate_mesh(v, f, opts.decimate)
+            vd, fd = decimate_mesh(v, f, opts.decimate)
             # the full mesh is only checked in the rare case the decimated one is not closed
-            pinched = not edge_manifold(f) and edge_manifold(f_full)
+            pinched = not edge_manifold(fd) and edge_manifold(f)
+            if not pinched:
+                v, f = vd, fd
         color = tuple(parts_io.part_colors(i + 1)[i])
         return CompletedPart(obj.parts.names[i], np.asarray(v, np.float32), np.asarray(f, np.int64), color), pinched
 
@@ -708,8 +709,8 @@ class HoloPart:
         results: list[CompletedPart] = list(obj.results)
         pinched = [parts.names[i] for i in sorted(obj.pinched)]
         if pinched:  # one line per run, not per part: a warning on most parts teaches users to ignore warnings
-            log.warning("decimation to %d faces left %d of %d parts non-manifold at a few edges (%s); "
-                        "decimate=None (CLI --no-decimate) keeps the closed marching-cubes meshes",
+            log.warning("decimation to %d faces would have left %d of %d parts non-manifold at a few edges (%s): "
+                        "kept their closed marching-cubes meshes (more faces)",
                         opts.decimate, len(pinched), P, ", ".join(pinched[:5]) + (" ..." if len(pinched) > 5 else ""))
         if opts.appearance:  # the input's look onto the completed parts (holopart_infer.appearance)
             with _timed(obj.timings, "appearance"):

@@ -245,3 +245,72 @@ def _judge(q: PartQuality) -> PartQuality:
 
     reasons = implausible(q)
     return replace(q, plausible=not reasons, reasons=reasons)
+
+
+#: the glTF node ``extras`` key under which a part's scores are stored
+EXTRAS_KEY = "holopart_quality"
+
+
+def status(q: PartQuality | None) -> str:
+    """One word for a part: ``ok``, ``implausible`` (flagged, kept), ``replaced`` (by the
+    closed patch: implausible), ``stand-in`` (the model left it empty), ``unscored``."""
+    if q is None:
+        return "unscored"
+    if q.replaced:
+        return "stand-in" if q.stand_in == "empty" else "replaced"
+    return "ok" if q.plausible else "implausible"
+
+
+def read_scores(path) -> list[tuple[str, PartQuality | None]]:
+    """The per-part scores stored in a result ``.glb``/``.gltf`` (node extras), in node order.
+
+    Nodes without scores (not written by this library) give ``None``.
+
+    Raises:
+        InputError: the file cannot be read as glTF, or a stored score is malformed (naming the node).
+    """
+    from pathlib import Path
+
+    from holopart_infer.errors import InputError, InputFileNotFound
+    from holopart_infer.gltf_json import _GLB_MAGIC, _node_name, _split
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileNotFound(f"{path}: no such file")
+    data = path.read_bytes()
+    doc, _ = _split(data, data[:4] == _GLB_MAGIC, path)
+    nodes = doc.get("nodes", []) if isinstance(doc, dict) else []
+    out = []
+    for i, node in enumerate(nodes if isinstance(nodes, list) else []):
+        if not isinstance(node, dict) or ("mesh" not in node and not isinstance(node.get("extras"), dict)):
+            continue
+        extras = node.get("extras")
+        stored = extras.get(EXTRAS_KEY) if isinstance(extras, dict) else None
+        name = str(node.get("name") or _node_name(nodes, i))
+        if stored is None:
+            out.append((name, None))
+            continue
+        try:
+            out.append((name, from_extras(stored)))
+        except ValueError as e:
+            raise InputError(f"{path}: node {name!r}: {e}") from None
+    return out
+
+
+def format_table(scored: list[tuple[str, PartQuality | None]]) -> str:
+    """A plain-text table of the parts and their scores (the CLI's summary and ``inspect``)."""
+    head = ("part", "status", "cover mean", "cover p90", "growth", "vs object", "pieces", "closed")
+    rows = []
+    for name, q in scored:
+        if q is None:
+            rows.append((name, status(q), "-", "-", "-", "-", "-", "-"))
+            continue
+        rows.append((name, status(q), _fmt(q.coverage_mean), _fmt(q.coverage_p90), "x" + _fmt(q.growth_extent, 2),
+                     "x" + _fmt(q.object_extent, 2), str(q.pieces), "yes" if q.closed else "no"))
+    widths = [max(len(str(r[k])) for r in (head, *rows)) for k in range(len(head))]
+    lines = ["  ".join(str(c).ljust(w) if k < 2 else str(c).rjust(w) for k, (c, w) in enumerate(zip(r, widths)))
+             for r in (head, *rows)]
+    for name, q in scored:  # why, for every part that is not plainly ok
+        if q is not None and q.reasons:
+            lines.append(f"  {name}: {status(q)}: {', '.join(q.reasons)}")
+    return "\n".join(lines)

@@ -203,7 +203,7 @@ def test_checkpoint_inference_defaults(tmp_path):
         checkpoint_inference_defaults(tmp_path)
 
 
-def test_decimation_that_opens_a_closed_part_is_reported(monkeypatch, caplog):
+def test_decimation_that_would_open_a_closed_part_is_undone_and_reported(monkeypatch, caplog):
     import logging
 
     import holopart_infer.decimate as D
@@ -217,5 +217,11 @@ def test_decimation_that_opens_a_closed_part_is_reported(monkeypatch, caplog):
     assert closed_parts
     lines = [r.getMessage() for r in caplog.records if "decimation to 200 faces" in r.getMessage()]
     assert len(lines) == 1, caplog.text  # one summary line per run, naming the parts
-    assert f"left {len(res.stats['decimation_non_manifold'])} of {len(res.parts)} parts non-manifold" in lines[0]
+    assert f"would have left {len(res.stats['decimation_non_manifold'])} of {len(res.parts)} parts non-manifold" \
+        in lines[0]
     assert closed_parts[0] in lines[0]
+    from holopart_infer.cleanup import edge_manifold
+
+    for p in res.parts:  # the closed marching-cubes mesh was kept instead of the opened one
+        if p.name in res.stats["decimation_non_manifold"]:
+            assert len(p.faces) > 200 and edge_manifold(p.faces)
