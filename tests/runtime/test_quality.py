@@ -50,8 +50,10 @@ def _sheet(size: float, at):
 
 
 def _object() -> Parts:
+    """The cube's patch and a small sheet far from it; named so that a scene file
+    keeps their order (the backend's rows follow it)."""
     box, patch = _box_patch()
-    return Parts.from_meshes([patch, _sheet(0.1, (0.5, 0.0, 0.0))], ["box", "blob"])
+    return Parts.from_meshes([patch, _sheet(0.1, (0.5, 0.0, 0.0))], ["cube", "sheet"])
 
 
 def _bounds(parts: Parts):
@@ -142,9 +144,9 @@ def test_guard_replaces_the_blob_by_its_closed_patch_and_keeps_the_box(guarded):
     pv, _ = _sheet(0.1, (0.5, 0.0, 0.0))
     np.testing.assert_allclose(np.ptp(blob_part.vertices, axis=0)[:2], np.ptp(pv, axis=0)[:2], atol=1e-3)
     assert np.ptp(blob_part.vertices, axis=0)[2] < 0.01 and edge_manifold(blob_part.faces)
-    assert guarded.replaced == ["blob"]
-    assert guarded.stats["guard"] == {"flagged": ["blob"], "replaced": ["blob"]}
-    assert set(guarded.stats["quality"]) == {"box", "blob"}
+    assert guarded.replaced == ["sheet"]
+    assert guarded.stats["guard"] == {"flagged": ["sheet"], "replaced": ["sheet"]}
+    assert set(guarded.stats["quality"]) == {"cube", "sheet"}
 
 
 def test_guard_off_keeps_the_blob_flagged(unguarded):
@@ -152,7 +154,7 @@ def test_guard_off_keeps_the_blob_flagged(unguarded):
     q = blob_part.quality
     assert not q.plausible and not q.replaced and q.stand_in is None
     assert np.ptp(blob_part.vertices, axis=0).min() > 0.1  # still the model's sphere, not a flat patch
-    assert unguarded.replaced == [] and unguarded.stats["guard"]["flagged"] == ["blob"]
+    assert unguarded.replaced == [] and unguarded.stats["guard"]["flagged"] == ["sheet"]
 
 
 def test_guard_warns_once_naming_the_part_and_its_measures(caplog):
@@ -160,18 +162,18 @@ def test_guard_warns_once_naming_the_part_and_its_measures(caplog):
         HoloPart(BoxAndBlobBackend()).complete(_object(), **OPTS)
     lines = [r.getMessage() for r in caplog.records if "implausible" in r.getMessage()]
     assert len(lines) == 1, caplog.text
-    assert "'blob'" in lines[0] and "coverage_p90" in lines[0] and "'box'" not in lines[0]
+    assert "'sheet'" in lines[0] and "coverage_p90" in lines[0] and "'cube'" not in lines[0]
     assert "--keep-implausible" in lines[0]
 
 
 def test_scores_round_trip_through_save_and_inspect(guarded, unguarded, tmp_path, capsys):
     out = guarded.save(tmp_path / "guarded.glb")
     stored = quality.read_scores(out)
-    assert [n for n, _ in stored] == ["box", "blob"]
+    assert [n for n, _ in stored] == ["cube", "sheet"]
     assert [q for _, q in stored] == [p.quality for p in guarded.parts]
     assert cli_main(["inspect", str(out)]) == 3
     text = capsys.readouterr().out
-    assert "replaced" in text and "box" in text and "blob" in text
+    assert "replaced" in text and "cube" in text and "sheet" in text
     kept = unguarded.save(tmp_path / "kept.glb")
     assert cli_main(["inspect", str(kept)]) == 0
     assert "implausible" in capsys.readouterr().out
@@ -204,3 +206,28 @@ def test_good_parts_of_the_embedded_demos_are_not_flagged(obj):
     res = hp.load(assets.demo_model_path()).complete(assets.demo_object_path(obj), **assets.DEMO_PRESET)
     assert res.stats["guard"]["flagged"] == [], {p.name: p.quality.reasons for p in res.parts}
     assert all(p.quality.plausible and not p.quality.replaced for p in res.parts)
+
+
+def test_batch_ledger_and_service_job_carry_the_scores(guarded, tmp_path):
+    import json
+
+    from holopart_infer.batch import BatchItem, run_batch
+    from holopart_infer.parts_io import write_scene
+    from holopart_infer.serve.batcher import DONE, ServeJob
+
+    obj = _object()
+    src = write_scene([(p.vertices, p.faces) for p in obj], obj.names, tmp_path / "in" / "obj.glb")
+    from holopart_infer.pipeline import CompletionOptions
+
+    summary = run_batch(HoloPart(BoxAndBlobBackend()), [BatchItem("obj", src)], tmp_path / "out",
+                        options=CompletionOptions(**OPTS))
+    assert summary.failed == 0
+    entry = json.loads((tmp_path / "out" / "ledger.jsonl").read_text().splitlines()[-1])
+    assert entry["status"] == "ok" and entry["replaced_parts"] == ["sheet"]
+    assert entry["quality"]["sheet"]["stand_in"] == "implausible" and entry["quality"]["cube"]["plausible"] is True
+    assert quality.from_extras(entry["quality"]["cube"]).plausible
+
+    job = ServeJob(parts=obj, options=None, deadline=0.0, state=DONE, result=guarded)
+    public = json.loads(json.dumps(job.public()))  # what a client receives
+    assert [(q["name"], q["status"]) for q in public["quality"]] == [("cube", "ok"), ("sheet", "replaced")]
+    assert public["quality"][1]["reasons"] and public["quality"][1]["coverage_p90"] > 0.1
