@@ -92,9 +92,9 @@ class CompletionOptions:
                                        "picks (extract.QUERY_CHUNK_POINTS_BY_DEVICE: 8192 on the CPU, 65536 on "
                                        "CUDA, where each call is a synchronized launch; benchmarks/device_check.py "
                                        "measures the best GPU value)", kind=int, lo=1, optional=True, cli=None)
-    min_component: float = _option(0.0, "drop connected pieces of a part's mesh whose area is below this fraction "
-                                   "of its largest piece (floaters); 0 keeps everything, as the reference",
-                                   kind=float, lo=0.0, hi=1.0)
+    min_component: float = _option(0.2, "drop connected pieces of a part's mesh whose area is below this fraction "
+                                   "of its largest piece (floaters; benchmarks/RESULTS.md, issue 23); 0 keeps "
+                                   "everything, as the reference", kind=float, lo=0.0, hi=1.0)
     close_at_bounds: bool = _option(True, f"cap a part that reaches the +-{constants.EXTRACTION_BOUND} extraction "
                                     "box of its frame with the box face, so its mesh is closed", kind=bool,
                                     off_flag="--open-at-bounds",
