@@ -75,8 +75,9 @@ def y_up_to_z_up(v: np.ndarray) -> np.ndarray:
     return np.stack([v[:, 0], -v[:, 2], v[:, 1]], axis=1)
 
 
-def real_candidates(n: int, tmp: Path) -> list[tuple[str, str, Path]]:
-    """(split, name, obj path) of ``n`` furniture models, extracted under ``tmp``."""
+def real_candidates(n: int, tmp: Path, skip: int = 0, only_evaluation: bool = False) -> list[tuple[str, str, Path]]:
+    """(split, name, obj path) of ``n`` furniture models after the first ``skip`` (in
+    the fixed hash order), extracted under ``tmp``."""
     rows = []
     for z in sorted(FURNITURE.glob("*.sh3f")):
         with zipfile.ZipFile(z) as zf:
@@ -96,9 +97,11 @@ def real_candidates(n: int, tmp: Path) -> list[tuple[str, str, Path]]:
                     rows.append((z, info.filename))
     rows.sort(key=lambda r: hashlib.sha256(r[1].encode()).hexdigest())
     out = []
-    for z, name in rows[:n]:
+    for z, name in rows[skip:skip + n]:
         split = "calibration" if int(hashlib.sha256(b"split" + name.encode()).hexdigest(), 16) % 2 == 0 \
             else "evaluation"
+        if only_evaluation:
+            split = "evaluation"
         folder = tmp / "furniture" / Path(name).parent
         if not (tmp / "furniture" / name).exists():
             with zipfile.ZipFile(z) as zf:
@@ -114,11 +117,13 @@ def objects(args, cache: Path):
     """Yield (split, kind, name, Parts (input), list of ground-truth (v, f))."""
     from holopart_infer.export.synthetic import iter_dataset
 
-    for split, seed in SYNTH_SEEDS.items():
+    seeds = {"evaluation": args.second_evaluation} if args.second_evaluation else SYNTH_SEEDS
+    for split, seed in seeds.items():
         for i, obj in enumerate(iter_dataset(seed, args.synthetic, n_views=SYNTH_VIEWS)):
             gts = [(np.asarray(p.mesh.vertices), np.asarray(p.mesh.faces)) for p in obj.parts]
             yield split, "synthetic", f"s{seed}-{i:02d}-{obj.template}", obj.input_parts(), gts
-    for split, name, path in real_candidates(args.real, cache):
+    skip = args.real_skip
+    for split, name, path in real_candidates(args.real, cache, skip, bool(args.second_evaluation)):
         try:
             parts = load_parts(path)
         except hp.InputError as e:
@@ -198,7 +203,7 @@ def flags(rows, th) -> np.ndarray:
 def pick_thresholds(rows) -> dict:
     """The grid point that catches most bad calibration completions with at most
     MAX_FALSE_ALARMS of the good ones flagged; ties: fewer false alarms, then looser bounds."""
-    good = np.array([r["good"] for r in rows])
+    good = np.array([r["good"] for r in rows], dtype=bool)
     best, best_key = None, None
     for combo in itertools.product(*GRID.values()):
         th = dict(zip(GRID, combo))
@@ -224,6 +229,10 @@ def main() -> int:
     ap.add_argument("--synthetic", type=int, default=24, help="synthetic objects per split")
     ap.add_argument("--real", type=int, default=36, help="furniture models (both splits)")
     ap.add_argument("--n-volume", type=int, default=4000)
+    ap.add_argument("--second-evaluation", type=int, metavar="SEED",
+                    help="a fresh evaluation split only: synthetic objects of this seed and the furniture models "
+                         "after --real-skip, all scored with the library's thresholds")
+    ap.add_argument("--real-skip", type=int, default=0, help="skip this many furniture models (hash order)")
     ap.add_argument("--out", help="also write the per-part rows as JSON")
     ap.add_argument("--report-only", metavar="JSON", help="no completion: print the report of an --out file")
     args = ap.parse_args()
@@ -297,12 +306,13 @@ def report(rows, variant_rows) -> None:
         kinds = np.array([r["kind"] for r in vr])
         both = closed & one
         by = " / ".join(f"{both[kinds == k].mean():.2f} (n={int((kinds == k).sum())})" for k in ("synthetic", "real"))
-        fits = closed & np.array([r["pieces"] <= max(1, r.get("true_pieces", 1)) for r in vr])
+        fits = closed & np.array([r["pieces"] <= max(1, r.get("true_pieces", 1)) for r in vr]) \
+            if all("true_pieces" in r for r in vr) else None
         print(f"| {fl:g} | {dec} | {n} | {closed.mean():.2f} | {one.mean():.2f} | {both.mean():.2f} | {by} | "
-              f"{fits.mean():.2f} | "
+              f"{'n/a' if fits is None else f'{fits.mean():.2f}'} | "
               f"{np.median([r['pieces'] for r in vr]):.0f} | {np.mean([r['faces'] for r in vr]):.0f} |")
     cal = [r for r in rows if r["split"] == "calibration"]
-    th = pick_thresholds(cal)
+    th = pick_thresholds(cal) if cal else dict(quality.THRESHOLDS)
     print(f"\n### Guard thresholds picked on the calibration split "
           f"(at most {MAX_FALSE_ALARMS:.0%} false alarms)\n\n`{ {k: v for k, v in th.items() if math.isfinite(v)} }`"
           f"  (library: `{quality.THRESHOLDS}`)\n")
@@ -316,9 +326,9 @@ def report(rows, variant_rows) -> None:
             sub = [r for r in rows if r["split"] == split and (kind == "all" or r["kind"] == kind)]
             if not sub:
                 continue
-            for label, t in (("picked", th), ("library", quality.THRESHOLDS)):
+            for label, t in (("picked", th), ("library", quality.THRESHOLDS)) if cal else (("library", quality.THRESHOLDS),):
                 fl = flags(sub, t)
-                good = np.array([r["good"] for r in sub])
+                good = np.array([r["good"] for r in sub], dtype=bool)
                 iou = np.array([r["iou"] for r in sub])
                 guarded = np.where(fl, [r["patch_iou"] for r in sub], iou)
                 print(f"| {split} | {kind} | {label} | {len(sub)} | {int(good.sum())} | {int((~good).sum())} | "
