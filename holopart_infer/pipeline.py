@@ -645,11 +645,14 @@ class HoloPart:
             o.postprocessed += 1
             report("postprocess", o.postprocessed, o.num_parts)
 
-    def _postprocess_part(self, obj: "_Prepared", i: int, vertices, faces) -> tuple[CompletedPart, bool]:
+    def _postprocess_part(self, obj: "_Prepared", i: int, vertices, faces, *,
+                          stand_in: bool = False) -> tuple[CompletedPart, bool]:
         """Part i's mesh (its normalized frame) -> the input frame, floaters removed, decimated.
 
         Decimation never opens a closed mesh: where the collapse would pinch a
         closed marching-cubes mesh into a non-manifold one, the full mesh is kept.
+
+        A ``stand_in`` (the input patch, closed) keeps all its pieces: they are the input's.
 
         Returns the part and whether decimation was undone for that reason."""
         from holopart_infer import parts_io
@@ -659,7 +662,7 @@ class HoloPart:
         opts = obj.opts
         v = obj.cond.to_input_frame(i, np.asarray(vertices, dtype=np.float64))
         f = np.asarray(faces, dtype=np.int64)
-        if opts.min_component > 0:
+        if opts.min_component > 0 and not stand_in:
             v, f = remove_floaters(v, f, opts.min_component)
         pinched = False
         if opts.decimate is not None and len(f) > opts.decimate:
@@ -693,7 +696,8 @@ class HoloPart:
             for i in sorted(obj.empty):
                 if opts.thin_parts:  # still empty: the input surface, closed and thickened, stands in
                     pv, pf = thin.thickened_patch(parts[i].vertices, parts[i].faces)
-                    obj.results[i], pinched = self._postprocess_part(obj, i, cond.to_part_frame(i, pv), pf)
+                    obj.results[i], pinched = self._postprocess_part(obj, i, cond.to_part_frame(i, pv), pf,
+                                                                     stand_in=True)
                     if pinched:
                         obj.pinched.append(i)
                     thin_fallback.append(parts.names[i])
@@ -755,11 +759,14 @@ class HoloPart:
             q = quality.measure(part.vertices, part.faces, parts[i].vertices, parts[i].faces, bounds, seed=opts.seed)
             if i in stand_ins:
                 q = dc_replace(q, replaced=True, stand_in="empty")
+            elif not len(part.faces):
+                pass  # left empty (thin_parts=False): the thin-part path's business, not the guard's
             elif not q.plausible:
                 flagged.append((parts.names[i], q))
-                if opts.guard and len(part.faces):  # empty parts belong to the thin-part path (thin_parts)
+                if opts.guard:
                     pv, pf = thin.thickened_patch(parts[i].vertices, parts[i].faces)
-                    obj.results[i], pinched = self._postprocess_part(obj, i, cond.to_part_frame(i, pv), pf)
+                    obj.results[i], pinched = self._postprocess_part(obj, i, cond.to_part_frame(i, pv), pf,
+                                                                     stand_in=True)
                     if pinched and i not in obj.pinched:
                         obj.pinched.append(i)
                     elif not pinched and i in obj.pinched:
