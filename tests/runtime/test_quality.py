@@ -231,3 +231,17 @@ def test_batch_ledger_and_service_job_carry_the_scores(guarded, tmp_path):
     public = json.loads(json.dumps(job.public()))  # what a client receives
     assert [(q["name"], q["status"]) for q in public["quality"]] == [("cube", "ok"), ("sheet", "replaced")]
     assert public["quality"][1]["reasons"] and public["quality"][1]["coverage_p90"] > 0.1
+
+
+def test_stand_in_keeps_every_piece_of_the_patch():
+    """Floater removal is for the model's pieces: a small piece of the input patch stays in its stand-in."""
+    from holopart_infer.cleanup import connected_components
+
+    _, patch = _box_patch()
+    big, small = _sheet(0.1, (0.5, 0.0, 0.0)), _sheet(0.03, (0.5, 0.2, 0.0))  # small: 9% of big's area
+    two = (np.concatenate([big[0], small[0]]), np.concatenate([big[1], small[1] + len(big[0])]))
+    res = HoloPart(BoxAndBlobBackend()).complete(Parts.from_meshes([patch, two], ["cube", "sheets"]), **{
+        **OPTS, "min_component": 0.2})
+    sheets = res.parts[1]
+    assert sheets.quality.replaced
+    assert connected_components(sheets.faces, len(sheets.vertices))[0] == 2
