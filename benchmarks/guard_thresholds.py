@@ -102,14 +102,12 @@ def real_candidates(n: int, tmp: Path, skip: int = 0, only_evaluation: bool = Fa
             else "evaluation"
         if only_evaluation:
             split = "evaluation"
-        folder = tmp / "furniture" / Path(name).parent
         if not (tmp / "furniture" / name).exists():
             with zipfile.ZipFile(z) as zf:
                 for member in zf.namelist():
                     if member.startswith(str(Path(name).parent) + "/") and not member.endswith("/"):
                         zf.extract(member, tmp / "furniture")
         out.append((split, Path(name).stem, tmp / "furniture" / name))
-        del folder
     return out
 
 
@@ -326,7 +324,8 @@ def report(rows, variant_rows) -> None:
             sub = [r for r in rows if r["split"] == split and (kind == "all" or r["kind"] == kind)]
             if not sub:
                 continue
-            for label, t in (("picked", th), ("library", quality.THRESHOLDS)) if cal else (("library", quality.THRESHOLDS),):
+            shown = (("picked", th), ("library", quality.THRESHOLDS)) if cal else (("library", quality.THRESHOLDS),)
+            for label, t in shown:
                 fl = flags(sub, t)
                 good = np.array([r["good"] for r in sub], dtype=bool)
                 iou = np.array([r["iou"] for r in sub])

@@ -98,9 +98,9 @@ class PartQuality:
 
     def summary(self) -> str:
         """One line: the measures that matter to a reader."""
-        return (f"coverage mean {_fmt(self.coverage_mean)} p90 {_fmt(self.coverage_p90)}, growth x{_fmt(self.growth_extent, 2)} "
-                f"(object x{_fmt(self.object_extent, 2)}), {self.pieces} piece(s), "
-                f"{'closed' if self.closed else 'open'}")
+        return (f"coverage mean {_fmt(self.coverage_mean)} p90 {_fmt(self.coverage_p90)}, "
+                f"growth x{_fmt(self.growth_extent, 2)} (object x{_fmt(self.object_extent, 2)}), "
+                f"{self.pieces} piece(s), {'closed' if self.closed else 'open'}")
 
 
 def _fmt(x: float, digits: int = 3) -> str:

@@ -56,10 +56,6 @@ def _object() -> Parts:
     return Parts.from_meshes([patch, _sheet(0.1, (0.5, 0.0, 0.0))], ["cube", "sheet"])
 
 
-def _bounds(parts: Parts):
-    return parts.bounds()
-
-
 # ----------------------------------------------------------------------------- measures
 def test_box_patch_completed_by_its_box_is_plausible():
     box, (pv, pf) = _box_patch()
@@ -134,7 +130,6 @@ def test_guard_replaces_the_blob_by_its_closed_patch_and_keeps_the_box(guarded):
     box_part, blob_part = guarded.parts
     assert box_part.quality.plausible and not box_part.quality.replaced
     # the box came back as the box (within a grid cell of depth 6 in its frame)
-    box, _ = _box_patch()
     assert np.abs(np.ptp(box_part.vertices, axis=0) - 0.4).max() < 0.03
     assert box_part.quality.coverage_p90 < 0.05 and box_part.quality.closed
     q = blob_part.quality
