@@ -543,8 +543,8 @@ def _add_inspect(sub, common, argv) -> None:
                        description="Print how much to trust each part of a result (the scores stored in its glb "
                                    "node extras; holopart_infer.quality). Exit codes: 0 every part is the model's "
                                    "(plausible, or kept with --keep-implausible), 3 some part was replaced by its "
-                                   "closed visible patch (or, with --strict, is implausible), 2 unreadable file or "
-                                   "no stored scores.")
+                                   "closed visible patch (implausible, or left empty by the model; with --strict "
+                                   "also: a kept part is implausible), 2 unreadable file or no stored scores.")
     i.add_argument("result", help="a .glb written by run / demo / batch / serve")
     i.add_argument("--strict", action="store_true",
                    help="also exit 3 when a part is implausible but was kept (--keep-implausible)")
