@@ -22,7 +22,8 @@ def test_geometry_maps_back_to_input_coordinates(tmp_path):
     path = tmp_path / "scene.glb"
     write_transformed_scene(path)
     parts = load_parts(path)
-    res = _sphere_model().complete(path, steps=1, depth=7, num_points=2048, decimate=None)
+    # guard off: a sphere is no plausible completion of these parts, and the frames are under test here
+    res = _sphere_model().complete(path, steps=1, depth=7, num_points=2048, decimate=None, guard=False)
     assert [p.name for p in res.parts] == parts.names
     from holopart_infer.conditioning import build_conditions
 
