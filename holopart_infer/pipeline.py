@@ -650,8 +650,7 @@ class HoloPart:
         """Part i's mesh (its normalized frame) -> the input frame, floaters removed, decimated.
 
         Decimation never opens a closed mesh: where the collapse would pinch a
-        closed marching-cubes mesh into a non-manifold one, it is tried again with
-        2x and 4x the target (:data:`DECIMATE_RETRY_FACTORS`), then the full mesh is kept.
+        closed marching-cubes mesh into a non-manifold one, the full mesh is kept.
 
         A ``stand_in`` (the input patch, closed) keeps all its pieces: they are the input's.
 
@@ -667,13 +666,11 @@ class HoloPart:
             v, f = remove_floaters(v, f, opts.min_component)
         pinched = False
         if opts.decimate is not None and len(f) > opts.decimate:
-            for target in [opts.decimate * k for k in DECIMATE_RETRY_FACTORS if opts.decimate * k < len(f)]:
-                vd, fd = decimate_mesh(v, f, target)
-                # the full mesh is only checked in the rare case the decimated one is not closed
-                pinched = not edge_manifold(fd) and (pinched or edge_manifold(f))
-                if not pinched:
-                    v, f = vd, fd
-                    break
+            vd, fd = decimate_mesh(v, f, opts.decimate)
+            # the full mesh is only checked in the rare case the decimated one is not closed
+            pinched = not edge_manifold(fd) and edge_manifold(f)
+            if not pinched:
+                v, f = vd, fd
         color = tuple(parts_io.part_colors(i + 1)[i])
         return CompletedPart(obj.parts.names[i], np.asarray(v, np.float32), np.asarray(f, np.int64), color), pinched
 
@@ -799,10 +796,6 @@ class HoloPart:
         logits = np.asarray(self.backend.decoder_query(pts, kv)).reshape(pts.shape[:2])
         return [logits[b, :n] for b, n in enumerate(counts)]
 
-
-#: decimation targets tried, as multiples of ``options.decimate``, before a closed mesh that
-#: decimation would pinch keeps all its faces (benchmarks/RESULTS.md, issue 23)
-DECIMATE_RETRY_FACTORS = (1, 2, 4)
 
 #: options that must be equal for parts to share a DiT / decoder batch (the
 #: sampler loop and the extraction run once per batch with one value of each)

@@ -569,7 +569,7 @@ def test_cli_jpeg_preview_is_jpeg(tmp_path):
 def test_cli_decimation_warning_is_one_summary_line(mini, caplog, monkeypatch):
     from holopart_infer import cleanup
 
-    monkeypatch.setattr(cleanup, "edge_manifold", lambda f, _real=cleanup.edge_manifold: len(f) > 200)  # > 4 x 20
+    monkeypatch.setattr(cleanup, "edge_manifold", lambda f, _real=cleanup.edge_manifold: len(f) > 50)
     with caplog.at_level("WARNING", logger="holopart_infer"):
         result = mini.complete(assets.demo_object_path("table"), decimate=20, **FAST_OPTS)
     lines = [r.getMessage() for r in caplog.records if "decimation" in r.getMessage()]
