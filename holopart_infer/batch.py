@@ -907,6 +907,8 @@ def _write_one(it: BatchItem, res, out: Path, ledger: Ledger, *, replace: bool) 
             timings = {k: round(float(v), 4) for k, v in res.timings.items()}
             entry.update(status="ok", output=it.output, parts=len(res.parts),
                          empty_parts=sum(1 for p in res.parts if len(p.faces) == 0),
+                         replaced_parts=res.replaced,  # replaced by their closed visible patch (quality guard)
+                         quality={p.name: p.quality.as_extras() for p in res.parts if p.quality is not None},
                          seconds=round(sum(timings.values()), 4), timings=timings,
                          worker=res.stats.get("worker"), error=None, error_type=None,
                          output_bytes=staged.stat().st_size, output_sha256=fsafe.sha256_file(staged))

@@ -219,7 +219,39 @@ def _complete_and_write(model, input_path, labels, output: Path, preview: Path |
     if mem:  # the process's peak: this command runs one completion, so it is the run's
         print(f"  peak memory {mem['peak_rss_mb']:,.0f} MB resident (input parts {mem['input_mb']:,.1f} MB, "
               f"result meshes {mem['result_mb']:,.1f} MB)")
+    _print_part_scores(result)
     return EXIT_OK
+
+
+def _print_part_scores(result) -> None:
+    """The parts and how much to trust each (holopart_infer.quality), as `inspect` prints them."""
+    from holopart_infer.quality import format_table
+
+    print("parts (coverage of the input patch and growth, relative to the patch; `holopart-infer inspect OUT.glb` "
+          "prints this again):")
+    print(format_table([(p.name, p.quality) for p in result.parts]))
+
+
+# --------------------------------------------------------------------------- inspect
+EXIT_REPLACED = 3
+
+
+def cmd_inspect(args) -> int:
+    from holopart_infer.quality import EXTRAS_KEY, format_table, read_scores, status
+
+    scored = read_scores(Path(args.result))
+    if not scored or all(q is None for _, q in scored):
+        raise InputError(f"{args.result}: no per-part scores stored (node extras '{EXTRAS_KEY}'); "
+                         "was it written by holopart-infer run / demo / batch / serve, or result.save()?")
+    print(format_table(scored))
+    replaced = [n for n, q in scored if status(q) in ("replaced", "stand-in")]
+    kept = [n for n, q in scored if status(q) == "implausible"]
+    if replaced:
+        print(f"{len(replaced)} of {len(scored)} parts were replaced by their closed visible patch: "
+              + ", ".join(replaced))
+    if kept:
+        print(f"{len(kept)} of {len(scored)} parts are implausible and were kept (guard off): " + ", ".join(kept))
+    return EXIT_REPLACED if replaced or (kept and args.strict) else EXIT_OK
 
 
 def _render_comparison(*args, **kw):
@@ -566,7 +598,21 @@ def _add_serve(sub, common, argv) -> None:
     add_subcommand(sub, common)
 
 
-SUBCOMMANDS = [_add_run, _add_demo, _add_verify, _add_export, _add_batch, _add_serve]
+def _add_inspect(sub, common, argv) -> None:
+    i = sub.add_parser("inspect", parents=[common],
+                       help="print the per-part scores stored in a result glb; exit 3 when a part was replaced",
+                       description="Print how much to trust each part of a result (the scores stored in its glb "
+                                   "node extras; holopart_infer.quality). Exit codes: 0 every part is the model's "
+                                   "(plausible, or kept with --keep-implausible), 3 some part was replaced by its "
+                                   "closed visible patch (implausible, or left empty by the model; with --strict "
+                                   "also: a kept part is implausible), 2 unreadable file or no stored scores.")
+    i.add_argument("result", help="a .glb written by run / demo / batch / serve")
+    i.add_argument("--strict", action="store_true",
+                   help="also exit 3 when a part is implausible but was kept (--keep-implausible)")
+    i.set_defaults(func=cmd_inspect)
+
+
+SUBCOMMANDS = [_add_run, _add_demo, _add_verify, _add_export, _add_batch, _add_serve, _add_inspect]
 
 
 def _value_after(argv: list[str], flag: str) -> str | None:

@@ -876,7 +876,7 @@ def mesh_arrays(mesh) -> tuple[np.ndarray, np.ndarray]:
 def write_scene(parts_meshes: Sequence, names: Sequence[str], path: str | os.PathLike,
                 colors: Sequence | np.ndarray | None = None,
                 protect: Iterable[str | os.PathLike] | None = None, overwrite: bool = False,
-                vertex_colors: Sequence | None = None) -> Path:
+                vertex_colors: Sequence | None = None, extras: Sequence | None = None) -> Path:
     """Write parts as a ``.glb`` scene: one named node per part, one colour per part.
 
     Args:
@@ -895,6 +895,9 @@ def write_scene(parts_meshes: Sequence, names: Sequence[str], path: str | os.Pat
         vertex_colors: per part ``None`` or (V, 4) uint8 RGBA per vertex (the
             input's look, :mod:`holopart_infer.appearance`); written as the
             glTF ``COLOR_0`` attribute, over a white material.
+        extras: per part ``None`` or a JSON-ready dict written as the node's
+            glTF ``extras`` (e.g. the part's quality scores, read back by
+            ``holopart-infer inspect``).
 
     Returns:
         The output path.
@@ -920,13 +923,17 @@ def write_scene(parts_meshes: Sequence, names: Sequence[str], path: str | os.Pat
         dup = sorted({n for n in names if names.count(n) > 1 or not n})
         raise InputError(f"write_scene: part names must be unique and non-empty; offending: {dup}")
     rgba = _normalize_colors(colors, len(meshes))
+    if extras is not None and len(extras) != len(meshes):
+        raise InputError(f"write_scene: {len(meshes)} meshes but {len(extras)} extras")
+    node_extras = [None if extras is None or extras[i] is None else dict(extras[i]) for i in range(len(meshes))]
 
     scene = trimesh.Scene()
     for i, (name, mesh) in enumerate(zip(names, meshes)):
         v, f = mesh_arrays(mesh)
         if len(f) == 0:
             log.warning("part %r has no faces; writing an empty node", name)
-            scene.graph.update(frame_from=scene.graph.base_frame, frame_to=name)
+            scene.graph.update(frame_from=scene.graph.base_frame, frame_to=name,
+                               **({} if node_extras[i] is None else {"metadata": node_extras[i]}))
             continue
         if not np.isfinite(v).all():
             raise InputError(f"write_scene: part {name!r} has NaN or inf vertices")
@@ -936,7 +943,7 @@ def write_scene(parts_meshes: Sequence, names: Sequence[str], path: str | os.Pat
         tm = trimesh.Trimesh(v, f, process=False, visual=TextureVisuals(material=material))
         if vcol is not None:  # appearance: per-vertex colours (COLOR_0) multiply the white material
             tm.visual.vertex_attributes["color"] = vcol
-        scene.add_geometry(tm, node_name=name, geom_name=name)
+        scene.add_geometry(tm, node_name=name, geom_name=name, metadata=node_extras[i])
     try:
         data = scene.export(file_type="glb")
     except Exception as e:

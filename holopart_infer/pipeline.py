@@ -31,6 +31,7 @@ from holopart_infer.tokens import select_tokens
 
 if TYPE_CHECKING:  # annotations only: parts_io is imported when a job is read
     from holopart_infer.parts_io import Parts
+    from holopart_infer.quality import PartQuality
 
 log = logging.getLogger("holopart_infer")
 
@@ -91,9 +92,9 @@ class CompletionOptions:
                                        "picks (extract.QUERY_CHUNK_POINTS_BY_DEVICE: 8192 on the CPU, 65536 on "
                                        "CUDA, where each call is a synchronized launch; benchmarks/device_check.py "
                                        "measures the best GPU value)", kind=int, lo=1, optional=True, cli=None)
-    min_component: float = _option(0.0, "drop connected pieces of a part's mesh whose area is below this fraction "
-                                   "of its largest piece (floaters); 0 keeps everything, as the reference",
-                                   kind=float, lo=0.0, hi=1.0)
+    min_component: float = _option(0.2, "drop connected pieces of a part's mesh whose area is below this fraction "
+                                   "of its largest piece (floaters; benchmarks/RESULTS.md, issue 23); 0 keeps "
+                                   "everything, as the reference", kind=float, lo=0.0, hi=1.0)
     close_at_bounds: bool = _option(True, f"cap a part that reaches the +-{constants.EXTRACTION_BOUND} extraction "
                                     "box of its frame with the box face, so its mesh is closed", kind=bool,
                                     off_flag="--open-at-bounds",
@@ -102,6 +103,12 @@ class CompletionOptions:
                                "then keep their input surface closed and thickened, with a warning naming them",
                                kind=bool, off_flag="--no-thin-parts",
                                off_help="leave parts that decode empty empty, as the reference")
+    guard: bool = _option(True, "replace a completed part that does not cover its visible patch or grew beyond a "
+                          "plausible bound (holopart_infer.quality.THRESHOLDS) by its visible patch closed into a thin "
+                          "solid, with a warning naming the part and the measures", kind=bool,
+                          off_flag="--keep-implausible",
+                          off_help="keep the model's output of implausible parts (they are still flagged in the "
+                                   "output's per-part scores)")
     appearance: bool = _option(True, "carry the input's look (vertex colours, material colour, texture) to the "
                                "completed parts as vertex colours", kind=bool, off_flag="--no-appearance",
                                off_help="colour each completed part from a fixed palette")
@@ -221,6 +228,9 @@ class CompletedPart:
     faces: np.ndarray  # (F, 3) int64
     color: tuple[int, int, int, int]
     vertex_colors: np.ndarray | None = None  # (V, 4) uint8: the input's look (options.appearance)
+    #: how much to trust it, measured from the inputs (holopart_infer.quality); None for parts made
+    #: outside the pipeline
+    quality: "PartQuality | None" = None
 
 
 @dataclass
@@ -258,10 +268,18 @@ class CompletionResult:
             OutputExists: ``path`` exists and ``overwrite`` is False.
         """
         from holopart_infer.parts_io import write_scene
+        from holopart_infer.quality import EXTRAS_KEY
 
         return write_scene([(p.vertices, p.faces) for p in self.parts], [p.name for p in self.parts], path,
                            colors=[p.color for p in self.parts], protect=[*self.inputs, source],
-                           overwrite=overwrite, vertex_colors=[p.vertex_colors for p in self.parts])
+                           overwrite=overwrite, vertex_colors=[p.vertex_colors for p in self.parts],
+                           extras=[None if p.quality is None else {EXTRAS_KEY: p.quality.as_extras()}
+                                   for p in self.parts])
+
+    @property
+    def replaced(self) -> list[str]:
+        """Names of the parts whose model output was replaced by the closed visible patch."""
+        return [p.name for p in self.parts if p.quality is not None and p.quality.replaced]
 
     def preview(self, path: str | os.PathLike, size=(800, 600), *, overwrite: bool = False) -> Path:
         """Render a preview image (``.png`` or ``.jpg``), atomically; same protections as :meth:`save`."""
@@ -644,10 +662,16 @@ class HoloPart:
             o.postprocessed += 1
             report("postprocess", o.postprocessed, o.num_parts)
 
-    def _postprocess_part(self, obj: "_Prepared", i: int, vertices, faces) -> tuple[CompletedPart, bool]:
+    def _postprocess_part(self, obj: "_Prepared", i: int, vertices, faces, *,
+                          stand_in: bool = False) -> tuple[CompletedPart, bool]:
         """Part i's mesh (its normalized frame) -> the input frame, floaters removed, decimated.
 
-        Returns the part and whether decimation left it non-manifold (the full mesh was closed)."""
+        Decimation never opens a closed mesh: where the collapse would pinch a
+        closed marching-cubes mesh into a non-manifold one, the full mesh is kept.
+
+        A ``stand_in`` (the input patch, closed) keeps all its pieces: they are the input's.
+
+        Returns the part and whether decimation was undone for that reason."""
         from holopart_infer import parts_io
         from holopart_infer.cleanup import edge_manifold, remove_floaters
         from holopart_infer.decimate import decimate as decimate_mesh
@@ -657,14 +681,15 @@ class HoloPart:
         # tolerances (decimation merges vertices closer than 1e-8) then mean the same at any input unit
         v = np.asarray(vertices, dtype=np.float64)
         f = np.asarray(faces, dtype=np.int64)
-        if opts.min_component > 0:
+        if opts.min_component > 0 and not stand_in:
             v, f = remove_floaters(v, f, opts.min_component)
         pinched = False
         if opts.decimate is not None and len(f) > opts.decimate:
-            f_full = f
-            v, f = decimate_mesh(v, f, opts.decimate)
+            vd, fd = decimate_mesh(v, f, opts.decimate)
             # the full mesh is only checked in the rare case the decimated one is not closed
-            pinched = not edge_manifold(f) and edge_manifold(f_full)
+            pinched = not edge_manifold(fd) and edge_manifold(f)
+            if not pinched:
+                v, f = vd, fd
         v = obj.cond.to_input_frame(i, v)
         color = tuple(parts_io.part_colors(i + 1)[i])
         return CompletedPart(obj.parts.names[i], np.asarray(v, np.float32), np.asarray(f, np.int64), color), pinched
@@ -691,7 +716,8 @@ class HoloPart:
             for i in sorted(obj.empty):
                 if opts.thin_parts:  # still empty: the input surface, closed and thickened, stands in
                     pv, pf = thin.thickened_patch(parts[i].vertices, parts[i].faces)
-                    obj.results[i], pinched = self._postprocess_part(obj, i, cond.to_part_frame(i, pv), pf)
+                    obj.results[i], pinched = self._postprocess_part(obj, i, cond.to_part_frame(i, pv), pf,
+                                                                     stand_in=True)
                     if pinched:
                         obj.pinched.append(i)
                     thin_fallback.append(parts.names[i])
@@ -710,11 +736,13 @@ class HoloPart:
             log.warning("%d part(s) came back empty from the model even on a grid fitted to them (thin or "
                         "flat parts): kept their input surface, closed and thickened: %s",
                         len(thin_fallback), ", ".join(repr(n) for n in thin_fallback))
+        with _timed(obj.timings, "quality"):
+            flagged = self._judge_parts(obj, set(parts.names.index(n) for n in thin_fallback))
         results: list[CompletedPart] = list(obj.results)
         pinched = [parts.names[i] for i in sorted(obj.pinched)]
         if pinched:  # one line per run, not per part: a warning on most parts teaches users to ignore warnings
-            log.warning("decimation to %d faces left %d of %d parts non-manifold at a few edges (%s); "
-                        "decimate=None (CLI --no-decimate) keeps the closed marching-cubes meshes",
+            log.warning("decimation to %d faces would have left %d of %d parts non-manifold at a few edges (%s): "
+                        "kept their closed marching-cubes meshes (more faces)",
                         opts.decimate, len(pinched), P, ", ".join(pinched[:5]) + (" ..." if len(pinched) > 5 else ""))
         if opts.appearance:  # the input's look onto the completed parts (holopart_infer.appearance)
             with _timed(obj.timings, "appearance"):
@@ -730,8 +758,56 @@ class HoloPart:
                                                              "decimation_non_manifold": pinched,
                                                              "thin_parts": {"retried": list(obj.thin_retried),
                                                                             "fallback": thin_fallback},
+                                                             "quality": {p.name: p.quality.as_extras()
+                                                                         for p in results if p.quality is not None},
+                                                             "guard": {"flagged": flagged,
+                                                                       "replaced": [p.name for p in results
+                                                                                    if p.quality is not None and
+                                                                                    p.quality.replaced]},
                                                              "memory": mem},
                                 obj.inputs, up=cond.input_up or self.up_axis)
+
+    def _judge_parts(self, obj: "_Prepared", stand_ins: set[int]) -> list[str]:
+        """Measure every part against its input patch (holopart_infer.quality); with
+        ``options.guard``, replace implausible ones by their closed visible patch.
+
+        Args:
+            stand_ins: parts already replaced by the patch because the model left them empty.
+
+        Returns:
+            the names of the parts found implausible (replaced or, with guard off, kept).
+        """
+        from dataclasses import replace as dc_replace
+
+        from holopart_infer import quality, thin
+
+        opts, parts, cond = obj.opts, obj.parts, obj.cond
+        bounds = parts.bounds()
+        flagged: list[tuple[str, quality.PartQuality]] = []
+        for i, part in enumerate(obj.results):
+            q = quality.measure(part.vertices, part.faces, parts[i].vertices, parts[i].faces, bounds, seed=opts.seed)
+            if i in stand_ins:
+                q = dc_replace(q, replaced=True, stand_in="empty")
+            elif not len(part.faces):
+                pass  # left empty (thin_parts=False): the thin-part path's business, not the guard's
+            elif not q.plausible:
+                flagged.append((parts.names[i], q))
+                if opts.guard:
+                    pv, pf = thin.thickened_patch(parts[i].vertices, parts[i].faces)
+                    obj.results[i], pinched = self._postprocess_part(obj, i, cond.to_part_frame(i, pv), pf,
+                                                                     stand_in=True)
+                    if pinched and i not in obj.pinched:
+                        obj.pinched.append(i)
+                    elif not pinched and i in obj.pinched:
+                        obj.pinched.remove(i)
+                    q = dc_replace(q, replaced=True, stand_in="implausible")
+            obj.results[i].quality = q
+        if flagged:  # one warning per object, naming every part and its measures
+            what = ("replaced by their visible patch, closed (guard=False / --keep-implausible keeps the model's "
+                    "output)" if opts.guard else "kept as the model made them (guard off)")
+            log.warning("%d of %d parts look implausible, %s: %s", len(flagged), obj.num_parts, what,
+                        "; ".join(f"{n!r}: {', '.join(q.reasons)}" for n, q in flagged))
+        return [n for n, _ in flagged]
 
     def _decoder_feed(self, kv, chunk_points: int):
         """The batch's decode callback: rows of ``chunk_points // 8`` points (a

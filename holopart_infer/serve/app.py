@@ -17,7 +17,7 @@ need ``Authorization: Bearer TOKEN`` when the service has a token):
 An upload is a raw ``.glb`` body, or multipart/form-data with ``file`` (a
 ``.glb``/``.gltf`` scene, or one mesh with ``labels``), ``labels`` (``.npy``
 per-face integers) and ``options`` (JSON). Options also come as query
-parameters: ``seed steps guidance depth decimate min_component close_at_bounds``,
+parameters: ``seed steps guidance depth decimate min_component close_at_bounds guard``,
 plus ``deadline`` (seconds) and, on ``/v1/complete``, ``preview=1``. ``up``
 (query parameter or a key of ``options``: ``+x -x +y -y +z -z``, ``z`` for
 ``+z``) overrides glTF's +Y up for a file authored otherwise; results are
@@ -54,6 +54,8 @@ REQUEST_OPTIONS = {
     "seed": int, "steps": int, "guidance": float, "depth": int, "min_component": float,
     "decimate": lambda s: None if str(s).lower() in ("none", "null", "0") else int(s),
     "close_at_bounds": lambda s: s if isinstance(s, bool) else str(s).lower() in ("1", "true", "yes"),
+    # guard=0 keeps implausible parts as the model made them (holopart_infer.quality)
+    "guard": lambda s: s if isinstance(s, bool) else str(s).lower() in ("1", "true", "yes"),
 }
 _DRAIN_AFTER_LIMIT_S = 2.0  # read and drop the rest of a too-large body this long, so the 413 reaches the client
 _CLOSE = {"Connection": "close"}  # after a refusal mid-body: do not wait for the rest of it

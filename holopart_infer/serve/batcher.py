@@ -88,6 +88,11 @@ class ServeJob:
         if self.state == DONE and self.result is not None:
             out["timings"] = {k: round(v, 4) for k, v in self.result.timings.items()}
             out["faces"] = [int(len(p.faces)) for p in self.result.parts]
+            # how much to trust each part (holopart_infer.quality): status + scores, in part order
+            from holopart_infer.quality import status
+
+            out["quality"] = [{"name": p.name, "status": status(p.quality),
+                               **({} if p.quality is None else p.quality.as_extras())} for p in self.result.parts]
         return out
 
 

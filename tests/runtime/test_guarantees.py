@@ -575,7 +575,7 @@ def test_cli_decimation_warning_is_one_summary_line(mini, caplog, monkeypatch):
     lines = [r.getMessage() for r in caplog.records if "decimation" in r.getMessage()]
     n = len(result.stats["decimation_non_manifold"])
     assert n >= 2 and len(lines) == 1
-    assert f"left {n} of {len(result.parts)} parts non-manifold" in lines[0] and "--no-decimate" in lines[0]
+    assert f"would have left {n} of {len(result.parts)} parts non-manifold" in lines[0] and "kept" in lines[0]
 
 
 def test_cli_export_quiet_hides_third_party_warnings():

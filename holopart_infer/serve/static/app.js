@@ -44,8 +44,25 @@
       const li = document.createElement("li");
       const sw = document.createElement("i");
       sw.style.background = `rgb(${p.color.join(",")})`;
+      li.dataset.name = p.name;
       li.append(sw, p.name);
       ul.append(li);
+    }
+  }
+
+  // one badge per part: how much to trust it (holopart_infer.quality), with the measures on hover
+  function badges(quality) {
+    const byName = new Map(quality.map((q) => [q.name, q]));
+    for (const li of $("legend").children) {
+      const q = byName.get(li.dataset.name);
+      if (!q) continue;
+      const b = document.createElement("span");
+      b.className = `badge ${q.status}`;
+      b.textContent = q.status;
+      const cov = q.coverage_p90 === null ? "inf" : q.coverage_p90.toFixed(3);
+      b.title = `coverage p90 ${cov}, growth x${q.growth_extent.toFixed(2)} (object x${q.object_extent.toFixed(2)}), ` +
+        `${q.pieces} piece(s), ${q.closed ? "closed" : "open"}` + (q.reasons.length ? `: ${q.reasons.join(", ")}` : "");
+      li.append(b);
     }
   }
 
@@ -81,7 +98,10 @@
     a.href = downloadUrl;
     a.download = `${(job.source || "object").replace(/^demo:/, "").replace(/\.[^.]*$/, "")}_completed.glb`;
     a.hidden = false;
-    say(`Done: ${job.parts} parts in ${job.elapsed_s.toFixed(1)} s (batch of ${job.batch.objects || 1} object(s)).`);
+    badges(job.quality || []);
+    const replaced = (job.quality || []).filter((q) => q.replaced).length;
+    say(`Done: ${job.parts} parts in ${job.elapsed_s.toFixed(1)} s (batch of ${job.batch.objects || 1} object(s))` +
+        (replaced ? `; ${replaced} part(s) replaced by their visible patch (implausible or empty).` : "."));
     document.body.dataset.state = "done";
   }
 

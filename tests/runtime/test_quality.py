@@ -1,0 +1,242 @@
+"""Per-part trust measures, the guard that falls back to the closed patch, and `inspect` (issue 23)."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import trimesh
+
+import holopart_infer as hp
+from holopart_infer import assets, quality
+from holopart_infer.cleanup import edge_manifold
+from holopart_infer.cli import main as cli_main
+from holopart_infer.parts_io import Parts
+from holopart_infer.pipeline import HoloPart
+from tests.support import SphereBackend
+
+#: a part frame puts the part's samples within this radius of its centre (conditioning.py)
+PART_RADIUS = 0.95 * 0.7
+
+
+class BoxAndBlobBackend(SphereBackend):
+    """Decoder field per batch row: row 0 a cube whose corners sit at the part
+    frame's sample radius (a closed box's own patch completes to the box), every
+    other row a sphere of radius BLOB_R (a blob far around a small patch)."""
+
+    name = "box-and-blob"
+    BLOB_R = 1.0
+
+    def decoder_query(self, points, kv):
+        h = PART_RADIUS / np.sqrt(3.0)
+        box = 20.0 * (h - np.abs(points[:1]).max(axis=-1))
+        blob = 20.0 * (self.BLOB_R - np.linalg.norm(points[1:], axis=-1))
+        return np.concatenate([box, blob])[..., None].astype(np.float32)
+
+
+def _box_patch():
+    """A closed cube of side 0.4 at the origin, and its patch: every face but the bottom two triangles."""
+    box = trimesh.creation.box((0.4, 0.4, 0.4))
+    top = box.face_normals[:, 2] > -0.5
+    return box, (np.asarray(box.vertices), np.asarray(box.faces[top]))
+
+
+def _sheet(size: float, at):
+    v = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], dtype=np.float64) * size + np.asarray(at)
+    f = np.array([[0, 1, 2], [0, 2, 3]])
+    # subdivide so the patch has some samples spread over it
+    m = trimesh.Trimesh(v, f, process=False).subdivide().subdivide()
+    return np.asarray(m.vertices), np.asarray(m.faces)
+
+
+def _object() -> Parts:
+    """The cube's patch and a small sheet far from it; named so that a scene file
+    keeps their order (the backend's rows follow it)."""
+    box, patch = _box_patch()
+    return Parts.from_meshes([patch, _sheet(0.1, (0.5, 0.0, 0.0))], ["cube", "sheet"])
+
+
+# ----------------------------------------------------------------------------- measures
+def test_box_patch_completed_by_its_box_is_plausible():
+    box, (pv, pf) = _box_patch()
+    q = quality.measure(box.vertices, box.faces, pv, pf, np.array([[-0.2] * 3, [0.2] * 3]))
+    assert q.plausible and not q.reasons
+    assert q.coverage_p90 < 1e-6 and q.growth_extent == pytest.approx(1.0)
+    assert q.growth_volume == pytest.approx(1.0) and q.object_volume == pytest.approx(1.0)
+    assert q.pieces == 1 and q.closed
+
+
+def test_huge_sphere_around_a_small_patch_is_flagged():
+    pv, pf = _sheet(0.1, (0, 0, 0))
+    blob = trimesh.creation.icosphere(3, radius=1.0)
+    q = quality.measure(blob.vertices, blob.faces, pv, pf, np.array([[0, 0, -0.05], [1.0, 1.0, 0.05]]))
+    assert not q.plausible
+    names = {r.split()[0] for r in q.reasons}
+    assert {"coverage_p90", "growth_extent"} <= names, q.reasons
+    assert q.coverage_mean > 3 and q.growth_extent > 10
+
+
+def test_coverage_is_exact_to_the_surface_not_to_its_samples():
+    """A patch 0.05 above a single big triangle: distance 0.05 everywhere, however coarse the triangle."""
+    pv, pf = _sheet(0.2, (0.4, 0.4, 0.05))
+    tri_v = np.array([[-5, -5, 0], [5, -5, 0], [0, 5, 0]], dtype=np.float64)
+    q = quality.measure(tri_v, np.array([[0, 1, 2]]), pv, pf, np.array([[-5, -5, 0], [5, 5, 0.1]]))
+    diag = np.linalg.norm(np.ptp(pv, axis=0))
+    assert q.coverage_mean * diag == pytest.approx(0.05, rel=1e-6)
+    assert q.coverage_p90 * diag == pytest.approx(0.05, rel=1e-6)
+    assert q.pieces == 1 and not q.closed
+
+
+def test_pieces_count_and_empty_part():
+    a = trimesh.creation.box((0.1, 0.1, 0.1))
+    b = trimesh.creation.box((0.1, 0.1, 0.1))
+    b.apply_translation((0.3, 0, 0))
+    two = trimesh.util.concatenate([a, b])
+    pv, pf = np.asarray(two.vertices), np.asarray(two.faces)
+    q = quality.measure(two.vertices, two.faces, pv, pf, np.array([[-0.05] * 3, [0.35, 0.05, 0.05]]))
+    assert q.pieces == 2 and q.closed and q.plausible
+    empty = quality.measure(np.zeros((0, 3)), np.zeros((0, 3), np.int64), pv, pf, np.array([[0] * 3, [1] * 3]))
+    assert not empty.plausible and empty.coverage_p90 == np.inf and empty.pieces == 0
+
+
+def test_extras_round_trip_and_malformed_extras_are_named():
+    pv, pf = _sheet(0.1, (0, 0, 0))
+    blob = trimesh.creation.icosphere(2, radius=1.0)
+    q = quality.measure(blob.vertices, blob.faces, pv, pf, np.array([[0] * 3, [1] * 3]))
+    assert quality.from_extras(q.as_extras()) == q
+    bad = {**q.as_extras(), "closed": "yes"}
+    with pytest.raises(ValueError, match="'closed'"):
+        quality.from_extras(bad)
+    missing = {k: v for k, v in q.as_extras().items() if k != "coverage_p90"}
+    with pytest.raises(ValueError, match="coverage_p90"):
+        quality.from_extras(missing)
+
+
+# ----------------------------------------------------------------------------- the guard in the pipeline
+OPTS = dict(steps=1, depth=6, num_points=2048, decimate=None, min_component=0.0, appearance=False)
+
+
+@pytest.fixture(scope="module")
+def guarded():
+    return HoloPart(BoxAndBlobBackend()).complete(_object(), **OPTS)
+
+
+@pytest.fixture(scope="module")
+def unguarded():
+    return HoloPart(BoxAndBlobBackend()).complete(_object(), guard=False, **OPTS)
+
+
+def test_guard_replaces_the_blob_by_its_closed_patch_and_keeps_the_box(guarded):
+    box_part, blob_part = guarded.parts
+    assert box_part.quality.plausible and not box_part.quality.replaced
+    # the box came back as the box (within a grid cell of depth 6 in its frame)
+    assert np.abs(np.ptp(box_part.vertices, axis=0) - 0.4).max() < 0.03
+    assert box_part.quality.coverage_p90 < 0.05 and box_part.quality.closed
+    q = blob_part.quality
+    assert q.replaced and q.stand_in == "implausible" and not q.plausible
+    assert q.growth_extent > 2 and q.coverage_p90 > 0.1  # the model's output's measures: why it was replaced
+    # the stand-in is the patch closed into a thin solid: as large as the patch, closed
+    pv, _ = _sheet(0.1, (0.5, 0.0, 0.0))
+    np.testing.assert_allclose(np.ptp(blob_part.vertices, axis=0)[:2], np.ptp(pv, axis=0)[:2], atol=1e-3)
+    assert np.ptp(blob_part.vertices, axis=0)[2] < 0.01 and edge_manifold(blob_part.faces)
+    assert guarded.replaced == ["sheet"]
+    assert guarded.stats["guard"] == {"flagged": ["sheet"], "replaced": ["sheet"]}
+    assert set(guarded.stats["quality"]) == {"cube", "sheet"}
+
+
+def test_guard_off_keeps_the_blob_flagged(unguarded):
+    blob_part = unguarded.parts[1]
+    q = blob_part.quality
+    assert not q.plausible and not q.replaced and q.stand_in is None
+    assert np.ptp(blob_part.vertices, axis=0).min() > 0.1  # still the model's sphere, not a flat patch
+    assert unguarded.replaced == [] and unguarded.stats["guard"]["flagged"] == ["sheet"]
+
+
+def test_guard_warns_once_naming_the_part_and_its_measures(caplog):
+    with caplog.at_level(logging.WARNING, logger="holopart_infer"):
+        HoloPart(BoxAndBlobBackend()).complete(_object(), **OPTS)
+    lines = [r.getMessage() for r in caplog.records if "implausible" in r.getMessage()]
+    assert len(lines) == 1, caplog.text
+    assert "'sheet'" in lines[0] and "coverage_p90" in lines[0] and "'cube'" not in lines[0]
+    assert "--keep-implausible" in lines[0]
+
+
+def test_scores_round_trip_through_save_and_inspect(guarded, unguarded, tmp_path, capsys):
+    out = guarded.save(tmp_path / "guarded.glb")
+    stored = quality.read_scores(out)
+    assert [n for n, _ in stored] == ["cube", "sheet"]
+    assert [q for _, q in stored] == [p.quality for p in guarded.parts]
+    assert cli_main(["inspect", str(out)]) == 3
+    text = capsys.readouterr().out
+    assert "replaced" in text and "cube" in text and "sheet" in text
+    kept = unguarded.save(tmp_path / "kept.glb")
+    assert cli_main(["inspect", str(kept)]) == 0
+    assert "implausible" in capsys.readouterr().out
+    assert cli_main(["inspect", "--strict", str(kept)]) == 3
+
+
+def test_inspect_refuses_a_glb_without_scores(tmp_path, capsys):
+    assert cli_main(["inspect", str(assets.demo_object_path("mug"))]) == 2
+    assert "no per-part scores" in capsys.readouterr().err
+    assert cli_main(["inspect", str(tmp_path / "missing.glb")]) == 2
+
+
+def test_cli_summary_lists_every_part(tmp_path, capsys):
+    out = tmp_path / "o.glb"
+    code = cli_main(["run", str(assets.demo_object_path("table")), "-o", str(out), "--model",
+                     str(assets.demo_model_path()), "--steps", "2", "--depth", "6", "-q"])
+    assert code == 0
+    text = capsys.readouterr().out
+    table = text[text.index("parts (coverage"):].splitlines()
+    header = table[1].split()
+    assert header[:2] == ["part", "status"]
+    names = [n for n, _ in quality.read_scores(out)]
+    assert len(names) == 5
+    for name in names:
+        assert any(line.split()[0] == name for line in table[2:]), (name, table)
+
+
+@pytest.mark.parametrize("obj", list(assets.DEMO_OBJECTS))
+def test_good_parts_of_the_embedded_demos_are_not_flagged(obj):
+    res = hp.load(assets.demo_model_path()).complete(assets.demo_object_path(obj), **assets.DEMO_PRESET)
+    assert res.stats["guard"]["flagged"] == [], {p.name: p.quality.reasons for p in res.parts}
+    assert all(p.quality.plausible and not p.quality.replaced for p in res.parts)
+
+
+def test_batch_ledger_and_service_job_carry_the_scores(guarded, tmp_path):
+    import json
+
+    from holopart_infer.batch import BatchItem, run_batch
+    from holopart_infer.parts_io import write_scene
+    from holopart_infer.serve.batcher import DONE, ServeJob
+
+    obj = _object()
+    src = write_scene([(p.vertices, p.faces) for p in obj], obj.names, tmp_path / "in" / "obj.glb")
+    from holopart_infer.pipeline import CompletionOptions
+
+    summary = run_batch(HoloPart(BoxAndBlobBackend()), [BatchItem("obj", src)], tmp_path / "out",
+                        options=CompletionOptions(**OPTS))
+    assert summary.failed == 0
+    entry = json.loads((tmp_path / "out" / "ledger.jsonl").read_text().splitlines()[-1])
+    assert entry["status"] == "ok" and entry["replaced_parts"] == ["sheet"]
+    assert entry["quality"]["sheet"]["stand_in"] == "implausible" and entry["quality"]["cube"]["plausible"] is True
+    assert quality.from_extras(entry["quality"]["cube"]).plausible
+
+    job = ServeJob(parts=obj, options=None, deadline=0.0, state=DONE, result=guarded)
+    public = json.loads(json.dumps(job.public()))  # what a client receives
+    assert [(q["name"], q["status"]) for q in public["quality"]] == [("cube", "ok"), ("sheet", "replaced")]
+    assert public["quality"][1]["reasons"] and public["quality"][1]["coverage_p90"] > 0.1
+
+
+def test_stand_in_keeps_every_piece_of_the_patch():
+    """Floater removal is for the model's pieces: a small piece of the input patch stays in its stand-in."""
+    from holopart_infer.cleanup import connected_components
+
+    _, patch = _box_patch()
+    big, small = _sheet(0.1, (0.5, 0.0, 0.0)), _sheet(0.03, (0.5, 0.2, 0.0))  # small: 9% of big's area
+    two = (np.concatenate([big[0], small[0]]), np.concatenate([big[1], small[1] + len(big[0])]))
+    res = HoloPart(BoxAndBlobBackend()).complete(Parts.from_meshes([patch, two], ["cube", "sheets"]), **{
+        **OPTS, "min_component": 0.2})
+    sheets = res.parts[1]
+    assert sheets.quality.replaced
+    assert connected_components(sheets.faces, len(sheets.vertices))[0] == 2
