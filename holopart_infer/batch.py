@@ -525,7 +525,7 @@ def prepare_out_dir(out_dir: str | os.PathLike) -> Path:
     except OSError as e:
         raise OutputError(f"output folder {out}: cannot create it ({e.strerror or e}); "
                           "choose a writable folder") from None
-    fsafe._probe_writable(out, "output folder", out)
+    fsafe.probe_writable(out, "output folder", out)
     try:
         st = os.statvfs(out)
         free = st.f_bavail * st.f_frsize
@@ -914,13 +914,13 @@ def _write_one(it: BatchItem, res, out: Path, ledger: Ledger, *, replace: bool) 
                          output_bytes=staged.stat().st_size, output_sha256=fsafe.sha256_file(staged))
             ledger.append(entry)
             try:
-                fsafe._publish_file(staged, target, replace)
+                fsafe.publish_file(staged, target, replace)
             except OutputExists as e:  # appeared while we computed: kept, this attempt failed
                 entry = {**entry, "status": "failed", "output": None, "error": str(e), "error_type": "OutputExists",
                          "output_bytes": None, "output_sha256": None}
                 ledger.append(entry)
                 return entry
-            fsafe._fsync_dir(out)
+            fsafe.fsync_dir(out)
             return entry
         except Exception as e:  # this object failed (e.g. an unencodable mesh); the run goes on, unless
             # the disk is full (an OSError, or a writer's own error around one: the probe's, say)

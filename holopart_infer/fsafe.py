@@ -205,11 +205,11 @@ def check_output(path: str | os.PathLike, *, what: str = "output", overwrite: bo
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"{what} {path}: folder {parent} does not exist; create it first")
-    _probe_writable(parent, what, path)
+    probe_writable(parent, what, path)
     return path
 
 
-def _probe_writable(folder: Path, what: str, path: Path) -> None:
+def probe_writable(folder: Path, what: str, path: Path) -> None:
     """Create and remove a temporary file: the only reliable test (ACLs, read-only mounts)."""
     try:
         fd, tmp = tempfile.mkstemp(prefix="." + TMP_MARK + "probe-", dir=folder)
@@ -222,7 +222,7 @@ def _probe_writable(folder: Path, what: str, path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- files
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     if os.name != "posix":  # the rename's durability cannot be forced (nor needs it) on Windows
         return
     fd = os.open(directory, os.O_RDONLY)
@@ -240,7 +240,7 @@ def _temp_file(path: Path) -> Path:
     return t
 
 
-def _publish_file(tmp: Path, path: Path, overwrite: bool) -> None:
+def publish_file(tmp: Path, path: Path, overwrite: bool) -> None:
     check_interrupt()
     if overwrite:
         os.replace(tmp, path)
@@ -282,12 +282,12 @@ def atomic_write(path: str | os.PathLike, data: bytes | bytearray | memoryview, 
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
-        _publish_file(tmp, path, overwrite)
+        publish_file(tmp, path, overwrite)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         _untrack(tmp)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
@@ -371,7 +371,7 @@ def atomic_dir(path: str | os.PathLike, *, replace_if=None) -> Iterator[Path]:
                 raise
             shutil.rmtree(old, ignore_errors=True)
             _untrack(old)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

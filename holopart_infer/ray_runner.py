@@ -370,10 +370,10 @@ class RayPool:
             self._owns_ray = False
 
 
-class CrashOnce:
-    """Fault injection: the worker process that is handed ``key`` exits abruptly
-    (``os._exit``), once across all processes: the first one to remove
-    ``marker`` (a file the caller creates) crashes, later ones run normally."""
+class _FaultOnce:
+    """Fault injection, once across all processes: the first worker handed ``key`` that
+    removes ``marker`` (a file the caller creates) misbehaves (:meth:`fault`); later ones run
+    normally."""
 
     def __init__(self, key, marker: str | os.PathLike):
         self.key = key
@@ -385,24 +385,27 @@ class CrashOnce:
                 os.unlink(self.marker)
             except FileNotFoundError:
                 return
-            os._exit(17)
+            self.fault()
+
+    def fault(self) -> None:
+        raise NotImplementedError
 
 
-class StallOnce:
-    """Fault injection: the first worker handed ``key`` while ``marker`` exists removes it and
-    hangs (an object still in flight when the test kills the node)."""
+class CrashOnce(_FaultOnce):
+    """The worker process exits abruptly (``os._exit``)."""
+
+    def fault(self) -> None:
+        os._exit(17)
+
+
+class StallOnce(_FaultOnce):
+    """The worker hangs (an object still in flight when the test kills the node)."""
 
     def __init__(self, key, marker: str | os.PathLike, seconds: float = 600.0):
-        self.key = key
-        self.marker = str(marker)
+        super().__init__(key, marker)
         self.seconds = float(seconds)
 
-    def __call__(self, keys) -> None:
-        if self.key in keys:
-            try:
-                os.unlink(self.marker)
-            except FileNotFoundError:
-                return
-            import time
+    def fault(self) -> None:
+        import time
 
-            time.sleep(self.seconds)
+        time.sleep(self.seconds)
