@@ -190,7 +190,8 @@ def measure(vertices, faces, patch_vertices, patch_faces, object_bounds, *, seed
     """Measure one completed part against its input patch and the object (no ground truth).
 
     Args:
-        vertices, faces: the completed part (input coordinates).
+        vertices, faces: the completed part (input coordinates; any unit: measured in the
+            object's normalized frame).
         patch_vertices, patch_faces: the part as given (its visible patch).
         object_bounds: (2, 3) min / max corner of the whole input object.
         seed: seeds the patch and surface samples (same inputs, same measures).
@@ -208,6 +209,11 @@ def measure(vertices, faces, patch_vertices, patch_faces, object_bounds, *, seed
     pv = np.asarray(patch_vertices, dtype=np.float64).reshape(-1, 3)
     pf = np.asarray(patch_faces, dtype=np.int64).reshape(-1, 3)
     ob = np.asarray(object_bounds, dtype=np.float64).reshape(2, 3)
+    # every measure is a ratio: take the object to about [-0.5, 0.5] first, so the tolerances
+    # below (merging, the 1e-12 floors) and squared distances mean the same at any input unit
+    center, size = ob.mean(axis=0), float(np.linalg.norm(ob[1] - ob[0]))
+    if np.isfinite(size) and size > 0:
+        v, pv, ob = (v - center) / size, (pv - center) / size, (ob - center) / size
     rng = np.random.default_rng([int(seed), 23])
     p_diag, p_box = _box(pv[np.unique(pf)] if len(pf) else pv)
     o_ext = ob[1] - ob[0]

@@ -89,7 +89,16 @@ def thickened_patch(vertices: np.ndarray, faces: np.ndarray,
     """
     import trimesh
 
-    m = trimesh.Trimesh(np.asarray(vertices, np.float64), np.asarray(faces, np.int64), process=False)
+    v = np.asarray(vertices, np.float64)
+    # built in the patch's normalized frame (about [-0.5, 0.5]) and scaled back: trimesh's merge
+    # tolerance is absolute, so the same patch gives the same solid at any input unit
+    lo, hi = (v.min(axis=0), v.max(axis=0)) if len(v) else (np.zeros(3), np.ones(3))
+    center, size = (lo + hi) / 2, float(np.linalg.norm(hi - lo))
+    if not (np.isfinite(size) and size > 0):
+        center, size = np.zeros(3), 1.0
+    if thickness is not None:
+        thickness = thickness / size
+    m = trimesh.Trimesh((v - center) / size, np.asarray(faces, np.int64), process=False)
     m.merge_vertices()
     m.update_faces(m.nondegenerate_faces())
     m.remove_unreferenced_vertices()
@@ -99,7 +108,7 @@ def thickened_patch(vertices: np.ndarray, faces: np.ndarray,
     _, inverse, counts = np.unique(key, axis=0, return_inverse=True, return_counts=True)
     boundary = edges[counts[inverse.reshape(-1)] == 1]
     if len(boundary) == 0:
-        return v, f
+        return v * size + center, f
     if thickness is None:
         thickness = _THICKNESS * float(np.linalg.norm(v.max(axis=0) - v.min(axis=0)))
     n = np.asarray(m.vertex_normals, np.float64)
@@ -108,7 +117,7 @@ def thickened_patch(vertices: np.ndarray, faces: np.ndarray,
     a, b = boundary[:, 0], boundary[:, 1]
     walls = np.concatenate([np.stack([b, a, a + nv], axis=1), np.stack([b, a + nv, b + nv], axis=1)])
     faces_out = np.concatenate([f, f[:, ::-1] + nv, walls])
-    return np.concatenate([top, bottom]), faces_out.astype(np.int64)
+    return np.concatenate([top, bottom]) * size + center, faces_out.astype(np.int64)
 
 
 def retry_empty(meshes: list, samples: list[np.ndarray], decode: Callable, extract: Callable, depth: int,

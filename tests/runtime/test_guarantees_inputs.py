@@ -147,13 +147,26 @@ def test_24_12_cli_refuses_a_file_outside_the_range_with_exit_2(tmp_path):
     assert not (tmp_path / "o.glb").exists()
 
 
-def test_29_2_every_part_emptied_by_decimation_is_exit_1_with_its_own_explanation(mini, monkeypatch):
-    from holopart_infer import decimate as decimate_mod
+def test_29_2_every_part_emptied_by_clean_up_is_exit_1_with_its_own_explanation(mini, monkeypatch):
+    from holopart_infer import cleanup
     from holopart_infer.errors import EmptyResult
 
-    monkeypatch.setattr(decimate_mod, "decimate", lambda v, f, n: (v[:0], f[:0]))
+    monkeypatch.setattr(cleanup, "remove_floaters", lambda v, f, m: (v[:0], f[:0]))
     with pytest.raises(EmptyResult, match="no faces left after clean-up and decimation.*--no-decimate"):
-        mini.complete(_two_boxes(1.0), decimate=500, **FAST_OPTS)
+        mini.complete(_two_boxes(1.0), decimate=500, min_component=0.2, **FAST_OPTS)
+
+
+def test_29_2_decimation_that_would_empty_a_part_keeps_its_closed_mesh(mini, monkeypatch):
+    """Decimation never opens a closed part (issue 23): one that comes back empty (not closed)
+    leaves the part its full marching-cubes mesh, with the warning, never an empty part."""
+    from holopart_infer import decimate as decimate_mod
+
+    ref = mini.complete(_two_boxes(1.0), decimate=None, guard=False, **FAST_OPTS)
+    monkeypatch.setattr(decimate_mod, "decimate", lambda v, f, n: (v[:0], f[:0]))
+    res = mini.complete(_two_boxes(1.0), decimate=500, guard=False, **FAST_OPTS)
+    assert sorted(res.stats["decimation_non_manifold"]) == sorted(p.name for p in res.parts)
+    for a, b in zip(res.parts, ref.parts):
+        assert len(a.faces) == len(b.faces) > 500
 
 
 # --------------------------------------------------------------------------- 24.10: face2label.json types and ranges
