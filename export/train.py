@@ -96,6 +96,7 @@ class TrainConfig:
     real_limit: int = 0             # use the first N training objects of the split (0: all)
     real_split: str = ""            # split json (default export/realdata_split.json)
     real_shell: float = 0.015       # model-frame thickness given to open real parts' surfaces (occupancy)
+    real_subset: str = "train"      # which list of the split feeds the pool (held-out checks: "test", "val")
     init_from: str = ""             # published-layout checkpoint to start from when no state exists
 
     def data_key(self) -> str:
@@ -104,7 +105,7 @@ class TrainConfig:
         d = {k: getattr(self, k) for k in keys}
         if self.view_choices:  # keys of pools built before this field existed are unchanged
             d["view_choices"] = list(self.view_choices)
-        for k in ("up_axis", "augment", "real_copies", "real_limit", "real_split", "real_shell"):
+        for k in ("up_axis", "augment", "real_copies", "real_limit", "real_split", "real_shell", "real_subset"):
             if getattr(self, k) != getattr(TrainConfig, k):  # likewise: only non-default values enter
                 d[k] = getattr(self, k)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:16]
@@ -214,7 +215,8 @@ def real_jobs(tc: TrainConfig) -> list:
     from .realdata import SPLIT_PATH, ensure_installed, entries_by_key
 
     split = json.loads(Path(tc.real_split or SPLIT_PATH).read_text())
-    keys = split["train"][:tc.real_limit] if tc.real_limit > 0 else split["train"]
+    keys = split[tc.real_subset]
+    keys = keys[:tc.real_limit] if tc.real_limit > 0 else keys
     entries = entries_by_key(ensure_installed())
     return [(entries[k], c) for k in keys for c in range(tc.real_copies)]
 
@@ -546,6 +548,32 @@ def vae_reconstruction(out: str | Path, pool: dict, batch: int = 32) -> dict:
             "iou_std": float(i.std())}
 
 
+@torch.no_grad()
+def dit_heldout_loss(out: str | Path, state_files, pool: dict, batch: int = 32, seed: int = 0) -> list[dict]:
+    """Flow-matching loss of DiT states on a held-out pool, with the same noise, sigmas and no
+    condition dropout for every state (targets: OUT's frozen VAE encoder). One row per state."""
+    enc, _ = load_frozen_vae_encoder(Path(out), "cpu")
+    rows = []
+    for sf in state_files:
+        st = _load_state(Path(sf))
+        mcfg, tcd = st["model_config"], st["train_config"]
+        models = make_models("dit", mcfg, 0)
+        for k, m in models.items():
+            m.load_state_dict(st["models"][k])
+            m.eval()
+        gen = torch.Generator().manual_seed(seed)
+        tot, n = 0.0, 0
+        for s in range(0, len(pool["surface"]), batch):
+            sl = slice(s, s + batch)
+            b = {k: pool[k][sl] for k in ("surface", "part_tokens", "whole_points", "local_tokens", "local_points")}
+            x0, _ = enc(b["surface"], tcd["num_latents"])
+            loss = dit_loss(models["part_encoder"], models["transformer"], x0, b, gen, 0.0)["loss"]
+            tot += float(loss) * len(x0)
+            n += len(x0)
+        rows.append({"state": str(sf), "step": st["step"], "parts": n, "loss": tot / max(n, 1)})
+    return rows
+
+
 # ----------------------------------------------------------------------------- export
 
 
@@ -597,7 +625,17 @@ def export_checkpoint(out: str | Path, checkpoint_dir: str | Path, overwrite: bo
     defaults = {"latent_tokens": tcd["num_latents"], "num_points": tcd["num_points"], **(inference_defaults or {})}
     CompletionOptions.with_defaults(defaults, "inference_defaults")  # unknown names / bad values fail here
     index["inference_defaults"] = defaults
+    # the frame the model was trained in (issue 22): synthetic objects in up_axis, real ones y-up;
+    # `holopart-infer export` copies it into the manifest (absent means "+y")
+    index["up_axis"] = "+" + tcd.get("up_axis", "z")
     (ck / "model_index.json").write_text(json.dumps(index, indent=2))
+    if tcd.get("real_copies", 0) > 0:  # CC-BY needs attribution of the models trained on
+        from .realdata import SPLIT_PATH, entries_by_key, write_attribution
+
+        split = json.loads(Path(tcd.get("real_split") or SPLIT_PATH).read_text())
+        keys = split["train"][:tcd["real_limit"]] if tcd.get("real_limit", 0) > 0 else split["train"]
+        entries = entries_by_key()
+        write_attribution([entries[k] for k in keys if k in entries], ck / "ATTRIBUTION.md")
     return ck
 
 
@@ -606,13 +644,14 @@ def export_checkpoint(out: str | Path, checkpoint_dir: str | Path, overwrite: bo
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m holopart_infer.export.train", description=__doc__.split("\n")[0])
-    p.add_argument("stage", choices=["vae", "dit", "export", "vae-eval"],
+    p.add_argument("stage", choices=["vae", "dit", "export", "vae-eval", "dit-eval"],
                    help="vae-eval: reconstruction of held-out objects (--data-seed, --objects, --n-views) "
                         "by OUT's VAE")
     p.add_argument("--out", required=True, help="run folder (states, pool cache, log.jsonl)")
     p.add_argument("--checkpoint", help="export: published-layout folder to write")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--states", nargs="+", help="dit-eval: DiT state files to score on the held-out pool")
     p.add_argument("--inference-defaults", type=json.loads, default=None, metavar="JSON",
                    help='export: recommended options written to model_index.json, e.g. \'{"guidance": 2.0}\'')
     for f in dataclasses.fields(TrainConfig):
@@ -635,14 +674,19 @@ def main(argv=None) -> int:
     kw = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)}
     kw["templates"] = tuple(a.templates) if a.templates else None
     kw["view_choices"] = tuple(a.view_choices) if a.view_choices else None
-    if a.stage == "vae-eval":
+    if a.stage in ("vae-eval", "dit-eval"):
         if a.threads > 0:
             torch.set_num_threads(a.threads)
         st = _load_state(state_path(Path(a.out), "vae"))
-        tc = TrainConfig(**{**st["train_config"], "templates": kw["templates"], "objects": a.objects,
-                            "data_seed": a.data_seed, "n_views": a.n_views, "view_choices": kw["view_choices"]})
+        held = {k: kw[k] for k in ("templates", "objects", "data_seed", "n_views", "view_choices", "up_axis",
+                                   "augment", "real_copies", "real_limit", "real_subset", "workers")}
+        tc = TrainConfig(**{**st["train_config"], **held})
         pool = build_pool(tc, st["model_config"]["part_encoder"]["num_tokens"], cache_dir=Path(a.out) / "heldout")
-        print(json.dumps(vae_reconstruction(a.out, pool)))
+        if a.stage == "vae-eval":
+            print(json.dumps(vae_reconstruction(a.out, pool)))
+        else:
+            for row in dit_heldout_loss(a.out, a.states or [state_path(Path(a.out), "dit")], pool):
+                print(json.dumps(row))
         return 0
     if a.stage == "dit" and kw["lr"] == TrainConfig.lr:
         kw["lr"] = 5e-4
