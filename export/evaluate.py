@@ -484,6 +484,22 @@ def bootstrap_text(scores: list[PartScore], occluded_below: float = 0.95) -> str
     return "\n".join(lines)
 
 
+def versus_text(path_a, path_b, occluded_below: float = 0.95) -> str:
+    """Model B - model A (two ``--out`` files of the same objects), per subset and metric."""
+    rows = []
+    for tag, path in (("A", path_a), ("B", path_b)):
+        d = json.loads(Path(path).read_text())
+        rows += [PartScore(**{**r, "method": tag}) for r in d["scores"] if r["method"] == "model"]
+    lines = []
+    for subset in ("occluded", "all"):
+        for metric in ("iou", "chamfer"):
+            d = bootstrap_difference(rows, "B", "A", subset, metric, occluded_below)
+            if d["n"]:
+                lines.append(f"{subset:8s} B - A {metric:7s} {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] "
+                             f"(n={d['n']}, {d['objects']} objects)")
+    return "\n".join(lines)
+
+
 def markdown_table(summary: dict) -> str:
     lines = []
     for subset, by_method in summary.items():
@@ -529,8 +545,14 @@ def main(argv=None) -> int:
     p.add_argument("--compare", nargs="+", metavar="JSON",
                    help="no evaluation: pool these --out files (parts matched per seed) and print the summary "
                         "and the paired differences model - hull / model - patch")
+    p.add_argument("--versus", nargs=2, metavar=("A.json", "B.json"),
+                   help="no evaluation: the model of B against the model of A on the same objects "
+                        "(object-bootstrap intervals of B - A)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if a.versus:
+        print(versus_text(*a.versus, occluded_below=a.occluded_below))
+        return 0
     if a.compare:
         scores = load_scores(a.compare)
         print(markdown_table(summarize(scores, a.occluded_below)))
