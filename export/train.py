@@ -98,6 +98,8 @@ class TrainConfig:
     real_shell: float = 0.015       # model-frame thickness given to open real parts' surfaces (occupancy)
     real_subset: str = "train"      # which list of the split feeds the pool (held-out checks: "test", "val")
     init_from: str = ""             # published-layout checkpoint to start from when no state exists
+    freeze_encoder: bool = False    # vae stage: train the decoder only (the latent space stays init_from's,
+                                    # so a dit run can train on it at the same time)
 
     def data_key(self) -> str:
         keys = ("num_latents", "num_points", "n_surface", "n_occ_near", "n_occ_uniform", "occ_sigma",
@@ -439,7 +441,9 @@ def train(stage: str, tc: TrainConfig, out: str | Path, resume: bool = True, poo
     models = make_models(stage, mcfg, tc.seed)
     for m in models.values():
         m.to(device).train()
-    params = [p for m in models.values() for p in m.parameters()]
+    if stage == "vae" and tc.freeze_encoder:
+        models["vae_encoder"].eval().requires_grad_(False)
+    params = [p for m in models.values() for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     gen = torch.Generator().manual_seed(tc.seed)
     step, history = 0, []
@@ -459,7 +463,13 @@ def train(stage: str, tc: TrainConfig, out: str | Path, resume: bool = True, poo
         init_from_checkpoint(models, tc.init_from)
         log.info("%s: weights from %s (fresh optimizer, step 0)", stage, tc.init_from)
     enc = None
-    if stage == "dit":
+    if stage == "dit" and not state_path(out, "vae").is_file() and tc.init_from:
+        enc = VAEEncoder(mcfg["vae"])  # no VAE run here yet: the latent space of init_from's encoder
+        init_from_checkpoint({"vae_encoder": enc, "vae_decoder": VAEDecoder(VAEConfig.from_dict(mcfg["vae"]))},
+                             tc.init_from)
+        enc = enc.to(device).eval().requires_grad_(False)
+        log.info("dit: frozen VAE encoder from %s", tc.init_from)
+    elif stage == "dit":
         enc, _ = load_frozen_vae_encoder(out, device)
     if pool is None:
         pool = build_pool(tc, mcfg["part_encoder"]["num_tokens"], cache_dir=out)

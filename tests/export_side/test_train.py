@@ -253,3 +253,20 @@ def test_warm_start_export_frame_and_heldout_loss(pool, tmp_path):
     a = T.dit_heldout_loss(out, [T.state_path(out, "dit")], pool)
     b = T.dit_heldout_loss(out, [T.state_path(out, "dit")], pool)
     assert a[0]["loss"] == b[0]["loss"] and a[0]["step"] == 2 and a[0]["parts"] == len(pool["surface"])
+
+
+def test_frozen_encoder_lets_vae_decoder_and_dit_train_side_by_side(pool, tmp_path):
+    """freeze_encoder trains the decoder only; a dit run without a VAE state takes init_from's encoder."""
+    out = tmp_path / "run"
+    T.train("vae", dataclasses.replace(TC, steps=1), out, pool=pool)
+    T.train("dit", dataclasses.replace(TC, steps=1), out, pool=pool)
+    ck = T.export_checkpoint(out, tmp_path / "ckpt")
+    before = torch.load(T.state_path(out, "vae"), weights_only=False)["models"]
+    tc = dataclasses.replace(TC, steps=3, init_from=str(ck), freeze_encoder=True)
+    T.train("vae", tc, tmp_path / "ft", pool=pool)
+    after = torch.load(T.state_path(tmp_path / "ft", "vae"), weights_only=False)["models"]
+    for k, v in before["vae_encoder"].items():
+        torch.testing.assert_close(after["vae_encoder"][k], v)
+    assert any(not torch.equal(after["vae_decoder"][k], v) for k, v in before["vae_decoder"].items())
+    hist = T.train("dit", dataclasses.replace(TC, steps=2, init_from=str(ck)), tmp_path / "d", pool=pool)
+    assert [r["step"] for r in hist] == [1, 2]
