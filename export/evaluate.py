@@ -311,12 +311,13 @@ def _frame_parts(obj, M: np.ndarray):
 
 def evaluate(objects, model=None, methods=METHODS, complete_kwargs: dict | None = None, seed: int = 0,
              n_surface: int = 10000, n_volume: int = 32000, model_frame: np.ndarray | None = None,
-             real_shell: float = REAL_SHELL) -> tuple[list[PartScore], dict]:
+             real_shell: float = REAL_SHELL, partial=None) -> tuple[list[PartScore], dict]:
     """Score every part of every object for each method. ``model``: a loaded :class:`HoloPart`.
 
     ``model_frame``: a rotation applied to the input before the model and undone on its output
     (e.g. y-up objects given to a model trained z-up). Real parts (primitive ``"real"``) are scored
-    with ``real_shell`` (see :func:`score_methods`).
+    with ``real_shell`` (see :func:`score_methods`). ``partial``: a ``.jsonl`` path; each object's
+    scores are appended to it as soon as they exist (a run stopped early keeps what it scored).
     """
     scores: list[PartScore] = []
     timing = {"model_s": 0.0, "objects": 0}
@@ -344,6 +345,11 @@ def evaluate(objects, model=None, methods=METHODS, complete_kwargs: dict | None 
             for method, m in per.items():
                 scores.append(PartScore(oi, obj.template, part.name, part.primitive,
                                         round(part.visible_fraction, 4), method, **m))
+        if partial is not None:
+            with open(partial, "a") as fh:  # append-only log of finished objects
+                for sc in scores:
+                    if sc.object == oi:
+                        fh.write(json.dumps(asdict(sc)) + "\n")
         log.info("object %d (%s, %d parts) done", oi, obj.template, len(obj.parts))
     return scores, timing
 
@@ -443,13 +449,21 @@ class _SeededScore(PartScore):
     seed: int = 0
 
 
+def read_rows(path) -> list[dict]:
+    """Per-part score dicts of an ``--out`` json file or a ``--partial`` jsonl file."""
+    text = Path(path).read_text()
+    if str(path).endswith(".jsonl"):
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return json.loads(text)["scores"]
+
+
 def load_scores(paths) -> list[PartScore]:
-    """Scores of one or more ``--out`` json files, tagged with each run's object seed."""
+    """Scores of one or more ``--out`` json (or ``--partial`` jsonl) files, tagged with each run's object
+    seed (0 for jsonl)."""
     out: list[PartScore] = []
     for path in paths:
-        d = json.loads(Path(path).read_text())
-        seed = int(d["args"]["seed"])
-        out += [_SeededScore(**row, seed=seed) for row in d["scores"]]
+        seed = 0 if str(path).endswith(".jsonl") else int(json.loads(Path(path).read_text())["args"]["seed"])
+        out += [_SeededScore(**row, seed=seed) for row in read_rows(path)]
     return out
 
 
@@ -488,8 +502,7 @@ def versus_text(path_a, path_b, occluded_below: float = 0.95) -> str:
     """Model B - model A (two ``--out`` files of the same objects), per subset and metric."""
     rows = []
     for tag, path in (("A", path_a), ("B", path_b)):
-        d = json.loads(Path(path).read_text())
-        rows += [PartScore(**{**r, "method": tag}) for r in d["scores"] if r["method"] == "model"]
+        rows += [PartScore(**{**r, "method": tag}) for r in read_rows(path) if r["method"] == "model"]
     lines = []
     for subset in ("occluded", "all"):
         for metric in ("iou", "chamfer"):
@@ -542,6 +555,7 @@ def main(argv=None) -> int:
     p.add_argument("--n-volume", type=int, default=32000)
     p.add_argument("--occluded-below", type=float, default=0.95)
     p.add_argument("--out", help="write per-part scores and the summary as json")
+    p.add_argument("--partial", help="append each object's scores to this .jsonl as soon as they exist")
     p.add_argument("--compare", nargs="+", metavar="JSON",
                    help="no evaluation: pool these --out files (parts matched per seed) and print the summary "
                         "and the paired differences model - hull / model - patch")
@@ -590,7 +604,7 @@ def main(argv=None) -> int:
 
         frame = Z_TO_Y_UP.T
     scores, timing = evaluate(objs, model, methods, kw, n_surface=a.n_surface, n_volume=a.n_volume,
-                              model_frame=frame)
+                              model_frame=frame, partial=a.partial)
     summary = summarize(scores, a.occluded_below)
     print(markdown_table(summary))
     print(bootstrap_text(scores, a.occluded_below))
