@@ -98,6 +98,7 @@ class TrainConfig:
     real_shell: float = 0.015       # model-frame thickness given to open real parts' surfaces (occupancy)
     real_subset: str = "train"      # which list of the split feeds the pool (held-out checks: "test", "val")
     init_from: str = ""             # published-layout checkpoint to start from when no state exists
+    stop_at: int = 0                # stop (and save) at this step although the schedule runs to ``steps``
     freeze_encoder: bool = False    # vae stage: train the decoder only (the latent space stays init_from's,
                                     # so a dit run can train on it at the same time)
 
@@ -488,7 +489,8 @@ def train(stage: str, tc: TrainConfig, out: str | Path, resume: bool = True, poo
     logf = open(out / "log.jsonl", "a")
     t0 = time.time()
     try:
-        while step < tc.steps:
+        end = min(tc.steps, tc.stop_at) if tc.stop_at > 0 else tc.steps
+        while step < end:
             if weights is None:
                 idx = torch.randint(n, (tc.batch_size,), generator=gen)
             else:
@@ -514,13 +516,13 @@ def train(stage: str, tc: TrainConfig, out: str | Path, resume: bool = True, poo
             history.append(rec)
             if callback is not None:
                 callback(rec)
-            if step % tc.log_every == 0 or step == tc.steps:
+            if step % tc.log_every == 0 or step == end:
                 rec["elapsed_s"] = round(time.time() - t0, 2)
                 logf.write(json.dumps(rec) + "\n")
                 logf.flush()
                 log.info("%s step %d: %s", stage, step,
                          " ".join(f"{k}={v:.4f}" for k, v in rec.items() if isinstance(v, float)))
-            if step % tc.ckpt_every == 0 or step == tc.steps:
+            if step % tc.ckpt_every == 0 or step == end:
                 save()
     finally:
         logf.close()
