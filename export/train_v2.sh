@@ -33,10 +33,13 @@ fi
 [ -f "$B/$(ls "$A" | grep '^pool_' | head -1)" ] || ln -f "$A"/pool_*.npz "$B"/ 2>/dev/null || true
 $PY -m holopart_infer.export.train vae --out "$B" $OPT $DATA --init-from "$A/ckpt_a" --steps 1500 --lr 5e-4 \
     --lr-schedule cosine --decay-from 500 --lr-final 0.05
+DONE=$($PY -c "import torch; print(torch.load('$B/dit_state.pt', weights_only=False)['step'])" 2>/dev/null || echo 0)
 S=500
 while [ $S -le 40000 ]; do
-  $PY -m holopart_infer.export.train dit --out "$B" $OPT $DATA --init-from "$A/ckpt_a" --steps $S --lr 2e-4 \
-      --occluded-weight 3
-  cp "$B/dit_state.pt" "$B/dit_state_$S.pt.tmp" && mv "$B/dit_state_$S.pt.tmp" "$B/dit_state_$S.pt"
+  if [ $S -gt "$DONE" ]; then  # a resumed run skips the segments it has already passed
+    $PY -m holopart_infer.export.train dit --out "$B" $OPT $DATA --init-from "$A/ckpt_a" --steps $S --lr 2e-4 \
+        --occluded-weight 3
+    cp "$B/dit_state.pt" "$B/dit_state_$S.pt.tmp" && mv "$B/dit_state_$S.pt.tmp" "$B/dit_state_$S.pt"
+  fi
   S=$((S + 500))
 done
