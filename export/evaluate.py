@@ -222,15 +222,103 @@ def hull_baseline(vertices, faces) -> tuple[np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------- runner
 
 
-def eval_objects(seed: int, n: int, n_views: int):
-    from .synthetic import iter_dataset
+def eval_objects(seed: int, n: int, n_views: int, up_axis: str = "z", templates=None):
+    """Held-out synthetic objects; ``up_axis`` "y" turns them from the templates' z-up frame to y-up."""
+    from .synthetic import iter_dataset, to_y_up
 
-    return list(iter_dataset(seed, n, n_views=n_views))
+    objs = list(iter_dataset(seed, n, templates=templates, n_views=n_views))
+    return [to_y_up(o) for o in objs] if up_axis == "y" else objs
+
+
+TRANSFORMS = {"none": np.eye(3),
+              "rot90": np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]]),  # 90 deg about +y
+              "mirror": np.diag([-1.0, 1.0, 1.0])}                                         # x -> -x
+
+
+def real_eval_objects(subset: str = "test", n: int = 0, n_views: int = 16, transform: str = "none",
+                      split_path=None) -> list:
+    """Held-out real objects of the split (``test``: held-out objects of the training categories,
+    ``test_categories``: the held-out categories, ``val``), y-up, optionally turned (``TRANSFORMS``)."""
+    from .realdata import SPLIT_PATH, entries_by_key, make_real_object
+
+    split = json.loads(Path(split_path or SPLIT_PATH).read_text())
+    keys = split[subset][:n] if n > 0 else split[subset]
+    entries = entries_by_key()
+    M = None if transform == "none" else TRANSFORMS[transform]
+    objs = [make_real_object(entries[k], n_views=n_views, transform=M) for k in keys]
+    return [o for o in objs if o is not None]
+
+
+REAL_SHELL = 0.015  # object-frame thickness given to real parts' open surfaces (as in training)
+
+
+def _inside_fn(vertices, faces, shell: float = 0.0):
+    """points (N, 3) -> bool: crossing parity for a closed mesh; otherwise |winding| > 0.5, or within
+    ``shell`` of the surface when ``shell`` > 0 (real parts and their patches, see realdata)."""
+    v = np.asarray(vertices, dtype=np.float64)
+    f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    if len(f) == 0:
+        return lambda pts: np.zeros(len(pts), dtype=bool)
+    if shell > 0:
+        from .realdata import occupancy_labels
+        from holopart_infer.conditioning import sample_surface
+
+        dense, _, _ = sample_surface(v, f, 20000, np.random.default_rng(0))
+        return lambda pts: occupancy_labels(pts, v, f, shell, dense)
+    if is_closed(v, f):
+        return lambda pts: _column_parity(pts[:, :2], pts[:, 2:], v, f)[:, 0]
+    from .synthetic import winding_number
+
+    return lambda pts: winding_number(pts, v, f, chunk_pairs=1_000_000) > 0.5
+
+
+def score_methods(preds: dict[str, tuple], gt: tuple, rng: np.random.Generator, n_surface: int = 10000,
+                  n_volume: int = 32000, tau: float = 0.02 * OBJECT_SCALE, shell: float = 0.0) -> dict[str, dict]:
+    """:func:`score_part` for several predictions of one part, sharing the ground truth's samples.
+
+    The volume points are uniform in the bounding box of the ground truth and every prediction
+    (padded 5%), drawn once, so the ground truth's (costly) inside test runs once. ``shell`` > 0
+    (real parts): the ground truth and the ``patch`` prediction are solid within ``shell`` of their
+    surface (see :func:`holopart_infer.export.realdata.occupancy_labels`).
+    """
+    boxes = [np.asarray(gt[0], dtype=np.float64)] + [np.asarray(m[0], dtype=np.float64) for m in preds.values()
+                                                     if len(np.asarray(m[1]).reshape(-1, 3))]
+    allv = np.concatenate(boxes)
+    lo, hi = allv.min(0), allv.max(0)
+    ext = np.maximum(hi - lo, 1e-6)
+    pts = rng.uniform(lo - 0.05 * ext, hi + 0.05 * ext, size=(n_volume, 3))
+    g_in = _inside_fn(*gt, shell=shell)(pts)
+    gs = surface_samples(*gt, n_surface, rng)
+    out = {}
+    for method, pred in preds.items():
+        ps = surface_samples(*pred, n_surface, rng)
+        p, r, f1 = f_score(ps, gs, tau)
+        p_in = _inside_fn(*pred, shell=shell if method == "patch" else 0.0)(pts)
+        union = np.count_nonzero(p_in | g_in)
+        out[method] = {"chamfer": chamfer_distance(ps, gs), "f1": f1, "precision": p, "recall": r,
+                       "iou": float(np.count_nonzero(p_in & g_in) / union) if union else 0.0,
+                       "pred_faces": int(len(np.asarray(pred[1]).reshape(-1, 3)))}
+    return out
+
+
+def _frame_parts(obj, M: np.ndarray):
+    """The object's input parts with vertices mapped by ``M`` (a rotation into a model's frame)."""
+    from holopart_infer.parts_io import Parts
+
+    meshes = [(np.asarray(v) @ M.T, f) for v, f in obj.patches()]
+    return Parts.from_meshes(meshes, names=obj.names, source=f"evaluation {obj.template}")
 
 
 def evaluate(objects, model=None, methods=METHODS, complete_kwargs: dict | None = None, seed: int = 0,
-             n_surface: int = 10000, n_volume: int = 32000) -> tuple[list[PartScore], dict]:
-    """Score every part of every object for each method. ``model``: a loaded :class:`HoloPart`."""
+             n_surface: int = 10000, n_volume: int = 32000, model_frame: np.ndarray | None = None,
+             real_shell: float = REAL_SHELL, partial=None) -> tuple[list[PartScore], dict]:
+    """Score every part of every object for each method. ``model``: a loaded :class:`HoloPart`.
+
+    ``model_frame``: a rotation applied to the input before the model and undone on its output
+    (e.g. y-up objects given to a model trained z-up). Real parts (primitive ``"real"``) are scored
+    with ``real_shell`` (see :func:`score_methods`). ``partial``: a ``.jsonl`` path; each object's
+    scores are appended to it as soon as they exist (a run stopped early keeps what it scored).
+    """
     scores: list[PartScore] = []
     timing = {"model_s": 0.0, "objects": 0}
     for oi, obj in enumerate(objects):
@@ -241,20 +329,76 @@ def evaluate(objects, model=None, methods=METHODS, complete_kwargs: dict | None 
             preds["patch"] = [p.patch for p in obj.parts]
         if "model" in methods and model is not None:
             t0 = time.perf_counter()
-            res = model.complete(obj.input_parts(), **(complete_kwargs or {}))
+            M = np.eye(3) if model_frame is None else np.asarray(model_frame, dtype=np.float64)
+            res = model.complete(_frame_parts(obj, M) if model_frame is not None else obj.input_parts(),
+                                 **(complete_kwargs or {}))
             timing["model_s"] += time.perf_counter() - t0
             if [r.name for r in res.parts] != obj.names:
                 raise RuntimeError(f"object {oi}: output parts {[r.name for r in res.parts]} != {obj.names}")
-            preds["model"] = [(r.vertices, r.faces) for r in res.parts]
+            preds["model"] = [(np.asarray(r.vertices, dtype=np.float64) @ M, r.faces) for r in res.parts]
         timing["objects"] += 1
-        for method, meshes in preds.items():
-            for pi, (part, pred) in enumerate(zip(obj.parts, meshes)):
-                rng = np.random.default_rng([seed, oi, pi])  # same samples of the GT for every method
-                m = score_part(pred, (part.mesh.vertices, part.mesh.faces), rng, n_surface, n_volume)
+        for pi, part in enumerate(obj.parts):
+            rng = np.random.default_rng([seed, oi, pi])
+            shell = real_shell if part.primitive == "real" else 0.0
+            per = score_methods({m: preds[m][pi] for m in preds}, (part.mesh.vertices, part.mesh.faces), rng,
+                                n_surface, n_volume, shell=shell)
+            for method, m in per.items():
                 scores.append(PartScore(oi, obj.template, part.name, part.primitive,
                                         round(part.visible_fraction, 4), method, **m))
+        if partial is not None:
+            with open(partial, "a") as fh:  # append-only log of finished objects
+                for sc in scores:
+                    if sc.object == oi:
+                        fh.write(json.dumps(asdict(sc)) + "\n")
         log.info("object %d (%s, %d parts) done", oi, obj.template, len(obj.parts))
     return scores, timing
+
+
+def bootstrap_difference(scores: list[PartScore], method: str = "model", base: str = "hull",
+                         subset: str = "occluded", metric: str = "iou", occluded_below: float = 0.95,
+                         reps: int = 2000, seed: int = 0) -> dict:
+    """Mean per-part difference ``method - base`` with a 95% bootstrap interval, resampling whole
+    objects (parts of one object are not independent). Pairs match on (seed, object, part)."""
+    by: dict = {}
+    for s in scores:
+        by.setdefault((getattr(s, "seed", None), s.object, s.part), {})[s.method] = s
+    rows = [(k[0], k[1], getattr(v[method], metric) - getattr(v[base], metric)) for k, v in by.items()
+            if method in v and base in v and (subset == "all" or v[base].visible_fraction < occluded_below)]
+    if not rows:
+        return {"n": 0}
+    objs = sorted({(a, b) for a, b, _ in rows})
+    idx = {o: i for i, o in enumerate(objs)}
+    sums, counts = np.zeros(len(objs)), np.zeros(len(objs))
+    for a, b, d in rows:
+        sums[idx[(a, b)]] += d
+        counts[idx[(a, b)]] += 1
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(len(objs), size=(reps, len(objs)))
+    boot = sums[pick].sum(1) / np.maximum(counts[pick].sum(1), 1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"n": len(rows), "objects": len(objs), "mean": float(sums.sum() / counts.sum()), "low": float(lo),
+            "high": float(hi)}
+
+
+def bootstrap_mean(scores: list[PartScore], method: str, subset: str = "occluded", metric: str = "iou",
+                   occluded_below: float = 0.95, reps: int = 2000, seed: int = 0) -> dict:
+    """Mean of one method's metric over parts with a 95% object-bootstrap interval."""
+    rows = [s for s in scores if s.method == method and (subset == "all" or s.visible_fraction < occluded_below)]
+    if not rows:
+        return {"n": 0}
+    objs = sorted({(getattr(s, "seed", None), s.object) for s in rows})
+    idx = {o: i for i, o in enumerate(objs)}
+    sums, counts = np.zeros(len(objs)), np.zeros(len(objs))
+    for s in rows:
+        i = idx[(getattr(s, "seed", None), s.object)]
+        v = getattr(s, metric)
+        sums[i] += v if np.isfinite(v) else 0.0
+        counts[i] += 1
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(len(objs), size=(reps, len(objs)))
+    boot = sums[pick].sum(1) / np.maximum(counts[pick].sum(1), 1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"n": len(rows), "mean": float(sums.sum() / counts.sum()), "low": float(lo), "high": float(hi)}
 
 
 def summarize(scores: list[PartScore], occluded_below: float = 0.95, success_iou: float = 0.5) -> dict:
@@ -305,13 +449,21 @@ class _SeededScore(PartScore):
     seed: int = 0
 
 
+def read_rows(path) -> list[dict]:
+    """Per-part score dicts of an ``--out`` json file or a ``--partial`` jsonl file."""
+    text = Path(path).read_text()
+    if str(path).endswith(".jsonl"):
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return json.loads(text)["scores"]
+
+
 def load_scores(paths) -> list[PartScore]:
-    """Scores of one or more ``--out`` json files, tagged with each run's object seed."""
+    """Scores of one or more ``--out`` json (or ``--partial`` jsonl) files, tagged with each run's object
+    seed (0 for jsonl)."""
     out: list[PartScore] = []
     for path in paths:
-        d = json.loads(Path(path).read_text())
-        seed = int(d["args"]["seed"])
-        out += [_SeededScore(**row, seed=seed) for row in d["scores"]]
+        seed = 0 if str(path).endswith(".jsonl") else int(json.loads(Path(path).read_text())["args"]["seed"])
+        out += [_SeededScore(**row, seed=seed) for row in read_rows(path)]
     return out
 
 
@@ -325,6 +477,39 @@ def comparison_text(scores: list[PartScore], occluded_below: float = 0.95) -> st
             cells = [f"{k} {d[k]['mean']:+.4f} [{d[k]['low']:+.4f}, {d[k]['high']:+.4f}] better on "
                      f"{d[k]['better']}/{d['n']}" for k in ("iou", "chamfer", "f1")]
             lines.append(f"{subset:8s} model - {base:5s} (n={d['n']}): " + "; ".join(cells))
+    return "\n".join(lines)
+
+
+def bootstrap_text(scores: list[PartScore], occluded_below: float = 0.95) -> str:
+    """Object-bootstrap 95% intervals: each method's mean IoU, and model - baseline differences."""
+    lines = []
+    for subset in ("occluded", "all"):
+        for method in sorted({s.method for s in scores}):
+            d = bootstrap_mean(scores, method, subset, "iou", occluded_below)
+            if d["n"]:
+                lines.append(f"{subset:8s} {method:6s} IoU {d['mean']:.3f} [{d['low']:.3f}, {d['high']:.3f}] "
+                             f"(n={d['n']})")
+        for base in ("hull", "patch"):
+            for metric in ("iou", "chamfer"):
+                d = bootstrap_difference(scores, "model", base, subset, metric, occluded_below)
+                if d["n"]:
+                    lines.append(f"{subset:8s} model - {base:5s} {metric:7s} {d['mean']:+.4f} "
+                                 f"[{d['low']:+.4f}, {d['high']:+.4f}] (n={d['n']}, {d['objects']} objects)")
+    return "\n".join(lines)
+
+
+def versus_text(path_a, path_b, occluded_below: float = 0.95) -> str:
+    """Model B - model A (two ``--out`` files of the same objects), per subset and metric."""
+    rows = []
+    for tag, path in (("A", path_a), ("B", path_b)):
+        rows += [PartScore(**{**r, "method": tag}) for r in read_rows(path) if r["method"] == "model"]
+    lines = []
+    for subset in ("occluded", "all"):
+        for metric in ("iou", "chamfer"):
+            d = bootstrap_difference(rows, "B", "A", subset, metric, occluded_below)
+            if d["n"]:
+                lines.append(f"{subset:8s} B - A {metric:7s} {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] "
+                             f"(n={d['n']}, {d['objects']} objects)")
     return "\n".join(lines)
 
 
@@ -344,6 +529,17 @@ def markdown_table(summary: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m holopart_infer.export.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--model", help="exported model dir (manifest.json + onnx/)")
+    p.add_argument("--checkpoint", help="instead of --model: a published-layout checkpoint, run by the torch "
+                                        "reference backend (no ONNX export needed)")
+    p.add_argument("--model-up", choices=["y", "z"], default="y",
+                   help="the model's training frame: z turns the (y-up) inputs to z-up for it (v1)")
+    p.add_argument("--real", choices=["test", "test_categories", "val"],
+                   help="evaluate held-out real objects of export/realdata_split.json instead of synthetic ones")
+    p.add_argument("--synthetic-up", choices=["y", "z"], default="z",
+                   help="frame of the synthetic objects (v2 models: y)")
+    p.add_argument("--templates", nargs="+", help="synthetic templates (cycled); default: the v1 draw")
+    p.add_argument("--transform", choices=sorted(TRANSFORMS), default="none",
+                   help="invariance check: turn the objects 90 deg about +y, or mirror x")
     p.add_argument("--baselines-only", action="store_true")
     p.add_argument("--objects", type=int, default=20)
     p.add_argument("--seed", type=int, default=EVAL_SEED, help="held-out object seed (training used data_seed)")
@@ -359,31 +555,59 @@ def main(argv=None) -> int:
     p.add_argument("--n-volume", type=int, default=32000)
     p.add_argument("--occluded-below", type=float, default=0.95)
     p.add_argument("--out", help="write per-part scores and the summary as json")
+    p.add_argument("--partial", help="append each object's scores to this .jsonl as soon as they exist")
     p.add_argument("--compare", nargs="+", metavar="JSON",
                    help="no evaluation: pool these --out files (parts matched per seed) and print the summary "
                         "and the paired differences model - hull / model - patch")
+    p.add_argument("--versus", nargs=2, metavar=("A.json", "B.json"),
+                   help="no evaluation: the model of B against the model of A on the same objects "
+                        "(object-bootstrap intervals of B - A)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if a.versus:
+        print(versus_text(*a.versus, occluded_below=a.occluded_below))
+        return 0
     if a.compare:
         scores = load_scores(a.compare)
         print(markdown_table(summarize(scores, a.occluded_below)))
         print(comparison_text(scores, a.occluded_below))
+        print(bootstrap_text(scores, a.occluded_below))
         return 0
     model, methods = None, ("hull", "patch")
     kw = dict(steps=a.steps, guidance=a.guidance, seed=0, depth=a.depth, num_points=a.num_points,
               latent_tokens=a.latent_tokens, decimate=a.decimate, min_component=a.min_component)
     if not a.baselines_only:
-        if not a.model:
-            p.error("--model is required unless --baselines-only")
-        import holopart_infer
+        if a.checkpoint:
+            from holopart_infer.pipeline import HoloPart
+            from .torch_backend import TorchBackend
 
-        model = holopart_infer.load(a.model, backend="onnxruntime", device="cpu")
+            model = HoloPart(TorchBackend.from_checkpoint(a.checkpoint))
+        elif a.model:
+            import holopart_infer
+
+            model = holopart_infer.load(a.model, backend="onnxruntime", device="cpu")
+        else:
+            p.error("--model or --checkpoint is required unless --baselines-only")
         methods = METHODS
     t0 = time.time()
-    objs = eval_objects(a.seed, a.objects, a.n_views)
-    scores, timing = evaluate(objs, model, methods, kw, n_surface=a.n_surface, n_volume=a.n_volume)
+    if a.real:
+        objs = real_eval_objects(a.real, a.objects, a.n_views, a.transform)
+    else:
+        objs = eval_objects(a.seed, a.objects, a.n_views, a.synthetic_up, a.templates)
+        if a.transform != "none":
+            from .synthetic import transform_object
+
+            objs = [transform_object(o, TRANSFORMS[a.transform]) for o in objs]
+    frame = None
+    if a.model_up == "z":  # y-up inputs -> the z-up frame of a v1 model
+        from .synthetic import Z_TO_Y_UP
+
+        frame = Z_TO_Y_UP.T
+    scores, timing = evaluate(objs, model, methods, kw, n_surface=a.n_surface, n_volume=a.n_volume,
+                              model_frame=frame, partial=a.partial)
     summary = summarize(scores, a.occluded_below)
     print(markdown_table(summary))
+    print(bootstrap_text(scores, a.occluded_below))
     print(f"objects {a.objects} (seed {a.seed}), parts {len(objs and scores) and len({(s.object, s.part) for s in scores})},"
           f" model time {timing['model_s']:.1f}s, total {time.time() - t0:.1f}s")
     if a.out:

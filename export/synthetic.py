@@ -169,6 +169,42 @@ def torus(major, minor, center, rotation=None) -> tuple[str, trimesh.Trimesh]:
     return "torus", _place(m, center, rotation)
 
 
+def cup_shell(radius, height, wall, center, rotation=None, sections: int = 20) -> tuple[str, trimesh.Trimesh]:
+    """A hollow cup (open at the top, bottom at local z=0): a closed solid with a thin wall."""
+    ri = max(radius - wall, 0.2 * radius)
+    prof = ([[0, 0]] + _rings(radius, 0, radius, height) + [[ri, height]]
+            + _rings(ri, height, ri, wall)[1:] + [[0, wall]])
+    m = creation.revolve(np.asarray(prof, dtype=np.float64)[::-1], sections=sections)
+    if m.volume < 0:
+        m.invert()
+    return "shell", _place(m, center, rotation)
+
+
+def shade_shell(r_bottom, r_top, height, wall, center, sections: int = 20) -> tuple[str, trimesh.Trimesh]:
+    """A thin lamp-shade shell (open at both ends): a frustum wall of thickness ``wall``."""
+    prof = (_rings(r_bottom, 0, r_top, height) + _rings(r_top - wall, height, r_bottom - wall, 0)[:-1]
+            + [[r_bottom, 0]])
+    m = creation.revolve(np.asarray(prof, dtype=np.float64), sections=sections)
+    if m.volume < 0:
+        m.invert()
+    return "shell", _place(m, center)
+
+
+def bar(p0, p1, radius, sections: int = 10) -> tuple[str, trimesh.Trimesh]:
+    """A cylinder from point p0 to p1 (slanted bars)."""
+    p0, p1 = np.asarray(p0, dtype=np.float64), np.asarray(p1, dtype=np.float64)
+    d = p1 - p0
+    L = float(np.linalg.norm(d))
+    R = trimesh.geometry.align_vectors([0, 0, 1], d / L)[:3, :3]
+    _, m = cylinder(radius, L, (p0 + p1) / 2, sections=sections, rotation=R)
+    return "bar", m
+
+
+def pieces(*prims) -> tuple[str, trimesh.Trimesh]:
+    """Several closed pieces as one part (their union; overlaps count once by winding number)."""
+    return "pieces", trimesh.util.concatenate([m for _, m in prims])
+
+
 # ----------------------------------------------------------------------------- templates
 # Each returns [(name, (primitive, mesh)), ...] in arbitrary units (z up).
 
@@ -264,8 +300,97 @@ def _dumbbell(rng) -> list:
     return parts
 
 
+def _cup(rng) -> list:
+    """Hollow cup (thin wall) with a handle, sometimes on a saucer."""
+    r, h = rng.uniform(0.3, 0.45), rng.uniform(0.5, 0.9)
+    wall = rng.uniform(0.03, 0.06)
+    major, minor = rng.uniform(0.15, 0.25) * h, rng.uniform(0.03, 0.05)
+    parts = [("body", cup_shell(r, h, wall, [0, 0, 0])),
+             ("handle", torus(major, minor, [r, 0, h / 2], rotation=_rot_x(np.pi / 2)))]
+    if rng.random() < 0.5:
+        parts.append(("saucer", cylinder(r * rng.uniform(1.4, 1.8), 0.04, [0, 0, -0.01], sections=24)))
+    return parts
+
+
+def _stool(rng) -> list:
+    """Round seat on 3-4 slanted legs; the rungs between the legs are one part of several pieces."""
+    rs, th, h = rng.uniform(0.2, 0.35), rng.uniform(0.04, 0.08), rng.uniform(0.5, 0.9)
+    n = int(rng.integers(3, 5))
+    spread, r = rng.uniform(1.1, 1.6), rng.uniform(0.02, 0.035)
+    parts = [("seat", cylinder(rs, th, [0, 0, h + th / 2], sections=20))]
+    feet, tops = [], []
+    for i in range(n):
+        a = 2 * np.pi * i / n + 0.3
+        d = np.array([np.cos(a), np.sin(a), 0.0])
+        top, foot = d * 0.7 * rs + [0, 0, h + th / 2], d * 0.7 * rs * spread
+        tops.append(top)
+        feet.append(foot)
+        parts.append((f"leg_{i}", bar(foot, top, r)))
+    zr = rng.uniform(0.25, 0.45)
+    ring = [f + zr * (t - f) for f, t in zip(feet, tops)]
+    parts.append(("rungs", pieces(*[bar(ring[i], ring[(i + 1) % n], 0.7 * r) for i in range(n)])))
+    return parts
+
+
+def _shade_lamp(rng) -> list:
+    """Table lamp with a thin open shade (a shell), a bulb inside and a slanted arm."""
+    rb, hb = rng.uniform(0.2, 0.35), rng.uniform(0.04, 0.08)
+    pole_h, pr = rng.uniform(0.5, 1.0), rng.uniform(0.02, 0.035)
+    lean = rng.uniform(-0.25, 0.25)
+    top = np.array([lean, 0.0, hb / 2 + pole_h])
+    parts = [("base", cylinder(rb, hb, [0, 0, hb / 2], sections=20)),
+             ("pole", bar([0, 0, hb / 4], top, pr))]
+    sb, st, sh = rng.uniform(0.25, 0.4), rng.uniform(0.12, 0.22), rng.uniform(0.2, 0.35)
+    parts.append(("shade", shade_shell(sb, st, sh, rng.uniform(0.015, 0.03), top - [0, 0, 0.3 * sh])))
+    parts.append(("bulb", sphere(rng.uniform(0.06, 0.1), top, subdivisions=2)))
+    return parts
+
+
+def _bench(rng) -> list:
+    """A slatted bench: 4-8 thin slats over two end frames (more parts per object)."""
+    w, d, h = rng.uniform(1.2, 2.0), rng.uniform(0.35, 0.5), rng.uniform(0.35, 0.5)
+    n = int(rng.integers(4, 9))
+    t = rng.uniform(0.02, 0.04)
+    sw = d / n * rng.uniform(0.6, 0.85)
+    parts = []
+    for i, y in enumerate(np.linspace(-d / 2 + sw / 2, d / 2 - sw / 2, n)):
+        parts.append((f"slat_{i}", box([w, sw, t], [0, y, h + t / 2], subdivisions=1)))
+    ft = rng.uniform(0.04, 0.07)
+    for i, x in enumerate((-w / 2 + 0.1, w / 2 - 0.1)):
+        parts.append((f"frame_{i}", pieces(box([ft, ft, h + t / 2], [x, -d / 2 + ft, (h + t / 2) / 2], 1),
+                                           box([ft, ft, h + t / 2], [x, d / 2 - ft, (h + t / 2) / 2], 1),
+                                           box([ft, d, ft], [x, 0, h - ft / 2], 1))))
+    return parts
+
+
 TEMPLATE_FUNCS: dict[str, Callable] = {"table": _table, "chair": _chair, "lamp": _lamp, "mug": _mug,
-                                       "shelf": _shelf, "dumbbell": _dumbbell}
+                                       "shelf": _shelf, "dumbbell": _dumbbell, "cup": _cup, "stool": _stool,
+                                       "shade_lamp": _shade_lamp, "bench": _bench}
+# shape families added for v2 (issue 22): thin shells and hollow cups, slanted bars, several pieces in
+# one part, more parts per object. Only drawn when named (``templates=``), so that the objects of
+# existing seeds (test and evaluation sets) do not change.
+EXTRA_TEMPLATES = ("cup", "stool", "shade_lamp", "bench")
+ALL_TEMPLATES = TEMPLATES + EXTRA_TEMPLATES
+
+# z-up (templates) -> y-up (glTF, HoloPart's frame): (x, y, z) -> (x, z, -y)
+Z_TO_Y_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
+
+
+def transform_object(obj: "SyntheticObject", M: np.ndarray, normalize: bool = True) -> "SyntheticObject":
+    """Apply a 3x3 linear map to every part in place (under a mirror trimesh keeps normals outwards), then renormalize
+    to the object frame. Visibility masks are kept (faces keep their indices)."""
+    T = np.eye(4)
+    T[:3, :3] = M
+    for p in obj.parts:
+        p.mesh.apply_transform(T)  # trimesh re-orients the faces under a mirror (same face order)
+    if normalize:
+        _normalize([p.mesh for p in obj.parts])
+    return obj
+
+
+def to_y_up(obj: "SyntheticObject") -> "SyntheticObject":
+    """The object turned from the templates' z-up frame to y-up, in place."""
+    return transform_object(obj, Z_TO_Y_UP, normalize=False)
 
 
 # ----------------------------------------------------------------------------- visibility

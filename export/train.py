@@ -89,6 +89,18 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int = 0                # torch CPU threads (0: torch's default; 1 is best on a shared CPU)
+    # issue 22 (v2): frame, augmentation, real objects, warm start
+    up_axis: str = "z"              # synthetic objects: "z" (the templates' frame, v1) or "y" (glTF/HoloPart)
+    augment: bool = False           # per pool object: rotation about up, mirror, tilt <= 5 deg, scale 0.85-1.15
+    real_copies: int = 0            # augmented copies of each real training object (0: synthetic only)
+    real_limit: int = 0             # use the first N training objects of the split (0: all)
+    real_split: str = ""            # split json (default export/realdata_split.json)
+    real_shell: float = 0.015       # model-frame thickness given to open real parts' surfaces (occupancy)
+    real_subset: str = "train"      # which list of the split feeds the pool (held-out checks: "test", "val")
+    init_from: str = ""             # published-layout checkpoint to start from when no state exists
+    stop_at: int = 0                # stop (and save) at this step although the schedule runs to ``steps``
+    freeze_encoder: bool = False    # vae stage: train the decoder only (the latent space stays init_from's,
+                                    # so a dit run can train on it at the same time)
 
     def data_key(self) -> str:
         keys = ("num_latents", "num_points", "n_surface", "n_occ_near", "n_occ_uniform", "occ_sigma",
@@ -96,6 +108,9 @@ class TrainConfig:
         d = {k: getattr(self, k) for k in keys}
         if self.view_choices:  # keys of pools built before this field existed are unchanged
             d["view_choices"] = list(self.view_choices)
+        for k in ("up_axis", "augment", "real_copies", "real_limit", "real_split", "real_shell", "real_subset"):
+            if getattr(self, k) != getattr(TrainConfig, k):  # likewise: only non-default values enter
+                d[k] = getattr(self, k)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
@@ -139,10 +154,20 @@ def object_examples(obj, tc: TrainConfig, num_tokens: int, seed: int) -> dict[st
         rest = np.setdiff1d(np.arange(tc.n_surface), first)
         order = np.concatenate([first, rest])
         surf.append(np.concatenate([pts, nrm], axis=1)[order])
-        occ = sample_occupancy(trimesh.Trimesh(v, p.mesh.faces, process=False), tc.n_occ_near,
-                               tc.n_occ_uniform, rng, sigma=tc.occ_sigma)
-        occ_p.append(occ.points)
-        occ_l.append(occ.labels)
+        if p.primitive == "real":  # possibly open: |winding| > 0.5 or within a thin shell of the surface
+            from .realdata import occupancy_labels
+
+            dense, _, _ = sample_surface(v, p.mesh.faces, 20000, rng)
+            near = dense[:tc.n_occ_near] + tc.occ_sigma * rng.standard_normal((tc.n_occ_near, 3))
+            q = np.concatenate([near, rng.uniform(-1.05, 1.05, size=(tc.n_occ_uniform, 3))])
+            shell = tc.real_shell / cond.scales[i]  # model frame -> part frame
+            occ_p.append(q.astype(np.float32))
+            occ_l.append(occupancy_labels(q, v, p.mesh.faces, shell, dense).astype(np.float32))
+        else:
+            occ = sample_occupancy(trimesh.Trimesh(v, p.mesh.faces, process=False), tc.n_occ_near,
+                                   tc.n_occ_uniform, rng, sigma=tc.occ_sigma)
+            occ_p.append(occ.points)
+            occ_l.append(occ.labels)
     out.update(surface=np.stack(surf), occ_points=np.stack(occ_p), occ_labels=np.stack(occ_l),
                visible_frac=np.array([p.visible_fraction for p in obj.parts]))
     return {k: np.asarray(a, dtype=np.float32) for k, a in out.items()}
@@ -153,12 +178,50 @@ def object_views(tc: TrainConfig, i: int) -> int:
     return int(tc.view_choices[i % len(tc.view_choices)]) if tc.view_choices else tc.n_views
 
 
-def _pool_object(args) -> dict[str, np.ndarray]:
-    from .synthetic import dataset_object
+def _pool_object(args) -> dict[str, np.ndarray] | None:
+    from .synthetic import Z_TO_Y_UP, dataset_object, transform_object
 
-    tc, num_tokens, i = args
+    tc, num_tokens, i = args[:3]
+    if i >= tc.objects:  # a real object: (tc, num_tokens, i, entry, copy)
+        return _real_pool_object(tc, num_tokens, i, *args[3:])
     obj = dataset_object(tc.data_seed, i, tc.templates, n_views=object_views(tc, i))
+    M = Z_TO_Y_UP if tc.up_axis == "y" else np.eye(3)
+    if tc.augment:
+        from .realdata import augmentation
+
+        up = 1 if tc.up_axis == "y" else 2
+        M = augmentation(np.random.default_rng([tc.data_seed, i, 7]), up=up) @ M
+    if tc.up_axis == "y" or tc.augment:
+        transform_object(obj, M)
     return object_examples(obj, tc, num_tokens, seed=tc.data_seed * 100003 + i)
+
+
+def _real_pool_object(tc: TrainConfig, num_tokens: int, i: int, entry, copy: int) -> dict | None:
+    """Copy ``copy`` of a real training object (copy 0 unaugmented when augment is off), or None if
+    the object has fewer than two visible parts."""
+    from .realdata import augmentation, make_real_object
+
+    if tc.up_axis != "y":
+        raise ValueError("real objects are y-up: use up_axis 'y'")
+    rng = np.random.default_rng([tc.data_seed, int(hashlib.sha256(entry.key.encode()).hexdigest()[:8], 16), copy])
+    M = augmentation(rng, up=1) if tc.augment else None
+    obj = make_real_object(entry, n_views=object_views(tc, i), transform=M)
+    if obj is None:
+        return None
+    return object_examples(obj, tc, num_tokens, seed=tc.data_seed * 100003 + i)
+
+
+def real_jobs(tc: TrainConfig) -> list:
+    """(entry, copy) of every real pool object: the split's ``train`` objects x ``real_copies``."""
+    if tc.real_copies <= 0:
+        return []
+    from .realdata import SPLIT_PATH, ensure_installed, entries_by_key
+
+    split = json.loads(Path(tc.real_split or SPLIT_PATH).read_text())
+    keys = split[tc.real_subset]
+    keys = keys[:tc.real_limit] if tc.real_limit > 0 else keys
+    entries = entries_by_key(ensure_installed())
+    return [(entries[k], c) for k in keys for c in range(tc.real_copies)]
 
 
 def build_pool(tc: TrainConfig, num_tokens: int, cache_dir: Path | None = None) -> dict[str, torch.Tensor]:
@@ -173,13 +236,17 @@ def build_pool(tc: TrainConfig, num_tokens: int, cache_dir: Path | None = None) 
             return {k: torch.from_numpy(z[k]) for k in z.files}
     t0 = time.time()
     jobs = [(tc, num_tokens, i) for i in range(tc.objects)]
+    jobs += [(tc, num_tokens, tc.objects + k, e, c) for k, (e, c) in enumerate(real_jobs(tc))]
     examples = []
+    done = [0]
 
     def collect(results):
         for ex in results:
-            examples.append(ex)
-            if len(examples) % 100 == 0:
-                log.info("pool: %d/%d objects (%.0fs)", len(examples), tc.objects, time.time() - t0)
+            done[0] += 1
+            if ex is not None:
+                examples.append(ex)
+            if done[0] % 100 == 0:
+                log.info("pool: %d/%d objects (%.0fs)", done[0], len(jobs), time.time() - t0)
 
     if tc.workers > 1:
         import multiprocessing as mp
@@ -189,7 +256,12 @@ def build_pool(tc: TrainConfig, num_tokens: int, cache_dir: Path | None = None) 
     else:
         collect(map(_pool_object, jobs))
     pool = {k: np.concatenate([ex[k] for ex in examples]) for k in examples[0]}
-    log.info("pool: %d objects, %d parts in %.1fs", tc.objects, len(pool["surface"]), time.time() - t0)
+    n_real = len(jobs) - tc.objects
+    # synthetic objects are never dropped, so examples[:objects] are the synthetic ones
+    pool["is_real"] = np.concatenate([np.full(len(ex["surface"]), float(j >= tc.objects), dtype=np.float32)
+                                      for j, ex in enumerate(examples)])
+    log.info("pool: %d objects (%d real jobs), %d parts in %.1fs", len(examples), n_real, len(pool["surface"]),
+             time.time() - t0)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
@@ -332,6 +404,28 @@ def load_frozen_vae_encoder(out: Path, device) -> tuple[VAEEncoder, dict]:
     return enc.to(device).eval().requires_grad_(False), st
 
 
+def init_from_checkpoint(models: dict[str, nn.Module], checkpoint_dir: str | Path) -> None:
+    """Load a published-layout checkpoint's weights into a stage's models (strict: same config).
+
+    The vae file holds the encoder (``encoder.*``, ``quant.*``) and the decoder; the
+    other components map one to one."""
+    from safetensors.torch import load_file
+
+    from holopart_infer.checkpoint import WEIGHTS_NAME
+
+    ck = Path(checkpoint_dir)
+    if "vae_encoder" in models:
+        sd = load_file(str(ck / "vae" / f"{WEIGHTS_NAME}.safetensors"))
+        enc = {k: v for k, v in sd.items() if k.startswith(("encoder.", "quant."))}
+        if not enc:
+            raise ValueError(f"{ck}/vae has no encoder weights (encoder.*, quant.*): cannot warm-start the VAE")
+        models["vae_encoder"].load_state_dict(enc)
+        models["vae_decoder"].load_state_dict({k: v for k, v in sd.items() if k not in enc})
+    else:
+        for comp in ("part_encoder", "transformer"):
+            models[comp].load_state_dict(load_file(str(ck / comp / f"{WEIGHTS_NAME}.safetensors")))
+
+
 def train(stage: str, tc: TrainConfig, out: str | Path, resume: bool = True, pool=None,
           callback=None) -> list[dict]:
     """Train one stage up to ``tc.steps`` total steps; returns the loss history of this call.
@@ -348,7 +442,9 @@ def train(stage: str, tc: TrainConfig, out: str | Path, resume: bool = True, poo
     models = make_models(stage, mcfg, tc.seed)
     for m in models.values():
         m.to(device).train()
-    params = [p for m in models.values() for p in m.parameters()]
+    if stage == "vae" and tc.freeze_encoder:
+        models["vae_encoder"].eval().requires_grad_(False)
+    params = [p for m in models.values() for p in m.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     gen = torch.Generator().manual_seed(tc.seed)
     step, history = 0, []
@@ -364,8 +460,17 @@ def train(stage: str, tc: TrainConfig, out: str | Path, resume: bool = True, poo
         random.setstate(st["python_rng"])
         step = st["step"]
         log.info("%s: resumed from %s at step %d", stage, sp, step)
+    elif tc.init_from:
+        init_from_checkpoint(models, tc.init_from)
+        log.info("%s: weights from %s (fresh optimizer, step 0)", stage, tc.init_from)
     enc = None
-    if stage == "dit":
+    if stage == "dit" and not state_path(out, "vae").is_file() and tc.init_from:
+        enc = VAEEncoder(mcfg["vae"])  # no VAE run here yet: the latent space of init_from's encoder
+        init_from_checkpoint({"vae_encoder": enc, "vae_decoder": VAEDecoder(VAEConfig.from_dict(mcfg["vae"]))},
+                             tc.init_from)
+        enc = enc.to(device).eval().requires_grad_(False)
+        log.info("dit: frozen VAE encoder from %s", tc.init_from)
+    elif stage == "dit":
         enc, _ = load_frozen_vae_encoder(out, device)
     if pool is None:
         pool = build_pool(tc, mcfg["part_encoder"]["num_tokens"], cache_dir=out)
@@ -384,7 +489,8 @@ def train(stage: str, tc: TrainConfig, out: str | Path, resume: bool = True, poo
     logf = open(out / "log.jsonl", "a")
     t0 = time.time()
     try:
-        while step < tc.steps:
+        end = min(tc.steps, tc.stop_at) if tc.stop_at > 0 else tc.steps
+        while step < end:
             if weights is None:
                 idx = torch.randint(n, (tc.batch_size,), generator=gen)
             else:
@@ -410,13 +516,13 @@ def train(stage: str, tc: TrainConfig, out: str | Path, resume: bool = True, poo
             history.append(rec)
             if callback is not None:
                 callback(rec)
-            if step % tc.log_every == 0 or step == tc.steps:
+            if step % tc.log_every == 0 or step == end:
                 rec["elapsed_s"] = round(time.time() - t0, 2)
                 logf.write(json.dumps(rec) + "\n")
                 logf.flush()
                 log.info("%s step %d: %s", stage, step,
                          " ".join(f"{k}={v:.4f}" for k, v in rec.items() if isinstance(v, float)))
-            if step % tc.ckpt_every == 0 or step == tc.steps:
+            if step % tc.ckpt_every == 0 or step == end:
                 save()
     finally:
         logf.close()
@@ -452,6 +558,32 @@ def vae_reconstruction(out: str | Path, pool: dict, batch: int = 32) -> dict:
     a, i = torch.cat(accs), torch.cat(ious)
     return {"step": st["step"], "parts": len(a), "accuracy": float(a.mean()), "iou_mean": float(i.mean()),
             "iou_std": float(i.std())}
+
+
+@torch.no_grad()
+def dit_heldout_loss(out: str | Path, state_files, pool: dict, batch: int = 32, seed: int = 0) -> list[dict]:
+    """Flow-matching loss of DiT states on a held-out pool, with the same noise, sigmas and no
+    condition dropout for every state (targets: OUT's frozen VAE encoder). One row per state."""
+    enc, _ = load_frozen_vae_encoder(Path(out), "cpu")
+    rows = []
+    for sf in state_files:
+        st = _load_state(Path(sf))
+        mcfg, tcd = st["model_config"], st["train_config"]
+        models = make_models("dit", mcfg, 0)
+        for k, m in models.items():
+            m.load_state_dict(st["models"][k])
+            m.eval()
+        gen = torch.Generator().manual_seed(seed)
+        tot, n = 0.0, 0
+        for s in range(0, len(pool["surface"]), batch):
+            sl = slice(s, s + batch)
+            b = {k: pool[k][sl] for k in ("surface", "part_tokens", "whole_points", "local_tokens", "local_points")}
+            x0, _ = enc(b["surface"], tcd["num_latents"])
+            loss = dit_loss(models["part_encoder"], models["transformer"], x0, b, gen, 0.0)["loss"]
+            tot += float(loss) * len(x0)
+            n += len(x0)
+        rows.append({"state": str(sf), "step": st["step"], "parts": n, "loss": tot / max(n, 1)})
+    return rows
 
 
 # ----------------------------------------------------------------------------- export
@@ -505,7 +637,17 @@ def export_checkpoint(out: str | Path, checkpoint_dir: str | Path, overwrite: bo
     defaults = {"latent_tokens": tcd["num_latents"], "num_points": tcd["num_points"], **(inference_defaults or {})}
     CompletionOptions.with_defaults(defaults, "inference_defaults")  # unknown names / bad values fail here
     index["inference_defaults"] = defaults
+    # the frame the model was trained in (issue 22): synthetic objects in up_axis, real ones y-up;
+    # `holopart-infer export` copies it into the manifest (absent means "+y")
+    index["up_axis"] = "+" + tcd.get("up_axis", "z")
     (ck / "model_index.json").write_text(json.dumps(index, indent=2))
+    if tcd.get("real_copies", 0) > 0:  # CC-BY needs attribution of the models trained on
+        from .realdata import SPLIT_PATH, entries_by_key, write_attribution
+
+        split = json.loads(Path(tcd.get("real_split") or SPLIT_PATH).read_text())
+        keys = split["train"][:tcd["real_limit"]] if tcd.get("real_limit", 0) > 0 else split["train"]
+        entries = entries_by_key()
+        write_attribution([entries[k] for k in keys if k in entries], ck / "ATTRIBUTION.md")
     return ck
 
 
@@ -514,13 +656,14 @@ def export_checkpoint(out: str | Path, checkpoint_dir: str | Path, overwrite: bo
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m holopart_infer.export.train", description=__doc__.split("\n")[0])
-    p.add_argument("stage", choices=["vae", "dit", "export", "vae-eval"],
+    p.add_argument("stage", choices=["vae", "dit", "export", "vae-eval", "dit-eval"],
                    help="vae-eval: reconstruction of held-out objects (--data-seed, --objects, --n-views) "
                         "by OUT's VAE")
     p.add_argument("--out", required=True, help="run folder (states, pool cache, log.jsonl)")
     p.add_argument("--checkpoint", help="export: published-layout folder to write")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--states", nargs="+", help="dit-eval: DiT state files to score on the held-out pool")
     p.add_argument("--inference-defaults", type=json.loads, default=None, metavar="JSON",
                    help='export: recommended options written to model_index.json, e.g. \'{"guidance": 2.0}\'')
     for f in dataclasses.fields(TrainConfig):
@@ -529,6 +672,9 @@ def main(argv=None) -> int:
             continue
         if f.name == "view_choices":
             p.add_argument("--view-choices", nargs="+", type=int)
+            continue
+        if isinstance(f.default, bool):
+            p.add_argument("--" + f.name.replace("_", "-"), action="store_true")
             continue
         p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     a = p.parse_args(argv)
@@ -540,14 +686,19 @@ def main(argv=None) -> int:
     kw = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)}
     kw["templates"] = tuple(a.templates) if a.templates else None
     kw["view_choices"] = tuple(a.view_choices) if a.view_choices else None
-    if a.stage == "vae-eval":
+    if a.stage in ("vae-eval", "dit-eval"):
         if a.threads > 0:
             torch.set_num_threads(a.threads)
         st = _load_state(state_path(Path(a.out), "vae"))
-        tc = TrainConfig(**{**st["train_config"], "templates": kw["templates"], "objects": a.objects,
-                            "data_seed": a.data_seed, "n_views": a.n_views, "view_choices": kw["view_choices"]})
+        held = {k: kw[k] for k in ("templates", "objects", "data_seed", "n_views", "view_choices", "up_axis",
+                                   "augment", "real_copies", "real_limit", "real_subset", "workers")}
+        tc = TrainConfig(**{**st["train_config"], **held})
         pool = build_pool(tc, st["model_config"]["part_encoder"]["num_tokens"], cache_dir=Path(a.out) / "heldout")
-        print(json.dumps(vae_reconstruction(a.out, pool)))
+        if a.stage == "vae-eval":
+            print(json.dumps(vae_reconstruction(a.out, pool)))
+        else:
+            for row in dit_heldout_loss(a.out, a.states or [state_path(Path(a.out), "dit")], pool):
+                print(json.dumps(row))
         return 0
     if a.stage == "dit" and kw["lr"] == TrainConfig.lr:
         kw["lr"] = 5e-4

@@ -136,3 +136,31 @@ def test_compare_pools_runs_per_seed(tmp_path, capsys):
     assert E.main(["--compare", str(tmp_path / "1.json"), str(tmp_path / "2.json")]) == 0
     out = capsys.readouterr().out
     assert "| model | 2 |" in out and "model - hull  (n=2): iou +0.2500" in out
+
+
+def test_object_bootstrap_intervals_and_versus(tmp_path):
+    import json
+    from dataclasses import asdict
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for o in range(30):
+        shift = rng.normal(0.1, 0.05)  # per-object effect: parts of one object move together
+        for k in range(3):
+            base = rng.uniform(0.3, 0.7)
+            for method, iou in (("hull", base), ("model", base + shift)):
+                rows.append(E.PartScore(o, "t", f"p{k}", "real", 0.5, method, 0.01, 0.5, 0.5, 0.5, iou, 10))
+    d = E.bootstrap_difference(rows, "model", "hull", "occluded", "iou", reps=1000)
+    assert d["n"] == 90 and d["objects"] == 30
+    assert d["low"] < d["mean"] < d["high"] and 0.0 < d["low"] and d["high"] < 0.2
+    m = E.bootstrap_mean(rows, "hull", "all", "iou", reps=1000)
+    assert m["low"] < m["mean"] < m["high"]
+    # a constant difference has a zero-width interval
+    hull = [r for r in rows if r.method == "hull"]
+    plus = [E.PartScore(**{**asdict(r), "method": "model", "iou": r.iou + 0.25}) for r in hull]
+    c = E.bootstrap_difference(hull + plus, "model", "hull", "all", "iou", reps=200)
+    assert c["low"] == pytest.approx(0.25) and c["high"] == pytest.approx(0.25)
+    for name, sc in (("a", hull), ("b", plus)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(
+            {"scores": [{**asdict(r), "method": "model"} for r in sc]}))
+    assert "all      B - A iou     +0.2500 [+0.2500, +0.2500]" in E.versus_text(tmp_path / "a.json", tmp_path / "b.json")

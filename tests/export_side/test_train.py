@@ -222,3 +222,51 @@ def test_vae_reconstruction_of_a_perfect_and_an_inverted_decoder(pool, tmp_path,
     monkeypatch.setattr(T.VAEDecoder, "forward", lambda self, z, q: -q[..., :1])
     r = T.vae_reconstruction(out, p)
     assert r["accuracy"] == 0.0 and r["iou_mean"] < 0.5
+
+
+def test_warm_start_export_frame_and_heldout_loss(pool, tmp_path):
+    """v2 (issue 22): init_from loads a published checkpoint into fresh models, the export records
+    the training frame, and the held-out DiT loss is deterministic per state."""
+    import json
+
+    tc = dataclasses.replace(TC, steps=2, up_axis="y")
+    out = tmp_path / "run"
+    T.train("vae", tc, out, pool=pool)
+    T.train("dit", tc, out, pool=pool)
+    ck = T.export_checkpoint(out, tmp_path / "ckpt")
+    assert json.loads((ck / "model_index.json").read_text())["up_axis"] == "+y"
+    st = {s: torch.load(T.state_path(out, s), weights_only=False) for s in ("vae", "dit")}
+    mc = T.model_configs("tiny")
+    for stage in ("vae", "dit"):
+        models = T.make_models(stage, mc, seed=123)  # different random init
+        T.init_from_checkpoint(models, ck)
+        for k, m in models.items():
+            for name, v in m.state_dict().items():
+                torch.testing.assert_close(v, st[stage]["models"][k][name])
+    # a warm-started run starts from those weights, with a fresh optimizer at step 0
+    import shutil
+
+    (tmp_path / "warm").mkdir()
+    shutil.copy(T.state_path(out, "vae"), T.state_path(tmp_path / "warm", "vae"))  # the frozen VAE
+    warm = T.train("dit", dataclasses.replace(tc, steps=1, init_from=str(ck)), tmp_path / "warm", pool=pool)
+    assert [r["step"] for r in warm] == [1] and np.isfinite(warm[0]["loss"])
+    a = T.dit_heldout_loss(out, [T.state_path(out, "dit")], pool)
+    b = T.dit_heldout_loss(out, [T.state_path(out, "dit")], pool)
+    assert a[0]["loss"] == b[0]["loss"] and a[0]["step"] == 2 and a[0]["parts"] == len(pool["surface"])
+
+
+def test_frozen_encoder_lets_vae_decoder_and_dit_train_side_by_side(pool, tmp_path):
+    """freeze_encoder trains the decoder only; a dit run without a VAE state takes init_from's encoder."""
+    out = tmp_path / "run"
+    T.train("vae", dataclasses.replace(TC, steps=1), out, pool=pool)
+    T.train("dit", dataclasses.replace(TC, steps=1), out, pool=pool)
+    ck = T.export_checkpoint(out, tmp_path / "ckpt")
+    before = torch.load(T.state_path(out, "vae"), weights_only=False)["models"]
+    tc = dataclasses.replace(TC, steps=3, init_from=str(ck), freeze_encoder=True)
+    T.train("vae", tc, tmp_path / "ft", pool=pool)
+    after = torch.load(T.state_path(tmp_path / "ft", "vae"), weights_only=False)["models"]
+    for k, v in before["vae_encoder"].items():
+        torch.testing.assert_close(after["vae_encoder"][k], v)
+    assert any(not torch.equal(after["vae_decoder"][k], v) for k, v in before["vae_decoder"].items())
+    hist = T.train("dit", dataclasses.replace(TC, steps=2, init_from=str(ck)), tmp_path / "d", pool=pool)
+    assert [r["step"] for r in hist] == [1, 2]
