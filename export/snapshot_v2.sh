@@ -3,11 +3,11 @@
 # exported weights (ckpt_a, stage B's starting point) and stage A's loss log; stage B's states
 # (weights, AdamW state, step, the data/noise generator state, i.e. the data cursor, and the RNG
 # states) and loss log. Pools are not copied: train_v2.sh rebuilds the identical pool.
-# Usage (repo root): sh export/snapshot_v2.sh [A=runs/v2] [B=runs/v2b] [DEST=export/holopart_mini_v2_state]
+# Usage (repo root): sh export/snapshot_v2.sh [A=runs/v2] [B=runs/v2b] [DEST=training_state/holopart_mini_v2]
 set -eu
 A=${1:-runs/v2}
 B=${2:-runs/v2b}
-DEST=${3:-export/holopart_mini_v2_state}
+DEST=${3:-training_state/holopart_mini_v2}
 mkdir -p "$DEST/a" "$DEST/b"
 put() {  # put SRC DST: copy then rename, so a reader never sees half a file
   cp "$1" "$2.tmp" && mv "$2.tmp" "$2"
