@@ -304,17 +304,27 @@ def add_up_arg(p: argparse.ArgumentParser) -> None:
     from holopart_infer.frames import DEFAULT_UP, UP_AXES
 
     per = ", ".join(f"{ext} {axis}" for ext, axis in DEFAULT_UP.items())
-    p.add_argument("--up", choices=UP_AXES, default=None,
+    p.add_argument("--up", type=_up_value, default=None, metavar="{" + ",".join(UP_AXES) + "}",
                    help=f"the axis pointing up in the input; default per format ({per}); glTF is +y by its "
                         "specification, so another value there overrides it. Results are written in the "
-                        "input's own frame. '--up -z' and '--up=-z' both work")
+                        "input's own frame. '--up -z' and '--up=-z' both work; any case, and 'z' means '+z'")
+
+
+def _up_value(text: str) -> str:
+    """``--up``'s value as the API reads it (``+Z``, ``z`` -> ``+z``); argparse names the option."""
+    from holopart_infer.frames import check_up
+
+    try:
+        return check_up(text, "the value")
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _join_up_values(argv: list[str]) -> list[str]:
     """``--up -z`` as ``--up=-z`` (argparse would take ``-z`` for an option)."""
     out: list[str] = []
     for a in argv:
-        if out and out[-1] == "--up" and a in ("-x", "-y", "-z"):
+        if out and out[-1] == "--up" and a.lower() in ("-x", "-y", "-z"):
             out[-1] = f"--up={a}"
         else:
             out.append(a)

@@ -204,6 +204,15 @@ def test_cli_negative_up_values_parse():
     assert args.up == "-z"
 
 
+@pytest.mark.parametrize("given, read", [("+Z", "+z"), ("z", "+z"), ("-Y", "-y"), ("+x", "+x")])
+def test_cli_up_reads_as_the_api_does(given, read):
+    """--up takes what load_parts(up=) takes: any case, and a bare axis as its + direction."""
+    from holopart_infer import cli
+
+    argv = cli._join_up_values(["run", "a.obj", "-o", "b.glb", "--model", "m", "--up", given])
+    assert cli.build_parser().parse_args(argv).up == read
+
+
 def test_batch_jsonl_up(tmp_path):
     from holopart_infer.batch import collect_items
 
