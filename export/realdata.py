@@ -58,7 +58,7 @@ from typing import Sequence
 import numpy as np
 import trimesh
 
-from .synthetic import SyntheticObject, SyntheticPart, fibonacci_sphere, winding_number
+from .synthetic import SyntheticObject, SyntheticPart, fibonacci_sphere, normalize_meshes, winding_number
 
 log = logging.getLogger("holopart_infer.realdata")
 
@@ -252,16 +252,6 @@ def clean_parts(parts: list[tuple[str, np.ndarray, np.ndarray]], min_faces: int 
         return []
     total = sum(m.area for _, m in meshes)
     return [(n, m) for n, m in meshes if m.area >= min_area_frac * total]
-
-
-def normalize_meshes(meshes: Sequence[trimesh.Trimesh]) -> None:
-    """Centre the joint bounding box at the origin and scale its longest side to 2, in place."""
-    allv = np.concatenate([m.vertices for m in meshes])
-    lo, hi = allv.min(0), allv.max(0)
-    c, s = (lo + hi) / 2, (hi - lo).max() / 2
-    for m in meshes:
-        m.apply_translation(-c)
-        m.apply_scale(1.0 / s)
 
 
 def load_entry(entry: CatalogEntry, max_parts: int = 16, max_faces: int = 12000

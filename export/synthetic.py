@@ -384,7 +384,7 @@ def transform_object(obj: "SyntheticObject", M: np.ndarray, normalize: bool = Tr
     for p in obj.parts:
         p.mesh.apply_transform(T)  # trimesh re-orients the faces under a mirror (same face order)
     if normalize:
-        _normalize([p.mesh for p in obj.parts])
+        normalize_meshes([p.mesh for p in obj.parts])
     return obj
 
 
@@ -541,7 +541,8 @@ def sample_occupancy(mesh: trimesh.Trimesh, n_near: int, n_uniform: int, rng: np
 # ----------------------------------------------------------------------------- objects
 
 
-def _normalize(meshes: list[trimesh.Trimesh]) -> None:
+def normalize_meshes(meshes) -> None:
+    """Centre the joint bounding box at the origin and scale its longest side to 2, in place."""
     allv = np.concatenate([m.vertices for m in meshes])
     lo, hi = allv.min(0), allv.max(0)
     c, s = (lo + hi) / 2, (hi - lo).max() / 2
@@ -568,7 +569,7 @@ def make_object(seed, template: str | None = None, n_views: int = DEFAULT_VIEWS,
         names = [n for n, _ in spec]
         prims = [p for _, (p, _) in spec]
         meshes = [m for _, (_, m) in spec]
-        _normalize(meshes)
+        normalize_meshes(meshes)
         vis = visible_faces(meshes, n_views, convex=[p in CONVEX_PRIMITIVES for p in prims],
                             samples_per_face=samples_per_face)
         parts = [SyntheticPart(n, p, m, v) for n, p, m, v in zip(names, prims, meshes, vis)]
