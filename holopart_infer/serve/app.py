@@ -635,6 +635,7 @@ class Service:
         return Response(data, media_type="image/png")
 
     async def job_meshes(self, request):
+        from holopart_infer.frames import up_rotation
         from holopart_infer.parts_io import part_colors
 
         route = "/v1/jobs/{id}/meshes.json"
@@ -651,9 +652,13 @@ class Service:
                 raise RequestRefused(422, "invalid_option", "which must be 'input' or 'output'")
         except RequestRefused as e:
             return self._refused(route, e)
+        # the page's viewer is Y-up (WebGL, glTF): an upload sent with another ``up`` is turned for it
+        # (exactly, winding kept); the glb and its preview stay in the upload's own frame
+        turn = up_rotation(getattr(job.parts, "up", None) or "+y", "+y")
         colors = part_colors(len(job.parts))
         out = []
         for (name, v, f), c in zip(meshes, colors):
+            v = turn.apply(np.asarray(v))
             out.append({"name": name, "color": [int(x) for x in c[:3]],
                         "positions": base64.b64encode(np.ascontiguousarray(v, "<f4").tobytes()).decode(),
                         "indices": base64.b64encode(np.ascontiguousarray(f, "<u4").tobytes()).decode()})

@@ -4,6 +4,7 @@ The servers run the embedded holopart-mini with fast options (2 steps, depth 6).
 """
 from __future__ import annotations
 
+import base64
 import http.client
 import io
 import json
@@ -120,8 +121,6 @@ def test_async_job_progress_and_downloads(server):
     assert job["state"] == "done" and "queued" in states
     outputs = json.loads(server.get(f"/v1/jobs/{job['id']}/meshes.json?which=output")[2])
     for part in outputs["parts"]:
-        import base64
-
         v = np.frombuffer(base64.b64decode(part["positions"]), "<f4").reshape(-1, 3)
         f = np.frombuffer(base64.b64decode(part["indices"]), "<u4").reshape(-1, 3)
         assert len(v) and len(f) and f.max() < len(v)
@@ -295,10 +294,19 @@ def test_up_axis_per_request(server, tmp_path):
     status, err = _error(server.post("/v1/complete?up=north&demo=mug"))
     assert (status, err["kind"], err["option"]) == (422, "invalid_option", "up") and "'north'" in err["message"]
     glb = tetra_glb(2)
-    status, _, body = server.post("/v1/complete?up=%2Bz&seed=1", glb)  # "+z"; a bare "+" would arrive as " "
+    status, hdrs, body = server.post("/v1/complete?up=%2Bz&seed=1", glb)  # "+z"; a bare "+" would arrive as " "
     assert status == 200, body[:300]
     inp, out = parts_of(glb, tmp_path), parts_of(body, tmp_path)
     assert out.names == inp.names
     for a, b in zip(inp, out):  # the tetrahedra sit 1.5 apart along x: each result on its own input
         ca, cb = (np.ptp(p.vertices, axis=0) / 2 + p.vertices.min(axis=0) for p in (a, b))
         assert np.linalg.norm(ca - cb) < 0.5, (a.name, ca, cb)
+    # the page's viewer is Y-up: it gets the upload turned +z -> +y (exactly), the glb keeps its frame
+    from holopart_infer.frames import up_rotation
+
+    job = hdrs["X-HoloPart-Job"]
+    shown = json.loads(server.get(f"/v1/jobs/{job}/meshes.json?which=input")[2])["parts"]
+    turn = up_rotation("+z", "+y")
+    for a, m in zip(inp, shown):
+        pos = np.frombuffer(base64.b64decode(m["positions"]), "<f4").reshape(-1, 3)
+        np.testing.assert_array_equal(pos, turn.apply(a.vertices.astype(np.float32)))
