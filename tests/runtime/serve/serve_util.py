@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -123,6 +124,35 @@ class Server:
 
     def post(self, path: str, body: bytes | None = b"", **kw):
         return self.request("POST", path, body, **kw)
+
+    def trickle_body(self, limit_s: float = 30.0) -> tuple[bytes, float]:
+        """Slowloris: announce a 100 kB glb body and send it a byte at a time until the server
+        answers and closes the connection (or ``limit_s`` passes). Returns (everything the server
+        sent, seconds from the headers to the close)."""
+        host, port = self.host_port
+        s = socket.create_connection((host, port), timeout=30)
+        s.sendall(f"POST /v1/complete HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {self.token}\r\n"
+                  "Content-Length: 100000\r\nContent-Type: model/gltf-binary\r\n\r\n".encode())
+        t0 = time.monotonic()
+        response = b""
+        s.settimeout(0.2)
+        while time.monotonic() - t0 < limit_s:
+            try:
+                s.sendall(b"g")
+            except OSError:
+                pass
+            try:
+                got = s.recv(65536)
+            except socket.timeout:
+                continue
+            except ConnectionResetError:  # our trickle met the closed socket: the answer came before
+                break
+            if not got:
+                break  # closed by the server: the answer is complete
+            response += got
+        elapsed = time.monotonic() - t0
+        s.close()
+        return response, elapsed
 
     def metrics(self) -> dict[str, float]:
         status, _, body = self.get("/metrics")

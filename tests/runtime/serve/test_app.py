@@ -8,7 +8,6 @@ import base64
 import http.client
 import io
 import json
-import socket
 import threading
 import time
 import uuid
@@ -203,29 +202,7 @@ def test_chunked_body_is_counted_not_trusted(server):
 
 def test_slow_client_times_out(server):
     """Slowloris: a body trickled a byte at a time is cut off by the total body timeout (3 s here)."""
-    host, port = server.host_port
-    s = socket.create_connection((host, port), timeout=30)
-    s.sendall(f"POST /v1/complete HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
-              "Content-Length: 100000\r\nContent-Type: model/gltf-binary\r\n\r\n".encode())
-    t0 = time.monotonic()
-    response = b""
-    s.settimeout(0.5)
-    while time.monotonic() - t0 < 20:
-        try:
-            s.sendall(b"g")
-        except OSError:
-            pass
-        try:
-            got = s.recv(65536)
-            if got:
-                response += got
-                if b"\r\n\r\n" in response and response.rstrip().endswith(b"}"):
-                    break
-            else:
-                break
-        except socket.timeout:
-            continue
-    s.close()
+    response, _ = server.trickle_body(limit_s=20)
     assert response.startswith(b"HTTP/1.1 408"), response[:200]
     assert b'"body_timeout"' in response
 

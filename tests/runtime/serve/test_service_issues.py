@@ -97,29 +97,7 @@ def test_29_5_bearer_scheme_is_case_insensitive(server):
 def test_29_5_slow_body_answered_at_the_configured_time(server):
     """--body-timeout 2: a body trickled a byte at a time is answered 408 near 2 s and the connection
     closed with it, not kept open for keep-alive (5 s more: the reported 13 s against 8 s)."""
-    host, port = server.host_port
-    s = socket.create_connection((host, port), timeout=30)
-    s.sendall(f"POST /v1/complete HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
-              "Content-Length: 100000\r\nContent-Type: model/gltf-binary\r\n\r\n".encode())
-    t0 = time.monotonic()
-    response = b""
-    s.settimeout(0.2)
-    while time.monotonic() - t0 < 30:
-        try:
-            s.sendall(b"g")
-        except OSError:
-            pass
-        try:
-            got = s.recv(65536)
-        except socket.timeout:
-            continue
-        except ConnectionResetError:  # our trickle met the closed socket: the answer came before
-            break
-        if not got:
-            break  # closed by the server: the answer is complete
-        response += got
-    elapsed = time.monotonic() - t0
-    s.close()
+    response, elapsed = server.trickle_body()
     assert response.startswith(b"HTTP/1.1 408") and b'"body_timeout"' in response, response[:300]
     assert elapsed < 2 + 3.0, f"408 after {elapsed:.1f} s against a 2 s limit"  # keep-alive is 5 s
 
