@@ -19,9 +19,9 @@ Frames: every embedded demo object is a glTF file and so +Y up, like HoloPart's
 training data. :mod:`holopart_infer.export.synthetic` builds its objects +Z up
 (:data:`SYNTHETIC_UP`), so :func:`write_demo_objects` turns each one to +Y up as
 it writes it (:func:`holopart_infer.frames.up_rotation`, exact). holopart-mini v1
-was trained on those objects as built: its ``model_index.json`` (and so the demo
-model's manifest) says ``"up_axis": "+z"``, and the runtime turns the Y-up files
-back into its frame and the results out of it.
+was trained on those objects as built (+Z up); its shipped weights were then refolded to +Y
+(:mod:`holopart_infer.export.refold_up`, exact), so its ``model_index.json`` (and so the demo
+model's manifest) says ``"up_axis": "+y"`` and the Y-up demo files reach it unturned.
 """
 from __future__ import annotations
 

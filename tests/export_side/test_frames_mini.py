@@ -1,8 +1,8 @@
 """One frame convention through the embedded model (issue 22 item 1).
 
-holopart-mini v1 was trained on objects standing along +z (its manifest says
-``"up_axis": "+z"``); the embedded demo files are glTF, +Y up. The runtime turns
-each input from its up axis into the model's and the results back, so the same
+holopart-mini states its frame (``"up_axis": "+y"``: v1's +Z weights refolded, see
+test_refold_up.py); the embedded demo files are glTF, +Y up, and a Z-up OBJ comes with
+``--up +z``. The runtime turns each input from its up axis into the model's and the results back, so the same
 object gives the same solids whichever frame it comes in, and the results lie on
 the input, in the input's coordinates. Geometry is compared as geometry (volume
 IoU by :func:`holopart_infer.export.evaluate.volume_iou`).
