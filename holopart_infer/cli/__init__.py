@@ -31,7 +31,7 @@ import sys
 from holopart_infer import fsafe
 from holopart_infer.cli import options  # noqa: F401  (the shared option arguments)
 from holopart_infer.cli.options import join_up_values
-from holopart_infer.errors import BackendUnavailable, HoloPartError, InputError, Interrupted
+from holopart_infer.errors import BackendUnavailable, HoloPartError, InputError, Interrupted  # noqa: F401
 
 log = logging.getLogger("holopart_infer")
 
