@@ -1,7 +1,8 @@
 """Resumable runs over many objects: ``holopart-infer batch`` and :func:`run_batch`.
 
     from holopart_infer.batch import collect_items, run_batch
-    summary = run_batch("model_dir", collect_items(["objects/"]), "out/")   # or ray="auto"
+    summary = run_batch("model_dir", collect_items(["objects/"]), "out/")
+    # on Ray: run_batch(..., executor=holopart_infer.ray_runner.RayExecutor("auto"))
     print(summary.ok, summary.failed, summary.skipped)
 
 Inputs (:func:`collect_items`), each becoming one or more objects:
@@ -31,8 +32,11 @@ and computes the rest. Nothing in ``OUT_DIR`` is replaced without ``redo``
 one run at a time holds the folder's lock. docs/batch.md has the details.
 
 Results and the ledger are written by one process (the caller's), whether the
-objects are completed here (:meth:`HoloPart.complete_many`, parts of several
-objects packed into each batch) or on Ray actors (:mod:`holopart_infer.ray_runner`).
+objects are completed here (:class:`LocalExecutor`: :meth:`HoloPart.complete_many`,
+parts of several objects packed into each batch) or on Ray actors
+(:class:`holopart_infer.ray_runner.RayExecutor`). This module parses no arguments and
+prints nothing: the ``holopart-infer batch`` command (:mod:`holopart_infer.cli.batch`)
+shows progress from :func:`run_batch`'s ``progress`` / ``on_result`` callbacks.
 """
 from __future__ import annotations
 
@@ -589,32 +593,87 @@ def _clean_leftovers(out: Path, index: _LedgerIndex) -> int:
 
 
 # ----------------------------------------------------------------------------- running
-#: an executor turns jobs into (job, result or error) pairs, in any order
-Executor = Callable[[Iterable[Any]], Iterator[tuple[Any, Any]]]
+class Executor:
+    """Where :func:`run_batch` completes its objects: :class:`LocalExecutor` (this process) or
+    :class:`holopart_infer.ray_runner.RayExecutor` (Ray actors). The batch itself (inputs,
+    ledger, outputs) is always the caller's process; an executor only turns jobs into results.
+
+    Attributes:
+        loads_parts: jobs carry parts the driver read (:class:`~holopart_infer.parts_io.Parts`),
+            not paths: the workers need no access to the inputs.
+        restarts, cluster_restarts: workers / clusters replaced during :meth:`run` (Ray).
+    """
+
+    loads_parts = False
+    restarts = 0
+    cluster_restarts = 0
+
+    def prepare(self, model):
+        """Take the model (a loaded :class:`HoloPart` or a model / checkpoint dir) before any work;
+        returns ``(model_path, default_options)``. Nothing heavy starts here."""
+        raise NotImplementedError
+
+    def run(self, jobs: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
+        """``(job, CompletionResult | error)`` for each :class:`CompletionJob`, in any order."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what :meth:`prepare` / :meth:`run` started."""
+
+
+class LocalExecutor(Executor):
+    """Complete here, with :meth:`HoloPart.complete_many` (parts of several objects share batches).
+
+    Args:
+        parts_per_batch: parts per DiT / decoder batch, packed across objects
+            (default: each object's options' ``parts_per_batch``).
+        backend, device, verify_integrity: as :func:`holopart_infer.load`, when the model
+            is given as a path.
+    """
+
+    def __init__(self, parts_per_batch: int | None = None, *, backend: str = "auto", device: str = "auto",
+                 verify_integrity: bool = True):
+        self.parts_per_batch = parts_per_batch
+        self.backend, self.device, self.verify_integrity = backend, device, verify_integrity
+        self.model = None
+        self._loaded_here = False
+
+    def prepare(self, model):
+        from holopart_infer.pipeline import HoloPart, load, model_defaults
+
+        if not isinstance(model, HoloPart):
+            model = load(model, backend=self.backend, device=self.device, verify_integrity=self.verify_integrity)
+            self._loaded_here = True
+        self.model = model
+        return getattr(model, "path", None), model_defaults(model)
+
+    def run(self, jobs):
+        return self.model.complete_many(jobs, parts_per_batch=self.parts_per_batch)
+
+    def close(self) -> None:
+        if self._loaded_here and self.model is not None:
+            self.model.close()
+        self.model, self._loaded_here = None, False
 
 
 def run_batch(model, items: Iterable[BatchItem], out_dir: str | os.PathLike, *, options=None,
-              parts_per_batch: int | None = None, ray: str | None = None, ray_workers: int | None = None,
-              backend: str = "auto", device: str = "auto", redo: bool = False, show_progress: bool = False,
-              on_result: Callable[[BatchItem, dict], None] | None = None, _ray_hook=None) -> BatchSummary:
+              executor: Executor | None = None, redo: bool = False,
+              on_result: Callable[[BatchItem, dict], None] | None = None,
+              progress: Callable[[int, int], None] | None = None) -> BatchSummary:
     """Complete many objects into ``out_dir``, resumably.
 
     Args:
         model: a loaded :class:`~holopart_infer.pipeline.HoloPart`, or a model /
-            checkpoint dir (loaded here, or on each Ray actor).
+            checkpoint dir (loaded by the executor: here, or on each Ray actor).
         items: from :func:`collect_items`.
         out_dir: output folder (created); holds ``<id>.glb`` and ``ledger.jsonl``.
         options: base :class:`CompletionOptions` (default: the model's
-            defaults); per-item overrides apply on top.
-        parts_per_batch: parts per DiT / decoder batch, packed across objects
-            (default: the options' ``parts_per_batch``).
-        ray: None runs here; ``"auto"`` (a running cluster, else a local one) or
-            a Ray address runs on Ray actors (``pip install 'holopart-infer[ray]'``).
-        ray_workers: number of actors (default: one per GPU, else one per CPU).
-        backend, device: used when ``model`` is a path.
+            defaults); per-item overrides apply on top (:meth:`CompletionOptions.replace`).
+        executor: where the objects are completed: :class:`LocalExecutor` (default:
+            ``LocalExecutor()``) or :class:`holopart_infer.ray_runner.RayExecutor`.
         redo: recompute every object and replace existing outputs (``--overwrite``).
-        show_progress: a tqdm bar over objects (with an ETA) on stderr.
         on_result: called with each item and its ledger entry as it is recorded.
+        progress: ``progress(done, total)`` over the objects to attempt (``done`` 0 first).
 
     Returns:
         :class:`BatchSummary`. One object failing never stops the run.
@@ -628,75 +687,64 @@ def run_batch(model, items: Iterable[BatchItem], out_dir: str | os.PathLike, *, 
         Interrupted: a signal; its message says what was kept.
     """
     from holopart_infer import fsafe
-    from holopart_infer.pipeline import CompletionOptions, HoloPart, load
+    from holopart_infer.pipeline import CompletionOptions
 
     out = prepare_out_dir(out_dir)
     items = list(items)
+    executor = executor if executor is not None else LocalExecutor()
     summary = BatchSummary(out_dir=out, ledger=out / LEDGER_NAME, total=len(items))
     with _locked(out):
         ledger = Ledger(out)
         index = _LedgerIndex(ledger.entries())
         _clean_leftovers(out, index)
-        if ray is None:
-            holo = model if isinstance(model, HoloPart) else load(model, backend=backend, device=device)
-            base = options or holo.default_options()
-            model_path = getattr(holo, "path", None)
-        else:
-            holo = None
-            if isinstance(model, HoloPart):
-                model_path, backend, device = Path(model.path), model.backend_name, model.device
-            else:
-                model_path = Path(model)
-            base = options or _defaults_of(model_path)
-        if not isinstance(base, CompletionOptions):
-            raise InputError(f"options must be a CompletionOptions, got {type(base).__name__}")
+        try:
+            model_path, defaults = executor.prepare(model)
+            base = options or defaults
+            if not isinstance(base, CompletionOptions):
+                raise InputError(f"options must be a CompletionOptions, got {type(base).__name__}")
 
-        failed_early: list[tuple[BatchItem, Exception]] = []
-        todo: list[BatchItem] = []
-        # inputs' hashes, kept apart from the model-integrity record so that they never evict it
-        record_hashes = fsafe.HashRecord(fsafe.user_cache_dir("batch-input-sha256.json"))
-        record_hashes.MAX_ENTRIES = 100_000
-        model_digest = _model_digest(model_path)
-        protected = _Inputs(items)
-        for it in items:
-            it.output = f"{output_stem(it.id)}.glb"
-            clash = protected.clash(out / it.output)
-            if clash:  # inputs are never replaced, --overwrite or not
-                failed_early.append((it, OutputError(f"output {out / it.output} {clash}; inputs are never modified "
-                                                     "or replaced. Choose another output folder")))
-                continue
-            if it.error:
-                failed_early.append((it, InputError(it.error)))
-                continue
-            try:
-                it.resolved = CompletionOptions(**{**asdict(base), **it.options}) if it.options else base
-                it.resolved.validate()
-            except TypeError as e:  # an unknown option name
-                failed_early.append((it, InputError(
-                    f"{it.source}: bad options {it.options} ({e}); known: "
-                    f"{', '.join(CompletionOptions.__dataclass_fields__)}")))
-                continue
-            except InputError as e:  # a known option with a bad value: validate() names it and the range
-                failed_early.append((it, InputError(f"{it.source}: {e}")))
-                continue
-            try:
-                it.key = work_key(it, it.resolved, model_digest, record_hashes)
-            except OSError:
-                it.key = None  # unreadable: the attempt will fail with the reader's message
-            if not redo and index.done(it, out):
-                summary.skipped += 1
-                continue
-            clash = None if redo else _existing_output(it, out, index)
-            if clash:
-                failed_early.append((it, OutputExists(clash)))
-                continue
-            todo.append(it)
-        record_hashes.save()
-        if summary.skipped:
-            log.info("batch: %d of %d objects already done in %s; skipping them", summary.skipped, len(items), out)
-        _run_items(todo, failed_early, out, ledger, summary, holo=holo, model_path=model_path, ray=ray,
-                   ray_workers=ray_workers, backend=backend, device=device, parts_per_batch=parts_per_batch,
-                   redo=redo, show_progress=show_progress, on_result=on_result, ray_hook=_ray_hook)
+            failed_early: list[tuple[BatchItem, Exception]] = []
+            todo: list[BatchItem] = []
+            # inputs' hashes, kept apart from the model-integrity record so that they never evict it
+            record_hashes = fsafe.HashRecord(fsafe.user_cache_dir("batch-input-sha256.json"))
+            record_hashes.MAX_ENTRIES = 100_000
+            model_digest = _model_digest(model_path)
+            protected = _Inputs(items)
+            for it in items:
+                it.output = f"{output_stem(it.id)}.glb"
+                clash = protected.clash(out / it.output)
+                if clash:  # inputs are never replaced, --overwrite or not
+                    failed_early.append((it, OutputError(f"output {out / it.output} {clash}; inputs are never "
+                                                         "modified or replaced. Choose another output folder")))
+                    continue
+                if it.error:
+                    failed_early.append((it, InputError(it.error)))
+                    continue
+                try:  # the one merge: names the option, what it accepts and what it got
+                    it.resolved = base.replace(**it.options)
+                except InputError as e:
+                    failed_early.append((it, InputError(f"{it.source}: {e}")))
+                    continue
+                try:
+                    it.key = work_key(it, it.resolved, model_digest, record_hashes)
+                except OSError:
+                    it.key = None  # unreadable: the attempt will fail with the reader's message
+                if not redo and index.done(it, out):
+                    summary.skipped += 1
+                    continue
+                clash = None if redo else _existing_output(it, out, index)
+                if clash:
+                    failed_early.append((it, OutputExists(clash)))
+                    continue
+                todo.append(it)
+            record_hashes.save()
+            if summary.skipped:
+                log.info("batch: %d of %d objects already done in %s; skipping them", summary.skipped, len(items),
+                         out)
+            _run_items(todo, failed_early, out, ledger, summary, executor=executor, redo=redo,
+                       on_result=on_result, progress=progress)
+        finally:
+            executor.close()
     return summary
 
 
@@ -747,26 +795,12 @@ def _existing_output(it: BatchItem, out: Path, index: _LedgerIndex) -> str | Non
             "Move it away, choose another output folder, or pass --overwrite to replace it")
 
 
-def _run_items(todo, failed_early, out, ledger, summary, *, holo, model_path, ray, ray_workers,
-               backend, device, parts_per_batch, redo, show_progress, on_result, ray_hook) -> None:
+def _run_items(todo, failed_early, out, ledger, summary, *, executor: Executor, redo, on_result,
+               progress) -> None:
     from holopart_infer.errors import Interrupted
     from holopart_infer.pipeline import CompletionJob
 
-    pool = None
-    if ray is None:
-        executor: Executor = lambda jobs: holo.complete_many(jobs, parts_per_batch=parts_per_batch)  # noqa: E731
-        load_here = False
-    elif todo:
-        from holopart_infer import ray_runner
-
-        pool = ray_runner.RayPool(model_path, address=ray, backend=backend, device=device,
-                                  num_workers=ray_workers, parts_per_batch=parts_per_batch, hook=ray_hook)
-        executor = pool.run
-        load_here = True  # Ray actors get the parts, not paths: no shared file system needed
-    else:
-        executor = lambda jobs: iter(())  # noqa: E731 - nothing left to run: no cluster needed
-        load_here = False
-
+    load_here = bool(todo) and executor.loads_parts  # e.g. Ray actors: parts, not paths (no shared file system)
     by_id = {it.id: it for it in todo}
     ledger_start = ledger.size()
     load_seconds: dict[str, float] = {}
@@ -787,15 +821,15 @@ def _run_items(todo, failed_early, out, ledger, summary, *, holo, model_path, ra
             yield CompletionJob(parts=parts, labels=None if load_here else it.labels, options=it.resolved,
                                 key=it.id, up=None if load_here else it.up)
 
-    bar = None
-    if show_progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(todo) + len(failed_early), desc="objects", unit="obj", dynamic_ncols=True)
+    total = len(todo) + len(failed_early)
+    done = 0
+    if progress is not None:
+        progress(0, total)
     t0 = time.perf_counter()
     recorded: set[str] = set()
 
     def record(it: BatchItem, res) -> None:
+        nonlocal done
         if it.id in recorded:  # a retried task answered twice: the first answer stands
             return
         recorded.add(it.id)
@@ -809,13 +843,13 @@ def _run_items(todo, failed_early, out, ledger, summary, *, holo, model_path, ra
             summary.failed += 1
             summary.failed_ids.append(it.id)
             log.warning("batch: %s failed: %s", it.id, entry["error"])
-        if bar is not None:
-            bar.set_postfix(ok=summary.ok, failed=summary.failed, refresh=False)
-            bar.update(1)
+        done += 1
         if on_result is not None:
             on_result(it, entry)
+        if progress is not None:
+            progress(done, total)
 
-    results = executor(jobs())
+    results = executor.run(jobs()) if todo else iter(())  # nothing left to run: no cluster needed
     try:
         while failed_early:
             record(*failed_early.pop(0))
@@ -838,12 +872,9 @@ def _run_items(todo, failed_early, out, ledger, summary, *, holo, model_path, ra
         close = getattr(results, "close", None)
         if close is not None:
             close()
-        if bar is not None:
-            bar.close()
         summary.seconds = time.perf_counter() - t0
-        if pool is not None:
-            summary.worker_restarts = pool.restarts
-            summary.cluster_restarts = pool.cluster_restarts
+        summary.worker_restarts = executor.restarts
+        summary.cluster_restarts = executor.cluster_restarts
         staging = out / STAGING_NAME
         with contextlib.suppress(OSError):
             staging.rmdir()  # empty unless something failed to clean up
@@ -868,19 +899,6 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
-def _defaults_of(model_path: Path):
-    """The model's default options without loading its graphs (for Ray runs)."""
-    from holopart_infer.checkpoint import checkpoint_inference_defaults
-    from holopart_infer.engines.registry import CHECKPOINT_DIR, model_kind
-    from holopart_infer.pipeline import CompletionOptions
-
-    if model_kind(model_path) == CHECKPOINT_DIR:
-        return CompletionOptions.with_defaults(checkpoint_inference_defaults(model_path), str(model_path))
-    from holopart_infer.manifest import load_manifest
-
-    return CompletionOptions.with_defaults(load_manifest(model_path).defaults, str(model_path))
-
-
 def _write_one(it: BatchItem, res, out: Path, ledger: Ledger, *, replace: bool) -> dict:
     """Record one object's attempt and publish its output; returns its ledger entry.
 
@@ -894,6 +912,7 @@ def _write_one(it: BatchItem, res, out: Path, ledger: Ledger, *, replace: bool) 
     from holopart_infer.pipeline import CompletionResult
 
     entry: dict[str, Any] = {"id": it.id, "input": str(it.input), "key": it.key, "output": None, "parts": None,
+                             "options": it.resolved.as_dict() if it.resolved is not None else None,
                              "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if isinstance(res, CompletionResult):
         target = out / it.output
@@ -905,12 +924,14 @@ def _write_one(it: BatchItem, res, out: Path, ledger: Ledger, *, replace: bool) 
                 staged.unlink()
             res.save(staged, source=it.input)
             timings = {k: round(float(v), 4) for k, v in res.timings.items()}
+            if res.options is not None:  # what it ran with (an executor may have changed parts_per_batch)
+                entry["options"] = res.options.as_dict()
             entry.update(status="ok", output=it.output, parts=len(res.parts),
                          empty_parts=sum(1 for p in res.parts if len(p.faces) == 0),
                          replaced_parts=res.replaced,  # replaced by their closed visible patch (quality guard)
                          quality={p.name: p.quality.as_extras() for p in res.parts if p.quality is not None},
                          seconds=round(sum(timings.values()), 4), timings=timings,
-                         worker=res.stats.get("worker"), error=None, error_type=None,
+                         worker=res.stats.worker, error=None, error_type=None,
                          output_bytes=staged.stat().st_size, output_sha256=fsafe.sha256_file(staged))
             ledger.append(entry)
             try:
@@ -941,81 +962,3 @@ def _write_one(it: BatchItem, res, out: Path, ledger: Ledger, *, replace: bool) 
                  error=str(err) or type(err).__name__, error_type=type(err).__name__)
     ledger.append(entry)
     return entry
-
-
-# ----------------------------------------------------------------------------- CLI
-#: exit codes of ``holopart-infer batch``
-EXIT_ALL_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_SOME_FAILED, EXIT_NO_SPACE = 0, 1, 2, 3, 4
-
-
-def add_batch_command(sub, common=None) -> None:
-    """Register ``holopart-infer batch`` on the CLI's subparsers (``common``: the shared -v/-q parent)."""
-    from holopart_infer import cli
-    from holopart_infer.pipeline import CompletionOptions
-
-    b = sub.add_parser(
-        "batch", parents=[common] if common is not None else [], help="complete many objects into a folder, resumably (parts of several objects share batches)",
-        description="Complete many objects: files, folders of objects, or list files (.txt one path per line; "
-                    ".jsonl with per-object labels/options/id). Writes OUT_DIR/<id>.glb atomically and "
-                    "OUT_DIR/ledger.jsonl; a re-run skips objects already done (same input content, labels, options "
-                    "and model). A file already in OUT_DIR is never replaced without --overwrite. Exit codes: 0 "
-                    "every object completed (or already done), 3 some objects failed (see the ledger), 2 bad "
-                    "arguments or inputs (or OUT_DIR unusable or in use by another batch), 4 the disk filled up "
-                    "(what finished is kept; re-run to resume), 1 internal error, 130/143 interrupted (what "
-                    "finished is kept).")
-    b.add_argument("inputs", nargs="+", metavar="INPUT", help="object file, folder of objects, or .txt/.jsonl list")
-    b.add_argument("-o", "--output-dir", dest="output_dir", required=True, help="output folder (created)")
-    src = b.add_mutually_exclusive_group(required=True)
-    src.add_argument("--weights", help="checkpoint dir (published layout; needs the [torch] extra)")
-    src.add_argument("--model", help="exported model dir (manifest.json + ONNX)")
-    b.add_argument("--ray", metavar="auto|local|ADDRESS",
-                   help="run on Ray: 'auto' (the running cluster, else a local one), 'local' (always a new local "
-                        "one) or a cluster address; needs pip install 'holopart-infer[ray]'. A local cluster this "
-                        "run started is restarted if its node dies; on another cluster the objects left fail (exit 3)")
-    b.add_argument("--ray-workers", dest="ray_workers", type=int,
-                   help="number of Ray actors (default: one per GPU, else one per CPU)")
-    cli._common_run_args(b)
-    cli.add_up_arg(b)
-    cli.add_option_args(b, CompletionOptions().__dict__,
-                        "the library's; the model's manifest and a .jsonl line's options win over them")
-    b.set_defaults(func=cmd_batch)
-
-
-def cmd_batch(args) -> int:
-    """``holopart-infer batch``: see :func:`add_batch_command` for the exit codes."""
-    import sys
-
-    from holopart_infer import cli
-    from holopart_infer.pipeline import CompletionOptions, load
-
-    items = collect_items(args.inputs)
-    prepare_out_dir(args.output_dir)  # before any work: a read-only or full folder is exit 2
-    for it in items:  # a .jsonl line's "up" wins over --up
-        it.up = it.up or args.up
-    path = args.weights or args.model
-    if args.ray:
-        model = path
-        defaults = _defaults_of(Path(path))
-    else:
-        model = load(path, backend=args.backend, device=args.device, verify_integrity=not args.no_verify)
-        defaults = model.default_options()
-    base = cli._options_from(args, defaults)
-    base.validate()
-    library = CompletionOptions()  # the settings line says where depth/steps come from, as run's does
-    print(cli._settings_line(args, base, {k: 1 for k in ("depth", "steps")
-                                          if getattr(defaults, k) != getattr(library, k)}, "the model"))
-    try:
-        summary = run_batch(model, items, args.output_dir, options=base, parts_per_batch=args.parts_per_batch,
-                            ray=args.ray, ray_workers=args.ray_workers, backend=args.backend, device=args.device,
-                            redo=args.overwrite, show_progress=not args.quiet)
-    except OutOfSpace as e:
-        if e.summary is not None:
-            print(e.summary.describe())
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_NO_SPACE
-    print(summary.describe())
-    if summary.failed:
-        shown = ", ".join(summary.failed_ids[:10]) + (" ..." if len(summary.failed_ids) > 10 else "")
-        print(f"failed: {shown} (errors in {summary.ledger})", file=sys.stderr)
-    print(f"outputs in {summary.out_dir}, ledger {summary.ledger}")
-    return EXIT_SOME_FAILED if summary.failed else EXIT_ALL_OK

@@ -20,6 +20,7 @@ import os
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -120,25 +121,34 @@ class CompletionOptions:
         Raises:
             ModelDirError: an unknown option name or a bad value, naming ``source``.
         """
-        defaults = dict(defaults or {})
-        unknown = set(defaults) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ModelDirError(f"{source}: unknown option(s) in inference_defaults: {', '.join(sorted(unknown))}; "
-                                f"known: {', '.join(cls.__dataclass_fields__)}. Re-export the model.")
-        opts = cls(**defaults)
         try:
-            opts.validate()
+            return cls().replace(**dict(defaults or {}))
         except InputError as e:
             raise ModelDirError(f"{source}: inference_defaults: {e}. Re-export the model.") from None
-        return opts
 
     def replace(self, **overrides) -> "CompletionOptions":
-        """A copy with ``overrides`` applied (unknown names raise :class:`InputError`)."""
+        """A copy with ``overrides`` applied, checked: the one place options are merged.
+
+        Every layer (a model's defaults, a preset, CLI flags, a batch list's
+        per-object options, a service request) goes through here, so a bad name
+        or value gets the one message, naming the option, what it accepts and
+        what it got.
+
+        Raises:
+            InputError: an unknown option name (``unknown option(s): ...; known: ...``)
+                or a bad value (``option NAME must be RANGE, got VALUE (TYPE)``).
+        """
         unknown = set(overrides) - set(self.__dataclass_fields__)
         if unknown:
             raise InputError(f"unknown option(s): {', '.join(sorted(unknown))}; "
                              f"known: {', '.join(self.__dataclass_fields__)}")
-        return CompletionOptions(**{**self.__dict__, **overrides})
+        opts = CompletionOptions(**{**self.__dict__, **overrides})
+        opts.validate()
+        return opts
+
+    def as_dict(self) -> dict:
+        """The options as plain JSON-able values (ledger lines, service jobs)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def validate(self, *, flags: bool = False) -> None:
         """Check every option's type and range.
@@ -219,6 +229,40 @@ def option_problem(f, value) -> str | None:
     return None if ok else option_range(f)
 
 
+def model_defaults(model, *, verify_integrity: bool = True) -> CompletionOptions:
+    """A model's recommended options: the library's with the model's own defaults applied.
+
+    The one reader of a model's defaults (manifest ``defaults`` of a model dir,
+    model_index ``inference_defaults`` of a checkpoint dir): :meth:`HoloPart.default_options`,
+    the batch runner (Ray runs, where the driver loads no graphs) and the CLI's ``--help``.
+
+    Args:
+        model: a loaded :class:`HoloPart` (its :attr:`HoloPart.defaults`, which may have
+            been changed) or the path of a model dir or checkpoint dir (read without loading
+            any graph).
+        verify_integrity: for a model dir path: check its files' sha256 (as :func:`load`).
+
+    Raises:
+        ModelDirError / CheckpointError: unreadable defaults, or an unknown option or a bad
+            value in them (naming the model).
+        InputFileNotFound / InputError: the path is no model.
+    """
+    if isinstance(model, HoloPart):
+        return CompletionOptions.with_defaults(model.defaults, str(model.path))
+    from holopart_infer.engines.registry import CHECKPOINT_DIR, model_kind
+
+    path = Path(model)
+    if model_kind(path) == CHECKPOINT_DIR:
+        from holopart_infer.checkpoint import checkpoint_inference_defaults
+
+        raw = checkpoint_inference_defaults(path)
+    else:
+        from holopart_infer.manifest import load_manifest
+
+        raw = load_manifest(path, verify_hashes=verify_integrity).defaults
+    return CompletionOptions.with_defaults(raw, str(path))
+
+
 @dataclass
 class CompletedPart:
     """One completed part, in the input's coordinates."""
@@ -234,13 +278,58 @@ class CompletedPart:
 
 
 @dataclass
+class CompletionStats(Mapping):
+    """What a completion measured besides its timings (:attr:`CompletionResult.stats`).
+
+    Read the attributes; ``stats["batch_sizes"]``, ``stats.get(...)`` and ``dict(stats)``
+    still work (a read-only mapping of the same names).
+    """
+
+    #: decoder queries per extraction level ("0", "1", ...)
+    decoder_queries_per_level: dict = field(default_factory=dict)
+    #: decoder points computed in extraction, padding included (its share of shared batches)
+    decoder_points_fed: int = 0
+    num_parts: int = 0
+    backend: str = ""
+    #: the size of each DiT / decoder batch its parts were in (several objects may share one)
+    batch_sizes: list = field(default_factory=list)
+    #: parts whose decimated mesh would not have been closed (the full mesh was kept)
+    decimation_non_manifold: list = field(default_factory=list)
+    #: ``{"retried": [...], "fallback": [...]}``: thin parts re-extracted / kept as their closed input
+    thin_parts: dict = field(default_factory=lambda: {"retried": [], "fallback": []})
+    #: per part name: its quality scores (holopart_infer.quality)
+    quality: dict = field(default_factory=dict)
+    #: ``{"flagged": [...], "replaced": [...]}``: the quality guard's verdict
+    guard: dict = field(default_factory=lambda: {"flagged": [], "replaced": []})
+    #: the process's memory (holopart_infer.memory): peak_rss_mb, input_mb, result_mb, ...
+    memory: dict | None = None
+    #: the Ray worker that completed it (``host:pid``), None when run here
+    worker: str | None = None
+
+    def __getitem__(self, name: str):
+        if name not in self.__dataclass_fields__:
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.__dataclass_fields__)
+
+    def __len__(self) -> int:
+        return len(self.__dataclass_fields__)
+
+    __eq__ = Mapping.__eq__  # equal to a dict with the same items, too
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass
 class CompletionResult:
     """What :meth:`HoloPart.complete` returns.
 
     Attributes:
         parts: one completed mesh per input part, in the input's coordinates.
         timings: seconds per stage.
-        stats: e.g. decoder queries per level.
+        stats: :class:`CompletionStats` (decoder queries per level, batch sizes, memory, ...).
+        options: the resolved :class:`CompletionOptions` it ran with (defaults, then overrides).
         inputs: every path the result was made from (the scene, the mesh and its
             labels, the folder and each part file); :meth:`save` and
             :meth:`preview` refuse to write over, inside or around them.
@@ -250,9 +339,10 @@ class CompletionResult:
 
     parts: list[CompletedPart]
     timings: dict[str, float] = field(default_factory=dict)
-    stats: dict = field(default_factory=dict)
+    stats: CompletionStats = field(default_factory=CompletionStats)
     inputs: tuple[Path, ...] = ()
     up: str = "+y"
+    options: CompletionOptions | None = None
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False,
              source: str | os.PathLike | None = None) -> Path:
@@ -381,7 +471,7 @@ class HoloPart:
         """:class:`CompletionOptions` with this model's recommended defaults applied
         (e.g. the latent length a small model was trained with); what
         :meth:`complete` uses when no ``options`` are given."""
-        return CompletionOptions.with_defaults(self.defaults, str(self.path))
+        return model_defaults(self)
 
     @property
     def num_tokens(self) -> int:
@@ -422,7 +512,7 @@ class HoloPart:
         return self._finish(obj, report)
 
     def complete_many(self, jobs: Iterable[CompletionJob], *, parts_per_batch: int | None = None,
-                      progress: Progress | None = None
+                      progress: Progress | None = None, **overrides
                       ) -> Iterator[tuple[CompletionJob, CompletionResult | HoloPartError]]:
         """Complete many objects, packing parts of several objects into each batch.
 
@@ -446,6 +536,10 @@ class HoloPart:
                 (default: each job's ``options.parts_per_batch``; jobs with
                 different values then form different groups).
             progress: ``progress(stage, done, total)`` for the batch stages.
+            overrides: option overrides for every job, as :meth:`complete`'s
+                (steps=, seed=, depth=, ...): applied on top of each job's
+                ``options`` (or the model's defaults). An unknown name or a bad
+                value raises :class:`InputError` before any job is read.
 
         Yields:
             ``(job, CompletionResult)`` when all of a job's parts are done, or
@@ -455,6 +549,10 @@ class HoloPart:
         """
         if parts_per_batch is not None and (isinstance(parts_per_batch, bool) or int(parts_per_batch) < 1):
             raise InputError(f"parts_per_batch must be an integer >= 1 or None, got {parts_per_batch!r}")
+        if parts_per_batch is not None:
+            overrides["parts_per_batch"] = int(parts_per_batch)
+        if overrides:
+            self.default_options().replace(**overrides)  # a bad override fails the call, not every job
         report = progress or _no_progress
         # group key -> FIFO of (object, part index) waiting for a batch
         waiting: dict[tuple, list[tuple[_Prepared, int]]] = {}
@@ -510,9 +608,7 @@ class HoloPart:
             if not isinstance(job, CompletionJob):
                 raise InputError(f"complete_many: jobs must be CompletionJob items, got {type(job).__name__}")
             try:
-                opts = self._options(job.options, {})
-                if parts_per_batch is not None:
-                    opts = CompletionOptions(**{**opts.__dict__, "parts_per_batch": int(parts_per_batch)})
+                opts = self._options(job.options, overrides)
                 obj = self._prepare(job.parts, job.labels, opts, job=job, up=job.up)
             except Exception as e:
                 yield job, _as_error(e, f"reading {_describe(job)}")
@@ -530,10 +626,7 @@ class HoloPart:
         opts = options or self.default_options()
         if not isinstance(opts, CompletionOptions):
             raise InputError(f"options must be a CompletionOptions, got {type(opts).__name__}")
-        if overrides:
-            opts = opts.replace(**overrides)
-        opts.validate()
-        return opts
+        return opts.replace(**overrides)  # checked there, with or without overrides
 
     def _prepare(self, parts, labels, opts: CompletionOptions, job: "CompletionJob | None" = None,
                  up: str | None = None) -> "_Prepared":
@@ -751,21 +844,16 @@ class HoloPart:
         mem = obj.memory.report(
             input_mb=memory.arrays_mb([a for p in parts for a in (p.vertices, p.faces)]),
             result_mb=memory.arrays_mb([a for p in results for a in (p.vertices, p.faces, p.vertex_colors)]))
-        return CompletionResult(results, dict(obj.timings), {"decoder_queries_per_level": obj.level_queries,
-                                                             "decoder_points_fed": int(round(obj.points_fed)),
-                                                             "num_parts": P, "backend": self.backend_name,
-                                                             "batch_sizes": list(obj.batch_sizes),
-                                                             "decimation_non_manifold": pinched,
-                                                             "thin_parts": {"retried": list(obj.thin_retried),
-                                                                            "fallback": thin_fallback},
-                                                             "quality": {p.name: p.quality.as_extras()
-                                                                         for p in results if p.quality is not None},
-                                                             "guard": {"flagged": flagged,
-                                                                       "replaced": [p.name for p in results
-                                                                                    if p.quality is not None and
-                                                                                    p.quality.replaced]},
-                                                             "memory": mem},
-                                obj.inputs, up=cond.input_up or self.up_axis)
+        stats = CompletionStats(
+            decoder_queries_per_level=obj.level_queries, decoder_points_fed=int(round(obj.points_fed)),
+            num_parts=P, backend=self.backend_name, batch_sizes=list(obj.batch_sizes),
+            decimation_non_manifold=pinched, thin_parts={"retried": list(obj.thin_retried), "fallback": thin_fallback},
+            quality={p.name: p.quality.as_extras() for p in results if p.quality is not None},
+            guard={"flagged": flagged, "replaced": [p.name for p in results
+                                                    if p.quality is not None and p.quality.replaced]},
+            memory=mem)
+        return CompletionResult(results, dict(obj.timings), stats, obj.inputs, up=cond.input_up or self.up_axis,
+                                options=opts)
 
     def _judge_parts(self, obj: "_Prepared", stand_ins: set[int]) -> list[str]:
         """Measure every part against its input patch (holopart_infer.quality); with

@@ -2,7 +2,7 @@
 streamed to them, results back to the one driver that writes outputs and ledger.
 
 Needs ``pip install 'holopart-infer[ray]'``. Used by :func:`holopart_infer.batch.run_batch`
-(``holopart-infer batch --ray auto|ADDRESS``); usable on its own:
+through :class:`RayExecutor` (``holopart-infer batch --ray auto|ADDRESS``); usable on its own:
 
     pool = RayPool("model_dir", address="auto")
     for job, result in pool.run(jobs):      # CompletionJob in, (job, result | error) out
@@ -36,6 +36,7 @@ import socket
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from holopart_infer.batch import Executor
 from holopart_infer.errors import EngineError, HoloPartError, InputError, missing_extra
 
 log = logging.getLogger("holopart_infer")
@@ -87,7 +88,7 @@ class _Worker:
         out = []
         for job, res in self.model.complete_many(jobs, parts_per_batch=parts_per_batch):
             if isinstance(res, CompletionResult):
-                res.stats["worker"] = self.name
+                res.stats.worker = self.name
             out.append((job.key, res))
         return out
 
@@ -368,6 +369,65 @@ class RayPool:
         if self._owns_ray:
             ray.shutdown()
             self._owns_ray = False
+
+
+class RayExecutor(Executor):
+    """:func:`holopart_infer.batch.run_batch` on Ray actors (a :class:`RayPool`, started on the
+    first :meth:`run`: a run with nothing left to do needs no cluster).
+
+    The driver reads each object's parts and sends them (``loads_parts``), so the actors need
+    no shared file system; the model dir must be readable on every node.
+
+    Args:
+        address: ``"auto"``, ``"local"`` or a Ray address (:class:`RayPool`).
+        workers: number of actors (default: one per GPU, else one per CPU).
+        backend, device: on each actor (:func:`holopart_infer.load`); taken from the model
+            when :func:`run_batch` is given a loaded one.
+        parts_per_batch: parts per DiT / decoder batch on the actors, packed across objects.
+        hook: ``hook(keys)`` on the actor before each group (fault injection in tests).
+        pool_options: further :class:`RayPool` arguments (``health_check_s``, ``max_attempts``, ...).
+    """
+
+    loads_parts = True
+
+    def __init__(self, address: str = "auto", *, workers: int | None = None, backend: str = "auto",
+                 device: str = "auto", parts_per_batch: int | None = None, hook: Callable | None = None,
+                 **pool_options):
+        self.address, self.workers = address, workers
+        self.backend, self.device = backend, device
+        self.parts_per_batch, self.hook = parts_per_batch, hook
+        self.pool_options = pool_options
+        self.model_path: Path | None = None
+        self.pool: RayPool | None = None
+
+    def prepare(self, model):
+        """The model's path and defaults (read from its files: the driver loads no graphs)."""
+        from holopart_infer.pipeline import HoloPart, model_defaults
+
+        if isinstance(model, HoloPart):
+            self.model_path, self.backend, self.device = Path(model.path), model.backend_name, model.device
+        else:
+            self.model_path = Path(model)
+        return self.model_path, model_defaults(self.model_path)
+
+    def run(self, jobs: Iterable) -> Iterator[tuple]:
+        if self.pool is None:
+            self.pool = RayPool(self.model_path, address=self.address, backend=self.backend, device=self.device,
+                                num_workers=self.workers, parts_per_batch=self.parts_per_batch, hook=self.hook,
+                                **self.pool_options)
+        return self.pool.run(jobs)
+
+    @property
+    def restarts(self) -> int:
+        return self.pool.restarts if self.pool is not None else 0
+
+    @property
+    def cluster_restarts(self) -> int:
+        return self.pool.cluster_restarts if self.pool is not None else 0
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()  # again after run() closed it: nothing left to stop
 
 
 class _FaultOnce:

@@ -1,17 +1,18 @@
 """``holopart-infer serve``: an HTTP service with dynamic batching, limits and a web page.
 
 Needs the ``[serve]`` extra (Starlette, uvicorn, prometheus-client,
-python-multipart); see docs/serving.md. The CLI registers the subcommand with
-:func:`add_subcommand`, which imports none of them: they are imported when the
-command runs.
+python-multipart); see docs/serving.md. :func:`build_service` makes the service,
+:func:`serve_forever` runs it; neither parses arguments nor prints (the
+``holopart-infer serve`` command, :mod:`holopart_infer.cli.serve`, does). None of the
+extra's modules is imported until the service is built.
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import logging
 import os
 import signal
+from typing import Callable
 
 log = logging.getLogger("holopart_infer")
 
@@ -30,78 +31,6 @@ def check_installed() -> None:
             raise missing_extra(module, "serve", f"holopart-infer serve ({why})")
 
 
-def add_subcommand(sub, common=None) -> argparse.ArgumentParser:
-    """Register ``serve`` on the CLI's subparsers (the CLI's only hook into this package);
-    ``common`` is the CLI's shared -v/-q parent parser."""
-    from holopart_infer.serve.limits import Limits
-
-    d = Limits()
-    s = sub.add_parser("serve", parents=[common] if common is not None else [],
-                       help="HTTP service: dynamic batching, limits, metrics, a web page (needs [serve])",
-                       description="Serve completions over HTTP. See docs/serving.md.")
-    s.add_argument("--model", help="exported model dir (default: the embedded holopart-mini with the demo's "
-                                   "quicker options)")
-    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    s.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    s.add_argument("--token", help=f"require 'Authorization: Bearer TOKEN' on the API (default: ${TOKEN_ENV} "
-                                   "when set, else no token)")
-    s.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"], default="auto")
-    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    s.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
-                   help="server default completion option (repeatable), e.g. --option steps=30")
-    g = s.add_argument_group("batching")
-    g.add_argument("--max-queue", type=int, default=16, help="jobs waiting at most; then 503 (default 16)")
-    g.add_argument("--batch-wait-ms", type=float, default=50.0,
-                   help="how long a batch waits for more requests (default 50 ms)")
-    g.add_argument("--max-batch-parts", type=int, default=32, help="parts per dynamic batch (default 32)")
-    g.add_argument("--max-batch-objects", type=int, default=16, help="objects per dynamic batch (default 16)")
-    g.add_argument("--no-batching", action="store_true", help="one request at a time (no dynamic batching)")
-    g.add_argument("--parts-per-batch", type=int, help="parts per DiT/decoder batch (default: the options')")
-    lim = s.add_argument_group("limits")
-    lim.add_argument("--max-body-mb", type=float, default=d.max_body_bytes / 2**20,
-                     help=f"request body (default {d.max_body_bytes / 2**20:g} MiB; 413 beyond)")
-    lim.add_argument("--max-inflight-mb", type=float, default=d.max_inflight_bytes / 2**20,
-                     help=f"upload bytes held at once over all requests, from the first byte until the job is "
-                          f"done (default {d.max_inflight_bytes / 2**20:g} MiB; 503 + Retry-After beyond)")
-    lim.add_argument("--max-parts", type=int, default=d.max_parts, help=f"default {d.max_parts} (422 beyond)")
-    lim.add_argument("--max-faces", type=int, default=d.max_faces, help=f"default {d.max_faces} (422 beyond)")
-    lim.add_argument("--max-vertices", type=int, default=d.max_vertices, help=f"default {d.max_vertices}")
-    lim.add_argument("--max-steps", type=int, default=d.max_steps, help=f"largest steps a request may ask "
-                                                                          f"(default {d.max_steps})")
-    lim.add_argument("--max-depth", type=int, default=d.max_depth, help=f"largest depth (default {d.max_depth})")
-    lim.add_argument("--deadline", type=float, default=d.deadline_s,
-                     help=f"seconds from arrival to result (default {d.deadline_s:g}; 504 beyond)")
-    lim.add_argument("--body-idle-timeout", type=float, default=d.body_idle_s,
-                     help=f"seconds between pieces of a body (default {d.body_idle_s:g}; 408 beyond)")
-    lim.add_argument("--body-timeout", type=float, default=d.body_total_s,
-                     help=f"seconds to receive a whole body (default {d.body_total_s:g}; 408 beyond)")
-    lim.add_argument("--drain-timeout", type=float, default=600.0,
-                     help="on SIGTERM, how long queued jobs may still run (default 600 s)")
-    s.set_defaults(func=cmd_serve)
-    return s
-
-
-def _parse_option(text: str):
-    from holopart_infer.errors import InputError
-    from holopart_infer.pipeline import CompletionOptions
-
-    name, sep, value = text.partition("=")
-    fields = CompletionOptions.__dataclass_fields__
-    if not sep or name not in fields:
-        raise InputError(f"--option {text!r}: expected NAME=VALUE with NAME one of {', '.join(fields)}")
-    if value.lower() in ("none", "null"):
-        return name, None
-    if value.lower() in ("true", "false"):
-        return name, value.lower() == "true"
-    try:
-        return name, int(value)
-    except ValueError:
-        try:
-            return name, float(value)
-        except ValueError:
-            raise InputError(f"--option {text!r}: value must be a number, true/false or none") from None
-
-
 def is_embedded_model(path) -> bool:
     """``path`` is None or names the embedded holopart-mini (through any relative path or link)."""
     from holopart_infer import assets
@@ -114,64 +43,81 @@ def is_embedded_model(path) -> bool:
         return False
 
 
-def build_service(args):
-    """The :class:`Service` described by parsed ``serve`` arguments (loads the model)."""
-    from dataclasses import asdict
+def build_service(model=None, *, backend: str = "auto", device: str = "auto", options: dict | None = None,
+                  token: str | None = None, limits=None, max_queue: int = 16, max_wait_s: float = 0.05,
+                  max_batch_parts: int = 32, max_batch_objects: int = 16, drain_timeout_s: float = 600.0):
+    """A :class:`Service` for a model dir (loads the model).
 
+    Args:
+        model: exported model dir; None: the embedded holopart-mini, which (however it is
+            named) serves with the demo's quicker options (:data:`holopart_infer.assets.DEMO_PRESET`).
+        backend, device: as :func:`holopart_infer.load`.
+        options: the server's default completion options, over the model's defaults
+            (merged and checked by :meth:`CompletionOptions.replace`).
+        token: bearer token required on the API (None: :data:`TOKEN_ENV` when set, else none).
+        limits: :class:`holopart_infer.serve.limits.Limits` (default: its defaults).
+        max_queue, max_wait_s, max_batch_parts, max_batch_objects, drain_timeout_s: as
+            :class:`holopart_infer.serve.app.Service` (``max_batch_objects=1``: no dynamic batching).
+
+    Raises:
+        InputError: a bad option or limit; the model's load errors.
+    """
     from holopart_infer import assets
     from holopart_infer.errors import InputError
-    from holopart_infer.pipeline import CompletionOptions, load
+    from holopart_infer.pipeline import load, model_defaults
     from holopart_infer.serve.app import Service
     from holopart_infer.serve.limits import Limits
 
-    model = load(args.model or assets.demo_model_path(), backend=args.backend, device=args.device)
-    opts = asdict(model.default_options())
-    if is_embedded_model(args.model):  # one model, one set of defaults, however it was named
-        opts.update(assets.DEMO_PRESET)
-    opts.update(dict(_parse_option(o) for o in args.option))
-    defaults = CompletionOptions(**opts)
-    defaults.validate()
-    for name in ("max_queue", "max_batch_parts", "max_batch_objects", "max_parts", "max_faces", "max_vertices"):
-        if getattr(args, name) < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20), max_parts=args.max_parts,
-                    max_faces=args.max_faces, max_vertices=args.max_vertices, body_idle_s=args.body_idle_timeout,
-                    body_total_s=args.body_timeout, deadline_s=args.deadline, max_steps=args.max_steps,
-                    max_depth=args.max_depth, max_inflight_bytes=int(args.max_inflight_mb * 2**20))
+    for name, value in (("max_queue", max_queue), ("max_batch_parts", max_batch_parts),
+                        ("max_batch_objects", max_batch_objects)):
+        if value < 1:
+            raise InputError(f"{name} must be >= 1, got {value}")
+    limits = limits or Limits()
     if limits.max_inflight_bytes < limits.max_body_bytes:
-        raise InputError(f"--max-inflight-mb {args.max_inflight_mb:g} is below --max-body-mb {args.max_body_mb:g}: "
-                         "no upload of the largest allowed size could ever be accepted; raise it")
-    token = args.token or os.environ.get(TOKEN_ENV) or None
-    return Service(model, defaults, limits, token, max_queue=args.max_queue,
-                   max_wait_s=0.0 if args.no_batching else args.batch_wait_ms / 1000.0,
-                   max_batch_parts=args.max_batch_parts,
-                   max_batch_objects=1 if args.no_batching else args.max_batch_objects,
-                   parts_per_batch=args.parts_per_batch, drain_timeout_s=args.drain_timeout)
+        raise InputError(f"max_inflight_bytes {limits.max_inflight_bytes} is below max_body_bytes "
+                         f"{limits.max_body_bytes}: no upload of the largest allowed size could ever be accepted")
+    loaded = load(model or assets.demo_model_path(), backend=backend, device=device)
+    try:
+        defaults = model_defaults(loaded)
+        if is_embedded_model(model):  # one model, one set of defaults, however it was named
+            defaults = defaults.replace(**assets.DEMO_PRESET)
+        defaults = defaults.replace(**(options or {}))
+    except Exception:
+        loaded.close()
+        raise
+    token = token or os.environ.get(TOKEN_ENV) or None
+    return Service(loaded, defaults, limits, token, max_queue=max_queue, max_wait_s=max_wait_s,
+                   max_batch_parts=max_batch_parts, max_batch_objects=max_batch_objects,
+                   drain_timeout_s=drain_timeout_s)
 
 
-def cmd_serve(args) -> int:
+def serve_forever(service, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "warning",
+                  on_listening: Callable[[str, int], None] | None = None) -> int:
+    """Run ``service`` under uvicorn until SIGINT / SIGTERM; returns 0 when the queue drained.
+
+    Args:
+        on_listening: called with each bound (host, port) once the socket is bound (the
+            port may have been 0: the command prints where it listens).
+    """
     check_installed()
     import uvicorn
 
-    service = build_service(args)
-    config = uvicorn.Config(service.asgi(), host=args.host, port=args.port, log_level="info" if args.verbose
-                            else "warning", server_header=False, timeout_keep_alive=5,
-                            limit_concurrency=service.batcher.max_queue + 64,
-                            timeout_graceful_shutdown=args.drain_timeout)
+    config = uvicorn.Config(service.asgi(), host=host, port=port, log_level=log_level, server_header=False,
+                            timeout_keep_alive=5, limit_concurrency=service.batcher.max_queue + 64,
+                            timeout_graceful_shutdown=service.drain_timeout_s)
     server = uvicorn.Server(config)
-    if args.host not in ("127.0.0.1", "localhost", "::1") and service.token is None:
-        log.warning("serve: listening on %s without a token; pass --token or set %s", args.host, TOKEN_ENV)
+    if host not in ("127.0.0.1", "localhost", "::1") and service.token is None:
+        log.warning("serve: listening on %s without a token; pass --token or set %s", host, TOKEN_ENV)
 
-    # say where we listen once the socket is bound (the port may have been 0)
     original_startup = server.startup
 
     async def startup(sockets=None):
         await original_startup(sockets=sockets)
         for srv in getattr(server, "servers", []):
             for sock in srv.sockets:
-                host, port = sock.getsockname()[:2]
-                print(f"holopart-infer serve: listening on http://{host}:{port} "
-                      f"({service.model.backend_name} on {service.model.device})", flush=True)
+                bound_host, bound_port = sock.getsockname()[:2]
+                if on_listening is not None:
+                    on_listening(bound_host, bound_port)
 
     server.startup = startup
     # uvicorn handles SIGTERM (stop accepting, finish in-flight requests, drain the
@@ -185,4 +131,4 @@ def cmd_serve(args) -> int:
     return 0 if service.batcher.stop(0) else 1
 
 
-__all__ = ["add_subcommand", "check_installed", "cmd_serve", "build_service"]
+__all__ = ["check_installed", "build_service", "serve_forever", "is_embedded_model", "TOKEN_ENV"]

@@ -33,7 +33,6 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -283,8 +282,6 @@ class Service:
         return n
 
     def _options(self, params: dict):
-        from holopart_infer.pipeline import CompletionOptions
-
         given = {}
         for name, raw in params.items():
             if name not in REQUEST_OPTIONS:
@@ -300,12 +297,10 @@ class Service:
             if name in given and given[name] > most:
                 raise RequestRefused(422, "option_over_limit", f"option {name}={given[name]} is over this "
                                      f"service's limit {most}", option=name, limit=most, actual=given[name])
-        opts = CompletionOptions(**{**asdict(self.defaults), **given})
-        try:
-            opts.validate()
+        try:  # the one merge: its message names the option, what it accepts and what it got
+            return self.defaults.replace(**given)
         except InputError as e:
             raise RequestRefused(422, "invalid_option", str(e)) from None
-        return opts
 
     async def _submission(self, request, hold: Hold) -> ServeJob:
         """Read, check and parse an upload into a queued-to-be :class:`ServeJob`.

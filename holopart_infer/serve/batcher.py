@@ -83,6 +83,9 @@ class ServeJob:
         out = {"id": self.id, "state": self.state, "stage": self.stage, "done": self.done, "total": self.total,
                "parts": self.num_parts, "source": self.source,
                "elapsed_s": round((self.finished or time.monotonic()) - self.created, 3), "batch": self.batch}
+        as_dict = getattr(self.options, "as_dict", None)
+        if as_dict is not None:  # the resolved options it runs with (server defaults, then the request's)
+            out["options"] = as_dict()
         if self.error:
             out["error"] = self.error
         if self.state == DONE and self.result is not None:
@@ -318,7 +321,7 @@ class Batcher:
                 job.fail(500, "internal_error", f"writing the result failed: {type(e).__name__}: {e}")
             else:
                 job.result = outcome
-                job.batch["dit_batch_sizes"] = list(outcome.stats.get("batch_sizes", []))
+                job.batch["dit_batch_sizes"] = list(outcome.stats.batch_sizes)
                 job.state, job.stage, job.finished = DONE, "done", time.monotonic()
                 job.version += 1
         self.on_job_done(job)

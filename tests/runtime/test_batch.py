@@ -11,7 +11,7 @@ import trimesh
 
 import holopart_infer as hp
 from holopart_infer import assets
-from holopart_infer.batch import Ledger, collect_items, run_batch
+from holopart_infer.batch import LocalExecutor, Ledger, collect_items, run_batch
 from holopart_infer.cli import main
 from holopart_infer.errors import InputError, InputFileNotFound
 from holopart_infer.parts_io import load_parts, write_scene
@@ -108,7 +108,7 @@ def test_run_batch_records_failures_and_resumes(model, tmp_path):
     out = tmp_path / "out"
     items = collect_items([objs, tmp_path / "list.jsonl"])
     seen = []
-    s = run_batch(model, items, out, options=fast_options(model), parts_per_batch=4,
+    s = run_batch(model, items, out, options=fast_options(model), executor=LocalExecutor(parts_per_batch=4),
                   on_result=lambda it, e: seen.append(it.id))
     assert (s.total, s.ok, s.failed, s.skipped) == (6, 4, 2, 0)
     assert sorted(s.failed_ids) == ["broken", "mug-bad-option"]
@@ -116,6 +116,9 @@ def test_run_batch_records_failures_and_resumes(model, tmp_path):
     last = check_ledger_agrees_with_files(out)
     assert "broken.glb" in last["broken"]["error"] and last["broken"]["error_type"]
     assert "stepz" in last["mug-bad-option"]["error"]
+    # each line records the options its object ran with
+    assert last["boxes-seed7"]["options"] == fast_options(model, seed=7).replace(parts_per_batch=4).as_dict()
+    assert last["table"]["options"]["seed"] == fast_options(model).seed and last["table"]["options"]["steps"] == 2
     ok = last["table"]
     assert ok["parts"] == 3 and ok["seconds"] > 0 and {"denoise", "extract"} <= set(ok["timings"])
     # packing: a batch held parts of several objects; per-object results equal complete()'s
@@ -152,8 +155,8 @@ def test_interrupted_run_resumes_without_partial_outputs(model, tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_batch(model, collect_items([objs]), out, options=fast_options(model), parts_per_batch=2,
-                  on_result=stop_after_first)
+        run_batch(model, collect_items([objs]), out, options=fast_options(model),
+                  executor=LocalExecutor(parts_per_batch=2), on_result=stop_after_first)
     first = check_ledger_agrees_with_files(out)
     assert len(first) == 1
     # a ledger line cut by a crash is ignored, and the next append starts on its own line

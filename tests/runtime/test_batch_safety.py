@@ -20,7 +20,7 @@ import pytest
 
 import holopart_infer as hp
 from holopart_infer import assets, fsafe
-from holopart_infer.batch import BatchFolderBusy, collect_items, run_batch
+from holopart_infer.batch import BatchFolderBusy, LocalExecutor, collect_items, run_batch
 from holopart_infer.cli import main
 from tests.runtime.test_batch import FAST_FLAGS, check_ledger_agrees_with_files, fast_options, ledger_lines, two_box_glb
 
@@ -65,7 +65,7 @@ def test_24_2_colliding_ids_each_object_once(model, tmp_path):
     assert sorted(i.input for i in items) == sorted([a, b, c])
     assert len({i.id.casefold() for i in items}) == 3
     out = tmp_path / "out"
-    s = run_batch(model, items, out, options=fast_options(model), parts_per_batch=4)
+    s = run_batch(model, items, out, options=fast_options(model), executor=LocalExecutor(parts_per_batch=4))
     assert (s.ok, s.failed) == (3, 0)
     last = check_ledger_agrees_with_files(out)
     assert sorted(e["input"] for e in last.values()) == sorted(map(str, [a, b, c]))

@@ -189,3 +189,23 @@ def test_a_poison_object_does_not_fail_objects_sharing_its_batch(model, monkeypa
     assert isinstance(out["b"], hp.EngineError) and "cannot take this part" in str(out["b"])
     assert isinstance(out["a"], hp.CompletionResult) and isinstance(out["c"], hp.CompletionResult)
     assert out["a"].stats["batch_sizes"] == [2]  # its retry ran alone
+
+
+def test_complete_many_takes_complete_s_keyword_overrides(model):
+    """complete_many(..., **overrides) as complete(..., **overrides): over each job's options (or the
+    model's defaults), the resolved options travel with each result; a bad override fails the call."""
+    base = _opts(model, seed=5)
+    jobs = [CompletionJob(_two_box_object(0.0), options=base, key="given"),
+            CompletionJob(_two_box_object(1.0), key="defaults")]
+    got = {job.key: res for job, res in model.complete_many(jobs, steps=1, depth=6, num_points=1024,
+                                                            latent_tokens=64, decimate=None, parts_per_batch=4)}
+    assert got["given"].options == base.replace(steps=1, parts_per_batch=4)
+    assert got["defaults"].options == model.default_options().replace(
+        steps=1, depth=6, num_points=1024, latent_tokens=64, decimate=None, parts_per_batch=4)
+    same = model.complete(_two_box_object(0.0), options=base, steps=1, parts_per_batch=4)
+    assert same.options == got["given"].options
+    assert _surface_distance(same, got["given"]) < 1e-3
+    with pytest.raises(InputError, match=r"option steps must be an integer >= 1, got 0 \(int\)"):
+        list(model.complete_many(jobs, steps=0))
+    with pytest.raises(InputError, match=r"unknown option\(s\): stepz"):
+        list(model.complete_many(jobs, stepz=2))

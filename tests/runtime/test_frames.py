@@ -199,7 +199,7 @@ def test_cli_bad_up_exits_2_naming_the_option(tmp_path):
 def test_cli_negative_up_values_parse():
     from holopart_infer import cli
 
-    assert cli._join_up_values(["run", "a.obj", "--up", "-z", "-o", "b.glb"]) == \
+    assert cli.options.join_up_values(["run", "a.obj", "--up", "-z", "-o", "b.glb"]) == \
         ["run", "a.obj", "--up=-z", "-o", "b.glb"]
     args = cli.build_parser().parse_args(["run", "a.obj", "-o", "b.glb", "--model", "m", "--up=-z"])
     assert args.up == "-z"
@@ -210,7 +210,7 @@ def test_cli_up_reads_as_the_api_does(given, read):
     """--up takes what load_parts(up=) takes: any case, and a bare axis as its + direction."""
     from holopart_infer import cli
 
-    argv = cli._join_up_values(["run", "a.obj", "-o", "b.glb", "--model", "m", "--up", given])
+    argv = cli.options.join_up_values(["run", "a.obj", "-o", "b.glb", "--model", "m", "--up", given])
     assert cli.build_parser().parse_args(argv).up == read
 
 

@@ -49,9 +49,9 @@ def test_29_1_off_flag_meaning_none_reaches_the_options(command, field, tmp_path
     base = CompletionOptions()
     assert getattr(base, field.name) is not None
     args = _parse(command, "x.glb", "-o", tmp_path / "o", "--model", "m", field.metadata["off_flag"])
-    assert getattr(cli_mod._options_from(args, base), field.name) is None
+    assert getattr(cli_mod.options.options_from(args, base), field.name) is None
     args = _parse(command, "x.glb", "-o", tmp_path / "o", "--model", "m")  # not given: the base's value stays
-    assert getattr(cli_mod._options_from(args, base), field.name) == getattr(base, field.name)
+    assert getattr(cli_mod.options.options_from(args, base), field.name) == getattr(base, field.name)
 
 
 def test_29_1_no_decimate_keeps_the_full_mesh(tmp_path):
@@ -573,6 +573,7 @@ def test_25_1_verbosity_flags_work_before_and_after_the_subcommand(command, flag
 def test_25_1_quiet_before_verify_hides_the_export_bar(monkeypatch, tmp_path):
     """-q verify --backend onnxruntime (no --model) exports the golden weights first: without a bar."""
     from holopart_infer import cli as cli_mod
+    from holopart_infer.cli import verify as cli_verify
 
     seen = {}
 
@@ -582,10 +583,10 @@ def test_25_1_quiet_before_verify_hides_the_export_bar(monkeypatch, tmp_path):
             seen["progress"] = progress
             raise cli_mod.InputError("stop here")
 
-    monkeypatch.setattr(cli_mod, "_torch_side", lambda module, what: FakeExport)
+    monkeypatch.setattr(cli_verify, "torch_side", lambda module, what: FakeExport)
     args = _parse("-q", "verify", tmp_path, "--backend", "onnxruntime")
     with pytest.raises(cli_mod.InputError, match="stop here"):
-        cli_mod._make_verify_backend(args, tmp_path / "weights", tmp_path)
+        cli_verify._make_verify_backend(args, tmp_path / "weights", tmp_path)
     assert seen["progress"] is False
 
 
@@ -596,7 +597,7 @@ def test_25_2_an_optional_option_accepts_none_as_its_help_says(tmp_path, text):
     from holopart_infer.pipeline import CompletionOptions
 
     args = _parse("run", "x.glb", "-o", tmp_path / "o.glb", "--model", "m", "--decimate", text)
-    assert cli_mod._options_from(args, CompletionOptions()).decimate is None
+    assert cli_mod.options.options_from(args, CompletionOptions()).decimate is None
     r = cli("run", "x.glb", "-o", tmp_path / "o.glb", "--model", "m", "--help")
     assert "None or an integer >= 4" in " ".join(r.stdout.split())
 

@@ -226,3 +226,31 @@ def test_decimation_that_would_open_a_closed_part_is_undone_and_reported(monkeyp
     for p in res.parts:  # the closed marching-cubes mesh was kept instead of the opened one
         if p.name in res.stats["decimation_non_manifold"]:
             assert len(p.faces) > 200 and edge_manifold(p.faces)
+
+
+def test_result_carries_its_resolved_options_and_typed_stats():
+    model = hp.load(assets.demo_model_path())
+    res = model.complete(assets.demo_object_path(), steps=2, depth=6, decimate=None, seed=3)
+    assert res.options == model.default_options().replace(steps=2, depth=6, decimate=None, seed=3)
+    assert res.stats.num_parts == len(res.parts) and res.stats.backend == model.backend_name
+    assert res.stats["batch_sizes"] == res.stats.batch_sizes  # read-compatible with the former dict
+    assert dict(res.stats)["decoder_queries_per_level"] == res.stats.decoder_queries_per_level
+    assert res.stats.get("worker") is None and "memory" in res.stats
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(steps=0), "option steps must be an integer >= 1, got 0 (int)"),
+    (dict(decimate="many"), "option decimate must be None or an integer >= 4, got 'many' (str)"),
+    (dict(stepz=3), "unknown option(s): stepz; known: steps"),
+])
+def test_one_merge_one_message(overrides, message):
+    """CompletionOptions.replace is where every layer merges (API, model defaults, batch lists,
+    serve requests): the same message, naming the option, the accepted values and the value."""
+    from holopart_infer.errors import ModelDirError
+
+    with pytest.raises(InputError) as e:
+        CompletionOptions().replace(**overrides)
+    assert message in str(e.value)
+    with pytest.raises(ModelDirError) as e:
+        CompletionOptions.with_defaults(overrides, "some/model")
+    assert f"some/model: inference_defaults: {message}" in str(e.value)

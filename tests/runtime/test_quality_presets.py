@@ -34,19 +34,19 @@ def _args(argv):
 def test_cli_quality_then_explicit_flags_win():
     base = CompletionOptions(depth=7, steps=20)
     a = _args(["--quality", "draft"])
-    o = cli._options_from(a, base)
+    o = cli.options.options_from(a, base)
     assert (o.depth, o.steps) == (6, 10)
-    line = cli._settings_line(a, o, {"depth": 7, "steps": 20}, "the model")
+    line = cli.options.settings_line(a, o, {"depth": 7, "steps": 20}, "the model")
     assert "depth 6, 10 steps (= --quality draft)" in line and "from --quality draft" in line
     a = _args(["--quality", "high", "--depth", "8"])
-    o = cli._options_from(a, base)
+    o = cli.options.options_from(a, base)
     assert (o.depth, o.steps) == (8, 50)
-    assert "from --depth, --quality high" in cli._settings_line(a, o, {}, "the model")
+    assert "from --depth, --quality high" in cli.options.settings_line(a, o, {}, "the model")
     a = _args([])
-    o = cli._options_from(a, base)
+    o = cli.options.options_from(a, base)
     assert (o.depth, o.steps) == (7, 20)
-    assert "from the model's defaults" in cli._settings_line(a, o, {"depth": 7, "steps": 20}, "the model")
-    assert "library default (reference)" in cli._settings_line(a, CompletionOptions(), {}, "the model")
+    assert "from the model's defaults" in cli.options.settings_line(a, o, {"depth": 7, "steps": 20}, "the model")
+    assert "library default (reference)" in cli.options.settings_line(a, CompletionOptions(), {}, "the model")
 
 
 def test_help_shows_presets_and_the_model_defaults(capsys):

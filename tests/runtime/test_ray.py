@@ -9,9 +9,9 @@ import logging
 import pytest
 
 from holopart_infer import assets
-from holopart_infer.batch import Ledger, _defaults_of, collect_items, run_batch
+from holopart_infer.batch import Ledger, collect_items, run_batch
 from holopart_infer.errors import BackendUnavailable
-from holopart_infer.pipeline import CompletionOptions
+from holopart_infer.pipeline import model_defaults
 from tests.runtime.test_batch import FAST, check_ledger_agrees_with_files, ledger_lines, two_box_glb
 
 pytestmark = pytest.mark.ray
@@ -27,11 +27,11 @@ def local_ray():
 
 
 def _fast():
-    return CompletionOptions(**{**_defaults_of(assets.demo_model_path()).__dict__, **FAST})
+    return model_defaults(assets.demo_model_path()).replace(**FAST)
 
 
 def test_worker_killed_mid_run_every_object_once(local_ray, tmp_path):
-    from holopart_infer.ray_runner import CrashOnce
+    from holopart_infer.ray_runner import CrashOnce, RayExecutor
 
     objs = tmp_path / "objs"
     objs.mkdir()
@@ -41,8 +41,8 @@ def test_worker_killed_mid_run_every_object_once(local_ray, tmp_path):
     marker = tmp_path / "crash-marker"
     marker.write_text("the first worker given o3 exits")
     out = tmp_path / "out"
-    s = run_batch(assets.demo_model_path(), collect_items([objs]), out, options=_fast(), ray="auto", ray_workers=2,
-                  parts_per_batch=4, _ray_hook=CrashOnce("o3", marker))
+    s = run_batch(assets.demo_model_path(), collect_items([objs]), out, options=_fast(),
+                  executor=RayExecutor("auto", workers=2, parts_per_batch=4, hook=CrashOnce("o3", marker)))
     assert not marker.exists(), "the fault was not injected"
     assert (s.ok, s.failed, s.skipped) == (5, 1, 0) and s.failed_ids == ["broken"]
     assert s.worker_restarts == 1
@@ -52,7 +52,8 @@ def test_worker_killed_mid_run_every_object_once(local_ray, tmp_path):
     workers = {e["worker"] for e in last.values() if e["status"] == "ok"}
     assert len(workers) >= 2  # both actors (or an actor and its replacement) did work
     # a re-run on Ray has nothing left but the broken object
-    s2 = run_batch(assets.demo_model_path(), collect_items([objs]), out, options=_fast(), ray="auto", ray_workers=2)
+    s2 = run_batch(assets.demo_model_path(), collect_items([objs]), out, options=_fast(),
+                   executor=RayExecutor("auto", workers=2))
     assert (s2.ok, s2.failed, s2.skipped) == (0, 1, 5)
     assert Ledger(out).read()["o3"]["status"] == "ok"
 

@@ -66,7 +66,7 @@ def no_ray_yet():
 
 
 def test_own_cluster_node_killed_is_restarted_and_every_object_done_once(no_ray_yet, tmp_path, caplog):
-    from holopart_infer.ray_runner import StallOnce
+    from holopart_infer.ray_runner import RayExecutor, StallOnce
 
     objs = _objects(tmp_path, 6)
     marker = tmp_path / "stall-marker"
@@ -79,9 +79,8 @@ def test_own_cluster_node_killed_is_restarted_and_every_object_done_once(no_ray_
 
     out = tmp_path / "out"
     with caplog.at_level(logging.WARNING, logger="holopart_infer"):
-        s = run_batch(assets.demo_model_path(), collect_items([objs]), out, options=_fast(), ray="local",
-                      ray_workers=2, parts_per_batch=4, on_result=kill_node_after_first,
-                      _ray_hook=StallOnce("o0", marker))
+        s = run_batch(assets.demo_model_path(), collect_items([objs]), out, options=_fast(), on_result=kill_node_after_first,
+                      executor=RayExecutor("local", workers=2, parts_per_batch=4, hook=StallOnce("o0", marker)))
     assert killed and killed[0], "no raylet found to kill"
     assert not marker.exists()
     assert s.cluster_restarts == 1 and "restarting the local cluster" in caplog.text
@@ -92,7 +91,7 @@ def test_own_cluster_node_killed_is_restarted_and_every_object_done_once(no_ray_
 
 
 def test_joined_cluster_node_killed_fails_the_rest_clearly(no_ray_yet, tmp_path):
-    from holopart_infer.ray_runner import StallOnce
+    from holopart_infer.ray_runner import RayExecutor, StallOnce
 
     ray = no_ray_yet
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
@@ -106,9 +105,8 @@ def test_joined_cluster_node_killed_fails_the_rest_clearly(no_ray_yet, tmp_path)
             killed.append(_kill_raylet())
 
     out = tmp_path / "out"
-    s = run_batch(assets.demo_model_path(), collect_items([objs]), out, options=_fast(), ray="auto",
-                  ray_workers=2, parts_per_batch=4, on_result=kill_node_after_first,
-                  _ray_hook=StallOnce("o0", marker))
+    s = run_batch(assets.demo_model_path(), collect_items([objs]), out, options=_fast(), on_result=kill_node_after_first,
+                  executor=RayExecutor("auto", workers=2, parts_per_batch=4, hook=StallOnce("o0", marker)))
     assert killed and killed[0]
     assert s.ok >= 1 and s.failed >= 1 and s.ok + s.failed == 6 and s.cluster_restarts == 0
     lines = ledger_lines(out)

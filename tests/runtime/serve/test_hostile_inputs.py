@@ -70,10 +70,11 @@ def test_a_batch_whose_every_deadline_passed_stops_between_stages(monkeypatch):
     time runs on, and only the late job gets 504."""
     import time
 
+    from holopart_infer.pipeline import CompletionStats
     from holopart_infer.serve.batcher import DONE, FAILED, Batcher, ServeJob
 
     class _Result:
-        stats = {"batch_sizes": [2]}
+        stats = CompletionStats(batch_sizes=[2])
         timings = {}
         parts = []
 

@@ -147,7 +147,9 @@ def _job(n_parts=2, deadline=60.0) -> ServeJob:
 
 class _Result:
     def __init__(self, n):
-        self.stats = {"batch_sizes": [n]}
+        from holopart_infer.pipeline import CompletionStats
+
+        self.stats = CompletionStats(batch_sizes=[n])
         self.timings = {}
         self.parts = []
 
@@ -248,7 +250,7 @@ def test_service_builds_without_torch():
 
     r = _run_child("""
         from holopart_infer.cli import build_parser
-        from holopart_infer.serve import build_service
+        from holopart_infer.cli.serve import build_service
         service = build_service(build_parser().parse_args(["serve", "--option", "steps=1"]))
         service.asgi()
         service.metrics.render()

@@ -122,7 +122,7 @@ def test_25_7_a_request_past_its_deadline_stops_its_work(server):
 def test_25_6_the_embedded_model_has_one_set_of_defaults():
     from holopart_infer import assets
     from holopart_infer.cli import build_parser
-    from holopart_infer.serve import build_service
+    from holopart_infer.cli.serve import build_service
 
     def defaults(*args):
         argv = ["serve", *args]
