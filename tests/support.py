@@ -22,6 +22,8 @@ import functools
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -180,6 +182,21 @@ def write_transformed_scene(path: Path) -> dict[str, np.ndarray]:
         expected[name] = apply(world, v)
     scene.export(str(path))
     return expected
+
+
+# --------------------------------------------------------------------------- the command line
+def cli(*args, timeout: int = 300, **kw) -> subprocess.CompletedProcess:
+    """``python -m holopart_infer.cli ARGS`` in a child process, its output captured as text."""
+    return subprocess.run([sys.executable, "-m", "holopart_infer.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, **kw)
+
+
+def parse_args(*argv):
+    """The CLI's parsed arguments for ``argv`` (nothing run)."""
+    from holopart_infer import cli as cli_mod
+
+    argv = [str(a) for a in argv]
+    return cli_mod.build_parser(argv).parse_args(argv)
 
 
 # --------------------------------------------------------------------------- the fast option preset
