@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -197,6 +198,48 @@ def parse_args(*argv):
 
     argv = [str(a) for a in argv]
     return cli_mod.build_parser(argv).parse_args(argv)
+
+
+# --------------------------------------------------------------------------- a child Python with modules blocked
+#: what the runtime never imports (the torch side), and the export side alone
+TORCH_SIDE = ("torch", "onnx", "onnxscript", "export", "holopart_infer.export")
+EXPORT_SIDE = ("export", "holopart_infer.export")
+
+BLOCKER = textwrap.dedent("""
+    import sys, importlib.abc
+
+    BLOCKED = {blocked!r}
+
+    def _blocked(name):
+        return any(name == b or name.startswith(b + ".") for b in BLOCKED)
+
+    class _Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if _blocked(name):
+                raise ModuleNotFoundError(f"{{name}} is blocked in this test", name=name)
+            return None
+
+    sys.meta_path.insert(0, _Block())
+""")
+
+
+def run_blocked_child(body: str, blocked=TORCH_SIDE) -> subprocess.CompletedProcess:
+    """Run ``body`` in a child Python where the ``blocked`` modules cannot be imported; it
+    prints which of them ended up loaded (read with :func:`loaded_modules`)."""
+    code = BLOCKER.format(blocked=tuple(blocked)) + textwrap.dedent(body) + textwrap.dedent("""
+        import json
+        loaded = sorted(m for m, mod in list(sys.modules.items()) if _blocked(m) and mod is not None)
+        print("LOADED=" + json.dumps(loaded))
+    """)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=str(REPO))
+
+
+def loaded_modules(r: subprocess.CompletedProcess) -> list[str]:
+    """The blocked modules a :func:`run_blocked_child` child reported loaded."""
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("LOADED=")]
+    assert lines, r.stdout + r.stderr
+    return json.loads(lines[-1][len("LOADED="):])
 
 
 # --------------------------------------------------------------------------- the fast option preset

@@ -178,7 +178,7 @@ def test_build_engine_argument_errors(monkeypatch, onnx_file, tmp_path):
 
 # --------------------------------------------------------------------------- real TensorRT (GPU)
 
-def _attention_onnx(path: Path, heads=4, seq=64, dh=64) -> None:
+def _attention_onnx(path: Path, heads=4, dh=64) -> None:
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
