@@ -9,7 +9,9 @@
 * the fast option preset (:data:`FAST`, :data:`FAST_OPTS`, their flags) of the
   tests that run a real model;
 * batch runs: small objects, the ledger and its agreement with the files, and
-  the fault hooks a Ray worker runs (:class:`CrashOnce`, :class:`StallOnce`).
+  the fault hooks a Ray worker runs (:class:`CrashOnce`, :class:`StallOnce`);
+* the command line in a child process (:func:`cli`), its parser (:func:`parse_args`),
+  and a child Python with modules blocked (:func:`run_blocked_child`).
 
 The TensorRT / CUDA fakes live in tests/tensorrt_fakes.py.
 
