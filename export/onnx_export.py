@@ -18,6 +18,7 @@ the checkpoint.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -60,6 +61,16 @@ def _checkpoint_files(weights_dir: Path) -> dict[str, str]:
         if p.is_file() and (p.suffix in (".json", ".safetensors")):
             out[p.relative_to(weights_dir).as_posix()] = sha256_file(p)
     return out
+
+
+def checkpoint_source(weights_dir: Path) -> dict:
+    """The manifest's ``source``: the checkpoint folder's name (no path: a model dir names
+    no folder of the machine that built it), ``sha256`` of each of its config and weights
+    files by relative path, and ``content_sha256``, one digest of them all (the sha256 of
+    the ``sha256`` object as sorted, compact JSON)."""
+    files = _checkpoint_files(weights_dir)
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+    return {"checkpoint": Path(weights_dir).resolve().name, "content_sha256": digest, "sha256": files}
 
 
 def _export_graph(g: GraphDef, onnx_dir: Path, big: bool) -> Path:
@@ -256,7 +267,7 @@ def _export(weights_dir: Path, out_dir: Path, precision: str, overwrite: bool, p
                 "precision": precision,
                 "io_dtype": "float32",
                 "exporter": {"holopart_infer": __version__, "torch": torch.__version__, "opset": OPSET},
-                "source": {"checkpoint": str(weights_dir.resolve()), "sha256": _checkpoint_files(weights_dir)},
+                "source": checkpoint_source(weights_dir),
                 "config": {
                     "transformer": _asdict(nets.transformer.cfg),
                     "vae": _asdict(nets.vae.cfg),

@@ -61,7 +61,6 @@ log = logging.getLogger("holopart_infer")
 LEDGER_NAME = "ledger.jsonl"
 #: where outputs are encoded before they are recorded and published (removed at the end of a run)
 STAGING_NAME = ".holopart-batch-staging"
-LIST_EXTENSIONS = (".txt", ".jsonl")
 _JSONL_KEYS = {"input", "labels", "options", "id", "up"}
 
 

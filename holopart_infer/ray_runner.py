@@ -109,8 +109,8 @@ class RayPool:
         parts_per_batch: passed to :meth:`HoloPart.complete_many`.
         objects_per_task: objects sent to an actor at a time (packed together there).
         max_attempts: an object whose worker died this many times is failed.
-        hook: ``hook(keys)`` called on the actor before each group (fault
-            injection in tests: :class:`CrashOnce`, :class:`StallOnce`).
+        hook: ``hook(keys)`` called on the actor before each group (picklable;
+            the tests inject faults with it: tests/support.py's ``CrashOnce``, ``StallOnce``).
         health_check_s: longest single wait for results before the cluster's
             nodes are checked again.
         max_cluster_restarts: how often a local cluster this pool started is
@@ -430,42 +430,3 @@ class RayExecutor(Executor):
             self.pool.close()  # again after run() closed it: nothing left to stop
 
 
-class _FaultOnce:
-    """Fault injection, once across all processes: the first worker handed ``key`` that
-    removes ``marker`` (a file the caller creates) misbehaves (:meth:`fault`); later ones run
-    normally."""
-
-    def __init__(self, key, marker: str | os.PathLike):
-        self.key = key
-        self.marker = str(marker)
-
-    def __call__(self, keys) -> None:
-        if self.key in keys:
-            try:
-                os.unlink(self.marker)
-            except FileNotFoundError:
-                return
-            self.fault()
-
-    def fault(self) -> None:
-        raise NotImplementedError
-
-
-class CrashOnce(_FaultOnce):
-    """The worker process exits abruptly (``os._exit``)."""
-
-    def fault(self) -> None:
-        os._exit(17)
-
-
-class StallOnce(_FaultOnce):
-    """The worker hangs (an object still in flight when the test kills the node)."""
-
-    def __init__(self, key, marker: str | os.PathLike, seconds: float = 600.0):
-        super().__init__(key, marker)
-        self.seconds = float(seconds)
-
-    def fault(self) -> None:
-        import time
-
-        time.sleep(self.seconds)

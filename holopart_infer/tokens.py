@@ -3,27 +3,14 @@
 ``rng = numpy.random.default_rng(seed)``; one ``rng.choice(N, 4K, replace=4K > N)``
 shared by every item of the batch; then farthest point sampling on the xyz of
 those 4K points down to K, starting at the first, squared Euclidean distance,
-ties to the lowest index. The FPS kernel is the C++ one in cpp_ext; a numpy
-reference lives here for tests and as the definition.
+ties to the lowest index. The FPS kernel is the C++ one in cpp_ext (its numpy
+reference, the definition above run step by step, is in tests/native/test_native.py).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from holopart_infer.errors import InputError
-
-
-def farthest_point_sampling_reference(xyz: np.ndarray, k: int) -> np.ndarray:
-    """Numpy reference FPS: indices (k,) into ``xyz`` (N, 3)."""
-    xyz = np.asarray(xyz, dtype=np.float32)
-    sel = np.empty(k, dtype=np.int64)
-    sel[0] = 0
-    dist = ((xyz - xyz[0]) ** 2).sum(-1)
-    for i in range(1, k):
-        j = int(np.argmax(dist))  # argmax returns the lowest index among ties
-        sel[i] = j
-        dist = np.minimum(dist, ((xyz - xyz[j]) ** 2).sum(-1))
-    return sel
 
 
 def _fps(xyz: np.ndarray, k: int) -> np.ndarray:

@@ -5,20 +5,29 @@
   (tiny random-weight checkpoints in the published layout, exported to ONNX);
 * geometry: small scenes with transforms, and :func:`assert_same_surface`,
   which compares meshes as geometry (surface distance, volume, closedness),
-  never by vertex order.
+  never by vertex order;
+* the fast option preset (:data:`FAST`, :data:`FAST_OPTS`, their flags) of the
+  tests that run a real model;
+* batch runs: small objects, the ledger and its agreement with the files, and
+  the fault hooks a Ray worker runs (:class:`CrashOnce`, :class:`StallOnce`);
+* the command line in a child process (:func:`cli`), its parser (:func:`parse_args`),
+  and a child Python with modules blocked (:func:`run_blocked_child`).
+
+The TensorRT / CUDA fakes live in tests/tensorrt_fakes.py.
 
 The torch-side helpers import torch / the export side only when called.
 """
 from __future__ import annotations
 
 import atexit
-import ctypes
 import functools
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
-import types
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -178,113 +187,177 @@ def write_transformed_scene(path: Path) -> dict[str, np.ndarray]:
     return expected
 
 
-# --------------------------------------------------------------------------- TensorRT without a GPU
-# A fake cuda-python runtime backed by host memory (ctypes) and fake TensorRT
-# engines that compute with a Python function at the bound addresses: they
-# exercise the TensorRT backend's address binding, shared scratch block,
-# device-resident loop and chunking. tests/runtime/engines/test_conformance.py
-# runs the exported ONNX graphs behind them (ONNX Runtime on the CPU).
+# --------------------------------------------------------------------------- the command line
+def cli(*args, timeout: int = 300, **kw) -> subprocess.CompletedProcess:
+    """``python -m holopart_infer.cli ARGS`` in a child process, its output captured as text."""
+    return subprocess.run([sys.executable, "-m", "holopart_infer.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, **kw)
 
 
-class FakeCudart:
-    cudaError_t = types.SimpleNamespace(cudaSuccess=0)
-    cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice="H2D", cudaMemcpyDeviceToHost="D2H")
-    cudaStreamNonBlocking = 1
+def parse_args(*argv):
+    """The CLI's parsed arguments for ``argv`` (nothing run)."""
+    from holopart_infer import cli as cli_mod
 
-    def __init__(self):
-        self.buffers, self.copies = {}, []
-
-    def cudaMalloc(self, n):
-        buf = ctypes.create_string_buffer(n)
-        self.buffers[ctypes.addressof(buf)] = buf
-        return 0, ctypes.addressof(buf)
-
-    def cudaMallocAsync(self, n, stream):
-        return self.cudaMalloc(n)
-
-    def cudaFree(self, ptr):
-        del self.buffers[ptr]
-        return (0,)
-
-    def cudaFreeAsync(self, ptr, stream):
-        return self.cudaFree(ptr)
-
-    def cudaMemcpyAsync(self, dst, src, n, kind, stream):
-        self.copies.append((kind, n))
-        ctypes.memmove(dst, src, n)
-        return (0,)
-
-    def cudaStreamCreateWithFlags(self, flags):
-        return 0, 7
-
-    def cudaStreamSynchronize(self, stream):
-        return (0,)
-
-    def cudaStreamDestroy(self, stream):
-        return (0,)
+    argv = [str(a) for a in argv]
+    return cli_mod.build_parser(argv).parse_args(argv)
 
 
-def _view(ptr, shape, dtype=np.float32):
-    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    return np.frombuffer((ctypes.c_char * n).from_address(ptr), dtype=dtype).reshape(shape)
+# --------------------------------------------------------------------------- a child Python with modules blocked
+#: what the runtime never imports (the torch side), and the export side alone
+TORCH_SIDE = ("torch", "onnx", "onnxscript", "export", "holopart_infer.export")
+EXPORT_SIDE = ("export", "holopart_infer.export")
+
+BLOCKER = textwrap.dedent("""
+    import sys, importlib.abc
+
+    BLOCKED = {blocked!r}
+
+    def _blocked(name):
+        return any(name == b or name.startswith(b + ".") for b in BLOCKED)
+
+    class _Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if _blocked(name):
+                raise ModuleNotFoundError(f"{{name}} is blocked in this test", name=name)
+            return None
+
+    sys.meta_path.insert(0, _Block())
+""")
 
 
-FAKE_TRT = types.SimpleNamespace(
-    TensorIOMode=types.SimpleNamespace(INPUT="in", OUTPUT="out"),
-    ExecutionContextAllocationStrategy=types.SimpleNamespace(USER_MANAGED="user"))
+def run_blocked_child(body: str, blocked=TORCH_SIDE) -> subprocess.CompletedProcess:
+    """Run ``body`` in a child Python where the ``blocked`` modules cannot be imported; it
+    prints which of them ended up loaded (read with :func:`loaded_modules`)."""
+    code = BLOCKER.format(blocked=tuple(blocked)) + textwrap.dedent(body) + textwrap.dedent("""
+        import json
+        loaded = sorted(m for m, mod in list(sys.modules.items()) if _blocked(m) and mod is not None)
+        print("LOADED=" + json.dumps(loaded))
+    """)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=str(REPO))
 
 
-class FakeContext:
-    def __init__(self, eng):
-        self.eng, self.shapes, self.addr, self.scratch, self.runs = eng, {}, {}, None, 0
-
-    def set_device_memory(self, ptr, size):
-        self.scratch = (ptr, size)
-
-    def set_input_shape(self, name, shape):
-        self.shapes[name] = tuple(shape)
-        return True
-
-    def set_tensor_address(self, name, ptr):
-        self.addr[name] = ptr
-
-    def get_tensor_shape(self, name):
-        return self.eng.out_shape[name](self.shapes)
-
-    def execute_async_v3(self, stream):
-        assert self.scratch is not None, "scratch memory must be bound before running"
-        self.runs += 1
-        ins = {n: _view(self.addr[n], self.shapes[n]) for n in self.eng.ranges}
-        for name, value in self.eng.compute(ins).items():
-            _view(self.addr[name], value.shape)[...] = value
-        return True
+def loaded_modules(r: subprocess.CompletedProcess) -> list[str]:
+    """The blocked modules a :func:`run_blocked_child` child reported loaded."""
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("LOADED=")]
+    assert lines, r.stdout + r.stderr
+    return json.loads(lines[-1][len("LOADED="):])
 
 
-class FakeEngine:
-    def __init__(self, ranges, out_shape, compute, memory):
-        self.ranges, self.out_shape, self.compute = ranges, out_shape, compute
-        self.device_memory_size_v2 = memory
-        self.names = [*ranges, *out_shape]
-        self.num_io_tensors = len(self.names)
-
-    def get_tensor_name(self, i):
-        return self.names[i]
-
-    def get_tensor_dtype(self, name):
-        return types.SimpleNamespace(name="FLOAT")
-
-    def get_tensor_mode(self, name):
-        return "in" if name in self.ranges else "out"
-
-    def get_tensor_profile_shape(self, name, profile):
-        return self.ranges[name]
-
-    def create_execution_context(self, strategy):
-        assert strategy == "user"
-        self.context = FakeContext(self)
-        return self.context
+# --------------------------------------------------------------------------- the fast option preset
+#: options of the tests that run a real model: few steps, a coarse grid, few points and
+#: tokens; decimation as the model says (:data:`FAST` turns it off)
+FAST_OPTS = dict(steps=2, depth=6, num_points=1024, latent_tokens=64)
+#: :data:`FAST_OPTS` without decimation
+FAST = {**FAST_OPTS, "decimate": None}
 
 
+def cli_flags(options: dict) -> list[str]:
+    """``options`` as flags of `run` / `batch` (``decimate=None`` is ``--no-decimate``), and ``-q``."""
+    flags = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        flags += [f"--no-{flag[2:]}"] if value is None else [flag, str(value)]
+    return [*flags, "-q"]
+
+
+#: :data:`FAST_OPTS` as command-line flags
+FAST_FLAGS = cli_flags(FAST_OPTS)
+#: :data:`FAST` as command-line flags (``--no-decimate``)
+FAST_FLAGS_NO_DECIMATE = cli_flags(FAST)
+#: the service's fast preset (`serve --option`): few steps, a coarse grid, no decimation, every piece kept
+FAST_SERVE_FLAGS = [a for kv in ("steps=2", "depth=6", "decimate=none", "min_component=0") for a in ("--option", kv)]
+
+
+def fast_options(model=None, **kw):
+    """A :class:`CompletionOptions`: the model's defaults with :data:`FAST` and ``kw`` on top.
+
+    ``model``: a loaded model, or a model dir (its defaults read without loading it);
+    default the embedded demo model."""
+    from holopart_infer import assets
+    from holopart_infer.pipeline import model_defaults
+
+    if hasattr(model, "default_options"):
+        base = model.default_options()
+    else:
+        base = model_defaults(Path(model) if model is not None else assets.demo_model_path())
+    return base.replace(**{**FAST, **kw})
+
+
+# --------------------------------------------------------------------------- batch runs
+def two_box_glb(path: Path, shift: float = 0.0) -> Path:
+    """A glb of two boxes ("base", "post"), shifted along x."""
+    from holopart_infer.parts_io import write_scene
+
+    write_scene([box((shift, 0, 0), (1.0, 0.4, 0.6)), box((shift, 0.5, 0), (0.3, 0.6, 0.3))], ["base", "post"], path,
+                overwrite=True)  # a fixture may rewrite its own file (the "broken input fixed" step)
+    return path
+
+
+def ledger_lines(out: Path) -> list[dict]:
+    """Every entry of a batch output folder's ledger, in order."""
+    return [json.loads(line) for line in (out / "ledger.jsonl").read_text().splitlines()]
+
+
+def check_ledger_agrees_with_files(out: Path) -> dict[str, dict]:
+    """The ledger's last entry per id agrees with the glbs in ``out`` (each ok entry a complete,
+    readable file with its parts; no other glb; no temporaries). Returns those entries."""
+    from holopart_infer.batch import Ledger
+    from holopart_infer.parts_io import load_parts
+
+    last = Ledger(out).read()
+    for key, entry in last.items():
+        if entry["status"] == "ok":
+            parts = load_parts(out / entry["output"])  # a complete, readable glb
+            assert len(parts) == entry["parts"] - entry["empty_parts"]
+    glbs = {p.stem for p in out.glob("*.glb")}
+    assert glbs == {k for k, e in last.items() if e["status"] == "ok"}
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
+    return last
+
+
+class FaultOnce:
+    """A Ray worker's per-group hook (``RayExecutor(hook=)``) that injects a fault once
+    across all processes: the first worker handed ``key`` that removes ``marker`` (a file
+    the caller creates) misbehaves (:meth:`fault`); later ones run normally."""
+
+    def __init__(self, key, marker: str | os.PathLike):
+        self.key = key
+        self.marker = str(marker)
+
+    def __call__(self, keys) -> None:
+        if self.key in keys:
+            try:
+                os.unlink(self.marker)
+            except FileNotFoundError:
+                return
+            self.fault()
+
+    def fault(self) -> None:
+        raise NotImplementedError
+
+
+class CrashOnce(FaultOnce):
+    """The worker process exits abruptly (``os._exit``)."""
+
+    def fault(self) -> None:
+        os._exit(17)
+
+
+class StallOnce(FaultOnce):
+    """The worker hangs (an object still in flight when the test kills the node)."""
+
+    def __init__(self, key, marker: str | os.PathLike, seconds: float = 600.0):
+        super().__init__(key, marker)
+        self.seconds = float(seconds)
+
+    def fault(self) -> None:
+        import time
+
+        time.sleep(self.seconds)
+
+
+# --------------------------------------------------------------------------- stand-in models
 class SphereBackend(BackendBase):
     """A stand-in model whose decoder field is a sphere of radius R in each part's frame.
 

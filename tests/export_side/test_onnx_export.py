@@ -44,6 +44,21 @@ def test_model_dir_layout_and_manifest():
         assert entry["validation"]["rel_error_vs_torch_fp32"] < 1e-4, name
 
 
+def test_manifest_source_names_the_checkpoint_not_its_path():
+    """The manifest records the checkpoint's folder name and content hashes, no path of the
+    machine that exported it (a shipped model dir must not carry the builder's folders)."""
+    import hashlib
+
+    ckpt, model = checkpoint("variant"), exported_model("variant")
+    text = (model / "manifest.json").read_text()
+    source = json.loads(text)["source"]
+    assert source["checkpoint"] == ckpt.resolve().name
+    assert str(ckpt.resolve().parent) not in text and str(ckpt.parent) not in text
+    assert set(source["sha256"]) >= {"model_index.json", "transformer/diffusion_pytorch_model.safetensors"}
+    files = json.dumps(source["sha256"], sort_keys=True, separators=(",", ":")).encode("utf-8")
+    assert source["content_sha256"] == hashlib.sha256(files).hexdigest()
+
+
 def test_graphs_are_valid_onnx_with_named_dynamic_axes():
     model = exported_model("golden")
     for name in GRAPH_NAMES:

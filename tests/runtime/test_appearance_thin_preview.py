@@ -15,7 +15,7 @@ from holopart_infer.parts_io import Parts, load_parts, write_scene
 from holopart_infer.pipeline import HoloPart
 from holopart_infer.preview import explode_offsets, render_comparison, render_turntable
 from holopart_infer.thin import decode_local, thickened_patch
-from tests.support import SphereBackend
+from tests.support import FAST as FAST_REAL_MODEL, SphereBackend
 
 
 class FieldBackend(SphereBackend):
@@ -38,7 +38,8 @@ def _sphere_field(points):  # a sphere through the part frame's unit-ball sample
     return 20.0 * (0.665 - np.linalg.norm(points, axis=-1))
 
 
-FAST = dict(steps=1, depth=6, num_points=2048, latent_tokens=8, decimate=None)
+#: the stand-in models need one step; the thin parts' fields need more points and fewer tokens
+FAST = {**FAST_REAL_MODEL, "steps": 1, "num_points": 2048, "latent_tokens": 8}
 
 
 # --------------------------------------------------------------------------- appearance

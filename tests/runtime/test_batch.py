@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,46 +10,16 @@ import trimesh
 
 import holopart_infer as hp
 from holopart_infer import assets
-from holopart_infer.batch import LocalExecutor, Ledger, collect_items, run_batch
+from holopart_infer.batch import LocalExecutor, collect_items, run_batch
 from holopart_infer.cli import main
 from holopart_infer.errors import InputError, InputFileNotFound
-from holopart_infer.parts_io import load_parts, write_scene
-from holopart_infer.pipeline import CompletionOptions
-from tests.support import box
-
-FAST = dict(steps=2, depth=6, num_points=1024, latent_tokens=64, decimate=None)
-FAST_FLAGS = ["--steps", "2", "--depth", "6", "--num-points", "1024", "--latent-tokens", "64", "--no-decimate", "-q"]
-
-
-def two_box_glb(path: Path, shift: float = 0.0) -> Path:
-    write_scene([box((shift, 0, 0), (1.0, 0.4, 0.6)), box((shift, 0.5, 0), (0.3, 0.6, 0.3))], ["base", "post"], path,
-                overwrite=True)  # a fixture may rewrite its own file (the "broken input fixed" step)
-    return path
+from holopart_infer.parts_io import load_parts
+from tests.support import FAST_FLAGS_NO_DECIMATE, box, check_ledger_agrees_with_files, fast_options, ledger_lines, two_box_glb
 
 
 @pytest.fixture(scope="module")
 def model():
     return hp.load(assets.demo_model_path())
-
-
-def fast_options(model, **kw):
-    return CompletionOptions(**{**model.default_options().__dict__, **FAST, **kw})
-
-
-def ledger_lines(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "ledger.jsonl").read_text().splitlines()]
-
-
-def check_ledger_agrees_with_files(out: Path) -> dict[str, dict]:
-    last = Ledger(out).read()
-    for key, entry in last.items():
-        if entry["status"] == "ok":
-            parts = load_parts(out / entry["output"])  # a complete, readable glb
-            assert len(parts) == entry["parts"] - entry["empty_parts"]
-    glbs = {p.stem for p in out.glob("*.glb")}
-    assert glbs == {k for k, e in last.items() if e["status"] == "ok"}
-    assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
-    return last
 
 
 def test_collect_items_layouts(tmp_path):
@@ -175,11 +144,11 @@ def test_cli_batch_exit_codes(tmp_path, capsys):
     (objs / "bad.glb").write_bytes(b"nope")
     out = tmp_path / "out"
     model = str(assets.demo_model_path())
-    assert main(["batch", str(objs), "-o", str(out), "--model", model, *FAST_FLAGS]) == 3
+    assert main(["batch", str(objs), "-o", str(out), "--model", model, *FAST_FLAGS_NO_DECIMATE]) == 3
     text = capsys.readouterr()
     assert "2 objects: 1 completed" in text.out and "1 failed" in text.out and "bad" in text.err
     (objs / "bad.glb").unlink()
-    assert main(["batch", str(objs), "-o", str(out), "--model", model, *FAST_FLAGS]) == 0
+    assert main(["batch", str(objs), "-o", str(out), "--model", model, *FAST_FLAGS_NO_DECIMATE]) == 0
     assert "1 already done" in capsys.readouterr().out
-    assert main(["batch", str(tmp_path / "missing"), "-o", str(out), "--model", model, *FAST_FLAGS]) == 2
+    assert main(["batch", str(tmp_path / "missing"), "-o", str(out), "--model", model, *FAST_FLAGS_NO_DECIMATE]) == 2
     assert "missing" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Issue 24 items 1-6, issue 29 item 6, issue 25 item 3: nothing lost or misattributed by `batch`.
+"""Nothing lost or misattributed by `batch`.
 
 Each test is one reported case: a file the user had in OUT_DIR, colliding
 ids, a re-run with a different input of the same name, two ids on one input,
@@ -22,7 +22,7 @@ import holopart_infer as hp
 from holopart_infer import assets, fsafe
 from holopart_infer.batch import BatchFolderBusy, LocalExecutor, collect_items, run_batch
 from holopart_infer.cli import main
-from tests.runtime.test_batch import FAST_FLAGS, check_ledger_agrees_with_files, fast_options, ledger_lines, two_box_glb
+from tests.support import FAST_FLAGS_NO_DECIMATE, check_ledger_agrees_with_files, fast_options, ledger_lines, two_box_glb
 
 MODEL = str(assets.demo_model_path())
 
@@ -33,10 +33,10 @@ def model():
 
 
 def batch(*args) -> int:
-    return main(["batch", *map(str, args), "--model", MODEL, *FAST_FLAGS])
+    return main(["batch", *map(str, args), "--model", MODEL, *FAST_FLAGS_NO_DECIMATE])
 
 
-def test_24_1_a_file_already_in_out_dir_is_kept(tmp_path, capsys):
+def test_a_file_already_in_out_dir_is_kept(tmp_path, capsys):
     src = two_box_glb(tmp_path / "obj0.glb")
     out = tmp_path / "out"
     out.mkdir()
@@ -53,7 +53,7 @@ def test_24_1_a_file_already_in_out_dir_is_kept(tmp_path, capsys):
     assert (out / "obj0.glb").read_bytes()[:4] == b"glTF"
 
 
-def test_24_2_colliding_ids_each_object_once(model, tmp_path):
+def test_colliding_ids_each_object_once(model, tmp_path):
     for d in "abc":
         (tmp_path / d).mkdir()
     a = two_box_glb(tmp_path / "a" / "chair0.glb")
@@ -72,7 +72,7 @@ def test_24_2_colliding_ids_each_object_once(model, tmp_path):
     assert len(ledger_lines(out)) == 3
 
 
-def test_24_3_rerun_with_another_input_of_the_same_name_is_not_skipped(tmp_path, capsys):
+def test_rerun_with_another_input_of_the_same_name_is_not_skipped(tmp_path, capsys):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     a = two_box_glb(tmp_path / "a" / "chair.glb")
@@ -99,7 +99,7 @@ def test_24_3_rerun_with_another_input_of_the_same_name_is_not_skipped(tmp_path,
     assert batch(b, "-o", out) == 0 and "1 already done" in capsys.readouterr().out
 
 
-def test_24_4_two_ids_on_one_input_with_other_options(model, tmp_path):
+def test_two_ids_on_one_input_with_other_options(model, tmp_path):
     src = two_box_glb(tmp_path / "chair.glb")
     lst = tmp_path / "list.jsonl"
     lst.write_text(json.dumps({"input": "chair.glb", "id": "椅子", "options": {"seed": 1}}, ensure_ascii=False) + "\n"
@@ -125,7 +125,7 @@ def test_24_4_two_ids_on_one_input_with_other_options(model, tmp_path):
         collect_items([lst])
 
 
-def test_24_5_a_second_batch_on_the_same_folder_is_refused(model, tmp_path, capsys):
+def test_a_second_batch_on_the_same_folder_is_refused(model, tmp_path, capsys):
     objs = tmp_path / "objs"
     objs.mkdir()
     two_box_glb(objs / "o0.glb")
@@ -147,7 +147,7 @@ def test_24_5_a_second_batch_on_the_same_folder_is_refused(model, tmp_path, caps
     assert (s.skipped, s.ok) == (2, 0)
 
 
-def test_24_6_unwritable_out_dir_fails_before_any_work(tmp_path, capsys):
+def test_unwritable_out_dir_fails_before_any_work(tmp_path, capsys):
     src = two_box_glb(tmp_path / "o.glb")
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -155,7 +155,7 @@ def test_24_6_unwritable_out_dir_fails_before_any_work(tmp_path, capsys):
     target = Path("/proc/self") if os.geteuid() == 0 else ro  # root writes into 0555 folders
     try:
         assert main(["batch", str(src), "-o", str(target), "--model", str(tmp_path / "no_model_here"),
-                     *FAST_FLAGS]) == 2
+                     *FAST_FLAGS_NO_DECIMATE]) == 2
     finally:
         os.chmod(ro, 0o755)
     err = capsys.readouterr().err
@@ -163,7 +163,7 @@ def test_24_6_unwritable_out_dir_fails_before_any_work(tmp_path, capsys):
     assert "no_model_here" not in err  # found before the model was looked at
 
 
-def test_24_6_disk_full_mid_run_keeps_what_finished(tmp_path, capsys, monkeypatch):
+def test_disk_full_mid_run_keeps_what_finished(tmp_path, capsys, monkeypatch):
     objs = tmp_path / "objs"
     objs.mkdir()
     for i in range(3):
@@ -193,7 +193,7 @@ def test_24_6_disk_full_mid_run_keeps_what_finished(tmp_path, capsys, monkeypatc
     check_ledger_agrees_with_files(out)
 
 
-def test_29_6_resume_removes_only_its_own_leftover_temporaries(model, tmp_path):
+def test_resume_removes_only_its_own_leftover_temporaries(model, tmp_path):
     objs = tmp_path / "objs"
     objs.mkdir()
     two_box_glb(objs / "o0.glb")
@@ -215,10 +215,10 @@ def test_29_6_resume_removes_only_its_own_leftover_temporaries(model, tmp_path):
 
 
 def _cli_cmd(*args) -> list[str]:
-    return [sys.executable, "-m", "holopart_infer.cli", "batch", *map(str, args), "--model", MODEL, *FAST_FLAGS]
+    return [sys.executable, "-m", "holopart_infer.cli", "batch", *map(str, args), "--model", MODEL, *FAST_FLAGS_NO_DECIMATE]
 
 
-def test_29_6_kill_9_then_resume_leaves_no_temporaries(tmp_path):
+def test_kill_9_then_resume_leaves_no_temporaries(tmp_path):
     objs = tmp_path / "objs"
     objs.mkdir()
     for i in range(4):
@@ -240,7 +240,7 @@ def test_29_6_kill_9_then_resume_leaves_no_temporaries(tmp_path):
     assert sorted(last) == [f"o{i}" for i in range(4)] and all(e["status"] == "ok" for e in last.values())
 
 
-def test_25_3_sigint_says_what_was_kept(model, tmp_path, capsys, monkeypatch):
+def test_sigint_says_what_was_kept(model, tmp_path, capsys, monkeypatch):
     objs = tmp_path / "objs"
     objs.mkdir()
     for i in range(3):
@@ -268,7 +268,7 @@ def test_25_3_sigint_says_what_was_kept(model, tmp_path, capsys, monkeypatch):
     assert len(last) == 2
 
 
-def test_24_6_a_real_full_file_system(tmp_path, capsys):
+def test_a_real_full_file_system(tmp_path, capsys):
     """The same on a real 1.25 MiB tmpfs (where this test may mount one: root with CAP_SYS_ADMIN):
     more objects than fit, counted from one output measured first (its size depends on the model)."""
     import math

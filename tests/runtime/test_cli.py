@@ -8,9 +8,7 @@ import numpy as np
 import trimesh
 
 from holopart_infer import assets
-from tests.support import write_transformed_scene
-
-FAST = ["--steps", "2", "--depth", "6", "--num-points", "1024", "--latent-tokens", "64", "-q"]
+from tests.support import FAST_FLAGS, write_transformed_scene
 
 
 def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -39,7 +37,7 @@ def test_run_scene_with_transformed_nodes(tmp_path):
     expected = write_transformed_scene(src)
     before = src.read_bytes()
     out, png = tmp_path / "out.glb", tmp_path / "out.png"
-    r = cli("run", src, "-o", out, "--model", assets.demo_model_path(), "--preview", png, *FAST)
+    r = cli("run", src, "-o", out, "--model", assets.demo_model_path(), "--preview", png, *FAST_FLAGS)
     assert r.returncode == 0, r.stderr
     assert _node_names(out) == sorted(expected)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -56,7 +54,7 @@ def test_run_mesh_with_labels(tmp_path):
     mesh.export(mesh_path)
     np.save(labels_path, np.r_[np.zeros(len(a.faces), np.int64), np.ones(len(b.faces), np.int64)])
     out = tmp_path / "out.glb"
-    r = cli("run", mesh_path, "--labels", labels_path, "-o", out, "--model", assets.demo_model_path(), *FAST)
+    r = cli("run", mesh_path, "--labels", labels_path, "-o", out, "--model", assets.demo_model_path(), *FAST_FLAGS)
     assert r.returncode == 0, r.stderr
     assert len(_node_names(out)) == 2
 
@@ -69,7 +67,7 @@ def test_bad_inputs_exit_2_and_write_nothing(tmp_path):
     mesh_path = tmp_path / "m.ply"
     trimesh.creation.box().export(mesh_path)
     np.save(tmp_path / "bad.npy", np.zeros(5, np.int64))
-    r = cli("run", mesh_path, "--labels", tmp_path / "bad.npy", "-o", out, "--model", model, *FAST)
+    r = cli("run", mesh_path, "--labels", tmp_path / "bad.npy", "-o", out, "--model", model, *FAST_FLAGS)
     assert r.returncode == 2 and "bad.npy" in r.stderr and "12" in r.stderr, r.stderr
     r = cli("run", mesh_path, "-o", out)
     assert r.returncode == 2 and "--weights" in r.stderr
@@ -83,7 +81,7 @@ def test_bad_inputs_exit_2_and_write_nothing(tmp_path):
 def test_existing_output_is_kept_unless_overwrite(tmp_path):
     out = tmp_path / "out.glb"
     out.write_bytes(b"precious")
-    args = ["run", assets.demo_object_path(), "-o", out, "--model", assets.demo_model_path(), *FAST]
+    args = ["run", assets.demo_object_path(), "-o", out, "--model", assets.demo_model_path(), *FAST_FLAGS]
     r = cli(*args)
     assert r.returncode == 2 and "already exists" in r.stderr
     assert out.read_bytes() == b"precious"
@@ -96,7 +94,7 @@ def test_output_equal_to_input_is_refused(tmp_path):
     src = tmp_path / "in.glb"
     write_transformed_scene(src)
     before = src.read_bytes()
-    r = cli("run", src, "-o", src, "--model", assets.demo_model_path(), "--overwrite", *FAST)
+    r = cli("run", src, "-o", src, "--model", assets.demo_model_path(), "--overwrite", *FAST_FLAGS)
     assert r.returncode == 2 and "is the input" in r.stderr
     assert src.read_bytes() == before
 
@@ -110,11 +108,11 @@ def test_demo_writes_glb_and_preview_of_each_embedded_object(tmp_path):
     assert _node_names(out) == ["body", "handle", "saucer"]
     for name, count in (("lamp", 4), ("table", 5)):
         o = tmp_path / f"{name}.glb"
-        r = cli("demo", "--object", name, "-o", o, *FAST)
+        r = cli("demo", "--object", name, "-o", o, *FAST_FLAGS)
         assert r.returncode == 0, r.stderr
         # every input part has its node (at 2 steps a thin part may come out empty: an empty node)
         assert len(_glb_part_nodes(o)) == count
-    r = cli("demo", "--object", "teapot", "-o", tmp_path / "t.glb", *FAST)
+    r = cli("demo", "--object", "teapot", "-o", tmp_path / "t.glb", *FAST_FLAGS)
     assert r.returncode == 2 and "invalid choice: 'teapot'" in r.stderr
 
 
@@ -137,14 +135,14 @@ def test_run_components_with_side_by_side_preview_and_turntable(tmp_path):
     before = src.read_bytes()
     out, png, gif = tmp_path / "out.glb", tmp_path / "cmp.png", tmp_path / "turn.gif"
     # without --parts components a single mesh is refused, naming the ways in
-    r = cli("run", src, "-o", out, "--model", assets.demo_model_path(), *FAST)
+    r = cli("run", src, "-o", out, "--model", assets.demo_model_path(), *FAST_FLAGS)
     assert r.returncode == 2 and "--parts components" in r.stderr and not out.exists()
     # a bad turntable extension is refused before any work
     r = cli("run", src, "-o", out, "--model", assets.demo_model_path(), "--parts", "components",
-            "--turntable", tmp_path / "t.avi", *FAST)
+            "--turntable", tmp_path / "t.avi", *FAST_FLAGS)
     assert r.returncode == 2 and "t.avi" in r.stderr and not out.exists()
     r = cli("run", src, "-o", out, "--model", assets.demo_model_path(), "--parts", "components", "--preview", png,
-            "--turntable", gif, "--exploded", "0.5", "--no-appearance", *FAST)
+            "--turntable", gif, "--exploded", "0.5", "--no-appearance", *FAST_FLAGS)
     assert r.returncode == 0, r.stderr
     assert _node_names(out) == ["component_0", "component_1"]
     with Image.open(png) as im:

@@ -10,18 +10,12 @@ from holopart_infer import assets
 from holopart_infer.errors import HoloPartError, InputError, InputFileNotFound
 from holopart_infer.parts_io import Parts, load_parts
 from holopart_infer.pipeline import CompletionJob, CompletionOptions
-from tests.support import box
-
-FAST = dict(steps=2, depth=6, num_points=1024, latent_tokens=64, decimate=None)
+from tests.support import box, fast_options
 
 
 @pytest.fixture(scope="module")
 def model():
     return hp.load(assets.demo_model_path())
-
-
-def _opts(model, **kw):
-    return CompletionOptions(**{**model.default_options().__dict__, **FAST, **kw})
 
 
 def _two_box_object(shift: float):
@@ -49,9 +43,9 @@ def _surface_distance(a: hp.CompletionResult, b: hp.CompletionResult) -> float:
 def test_packed_results_equal_complete_per_object(model):
     """Three objects with different seeds, 3 parts per batch: batches mix objects
     (and cut an object across batches), yet each result is complete()'s."""
-    jobs = [CompletionJob(assets.demo_object_path("mug"), options=_opts(model, seed=1), key="mug"),
-            CompletionJob(_two_box_object(0.0), options=_opts(model, seed=2), key="boxes"),
-            CompletionJob(assets.demo_object_path("lamp"), options=_opts(model, seed=3), key="lamp")]
+    jobs = [CompletionJob(assets.demo_object_path("mug"), options=fast_options(model, seed=1), key="mug"),
+            CompletionJob(_two_box_object(0.0), options=fast_options(model, seed=2), key="boxes"),
+            CompletionJob(assets.demo_object_path("lamp"), options=fast_options(model, seed=3), key="lamp")]
     out = dict((job.key, res) for job, res in model.complete_many(jobs, parts_per_batch=3))
     assert set(out) == {"mug", "boxes", "lamp"}
     mixed, nonempty = False, 0
@@ -74,9 +68,9 @@ def test_packed_results_equal_complete_per_object(model):
 def test_batch_composition_does_not_change_a_result(model):
     """The same object alone and packed with others, both with 4 parts per batch:
     its parts see the same noise and tokens (seeded per object)."""
-    mug = CompletionJob(assets.demo_object_path("mug"), options=_opts(model, seed=5), key="mug")
+    mug = CompletionJob(assets.demo_object_path("mug"), options=fast_options(model, seed=5), key="mug")
     alone = dict((j.key, r) for j, r in model.complete_many([mug], parts_per_batch=4))["mug"]
-    others = [CompletionJob(_two_box_object(s), options=_opts(model, seed=9), key=f"b{s}") for s in (0.0, 3.0)]
+    others = [CompletionJob(_two_box_object(s), options=fast_options(model, seed=9), key=f"b{s}") for s in (0.0, 3.0)]
     packed = dict((j.key, r) for j, r in model.complete_many([others[0], mug, others[1]], parts_per_batch=4))
     assert _surface_distance(alone, packed["mug"]) < 1e-3
     assert packed["mug"].stats["batch_sizes"] != alone.stats["batch_sizes"] or len(alone.stats["batch_sizes"]) > 0
@@ -86,11 +80,11 @@ def test_bad_jobs_yield_errors_and_others_complete(model, tmp_path):
     garbage = tmp_path / "broken.glb"
     garbage.write_bytes(b"not a glb at all")
     jobs = [CompletionJob(tmp_path / "missing.glb", key="missing"),
-            CompletionJob(_two_box_object(0.0), options=_opts(model), key="good"),
-            CompletionJob(garbage, options=_opts(model), key="garbage"),
-            CompletionJob(_two_box_object(1.0), options=CompletionOptions(**{**_opts(model).__dict__, "steps": 0}),
+            CompletionJob(_two_box_object(0.0), options=fast_options(model), key="good"),
+            CompletionJob(garbage, options=fast_options(model), key="garbage"),
+            CompletionJob(_two_box_object(1.0), options=CompletionOptions(**{**fast_options(model).__dict__, "steps": 0}),
                           key="bad-options"),
-            CompletionJob(assets.demo_object_path("mug"), options=_opts(model, seed=4), key="mug")]
+            CompletionJob(assets.demo_object_path("mug"), options=fast_options(model, seed=4), key="mug")]
     out = dict((j.key, r) for j, r in model.complete_many(jobs, parts_per_batch=2))
     assert set(out) == {j.key for j in jobs}
     assert isinstance(out["missing"], InputFileNotFound) and "missing.glb" in str(out["missing"])
@@ -106,7 +100,7 @@ def test_groups_by_batch_options_and_yields_as_jobs_finish(model):
     read = []
 
     def jobs():
-        for key, opts in (("a", _opts(model)), ("b", _opts(model, steps=1)), ("c", _opts(model))):
+        for key, opts in (("a", fast_options(model)), ("b", fast_options(model, steps=1)), ("c", fast_options(model))):
             read.append(key)
             yield CompletionJob(_two_box_object(len(read)), options=opts, key=key)
 
@@ -130,7 +124,7 @@ def test_a_failing_batch_fails_only_its_jobs(model, monkeypatch):
         return real(latents)
 
     monkeypatch.setattr(model.backend, "decoder_kv", flaky)
-    jobs = [CompletionJob(_two_box_object(s), options=_opts(model), key=k) for k, s in (("a", 0), ("b", 1), ("c", 2))]
+    jobs = [CompletionJob(_two_box_object(s), options=fast_options(model), key=k) for k, s in (("a", 0), ("b", 1), ("c", 2))]
     out = dict((j.key, r) for j, r in model.complete_many(jobs, parts_per_batch=2))
     assert isinstance(out["b"], hp.EngineError) and "simulated device fault" in str(out["b"])
     assert isinstance(out["a"], hp.CompletionResult) and isinstance(out["c"], hp.CompletionResult)
@@ -145,7 +139,7 @@ def test_complete_many_rejects_non_jobs(model):
 
 def test_parts_loaded_once_names_kept(model):
     parts = load_parts(assets.demo_object_path("table"))
-    (job, res), = model.complete_many([CompletionJob(parts, options=_opts(model), key=7)])
+    (job, res), = model.complete_many([CompletionJob(parts, options=fast_options(model), key=7)])
     assert job.key == 7 and [p.name for p in res.parts] == parts.names
 
 
@@ -175,7 +169,7 @@ def test_ort_outputs_are_batch_independent_within_tolerance(model):
 def test_a_poison_object_does_not_fail_objects_sharing_its_batch(model, monkeypatch):
     """A packed batch that fails is retried object by object: only the object
     that makes the backend fail is reported failed."""
-    jobs = [CompletionJob(_two_box_object(s), options=_opts(model), key=k) for k, s in (("a", 0), ("b", 1), ("c", 2))]
+    jobs = [CompletionJob(_two_box_object(s), options=fast_options(model), key=k) for k, s in (("a", 0), ("b", 1), ("c", 2))]
     poison = model._prepare(jobs[1].parts, None, jobs[1].options).part_tok[0]
     real = model.backend.encode
 

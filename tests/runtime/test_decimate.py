@@ -80,8 +80,6 @@ def test_decimation_leaves_no_fins_on_a_model_output():
     """A closed holopart-mini output (tests/data, 5928 faces) on which fast-simplification's
     collapse leaves coincident face pairs at 5000 faces: decimate() drops them, so the
     result is closed by edges."""
-    from pathlib import Path
-
     import fast_simplification
 
     from holopart_infer.cleanup import drop_duplicate_faces, edge_manifold

@@ -1,4 +1,4 @@
-"""The catalogue of bad inputs and hostile cases (issue 12): one test per case.
+"""The catalogue of bad inputs and hostile cases: one test per case.
 
 Each test checks the exit code or exception type, that the message names the
 file/option/tensor and says what to do, that nothing was written, and that
@@ -23,16 +23,7 @@ import pytest
 from holopart_infer import assets, fsafe
 from holopart_infer.errors import (BackendUnavailable, CheckpointError, EmptyResult, InputError, Interrupted,
                                    ModelDirError, OutputError, OutputExists)
-from tests.support import write_transformed_scene
-
-FAST = ["--steps", "2", "--depth", "6", "--num-points", "1024", "--latent-tokens", "64", "-q"]
-FAST_OPTS = dict(steps=2, depth=6, num_points=1024, latent_tokens=64)
-REPO = Path(__file__).resolve().parents[1]
-
-
-def cli(*args, timeout: int = 300, env=None, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "holopart_infer.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=env, **kw)
+from tests.support import FAST_FLAGS, FAST_OPTS, cli, write_transformed_scene
 
 
 def snapshot(*roots) -> dict[str, str]:
@@ -82,9 +73,9 @@ def _folder_of_parts(folder: Path) -> None:
     trimesh.creation.cylinder(radius=0.15, height=1.0).apply_translation((0.7, 0.0, 0.0)).export(folder / "leg.glb")
 
 
-# --------------------------------------------------------------------------- 1: export --overwrite
+# --------------------------------------------------------------------------- export --overwrite
 @pytest.mark.requires_torch
-def test_1_export_overwrite_never_deletes_a_user_folder(tiny_checkpoint, tmp_path):
+def test_export_overwrite_never_deletes_a_user_folder(tiny_checkpoint, tmp_path):
     user = tmp_path / "notes_folder"
     (user / "sub").mkdir(parents=True)
     (user / "notes.txt").write_text("precious")
@@ -98,7 +89,7 @@ def test_1_export_overwrite_never_deletes_a_user_folder(tiny_checkpoint, tmp_pat
 
 @pytest.mark.requires_torch
 @pytest.mark.parametrize("where", ["same", "inside", "around"])
-def test_1_export_overwrite_never_touches_the_checkpoint(tiny_checkpoint, tmp_path, where):
+def test_export_overwrite_never_touches_the_checkpoint(tiny_checkpoint, tmp_path, where):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, ckpt)
     out = {"same": ckpt, "inside": ckpt / "exported", "around": tmp_path}[where]
@@ -109,9 +100,9 @@ def test_1_export_overwrite_never_touches_the_checkpoint(tiny_checkpoint, tmp_pa
     assert snapshot(tmp_path) == before
 
 
-# --------------------------------------------------------------------------- 2: every input protected
+# --------------------------------------------------------------------------- every input protected
 @pytest.mark.parametrize("how", ["part_file", "inside_folder", "symlinked_folder", "symlink_to_part"])
-def test_2_run_never_writes_over_or_into_an_input(tmp_path, how):
+def test_run_never_writes_over_or_into_an_input(tmp_path, how):
     parts = tmp_path / "parts"
     _folder_of_parts(parts)
     (tmp_path / "link").symlink_to(parts)
@@ -119,13 +110,13 @@ def test_2_run_never_writes_over_or_into_an_input(tmp_path, how):
     out = {"part_file": parts / "body.glb", "inside_folder": parts / "new.glb",
            "symlinked_folder": tmp_path / "link" / "body.glb", "symlink_to_part": tmp_path / "body_link.glb"}[how]
     before = snapshot(tmp_path)
-    r = cli("run", parts, "-o", out, "--model", assets.demo_model_path(), "--overwrite", *FAST)
+    r = cli("run", parts, "-o", out, "--model", assets.demo_model_path(), "--overwrite", *FAST_FLAGS)
     assert r.returncode == 2, r.stderr
     assert "inputs are never modified or replaced" in r.stderr and "parts" in r.stderr
     assert snapshot(tmp_path) == before
 
 
-def test_2_mesh_and_labels_inputs_are_protected(tmp_path):
+def test_mesh_and_labels_inputs_are_protected(tmp_path):
     import trimesh
 
     mesh = tmp_path / "m.ply"
@@ -134,17 +125,17 @@ def test_2_mesh_and_labels_inputs_are_protected(tmp_path):
     np.save(labels, np.repeat([0, 1], 6))
     before = snapshot(tmp_path)
     for out in (labels, mesh):
-        r = cli("run", mesh, "--labels", labels, "-o", out, "--model", assets.demo_model_path(), "--overwrite", *FAST)
+        r = cli("run", mesh, "--labels", labels, "-o", out, "--model", assets.demo_model_path(), "--overwrite", *FAST_FLAGS)
         assert r.returncode == 2 and f"{out} is the input" in r.stderr
     # the model dir is an input too
     r = cli("run", mesh, "--labels", labels, "-o", assets.demo_model_path() / "x.glb",
-            "--model", assets.demo_model_path(), *FAST)
+            "--model", assets.demo_model_path(), *FAST_FLAGS)
     assert r.returncode == 2 and "lies inside the input folder" in r.stderr
     assert snapshot(tmp_path) == before
 
 
-# --------------------------------------------------------------------------- 3: the result remembers its sources
-def test_3_result_refuses_to_overwrite_what_it_was_made_from(mini, tmp_path):
+# --------------------------------------------------------------------------- the result remembers its sources
+def test_result_refuses_to_overwrite_what_it_was_made_from(mini, tmp_path):
     src = tmp_path / "chair.glb"
     write_transformed_scene(src)
     before = snapshot(tmp_path)
@@ -161,7 +152,7 @@ def test_3_result_refuses_to_overwrite_what_it_was_made_from(mini, tmp_path):
         result.save(tmp_path / "out.glb")
 
 
-def test_3_folder_result_protects_the_folder_and_each_part(mini, tmp_path):
+def test_folder_result_protects_the_folder_and_each_part(mini, tmp_path):
     parts = tmp_path / "parts"
     _folder_of_parts(parts)
     result = mini.complete(parts, **FAST_OPTS)
@@ -172,7 +163,7 @@ def test_3_folder_result_protects_the_folder_and_each_part(mini, tmp_path):
     assert snapshot(tmp_path) == before
 
 
-# --------------------------------------------------------------------------- 4: model integrity
+# --------------------------------------------------------------------------- model integrity
 def _alter_weights_same_size(path: Path) -> None:
     data = bytearray(path.read_bytes())
     mid = len(data) // 2
@@ -180,7 +171,7 @@ def _alter_weights_same_size(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_4_altered_graph_at_same_size_is_refused(model_copy):
+def test_altered_graph_at_same_size_is_refused(model_copy):
     import holopart_infer as hp
 
     hp.load(model_copy, backend="onnxruntime", device="cpu")  # verified once: recorded
@@ -192,12 +183,12 @@ def test_4_altered_graph_at_same_size_is_refused(model_copy):
         hp.load(model_copy, backend="onnxruntime", device="cpu")
     # explicit opt-out
     assert hp.load(model_copy, backend="onnxruntime", device="cpu", verify_integrity=False) is not None
-    r = cli("run", assets.demo_object_path("table"), "-o", model_copy.parent / "o.glb", "--model", model_copy, *FAST)
+    r = cli("run", assets.demo_object_path("table"), "-o", model_copy.parent / "o.glb", "--model", model_copy, *FAST_FLAGS)
     assert r.returncode == 2 and "dit.onnx" in r.stderr and "sha256" in r.stderr
     assert not (model_copy.parent / "o.glb").exists()
 
 
-def test_4_zeroed_hashes_are_refused(model_copy):
+def test_zeroed_hashes_are_refused(model_copy):
     import holopart_infer as hp
 
     mpath = model_copy / "manifest.json"
@@ -208,7 +199,7 @@ def test_4_zeroed_hashes_are_refused(model_copy):
         hp.load(model_copy, backend="onnxruntime", device="cpu")
 
 
-def test_4_verified_hash_record_makes_reloads_cheap_and_notices_changes(model_copy, monkeypatch):
+def test_verified_hash_record_makes_reloads_cheap_and_notices_changes(model_copy, monkeypatch):
     from holopart_infer.manifest import load_manifest
 
     calls = []
@@ -228,8 +219,8 @@ def test_4_verified_hash_record_makes_reloads_cheap_and_notices_changes(model_co
     assert calls == ["vae_query.onnx"]
 
 
-# --------------------------------------------------------------------------- 6: never replace without --overwrite
-def test_6_a_file_created_during_the_run_is_kept_and_named(mini, tmp_path):
+# --------------------------------------------------------------------------- never replace without --overwrite
+def test_a_file_created_during_the_run_is_kept_and_named(mini, tmp_path):
     out = tmp_path / "out.glb"
 
     def intruder(stage, done, total):
@@ -243,7 +234,7 @@ def test_6_a_file_created_during_the_run_is_kept_and_named(mini, tmp_path):
     assert listing(tmp_path) == ["out.glb"]
 
 
-def test_6_publish_step_never_replaces_even_when_the_check_passed(tmp_path, monkeypatch):
+def test_publish_step_never_replaces_even_when_the_check_passed(tmp_path, monkeypatch):
     """The race itself: the file appears between the check and the final link."""
     out = tmp_path / "x.glb"
     real_link = os.link
@@ -259,7 +250,7 @@ def test_6_publish_step_never_replaces_even_when_the_check_passed(tmp_path, monk
     assert listing(tmp_path) == ["x.glb"]
 
 
-def test_6_concurrent_writers_exactly_one_wins(tmp_path):
+def test_concurrent_writers_exactly_one_wins(tmp_path):
     out = tmp_path / "same.glb"
     outcomes = []
     barrier = threading.Barrier(8)
@@ -283,7 +274,7 @@ def test_6_concurrent_writers_exactly_one_wins(tmp_path):
     assert listing(tmp_path) == ["same.glb"]
 
 
-def test_6_model_dir_publish_never_replaces(tmp_path):
+def test_model_dir_publish_never_replaces(tmp_path):
     target = tmp_path / "model"
     with pytest.raises(OutputExists, match="model appeared"):
         with fsafe.atomic_dir(target) as tmp:
@@ -292,16 +283,16 @@ def test_6_model_dir_publish_never_replaces(tmp_path):
     assert listing(tmp_path) == ["model"]
 
 
-# --------------------------------------------------------------------------- 7: output checked before any work
+# --------------------------------------------------------------------------- output checked before any work
 @pytest.mark.parametrize("case", ["extension", "folder", "missing_folder", "preview_extension"])
-def test_7_unusable_output_fails_before_any_work(tmp_path, case):
+def test_unusable_output_fails_before_any_work(tmp_path, case):
     bogus_model = tmp_path / "no_model_here"  # loading it would fail: the output must be checked first
     (tmp_path / "outdir").mkdir()
     out = {"extension": tmp_path / "out.obj", "folder": tmp_path / "outdir",
            "missing_folder": tmp_path / "nope" / "o.glb",
            "preview_extension": tmp_path / "o.glb"}[case]
     extra = ["--preview", tmp_path / "p.bmp"] if case == "preview_extension" else []
-    r = cli("run", assets.demo_object_path("table"), "-o", out, "--model", bogus_model, *extra, *FAST)
+    r = cli("run", assets.demo_object_path("table"), "-o", out, "--model", bogus_model, *extra, *FAST_FLAGS)
     assert r.returncode == 2, r.stderr
     assert {"extension": "unsupported extension '.obj'; supported: .glb", "folder": "is a folder",
             "missing_folder": "does not exist; create it first",
@@ -310,7 +301,7 @@ def test_7_unusable_output_fails_before_any_work(tmp_path, case):
     assert listing(tmp_path) == ["outdir"]
 
 
-def test_7_read_only_folder_fails_before_any_work(tmp_path):
+def test_read_only_folder_fails_before_any_work(tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()
     os.chmod(ro, 0o555)
@@ -318,7 +309,7 @@ def test_7_read_only_folder_fails_before_any_work(tmp_path):
     target = Path("/proc") if os.geteuid() == 0 else ro
     try:
         r = cli("run", assets.demo_object_path("table"), "-o", target / "o.glb", "--model",
-                tmp_path / "no_model_here", *FAST)
+                tmp_path / "no_model_here", *FAST_FLAGS)
     finally:
         os.chmod(ro, 0o755)
     assert r.returncode == 2, r.stderr
@@ -327,7 +318,7 @@ def test_7_read_only_folder_fails_before_any_work(tmp_path):
     assert listing(ro) == []
 
 
-# --------------------------------------------------------------------------- 8: interrupts
+# --------------------------------------------------------------------------- interrupts
 def _wait_for(pred, timeout=240.0):
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
@@ -338,7 +329,7 @@ def _wait_for(pred, timeout=240.0):
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_8_interrupted_run_exits_128_plus_signal_and_leaves_nothing(tmp_path, sig, code):
+def test_interrupted_run_exits_128_plus_signal_and_leaves_nothing(tmp_path, sig, code):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "holopart_infer.cli", "demo", "-o", str(out_dir / "d.glb"),
@@ -362,7 +353,7 @@ def test_8_interrupted_run_exits_128_plus_signal_and_leaves_nothing(tmp_path, si
     assert listing(out_dir) == []
 
 
-def test_8_a_swallowed_interrupt_still_aborts(tmp_path, monkeypatch):
+def test_a_swallowed_interrupt_still_aborts(tmp_path, monkeypatch):
     """A dependency that catches BaseException while being imported must not turn Ctrl-C into success."""
     from holopart_infer import cli as cli_mod
     from holopart_infer import pipeline
@@ -380,13 +371,13 @@ def test_8_a_swallowed_interrupt_still_aborts(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "load", load_swallowing)
     out = tmp_path / "o.glb"
     code = cli_mod.main(["run", str(assets.demo_object_path("table")), "-o", str(out), "--model",
-                         str(assets.demo_model_path()), *FAST])
+                         str(assets.demo_model_path()), *FAST_FLAGS])
     fsafe._signal = None  # reset this process's record for the other tests
     assert code == 130
     assert listing(tmp_path) == []
 
 
-def test_8_interrupt_before_publish_writes_nothing(tmp_path):
+def test_interrupt_before_publish_writes_nothing(tmp_path):
     fsafe.interrupted(signal.SIGTERM)
     try:
         with pytest.raises(Interrupted) as e:
@@ -402,7 +393,7 @@ def test_8_interrupt_before_publish_writes_nothing(tmp_path):
 
 @pytest.mark.requires_torch
 @pytest.mark.slow
-def test_8_sigterm_during_export_leaves_no_temp_folder(tiny_checkpoint, tmp_path):
+def test_sigterm_during_export_leaves_no_temp_folder(tiny_checkpoint, tmp_path):
     out = tmp_path / "model"
     proc = subprocess.Popen([sys.executable, "-m", "holopart_infer.cli", "export", str(tiny_checkpoint), str(out),
                              "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -417,9 +408,9 @@ def test_8_sigterm_during_export_leaves_no_temp_folder(tiny_checkpoint, tmp_path
     assert listing(tmp_path) == []
 
 
-# --------------------------------------------------------------------------- 9: non-finite weights, empty result
+# --------------------------------------------------------------------------- non-finite weights, empty result
 @pytest.mark.requires_torch
-def test_9_nan_weights_are_named_at_load(tiny_checkpoint, tmp_path):
+def test_nan_weights_are_named_at_load(tiny_checkpoint, tmp_path):
     from safetensors.numpy import load_file, save_file
 
     ckpt = tmp_path / "ckpt"
@@ -437,12 +428,12 @@ def test_9_nan_weights_are_named_at_load(tiny_checkpoint, tmp_path):
         load_networks(ckpt)
     r = cli("export", ckpt, tmp_path / "out", "-q")
     assert r.returncode == 2 and name in r.stderr and "Use another checkpoint" in r.stderr
-    r = cli("run", assets.demo_object_path("table"), "-o", tmp_path / "o.glb", "--weights", ckpt, *FAST)
+    r = cli("run", assets.demo_object_path("table"), "-o", tmp_path / "o.glb", "--weights", ckpt, *FAST_FLAGS)
     assert r.returncode == 2 and name in r.stderr
     assert snapshot(tmp_path) == before
 
 
-def test_9_every_part_empty_is_explained(tmp_path):
+def test_every_part_empty_is_explained(tmp_path):
     import holopart_infer as hp
 
     model = hp.load(assets.demo_model_path(), backend="onnxruntime", device="cpu")
@@ -451,12 +442,12 @@ def test_9_every_part_empty_is_explained(tmp_path):
         model.complete(assets.demo_object_path("table"), **FAST_OPTS)
 
 
-# --------------------------------------------------------------------------- 11: bad option values
+# --------------------------------------------------------------------------- bad option values
 @pytest.mark.parametrize("flag, value, expected", [
     ("--seed", "-1", "expected an integer in [0, "), ("--steps", "2.5", "expected an integer >= 1"),
     ("--depth", "4", "expected an integer in [5, 11]"), ("--guidance", "nan", "expected a finite number >= 0"),
     ("--min-component", "2", "expected a finite number in [0.0, 1.0]")])
-def test_11_bad_cli_values_exit_2_naming_the_flag_and_range(tmp_path, flag, value, expected):
+def test_bad_cli_values_exit_2_naming_the_flag_and_range(tmp_path, flag, value, expected):
     r = cli("run", assets.demo_object_path("table"), "-o", tmp_path / "o.glb", "--model", assets.demo_model_path(),
             flag, value)
     assert r.returncode == 2 and f"argument {flag}" in r.stderr and expected in r.stderr, r.stderr
@@ -470,14 +461,14 @@ def test_11_bad_cli_values_exit_2_naming_the_flag_and_range(tmp_path, flag, valu
     (dict(depth=True), "option depth must be an integer in [5, 11], got True"),
     (dict(decimate=2), "option decimate must be None or an integer >= 4"),
     (dict(colour=1), "unknown option(s): colour; known: steps")])
-def test_11_bad_api_values_raise_input_error(mini, kw, expected):
+def test_bad_api_values_raise_input_error(mini, kw, expected):
     with pytest.raises(InputError) as e:
         mini.complete(assets.demo_object_path("table"), **kw)
     assert expected in str(e.value)
 
 
 @pytest.mark.requires_torch
-def test_11_cuda_without_cuda_is_backend_unavailable(tiny_checkpoint, tmp_path):
+def test_cuda_without_cuda_is_backend_unavailable(tiny_checkpoint, tmp_path):
     import torch
 
     if torch.cuda.is_available():
@@ -487,13 +478,13 @@ def test_11_cuda_without_cuda_is_backend_unavailable(tiny_checkpoint, tmp_path):
     with pytest.raises(BackendUnavailable, match="(?s)Device 'cuda' was asked for.*--device cpu"):
         hp.load(tiny_checkpoint, backend="torch", device="cuda")
     r = cli("run", assets.demo_object_path("table"), "-o", tmp_path / "o.glb", "--weights", tiny_checkpoint,
-            "--device", "cuda", *FAST)
+            "--device", "cuda", *FAST_FLAGS)
     assert r.returncode == 2 and "device 'cuda'" in r.stderr and "AssertionError" not in r.stderr
 
 
-# --------------------------------------------------------------------------- 12: malformed configs / manifests
+# --------------------------------------------------------------------------- malformed configs / manifests
 @pytest.mark.requires_torch
-def test_12_wrong_typed_config_field_is_named(tiny_checkpoint, tmp_path):
+def test_wrong_typed_config_field_is_named(tiny_checkpoint, tmp_path):
     from holopart_infer.checkpoint import read_config
 
     ckpt = tmp_path / "ckpt"
@@ -505,11 +496,11 @@ def test_12_wrong_typed_config_field_is_named(tiny_checkpoint, tmp_path):
     with pytest.raises(CheckpointError, match=r"transformer/config\.json: field 'num_layers' must be an integer "
                                               r">= 1, got 'five'"):
         read_config(ckpt, "transformer")
-    r = cli("run", assets.demo_object_path("table"), "-o", tmp_path / "o.glb", "--weights", ckpt, *FAST)
+    r = cli("run", assets.demo_object_path("table"), "-o", tmp_path / "o.glb", "--weights", ckpt, *FAST_FLAGS)
     assert r.returncode == 2 and "num_layers" in r.stderr and str(cfg_path) in r.stderr
 
 
-def test_12_manifest_config_disagreeing_with_graphs_names_the_manifest(model_copy):
+def test_manifest_config_disagreeing_with_graphs_names_the_manifest(model_copy):
     import holopart_infer as hp
 
     mpath = model_copy / "manifest.json"
@@ -521,7 +512,7 @@ def test_12_manifest_config_disagreeing_with_graphs_names_the_manifest(model_cop
         hp.load(model_copy, backend="onnxruntime", device="cpu")
 
 
-def test_12_manifest_claiming_another_precision_is_refused(model_copy):
+def test_manifest_claiming_another_precision_is_refused(model_copy):
     import holopart_infer as hp
 
     mpath = model_copy / "manifest.json"
@@ -554,14 +545,14 @@ def test_cli_help_shows_the_depth_range_and_model_defaults():
 
 def test_cli_precision_with_a_model_dir_is_refused(tmp_path):
     r = cli("run", assets.demo_object_path("table"), "-o", tmp_path / "o.glb", "--model", assets.demo_model_path(),
-            "--backend", "onnxruntime", "--precision", "fp16", *FAST)
+            "--backend", "onnxruntime", "--precision", "fp16", *FAST_FLAGS)
     assert r.returncode == 2 and "exported in fp32" in r.stderr and "not in fp16" in r.stderr
     assert listing(tmp_path) == []
 
 
 def test_cli_jpeg_preview_is_jpeg(tmp_path):
     r = cli("run", assets.demo_object_path("table"), "-o", tmp_path / "o.glb", "--model", assets.demo_model_path(),
-            "--preview", tmp_path / "p.jpg", *FAST)
+            "--preview", tmp_path / "p.jpg", *FAST_FLAGS)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "p.jpg").read_bytes()[:3] == b"\xff\xd8\xff"
 
@@ -590,7 +581,7 @@ def test_cli_export_quiet_hides_third_party_warnings():
         assert not lg.isEnabledFor(logging.WARNING)
 
 
-def test_2_gltf_external_buffers_are_inputs_too(mini, tmp_path):
+def test_gltf_external_buffers_are_inputs_too(mini, tmp_path):
     import trimesh
 
     glb = tmp_path / "src.glb"

@@ -9,9 +9,7 @@ from holopart_infer import assets
 from holopart_infer.errors import BackendUnavailable, InputError, InputFileNotFound
 from holopart_infer.parts_io import load_parts
 from holopart_infer.pipeline import CompletionOptions, HoloPart
-from tests.support import SphereBackend, assert_same_surface, write_transformed_scene
-
-FAST = dict(steps=2, depth=6, num_points=1024, latent_tokens=64, decimate=None)
+from tests.support import FAST, SphereBackend, assert_same_surface, write_transformed_scene
 
 
 def _sphere_model() -> HoloPart:

@@ -11,8 +11,9 @@ import pytest
 from holopart_infer import assets
 from holopart_infer.batch import Ledger, collect_items, run_batch
 from holopart_infer.errors import BackendUnavailable
-from holopart_infer.pipeline import model_defaults
-from tests.runtime.test_batch import FAST, check_ledger_agrees_with_files, ledger_lines, two_box_glb
+from tests.support import (
+    FAST_FLAGS_NO_DECIMATE, CrashOnce, check_ledger_agrees_with_files, fast_options, ledger_lines, two_box_glb,
+)
 
 pytestmark = pytest.mark.ray
 
@@ -26,12 +27,8 @@ def local_ray():
     ray.shutdown()
 
 
-def _fast():
-    return model_defaults(assets.demo_model_path()).replace(**FAST)
-
-
 def test_worker_killed_mid_run_every_object_once(local_ray, tmp_path):
-    from holopart_infer.ray_runner import CrashOnce, RayExecutor
+    from holopart_infer.ray_runner import RayExecutor
 
     objs = tmp_path / "objs"
     objs.mkdir()
@@ -41,7 +38,7 @@ def test_worker_killed_mid_run_every_object_once(local_ray, tmp_path):
     marker = tmp_path / "crash-marker"
     marker.write_text("the first worker given o3 exits")
     out = tmp_path / "out"
-    s = run_batch(assets.demo_model_path(), collect_items([objs]), out, options=_fast(),
+    s = run_batch(assets.demo_model_path(), collect_items([objs]), out, options=fast_options(),
                   executor=RayExecutor("auto", workers=2, parts_per_batch=4, hook=CrashOnce("o3", marker)))
     assert not marker.exists(), "the fault was not injected"
     assert (s.ok, s.failed, s.skipped) == (5, 1, 0) and s.failed_ids == ["broken"]
@@ -52,7 +49,7 @@ def test_worker_killed_mid_run_every_object_once(local_ray, tmp_path):
     workers = {e["worker"] for e in last.values() if e["status"] == "ok"}
     assert len(workers) >= 2  # both actors (or an actor and its replacement) did work
     # a re-run on Ray has nothing left but the broken object
-    s2 = run_batch(assets.demo_model_path(), collect_items([objs]), out, options=_fast(),
+    s2 = run_batch(assets.demo_model_path(), collect_items([objs]), out, options=fast_options(),
                    executor=RayExecutor("auto", workers=2))
     assert (s2.ok, s2.failed, s2.skipped) == (0, 1, 5)
     assert Ledger(out).read()["o3"]["status"] == "ok"
@@ -69,7 +66,6 @@ def test_ray_missing_gives_the_install_hint(monkeypatch):
 
 def test_cli_batch_on_ray(local_ray, tmp_path, capsys):
     from holopart_infer.cli import main
-    from tests.runtime.test_batch import FAST_FLAGS
 
     objs = tmp_path / "objs"
     objs.mkdir()
@@ -77,7 +73,7 @@ def test_cli_batch_on_ray(local_ray, tmp_path, capsys):
         two_box_glb(objs / f"o{i}.glb", float(i))
     out = tmp_path / "out"
     code = main(["batch", str(objs), "-o", str(out), "--model", str(assets.demo_model_path()), "--ray", "auto",
-                 "--ray-workers", "2", "--parts-per-batch", "4", *FAST_FLAGS])
+                 "--ray-workers", "2", "--parts-per-batch", "4", *FAST_FLAGS_NO_DECIMATE])
     assert code == 0, capsys.readouterr()
     assert "3 objects: 3 completed" in capsys.readouterr().out
     assert sorted(check_ledger_agrees_with_files(out)) == ["o0", "o1", "o2"]

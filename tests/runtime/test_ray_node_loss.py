@@ -1,4 +1,4 @@
-"""Issue 24 item 7: the Ray node dies mid-run (its raylet killed for real, as the dashboard
+"""The Ray node dies mid-run (its raylet killed for real, as the dashboard
 agent's fate-sharing or an OOM kill do). Every wait is bounded; a local cluster the run
 started itself is restarted and the unfinished objects redone, each object exactly once in
 the outputs and the ledger; on a cluster the run only joined, the objects left fail with a
@@ -14,8 +14,7 @@ import pytest
 
 from holopart_infer import assets
 from holopart_infer.batch import collect_items, run_batch
-from tests.runtime.test_batch import check_ledger_agrees_with_files, ledger_lines, two_box_glb
-from tests.runtime.test_ray import _fast
+from tests.support import StallOnce, check_ledger_agrees_with_files, fast_options, ledger_lines, two_box_glb
 
 pytestmark = pytest.mark.ray
 
@@ -66,7 +65,7 @@ def no_ray_yet():
 
 
 def test_own_cluster_node_killed_is_restarted_and_every_object_done_once(no_ray_yet, tmp_path, caplog):
-    from holopart_infer.ray_runner import RayExecutor, StallOnce
+    from holopart_infer.ray_runner import RayExecutor
 
     objs = _objects(tmp_path, 6)
     marker = tmp_path / "stall-marker"
@@ -79,7 +78,7 @@ def test_own_cluster_node_killed_is_restarted_and_every_object_done_once(no_ray_
 
     out = tmp_path / "out"
     with caplog.at_level(logging.WARNING, logger="holopart_infer"):
-        s = run_batch(assets.demo_model_path(), collect_items([objs]), out, options=_fast(), on_result=kill_node_after_first,
+        s = run_batch(assets.demo_model_path(), collect_items([objs]), out, options=fast_options(), on_result=kill_node_after_first,
                       executor=RayExecutor("local", workers=2, parts_per_batch=4, hook=StallOnce("o0", marker)))
     assert killed and killed[0], "no raylet found to kill"
     assert not marker.exists()
@@ -91,7 +90,7 @@ def test_own_cluster_node_killed_is_restarted_and_every_object_done_once(no_ray_
 
 
 def test_joined_cluster_node_killed_fails_the_rest_clearly(no_ray_yet, tmp_path):
-    from holopart_infer.ray_runner import RayExecutor, StallOnce
+    from holopart_infer.ray_runner import RayExecutor
 
     ray = no_ray_yet
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
@@ -105,7 +104,7 @@ def test_joined_cluster_node_killed_fails_the_rest_clearly(no_ray_yet, tmp_path)
             killed.append(_kill_raylet())
 
     out = tmp_path / "out"
-    s = run_batch(assets.demo_model_path(), collect_items([objs]), out, options=_fast(), on_result=kill_node_after_first,
+    s = run_batch(assets.demo_model_path(), collect_items([objs]), out, options=fast_options(), on_result=kill_node_after_first,
                   executor=RayExecutor("auto", workers=2, parts_per_batch=4, hook=StallOnce("o0", marker)))
     assert killed and killed[0]
     assert s.ok >= 1 and s.failed >= 1 and s.ok + s.failed == 6 and s.cluster_restarts == 0

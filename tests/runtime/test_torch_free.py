@@ -9,59 +9,18 @@ runtime backend that needs torch but not holopart_infer.export.
 """
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import textwrap
-
 import pytest
 
-from tests.support import REPO, golden_dirs
+from tests.support import EXPORT_SIDE, REPO, golden_dirs, loaded_modules, run_blocked_child
 
 pytest.importorskip("torch", reason="exporting the model needs the [torch] extra")
 pytest.importorskip("onnxruntime")
 
 from tests.support import exported_model  # noqa: E402
 
-TORCH_SIDE = ("torch", "onnx", "onnxscript", "export", "holopart_infer.export")
-EXPORT_SIDE = ("export", "holopart_infer.export")
-
-BLOCKER = textwrap.dedent("""
-    import sys, importlib.abc
-
-    BLOCKED = {blocked!r}
-
-    def _blocked(name):
-        return any(name == b or name.startswith(b + ".") for b in BLOCKED)
-
-    class _Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if _blocked(name):
-                raise ModuleNotFoundError(f"{{name}} is blocked in this test", name=name)
-            return None
-
-    sys.meta_path.insert(0, _Block())
-""")
-
-
-def _run_child(body: str, blocked=TORCH_SIDE) -> subprocess.CompletedProcess:
-    code = BLOCKER.format(blocked=tuple(blocked)) + textwrap.dedent(body) + textwrap.dedent("""
-        import json
-        loaded = sorted(m for m, mod in list(sys.modules.items()) if _blocked(m) and mod is not None)
-        print("LOADED=" + json.dumps(loaded))
-    """)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          cwd=str(REPO))
-
-
-def _loaded(r: subprocess.CompletedProcess) -> list[str]:
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("LOADED=")]
-    assert lines, r.stdout + r.stderr
-    return json.loads(lines[-1][len("LOADED="):])
-
 
 def test_blocker_works():
-    r = _run_child("""
+    r = run_blocked_child("""
         for name in ("torch", "holopart_infer.export.onnx_export"):
             try:
                 __import__(name)
@@ -75,19 +34,19 @@ def test_blocker_works():
 @pytest.mark.skipif(not golden_dirs(), reason="no golden folder under ../shared/golden")
 def test_verify_onnxruntime_without_torch():
     model = exported_model("golden")
-    r = _run_child(f"""
+    r = run_blocked_child(f"""
         from holopart_infer.cli import main
         rc = main(["verify", {str(golden_dirs()[0])!r}, "--backend", "onnxruntime", "--model", {str(model)!r}])
         print("RC=" + str(rc))
     """)
     assert "RC=0" in r.stdout, r.stdout + r.stderr
     assert r.stdout.count(" ok") == 9, r.stdout
-    assert _loaded(r) == []
+    assert loaded_modules(r) == []
 
 
 def test_backend_api_without_torch():
     model = exported_model("golden")
-    r = _run_child(f"""
+    r = run_blocked_child(f"""
         import numpy as np
         from holopart_infer.engines import open_backend
         b = open_backend({str(model)!r})  # auto: ONNX Runtime on the CPU here
@@ -95,13 +54,13 @@ def test_backend_api_without_torch():
         print("NAME=" + b.name, "SHAPE=" + str(b.decoder_query(np.zeros((1, 5, 3), np.float32), kv).shape))
     """)
     assert "SHAPE=(1, 5, 1)" in r.stdout, r.stdout + r.stderr
-    assert _loaded(r) == []
+    assert loaded_modules(r) == []
 
 
 def test_pipeline_and_cli_run_without_torch_or_export(tmp_path):
     """The whole runtime path (load, complete, write) with torch and the export side blocked."""
     out = tmp_path / "out.glb"
-    r = _run_child(f"""
+    r = run_blocked_child(f"""
         from holopart_infer.cli import main
         rc = main(["run", __import__("holopart_infer.assets").assets.demo_object_path("mug").as_posix(),
                    "-o", {str(out)!r}, "--model", __import__("holopart_infer.assets").assets.demo_model_path().as_posix(),
@@ -110,12 +69,12 @@ def test_pipeline_and_cli_run_without_torch_or_export(tmp_path):
     """)
     assert "RC=0" in r.stdout, r.stdout + r.stderr
     assert out.is_file()
-    assert _loaded(r) == []
+    assert loaded_modules(r) == []
 
 
 def test_checkpoint_without_torch_says_what_to_install(tiny_checkpoint):
     """torch blocked: a checkpoint dir cannot run, and the error names the extra (no silent fallback)."""
-    r = _run_child(f"""
+    r = run_blocked_child(f"""
         sys.modules["torch"] = None  # as when torch is not installed: find_spec("torch") is None
         import holopart_infer as hp
         try:
@@ -124,12 +83,12 @@ def test_checkpoint_without_torch_says_what_to_install(tiny_checkpoint):
             print("ERR=" + str(e))
     """)
     assert "ERR=" in r.stdout and "holopart-infer[torch]" in r.stdout, r.stdout + r.stderr
-    assert _loaded(r) == []
+    assert loaded_modules(r) == []
 
 
 def test_torch_backend_runs_without_the_export_side(tiny_checkpoint):
     """export side blocked, torch importable: the torch backend is a runtime backend."""
-    r = _run_child(f"""
+    r = run_blocked_child(f"""
         import numpy as np
         from holopart_infer.engines import open_backend
         b = open_backend({str(tiny_checkpoint)!r}, backend="torch", device="cpu")
@@ -140,7 +99,7 @@ def test_torch_backend_runs_without_the_export_side(tiny_checkpoint):
         print("NAME=" + b.name, "SHAPE=" + str(np.asarray(b.guided_step(x, 500.0, 0.1, 3.5, c, c)).shape))
     """, blocked=EXPORT_SIDE)
     assert "NAME=torch SHAPE=(1, 8," in r.stdout, r.stdout + r.stderr
-    assert _loaded(r) == []
+    assert loaded_modules(r) == []
 
 
 def test_export_side_installs_inside_the_package():

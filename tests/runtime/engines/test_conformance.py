@@ -29,7 +29,8 @@ pytest.importorskip("torch", reason="the reference model needs the [torch] extra
 from holopart_infer.engines import backend_status, open_backend  # noqa: E402
 from holopart_infer.errors import ShapeError  # noqa: E402
 from holopart_infer.verify import TOLERANCE, relative_error  # noqa: E402
-from tests.support import FAKE_TRT, FakeCudart, FakeEngine, checkpoint, exported_model  # noqa: E402
+from tests.support import checkpoint, exported_model  # noqa: E402
+from tests.tensorrt_fakes import FAKE_TRT, FakeCudart, FakeEngine  # noqa: E402
 
 B, T, Q = 2, 24, 300
 

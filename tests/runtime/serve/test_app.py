@@ -17,19 +17,19 @@ import numpy as np
 import pytest
 
 from tests.runtime.serve.serve_util import Server, tetra_glb
+from tests.support import FAST_SERVE_FLAGS
 
 pytest.importorskip("starlette", reason="needs the [serve] extra")
 pytest.importorskip("uvicorn", reason="needs the [serve] extra")
 
 pytestmark = pytest.mark.slow
 
-FAST = ["--option", "steps=2", "--option", "depth=6", "--option", "decimate=none", "--option", "min_component=0"]
 TOKEN = "s3cret-" + uuid.uuid4().hex[:8]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("serve"), *FAST, "--batch-wait-ms", "1500", "--max-batch-parts", "64",
+    srv = Server(tmp_path_factory.mktemp("serve"), *FAST_SERVE_FLAGS, "--batch-wait-ms", "1500", "--max-batch-parts", "64",
                  "--max-parts", "12", "--max-body-mb", "0.25", "--body-idle-timeout", "1",
                  "--body-timeout", "3", token=TOKEN)
     yield srv
@@ -230,7 +230,7 @@ def test_deadline(server):
 
 # --------------------------------------------------------------------------- backpressure and shutdown
 def test_queue_full_503_and_graceful_shutdown(tmp_path):
-    srv = Server(tmp_path, *FAST, "--option", "steps=6", "--max-queue", "1", "--max-batch-objects", "1",
+    srv = Server(tmp_path, *FAST_SERVE_FLAGS, "--option", "steps=6", "--max-queue", "1", "--max-batch-objects", "1",
                  "--batch-wait-ms", "0")
     try:
         accepted, refused = [], []

@@ -1,5 +1,5 @@
-"""Issue 24 item 8: hostile glTF and labels are 422 JSON naming the problem, never a server error
-(unit level; the HTTP answers and the server log are checked in test_service_issues.py)."""
+"""Hostile glTF and labels are 422 JSON naming the problem, never a server error
+(unit level; the HTTP answers and the server log are checked in test_service_robustness.py)."""
 from __future__ import annotations
 
 import io
@@ -63,7 +63,7 @@ def test_labels_header_with_a_negative_or_odd_shape():
         assert e.value.status == 422
 
 
-# --------------------------------------------------------------------------- issue 25 item 7: deadlines
+# --------------------------------------------------------------------------- deadlines
 def test_a_batch_whose_every_deadline_passed_stops_between_stages(monkeypatch):
     """The worker stops a batch at its next progress report once nobody waits for any of its
     jobs (before: a 2 s deadline still ran 9.4 s to completion); a batch with a job still in

@@ -246,9 +246,9 @@ def test_reader_gets_geometry_only(tmp_path):
 def test_service_builds_without_torch():
     """The service side (CLI hook, app, batcher, limits, metrics) never imports torch or export/."""
     pytest.importorskip("starlette", reason="needs the [serve] extra")
-    from tests.runtime.test_torch_free import _loaded, _run_child
+    from tests.support import loaded_modules, run_blocked_child
 
-    r = _run_child("""
+    r = run_blocked_child("""
         from holopart_infer.cli import build_parser
         from holopart_infer.cli.serve import build_service
         service = build_service(build_parser().parse_args(["serve", "--option", "steps=1"]))
@@ -257,4 +257,4 @@ def test_service_builds_without_torch():
         print("OK", service.model.backend_name, service.defaults.steps)
     """)
     assert "OK onnxruntime 1" in r.stdout, r.stdout + r.stderr
-    assert _loaded(r) == []
+    assert loaded_modules(r) == []

@@ -16,13 +16,13 @@ import pytest
 
 from holopart_infer import assets
 from tests.runtime.serve.serve_util import Server
+from tests.support import FAST_SERVE_FLAGS
 
 pytest.importorskip("starlette", reason="needs the [serve] extra")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (apt-get install chromium; .ci/run does)")]
 
-FAST = ["--option", "steps=2", "--option", "depth=6", "--option", "decimate=none", "--option", "min_component=0"]
 WIDTH, HEIGHT = 1280, 800
 
 
@@ -45,7 +45,7 @@ def test_page_renders_input_and_completed_parts(tmp_path):
 
     from holopart_infer.parts_io import load_parts, part_colors
 
-    srv = Server(tmp_path, *FAST)
+    srv = Server(tmp_path, *FAST_SERVE_FLAGS)
     shot = tmp_path / "page.png"
     try:
         cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--use-angle=swiftshader",

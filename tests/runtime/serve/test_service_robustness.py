@@ -1,4 +1,4 @@
-"""The service's answers to issue 24 items 8-9, 25 items 6-7 and 29 item 5, on a real server
+"""The service under hostile and heavy use, on a real server
 process: every error is the same JSON shape, hostile uploads are 4xx without a traceback in
 the log, uploads count against a global in-flight byte budget (and the server's memory
 stays within a small multiple of it), a request past its deadline stops its work, the
@@ -16,19 +16,19 @@ import numpy as np
 import pytest
 
 from tests.runtime.serve.serve_util import Server, make_glb, tetra_doc, tetra_glb
+from tests.support import FAST_SERVE_FLAGS
 
 pytest.importorskip("starlette", reason="needs the [serve] extra")
 pytest.importorskip("uvicorn", reason="needs the [serve] extra")
 
 pytestmark = pytest.mark.slow
 
-FAST = ["--option", "steps=2", "--option", "depth=6", "--option", "decimate=none", "--option", "min_component=0"]
 TOKEN = "s3cret-" + uuid.uuid4().hex[:8]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("serve"), *FAST, "-v", "--batch-wait-ms", "0", "--max-body-mb", "1",
+    srv = Server(tmp_path_factory.mktemp("serve"), *FAST_SERVE_FLAGS, "-v", "--batch-wait-ms", "0", "--max-body-mb", "1",
                  "--body-idle-timeout", "30", "--body-timeout", "2", token=TOKEN)
     yield srv
     code = srv.stop()
@@ -56,7 +56,7 @@ def multipart(fields) -> tuple[bytes, dict]:
     return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
-def test_24_8_hostile_gltf_and_labels_are_4xx_json(server):
+def test_hostile_gltf_and_labels_are_4xx_json(server):
     for children in (1, None):
         doc, binary = tetra_doc(2)
         doc["nodes"][0]["children"] = children
@@ -71,7 +71,7 @@ def test_24_8_hostile_gltf_and_labels_are_4xx_json(server):
     assert server.get("/healthz")[0] == 200
 
 
-def test_25_7_error_shapes_routes_and_messages(server):
+def test_error_shapes_routes_and_messages(server):
     status, err = error_of(server.get("/no/such/route"))
     assert (status, err["kind"]) == (404, "not_found") and "/no/such/route" in err["message"]
     status, err = error_of(server.request("DELETE", "/v1/complete"))
@@ -87,14 +87,14 @@ def test_25_7_error_shapes_routes_and_messages(server):
     assert (status, err["kind"]) == (422, "invalid_request")
 
 
-def test_29_5_bearer_scheme_is_case_insensitive(server):
+def test_bearer_scheme_is_case_insensitive(server):
     for scheme in ("bearer", "BEARER", "Bearer"):
         status, _, _ = server.request("GET", "/metrics", headers={"Authorization": f"{scheme} {TOKEN}"}, auth=False)
         assert status == 200, scheme
     assert server.request("GET", "/metrics", headers={"Authorization": f"Basic {TOKEN}"}, auth=False)[0] == 401
 
 
-def test_29_5_slow_body_answered_at_the_configured_time(server):
+def test_slow_body_answered_at_the_configured_time(server):
     """--body-timeout 2: a body trickled a byte at a time is answered 408 near 2 s and the connection
     closed with it, not kept open for keep-alive (5 s more: the reported 13 s against 8 s)."""
     response, elapsed = server.trickle_body()
@@ -102,7 +102,7 @@ def test_29_5_slow_body_answered_at_the_configured_time(server):
     assert elapsed < 2 + 3.0, f"408 after {elapsed:.1f} s against a 2 s limit"  # keep-alive is 5 s
 
 
-def test_25_7_a_request_past_its_deadline_stops_its_work(server):
+def test_a_request_past_its_deadline_stops_its_work(server):
     # 100 steps at depth 9 on the mug take well over a minute on a 2-core CPU; the deadline
     # (generous, so that the job starts on a loaded machine) passes early in the run
     status, _, body = server.post("/v1/jobs?demo=mug&steps=100&depth=9&deadline=6")
@@ -119,7 +119,7 @@ def test_25_7_a_request_past_its_deadline_stops_its_work(server):
     assert status == 200 and body[:4] == b"glTF"
 
 
-def test_25_6_the_embedded_model_has_one_set_of_defaults():
+def test_the_embedded_model_has_one_set_of_defaults():
     from holopart_infer import assets
     from holopart_infer.cli import build_parser
     from holopart_infer.cli.serve import build_service
@@ -159,11 +159,11 @@ def padded_glb(size: int) -> bytes:
 
 @pytest.mark.skipif(not hasattr(socket, "AF_UNIX") or not __import__("os").path.exists("/proc/self/clear_refs"),
                     reason="needs Linux /proc to read the server's peak RSS")
-def test_24_9_uploads_are_bounded_by_the_in_flight_budget(tmp_path):
+def test_uploads_are_bounded_by_the_in_flight_budget(tmp_path):
     mib = 1 << 20
     budget, size, clients = 48 * mib, 12 * mib, 16  # 192 MiB offered at once against a 48 MiB budget
     # one object per batch, as in the warm-up: the model's own working memory is then already counted
-    srv = Server(tmp_path, *FAST, "--max-body-mb", "16", "--max-inflight-mb", "48", "--max-queue", "64",
+    srv = Server(tmp_path, *FAST_SERVE_FLAGS, "--max-body-mb", "16", "--max-inflight-mb", "48", "--max-queue", "64",
                  "--no-batching")
     try:
         body = padded_glb(size)
