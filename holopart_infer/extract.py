@@ -623,8 +623,8 @@ class LevelOps(Protocol):
     def band_reach(self, band: Any, radius: int) -> Any:
         """What :meth:`near_band` looks ``radius``-neighbourhoods of the band mask up in."""
 
-    def near_band(self, reach: Any, cells: Any, radius: int) -> Any:
-        """bool (N,): is each cell within ``radius`` cells of a band cell?"""
+    def near_band(self, reach: Any, cells: Any, among: Any, radius: int) -> Any:
+        """bool (N,): ``among`` (bool (N,)) less the cells not within ``radius`` cells of a band cell."""
 
     def cells_of(self, mask: Any) -> Any:
         """(N, 3) int64 cells of a mask, in C order."""
@@ -761,7 +761,7 @@ def _grow_round(ops: LevelOps, values: Any, reach: Any, active: Any, cells: Any,
                 cand = ~ops.lookup(active, nbs)
                 # in the dilated band: always, for a face neighbour of a band cell (round 1)
                 if not (first and dilation >= 1):
-                    cand[cand] = ops.near_band(reach, nbs[cand], dilation)
+                    cand = ops.near_band(reach, nbs, cand, dilation)
                 if not bool(cand.any()):
                     continue
                 grown.append(nbs[cand][ops.face_sign_changes(values, sel[cand], axis, side)])
@@ -828,8 +828,9 @@ class _HostOps:
     def band_reach(self, band: np.ndarray, radius: int) -> np.ndarray:
         return band.view(bool)  # 0 / 1 bytes; _near_band looks the neighbourhoods up
 
-    def near_band(self, reach: np.ndarray, cells: np.ndarray, radius: int) -> np.ndarray:
-        return _near_band(reach, cells, radius)
+    def near_band(self, reach: np.ndarray, cells: np.ndarray, among: np.ndarray, radius: int) -> np.ndarray:
+        among[among] = _near_band(reach, cells[among], radius)  # looked up for these cells only
+        return among
 
     def cells_of(self, mask: np.ndarray) -> np.ndarray:
         return np.stack(np.unravel_index(np.flatnonzero(mask), mask.shape), axis=1).astype(np.int64)
