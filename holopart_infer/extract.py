@@ -50,6 +50,14 @@ part, :class:`PaddedFeed`, is kept for key/values the host cannot gather by row)
 
 Final-level growth works on cell lists after its first round (the band, the
 whole-grid kernels): a round costs in the cells it grows to, not in the grid.
+
+One level driver (:func:`run_levels`) runs the levels, the band rule, the
+refinement and the final-level growth over a small operations interface
+(:class:`LevelOps`: band, dilate, refine, the next level's grid, the growth's
+cell-list steps, mesh). :func:`extract_meshes` and :func:`extract_dense` run it
+with the host's operations (numpy and cpp_ext, :class:`_HostOps`),
+``resident.extract_meshes_resident`` with torch operations on the decoder's
+device. The knobs and their defaults are :class:`ExtractionOptions`.
 """
 from __future__ import annotations
 
