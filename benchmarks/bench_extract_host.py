@@ -11,6 +11,11 @@ grid, marching cubes. Each pair checks that queries per part and meshes
 (vertices and faces) are identical.
 
     python benchmarks/bench_extract_host.py [--depth 8 9] [--pairs 3] [--before REV] [--model-object OBJ]
+    python benchmarks/bench_extract_host.py --resident [--depth 7 8] [--before REV]
+
+``--resident``: the same for ``holopart_infer.resident.extract_meshes_resident``
+on CPU torch tensors (the decoder: the same analytic fields through numpy), the
+earlier commit's resident.py run against that commit's extract.py.
 
 ``--model-object OBJ`` (or ``standin``: bench_feed.py's 68-part stand-in) takes the
 parts' fields from the embedded model instead: one ``HoloPart.complete`` call on
@@ -28,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -62,16 +68,34 @@ def parts(n: int = 8, seed: int = 0):
     return fields
 
 
-def load_before(rev: str):
-    src = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:holopart_infer/extract.py"], check=True,
+def load_before(rev: str, module: str = "extract"):
+    """``holopart_infer.<module>`` as of ``rev``, imported as ``<module>_before``; an
+    earlier resident.py is bound to the earlier extract.py."""
+    src = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:holopart_infer/{module}.py"], check=True,
                          capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp(prefix="extract_before_")) / "extract_before.py"
+    if module == "resident":
+        load_before(rev, "extract")
+        src = src.replace("from holopart_infer import extract, native",
+                          "import extract_before as extract\nfrom holopart_infer import native")
+    path = Path(tempfile.mkdtemp(prefix=f"{module}_before_")) / f"{module}_before.py"
     path.write_text(src)
-    spec = importlib.util.spec_from_file_location("extract_before", path)
+    spec = importlib.util.spec_from_file_location(f"{module}_before", path)
     mod = importlib.util.module_from_spec(spec)
-    sys.modules["extract_before"] = mod
+    sys.modules[f"{module}_before"] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+def resident_runner(mod, fields):
+    """mod.extract_meshes_resident as an extract_meshes-like call: CPU torch
+    tensors, the analytic fields computed by numpy on the same points."""
+    import torch
+
+    def query(pts):
+        host = pts.numpy()
+        return torch.from_numpy(np.stack([f(host[i]) for i, f in enumerate(fields)]))
+
+    return lambda decode, n, **kw: mod.extract_meshes_resident(query, n, device="cpu", **kw)
 
 
 def capture_model_decode(obj: str, n: int, depth: int):
@@ -113,15 +137,22 @@ def main(argv=None) -> int:
     ap.add_argument("--parts", type=int, default=8)
     ap.add_argument("--before", default=BEFORE)
     ap.add_argument("--model-object", default=None)
+    ap.add_argument("--resident", action="store_true", help="resident.extract_meshes_resident, CPU tensors")
     args = ap.parse_args(argv)
-    before = load_before(args.before)
     fields = parts(args.parts)
+    if args.resident:
+        from holopart_infer import resident
+
+        before = SimpleNamespace(extract_meshes=resident_runner(load_before(args.before, "resident"), fields))
+        after = SimpleNamespace(extract_meshes=resident_runner(resident, fields))
+    else:
+        before = load_before(args.before)
 
     def decode(batch):
         return [f(p) for f, p in zip(fields, batch)]
 
     n_parts = len(fields)
-    if args.model_object:
+    if args.model_object and not args.resident:
         decode, n_parts = capture_model_decode(args.model_object, args.parts, max(args.depth))
 
     rows = []

@@ -50,12 +50,20 @@ part, :class:`PaddedFeed`, is kept for key/values the host cannot gather by row)
 
 Final-level growth works on cell lists after its first round (the band, the
 whole-grid kernels): a round costs in the cells it grows to, not in the grid.
+
+One level driver (:func:`run_levels`) runs the levels, the band rule, the
+refinement and the final-level growth over a small operations interface
+(:class:`LevelOps`: band, dilate, refine, the next level's grid, the growth's
+cell-list steps, mesh). :func:`extract_meshes` and :func:`extract_dense` run it
+with the host's operations (numpy and cpp_ext, :class:`_HostOps`),
+``resident.extract_meshes_resident`` with torch operations on the decoder's
+device. The knobs and their defaults are :class:`ExtractionOptions`.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
@@ -78,6 +86,10 @@ __all__ = [
     "row_segments",
     "PackedFeed",
     "PaddedFeed",
+    "ExtractionOptions",
+    "LevelOps",
+    "run_levels",
+    "mesh_grid",
 ]
 
 DecodeFn = Callable[[list[np.ndarray]], Sequence[Any]]
@@ -90,7 +102,6 @@ ProgressFn = Callable[[int, int, int, int], None]
 #: only layer that chunks; a backend splits a call only where an engine's shape
 #: profile forces it.
 QUERY_CHUNK_POINTS = 8192
-DEFAULT_CHUNK_POINTS = QUERY_CHUNK_POINTS
 #: The query chunk by the device the decoder runs on (the one place these live).
 #: CPU: QUERY_CHUNK_POINTS bounds the attention scratch. CUDA: each call is one
 #: synchronized launch, so it is 8x larger (8192 meant ~16,000 calls per object at
@@ -257,6 +268,18 @@ class ExtractionStats:
     total_seconds: float = 0.0
     fed_points: int = 0
 
+    @classmethod
+    def for_levels(cls, levels: Sequence[int], num_parts: int) -> "ExtractionStats":
+        """Empty stats of an extraction of ``num_parts`` parts over ``levels``."""
+        return cls(resolutions=list(levels), queries_per_part=[[] for _ in range(num_parts)],
+                   dense_queries=num_parts * (levels[-1] + 1) ** 3)
+
+    def count_level(self, per_part: Sequence[int]) -> None:
+        """Record one level's queries, one count per part."""
+        self.queries_per_level.append(int(sum(per_part)))
+        for q, c in zip(self.queries_per_part, per_part):
+            q.append(int(c))
+
     @property
     def total_queries(self) -> int:
         return int(sum(self.queries_per_level))
@@ -307,6 +330,49 @@ def _validate(num_parts: Any, bounds: Any, chunk_points: Any) -> None:
         raise InputError(f"bounds: expected a finite number > 0, got {bounds!r}")
     if isinstance(chunk_points, bool) or not isinstance(chunk_points, (int, np.integer)) or chunk_points < 1:
         raise InputError(f"chunk_points: expected an int >= 1, got {chunk_points!r}")
+
+
+@dataclass(frozen=True)
+class ExtractionOptions:
+    """The coarse-to-fine extraction's knobs and their defaults (the one place
+    they live; :func:`extract_meshes` and ``resident.extract_meshes_resident``
+    take their keyword defaults from here).
+
+    Attributes:
+        depth: octree depth; final grid ``2**depth - 8`` cells per axis.
+        bounds: the grid spans ``[-bounds, bounds]`` on each axis.
+        band: logit half-width of the band kept at each level.
+        dilation: cells added around the band at each level.
+        min_resolution: smallest coarse level (see :func:`levels_for_depth`).
+        chunk_points: at most this many points per part per decoder call.
+        close: cap surfaces cut by the box with the box face.
+        grow: grow the final level from the band (see :func:`run_levels`).
+    """
+
+    depth: int = constants.DEFAULT_DEPTH
+    bounds: float = constants.EXTRACTION_BOUND
+    band: float = constants.DEFAULT_BAND
+    dilation: int = 1
+    min_resolution: int = 32
+    chunk_points: int = QUERY_CHUNK_POINTS
+    close: bool = True
+    grow: bool = True
+
+    def validate(self, num_parts: Any) -> None:
+        """Raises InputError naming the first bad value (depth: :meth:`levels`)."""
+        _validate(num_parts, self.bounds, self.chunk_points)
+        if not np.isfinite(self.band) or self.band < 0:
+            raise InputError(f"band: expected a finite number >= 0, got {self.band!r}")
+        if int(self.dilation) < 0:
+            raise InputError(f"dilation: expected an int >= 0, got {self.dilation!r}")
+
+    def levels(self) -> list[int]:
+        """The levels' resolutions, coarse to fine (:func:`levels_for_depth`)."""
+        return levels_for_depth(self.depth, self.min_resolution)
+
+
+#: ExtractionOptions' defaults, for the entry points' keyword defaults.
+_DEFAULTS = ExtractionOptions()
 
 
 class _Decoder:
@@ -388,7 +454,10 @@ def _touches_box(values: np.ndarray) -> bool:
                for axis in range(3) for index in (0, values.shape[axis] - 1))
 
 
-def _mesh(values: np.ndarray, resolution: int, bounds: float, device: str, close: bool = True) -> PartMesh:
+def mesh_grid(values: np.ndarray, resolution: int, bounds: float, device: str, close: bool = True) -> PartMesh:
+    """Marching cubes of a level's (r+1)^3 host grid (NaN: unknown) at level 0,
+    vertices in the part's frame; ``close`` caps a surface cut by the box (see
+    the module docstring). ``device`` runs the kernel ("cpu" or "cuda")."""
     step = 2.0 * bounds / resolution
     origin = -bounds
     capped = close and _touches_box(values)
@@ -516,104 +585,316 @@ def _near_band(band: np.ndarray, cells: np.ndarray, radius: int) -> np.ndarray:
     return out
 
 
-def _grow_final(run: "_Decoder", level: int, r: int, grids: list, band: float, dilation: int,
-                device: str) -> tuple[list[_Sparse], list[int]]:
-    """Query the final level of every part, growing from the band.
+class LevelOps(Protocol):
+    """What :func:`run_levels` does with grids, cell masks, cell lists and point
+    indices: the host's (numpy and cpp_ext, :class:`_HostOps`) or the torch
+    decoder's device's (``resident._TorchOps``). Arrays are the implementation's
+    own (numpy arrays or torch tensors); ``len`` is a point or cell count,
+    masks and values are indexed by cell lists (N, 3) as numpy's are, and a
+    level's grid is its (r+1)^3 values, NaN where not queried.
+    """
+
+    def query(self, level: int, resolution: int, indices: list) -> list:
+        """Each part's logits at its linear point ``indices`` of the level (chunked decoder calls)."""
+
+    def all_points(self, resolution: int) -> Any:
+        """Every linear point index of a level of ``resolution`` cells."""
+
+    def band(self, grid: Any, band: float) -> Any:
+        """Cell mask of the band rule (native.band_cells)."""
+
+    def dilate(self, cells: Any, radius: int) -> Any:
+        """Cell mask dilated by ``radius`` cells (native.dilate_cells)."""
+
+    def refine(self, cells: Any, grid: Any) -> Any:
+        """Ascending fine indices of the corners of the mask's sub-cells, less known coarse points."""
+
+    def finer(self, grid: Any, resolution: int, indices: Any, values: Any, last: bool) -> Any:
+        """The next level's grid: ``grid`` on its even points, ``values`` at ``indices``, NaN elsewhere."""
+
+    def mesh(self, grid: Any, resolution: int) -> PartMesh:
+        """The part's mesh of a finished grid (host arrays)."""
+
+    # final-level growth over cell lists
+    def growth_values(self, grid: Any, resolution: int) -> Any:
+        """An empty store of the final level's values over the coarse ``grid``."""
+
+    def add(self, values: Any, indices: Any, logits: Any) -> None:
+        """Store ``logits`` at the (ascending, not yet known) points ``indices``."""
+
+    def known(self, values: Any, indices: Any) -> Any:
+        """bool: which of the points ``indices`` (none on the coarse lattice) are stored."""
+
+    def final_grid(self, values: Any) -> Any:
+        """The final level's dense grid of a store (the store is not used after)."""
+
+    def band_reach(self, band: Any, radius: int) -> Any:
+        """What :meth:`near_band` looks ``radius``-neighbourhoods of the band mask up in."""
+
+    def near_band(self, reach: Any, cells: Any, among: Any, radius: int) -> Any:
+        """bool (N,): ``among`` (bool (N,)) less the cells not within ``radius`` cells of a band cell."""
+
+    def cells_of(self, mask: Any) -> Any:
+        """(N, 3) int64 cells of a mask, in C order."""
+
+    def copy_mask(self, mask: Any) -> Any:
+        """A bool copy of a cell mask (the growth's active set)."""
+
+    def lookup(self, mask: Any, cells: Any) -> Any:
+        """bool (N,): the mask at ``cells``."""
+
+    def activate(self, mask: Any, cells: Any) -> None:
+        """Set the mask at ``cells``."""
+
+    def face_neighbours(self, cells: Any, axis: int, side: int, shape: tuple[int, ...]) -> tuple[Any, Any]:
+        """(cells whose ``side`` neighbour along ``axis`` is in the grid, those neighbours)."""
+
+    def face_sign_changes(self, values: Any, cells: Any, axis: int, side: int) -> Any:
+        """bool (N,): do the 3 x 3 fine points of the cells' ``side`` face change sign?"""
+
+    def unique_cells(self, cells: list, shape: tuple[int, ...]) -> Any:
+        """The cells of the lists, once each, in C order ((0, 3) for none)."""
+
+    def corner_points(self, cells: Any, grid: Any) -> Any:
+        """:meth:`refine` of a mask holding only ``cells``, from the cell list."""
+
+
+def run_levels(ops: LevelOps, num_parts: int, options: ExtractionOptions, levels: Sequence[int],
+               stats: ExtractionStats) -> list[PartMesh]:
+    """The coarse-to-fine level loop over ``ops``: every point of the coarse
+    level; at each next level the corners of the sub-cells of the dilated band;
+    at the final level (``options.grow``) the band's cells first, then round by
+    round only the dilated cells the surface runs into (:func:`_grow_final`);
+    then each part's mesh. Records the queries in ``stats``; one decoder call
+    per chunk, all parts together.
+    """
+    r0 = levels[0]
+    all_idx = ops.all_points(r0)
+    vals = ops.query(0, r0, [all_idx] * num_parts)
+    grids = [v.reshape((r0 + 1,) * 3) for v in vals]
+    stats.count_level([len(all_idx)] * num_parts)
+    del all_idx, vals
+    if len(levels) == 1:
+        return [ops.mesh(g, r0) for g in grids]
+    for li in range(1, len(levels) - 1):
+        grids = _next_level(ops, li, levels[li], grids, options, stats, last=False)
+    if options.grow:
+        return _grow_final(ops, len(levels) - 1, levels[-1], grids, options, stats)
+    return _next_level(ops, len(levels) - 1, levels[-1], grids, options, stats, last=True)
+
+
+def _next_level(ops: LevelOps, level: int, r: int, grids: list, options: ExtractionOptions,
+                stats: ExtractionStats, last: bool) -> list:
+    """Query the corners of the sub-cells of every part's dilated band; the next
+    level's grids, or at the ``last`` level the meshes (one fine grid at a time)."""
+    indices = []
+    for g in grids:
+        cells = ops.band(g, options.band)
+        if options.dilation:
+            cells = ops.dilate(cells, int(options.dilation))
+        indices.append(ops.refine(cells, g))
+    vals = ops.query(level, r, indices)
+    stats.count_level([len(ix) for ix in indices])
+    out = []
+    for p in range(len(grids)):
+        fine = ops.finer(grids[p], r, indices[p], vals[p], last)
+        grids[p] = indices[p] = vals[p] = None  # only one final grid at a time
+        out.append(ops.mesh(fine, r) if last else fine)
+        del fine
+    return out
+
+
+def _grow_final(ops: LevelOps, level: int, r: int, grids: list, options: ExtractionOptions,
+                stats: ExtractionStats) -> list[PartMesh]:
+    """Query the final level of every part, growing from the band; the meshes.
 
     The plain rule queries every corner of the sub-cells of the dilated band
     ``A``. Marching cubes only meshes the surface inside queried cells, and a
     surface leaves a cell only through a face whose 3 x 3 fine points do not
     all have one sign. So: query the band cells ``B`` first; then, while a
     queried cell has such a face towards a cell of ``A`` not yet queried,
-    query those cells too (all parts in one ``decode`` call per round). The
+    query those cells too (all parts in one ``query`` call per round). The
     surface found is the plain rule's, except a piece lying wholly in
     dilation cells that touches no band cell (tests/runtime/test_extract_queries.py
     bounds the difference on model output). No point is queried twice: known
     coarse points and points shared with cells queried before are skipped.
-
-    Returns:
-        (per part its final-level values, per part the points queried).
+    After the band (a whole-grid step), a round costs in the cells it grows to.
     """
-    n = len(grids)
-    parts = [_Sparse(g, r) for g in grids]
-    bands, active, new_cells, indices = [], [], [], []
-    for p, g in enumerate(grids):
-        b = native.band_cells(g, band, device=device)
-        bands.append(b.view(bool))  # 0 / 1 bytes
-        active.append(b.astype(bool))
-        # round 1, the band: the whole-grid kernel; later rounds touch only the cells they grow to
-        new_cells.append(np.stack(np.unravel_index(np.flatnonzero(b), b.shape), axis=1).astype(np.int64))
-        indices.append(native.refine_points(b, g, device=device) if len(new_cells[p]) else np.zeros(0, np.int64))
+    n, dilation = len(grids), int(options.dilation)
+    values = [ops.growth_values(g, r) for g in grids]
+    reach, active, cells, indices = [], [], [], []
+    for g in grids:
+        b = ops.band(g, options.band)
+        reach.append(ops.band_reach(b, dilation))
+        active.append(ops.copy_mask(b))
+        cells.append(ops.cells_of(b))
+        indices.append(ops.refine(b, g) if len(cells[-1]) else ops.corner_points(cells[-1], g))
     counts = [0] * n
     first = True
-    while any(len(c) for c in new_cells):
+    while any(len(c) for c in cells):
         if any(len(ix) for ix in indices):
-            vals = run(level, r, indices)
+            vals = ops.query(level, r, indices)
             for p in range(n):
                 if len(indices[p]):
-                    parts[p].add(indices[p], vals[p])
-                    counts[p] += int(len(indices[p]))
+                    ops.add(values[p], indices[p], vals[p])
+                    counts[p] += len(indices[p])
+            del vals
         for p in range(n):
-            cells = new_cells[p]
-            shape = active[p].shape
-            grown = []
-            for axis in range(3):
-                for side in (0, 1):
-                    nb = cells.copy()
-                    nb[:, axis] += 1 if side else -1
-                    ok = (nb[:, axis] >= 0) & (nb[:, axis] < shape[axis])
-                    sel, nbs = cells[ok], nb[ok]
-                    cand = ~active[p][nbs[:, 0], nbs[:, 1], nbs[:, 2]]
-                    # in the dilated band: always, for a face neighbour of a band cell (round 1)
-                    if not (first and dilation >= 1):
-                        cand[cand] = _near_band(bands[p], nbs[cand], dilation)
-                    if not cand.any():
-                        continue
-                    grown.append(nbs[cand][_face_sign_changes(parts[p], sel[cand], axis, side)])
-            # the next round's cells: those grown to now (none was active before)
-            cells = _unique_cells(np.concatenate(grown), shape) if grown else np.zeros((0, 3), np.int64)
-            active[p][cells[:, 0], cells[:, 1], cells[:, 2]] = True
-            new_cells[p] = cells
-            ix = _corner_points(cells, grids[p]) if len(cells) else np.zeros(0, np.int64)
-            indices[p] = ix[~parts[p].known(ix)]  # shared with cells queried in an earlier round
+            cells[p] = _grow_round(ops, values[p], reach[p], active[p], cells[p], first, dilation)
+            ix = ops.corner_points(cells[p], grids[p])
+            indices[p] = ix[~ops.known(values[p], ix)]  # shared with cells queried in an earlier round
         first = False
-    return parts, counts
+    stats.count_level(counts)
+    del reach, active, cells, indices
+    meshes = []
+    for p in range(n):
+        fine = ops.final_grid(values[p])
+        values[p] = grids[p] = None  # only one final grid at a time
+        meshes.append(ops.mesh(fine, r))
+        del fine
+    return meshes
+
+
+def _grow_round(ops: LevelOps, values: Any, reach: Any, active: Any, cells: Any, first: bool,
+                dilation: int) -> Any:
+    """One growth round of a part: the cells of the dilated band, not active yet,
+    that a face with a sign change of one of ``cells`` (those queried last round)
+    leads to; they are made active."""
+    shape = tuple(active.shape)
+    grown = []
+    if len(cells):
+        for axis in range(3):
+            for side in (0, 1):
+                sel, nbs = ops.face_neighbours(cells, axis, side, shape)
+                cand = ~ops.lookup(active, nbs)
+                # in the dilated band: always, for a face neighbour of a band cell (round 1)
+                if not (first and dilation >= 1):
+                    cand = ops.near_band(reach, nbs, cand, dilation)
+                if not bool(cand.any()):
+                    continue
+                grown.append(nbs[cand][ops.face_sign_changes(values, sel[cand], axis, side)])
+    new = ops.unique_cells(grown, shape)  # none was active before
+    ops.activate(active, new)
+    return new
+
+
+def _finer_grid(coarse: np.ndarray, r: int, indices: np.ndarray, values: np.ndarray,
+                out: np.ndarray | None = None) -> np.ndarray:
+    """The (r+1)^3 grid of the next level: ``coarse`` on its even points,
+    ``values`` at ``indices``, NaN elsewhere (in ``out`` when given)."""
+    fine = out if out is not None else np.empty((r + 1,) * 3, dtype=np.float32)
+    fine.fill(np.nan)
+    fine[::2, ::2, ::2] = coarse
+    fine.reshape(-1)[indices] = values
+    return fine
+
+
+class _HostOps:
+    """:class:`LevelOps` on the host: numpy arrays, cpp_ext's kernels on ``device``
+    ("cpu" or "cuda") for the whole-grid steps and marching cubes."""
+
+    def __init__(self, run: "_Decoder", bounds: float, device: str, close: bool):
+        self.query, self.bounds, self.device, self.close = run, float(bounds), device, close
+        self._final: np.ndarray | None = None  # the final grid's buffer, reused from part to part
+
+    def _buffer(self, r: int) -> np.ndarray:
+        """One final-level grid for all parts (a fresh 515 MB grid per part at depth 9 costs its page faults)."""
+        if self._final is None or self._final.shape != (r + 1,) * 3:
+            self._final = np.empty((r + 1,) * 3, dtype=np.float32)
+        return self._final
+
+    def all_points(self, resolution: int) -> np.ndarray:
+        return np.arange((resolution + 1) ** 3, dtype=np.int64)
+
+    def band(self, grid: np.ndarray, band: float) -> np.ndarray:
+        return native.band_cells(grid, band, device=self.device)
+
+    def dilate(self, cells: np.ndarray, radius: int) -> np.ndarray:
+        return native.dilate_cells(cells, radius, device=self.device)
+
+    def refine(self, cells: np.ndarray, grid: np.ndarray) -> np.ndarray:
+        return native.refine_points(cells, grid, device=self.device)
+
+    def finer(self, grid, resolution, indices, values, last):
+        return _finer_grid(grid, resolution, indices, values, self._buffer(resolution) if last else None)
+
+    def mesh(self, grid: np.ndarray, resolution: int) -> PartMesh:
+        return mesh_grid(grid, resolution, self.bounds, self.device, self.close)
+
+    def growth_values(self, grid: np.ndarray, resolution: int) -> _Sparse:
+        return _Sparse(grid, resolution)
+
+    def add(self, values: _Sparse, indices: np.ndarray, logits: np.ndarray) -> None:
+        values.add(indices, logits)
+
+    def known(self, values: _Sparse, indices: np.ndarray) -> np.ndarray:
+        return values.known(indices)
+
+    def final_grid(self, values: _Sparse) -> np.ndarray:
+        return values.grid(out=self._buffer(values.n - 1))
+
+    def band_reach(self, band: np.ndarray, radius: int) -> np.ndarray:
+        return band.view(bool)  # 0 / 1 bytes; _near_band looks the neighbourhoods up
+
+    def near_band(self, reach: np.ndarray, cells: np.ndarray, among: np.ndarray, radius: int) -> np.ndarray:
+        among[among] = _near_band(reach, cells[among], radius)  # looked up for these cells only
+        return among
+
+    def cells_of(self, mask: np.ndarray) -> np.ndarray:
+        return np.stack(np.unravel_index(np.flatnonzero(mask), mask.shape), axis=1).astype(np.int64)
+
+    def copy_mask(self, mask: np.ndarray) -> np.ndarray:
+        return mask.astype(bool)
+
+    def lookup(self, mask: np.ndarray, cells: np.ndarray) -> np.ndarray:
+        return mask[cells[:, 0], cells[:, 1], cells[:, 2]]
+
+    def activate(self, mask: np.ndarray, cells: np.ndarray) -> None:
+        mask[cells[:, 0], cells[:, 1], cells[:, 2]] = True
+
+    def face_neighbours(self, cells: np.ndarray, axis: int, side: int, shape: tuple[int, ...]):
+        nb = cells.copy()
+        nb[:, axis] += 1 if side else -1
+        ok = (nb[:, axis] >= 0) & (nb[:, axis] < shape[axis])
+        return cells[ok], nb[ok]
+
+    def face_sign_changes(self, values: _Sparse, cells: np.ndarray, axis: int, side: int) -> np.ndarray:
+        return _face_sign_changes(values, cells, axis, side)
+
+    def unique_cells(self, cells: list, shape: tuple[int, ...]) -> np.ndarray:
+        return _unique_cells(np.concatenate(cells), shape) if cells else np.zeros((0, 3), np.int64)
+
+    def corner_points(self, cells: np.ndarray, grid: np.ndarray) -> np.ndarray:
+        return _corner_points(cells, grid) if len(cells) else np.zeros(0, np.int64)
 
 
 def extract_meshes(
     decode: DecodeFn,
     num_parts: int,
     *,
-    depth: int = 9,
-    bounds: float = constants.EXTRACTION_BOUND,
-    band: float = 0.95,
-    dilation: int = 1,
-    min_resolution: int = 32,
-    chunk_points: int = DEFAULT_CHUNK_POINTS,
+    depth: int = _DEFAULTS.depth,
+    bounds: float = _DEFAULTS.bounds,
+    band: float = _DEFAULTS.band,
+    dilation: int = _DEFAULTS.dilation,
+    min_resolution: int = _DEFAULTS.min_resolution,
+    chunk_points: int = _DEFAULTS.chunk_points,
     progress: ProgressFn | None = None,
     device: str = "cpu",
-    close: bool = True,
-    grow: bool = True,
+    close: bool = _DEFAULTS.close,
+    grow: bool = _DEFAULTS.grow,
 ) -> tuple[list[PartMesh], ExtractionStats]:
     """Coarse-to-fine extraction of every part's zero-level surface.
 
     Args:
         decode: callback, see the module docstring.
         num_parts: number of parts (length of the lists ``decode`` sees).
-        depth: octree depth; final grid ``2**depth - 8`` cells per axis.
-        bounds: the grid spans ``[-bounds, bounds]`` on each axis.
-        band: logit half-width of the band kept at each level.
-        dilation: cells added around the band at each level.
-        min_resolution: smallest coarse level (see :func:`levels_for_depth`).
-        chunk_points: at most this many points per part per ``decode`` call.
+        depth, bounds, band, dilation, min_resolution, chunk_points, close:
+            see :class:`ExtractionOptions` (defaults there).
         progress: optional ``progress(level, num_levels, done, total)``.
         device: "cpu" or "cuda" for the band and marching-cubes kernels.
-        close: cap surfaces cut by the box (``[-bounds, bounds]^3``) with the
-            box face, so every mesh is closed; False leaves them open, as the
-            reference does.
         grow: at the final level query the band's cells first and then only
-            the dilation cells the surface runs into (``_grow_final``), instead
-            of every dilated cell; False queries every dilated cell as before.
+            the dilation cells the surface runs into (:func:`run_levels`),
+            instead of every dilated cell; False queries every dilated cell.
 
     Returns:
         (one :class:`PartMesh` per part, in the normalized frame;
@@ -624,70 +905,14 @@ def extract_meshes(
         BackendUnavailable: device="cuda" cannot be used here.
     """
     t_start = time.perf_counter()
-    _validate(num_parts, bounds, chunk_points)
-    if not np.isfinite(band) or band < 0:
-        raise InputError(f"band: expected a finite number >= 0, got {band!r}")
-    if int(dilation) < 0:
-        raise InputError(f"dilation: expected an int >= 0, got {dilation!r}")
+    options = ExtractionOptions(depth=depth, bounds=bounds, band=band, dilation=dilation,
+                                min_resolution=min_resolution, chunk_points=chunk_points, close=close, grow=grow)
+    options.validate(num_parts)
     native.kernels(device)  # fail early when the device is unusable
-    levels = levels_for_depth(depth, min_resolution)
-    stats = ExtractionStats(resolutions=list(levels))
-    stats.queries_per_part = [[] for _ in range(num_parts)]
-    stats.dense_queries = num_parts * (levels[-1] + 1) ** 3
+    levels = options.levels()
+    stats = ExtractionStats.for_levels(levels, num_parts)
     run = _Decoder(decode, chunk_points, bounds, progress, stats, len(levels))
-
-    # Level 0: every point.
-    r0 = levels[0]
-    all_idx = np.arange((r0 + 1) ** 3, dtype=np.int64)
-    vals = run(0, r0, [all_idx] * num_parts)
-    grids = [v.reshape((r0 + 1,) * 3) for v in vals]
-    stats.queries_per_level.append(num_parts * all_idx.size)
-    for q in stats.queries_per_part:
-        q.append(all_idx.size)
-
-    for li in range(1, len(levels)):
-        r = levels[li]
-        last = li == len(levels) - 1
-        if last and grow:
-            # final level: the band's own cells, then only the dilation cells the
-            # surface runs into (see _grow_final)
-            sparse, counts = _grow_final(run, li, r, grids, band, int(dilation), device)
-        else:
-            indices = []
-            for g in grids:
-                cells = native.band_cells(g, band, device=device)
-                if dilation:
-                    cells = native.dilate_cells(cells, int(dilation), device=device)
-                indices.append(native.refine_points(cells, g, device=device))
-            vals = run(li, r, indices)
-            counts = [int(len(ix)) for ix in indices]
-        stats.queries_per_level.append(int(sum(counts)))
-        for q, c in zip(stats.queries_per_part, counts):
-            q.append(int(c))
-        # Assemble the finer grids one part at a time (the final grid is the
-        # large one; only one exists at a time).
-        new_grids = []
-        final_buf = np.empty((r + 1,) * 3, dtype=np.float32) if last and num_parts else None
-        for p in range(num_parts):
-            if last and grow:
-                fine = sparse[p].grid(out=final_buf)
-                sparse[p] = None  # type: ignore[call-overload]
-            else:
-                fine = final_buf if last else np.empty((r + 1,) * 3, dtype=np.float32)
-                fine.fill(np.nan)
-                fine[::2, ::2, ::2] = grids[p]
-                fine.reshape(-1)[indices[p]] = vals[p]
-            if last:
-                new_grids.append(_mesh(fine, r, bounds, device, close))
-            else:
-                new_grids.append(fine)
-            grids[p] = None  # type: ignore[call-overload]
-        grids = new_grids
-
-    if len(levels) == 1:
-        meshes = [_mesh(g, r0, bounds, device, close) for g in grids]
-    else:
-        meshes = grids  # type: ignore[assignment]
+    meshes = run_levels(_HostOps(run, bounds, device, close), num_parts, options, levels, stats)
     stats.total_seconds = time.perf_counter() - t_start
     return meshes, stats
 
@@ -696,13 +921,13 @@ def extract_dense(
     decode: DecodeFn,
     num_parts: int,
     *,
-    depth: int = 9,
+    depth: int = _DEFAULTS.depth,
     resolution: int | None = None,
-    bounds: float = constants.EXTRACTION_BOUND,
-    chunk_points: int = DEFAULT_CHUNK_POINTS,
+    bounds: float = _DEFAULTS.bounds,
+    chunk_points: int = _DEFAULTS.chunk_points,
     progress: ProgressFn | None = None,
     device: str = "cpu",
-    close: bool = True,
+    close: bool = _DEFAULTS.close,
 ) -> tuple[list[PartMesh], ExtractionStats]:
     """Evaluate every point of the final grid, then marching cubes (reference path).
 
@@ -718,13 +943,9 @@ def extract_dense(
         if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) or resolution < 1:
             raise InputError(f"resolution: expected an int >= 1, got {resolution!r}")
         r = int(resolution)
-    stats = ExtractionStats(resolutions=[r])
-    stats.dense_queries = num_parts * (r + 1) ** 3
+    stats = ExtractionStats.for_levels([r], num_parts)
     run = _Decoder(decode, chunk_points, bounds, progress, stats, 1)
-    all_idx = np.arange((r + 1) ** 3, dtype=np.int64)
-    vals = run(0, r, [all_idx] * num_parts)
-    stats.queries_per_level.append(num_parts * all_idx.size)
-    stats.queries_per_part = [[all_idx.size] for _ in range(num_parts)]
-    meshes = [_mesh(v.reshape((r + 1,) * 3), r, bounds, device, close) for v in vals]
+    options = ExtractionOptions(bounds=bounds, chunk_points=chunk_points, close=close)
+    meshes = run_levels(_HostOps(run, bounds, device, close), num_parts, options, [r], stats)
     stats.total_seconds = time.perf_counter() - t_start
     return meshes, stats

@@ -1,13 +1,16 @@
 """Coarse-to-fine extraction with the grids, query points and logits kept on the
 decoder's device (torch tensors).
 
-:func:`extract_meshes_resident` does what :func:`holopart_infer.extract.extract_meshes`
-does -- the same levels, band rule, dilation, refinement, final-level growth, query order, points
-per decoder call, statistics and meshes -- but every level grid, band and
-refinement mask, query point and logit is a torch tensor on the decoder's
-device. With a torch decoder on CUDA nothing goes through the host per decoder
-call; what crosses is one point count per part and level (to size the chunks)
-and each part's finished mesh. Marching cubes runs on the device grid through
+:func:`extract_meshes_resident` runs the level driver of
+:func:`holopart_infer.extract.extract_meshes` (:func:`holopart_infer.extract.run_levels`)
+over torch operations (:class:`_TorchOps`): the same levels, band rule, dilation,
+refinement, final-level growth over the active cells, query order, points per
+decoder call, statistics and meshes -- but every level grid, band and
+refinement mask, cell list, query point and logit is a torch tensor on the
+decoder's device. With a torch decoder on CUDA nothing goes through the host per decoder
+call; what crosses is one point count per part and level (to size the chunks),
+one cell count per part and growth round, and each part's finished mesh.
+Marching cubes runs on the device grid through
 cpp_ext's CUDA kernel (``marching_cubes_device``, no upload). Two cases take the
 host path for their last step, on purpose: a part whose surface is cut by the
 extraction box (the cap's face fill is a host distance transform) and grids on
@@ -15,9 +18,11 @@ a CPU tensor (the CPU kernels read the tensor's memory in place).
 
 The band, dilation and refinement rules are written as tensor operations that
 give exactly the masks and indices of cpp_ext's kernels
-(:func:`holopart_infer.native.band_cells`, ``dilate_cells``, ``refine_points``);
+(:func:`holopart_infer.native.band_cells`, ``dilate_cells``, ``refine_points``),
+the growth's cell-list steps those of extract's host operations;
 tests/runtime/test_resident.py compares them on grids with unknown points and
-compares whole extractions with the host path.
+compares whole extractions (meshes, queries per part and level, grown cells)
+with the host path.
 
 This module imports torch: only the torch backend's path imports it.
 """
@@ -39,6 +44,7 @@ __all__ = ["QueryFn", "band_cells", "dilate_cells", "refine_points", "grid_point
 QueryFn = Callable[[torch.Tensor], torch.Tensor]
 
 _CORNERS = [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]
+_DEFAULTS = extract.ExtractionOptions()
 
 
 def band_cells(grid: torch.Tensor, band: float) -> torch.Tensor:
@@ -196,62 +202,11 @@ class _Query:
         return out
 
 
-def _face_changes(fine: torch.Tensor, axis: int) -> torch.Tensor:
-    """bool (n+1, ...): for each face plane ``k`` across ``axis`` (fine index 2k)
-    and each cell of that plane, do its 3 x 3 fine points not all have one sign
-    (``> 0`` inside; unknown counts as outside, as in extract._face_sign_changes)?"""
-    plane = fine.movedim(axis, 0)[::2]  # (n+1, 2a+1, 2b+1)
-    inside = (plane > 0).to(torch.float16 if fine.is_cuda else torch.float32)[:, None]
-    some = F.max_pool2d(inside, kernel_size=3, stride=2)[:, 0] > 0
-    every = F.max_pool2d(1 - inside, kernel_size=3, stride=2)[:, 0] == 0
-    return (some & ~every).movedim(0, axis)
-
-
 def _finer(coarse: torch.Tensor, r: int) -> torch.Tensor:
     """The (r+1)^3 grid of the next level: the coarse values on its even points, NaN elsewhere."""
     fine = torch.full((r + 1,) * 3, float("nan"), dtype=torch.float32, device=coarse.device)
     fine[::2, ::2, ::2] = coarse
     return fine
-
-
-def _grow_final(run: "_Query", level: int, r: int, grids: list[torch.Tensor], band: float, dilation: int
-                ) -> tuple[list[torch.Tensor], list[int]]:
-    """extract._grow_final on device tensors: the final level's band cells first,
-    then, round by round, the dilation cells the surface runs into. Same points,
-    in the same order and the same decode calls as the host path; the final grids
-    are dense (NaN where not queried, which is how points already queried are
-    told apart: the decoder's logits are finite)."""
-    n = len(grids)
-    fines = [_finer(g, r) for g in grids]
-    new = [band_cells(g, band) for g in grids]  # cells to query this round
-    allowed = [dilate_cells(b, dilation) if dilation else b for b in new]
-    active = [b.clone() for b in new]  # cells queried so far, or this round
-    counts = [0] * n
-    has_new = [bool(m.any()) for m in new]
-    while any(has_new):
-        indices = []
-        for p in range(n):
-            ix = refine_points(new[p], grids[p])  # empty when the part has no new cell
-            indices.append(ix[torch.isnan(fines[p].view(-1)[ix])])  # less points of cells queried before
-        if any(ix.numel() for ix in indices):
-            vals = run(level, r, indices)
-            for p in range(n):
-                if indices[p].numel():
-                    fines[p].view(-1)[indices[p]] = vals[p]
-                    counts[p] += int(indices[p].numel())
-        for p in range(n):
-            grow = torch.zeros_like(new[p])
-            if has_new[p]:
-                for axis in range(3):
-                    face = _face_changes(fines[p], axis).movedim(axis, 0)[1:-1]  # inner planes 1..c-1
-                    nw = new[p].movedim(axis, 0)
-                    g = grow.movedim(axis, 0)  # a view: writes land in grow
-                    g[1:] |= nw[:-1] & face  # cell k grows to k+1 through plane k+1
-                    g[:-1] |= nw[1:] & face  # cell k grows to k-1 through plane k
-            new[p] = grow & allowed[p] & ~active[p]
-            active[p] |= new[p]
-            has_new[p] = bool(new[p].any())
-    return fines, counts
 
 
 def _touches_box(grid: torch.Tensor) -> bool:
@@ -271,7 +226,107 @@ def _mesh(grid: torch.Tensor, resolution: int, bounds: float, close: bool) -> ex
         return extract.PartMesh(v, f)
     # a part cut by the box (the cap's face fill runs on the host), or a CPU tensor
     host = grid.cpu().numpy()
-    return extract._mesh(host, resolution, bounds, "cuda" if grid.is_cuda else "cpu", close)
+    return extract.mesh_grid(host, resolution, bounds, "cuda" if grid.is_cuda else "cpu", close)
+
+
+#: the 27 fine points of a cell's eight sub-cells, as offsets from its low corner (x2)
+_CORNERS27 = [(a, b, c) for a in range(3) for b in range(3) for c in range(3)]
+
+
+class _TorchOps:
+    """:class:`holopart_infer.extract.LevelOps` on the decoder's device: every
+    grid, mask, cell list and index a torch tensor on ``device``; the final
+    level's values in a dense grid (NaN where not queried: the decoder's logits
+    are finite, so NaN tells a point not yet queried apart)."""
+
+    def __init__(self, run: "_Query", bounds: float, device: torch.device, close: bool):
+        self.query, self.bounds, self.device, self.close = run, float(bounds), device, close
+        self._corners = torch.tensor(_CORNERS27, dtype=torch.int64, device=device)
+
+    def all_points(self, resolution: int) -> torch.Tensor:
+        return torch.arange((resolution + 1) ** 3, dtype=torch.int64, device=self.device)
+
+    def band(self, grid: torch.Tensor, band: float) -> torch.Tensor:
+        return band_cells(grid, float(band))
+
+    def dilate(self, cells: torch.Tensor, radius: int) -> torch.Tensor:
+        return dilate_cells(cells, radius)
+
+    def refine(self, cells: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        return refine_points(cells, grid)
+
+    def finer(self, grid, resolution, indices, values, last):
+        fine = _finer(grid, resolution)
+        fine.view(-1)[indices] = values
+        return fine
+
+    def mesh(self, grid: torch.Tensor, resolution: int) -> extract.PartMesh:
+        return _mesh(grid, resolution, self.bounds, self.close)
+
+    def growth_values(self, grid: torch.Tensor, resolution: int) -> torch.Tensor:
+        return _finer(grid, resolution)
+
+    def add(self, values: torch.Tensor, indices: torch.Tensor, logits: torch.Tensor) -> None:
+        values.view(-1)[indices] = logits
+
+    def known(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        return ~torch.isnan(values.view(-1)[indices])
+
+    def final_grid(self, values: torch.Tensor) -> torch.Tensor:
+        return values
+
+    def band_reach(self, band: torch.Tensor, radius: int) -> torch.Tensor:
+        return dilate_cells(band, radius)  # one whole-grid pass; near_band is then a look-up
+
+    def near_band(self, reach: torch.Tensor, cells: torch.Tensor, among: torch.Tensor, radius: int) -> torch.Tensor:
+        return among & self.lookup(reach, cells)
+
+    def cells_of(self, mask: torch.Tensor) -> torch.Tensor:
+        return torch.nonzero(mask)
+
+    def copy_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        return mask.clone()
+
+    def lookup(self, mask: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        return mask[cells[:, 0], cells[:, 1], cells[:, 2]]
+
+    def activate(self, mask: torch.Tensor, cells: torch.Tensor) -> None:
+        mask[cells[:, 0], cells[:, 1], cells[:, 2]] = True
+
+    def face_neighbours(self, cells: torch.Tensor, axis: int, side: int, shape: tuple[int, ...]):
+        nb = cells.clone()
+        nb[:, axis] += 1 if side else -1
+        ok = (nb[:, axis] >= 0) & (nb[:, axis] < shape[axis])
+        return cells[ok], nb[ok]
+
+    def face_sign_changes(self, values: torch.Tensor, cells: torch.Tensor, axis: int, side: int) -> torch.Tensor:
+        """extract._face_sign_changes on the dense final grid (unknown counts as outside)."""
+        base = 2 * cells
+        base[:, axis] += 2 * side
+        face = self._corners[self._corners[:, axis] == 0]  # the 3 x 3 points of the low face
+        pts = base[:, None, :] + face[None]
+        inside = values[pts[..., 0], pts[..., 1], pts[..., 2]] > 0.0  # (N, 9)
+        return inside.any(dim=1) & ~inside.all(dim=1)
+
+    def unique_cells(self, cells: list, shape: tuple[int, ...]) -> torch.Tensor:
+        if not cells:
+            return torch.zeros((0, 3), dtype=torch.int64, device=self.device)
+        c = torch.cat(cells)
+        lin = torch.unique((c[:, 0] * shape[1] + c[:, 1]) * shape[2] + c[:, 2])  # sorted: C order
+        return torch.stack((lin // (shape[1] * shape[2]), (lin // shape[2]) % shape[1], lin % shape[2]), dim=1)
+
+    def corner_points(self, cells: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        """extract._corner_points on the device: the sub-cells' corners, ascending, less known coarse points."""
+        if not len(cells):
+            return torch.zeros(0, dtype=torch.int64, device=self.device)
+        n1, n2 = 2 * (int(grid.shape[1]) - 1) + 1, 2 * (int(grid.shape[2]) - 1) + 1
+        fine = (2 * cells[:, None, :] + self._corners[None]).reshape(-1, 3)
+        lin = torch.unique((fine[:, 0] * n1 + fine[:, 1]) * n2 + fine[:, 2])
+        i, j, k = lin // (n1 * n2), (lin // n2) % n1, lin % n2
+        on_coarse = ((i | j | k) & 1) == 0
+        known = torch.zeros_like(on_coarse)
+        known[on_coarse] = torch.isfinite(grid[i[on_coarse] >> 1, j[on_coarse] >> 1, k[on_coarse] >> 1])
+        return lin[~known]
 
 
 def extract_meshes_resident(
@@ -279,15 +334,15 @@ def extract_meshes_resident(
     num_parts: int,
     *,
     device: str | torch.device,
-    depth: int = 9,
-    bounds: float = extract.constants.EXTRACTION_BOUND,
-    band: float = 0.95,
-    dilation: int = 1,
-    min_resolution: int = 32,
-    chunk_points: int = extract.DEFAULT_CHUNK_POINTS,
+    depth: int = _DEFAULTS.depth,
+    bounds: float = _DEFAULTS.bounds,
+    band: float = _DEFAULTS.band,
+    dilation: int = _DEFAULTS.dilation,
+    min_resolution: int = _DEFAULTS.min_resolution,
+    chunk_points: int = _DEFAULTS.chunk_points,
     progress: extract.ProgressFn | None = None,
-    close: bool = True,
-    grow: bool = True,
+    close: bool = _DEFAULTS.close,
+    grow: bool = _DEFAULTS.grow,
     row_points: int | None = None,
 ) -> tuple[list[extract.PartMesh], extract.ExtractionStats]:
     """:func:`holopart_infer.extract.extract_meshes` with everything on ``device``.
@@ -306,7 +361,8 @@ def extract_meshes_resident(
             ``parts`` the host int64 (R,) part of each row, whose key/values
             that row is queried against.
         other arguments: as :func:`holopart_infer.extract.extract_meshes`
-            (``grow`` too: the same final-level growth, on dense device grids).
+            (defaults: :class:`~holopart_infer.extract.ExtractionOptions`; the
+            same level driver, :func:`~holopart_infer.extract.run_levels`).
 
     Returns:
         (one :class:`~holopart_infer.extract.PartMesh` per part, host arrays;
@@ -317,68 +373,19 @@ def extract_meshes_resident(
         BackendUnavailable: a CUDA device but cpp_ext was built without CUDA.
     """
     t_start = time.perf_counter()
-    extract._validate(num_parts, bounds, chunk_points)
-    if not np.isfinite(band) or band < 0:
-        raise InputError(f"band: expected a finite number >= 0, got {band!r}")
-    if int(dilation) < 0:
-        raise InputError(f"dilation: expected an int >= 0, got {dilation!r}")
+    options = extract.ExtractionOptions(depth=depth, bounds=bounds, band=band, dilation=dilation,
+                                        min_resolution=min_resolution, chunk_points=chunk_points, close=close,
+                                        grow=grow)
+    options.validate(num_parts)
     dev = torch.device(device)
     if dev.type == "cuda":
         native.kernels("cuda")  # marching cubes on the device grid needs cpp_ext's CUDA module
-    levels = extract.levels_for_depth(depth, min_resolution)
-    stats = extract.ExtractionStats(resolutions=list(levels))
-    stats.queries_per_part = [[] for _ in range(num_parts)]
-    stats.dense_queries = num_parts * (levels[-1] + 1) ** 3
+    levels = options.levels()
+    stats = extract.ExtractionStats.for_levels(levels, num_parts)
     if row_points is not None and (isinstance(row_points, bool) or not isinstance(row_points, (int, np.integer))
                                    or row_points < 1):
         raise InputError(f"row_points: expected None or an int >= 1, got {row_points!r}")
     run = _Query(query, chunk_points, bounds, progress, stats, len(levels), dev, row_points)
-
-    r0 = levels[0]
-    all_idx = torch.arange((r0 + 1) ** 3, dtype=torch.int64, device=dev)
-    vals = run(0, r0, [all_idx] * num_parts)
-    grids = [v.reshape((r0 + 1,) * 3) for v in vals]
-    stats.queries_per_level.append(num_parts * all_idx.numel())
-    for q in stats.queries_per_part:
-        q.append(all_idx.numel())
-    del all_idx, vals
-
-    meshes: list[extract.PartMesh] = []
-    for li in range(1, len(levels)):
-        r = levels[li]
-        last = li == len(levels) - 1
-        if last and grow:  # final level: grown from the band (extract._grow_final)
-            finals, counts = _grow_final(run, li, r, grids, float(band), int(dilation))
-            indices, vals = None, None
-        else:
-            indices = []
-            for g in grids:
-                cells = band_cells(g, float(band))
-                if dilation:
-                    cells = dilate_cells(cells, int(dilation))
-                indices.append(refine_points(cells, g))
-            vals = run(li, r, indices)
-            counts = [int(ix.numel()) for ix in indices]
-        stats.queries_per_level.append(int(sum(counts)))
-        for q, c in zip(stats.queries_per_part, counts):
-            q.append(int(c))
-        new_grids = []
-        for p in range(num_parts):
-            if last and grow:
-                fine = finals[p]
-                finals[p] = None  # type: ignore[call-overload]
-            else:
-                fine = _finer(grids[p], r)
-                fine.view(-1)[indices[p]] = vals[p]
-            grids[p] = None  # type: ignore[call-overload]
-            if last:
-                meshes.append(_mesh(fine, r, bounds, close))
-                del fine
-            else:
-                new_grids.append(fine)
-        grids = new_grids
-        del indices, vals
-    if len(levels) == 1:
-        meshes = [_mesh(g, r0, bounds, close) for g in grids]
+    meshes = extract.run_levels(_TorchOps(run, bounds, dev, close), num_parts, options, levels, stats)
     stats.total_seconds = time.perf_counter() - t_start
     return meshes, stats

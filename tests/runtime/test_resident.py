@@ -191,3 +191,70 @@ def test_resident_forced_on_a_backend_without_it():
     model.resident_extraction = True
     with pytest.raises(BackendUnavailable, match="only the torch backend"):
         model.extracts_on_device
+
+
+def _analytic_parts():
+    """Four analytic parts (logits = 60 x signed distance, numpy): a sphere, a torus,
+    a wavy shell (its surface wanders through dilation cells: several growth rounds)
+    and a slab cut by the extraction box."""
+
+    def sphere(p):
+        return 0.5 - np.linalg.norm(p - np.float32([0.05, -0.1, 0.0]), axis=1)
+
+    def torus(p):
+        q = np.sqrt(p[:, 0] ** 2 + p[:, 2] ** 2) - 0.5
+        return 0.12 - np.sqrt(q * q + p[:, 1] ** 2)
+
+    def wavy(p):
+        w = np.sin(157.0 * p[:, 0]) * np.sin(161.0 * p[:, 1]) * np.sin(163.0 * p[:, 2])
+        return 0.6 - np.linalg.norm(p, axis=1) + np.float32(0.02) * w
+
+    def slab(p):
+        return 0.3 - p[:, 2]
+
+    return [lambda p, f=f: (60.0 * f(p.astype(np.float32))).astype(np.float32) for f in (sphere, torus, wavy, slab)]
+
+
+@pytest.mark.parametrize("depth,grow", [(7, True), (8, True), (7, False)])
+def test_host_and_resident_drivers_agree_on_an_analytic_field(monkeypatch, depth, grow):
+    # depth 7: the wavy shell's surface runs into dilation cells (cells grown past the band);
+    # depth 8: its finer levels hold it in the band (nothing grown)
+    # one level driver (extract.run_levels) for both: the same surfaces, query counts and,
+    # at the final level, the same cells grown round by round (growth over the active cells)
+    fields = _analytic_parts()
+    grown = {"host": [], "resident": []}
+    real_round = extract._grow_round
+    which = ["host"]
+
+    def counting_round(*a, **k):
+        cells = real_round(*a, **k)
+        grown[which[0]].append(len(cells))
+        return cells
+
+    monkeypatch.setattr(extract, "_grow_round", counting_round)
+
+    def host_decode(batch):
+        return [f(p) for f, p in zip(fields, batch)]
+
+    def query(pts):  # the same numpy field on the same points: bitwise the host's logits
+        host = pts.numpy()
+        return torch.from_numpy(np.stack([f(host[i]) for i, f in enumerate(fields)]))
+
+    hm, hs = extract.extract_meshes(host_decode, len(fields), depth=depth, grow=grow)
+    which[0] = "resident"
+    dm, ds = resident.extract_meshes_resident(query, len(fields), device="cpu", depth=depth, grow=grow)
+    assert ds.resolutions == hs.resolutions
+    assert ds.queries_per_part == hs.queries_per_part and ds.queries_per_level == hs.queries_per_level
+    assert ds.decode_calls == hs.decode_calls and ds.dense_queries == hs.dense_queries
+    assert grown["resident"] == grown["host"]
+    if grow and depth == 7:
+        # cells grown past the band, and a second round (the dilated-band look-up) ran
+        assert sum(grown["host"]) > 0 and len(grown["host"]) >= 2 * len(fields)
+    elif grow:
+        assert grown["host"] == [0] * len(fields)
+    else:
+        assert grown["host"] == []
+    for h, d in zip(hm, dm):
+        assert len(h.faces) > 0
+        assert len(h.faces) == len(d.faces) and len(h.vertices) == len(d.vertices)
+        assert _surface_distance(h.vertices, d.vertices) < 1e-5
