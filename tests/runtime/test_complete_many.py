@@ -188,7 +188,7 @@ def test_a_poison_object_does_not_fail_objects_sharing_its_batch(model, monkeypa
 def test_complete_many_takes_complete_s_keyword_overrides(model):
     """complete_many(..., **overrides) as complete(..., **overrides): over each job's options (or the
     model's defaults), the resolved options travel with each result; a bad override fails the call."""
-    base = _opts(model, seed=5)
+    base = fast_options(model, seed=5)
     jobs = [CompletionJob(_two_box_object(0.0), options=base, key="given"),
             CompletionJob(_two_box_object(1.0), key="defaults")]
     got = {job.key: res for job, res in model.complete_many(jobs, steps=1, depth=6, num_points=1024,
