@@ -531,8 +531,10 @@ def main(argv=None) -> int:
     p.add_argument("--model", help="exported model dir (manifest.json + onnx/)")
     p.add_argument("--checkpoint", help="instead of --model: a published-layout checkpoint, run by the torch "
                                         "reference backend (no ONNX export needed)")
-    p.add_argument("--model-up", choices=["y", "z"], default="y",
-                   help="the model's training frame: z turns the (y-up) inputs to z-up for it (v1)")
+    p.add_argument("--model-up", choices=["y", "z"], default=None,
+                   help="the model's training frame; default: what the model states (its manifest's or "
+                        "model_index.json's up_axis). Inputs are turned from their frame into it. Given and "
+                        "different from what the model states: an error")
     p.add_argument("--real", choices=["test", "test_categories", "val"],
                    help="evaluate held-out real objects of export/realdata_split.json instead of synthetic ones")
     p.add_argument("--synthetic-up", choices=["y", "z"], default="z",
@@ -599,10 +601,16 @@ def main(argv=None) -> int:
 
             objs = [transform_object(o, TRANSFORMS[a.transform]) for o in objs]
     frame = None
-    if a.model_up == "z":  # y-up inputs -> the z-up frame of a v1 model
-        from .synthetic import Z_TO_Y_UP
+    if model is not None:
+        from holopart_infer.checkpoint import checkpoint_up_axis
+        from holopart_infer.frames import check_up, up_rotation
 
-        frame = Z_TO_Y_UP.T
+        stated = checkpoint_up_axis(a.checkpoint) if a.checkpoint else model.up_axis
+        if a.model_up is not None and check_up(a.model_up) != stated:
+            p.error(f"--model-up {a.model_up}: the model states {stated} (its up_axis); drop --model-up")
+        objects_up = "+y" if a.real else check_up(a.synthetic_up)
+        turn = up_rotation(objects_up, stated)
+        frame = None if turn.is_identity else turn.matrix.astype(np.float64)
     scores, timing = evaluate(objs, model, methods, kw, n_surface=a.n_surface, n_volume=a.n_volume,
                               model_frame=frame, partial=a.partial)
     summary = summarize(scores, a.occluded_below)

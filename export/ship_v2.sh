@@ -14,7 +14,7 @@ CK="$B/ckpt_gate"
 rm -rf "$CK"
 $PY -m holopart_infer.export.train export --out "$B" --checkpoint "$CK" \
     --inference-defaults '{"guidance": 3.5, "depth": 7, "steps": 20}'
-EV="--checkpoint $CK --model-up y --steps 10 --depth 6 --decimate 1000 --n-volume 2000 --n-surface 2000"
+EV="--checkpoint $CK --steps 10 --depth 6 --decimate 1000 --n-volume 2000 --n-surface 2000"
 rm -f "$B/gate_real.jsonl" "$B/gate_syn.jsonl"
 $PY -m holopart_infer.export.evaluate $EV --real test --objects 20 --partial "$B/gate_real.jsonl" > "$B/gate_real.log" 2>&1 &
 $PY -m holopart_infer.export.evaluate $EV --synthetic-up y --seed 3000 --objects 10 --partial "$B/gate_syn.jsonl" \
