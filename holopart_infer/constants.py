@@ -52,3 +52,8 @@ MIN_DECIMATE_FACES = 4
 COORD_MAX = 1e36
 COORD_MIN_EXTENT = 1e-30
 MIN_EXTENT_RATIO = 2.0**-11
+
+#: Mesh files :func:`holopart_infer.parts_io.load_parts` reads, and the scene
+#: formats among them (several nodes, transforms, materials).
+MESH_EXTENSIONS = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
+SCENE_EXTENSIONS = (".glb", ".gltf")

@@ -290,6 +290,33 @@ class CompletionResult:
                               vertex_colors=[p.vertex_colors for p in self.parts], up=self.up)
 
 
+def model_up_axis(backend) -> str:
+    """The up axis a backend's model was trained in: its own ``up_axis`` attribute, else its
+    model dir manifest's ``"up_axis"``, else its checkpoint's ``model_index.json``
+    ``"up_axis"``, else :data:`holopart_infer.frames.MODEL_DEFAULT_UP`.
+
+    Raises:
+        ModelDirError / CheckpointError: a stated value that is not one of :data:`holopart_infer.frames.UP_AXES`.
+    """
+    own = getattr(backend, "up_axis", None)
+    if isinstance(own, str):
+        return frames.check_up(own, f"{type(backend).__name__}.up_axis")
+    manifest = getattr(backend, "manifest", None)
+    if manifest is not None and hasattr(manifest, "up_axis"):
+        return manifest.up_axis
+    path = getattr(backend, "path", None)
+    if path is not None:
+        from holopart_infer.checkpoint import checkpoint_up_axis
+        from holopart_infer.manifest import MANIFEST_NAME, load_manifest
+
+        path = Path(path)
+        if (path / MANIFEST_NAME).is_file():
+            return load_manifest(path, verify_hashes=False).up_axis
+        if (path / "model_index.json").is_file():
+            return checkpoint_up_axis(path)
+    return frames.MODEL_DEFAULT_UP
+
+
 class HoloPart:
     """A loaded model: a backend (:mod:`holopart_infer.engines`) and the pipeline around it.
 
@@ -305,7 +332,7 @@ class HoloPart:
         self.defaults = dict(backend.defaults)
         #: the up axis of the frame the model was trained in (manifest / model_index
         #: ``up_axis``, "+y" when unstated): inputs are rotated into it and results back
-        self.up_axis = frames.model_up_axis(backend)
+        self.up_axis = model_up_axis(backend)
         #: extraction with the grids, query points and logits on the decoder's
         #: device (:mod:`holopart_infer.resident`): None (default) = whenever the
         #: backend offers it and extraction runs on CUDA (the torch backend on a
