@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from holopart_infer import fsafe
+from holopart_infer.engines.registry import DEVICES, PRECISIONS
 from holopart_infer.errors import BackendUnavailable, HoloPartError, InputError, Interrupted, missing_extra
 
 log = logging.getLogger("holopart_infer")
@@ -510,7 +511,7 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
                    help="inference backend; auto (default) picks TensorRT, then ONNX Runtime CUDA, then ONNX "
                         "Runtime CPU for a model dir, torch for a checkpoint dir, and says which; an explicit "
                         "one that cannot run here is an error with the install hint")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+    p.add_argument("--device", choices=DEVICES, default="auto",
                    help="auto (default): CUDA when the backend can use it here, else the CPU; cuda without a "
                         "usable GPU is an error, never a silent fallback")
     p.add_argument("--overwrite", action="store_true",
@@ -536,7 +537,7 @@ def _add_run(sub, common, argv) -> None:
                                     "single-mesh input; labels < 0 are unassigned (context, in no part)")
     r.add_argument("--preview", help="also write a picture (.png, .jpg or .jpeg): input parts and completed parts "
                                      "side by side")
-    r.add_argument("--precision", choices=["fp32", "fp16", "bf16"],
+    r.add_argument("--precision", choices=PRECISIONS,
                    help="torch / TensorRT precision (ONNX Runtime runs a model dir at its exported precision)")
     r.add_argument("--engine-cache", dest="engine_cache", help="TensorRT engine cache folder")
     _common_run_args(r)
@@ -588,7 +589,7 @@ def _add_export(sub, common, argv) -> None:
                        help="export a checkpoint to ONNX graphs + manifest (needs the [torch] extra)")
     e.add_argument("weights_dir")
     e.add_argument("out_dir")
-    e.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
+    e.add_argument("--precision", choices=PRECISIONS, default="fp32")
     e.add_argument("--overwrite", action="store_true",
                    help="replace OUT_DIR if it is a model dir made by export (never any other folder)")
     e.set_defaults(func=cmd_export)

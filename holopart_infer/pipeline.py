@@ -390,7 +390,9 @@ class HoloPart:
         Raises:
             BackendUnavailable: forced on for a backend that cannot (not the torch backend).
         """
-        can = callable(getattr(self.backend, "query_on_device", None))
+        from holopart_infer.engines.base import DeviceResidentDecoder
+
+        can = isinstance(self.backend, DeviceResidentDecoder)
         if self.resident_extraction is None:
             return can and self.extract_device == "cuda"
         if self.resident_extraction and not can:
@@ -967,7 +969,7 @@ def _as_error(e: Exception, what: str) -> HoloPartError:
 
 def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", precision: str | None = None,
          engine_cache: str | os.PathLike | None = None, graph: str | None = None, *,
-         verify_integrity: bool = True) -> HoloPart:
+         verify_integrity: bool = True, **options) -> HoloPart:
     """Load a model dir or a checkpoint dir.
 
     Args:
@@ -991,6 +993,9 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", p
             path, size and mtime in the user cache dir, so re-loads cost a stat);
             a checkpoint's weights are always checked for NaN/inf. False skips the
             hash check (CLI ``--no-verify``).
+        **options: further backend options of the registry table
+            (:attr:`holopart_infer.engines.BackendSpec.options`), e.g. ``threads`` (ONNX
+            Runtime); one the resolved backend does not take raises InputError.
 
     Returns:
         A :class:`HoloPart`; ``backend_name``/``device``/``precision`` say what was resolved.
@@ -1003,7 +1008,7 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", p
     from holopart_infer.engines import open_backend
 
     be = open_backend(path, backend=backend, device=device, precision=precision, engine_cache=engine_cache,
-                      graph=None if graph == "eager" else graph, verify_integrity=verify_integrity)
+                      graph=None if graph == "eager" else graph, verify_integrity=verify_integrity, **options)
     model = HoloPart(be)
     try:
         model.default_options()  # a bad inference_defaults entry fails here, naming the model

@@ -117,7 +117,7 @@ class OrtBackend(BackendBase):
     name = "onnxruntime"
 
     def __init__(self, manifest: Manifest, device: str = "cpu", providers: Sequence | None = None,
-                 session_options: ort.SessionOptions | None = None):
+                 session_options: ort.SessionOptions | None = None, threads: int | None = None):
         self.manifest = manifest
         self.device_type, self.device_id = _parse_device(device)
         self.device = device
@@ -129,15 +129,20 @@ class OrtBackend(BackendBase):
             providers = (["CPUExecutionProvider"] if self.device_type == "cpu" else
                          [("CUDAExecutionProvider", {"device_id": self.device_id}), "CPUExecutionProvider"])
         self.providers = list(providers)
-        if session_options is None and self.device_type == "cpu":
-            session_options = cpu_session_options()
+        if session_options is None and (self.device_type == "cpu" or threads is not None):
+            session_options = cpu_session_options(threads)
+        elif threads is not None:
+            cpu_session_options(threads)  # the same check of the value
+            session_options.intra_op_num_threads = threads
+            session_options.inter_op_num_threads = 1
         self.session_options = session_options
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._cond_cache: tuple | None = None  # (part_cond, whole_cond, their device copies)
 
     @classmethod
     def from_model_dir(cls, model_dir: str | os.PathLike, device: str = "cpu", providers: Sequence | None = None,
-                       session_options: ort.SessionOptions | None = None, verify_hashes: bool = True) -> "OrtBackend":
+                       session_options: ort.SessionOptions | None = None, verify_hashes: bool = True,
+                       threads: int | None = None) -> "OrtBackend":
         """Open an exported model directory.
 
         Args:
@@ -147,6 +152,10 @@ class OrtBackend(BackendBase):
             session_options: ``onnxruntime.SessionOptions`` for every graph; on the
                 CPU the default is :func:`cpu_session_options` (use it with ``threads=``
                 to size the thread pool).
+            threads: intra-op threads of every session (one inter-op thread); None lets
+                ONNX Runtime pick. Applied to ``session_options`` when given, else to
+                :func:`cpu_session_options` (a registry option: ``open_backend(...,
+                threads=2)``; one Ray actor per CPU slot passes its slot's cores).
             verify_hashes: check every graph file against the manifest's sha256
                 first (cheap on re-loads: see :func:`holopart_infer.manifest.load_manifest`).
 
@@ -154,7 +163,7 @@ class OrtBackend(BackendBase):
             InputFileNotFound / ModelDirError: unusable model directory.
             BackendUnavailable: ``device`` is cuda but onnxruntime has no CUDA provider.
         """
-        return cls(load_manifest(model_dir, verify_hashes=verify_hashes), device, providers, session_options)
+        return cls(load_manifest(model_dir, verify_hashes=verify_hashes), device, providers, session_options, threads)
 
     # -- what it is ------------------------------------------------------------
     @property

@@ -13,6 +13,8 @@ import logging
 import os
 import signal
 
+from holopart_infer.engines.registry import DEVICES, MODEL_DIR, backend_names
+
 log = logging.getLogger("holopart_infer")
 
 #: module -> why it is needed; all come with ``pip install 'holopart-infer[serve]'``
@@ -45,8 +47,8 @@ def add_subcommand(sub, common=None) -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     s.add_argument("--token", help=f"require 'Authorization: Bearer TOKEN' on the API (default: ${TOKEN_ENV} "
                                    "when set, else no token)")
-    s.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"], default="auto")
-    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    s.add_argument("--backend", choices=backend_names(MODEL_DIR), default="auto")
+    s.add_argument("--device", choices=DEVICES, default="auto")
     s.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                    help="server default completion option (repeatable), e.g. --option steps=30")
     g = s.add_argument_group("batching")

@@ -19,7 +19,7 @@ from holopart_infer.engines.tensorrt.profiles import (
     DEFAULT_QUERY_POINTS, ShapeRange, compute_profiles, profile_overrides,
 )
 from holopart_infer.errors import EngineError, InputError, ModelDirError, ShapeError
-from holopart_infer.manifest import PRECISIONS
+from holopart_infer.engines.registry import PRECISIONS
 
 log = logging.getLogger("holopart_infer")
 
