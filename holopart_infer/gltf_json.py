@@ -6,10 +6,9 @@ Shared by every glTF path: :mod:`holopart_infer.parts_io` (files, through :func:
 (:mod:`holopart_infer.serve.limits`: :func:`read_container` with ``strict=True``, then
 :func:`summarise`, then a comparison with its limits). Messages start with the file's name.
 
-File checks:
-
-trimesh reads glTF well, but some valid or malformed files give a wrong or
-unhelpful result there (found on a peer project's corpus of unusual files):
+:func:`inspect` checks a file before trimesh reads it: trimesh reads glTF well,
+but some valid or malformed files give a wrong or unhelpful result there (found
+on a peer project's corpus of unusual files):
 
 * Draco-compressed meshes (``KHR_draco_mesh_compression``) decode only with the
   optional ``DracoPy`` package; without it their accessors are zeros and every

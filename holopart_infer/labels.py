@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from holopart_infer.constants import MESH_EXTENSIONS
 from holopart_infer.errors import InputError, InputFileNotFound
 
 log = logging.getLogger("holopart_infer")
@@ -239,8 +240,6 @@ def find_samesh(folder_or_json: str | Path, mesh: str | Path | None = None) -> S
     Raises:
         InputError: no or several JSON files, no mesh next to it.
     """
-    from holopart_infer.constants import MESH_EXTENSIONS
-
     asked = p = Path(folder_or_json)
     if p.is_dir():
         found = sorted(p.glob(f"*{_SAMESH_JSON}"))
