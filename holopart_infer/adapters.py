@@ -19,33 +19,27 @@ What each segmenter writes was read from its repository (facts only, no code tak
 or its ``results``/``vis_pcd`` parents). For SAMPart3D with several scales, pick
 one by passing the mesh and its labels directly (``mesh_<s>.ply --labels
 mesh_<s>.npy``) or :func:`load_sampart3d` with ``scale=``.
+
+Where the files are is found by :mod:`holopart_infer.labels` (so that
+:func:`holopart_infer.parts_io.load_parts` recognises a segmenter folder without
+importing this module); this module loads them.
 """
 from __future__ import annotations
 
-import logging
-import re
 from pathlib import Path
 
-from holopart_infer.errors import InputError
-
-log = logging.getLogger("holopart_infer")
-
-_SAMESH_JSON = "_face2label.json"
-_SAMPART3D_NPY = re.compile(r"^mesh_(?P<scale>[0-9.eE+-]+)\.npy$")
+from holopart_infer.labels import find_samesh, find_sampart3d, find_segmenter_output
+from holopart_infer.parts_io import Parts, load_segmenter_files
 
 
-def load_segmenter_output(folder: Path):
+def load_segmenter_output(folder: Path) -> Parts | None:
     """:class:`~holopart_infer.parts_io.Parts` of a SAMesh or SAMPart3D output folder, or None
     when ``folder`` is neither (then it is read as a folder of part meshes)."""
-    folder = Path(folder)
-    if list(folder.glob(f"*{_SAMESH_JSON}")):
-        return load_samesh(folder)
-    if _sampart3d_pairs(folder):
-        return load_sampart3d(folder)
-    return None
+    found = find_segmenter_output(folder)
+    return None if found is None else load_segmenter_files(found)
 
 
-def load_samesh(folder_or_json: str | Path, mesh: str | Path | None = None):
+def load_samesh(folder_or_json: str | Path, mesh: str | Path | None = None) -> Parts:
     """Parts from SAMesh output: ``<name>_face2label.json`` and its mesh.
 
     Args:
@@ -57,50 +51,10 @@ def load_samesh(folder_or_json: str | Path, mesh: str | Path | None = None):
         InputError: no or several JSON files, no mesh next to it, labels that do
             not match the mesh's faces.
     """
-    from holopart_infer.parts_io import MESH_EXTENSIONS, load_mesh_with_labels
-
-    p = Path(folder_or_json)
-    if p.is_dir():
-        found = sorted(p.glob(f"*{_SAMESH_JSON}"))
-        if len(found) != 1:
-            raise InputError(f"{p}: expected one SAMesh *{_SAMESH_JSON} file, found {len(found)} "
-                             f"({', '.join(f.name for f in found) or 'none'}); pass the mesh and "
-                             "--labels <name>_face2label.json directly")
-        p = found[0]
-    stem = p.name[: -len(_SAMESH_JSON)] if p.name.endswith(_SAMESH_JSON) else p.stem
-    if mesh is None:
-        candidates = [c for c in sorted(p.parent.glob(f"{stem}_segmented.*")) if c.suffix.lower() in MESH_EXTENSIONS]
-        if not candidates:
-            raise InputError(f"{p}: SAMesh output without its mesh: expected {stem}_segmented.glb (or .obj/.ply) "
-                             f"next to it. Pass the labelled mesh with --labels {p.name}")
-        mesh = candidates[0]
-    parts = load_mesh_with_labels(Path(mesh), p, kind="samesh")
-    parts.source = str(p.parent)
-    return parts
+    return load_segmenter_files(find_samesh(folder_or_json, mesh))
 
 
-def _sampart3d_pairs(folder: Path) -> dict[str, tuple[Path, Path]]:
-    """{scale: (mesh_<s>.ply, mesh_<s>.npy)} found under a SAMPart3D save_path layout."""
-    roots = [folder, folder.parent]  # save_path itself, or results/ or vis_pcd/<w> given
-    pairs: dict[str, tuple[Path, Path]] = {}
-    for root in roots:
-        for npy in sorted(root.glob("results/*/mesh_*.npy")) + sorted(root.glob("*/mesh_*.npy")) + \
-                sorted(folder.glob("mesh_*.npy")):
-            m = _SAMPART3D_NPY.match(npy.name)
-            if not m:
-                continue
-            run = npy.parent.name
-            for ply in (npy.with_suffix(".ply"), npy.parent.parent.parent / "vis_pcd" / run / f"mesh_{m['scale']}.ply",
-                        folder / f"mesh_{m['scale']}.ply"):
-                if ply.is_file():
-                    pairs.setdefault(m["scale"], (ply, npy))
-                    break
-        if pairs:
-            break
-    return pairs
-
-
-def load_sampart3d(folder: str | Path, scale: str | float | None = None):
+def load_sampart3d(folder: str | Path, scale: str | float | None = None) -> Parts:
     """Parts from SAMPart3D output: ``results/<w>/mesh_<s>.npy`` with ``vis_pcd/<w>/mesh_<s>.ply``.
 
     Args:
@@ -111,26 +65,4 @@ def load_sampart3d(folder: str | Path, scale: str | float | None = None):
         InputError: no mesh/labels pair, several scales and none chosen, an
             unknown scale.
     """
-    from holopart_infer.parts_io import load_mesh_with_labels
-
-    folder = Path(folder)
-    pairs = _sampart3d_pairs(folder)
-    if not pairs:
-        raise InputError(f"{folder}: no SAMPart3D output found (results/<weights>/mesh_<scale>.npy with "
-                         "vis_pcd/<weights>/mesh_<scale>.ply)")
-    if scale is None:
-        if len(pairs) > 1:
-            some = sorted(pairs, key=float)
-            ply, npy = pairs[some[0]]
-            raise InputError(f"{folder}: SAMPart3D wrote {len(pairs)} scales ({', '.join(some)}); choose one: "
-                             f"holopart-infer run {ply} --labels {npy} (or adapters.load_sampart3d(folder, "
-                             "scale=...)). Smaller scales give more, smaller parts")
-        key = next(iter(pairs))
-    else:
-        key = next((k for k in pairs if float(k) == float(scale)), None)
-        if key is None:
-            raise InputError(f"{folder}: no SAMPart3D output for scale {scale}; found {', '.join(sorted(pairs))}")
-    ply, npy = pairs[key]
-    parts = load_mesh_with_labels(ply, npy, kind="sampart3d")
-    log.info("SAMPart3D output %s, scale %s: %d parts", folder, key, len(parts))
-    return parts
+    return load_segmenter_files(find_sampart3d(folder, scale))

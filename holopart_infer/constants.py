@@ -52,3 +52,15 @@ MIN_DECIMATE_FACES = 4
 COORD_MAX = 1e36
 COORD_MIN_EXTENT = 1e-30
 MIN_EXTENT_RATIO = 2.0**-11
+
+#: Mesh files :func:`holopart_infer.parts_io.load_parts` reads, and the scene
+#: formats among them (several nodes, transforms, materials).
+MESH_EXTENSIONS = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
+SCENE_EXTENSIONS = (".glb", ".gltf")
+
+#: Decoder query points per part per call: the one query-chunk size. It is
+#: CompletionOptions.chunk_points' default on the CPU and extraction's
+#: (``holopart_infer.extract``, 8x on CUDA); the TensorRT profile and the torch
+#: decoder derive their limits from it. Here, not in the extraction stage, so the
+#: backends read it without importing extraction.
+QUERY_CHUNK_POINTS = 8192

@@ -96,12 +96,10 @@ DecodeFn = Callable[[list[np.ndarray]], Sequence[Any]]
 #: progress(level_index, num_levels, points_done, points_total) after each decode call.
 ProgressFn = Callable[[int, int, int, int], None]
 
-#: Decoder query points per part per call: the one query-chunk size. It is
-#: CompletionOptions.chunk_points' default and this module's; the TensorRT
-#: profile and the torch decoder derive their limits from it. The pipeline is the
-#: only layer that chunks; a backend splits a call only where an engine's shape
-#: profile forces it.
-QUERY_CHUNK_POINTS = 8192
+#: Decoder query points per part per call (constants.QUERY_CHUNK_POINTS, where the
+#: backends read it too). The pipeline is the only layer that chunks; a backend
+#: splits a call only where an engine's shape profile forces it.
+QUERY_CHUNK_POINTS = constants.QUERY_CHUNK_POINTS
 #: The query chunk by the device the decoder runs on (the one place these live).
 #: CPU: QUERY_CHUNK_POINTS bounds the attention scratch. CUDA: each call is one
 #: synchronized launch, so it is 8x larger (8192 meant ~16,000 calls per object at

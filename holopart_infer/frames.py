@@ -136,32 +136,3 @@ def default_up(suffixes) -> str | None:
     if not ups:
         return MODEL_DEFAULT_UP
     return ups.pop() if len(ups) == 1 else None
-
-
-def model_up_axis(backend) -> str:
-    """The up axis a backend's model was trained in: its own ``up_axis`` attribute, else its
-    model dir manifest's ``"up_axis"``, else its checkpoint's ``model_index.json``
-    ``"up_axis"``, else :data:`MODEL_DEFAULT_UP`.
-
-    Raises:
-        ModelDirError / CheckpointError: a stated value that is not one of :data:`UP_AXES`.
-    """
-    own = getattr(backend, "up_axis", None)
-    if isinstance(own, str):
-        return check_up(own, f"{type(backend).__name__}.up_axis")
-    manifest = getattr(backend, "manifest", None)
-    if manifest is not None and hasattr(manifest, "up_axis"):
-        return manifest.up_axis
-    path = getattr(backend, "path", None)
-    if path is not None:
-        from pathlib import Path
-
-        from holopart_infer.checkpoint import checkpoint_up_axis
-        from holopart_infer.manifest import MANIFEST_NAME, load_manifest
-
-        path = Path(path)
-        if (path / MANIFEST_NAME).is_file():
-            return load_manifest(path, verify_hashes=False).up_axis
-        if (path / "model_index.json").is_file():
-            return checkpoint_up_axis(path)
-    return MODEL_DEFAULT_UP

@@ -24,10 +24,12 @@ from __future__ import annotations
 import json
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from holopart_infer.constants import MESH_EXTENSIONS
 from holopart_infer.errors import InputError, InputFileNotFound
 
 log = logging.getLogger("holopart_infer")
@@ -201,3 +203,104 @@ def triangulate_polygons(polys: list[list[int]], labels: np.ndarray) -> tuple[np
             faces.append((poly[0], poly[k], poly[k + 1]))
             tlabels.append(lab)
     return np.asarray(faces, dtype=np.int64).reshape(-1, 3), np.asarray(tlabels, dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------- segmenter outputs
+# Where SAMesh and SAMPart3D put the mesh and its labels (the layouts are described in
+# holopart_infer.adapters, which loads them); found here so that parts_io can recognise
+# such a folder without importing the adapters.
+
+_SAMESH_JSON = "_face2label.json"
+_SAMPART3D_NPY = re.compile(r"^mesh_(?P<scale>[0-9.eE+-]+)\.npy$")
+
+
+@dataclass(frozen=True)
+class SegmenterFiles:
+    """A segmenter's labelled mesh and its per-face labels file."""
+    kind: str  # "samesh" or "sampart3d"
+    mesh: Path
+    labels: Path
+    folder: Path  # what was asked for
+    scale: str | None = None  # SAMPart3D's grouping scale
+
+
+def find_segmenter_output(folder: str | Path) -> SegmenterFiles | None:
+    """The files of a SAMesh or SAMPart3D output folder, or None when ``folder`` is neither."""
+    folder = Path(folder)
+    if list(folder.glob(f"*{_SAMESH_JSON}")):
+        return find_samesh(folder)
+    if sampart3d_pairs(folder):
+        return find_sampart3d(folder)
+    return None
+
+
+def find_samesh(folder_or_json: str | Path, mesh: str | Path | None = None) -> SegmenterFiles:
+    """SAMesh's ``<name>_face2label.json`` and its mesh (``<name>_segmented.*`` unless ``mesh`` is given).
+
+    Raises:
+        InputError: no or several JSON files, no mesh next to it.
+    """
+    asked = p = Path(folder_or_json)
+    if p.is_dir():
+        found = sorted(p.glob(f"*{_SAMESH_JSON}"))
+        if len(found) != 1:
+            raise InputError(f"{p}: expected one SAMesh *{_SAMESH_JSON} file, found {len(found)} "
+                             f"({', '.join(f.name for f in found) or 'none'}); pass the mesh and "
+                             "--labels <name>_face2label.json directly")
+        p = found[0]
+    stem = p.name[: -len(_SAMESH_JSON)] if p.name.endswith(_SAMESH_JSON) else p.stem
+    if mesh is None:
+        candidates = [c for c in sorted(p.parent.glob(f"{stem}_segmented.*")) if c.suffix.lower() in MESH_EXTENSIONS]
+        if not candidates:
+            raise InputError(f"{p}: SAMesh output without its mesh: expected {stem}_segmented.glb (or .obj/.ply) "
+                             f"next to it. Pass the labelled mesh with --labels {p.name}")
+        mesh = candidates[0]
+    return SegmenterFiles("samesh", Path(mesh), p, asked)
+
+
+def sampart3d_pairs(folder: Path) -> dict[str, tuple[Path, Path]]:
+    """{scale: (mesh_<s>.ply, mesh_<s>.npy)} found under a SAMPart3D save_path layout."""
+    roots = [folder, folder.parent]  # save_path itself, or results/ or vis_pcd/<w> given
+    pairs: dict[str, tuple[Path, Path]] = {}
+    for root in roots:
+        for npy in sorted(root.glob("results/*/mesh_*.npy")) + sorted(root.glob("*/mesh_*.npy")) + \
+                sorted(folder.glob("mesh_*.npy")):
+            m = _SAMPART3D_NPY.match(npy.name)
+            if not m:
+                continue
+            run = npy.parent.name
+            for ply in (npy.with_suffix(".ply"), npy.parent.parent.parent / "vis_pcd" / run / f"mesh_{m['scale']}.ply",
+                        folder / f"mesh_{m['scale']}.ply"):
+                if ply.is_file():
+                    pairs.setdefault(m["scale"], (ply, npy))
+                    break
+        if pairs:
+            break
+    return pairs
+
+
+def find_sampart3d(folder: str | Path, scale: str | float | None = None) -> SegmenterFiles:
+    """SAMPart3D's ``results/<w>/mesh_<s>.npy`` with ``vis_pcd/<w>/mesh_<s>.ply`` for one scale.
+
+    Raises:
+        InputError: no mesh/labels pair, several scales and none chosen, an unknown scale.
+    """
+    folder = Path(folder)
+    pairs = sampart3d_pairs(folder)
+    if not pairs:
+        raise InputError(f"{folder}: no SAMPart3D output found (results/<weights>/mesh_<scale>.npy with "
+                         "vis_pcd/<weights>/mesh_<scale>.ply)")
+    if scale is None:
+        if len(pairs) > 1:
+            some = sorted(pairs, key=float)
+            ply, npy = pairs[some[0]]
+            raise InputError(f"{folder}: SAMPart3D wrote {len(pairs)} scales ({', '.join(some)}); choose one: "
+                             f"holopart-infer run {ply} --labels {npy} (or adapters.load_sampart3d(folder, "
+                             "scale=...)). Smaller scales give more, smaller parts")
+        key = next(iter(pairs))
+    else:
+        key = next((k for k in pairs if float(k) == float(scale)), None)
+        if key is None:
+            raise InputError(f"{folder}: no SAMPart3D output for scale {scale}; found {', '.join(sorted(pairs))}")
+    ply, npy = pairs[key]
+    return SegmenterFiles("sampart3d", ply, npy, folder, key)

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from holopart_infer import fsafe
+from holopart_infer.engines.registry import PRECISIONS
 from holopart_infer.errors import InputError, InputFileNotFound, ModelDirError
 
 FORMAT = "holopart-infer-model"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-PRECISIONS = ("fp32", "fp16", "bf16")
 GRAPH_NAMES = ("part_encoder", "dit", "guided_step", "vae_kv", "vae_query")
 CONFIG_COMPONENTS = ("transformer", "vae", "part_encoder", "scheduler")
 

@@ -48,13 +48,13 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from holopart_infer import labels as labels_mod
+from holopart_infer.constants import MESH_EXTENSIONS, SCENE_EXTENSIONS
 from holopart_infer.errors import InputError, InputFileNotFound
 from holopart_infer.labels import LABEL_EXTENSIONS  # noqa: F401  (re-exported)
 
 log = logging.getLogger("holopart_infer")
 
-MESH_EXTENSIONS = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
-SCENE_EXTENSIONS = (".glb", ".gltf")
 PARTS_MODES = ("auto", "primitives", "components")
 
 # Relative to the object's size: a part whose area is below this (times the
@@ -270,14 +270,12 @@ def _input_up(parts: Parts, path: Path, up: str | None) -> str:
 
 def _load(path: Path, labels, mode: str) -> Parts:
     if path.is_dir():
-        from holopart_infer import adapters
-
         if labels is not None:
             raise InputError(f"labels were given but {path} is a folder; labels apply to a single mesh file "
                              "only")
-        adapted = adapters.load_segmenter_output(path)
-        if adapted is not None:
-            return adapted
+        found = labels_mod.find_segmenter_output(path)
+        if found is not None:
+            return load_segmenter_files(found)
         if mode != "auto":
             raise InputError(f"--parts {mode} applies to a single mesh file, but {path} is a folder")
         return _load_folder(path)
@@ -716,8 +714,6 @@ def _split_by_labels(v, f, labels: np.ndarray, nodes, path: Path) -> tuple[list[
 def load_mesh_with_labels(path: str | os.PathLike, labels, kind: str = "mesh+labels",
                           extra_inputs: tuple[Path, ...] = ()) -> Parts:
     """One mesh file plus per-face labels (see :func:`load_parts`); not validated here."""
-    from holopart_infer import labels as labels_mod
-
     path = Path(path)
     inputs: tuple[Path, ...] = (path, *extra_inputs)
     if isinstance(labels, (str, os.PathLike)) and not Path(labels).exists():
@@ -755,6 +751,17 @@ def load_mesh_with_labels(path: str | os.PathLike, labels, kind: str = "mesh+lab
         raise InputError(f"{lsrc}: every label is negative (unassigned), so there are no parts. Labels >= 0 "
                          "name parts; labels < 0 mark context faces that belong to no part")
     return Parts(parts, source=str(path), kind=kind, input_paths=inputs, context=context)
+
+
+def load_segmenter_files(found: labels_mod.SegmenterFiles) -> Parts:
+    """Parts of a segmenter's output, once :mod:`holopart_infer.labels` has found its mesh and labels
+    (:func:`holopart_infer.adapters.load_samesh` / :func:`~holopart_infer.adapters.load_sampart3d`)."""
+    parts = load_mesh_with_labels(found.mesh, found.labels, kind=found.kind)
+    if found.kind == "samesh":
+        parts.source = str(found.labels.parent)
+    else:
+        log.info("SAMPart3D output %s, scale %s: %d parts", found.folder, found.scale, len(parts))
+    return parts
 
 
 def _load_components(path: Path) -> Parts:

@@ -380,6 +380,33 @@ class CompletionResult:
                               vertex_colors=[p.vertex_colors for p in self.parts], up=self.up)
 
 
+def model_up_axis(backend) -> str:
+    """The up axis a backend's model was trained in: its own ``up_axis`` attribute, else its
+    model dir manifest's ``"up_axis"``, else its checkpoint's ``model_index.json``
+    ``"up_axis"``, else :data:`holopart_infer.frames.MODEL_DEFAULT_UP`.
+
+    Raises:
+        ModelDirError / CheckpointError: a stated value that is not one of :data:`holopart_infer.frames.UP_AXES`.
+    """
+    own = getattr(backend, "up_axis", None)
+    if isinstance(own, str):
+        return frames.check_up(own, f"{type(backend).__name__}.up_axis")
+    manifest = getattr(backend, "manifest", None)
+    if manifest is not None and hasattr(manifest, "up_axis"):
+        return manifest.up_axis
+    path = getattr(backend, "path", None)
+    if path is not None:
+        from holopart_infer.checkpoint import checkpoint_up_axis
+        from holopart_infer.manifest import MANIFEST_NAME, load_manifest
+
+        path = Path(path)
+        if (path / MANIFEST_NAME).is_file():
+            return load_manifest(path, verify_hashes=False).up_axis
+        if (path / "model_index.json").is_file():
+            return checkpoint_up_axis(path)
+    return frames.MODEL_DEFAULT_UP
+
+
 class HoloPart:
     """A loaded model: a backend (:mod:`holopart_infer.engines`) and the pipeline around it.
 
@@ -395,7 +422,7 @@ class HoloPart:
         self.defaults = dict(backend.defaults)
         #: the up axis of the frame the model was trained in (manifest / model_index
         #: ``up_axis``, "+y" when unstated): inputs are rotated into it and results back
-        self.up_axis = frames.model_up_axis(backend)
+        self.up_axis = model_up_axis(backend)
         #: extraction with the grids, query points and logits on the decoder's
         #: device (:mod:`holopart_infer.resident`): None (default) = whenever the
         #: backend offers it and extraction runs on CUDA (the torch backend on a
@@ -453,7 +480,9 @@ class HoloPart:
         Raises:
             BackendUnavailable: forced on for a backend that cannot (not the torch backend).
         """
-        can = callable(getattr(self.backend, "query_on_device", None))
+        from holopart_infer.engines.base import DeviceResidentDecoder
+
+        can = isinstance(self.backend, DeviceResidentDecoder)
         if self.resident_extraction is None:
             return can and self.extract_device == "cuda"
         if self.resident_extraction and not can:
@@ -1028,7 +1057,7 @@ def _as_error(e: Exception, what: str) -> HoloPartError:
 
 def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", precision: str | None = None,
          engine_cache: str | os.PathLike | None = None, graph: str | None = None, *,
-         verify_integrity: bool = True) -> HoloPart:
+         verify_integrity: bool = True, **options) -> HoloPart:
     """Load a model dir or a checkpoint dir.
 
     Args:
@@ -1052,6 +1081,9 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", p
             path, size and mtime in the user cache dir, so re-loads cost a stat);
             a checkpoint's weights are always checked for NaN/inf. False skips the
             hash check (CLI ``--no-verify``).
+        **options: further backend options of the registry table
+            (:attr:`holopart_infer.engines.BackendSpec.options`), e.g. ``threads`` (ONNX
+            Runtime); one the resolved backend does not take raises InputError.
 
     Returns:
         A :class:`HoloPart`; ``backend_name``/``device``/``precision`` say what was resolved.
@@ -1064,7 +1096,7 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", p
     from holopart_infer.engines import open_backend
 
     be = open_backend(path, backend=backend, device=device, precision=precision, engine_cache=engine_cache,
-                      graph=None if graph == "eager" else graph, verify_integrity=verify_integrity)
+                      graph=None if graph == "eager" else graph, verify_integrity=verify_integrity, **options)
     model = HoloPart(be)
     try:
         model.default_options()  # a bad inference_defaults entry fails here, naming the model

@@ -283,13 +283,13 @@ def read_scores(path) -> list[tuple[str, PartQuality | None]]:
     from pathlib import Path
 
     from holopart_infer.errors import InputError, InputFileNotFound
-    from holopart_infer.gltf_json import _GLB_MAGIC, _node_name, _split
+    from holopart_infer.gltf_json import node_name, read_container
 
     path = Path(path)
     if not path.is_file():
         raise InputFileNotFound(f"{path}: no such file")
     data = path.read_bytes()
-    doc, _ = _split(data, data[:4] == _GLB_MAGIC, path)
+    doc = read_container(data, str(path)).doc
     nodes = doc.get("nodes", []) if isinstance(doc, dict) else []
     out = []
     for i, node in enumerate(nodes if isinstance(nodes, list) else []):
@@ -297,7 +297,7 @@ def read_scores(path) -> list[tuple[str, PartQuality | None]]:
             continue
         extras = node.get("extras")
         stored = extras.get(EXTRAS_KEY) if isinstance(extras, dict) else None
-        name = str(node.get("name") or _node_name(nodes, i))
+        name = str(node.get("name") or node_name(nodes, i))
         if stored is None:
             out.append((name, None))
             continue

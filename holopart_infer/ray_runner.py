@@ -62,18 +62,17 @@ class _Worker:
 
     def __init__(self, model_path: str, backend: str, device: str, threads: int | None,
                  hook: Callable | None):
+        from holopart_infer.engines.registry import model_kind, resolve
         from holopart_infer.pipeline import load
 
-        self.model = load(model_path, backend=backend, device=device)
-        if threads and self.model.backend_name == "onnxruntime" and self.model.device == "cpu":
-            # one actor per CPU slot: keep ONNX Runtime's threads to the slot's cores
-            # (sessions are created on first use, so this applies to all of them)
-            import onnxruntime as ort
-
-            so = self.model.backend.session_options or ort.SessionOptions()
-            so.intra_op_num_threads = int(threads)
-            so.inter_op_num_threads = 1
-            self.model.backend.session_options = so
+        options = {}
+        if threads:
+            # one actor per CPU slot: keep the backend's threads to the slot's cores, where the
+            # backend has that option (the registry table says which: ONNX Runtime)
+            spec, dev = resolve(model_kind(model_path), backend, device)
+            if dev == "cpu" and "threads" in spec.options:
+                backend, device, options["threads"] = spec.name, dev, int(threads)
+        self.model = load(model_path, backend=backend, device=device, **options)
         self.hook = hook
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from holopart_infer.cli.verify import torch_side
+from holopart_infer.engines.registry import PRECISIONS
 
 NAME = "export"
 HELP = "export a checkpoint to ONNX graphs + manifest (needs the [torch] extra)"
@@ -13,7 +14,7 @@ EXIT_OK = 0
 def add_arguments(e, argv: list[str]) -> None:
     e.add_argument("weights_dir")
     e.add_argument("out_dir")
-    e.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
+    e.add_argument("--precision", choices=PRECISIONS, default="fp32")
     e.add_argument("--overwrite", action="store_true",
                    help="replace OUT_DIR if it is a model dir made by export (never any other folder)")
 

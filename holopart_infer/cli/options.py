@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from holopart_infer.errors import HoloPartError, InputError
+from holopart_infer.engines.registry import DEVICES
 
 
 class _Off:
@@ -181,7 +182,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="inference backend; auto (default) picks TensorRT, then ONNX Runtime CUDA, then ONNX "
                         "Runtime CPU for a model dir, torch for a checkpoint dir, and says which; an explicit "
                         "one that cannot run here is an error with the install hint")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+    p.add_argument("--device", choices=DEVICES, default="auto",
                    help="auto (default): CUDA when the backend can use it here, else the CPU; cuda without a "
                         "usable GPU is an error, never a silent fallback")
     p.add_argument("--overwrite", action="store_true",

@@ -13,6 +13,7 @@ from holopart_infer import fsafe
 from holopart_infer.cli.options import add_option_args, add_run_args, add_up_arg, help_defaults, options_from, \
     settings_line, value_after
 from holopart_infer.errors import InputError
+from holopart_infer.engines.registry import PRECISIONS
 
 NAME = "run"
 HELP = "complete the parts of an object and write a glb"
@@ -35,7 +36,7 @@ def add_arguments(r, argv: list[str]) -> None:
                                     "single-mesh input; labels < 0 are unassigned (context, in no part)")
     r.add_argument("--preview", help="also write a picture (.png, .jpg or .jpeg): input parts and completed parts "
                                      "side by side")
-    r.add_argument("--precision", choices=["fp32", "fp16", "bf16"],
+    r.add_argument("--precision", choices=PRECISIONS,
                    help="torch / TensorRT precision (ONNX Runtime runs a model dir at its exported precision)")
     r.add_argument("--engine-cache", dest="engine_cache", help="TensorRT engine cache folder")
     add_run_args(r)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from holopart_infer.cli.options import add_option_args, given_options, parse_option_assignment
 from holopart_infer.errors import InputError
+from holopart_infer.engines.registry import DEVICES, MODEL_DIR, backend_names
 
 NAME = "serve"
 HELP = "HTTP service: dynamic batching, limits, metrics, a web page (needs [serve])"
@@ -27,8 +28,8 @@ def add_arguments(s, argv: list[str]) -> None:
     s.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     s.add_argument("--token", help=f"require 'Authorization: Bearer TOKEN' on the API (default: ${TOKEN_ENV} "
                                    "when set, else no token)")
-    s.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"], default="auto")
-    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    s.add_argument("--backend", choices=backend_names(MODEL_DIR), default="auto")
+    s.add_argument("--device", choices=DEVICES, default="auto")
     add_option_args(s, CompletionOptions().as_dict(),
                     "the library's; the model's manifest sets its own (the embedded model: the demo's quicker "
                     "options) and these flags win over them")

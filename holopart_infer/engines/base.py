@@ -8,6 +8,8 @@ the host. Besides the five calls a backend says what it is (``name``,
 ``device``, ``precision``, ``path``), what the model is (``config``,
 ``defaults``, ``num_tokens``, ``latent_channels``) and releases its resources
 on :meth:`Backend.close`. :class:`BackendBase` implements the derived parts.
+An optional capability is a protocol of its own, checked with ``isinstance``:
+:class:`DeviceResidentDecoder` (decoder queries that stay on the device).
 
 Which backends exist and how one is chosen is :mod:`holopart_infer.engines.registry`'s
 business, not this module's. Nothing here imports an engine library.
@@ -61,6 +63,21 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release sessions, engines and device memory (idempotent)."""
+
+
+@runtime_checkable
+class DeviceResidentDecoder(Protocol):
+    """Optional: a backend whose decoder takes query points already on its device and
+    returns logits there (the torch backend), so extraction keeps its grids, points
+    and logits on the device (:mod:`holopart_infer.resident`). The pipeline checks
+    ``isinstance(backend, DeviceResidentDecoder)``; other backends simply lack it.
+    """
+
+    torch_device: Any  # the torch.device the decoder runs on
+
+    def query_on_device(self, points, kv) -> Any:
+        """-> occupancy logits (P, Q, 1) on ``torch_device`` for ``points``, a (P, Q, 3)
+        tensor on ``torch_device``; ``kv`` as from :meth:`Backend.decoder_kv`."""
 
 
 class BackendBase:

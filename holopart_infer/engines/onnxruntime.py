@@ -6,9 +6,10 @@ they are, numpy inputs are uploaded once, and outputs stay on the device, so
 the sampling loop's latents never leave the GPU between steps (the conditions
 are uploaded once per sampling run and cached).
 
-Every feed is checked against the manifest before ONNX Runtime sees it: a
-wrong shape or dtype raises :class:`~holopart_infer.errors.ShapeError` naming
-the graph and the tensor. This module imports onnxruntime and numpy only.
+Every feed is checked against the graph's signature
+(:func:`holopart_infer.engines.signatures.check_feeds`) before ONNX Runtime sees
+it: a wrong shape or dtype raises :class:`~holopart_infer.errors.ShapeError`
+naming the graph and the tensor. This module imports onnxruntime and numpy only.
 """
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ import onnxruntime as ort
 
 from holopart_infer.engines.base import BackendBase, DeviceArray as _DeviceArrayBase
 from holopart_infer.engines.registry import ORT_GPU_HINT
+from holopart_infer.engines.signatures import check_feeds, model_dims
 from holopart_infer.sampler import euler_update
 from holopart_infer.errors import BackendUnavailable, EngineError, InputError, ModelDirError, ShapeError
-from holopart_infer.manifest import GraphSpec, Manifest, load_manifest
+from holopart_infer.manifest import Manifest, load_manifest
 
 log = logging.getLogger("holopart_infer")
 
@@ -54,10 +56,6 @@ class DeviceArray(_DeviceArrayBase):
 
     def __repr__(self) -> str:
         return f"DeviceArray(shape={self.shape}, dtype={self.dtype}, device={self.value.device_name()})"
-
-
-def _shape_str(shape: Sequence) -> str:
-    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
 _GRAPH_OPT_LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -117,7 +115,7 @@ class OrtBackend(BackendBase):
     name = "onnxruntime"
 
     def __init__(self, manifest: Manifest, device: str = "cpu", providers: Sequence | None = None,
-                 session_options: ort.SessionOptions | None = None):
+                 session_options: ort.SessionOptions | None = None, threads: int | None = None):
         self.manifest = manifest
         self.device_type, self.device_id = _parse_device(device)
         self.device = device
@@ -129,15 +127,21 @@ class OrtBackend(BackendBase):
             providers = (["CPUExecutionProvider"] if self.device_type == "cpu" else
                          [("CUDAExecutionProvider", {"device_id": self.device_id}), "CPUExecutionProvider"])
         self.providers = list(providers)
-        if session_options is None and self.device_type == "cpu":
-            session_options = cpu_session_options()
+        if session_options is None and (self.device_type == "cpu" or threads is not None):
+            session_options = cpu_session_options(threads)
+        elif threads is not None:
+            cpu_session_options(threads)  # the same check of the value
+            session_options.intra_op_num_threads = threads
+            session_options.inter_op_num_threads = 1
         self.session_options = session_options
+        self._dims = model_dims(manifest.config)  # the config's sizes of the graphs' model axes
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._cond_cache: tuple | None = None  # (part_cond, whole_cond, their device copies)
 
     @classmethod
     def from_model_dir(cls, model_dir: str | os.PathLike, device: str = "cpu", providers: Sequence | None = None,
-                       session_options: ort.SessionOptions | None = None, verify_hashes: bool = True) -> "OrtBackend":
+                       session_options: ort.SessionOptions | None = None, verify_hashes: bool = True,
+                       threads: int | None = None) -> "OrtBackend":
         """Open an exported model directory.
 
         Args:
@@ -147,6 +151,10 @@ class OrtBackend(BackendBase):
             session_options: ``onnxruntime.SessionOptions`` for every graph; on the
                 CPU the default is :func:`cpu_session_options` (use it with ``threads=``
                 to size the thread pool).
+            threads: intra-op threads of every session (one inter-op thread); None lets
+                ONNX Runtime pick. Applied to ``session_options`` when given, else to
+                :func:`cpu_session_options` (a registry option: ``open_backend(...,
+                threads=2)``; one Ray actor per CPU slot passes its slot's cores).
             verify_hashes: check every graph file against the manifest's sha256
                 first (cheap on re-loads: see :func:`holopart_infer.manifest.load_manifest`).
 
@@ -154,7 +162,7 @@ class OrtBackend(BackendBase):
             InputFileNotFound / ModelDirError: unusable model directory.
             BackendUnavailable: ``device`` is cuda but onnxruntime has no CUDA provider.
         """
-        return cls(load_manifest(model_dir, verify_hashes=verify_hashes), device, providers, session_options)
+        return cls(load_manifest(model_dir, verify_hashes=verify_hashes), device, providers, session_options, threads)
 
     # -- what it is ------------------------------------------------------------
     @property
@@ -215,38 +223,6 @@ class OrtBackend(BackendBase):
 
     # -- feeds ---------------------------------------------------------------
     @staticmethod
-    def check_feeds(spec: GraphSpec, feeds: dict[str, Any]) -> None:
-        """Raise ShapeError unless ``feeds`` match the graph's declared inputs."""
-        missing = [n for n in spec.inputs if n not in feeds]
-        extra = [n for n in feeds if n not in spec.inputs]
-        if missing or extra:
-            raise ShapeError(f"graph '{spec.name}': inputs {sorted(feeds)} do not match the graph's "
-                             f"{list(spec.inputs)} (missing {missing}, unexpected {extra})")
-        axes: dict[str, tuple[int, str]] = {}
-        for name, ts in spec.inputs.items():
-            x = feeds[name]
-            shape, dtype = tuple(x.shape), np.dtype(x.dtype)
-            want = f"{_shape_str(ts.shape)} {ts.dtype}"
-            if dtype != np.dtype(ts.dtype):
-                raise ShapeError(f"graph '{spec.name}': input '{name}' has dtype {dtype}, expected {ts.dtype} "
-                                 f"(shape {want}); convert it with .astype(numpy.{ts.dtype})")
-            if len(shape) != len(ts.shape):
-                raise ShapeError(f"graph '{spec.name}': input '{name}' has shape {_shape_str(shape)}, "
-                                 f"expected {want} (rank {len(ts.shape)}, got {len(shape)})")
-            for i, (got, exp) in enumerate(zip(shape, ts.shape)):
-                if isinstance(exp, str):
-                    if got < 1:
-                        raise ShapeError(f"graph '{spec.name}': input '{name}' axis {i} ({exp}) is empty: "
-                                         f"shape {_shape_str(shape)}, expected {want}")
-                    seen = axes.setdefault(exp, (got, name))
-                    if seen[0] != got:
-                        raise ShapeError(f"graph '{spec.name}': input '{name}' has shape {_shape_str(shape)}, "
-                                         f"expected {want} with {exp}={seen[0]} as in input '{seen[1]}'")
-                elif got != exp:
-                    raise ShapeError(f"graph '{spec.name}': input '{name}' has shape {_shape_str(shape)}, "
-                                     f"expected {want} (axis {i} must be {exp})")
-
-    @staticmethod
     def _as_array(x) -> Any:
         if isinstance(x, DeviceArray):
             return x
@@ -261,7 +237,7 @@ class OrtBackend(BackendBase):
         """
         spec = self.manifest.graph(graph)
         feeds = {k: self._as_array(v) for k, v in feeds.items()}
-        self.check_feeds(spec, feeds)
+        check_feeds(graph, feeds, self._dims)
         sess = self.session(graph)
         out_names = list(spec.outputs)
         try:

@@ -54,8 +54,9 @@ from torch import nn
 
 from holopart_infer.checkpoint import checkpoint_inference_defaults
 from holopart_infer.engines.base import BackendBase, DeviceArray
+from holopart_infer.engines.signatures import check_feeds, model_dims
 from holopart_infer.errors import InputError, ShapeError
-from holopart_infer.extract import QUERY_CHUNK_POINTS
+from holopart_infer.constants import QUERY_CHUNK_POINTS
 from holopart_infer.networks.load import HoloPartNetworks, TORCH_DTYPES, load_networks
 from holopart_infer.networks.blocks import Attention, Block, FP32LayerNorm, RMSNorm
 from holopart_infer.networks.dit import DiT
@@ -411,6 +412,9 @@ class FastTorchBackend(BackendBase):
         self.decoder = FastDecoder(networks.vae, self.torch_device, self.precision)
         self.encoder: PartEncoder = prepare_module(networks.part_encoder, self.torch_device, self.dtype)
         self._config = networks_config(networks)
+        # the sizes of the graphs' model axes (signatures.MODEL_AXES); the latent channels come from
+        # the networks themselves, which also run without a checkpoint's config
+        self._dims = {**model_dims(self._config), "C": self.latent_channels}
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str, precision: str,
@@ -439,39 +443,33 @@ class FastTorchBackend(BackendBase):
     def __repr__(self) -> str:
         return f"FastTorchBackend(path={str(self.path)!r}, device={self.device!r}, precision={self.precision!r})"
 
-    def _check(self, what: str, name: str, a: Any, shape: tuple) -> None:
-        """Host feeds must be float32 arrays of ``shape`` (None: any size), as every backend's."""
-        if isinstance(a, np.ndarray) and a.dtype != np.float32:
-            raise ShapeError(f"torch backend {what}: input '{name}' has dtype {a.dtype}, expected float32; "
-                             "convert it with .astype(numpy.float32)")
-        got = tuple(a.shape)
-        if len(got) != len(shape) or any(e is not None and g != e for g, e in zip(got, shape)):
-            want = "(" + ", ".join("*" if e is None else str(e) for e in shape) + ")"
-            raise ShapeError(f"torch backend {what}: input '{name}' has shape {got}, expected {want}")
+    def _check(self, graph: str, **feeds) -> None:
+        """Host feeds must match the graph's signature, as every backend's (the inputs this
+        backend takes as Python numbers or keeps itself are left out)."""
+        check_feeds(graph, feeds, self._dims, partial=True)
 
     @torch.inference_mode()
     def encode(self, part_tokens, whole_points, local_tokens, local_points):
-        for n, a, c in (("part_tokens", part_tokens, 6), ("whole_points", whole_points, 7),
-                        ("local_tokens", local_tokens, 6), ("local_points", local_points, 6)):
-            self._check("encode", n, a, (None, None, c))
+        check_feeds("part_encoder", {"part_tokens": part_tokens, "whole_points": whole_points,
+                                     "local_tokens": local_tokens, "local_points": local_points}, self._dims)
         t = lambda a: as_tensor(a, self.torch_device, self.dtype)  # noqa: E731
         w, p = self.encoder(t(part_tokens), t(whole_points), t(local_tokens), t(local_points))
         return DeviceTensor(w), DeviceTensor(p)
 
     def dit(self, latents, timestep, part_cond, whole_cond):
-        self._check("dit", "latents", latents, (None, None, self.latent_channels))
+        self._check("dit", latents=latents, part_cond=part_cond, whole_cond=whole_cond)
         return DeviceTensor(self.dit_path.velocity(latents, timestep, part_cond, whole_cond).float())
 
     def guided_step(self, latents, t, dt, guidance, part_cond, whole_cond):
-        self._check("guided_step", "latents", latents, (None, None, self.latent_channels))
+        self._check("guided_step", latents=latents, part_cond=part_cond, whole_cond=whole_cond)
         return DeviceTensor(self.dit_path.guided_step(latents, t, dt, guidance, part_cond, whole_cond))
 
     def decoder_kv(self, latents):
-        self._check("decoder_kv", "latents", latents, (None, None, self.latent_channels))
+        self._check("vae_kv", latents=latents)
         return self.decoder.kv(latents)
 
     def decoder_query(self, points, kv):
-        self._check("decoder_query", "points", points, (None, None, 3))
+        self._check("vae_query", points=points)
         return self.decoder.query(points, kv).cpu().numpy()
 
     def query_on_device(self, points: torch.Tensor, kv) -> torch.Tensor:

@@ -39,7 +39,10 @@ from holopart_infer.errors import BackendUnavailable, InputError, InputFileNotFo
 log = logging.getLogger("holopart_infer")
 
 MODEL_DIR, CHECKPOINT_DIR = "model", "checkpoint"
+#: the values of ``device=`` (and ``--device``)
 DEVICES = ("auto", "cpu", "cuda")
+#: every precision a graph or checkpoint can compute in: the one list (manifest,
+#: TensorRT builder, CLI choices import it from here)
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 ORT_GPU_HINT = ("ONNX Runtime's CUDA provider needs the GPU build: "
@@ -123,7 +126,7 @@ BACKENDS: dict[str, BackendSpec] = {s.name: s for s in (
                 available=_trt_available, install_hint=TRT_HINT),
     BackendSpec("onnxruntime", MODEL_DIR, "holopart_infer.engines.onnxruntime:open_backend", priority=20,
                 devices=("cuda", "cpu"), default_precision={"cuda": None, "cpu": None},
-                options=("providers", "session_options", "verify_hashes"),
+                options=("providers", "session_options", "threads", "verify_hashes"),
                 available=_ort_available, install_hint=ORT_GPU_HINT),
     # the optimized PyTorch path; the faithful model (holopart_infer.export.torch_backend) is
     # the export side's reference for `verify`, not a runtime backend
@@ -133,9 +136,10 @@ BACKENDS: dict[str, BackendSpec] = {s.name: s for s in (
 )}
 
 
-def backend_names() -> tuple[str, ...]:
-    """``("auto", *registered names)``: the valid values of ``backend=`` (CLI choices)."""
-    return ("auto", *BACKENDS)
+def backend_names(kind: str | None = None) -> tuple[str, ...]:
+    """``("auto", *registered names)``: the valid values of ``backend=`` (CLI choices);
+    with ``kind`` (MODEL_DIR / CHECKPOINT_DIR) only the backends that run that kind of folder."""
+    return ("auto", *(n for n, s in BACKENDS.items() if kind is None or s.runs == kind))
 
 
 def model_kind(path: str | os.PathLike) -> str:
@@ -225,7 +229,8 @@ def open_backend(path: str | os.PathLike, backend: str = "auto", device: str = "
             in its manifest (cheap on re-loads; every model-dir backend does it);
             False skips that. A checkpoint's weights are always checked for NaN/inf.
         **options: backend options (:attr:`BackendSpec.options`): ``engine_cache``
-            (TensorRT), ``graph`` ("eager", "cuda_graph", "compile": torch), ...
+            (TensorRT), ``graph`` ("eager", "cuda_graph", "compile": torch), ``threads``
+            (ONNX Runtime's intra-op threads), ...
             An option the resolved backend does not take is an InputError (also
             when "auto" picked it: an explicit request is never dropped silently).
             Options whose value is None are ignored.

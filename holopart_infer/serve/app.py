@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from holopart_infer.errors import InputError
+from holopart_infer.gltf_json import GLB_MAGIC
 from holopart_infer.serve.batcher import (DONE, FAILED, Batcher, JobStore, QueueFull, ServeJob, complete_many_runner,
                                           private_tempdir)
 from holopart_infer.serve.limits import (ByteBudget, Hold, Limits, RequestRefused, check_counts, check_gltf,
@@ -431,7 +432,7 @@ class Service:
                 if summary.mesh_nodes != 1:
                     raise RequestRefused(422, "invalid_input", f"{name}: labels need one mesh; it has "
                                          f"{summary.mesh_nodes} mesh nodes")
-            path = tmp / ("upload.glb" if data[:4] == b"glTF" else "upload.gltf")
+            path = tmp / ("upload.glb" if data[:4] == GLB_MAGIC else "upload.gltf")
             with open(path, "wb") as out:
                 write_geometry_only(data, out, source=f)
         obj.unlink()  # the checked copy is all the reader needs

@@ -1,7 +1,10 @@
 """What the service accepts: bounds on every request, and checks of untrusted uploads.
 
 Uploads are untrusted. Before any mesh reader sees a file, :func:`check_gltf`
-reads the glTF container and JSON itself and refuses:
+parses it with the project's one glTF reader (:mod:`holopart_infer.gltf_json`,
+strictly: :func:`~holopart_infer.gltf_json.read_container`), summarises what it
+declares (:func:`~holopart_infer.gltf_json.summarise`), compares that with the
+:class:`Limits`, and checks the declared sizes against the bytes sent. It refuses:
 
 * any URI that is not a ``data:`` URI (buffers and images): the server never
   reads a file or URL named by an upload; only self-contained ``.glb`` files
@@ -13,7 +16,8 @@ reads the glTF container and JSON itself and refuses:
   counted per mesh *instance* so one mesh referenced by many nodes counts many
   times; sparse accessors and required extensions (Draco and the like: data
   that expands when decoded);
-* scene graphs with cycles or nodes with two parents.
+* scene graphs with cycles, nodes with two parents or a hierarchy deeper than
+  :data:`holopart_infer.gltf_json.MAX_NODE_DEPTH`.
 
 The reader then gets :func:`geometry_only` of the upload: images, textures,
 materials and animations removed, so no embedded image is ever decoded.
@@ -27,20 +31,14 @@ import binascii
 import io
 import json
 import math
-import struct
 import threading
 from dataclasses import dataclass
 
 import numpy as np
 
+from holopart_infer import gltf_json
 from holopart_infer.errors import InputError
-
-_GLB_MAGIC = b"glTF"
-_CHUNK_JSON = 0x4E4F534A
-_CHUNK_BIN = 0x004E4942
-_COMPONENT_BYTES = {5120: 1, 5121: 1, 5122: 2, 5123: 2, 5125: 4, 5126: 4}
-_TYPE_COMPONENTS = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4, "MAT2": 4, "MAT3": 9, "MAT4": 16}
-_TRIANGLE_MODES = (4, 5, 6)  # triangles, strip, fan: everything else is not a surface
+from holopart_infer.gltf_json import GltfSummary  # noqa: F401  (check_gltf returns it)
 
 
 @dataclass(frozen=True)
@@ -136,56 +134,8 @@ class RequestRefused(InputError):
         return {"error": {"kind": self.kind, "message": str(self), **self.details}}
 
 
-@dataclass
-class GltfSummary:
-    """What a checked glTF declares: mesh nodes (parts), triangles and vertices over all of them."""
-
-    mesh_nodes: int
-    faces: int
-    vertices: int
-
-
 def _bad(message: str) -> RequestRefused:
     return RequestRefused(422, "invalid_gltf", message)
-
-
-def split_glb(data: bytes, what: str) -> tuple[dict, int]:
-    """Parse a glb container: (glTF JSON, length of the BIN chunk or 0). Sizes are
-    checked against the bytes present before anything is sliced."""
-    if len(data) < 20:
-        raise _bad(f"{what}: {len(data)} bytes is too short for a glb (header 12 + chunk header 8)")
-    magic, version, length = struct.unpack_from("<4sII", data, 0)
-    if magic != _GLB_MAGIC:
-        raise _bad(f"{what}: not a glb (magic {magic!r}, expected b'glTF')")
-    if version != 2:
-        raise _bad(f"{what}: glb version {version}; only glTF 2 is accepted")
-    if length != len(data):
-        raise _bad(f"{what}: glb header declares {length} bytes but the upload has {len(data)}")
-    json_len, json_type = struct.unpack_from("<II", data, 12)
-    if json_type != _CHUNK_JSON:
-        raise _bad(f"{what}: the first glb chunk must be JSON (type 0x{_CHUNK_JSON:08x}), got 0x{json_type:08x}")
-    if json_len > len(data) - 20:
-        raise _bad(f"{what}: JSON chunk declares {json_len} bytes but only {len(data) - 20} follow")
-    doc = _parse_json(data[20:20 + json_len], what)
-    bin_len = 0
-    pos = 20 + json_len
-    if pos + 8 <= len(data):
-        chunk_len, chunk_type = struct.unpack_from("<II", data, pos)
-        if chunk_len > len(data) - pos - 8:
-            raise _bad(f"{what}: BIN chunk declares {chunk_len} bytes but only {len(data) - pos - 8} follow")
-        if chunk_type == _CHUNK_BIN:
-            bin_len = chunk_len
-    return doc, bin_len
-
-
-def _parse_json(raw: bytes, what: str) -> dict:
-    try:
-        doc = json.loads(bytes(raw).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise _bad(f"{what}: the glTF JSON cannot be parsed ({type(e).__name__}: {e})") from None
-    if not isinstance(doc, dict):
-        raise _bad(f"{what}: the glTF JSON must be an object, got {type(doc).__name__}")
-    return doc
 
 
 def _list(doc: dict, key: str, what: str) -> list:
@@ -251,11 +201,28 @@ def check_gltf(data: bytes, limits: Limits, what: str = "upload") -> GltfSummary
 
 
 def _check_gltf(data, limits: Limits, what: str) -> GltfSummary:
-    if data[:4] == _GLB_MAGIC:
-        doc, bin_len = split_glb(data, what)
-        glb = True
-    else:
-        doc, bin_len, glb = _parse_json(data, what), 0, False
+    try:
+        # parse: the container (strictly: sizes against the bytes present) and the JSON
+        container = gltf_json.read_container(data, what, strict=True)
+        doc = container.doc
+        _check_supported(doc, what)
+        # summarise: what the file declares
+        summary = gltf_json.summarise(doc, what)
+    except gltf_json.GltfError as e:
+        raise _bad(str(e)) from None
+    # compare: with the limits, before anything the declarations size is looked at
+    compare(summary, limits, what)
+    _check_declared_sizes(doc, container.bin_length if container.bin_offset is not None else 0,
+                          container.is_glb, what)
+    try:
+        gltf_json.check_node_tree(doc.get("nodes", []), what, strict=True)
+    except gltf_json.GltfError as e:
+        raise _bad(str(e)) from None
+    return summary
+
+
+def _check_supported(doc: dict, what: str) -> None:
+    """glTF 2, and nothing that expands when decoded: no required extensions, no sparse accessors."""
     asset = doc.get("asset")
     if not isinstance(asset, dict) or not str(asset.get("version", "")).startswith("2."):
         raise _bad(f"{what}: asset.version must be 2.x (glTF 2)")
@@ -264,6 +231,28 @@ def _check_gltf(data, limits: Limits, what: str) -> GltfSummary:
         raise RequestRefused(422, "unsupported_gltf",
                              f"{what}: required extensions {required!r} are not accepted (compressed or "
                              "extended data); export plain glTF 2 triangles")
+    for i, a in enumerate(_list(doc, "accessors", what)):
+        if "sparse" in a:
+            raise RequestRefused(422, "unsupported_gltf", f"{what}: accessors[{i}]: sparse accessors are not accepted")
+
+
+def compare(summary: GltfSummary, limits: Limits, what: str) -> None:
+    """Raise 422 ``too_many_nodes`` / ``too_many_vertices`` (one accessor's elements) /
+    ``too_many_parts`` / ``too_many_faces`` / ``too_many_vertices`` when ``summary``
+    passes ``limits``."""
+    if summary.nodes > limits.max_nodes:
+        raise RequestRefused(422, "too_many_nodes", f"{what}: {summary.nodes} nodes; the limit is {limits.max_nodes}",
+                             limit=limits.max_nodes, actual=summary.nodes)
+    most = max(3 * limits.max_faces, limits.max_vertices)
+    if summary.max_accessor_count > most:
+        count = summary.max_accessor_count
+        raise RequestRefused(422, "too_many_vertices", f"{what}: an accessor declares {count} elements; the "
+                             f"limit is {most}", limit=most, actual=count)
+    check_counts(summary.mesh_nodes, summary.faces, summary.vertices, limits, what)
+
+
+def _check_declared_sizes(doc: dict, bin_len: int, glb: bool, what: str) -> None:
+    """Every buffer, bufferView and accessor lies within the bytes the upload holds; every URI is a data: URI."""
     buffers = _list(doc, "buffers", what)
     sizes = []
     for i, b in enumerate(buffers):
@@ -280,9 +269,8 @@ def _check_gltf(data, limits: Limits, what: str) -> GltfSummary:
     for i, img in enumerate(_list(doc, "images", what)):
         if "uri" in img:
             _check_uri(img["uri"], f"{what}: images[{i}]")
-    views = _list(doc, "bufferViews", what)
     view_len = []
-    for i, v in enumerate(views):
+    for i, v in enumerate(_list(doc, "bufferViews", what)):
         w = f"{what}: bufferViews[{i}]"
         b = _int(v, "buffer", w)
         if b >= len(sizes):
@@ -293,28 +281,21 @@ def _check_gltf(data, limits: Limits, what: str) -> GltfSummary:
         if "byteStride" in v and not 4 <= _int(v, "byteStride", w) <= 252:
             raise _bad(f"{w}: byteStride must be 4..252")
         view_len.append((n, v.get("byteStride")))
-    accessors = _list(doc, "accessors", what)
-    most = max(3 * limits.max_faces, limits.max_vertices)
-    counts = []
-    for i, a in enumerate(accessors):
+    for i, a in enumerate(_list(doc, "accessors", what)):
         w = f"{what}: accessors[{i}]"
         count = _int(a, "count", w, None, lo=0)
-        if "sparse" in a:
-            raise RequestRefused(422, "unsupported_gltf", f"{w}: sparse accessors are not accepted")
         comp, typ = a.get("componentType"), a.get("type")
-        if not isinstance(comp, int) or not isinstance(typ, str) or comp not in _COMPONENT_BYTES or typ not in _TYPE_COMPONENTS:
+        if (not isinstance(comp, int) or not isinstance(typ, str) or comp not in gltf_json.COMPONENT_BYTES
+                or typ not in gltf_json.TYPE_COMPONENTS):
             raise _bad(f"{w}: unknown componentType {comp!r} or type {typ!r}")
-        if count > most:
-            raise RequestRefused(422, "too_many_vertices",
-                                 f"{w}: declares {count} elements; the limit is {most}", limit=most, actual=count)
-        elem = _COMPONENT_BYTES[comp] * _TYPE_COMPONENTS[typ]
+        elem = gltf_json.element_bytes(a)
         if "bufferView" in a:
             bv = _int(a, "bufferView", w)
             if bv >= len(view_len):
                 raise _bad(f"{w}: bufferView {bv} does not exist ({len(view_len)} bufferViews)")
             n, stride = view_len[bv]
-            off = _int(a, "byteOffset", w, 0)
-            need = off + (count - 1) * (stride or elem) + elem if count else 0
+            _int(a, "byteOffset", w, 0)
+            need = gltf_json.accessor_span(a, stride)
             if need > n:
                 raise _bad(f"{w}: {count} x {elem}-byte elements need {need} bytes of bufferView {bv}, "
                            f"which has {n}")
@@ -322,72 +303,6 @@ def _check_gltf(data, limits: Limits, what: str) -> GltfSummary:
             # an accessor without data is zeros of the declared size: a tiny file could
             # declare a huge one, and meshes need real data anyway
             raise _bad(f"{w}: declares {count} elements but no bufferView (no data)")
-        counts.append(count)
-
-    meshes = _list(doc, "meshes", what)
-    mesh_cost = []  # (faces, vertices) per mesh
-    for m, mesh in enumerate(meshes):
-        faces = verts = 0
-        prims = mesh.get("primitives", [])
-        if not isinstance(prims, list):
-            raise _bad(f"{what}: meshes[{m}].primitives must be a list")
-        for p, prim in enumerate(prims):
-            w = f"{what}: meshes[{m}].primitives[{p}]"
-            if not isinstance(prim, dict):
-                raise _bad(f"{w}: must be an object")
-            attrs = prim.get("attributes", {})
-            if not isinstance(attrs, dict):
-                raise _bad(f"{w}: attributes must be an object")
-            for name, idx in attrs.items():
-                if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < len(counts):
-                    raise _bad(f"{w}: attribute {name} refers to accessor {idx!r}, which does not exist")
-            if "POSITION" not in attrs:
-                continue
-            nv = counts[attrs["POSITION"]]
-            mode = prim.get("mode", 4)
-            if "indices" in prim:
-                idx = prim["indices"]
-                if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < len(counts):
-                    raise _bad(f"{w}: indices refer to accessor {idx!r}, which does not exist")
-                ni = counts[idx]
-            else:
-                ni = nv
-            verts += nv
-            if mode in _TRIANGLE_MODES:
-                faces += ni // 3 if mode == 4 else max(ni - 2, 0)
-        mesh_cost.append((faces, verts))
-
-    nodes = _list(doc, "nodes", what)
-    if len(nodes) > limits.max_nodes:
-        raise RequestRefused(422, "too_many_nodes", f"{what}: {len(nodes)} nodes; the limit is {limits.max_nodes}",
-                             limit=limits.max_nodes, actual=len(nodes))
-    parent = [-1] * len(nodes)
-    mesh_nodes = faces = verts = 0
-    for i, node in enumerate(nodes):
-        children = node.get("children", [])
-        if not isinstance(children, list):
-            raise _bad(f"{what}: nodes[{i}].children must be a list of node indices, got {children!r}")
-        for c in children:
-            if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < len(nodes) or c == i:
-                raise _bad(f"{what}: nodes[{i}] has an invalid child {c!r}")
-            if parent[c] != -1:
-                raise _bad(f"{what}: nodes[{c}] has two parents ({parent[c]} and {i}); a glTF node tree has one")
-            parent[c] = i
-        if "mesh" in node:
-            m = node["mesh"]
-            if isinstance(m, bool) or not isinstance(m, int) or not 0 <= m < len(mesh_cost):
-                raise _bad(f"{what}: nodes[{i}] refers to mesh {m!r}, which does not exist")
-            mesh_nodes += 1
-            faces += mesh_cost[m][0]
-            verts += mesh_cost[m][1]
-    for i in range(len(nodes)):  # cycles: walking up from any node must end at a root
-        seen, j = 0, i
-        while j != -1:
-            j, seen = parent[j], seen + 1
-            if seen > len(nodes):
-                raise _bad(f"{what}: the node hierarchy has a cycle through nodes[{i}]")
-    check_counts(mesh_nodes, faces, verts, limits, what)
-    return GltfSummary(mesh_nodes, faces, verts)
 
 
 _NOT_GEOMETRY = ("images", "textures", "samplers", "materials", "animations", "skins", "cameras", "extensions",
@@ -407,13 +322,12 @@ def write_geometry_only(data, out, source=None) -> None:
     """:func:`geometry_only` written to the binary file ``out``. ``data`` may be an
     ``mmap``; with ``source`` (the open upload file) the BIN chunk is copied from it
     piece by piece instead of through memory."""
-    rest_at = None
-    if data[:4] == _GLB_MAGIC:
-        doc, _ = split_glb(data, "upload")
-        json_len = struct.unpack_from("<I", data, 12)[0]
-        rest_at = 20 + json_len  # the BIN chunk (header included), unchanged
-    else:
-        doc = _parse_json(data, "upload")
+    try:
+        container = gltf_json.read_container(data, "upload", strict=True)
+    except gltf_json.GltfError as e:
+        raise _bad(str(e)) from None
+    doc = container.doc
+    rest_at = container.json_end if container.is_glb else None  # the BIN chunk (header included), unchanged
     for key in _NOT_GEOMETRY:
         doc.pop(key, None)
     for mesh in doc.get("meshes", []):
@@ -429,9 +343,7 @@ def write_geometry_only(data, out, source=None) -> None:
         out.write(raw)
         return
     raw += b" " * (-len(raw) % 4)
-    rest_len = len(data) - rest_at
-    out.write(struct.pack("<4sII", _GLB_MAGIC, 2, 12 + 8 + len(raw) + rest_len))
-    out.write(struct.pack("<II", len(raw), _CHUNK_JSON) + raw)
+    out.write(gltf_json.glb_header(len(raw), len(data) - rest_at) + raw)
     if source is None:
         out.write(memoryview(data)[rest_at:])
     else:

@@ -12,7 +12,7 @@ from typing import Mapping
 from holopart_infer.fsafe import atomic_write, file_lock
 from holopart_infer.engines.tensorrt.profiles import ShapeRange
 from holopart_infer.errors import EngineError, InputError, InputFileNotFound, missing_extra
-from holopart_infer.manifest import PRECISIONS
+from holopart_infer.engines.registry import PRECISIONS
 
 log = logging.getLogger("holopart_infer")
 

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from holopart_infer.errors import InputError, ModelDirError
-from holopart_infer.extract import QUERY_CHUNK_POINTS
+from holopart_infer.constants import QUERY_CHUNK_POINTS
 
 #: Symbolic axes of the model dir's graphs (docs/contracts.md, the manifest).
 BATCH_AXIS, QUERY_AXIS = "B", "Q"

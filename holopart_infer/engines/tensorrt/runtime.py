@@ -19,7 +19,8 @@ from holopart_infer.engines.tensorrt.profiles import (
     DEFAULT_QUERY_POINTS, ShapeRange, compute_profiles, profile_overrides,
 )
 from holopart_infer.errors import EngineError, InputError, ModelDirError, ShapeError
-from holopart_infer.manifest import PRECISIONS
+from holopart_infer.engines.registry import PRECISIONS
+from holopart_infer.engines.signatures import check_feeds, feed_error, model_dims, shape_str
 
 log = logging.getLogger("holopart_infer")
 
@@ -91,11 +92,13 @@ class _Engine:
             self.context.device_memory = ptr
 
     def check_input(self, name: str, shape: tuple[int, ...]) -> None:
+        """The engine's profile range: what TensorRT adds to the graph's signature."""
         r = self.ranges[name]
         if not r.contains(shape):
-            raise ShapeError(f"{self.graph}: input {name!r} has shape {shape}; this engine accepts "
-                             f"{r.min} .. {r.max} (rank {len(r.min)}). Split the batch, or rebuild with "
-                             "larger profiles (max_batch / max_query_points).")
+            raise feed_error(self.graph, name, f"shape {shape_str(shape)}",
+                             f"a shape this engine accepts: {shape_str(r.min)} .. {shape_str(r.max)} "
+                             f"(rank {len(r.min)})",
+                             "split the batch, or rebuild with larger profiles (max_batch / max_query_points)")
 
     def run(self, inputs: Mapping[str, Any], stream) -> dict[str, Any]:
         from holopart_infer.engines.cuda import DeviceTensor
@@ -155,6 +158,7 @@ class TensorRTBackend(BackendBase):
         self.stream = stream
         self.scratch = scratch
         self.config = config
+        self._dims = model_dims(config)  # the config's sizes of the graphs' model axes
         self.manifest = manifest  # the model dir's Manifest (defaults, graphs); None for hand-made backends
         self.precision = precision
         self.device_index = _device_index(device)
@@ -278,8 +282,7 @@ class TensorRTBackend(BackendBase):
         if isinstance(array, DeviceTensor):
             return array
         if isinstance(array, np.ndarray) and array.dtype != np.float32:
-            raise ShapeError(f"{graph}: input '{name}' has dtype {array.dtype}, expected float32; "
-                             "convert it with .astype(numpy.float32)")
+            raise feed_error(graph, name, f"dtype {array.dtype}", "float32", "convert it with .astype(numpy.float32)")
         dtype, bf16 = self._engine(graph).dtypes[name]
         return DeviceTensor.from_host(_to_engine_dtype(array, dtype, bf16), self.stream)
 
@@ -287,7 +290,8 @@ class TensorRTBackend(BackendBase):
         return _from_engine_dtype(tensor.to_host(), self._engine(graph).dtypes[name][1])
 
     def _run(self, graph: str, **inputs) -> dict[str, Any]:
-        eng = self._engine(graph)
+        eng = self._engine(graph)  # an unknown graph is an EngineError before any feed is looked at
+        check_feeds(graph, inputs, self._dims)
         dev = {k: self.to_device(v, graph, k) for k, v in inputs.items()}
         return eng.run(dev, self.stream)
 
@@ -327,9 +331,10 @@ class TensorRTBackend(BackendBase):
         contents stay the same.
         """
         g = "guided_step"
-        eng = self._engine(g)
         scalars = {k: np.asarray([v], dtype=np.float32) for k, v in (("timestep", t), ("dt", dt),
                                                                       ("guidance", guidance))}
+        eng = self._engine(g)
+        check_feeds(g, {"latents": latents, "part_cond": part_cond, "whole_cond": whole_cond, **scalars}, self._dims)
         inputs = {"latents": self.to_device(latents, g, "latents"),
                   "part_cond": self._cond(part_cond, g, "part_cond"),
                   "whole_cond": self._cond(whole_cond, g, "whole_cond"),
@@ -346,11 +351,8 @@ class TensorRTBackend(BackendBase):
         a Q beyond the engine's profile is split into several calls."""
         keys, values = kv
         pts = np.asarray(points, dtype=np.float32)
-        if pts.ndim != 3 or pts.shape[2] != 3:
-            raise ShapeError(f"decoder_query: points must be (B, Q, 3), got {pts.shape}")
-        if pts.shape[0] != keys.shape[0]:
-            raise ShapeError(f"decoder_query: points batch {pts.shape[0]} != key/value batch {keys.shape[0]}")
         eng = self._engine("vae_query")
+        check_feeds("vae_query", {"points": pts, "keys": keys, "values": values}, self._dims)
         q_max = eng.ranges["points"].max[1]
         B, Q = pts.shape[:2]
         out = np.empty((B, Q, 1), dtype=np.float32)

@@ -72,3 +72,19 @@ def test_every_option_set_decodes_the_same_occupancy(opts):
     assert a.shape == b.shape == (2, 4000, 1)
     np.testing.assert_allclose(b, a, atol=1e-4, rtol=1e-4)
     assert np.mean((a > 0) != (b > 0)) < 1e-3
+
+
+def test_threads_is_a_registry_option():
+    """``threads`` goes through open_backend (the registry table) into every session's options."""
+    from holopart_infer import assets
+    from holopart_infer.engines import BACKENDS, open_backend
+
+    assert "threads" in BACKENDS["onnxruntime"].options
+    with open_backend(assets.demo_model_path(), backend="onnxruntime", device="cpu", threads=1) as be:
+        assert be.session_options.intra_op_num_threads == 1 and be.session_options.inter_op_num_threads == 1
+    given = ort.SessionOptions()
+    with open_backend(assets.demo_model_path(), backend="onnxruntime", device="cpu", session_options=given,
+                      threads=2) as be:
+        assert be.session_options is given and given.intra_op_num_threads == 2
+    with pytest.raises(InputError, match="threads"):
+        open_backend(assets.demo_model_path(), backend="onnxruntime", device="cpu", threads=0)

@@ -83,7 +83,7 @@ def test_bad_arguments():
                     (dict(precision="int8"), "precision must be one of fp32, fp16, bf16")):
         with pytest.raises(InputError, match=msg):
             open_backend(assets.demo_model_path(), **kw)
-    with pytest.raises(InputError, match="takes the options providers, session_options, verify_hashes; got engine_cache"):
+    with pytest.raises(InputError, match="takes the options providers, session_options, threads, verify_hashes; got engine_cache"):
         open_backend(assets.demo_model_path(), device="cpu", engine_cache="/tmp/x")
 
 

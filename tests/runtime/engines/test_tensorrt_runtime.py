@@ -208,7 +208,8 @@ def test_decoder_query_splits_long_requests(fake_backend):
     assert be.engines["vae_query"].context.runs - runs == 3  # Q=10 in calls of <= 4
     assert logits.shape == (2, 10, 1) and logits.dtype == np.float32
     np.testing.assert_allclose(logits[..., 0], pts.sum(-1) + lat.mean(axis=(1, 2))[:, None], rtol=1e-5)
-    with pytest.raises(ShapeError, match=r"points must be \(B, Q, 3\)"):
+    with pytest.raises(ShapeError, match=r"graph 'vae_query': input 'points' has shape \(2, 10, 2\), "
+                                         r"expected \(B, Q, 3\)"):
         be.decoder_query(pts[..., :2], kv)
 
 
@@ -219,10 +220,11 @@ def test_encode_and_batch_limits(fake_backend):
     assert isinstance(w, np.ndarray) and w.dtype == np.float32
     np.testing.assert_array_equal(w, 2 * pt)
     np.testing.assert_array_equal(p, 6 * pt)
-    with pytest.raises(ShapeError, match=r"part_encoder: input 'part_tokens' has shape \(5, 5, 6\); "
-                                         r"this engine accepts \(1, 5, 6\) \.\. \(4, 5, 6\)"):
+    with pytest.raises(ShapeError, match=r"graph 'part_encoder': input 'part_tokens' has shape \(5, 5, 6\), "
+                                         r"expected a shape this engine accepts: \(1, 5, 6\) \.\. \(4, 5, 6\)"):
         be.encode(*(np.ones(s, np.float32) for s in ((5, K, 6), (5, 9, 7), (5, K, 6), (5, 9, 6))))
-    with pytest.raises(ShapeError, match=r"part_encoder: input 'whole_points' has dtype float64, expected float32"):
+    with pytest.raises(ShapeError, match=r"graph 'part_encoder': input 'whole_points' has dtype float64, "
+                                         r"expected float32"):
         be.encode(pt, np.zeros((2, 9, 7)), 2 * pt, np.zeros((2, 9, 6), np.float32))
 
 
