@@ -9,32 +9,40 @@ namespace holopart {
 
 void band_cells(const float* values, int64_t cx, int64_t cy, int64_t cz, float band,
                 uint8_t* cells_out) {
-    // hp_band_cell per cell, in two sweeps: each point's class once (bit 0: known
-    // and |v| < band, bit 1: known and > 0, bit 2: known and <= 0), then each
-    // cell ORs its eight corners' classes. A near corner makes the cell a band
-    // cell whatever the others are, so the OR gives hp_band_cell's answer.
-    const int64_t px = cx + 1, py = cy + 1, pz = cz + 1;
-    std::vector<uint8_t> cls(static_cast<size_t>(px * py * pz));
-    parallel_for(px, 1, [&](int64_t i, int64_t) {
-        const float* v = values + i * py * pz;
-        uint8_t* c = cls.data() + i * py * pz;
-        for (int64_t t = 0; t < py * pz; ++t) {
+    // hp_band_cell per cell, with each point's class computed once (bit 0: known
+    // and |v| < band, bit 1: known and > 0, bit 2: known and <= 0) and each cell
+    // ORing its eight corners' classes: a near corner makes the cell a band cell
+    // whatever the others are, so the OR gives hp_band_cell's answer. Each worker
+    // takes a run of cell slabs and keeps two point slabs of classes (i, i + 1)
+    // in a small rolling buffer.
+    const int64_t py = cy + 1, pz = cz + 1, slab = py * pz;
+    auto classify = [&](int64_t i, uint8_t* c) {
+        const float* v = values + i * slab;
+        for (int64_t t = 0; t < slab; ++t) {
             const float x = v[t];
             c[t] = hp_is_unknown(x) ? 0
                  : static_cast<uint8_t>((x < band && x > -band ? 1 : 0) | (x > 0.0f ? 2 : 4));
         }
-    });
-    parallel_for(cx, 1, [&](int64_t i, int64_t) {
-        for (int64_t j = 0; j < cy; ++j) {
-            const uint8_t* a = cls.data() + (i * py + j) * pz;
-            const uint8_t* b = a + pz;
-            const uint8_t* c = a + py * pz;
-            const uint8_t* d = c + pz;
-            uint8_t* out = cells_out + (i * cy + j) * cz;
-            for (int64_t k = 0; k < cz; ++k) {
-                const unsigned m = a[k] | a[k + 1] | b[k] | b[k + 1] | c[k] | c[k + 1] | d[k] | d[k + 1];
-                out[k] = ((m & 1u) | ((m >> 1) & (m >> 2) & 1u)) ? 1 : 0;
+    };
+    parallel_for(cx, 8, [&](int64_t i0, int64_t i1) {
+        std::vector<uint8_t> buf(static_cast<size_t>(2 * slab));
+        uint8_t* lo = buf.data();
+        uint8_t* hi = buf.data() + slab;
+        classify(i0, lo);
+        for (int64_t i = i0; i < i1; ++i) {
+            classify(i + 1, hi);
+            for (int64_t j = 0; j < cy; ++j) {
+                const uint8_t* a = lo + j * pz;
+                const uint8_t* b = a + pz;
+                const uint8_t* c = hi + j * pz;
+                const uint8_t* d = c + pz;
+                uint8_t* out = cells_out + (i * cy + j) * cz;
+                for (int64_t k = 0; k < cz; ++k) {
+                    const unsigned m = a[k] | a[k + 1] | b[k] | b[k + 1] | c[k] | c[k + 1] | d[k] | d[k + 1];
+                    out[k] = ((m & 1u) | ((m >> 1) & (m >> 2) & 1u)) ? 1 : 0;
+                }
             }
+            std::swap(lo, hi);
         }
     });
 }

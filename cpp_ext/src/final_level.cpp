@@ -17,17 +17,29 @@ namespace holopart {
 
 namespace {
 
-// Value of fine point (i, j, k): the coarse grid's on the coarse lattice (all
+// Values of fine points: the coarse grid's on the coarse lattice (all indices
 // even), else the sparse list's; NaN where unknown.
 struct FineLookup {
     const SparseFinal& s;
-    float at(int64_t i, int64_t j, int64_t k) const {
-        if (((i | j | k) & 1) == 0)
-            return s.coarse[((i >> 1) * s.cy + (j >> 1)) * s.cz + (k >> 1)];
-        const int64_t lin = (i * s.n + j) * s.n + k;
-        const int64_t* end = s.idx + s.m;
-        const int64_t* p = std::lower_bound(s.idx, end, lin);
-        return (p != end && *p == lin) ? s.val[p - s.idx] : std::numeric_limits<float>::quiet_NaN();
+    const int64_t* end() const { return s.idx + s.m; }
+    bool on_coarse(int64_t i, int64_t j, int64_t k) const { return ((i | j | k) & 1) == 0; }
+    float coarse_at(int64_t i, int64_t j, int64_t k) const {
+        return s.coarse[((i >> 1) * s.cy + (j >> 1)) * s.cz + (k >> 1)];
+    }
+    // First list position >= lin, searching from `from` (<= the answer): a
+    // galloping search, as the points of one face row are close together.
+    const int64_t* seek(const int64_t* from, int64_t lin) const {
+        const int64_t* e = end();
+        int64_t step = 1;
+        const int64_t* lo = from;
+        while (lo + step < e && lo[step] < lin) {
+            lo += step;
+            step *= 2;
+        }
+        return std::lower_bound(lo, std::min(lo + step + 1, e), lin);
+    }
+    float list_at(const int64_t* p, int64_t lin) const {
+        return (p != end() && *p == lin) ? s.val[p - s.idx] : std::numeric_limits<float>::quiet_NaN();
     }
 };
 
@@ -35,6 +47,7 @@ struct FineLookup {
 
 void face_sign_changes(const SparseFinal& s, const int64_t* cells, int64_t ncells, int axis,
                        int side, uint8_t* out) {
+    // a0 < a1: the face's two axes; along a1 a row's three points ascend in linear index
     const int a0 = axis == 0 ? 1 : 0, a1 = axis == 2 ? 1 : 2;
     const FineLookup f{s};
     parallel_for(ncells, 4096, [&](int64_t c0, int64_t c1) {
@@ -42,15 +55,25 @@ void face_sign_changes(const SparseFinal& s, const int64_t* cells, int64_t ncell
             int64_t base[3] = {2 * cells[3 * c], 2 * cells[3 * c + 1], 2 * cells[3 * c + 2]};
             base[axis] += 2 * side;
             bool any = false, all = true;
-            for (int u = 0; u < 3; ++u)
+            for (int u = 0; u < 3; ++u) {
+                const int64_t* pos = s.idx;  // search start for this row
                 for (int v = 0; v < 3; ++v) {
                     int64_t p[3] = {base[0], base[1], base[2]};
                     p[a0] += u;
                     p[a1] += v;
-                    const bool in = f.at(p[0], p[1], p[2]) > 0.0f;  // NaN: not inside
+                    float x;
+                    if (f.on_coarse(p[0], p[1], p[2])) {
+                        x = f.coarse_at(p[0], p[1], p[2]);
+                    } else {
+                        const int64_t lin = (p[0] * s.n + p[1]) * s.n + p[2];
+                        pos = pos == s.idx ? std::lower_bound(s.idx, f.end(), lin) : f.seek(pos, lin);
+                        x = f.list_at(pos, lin);
+                    }
+                    const bool in = x > 0.0f;  // NaN: not inside
                     any = any || in;
                     all = all && in;
                 }
+            }
             out[c] = (any && !all) ? 1 : 0;
         }
     });
