@@ -983,4 +983,10 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", p
     except Exception:
         be.close()
         raise
+    if model.backend_name == "torch" and str(model.device).startswith("cpu"):
+        # issue 28 item 5: said where the user chose the checkpoint dir, once per load
+        log.warning("the torch backend (a checkpoint dir) on the CPU ran ~3x slower end to end than ONNX "
+                    "Runtime on the model dir exported from it (benchmarks/RESULTS.md): for CPU runs export it "
+                    "once (holopart-infer export %s MODEL_DIR) and load the model dir (--model MODEL_DIR)",
+                    path)
     return model
