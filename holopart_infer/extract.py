@@ -272,7 +272,7 @@ class ExtractionStats:
         return self.total_queries / self.dense_queries if self.dense_queries else 0.0
 
 
-def levels_for_depth(depth: int, min_resolution: int = 32) -> list[int]:
+def levels_for_depth(depth: int, min_resolution: int = constants.COARSE_MIN_RESOLUTION) -> list[int]:
     """Grid resolutions (cells per axis), coarse to fine, for an octree depth.
 
     ``final = 2**depth - 8``, halved while the half is an integer
@@ -531,7 +531,7 @@ def extract_meshes(
     bounds: float = constants.EXTRACTION_BOUND,
     band: float = 0.95,
     dilation: int = 1,
-    min_resolution: int = 32,
+    min_resolution: int = constants.COARSE_MIN_RESOLUTION,
     chunk_points: int = DEFAULT_CHUNK_POINTS,
     progress: ProgressFn | None = None,
     device: str = "cpu",

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from holopart_infer import extract, native
+from holopart_infer import constants, extract, native
 from holopart_infer.errors import InputError
 
 __all__ = ["QueryFn", "band_cells", "dilate_cells", "refine_points", "grid_points", "extract_meshes_resident"]
@@ -283,7 +283,7 @@ def extract_meshes_resident(
     bounds: float = extract.constants.EXTRACTION_BOUND,
     band: float = 0.95,
     dilation: int = 1,
-    min_resolution: int = 32,
+    min_resolution: int = constants.COARSE_MIN_RESOLUTION,
     chunk_points: int = extract.DEFAULT_CHUNK_POINTS,
     progress: extract.ProgressFn | None = None,
     close: bool = True,
