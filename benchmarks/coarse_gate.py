@@ -1,11 +1,13 @@
 """Quality gate for a coarser first extraction level (issue 28 item 4).
 
-Today the coarse-to-fine extraction starts from a grid of at least 32 cells per
-axis (``levels_for_depth(depth, min_resolution=32)``: 61^3 points at depth 7);
-a coarser start (``min_resolution=16``: 31^3 points at depth 7) queries the
+The coarse-to-fine extraction starts from a grid of at least
+``CompletionOptions.coarse_min_resolution`` cells per axis
+(``levels_for_depth(depth, min_resolution)``; 32: 61^3 points at depth 7); a
+coarser start (16: 31^3 points at depth 7; depth 9 is the same for both, its
+63-cell level being odd) queries the
 decoder 3x less but can lose thin pieces the coarse band never sees. This script
 runs the embedded model (ONNX Runtime CPU, the model's defaults, seed 0, no
-decimation) on the demo objects (mug, table, lamp: held-out real parts) and on
+decimation, no guard: every part is the model's own surface, none replaced by its patch) on the demo objects (mug, table, lamp: held-out real parts) and on
 synthetic objects with thin parts (benchmarks/thin_parts.py's built objects),
 once with each start, and scores every part of the coarser run against today's:
 
@@ -67,22 +69,11 @@ def load_objects(names):
 
 
 def run(model, parts, min_resolution: int, **opts):
-    """complete() with extract.extract_meshes' min_resolution set (everything else as the pipeline calls it)."""
-    from holopart_infer import extract
-
-    real = extract.extract_meshes
-
-    def with_start(decode, num_parts, **kw):
-        kw.setdefault("min_resolution", min_resolution)
-        return real(decode, num_parts, **kw)
-
-    extract.extract_meshes = with_start
-    try:
-        t = time.perf_counter()
-        res = model.complete(parts, seed=0, decimate=None, **opts)
-        return res, time.perf_counter() - t
-    finally:
-        extract.extract_meshes = real
+    """complete() with the first extraction level's minimum resolution set
+    (CompletionOptions.coarse_min_resolution), everything else the model's defaults."""
+    t = time.perf_counter()
+    res = model.complete(parts, seed=0, decimate=None, guard=False, coarse_min_resolution=min_resolution, **opts)
+    return res, time.perf_counter() - t
 
 
 def _samples(v, f, rng):
@@ -136,8 +127,8 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--objects", nargs="+", default=DEFAULT_OBJECTS)
-    ap.add_argument("--coarse", type=int, default=16, help="min_resolution of the coarser start (today: 32)")
-    ap.add_argument("--today", type=int, default=32)
+    ap.add_argument("--coarse", type=int, default=16, help="coarse_min_resolution of the coarser start")
+    ap.add_argument("--today", type=int, default=32, help="coarse_min_resolution compared against")
     ap.add_argument("--depth", type=int, default=None, help="default: the model's")
     ap.add_argument("--steps", type=int, default=None, help="default: the model's")
     args = ap.parse_args(argv)
