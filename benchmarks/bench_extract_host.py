@@ -12,10 +12,16 @@ grid, marching cubes. Each pair checks that queries per part and meshes
 
     python benchmarks/bench_extract_host.py [--depth 8 9] [--pairs 3] [--before REV] [--model-object OBJ]
     python benchmarks/bench_extract_host.py --resident [--depth 7 8] [--before REV]
+                                           [--before-kernels] [--threads 1 2]
 
 ``--resident``: the same for ``holopart_infer.resident.extract_meshes_resident``
 on CPU torch tensors (the decoder: the same analytic fields through numpy), the
 earlier commit's resident.py run against that commit's extract.py.
+``--before-kernels`` also builds REV's cpp_ext (CMake, CPU module only, into a
+temporary folder) and runs the earlier extract.py on those kernels, so "before"
+is REV's code throughout (without it the earlier extract.py runs on this tree's
+band_cells / refine_points). ``--threads N ...`` repeats everything with
+HOLOPART_NUM_THREADS=N (both versions' kernels read it on every call).
 
 ``--model-object OBJ`` (or ``standin``: bench_feed.py's 68-part stand-in) takes the
 parts' fields from the embedded model instead: one ``HoloPart.complete`` call on
@@ -98,6 +104,47 @@ def resident_runner(mod, fields):
     return lambda decode, n, **kw: mod.extract_meshes_resident(query, n, device="cpu", **kw)
 
 
+def build_kernels(rev: str):
+    """REV's CPU kernels module (cpp_ext built with CMake into a temporary folder)."""
+    import os
+
+    import pybind11
+
+    d = Path(tempfile.mkdtemp(prefix="cpp_before_"))
+    subprocess.run(f"git -C '{REPO}' archive {rev} cpp_ext | tar -x -C '{d}'", shell=True, check=True)
+    gen = ["-G", "Ninja"] if subprocess.run(["which", "ninja"], capture_output=True).returncode == 0 else []
+    subprocess.run(["cmake", "-S", str(d / "cpp_ext"), "-B", str(d / "build"), "-DHOLOPART_CUDA=OFF",
+                    "-DCMAKE_BUILD_TYPE=Release", f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+                    f"-DPython_EXECUTABLE={sys.executable}", *gen], check=True, capture_output=True)
+    subprocess.run(["cmake", "--build", str(d / "build"), "--target", "_cpp", "-j", str(os.cpu_count() or 1)],
+                   check=True, capture_output=True)
+    so = next((d / "build").glob("_cpp*.so"))
+    spec = importlib.util.spec_from_file_location("kernels_before._cpp", so)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class KernelShim:
+    """The parts of holopart_infer.native an earlier extract.py calls, on another kernels module."""
+
+    def __init__(self, mod):
+        self.mod = mod
+
+    def kernels(self, device="cpu"):
+        return self.mod
+
+    def band_cells(self, values, band, device="cpu"):
+        return self.mod.band_cells(np.ascontiguousarray(values, np.float32), float(band))
+
+    def dilate_cells(self, cells, radius=1, device="cpu"):
+        return self.mod.dilate_cells(np.ascontiguousarray(cells, np.uint8), int(radius))
+
+    def refine_points(self, cells, coarse_values=None, device="cpu"):
+        cv = None if coarse_values is None else np.ascontiguousarray(coarse_values, np.float32)
+        return self.mod.refine_points(np.ascontiguousarray(cells, np.uint8), cv)
+
+
 def capture_model_decode(obj: str, n: int, depth: int):
     """The embedded model's decode callback for the first ``n`` parts of ``obj``
     (captured from one ``complete`` call) and the number of parts."""
@@ -138,6 +185,8 @@ def main(argv=None) -> int:
     ap.add_argument("--before", default=BEFORE)
     ap.add_argument("--model-object", default=None)
     ap.add_argument("--resident", action="store_true", help="resident.extract_meshes_resident, CPU tensors")
+    ap.add_argument("--before-kernels", action="store_true")
+    ap.add_argument("--threads", type=int, nargs="+", default=[0], help="HOLOPART_NUM_THREADS values (0: unset)")
     args = ap.parse_args(argv)
     fields = parts(args.parts)
     if args.resident:
@@ -147,6 +196,8 @@ def main(argv=None) -> int:
         after = SimpleNamespace(extract_meshes=resident_runner(resident, fields))
     else:
         before = load_before(args.before)
+        if args.before_kernels:
+            before.native = KernelShim(build_kernels(args.before))
 
     def decode(batch):
         return [f(p) for f, p in zip(fields, batch)]
@@ -155,39 +206,49 @@ def main(argv=None) -> int:
     if args.model_object and not args.resident:
         decode, n_parts = capture_model_decode(args.model_object, args.parts, max(args.depth))
 
+    import os
+
     rows = []
-    for depth in args.depth:
-        for pair in range(args.pairs):
-            order = [("before", before), ("after", after)]
-            if pair % 2:
-                order.reverse()
-            got = {}
-            for name, mod in order:
-                meshes, st = mod.extract_meshes(decode, n_parts, depth=depth, chunk_points=8192)
-                got[name] = (meshes, st)
-                rec = dict(depth=depth, pair=pair, version=name, host_seconds=round(st.total_seconds -
-                                                                                   st.decode_seconds, 3),
-                           total_seconds=round(st.total_seconds, 3), queries=st.total_queries,
-                           decode_calls=st.decode_calls)
-                rows.append(rec)
-                print(json.dumps(rec), flush=True)
-            (mb, sb), (ma, sa) = got["before"], got["after"]
-            same = sb.queries_per_part == sa.queries_per_part and all(
-                np.array_equal(x.vertices, y.vertices) and np.array_equal(x.faces, y.faces) for x, y in zip(mb, ma))
-            rows.append(dict(depth=depth, pair=pair, version="identity", identical=bool(same)))
-            print(json.dumps(rows[-1]), flush=True)
-    print("\n| depth | version | host s median [p25-p75] | queries | before/after per pair | meshes, queries |")
-    print("|---|---|---|---|---|---|")
-    for depth in args.depth:
-        rs = [r for r in rows if r["depth"] == depth]
-        same = all(r["identical"] for r in rs if r["version"] == "identity")
-        by = {v: [r for r in rs if r["version"] == v] for v in ("before", "after")}
-        ratio = [b["host_seconds"] / a["host_seconds"] for b, a in zip(by["before"], by["after"])]
-        for v in ("before", "after"):
-            h = np.asarray([r["host_seconds"] for r in by[v]])
-            sp = "%.2fx [%.2f-%.2f]" % (np.median(ratio), min(ratio), max(ratio)) if v == "after" else ""
-            print(f"| {depth} | {v} | {np.median(h):.2f} [{np.percentile(h, 25):.2f}-{np.percentile(h, 75):.2f}] | "
-                  f"{by[v][0]['queries']:,} | {sp} | {'identical' if same else 'DIFFERENT'} |")
+    for threads in args.threads:
+        if threads:
+            os.environ["HOLOPART_NUM_THREADS"] = str(threads)
+        else:
+            os.environ.pop("HOLOPART_NUM_THREADS", None)
+        for depth in args.depth:
+            for pair in range(args.pairs):
+                order = [("before", before), ("after", after)]
+                if pair % 2:
+                    order.reverse()
+                got = {}
+                for name, mod in order:
+                    meshes, st = mod.extract_meshes(decode, n_parts, depth=depth, chunk_points=8192)
+                    got[name] = (meshes, st)
+                    rec = dict(threads=threads, depth=depth, pair=pair, version=name,
+                               host_seconds=round(st.total_seconds - st.decode_seconds, 3),
+                               total_seconds=round(st.total_seconds, 3), queries=st.total_queries,
+                               decode_calls=st.decode_calls)
+                    rows.append(rec)
+                    print(json.dumps(rec), flush=True)
+                (mb, sb), (ma, sa) = got["before"], got["after"]
+                same = sb.queries_per_part == sa.queries_per_part and all(
+                    np.array_equal(x.vertices, y.vertices) and np.array_equal(x.faces, y.faces)
+                    for x, y in zip(mb, ma))
+                rows.append(dict(threads=threads, depth=depth, pair=pair, version="identity", identical=bool(same)))
+                print(json.dumps(rows[-1]), flush=True)
+    print("\n| threads | depth | version | host s median [p25-p75] | queries | before/after per pair | meshes, queries |")
+    print("|---|---|---|---|---|---|---|")
+    for threads in args.threads:
+        for depth in args.depth:
+            rs = [r for r in rows if r["depth"] == depth and r["threads"] == threads]
+            same = all(r["identical"] for r in rs if r["version"] == "identity")
+            by = {v: [r for r in rs if r["version"] == v] for v in ("before", "after")}
+            ratio = [b["host_seconds"] / a["host_seconds"] for b, a in zip(by["before"], by["after"])]
+            for v in ("before", "after"):
+                h = np.asarray([r["host_seconds"] for r in by[v]])
+                sp = "%.2fx [%.2f-%.2f]" % (np.median(ratio), min(ratio), max(ratio)) if v == "after" else ""
+                print(f"| {threads or 'all'} | {depth} | {v} | {np.median(h):.2f} [{np.percentile(h, 25):.2f}-"
+                      f"{np.percentile(h, 75):.2f}] | {by[v][0]['queries']:,} | {sp} | "
+                      f"{'identical' if same else 'DIFFERENT'} |")
     return 0
 
 

@@ -29,9 +29,12 @@ def connected_components(faces: np.ndarray, num_vertices: int) -> tuple[int, np.
     graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(num_vertices, num_vertices))
     count, vertex_label = cc(graph, directed=False)
     face_label = vertex_label[f[:, 0]]
-    # renumber to 0..k-1 over the labels faces actually use (isolated vertices are labelled too)
-    used, face_label = np.unique(face_label, return_inverse=True)
-    return len(used), face_label.astype(np.int64)
+    # renumber to 0..k-1 over the labels faces actually use (isolated vertices are labelled
+    # too), in label order: a mask and a running count, linear (no sort)
+    used = np.zeros(count, dtype=bool)
+    used[face_label] = True
+    new_label = np.cumsum(used) - 1
+    return int(used.sum()), new_label[face_label].astype(np.int64)
 
 
 def remove_floaters(vertices: np.ndarray, faces: np.ndarray,
@@ -63,7 +66,7 @@ def remove_floaters(vertices: np.ndarray, faces: np.ndarray,
     comp_area = np.bincount(label, weights=area, minlength=count)
     keep_comp = comp_area >= float(min_fraction) * comp_area.max()
     kept = f[keep_comp[label]]
-    used = np.unique(kept)
+    used = np.flatnonzero(np.bincount(kept.reshape(-1), minlength=len(v)))  # ascending, no sort
     remap = np.full(len(v), -1, dtype=np.int64)
     remap[used] = np.arange(len(used))
     return v[used], remap[kept].astype(f.dtype, copy=False)
@@ -75,7 +78,14 @@ def drop_duplicate_faces(faces: np.ndarray) -> np.ndarray:
     f = np.asarray(faces)
     if len(f) == 0:
         return f
-    _, inverse, counts = np.unique(np.sort(f, axis=1), axis=0, return_inverse=True, return_counts=True)
+    s = np.sort(f.astype(np.int64, copy=False), axis=1)
+    if s.min() >= 0 and s.max() < 1 << 21:
+        # one 63-bit key per vertex set (3 x 21 bits): a 1-D sort, ~10x faster than
+        # np.unique(axis=0)'s row sort (benchmarks/bench_postprocess.py)
+        key = (s[:, 0] << 42) | (s[:, 1] << 21) | s[:, 2]
+        _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    else:  # outside the key's range: the general (slower) row count
+        _, inverse, counts = np.unique(s, axis=0, return_inverse=True, return_counts=True)
     keep = counts[inverse.reshape(-1)] == 1
     return f if keep.all() else f[keep]
 

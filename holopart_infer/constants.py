@@ -13,6 +13,11 @@ EXTRACTION_BOUND = 1.05
 #: Octree depth of extraction: the final grid has ``2**depth - 8`` cells per axis.
 DEPTH_MIN, DEPTH_MAX = 5, 11
 DEFAULT_DEPTH = 9  # reference: 504 cells
+#: Smallest first (fully evaluated) extraction level, cells per axis
+#: (extract.levels_for_depth): 32 gives 61^3 points at depth 7. A coarser start
+#: (16: 31^3) queries ~3x less but is kept only where benchmarks/coarse_gate.py
+#: passes (issue 28 item 4; benchmarks/RESULTS.md).
+COARSE_MIN_RESOLUTION = 32
 
 #: ``--quality`` presets: named (depth, steps) pairs. ``high`` is the reference
 #: (depth 9, 50 Euler steps) and the library default for a model that sets

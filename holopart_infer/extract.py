@@ -293,7 +293,7 @@ class ExtractionStats:
         return self.total_queries / self.dense_queries if self.dense_queries else 0.0
 
 
-def levels_for_depth(depth: int, min_resolution: int = 32) -> list[int]:
+def levels_for_depth(depth: int, min_resolution: int = constants.COARSE_MIN_RESOLUTION) -> list[int]:
     """Grid resolutions (cells per axis), coarse to fine, for an octree depth.
 
     ``final = 2**depth - 8``, halved while the half is an integer
@@ -351,7 +351,7 @@ class ExtractionOptions:
     bounds: float = constants.EXTRACTION_BOUND
     band: float = constants.DEFAULT_BAND
     dilation: int = 1
-    min_resolution: int = 32
+    min_resolution: int = constants.COARSE_MIN_RESOLUTION
     chunk_points: int = QUERY_CHUNK_POINTS
     close: bool = True
     grow: bool = True
@@ -485,102 +485,45 @@ class _Sparse:
 
     def known(self, ix: np.ndarray) -> np.ndarray:
         """(Q,) bool: are the fine points ``ix`` (linear, none on the coarse lattice) known?"""
-        if not len(self.idx):
-            return np.zeros(len(ix), dtype=bool)
-        pos = np.minimum(np.searchsorted(self.idx, ix), len(self.idx) - 1)
-        return self.idx[pos] == ix
+        return native.sorted_member(self.idx, ix)
 
     def add(self, ix: np.ndarray, values: np.ndarray) -> None:
         """Merge points ``ix`` (ascending, none known yet) and their values in: linear, no re-sort."""
-        if not len(self.idx):
-            self.idx, self.val = np.asarray(ix, np.int64).copy(), np.asarray(values, np.float32).copy()
-            return
-        at = np.searchsorted(self.idx, ix) + np.arange(len(ix))  # where each new point lands
-        old = np.ones(len(self.idx) + len(ix), dtype=bool)
-        old[at] = False
-        idx = np.empty(len(old), dtype=np.int64)
-        val = np.empty(len(old), dtype=np.float32)
-        idx[at], val[at] = ix, values
-        idx[old], val[old] = self.idx, self.val
-        self.idx, self.val = idx, val
+        self.idx, self.val = native.sparse_merge(self.idx, self.val, ix, values)
 
     def values(self, ijk: np.ndarray) -> np.ndarray:
         """Values at fine points (..., 3); NaN where unknown."""
-        even = (ijk & 1).sum(axis=-1) == 0
-        out = np.full(ijk.shape[:-1], np.nan, dtype=np.float32)
-        e = ijk[even] >> 1
-        out[even] = self.coarse[e[:, 0], e[:, 1], e[:, 2]]
-        odd = ijk[~even]
-        lin = (odd[:, 0] * self.n + odd[:, 1]) * self.n + odd[:, 2]
-        if len(lin) and len(self.idx):
-            pos = np.minimum(np.searchsorted(self.idx, lin), len(self.idx) - 1)
-            hit = self.idx[pos] == lin
-            vals = np.full(len(lin), np.nan, dtype=np.float32)
-            vals[hit] = self.val[pos[hit]]
-            out[~even] = vals
-        return out
+        return native._np_sparse_values(self.coarse, self.idx, self.val, self.n, ijk)
 
     def grid(self, out: np.ndarray | None = None) -> np.ndarray:
         """The dense final grid (NaN where unknown), in ``out`` when given (reused
         from part to part: a fresh 515 MB grid per part at depth 9 costs its page faults)."""
-        fine = out if out is not None else np.empty((self.n,) * 3, dtype=np.float32)
-        fine.fill(np.nan)
-        fine[::2, ::2, ::2] = self.coarse
-        fine.reshape(-1)[self.idx] = self.val
-        return fine
+        return native.sparse_grid(self.coarse, self.idx, self.val, self.n, out)
 
 
 def _face_sign_changes(part: _Sparse, cells: np.ndarray, axis: int, side: int) -> np.ndarray:
     """(N,) bool: do the 3 x 3 fine points on the ``side`` face (0: low, 1: high)
     along ``axis`` of each coarse cell of ``cells`` (N, 3) not all have one sign?"""
-    base = 2 * cells
-    base[:, axis] += 2 * side
-    o = np.arange(3)
-    other = [a for a in range(3) if a != axis]
-    offs = np.zeros((9, 3), dtype=np.int64)
-    offs[:, other[0]] = np.repeat(o, 3)
-    offs[:, other[1]] = np.tile(o, 3)
-    inside = part.values(base[:, None, :] + offs[None, :, :]) > 0.0  # (N, 9); all known here
-    return inside.any(axis=1) & ~inside.all(axis=1)
+    return native.face_sign_changes(part.coarse, part.idx, part.val, part.n, cells, axis, side)
 
 
 def _unique_cells(cells: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """(N, 3) cells once each, in C order (as np.argwhere of their mask lists them)."""
-    lin = np.unique(np.ravel_multi_index(cells.T, shape))
-    return np.stack(np.unravel_index(lin, shape), axis=1).astype(np.int64)
-
-
-_CORNERS27 = np.stack(np.meshgrid(np.arange(3), np.arange(3), np.arange(3), indexing="ij"), -1).reshape(-1, 3)
+    return native.unique_cells(cells, shape)
 
 
 def _corner_points(cells: np.ndarray, coarse: np.ndarray) -> np.ndarray:
     """native.refine_points of a mask holding only ``cells`` (N, 3), from the cell
     list: ascending fine indices of the corners of their eight sub-cells, less
     those on a known coarse point. Cost in the cells, not the grid."""
-    n = 2 * (np.asarray(coarse.shape, np.int64) - 1) + 1
-    fine = (2 * cells[:, None, :] + _CORNERS27[None]).reshape(-1, 3)
-    lin = np.unique((fine[:, 0] * n[1] + fine[:, 1]) * n[2] + fine[:, 2])
-    i, j, k = lin // (n[1] * n[2]), (lin // n[2]) % n[1], lin % n[2]
-    on_coarse = ((i | j | k) & 1) == 0
-    known = np.zeros(len(lin), dtype=bool)
-    known[on_coarse] = np.isfinite(coarse[i[on_coarse] >> 1, j[on_coarse] >> 1, k[on_coarse] >> 1])
-    return lin[~known]
+    return native.corner_points(cells, coarse)
 
 
 def _near_band(band: np.ndarray, cells: np.ndarray, radius: int) -> np.ndarray:
     """(N,) bool: is each of ``cells`` (N, 3) in native.dilate_cells(band, radius),
     i.e. within ``radius`` cells (26-neighbourhood) of a band cell? Looked up
     for these cells only, not dilated over the grid."""
-    out = np.zeros(len(cells), dtype=bool)
-    if not len(cells):
-        return out
-    shape = np.asarray(band.shape)
-    rng = range(-int(radius), int(radius) + 1)
-    for o in ((a, b, c) for a in rng for b in rng for c in rng):
-        q = cells + np.asarray(o)
-        ok = ((q >= 0) & (q < shape)).all(axis=1) & ~out
-        out[ok] = band[q[ok, 0], q[ok, 1], q[ok, 2]]
-    return out
+    return native.near_band(band, cells, radius)
 
 
 class LevelOps(Protocol):

@@ -37,6 +37,14 @@ __all__ = [
     "band_cells",
     "dilate_cells",
     "refine_points",
+    "host_kernels",
+    "face_sign_changes",
+    "near_band",
+    "unique_cells",
+    "corner_points",
+    "sorted_member",
+    "sparse_merge",
+    "sparse_grid",
 ]
 
 logger = logging.getLogger("holopart_infer")
@@ -278,3 +286,193 @@ def refine_points(
         if cv.shape != expected:
             raise InputError(f"coarse_values: expected shape {expected}, got {cv.shape}")
     return kernels(device).refine_points(mask, cv)
+
+
+# ---------------------------------------------------------------------------
+# The final level's host work (extract._grow_final and extract._Sparse).
+#
+# Each function runs the threaded C++ kernel of ``_cpp`` (cpp_ext/src/
+# final_level.cpp) and falls back to its numpy reference (``_np_*`` below, the
+# implementation extract.py had) where the module is missing or was built before
+# these kernels existed. The outputs are integer, boolean or index arrays (or
+# values copied, never computed), so both give the same arrays bit for bit
+# (tests/native/test_final_level.py). Set ``use_host_kernels = False`` to run the
+# numpy references (benchmarks compare the two in one process).
+
+#: False: the final-level helpers below run their numpy references.
+use_host_kernels = True
+
+
+def host_kernels() -> ModuleType | None:
+    """The CPU module when it has the final-level kernels and they are enabled, else None."""
+    if not use_host_kernels:
+        return None
+    mod = _load("_cpp")
+    return mod if mod is not None and hasattr(mod, "sparse_grid") else None
+
+
+def _cells(cells: Any) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(cells, dtype=np.int64).reshape(-1, 3))
+
+
+def _np_sparse_values(coarse: np.ndarray, idx: np.ndarray, val: np.ndarray, n: int,
+                      ijk: np.ndarray) -> np.ndarray:
+    even = (ijk & 1).sum(axis=-1) == 0
+    out = np.full(ijk.shape[:-1], np.nan, dtype=np.float32)
+    e = ijk[even] >> 1
+    out[even] = coarse[e[:, 0], e[:, 1], e[:, 2]]
+    odd = ijk[~even]
+    lin = (odd[:, 0] * n + odd[:, 1]) * n + odd[:, 2]
+    if len(lin) and len(idx):
+        pos = np.minimum(np.searchsorted(idx, lin), len(idx) - 1)
+        hit = idx[pos] == lin
+        vals = np.full(len(lin), np.nan, dtype=np.float32)
+        vals[hit] = val[pos[hit]]
+        out[~even] = vals
+    return out
+
+
+def _np_face_sign_changes(coarse: np.ndarray, idx: np.ndarray, val: np.ndarray, n: int,
+                          cells: np.ndarray, axis: int, side: int) -> np.ndarray:
+    base = 2 * cells
+    base[:, axis] += 2 * side
+    o = np.arange(3)
+    other = [a for a in range(3) if a != axis]
+    offs = np.zeros((9, 3), dtype=np.int64)
+    offs[:, other[0]] = np.repeat(o, 3)
+    offs[:, other[1]] = np.tile(o, 3)
+    inside = _np_sparse_values(coarse, idx, val, n, base[:, None, :] + offs[None, :, :]) > 0.0  # (N, 9)
+    return inside.any(axis=1) & ~inside.all(axis=1)
+
+
+def face_sign_changes(coarse: Any, idx: Any, val: Any, n: int, cells: Any, axis: int, side: int) -> np.ndarray:
+    """(N,) bool: do the 3 x 3 fine points on face ``side`` (0: low, 1: high) along
+    ``axis`` of each coarse cell of ``cells`` (N, 3) not all have one sign (> 0)?
+
+    Fine values: ``coarse`` (the previous level's grid) on the coarse lattice (all
+    indices even), else the ascending linear indices ``idx`` into the ``n``-point
+    fine grid and their values ``val``; NaN (unknown) counts as not inside.
+    """
+    cells = _cells(cells)
+    mod = host_kernels()
+    if mod is None:
+        return _np_face_sign_changes(np.asarray(coarse), np.asarray(idx), np.asarray(val), int(n), cells.copy(),
+                                     int(axis), int(side))
+    return mod.face_sign_changes(coarse, idx, val, int(n), cells, int(axis), int(side)).view(bool)
+
+
+def _np_near_band(band: np.ndarray, cells: np.ndarray, radius: int) -> np.ndarray:
+    out = np.zeros(len(cells), dtype=bool)
+    if not len(cells):
+        return out
+    shape = np.asarray(band.shape)
+    rng = range(-int(radius), int(radius) + 1)
+    for o in ((a, b, c) for a in rng for b in rng for c in rng):
+        q = cells + np.asarray(o)
+        ok = ((q >= 0) & (q < shape)).all(axis=1) & ~out
+        out[ok] = band[q[ok, 0], q[ok, 1], q[ok, 2]]
+    return out
+
+
+def near_band(band: Any, cells: Any, radius: int) -> np.ndarray:
+    """(N,) bool: is each of ``cells`` (N, 3) within ``radius`` cells
+    (26-neighbourhood) of a set cell of the bool/uint8 mask ``band``?"""
+    cells = _cells(cells)
+    band = np.asarray(band)
+    mod = host_kernels()
+    if mod is None:
+        return _np_near_band(band.astype(bool, copy=False), cells, int(radius))
+    u8 = band.view(np.uint8) if band.dtype == bool else band.astype(np.uint8, copy=False)
+    return mod.near_band(np.ascontiguousarray(u8), cells, int(radius)).view(bool)
+
+
+def _np_unique_cells(cells: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    lin = np.unique(np.ravel_multi_index(cells.T, shape))
+    return np.stack(np.unravel_index(lin, shape), axis=1).astype(np.int64)
+
+
+def unique_cells(cells: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """(M, 3) int64: the distinct cells of ``cells`` (N, 3) in a grid of ``shape``
+    cells, in C order (as np.argwhere of their mask lists them)."""
+    cells = _cells(cells)
+    mod = host_kernels()
+    if mod is None:
+        return _np_unique_cells(cells, tuple(shape))
+    try:
+        return mod.unique_cells(cells, tuple(int(s) for s in shape))
+    except ValueError as e:  # the same error numpy raises for a cell outside the grid
+        raise ValueError(f"invalid entry in coordinates array ({e})") from None
+
+
+_CORNERS27 = np.stack(np.meshgrid(np.arange(3), np.arange(3), np.arange(3), indexing="ij"), -1).reshape(-1, 3)
+
+
+def _np_corner_points(cells: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+    n = 2 * (np.asarray(coarse.shape, np.int64) - 1) + 1
+    fine = (2 * cells[:, None, :] + _CORNERS27[None]).reshape(-1, 3)
+    lin = np.unique((fine[:, 0] * n[1] + fine[:, 1]) * n[2] + fine[:, 2])
+    i, j, k = lin // (n[1] * n[2]), (lin // n[2]) % n[1], lin % n[2]
+    on_coarse = ((i | j | k) & 1) == 0
+    known = np.zeros(len(lin), dtype=bool)
+    known[on_coarse] = np.isfinite(coarse[i[on_coarse] >> 1, j[on_coarse] >> 1, k[on_coarse] >> 1])
+    return lin[~known]
+
+
+def corner_points(cells: Any, coarse: Any) -> np.ndarray:
+    """:func:`refine_points` of a mask holding only ``cells`` (N, 3), from the cell
+    list: ascending fine indices of the corners of their eight sub-cells, less
+    those on a known coarse point of ``coarse`` (the cells' grid of points)."""
+    cells = _cells(cells)
+    mod = host_kernels()
+    if mod is None:
+        return _np_corner_points(cells, np.asarray(coarse))
+    return mod.corner_points(cells, _as_grid(coarse, "coarse"))
+
+
+def sorted_member(sorted_idx: Any, q: Any) -> np.ndarray:
+    """(Q,) bool: is each of ``q`` in the ascending int64 array ``sorted_idx``?"""
+    sorted_idx = np.asarray(sorted_idx, dtype=np.int64)
+    q = np.asarray(q, dtype=np.int64)
+    mod = host_kernels()
+    if mod is None:
+        if not len(sorted_idx):
+            return np.zeros(len(q), dtype=bool)
+        pos = np.minimum(np.searchsorted(sorted_idx, q), len(sorted_idx) - 1)
+        return sorted_idx[pos] == q
+    return mod.sorted_member(sorted_idx, q).view(bool)
+
+
+def sparse_merge(idx: Any, val: Any, add_idx: Any, add_val: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Merge the ascending (index, value) lists ``add_*`` (no index in ``idx``)
+    into ``idx``/``val``: new ascending int64 and float32 arrays, in linear time."""
+    idx, add_idx = np.asarray(idx, np.int64), np.asarray(add_idx, np.int64)
+    val, add_val = np.asarray(val, np.float32), np.asarray(add_val, np.float32)
+    if not len(idx):
+        return add_idx.copy(), add_val.copy()
+    mod = host_kernels()
+    if mod is None:
+        at = np.searchsorted(idx, add_idx) + np.arange(len(add_idx))  # where each new point lands
+        old = np.ones(len(idx) + len(add_idx), dtype=bool)
+        old[at] = False
+        out_i = np.empty(len(old), dtype=np.int64)
+        out_v = np.empty(len(old), dtype=np.float32)
+        out_i[at], out_v[at] = add_idx, add_val
+        out_i[old], out_v[old] = idx, val
+        return out_i, out_v
+    return tuple(mod.sparse_merge(idx, val, add_idx, add_val))  # type: ignore[return-value]
+
+
+def sparse_grid(coarse: Any, idx: Any, val: Any, n: int, out: np.ndarray | None = None) -> np.ndarray:
+    """The dense (n, n, n) float32 final grid of a sparse part: NaN, the coarse
+    grid on every second point, then ``val`` at the linear indices ``idx``; in
+    ``out`` when given (C-contiguous float32)."""
+    n = int(n)
+    fine = out if out is not None else np.empty((n,) * 3, dtype=np.float32)
+    mod = host_kernels()
+    if mod is None or not (fine.dtype == np.float32 and fine.flags.c_contiguous and fine.flags.writeable):
+        fine.fill(np.nan)
+        fine[::2, ::2, ::2] = coarse
+        fine.reshape(-1)[idx] = val
+        return fine
+    mod.sparse_grid(_as_grid(coarse, "coarse"), np.asarray(idx, np.int64), np.asarray(val, np.float32), n, fine)
+    return fine

@@ -88,6 +88,11 @@ class CompletionOptions:
                                        "about [-1, 1])")
     band: float = _option(constants.DEFAULT_BAND, "|logit| threshold of the coarse-to-fine band (reference 0.95)",
                           kind=float, lo=0.0, lo_open=True, cli=None)
+    coarse_min_resolution: int = _option(constants.COARSE_MIN_RESOLUTION, "smallest first (fully evaluated) "
+                                         "extraction level, cells per axis: the final 2^depth-8 cells are halved "
+                                         "while the half is a whole number >= this (extract.levels_for_depth); "
+                                         "16 starts depth 7 at 31^3 points instead of 32's 61^3 "
+                                         "(benchmarks/coarse_gate.py)", kind=int, lo=2, cli=None)
     chunk_points: int | None = _option(None, "decoder query points per part per call; bounds the attention scratch "
                                        "(points x latent tokens x heads) per call; None: the decoder's device "
                                        "picks (extract.QUERY_CHUNK_POINTS_BY_DEVICE: 8192 on the CPU, 65536 on "
@@ -725,6 +730,7 @@ class HoloPart:
 
         with _timed(timings, "extract"):
             level_opts = dict(depth=opts.depth, band=opts.band, chunk_points=chunk,
+                              min_resolution=opts.coarse_min_resolution,
                               close=bool(opts.close_at_bounds),
                               progress=lambda lvl, nl, d, t: report(f"extract {lvl + 1}/{nl}", d, t))
             if self.extracts_on_device:
@@ -742,6 +748,7 @@ class HoloPart:
                 out, retried = thin.retry_empty(
                     out, [o.cond.part_local[i, :, :3] for o, i in batch], decode,
                     lambda d, n: extract.extract_meshes(d, n, depth=opts.depth, band=opts.band,
+                                                        min_resolution=opts.coarse_min_resolution,
                                                         device=self.extract_device,
                                                         chunk_points=opts.chunk_points or self.chunk_points,
                                                         close=bool(opts.close_at_bounds)),
@@ -969,8 +976,8 @@ def _kv_row_taker(kv):
 
 #: options that must be equal for parts to share a DiT / decoder batch (the
 #: sampler loop and the extraction run once per batch with one value of each)
-BATCH_KEY_FIELDS = ("steps", "guidance", "latent_tokens", "depth", "band", "chunk_points", "close_at_bounds",
-                    "thin_parts", "parts_per_batch")
+BATCH_KEY_FIELDS = ("steps", "guidance", "latent_tokens", "depth", "band", "coarse_min_resolution", "chunk_points",
+                    "close_at_bounds", "thin_parts", "parts_per_batch")
 
 
 def _batch_key(opts: CompletionOptions) -> tuple:
@@ -1103,4 +1110,10 @@ def load(path: str | os.PathLike, backend: str = "auto", device: str = "auto", p
     except Exception:
         be.close()
         raise
+    if model.backend_name == "torch" and str(model.device).startswith("cpu"):
+        # issue 28 item 5: said where the user chose the checkpoint dir, once per load
+        log.warning("the torch backend (a checkpoint dir) on the CPU ran ~3x slower end to end than ONNX "
+                    "Runtime on the model dir exported from it (benchmarks/RESULTS.md): for CPU runs export it "
+                    "once (holopart-infer export %s MODEL_DIR) and load the model dir (--model MODEL_DIR)",
+                    path)
     return model

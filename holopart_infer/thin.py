@@ -104,8 +104,9 @@ def thickened_patch(vertices: np.ndarray, faces: np.ndarray,
     m.remove_unreferenced_vertices()
     v, f = np.asarray(m.vertices, np.float64), np.asarray(m.faces, np.int64)
     edges = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])  # directed, face orientation
-    key = np.sort(edges, axis=1)
-    _, inverse, counts = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+    # one 64-bit key per undirected edge (low << 32 | high), as cleanup.edge_manifold
+    key = (np.minimum(edges[:, 0], edges[:, 1]) << 32) | np.maximum(edges[:, 0], edges[:, 1])
+    _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
     boundary = edges[counts[inverse.reshape(-1)] == 1]
     if len(boundary) == 0:
         return v * size + center, f

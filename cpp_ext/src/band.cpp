@@ -9,10 +9,41 @@ namespace holopart {
 
 void band_cells(const float* values, int64_t cx, int64_t cy, int64_t cz, float band,
                 uint8_t* cells_out) {
-    parallel_for(cx, 1, [&](int64_t i, int64_t) {
-        for (int64_t j = 0; j < cy; ++j)
-            for (int64_t k = 0; k < cz; ++k)
-                cells_out[(i * cy + j) * cz + k] = hp_band_cell(values, cy, cz, i, j, k, band) ? 1 : 0;
+    // hp_band_cell per cell, with each point's class computed once (bit 0: known
+    // and |v| < band, bit 1: known and > 0, bit 2: known and <= 0) and each cell
+    // ORing its eight corners' classes: a near corner makes the cell a band cell
+    // whatever the others are, so the OR gives hp_band_cell's answer. Each worker
+    // takes a run of cell slabs and keeps two point slabs of classes (i, i + 1)
+    // in a small rolling buffer.
+    const int64_t py = cy + 1, pz = cz + 1, slab = py * pz;
+    auto classify = [&](int64_t i, uint8_t* c) {
+        const float* v = values + i * slab;
+        for (int64_t t = 0; t < slab; ++t) {
+            const float x = v[t];
+            c[t] = hp_is_unknown(x) ? 0
+                 : static_cast<uint8_t>((x < band && x > -band ? 1 : 0) | (x > 0.0f ? 2 : 4));
+        }
+    };
+    parallel_for(cx, 8, [&](int64_t i0, int64_t i1) {
+        std::vector<uint8_t> buf(static_cast<size_t>(2 * slab));
+        uint8_t* lo = buf.data();
+        uint8_t* hi = buf.data() + slab;
+        classify(i0, lo);
+        for (int64_t i = i0; i < i1; ++i) {
+            classify(i + 1, hi);
+            for (int64_t j = 0; j < cy; ++j) {
+                const uint8_t* a = lo + j * pz;
+                const uint8_t* b = a + pz;
+                const uint8_t* c = hi + j * pz;
+                const uint8_t* d = c + pz;
+                uint8_t* out = cells_out + (i * cy + j) * cz;
+                for (int64_t k = 0; k < cz; ++k) {
+                    const unsigned m = a[k] | a[k + 1] | b[k] | b[k + 1] | c[k] | c[k + 1] | d[k] | d[k + 1];
+                    out[k] = ((m & 1u) | ((m >> 1) & (m >> 2) & 1u)) ? 1 : 0;
+                }
+            }
+            std::swap(lo, hi);
+        }
     });
 }
 
@@ -63,18 +94,14 @@ void dilate_cells(const uint8_t* cells, int64_t cx, int64_t cy, int64_t cz, int 
 
 std::vector<int64_t> refine_points(const uint8_t* cells, int64_t cx, int64_t cy, int64_t cz,
                                    const float* coarse_values) {
+    // hp_fine_point_active for every fine point, row by row: fine point (i, j, k)
+    // is active when a cell of the (at most 2 x 2 x 2) coarse cells around it is.
+    // A fine row (i, j) ORs its (at most 2 x 2) coarse rows of cells into one
+    // row R; then cell c of R makes fine points 2c .. 2c + 2 active. Each fine
+    // slab i collects its points (ascending) on its own; the slabs are then
+    // concatenated in order.
     const int64_t fx = 2 * cx + 1, fy = 2 * cy + 1, fz = 2 * cz + 1;
     const int64_t py = cy + 1, pz = cz + 1;
-    std::vector<int64_t> counts(static_cast<size_t>(fx) + 1, 0);
-    auto keep = [&](int64_t i, int64_t j, int64_t k) {
-        if (coarse_values && !(i & 1) && !(j & 1) && !(k & 1)) {
-            const float v = coarse_values[((i >> 1) * py + (j >> 1)) * pz + (k >> 1)];
-            if (!hp_is_unknown(v)) return false;
-        }
-        return hp_fine_point_active(cells, cx, cy, cz, i, j, k);
-    };
-    // A fine row (i, j) can only hold active points when one of the (at most
-    // 2 x 2) coarse rows around it has an active cell: skip the others cheaply.
     std::vector<uint8_t> row_any(static_cast<size_t>(cx * cy), 0);
     parallel_for(cx * cy, 1024, [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
@@ -86,33 +113,50 @@ std::vector<int64_t> refine_points(const uint8_t* cells, int64_t cx, int64_t cy,
         lo = std::max<int64_t>((f - 1) >> 1, 0);
         hi = std::min<int64_t>(f >> 1, n - 1);
     };
-    auto row_active = [&](int64_t i, int64_t j) {
-        int64_t il, ih, jl, jh;
+    std::vector<std::vector<int64_t>> slabs(static_cast<size_t>(fx));
+    parallel_for(fx, 1, [&](int64_t i, int64_t) {
+        int64_t il, ih;
         span(i, cx, il, ih);
-        span(j, cy, jl, jh);
-        for (int64_t a = il; a <= ih; ++a)
-            for (int64_t b = jl; b <= jh; ++b)
-                if (row_any[a * cy + b]) return true;
-        return false;
-    };
-    parallel_for(fx, 1, [&](int64_t i, int64_t) {
-        int64_t cnt = 0;
+        std::vector<uint8_t> row(static_cast<size_t>(cz));
+        std::vector<int64_t>& out = slabs[i];
         for (int64_t j = 0; j < fy; ++j) {
-            if (!row_active(i, j)) continue;
-            for (int64_t k = 0; k < fz; ++k) cnt += keep(i, j, k) ? 1 : 0;
+            int64_t jl, jh;
+            span(j, cy, jl, jh);
+            bool any = false;
+            for (int64_t a = il; a <= ih && !any; ++a)
+                for (int64_t b = jl; b <= jh; ++b)
+                    if (row_any[a * cy + b]) {
+                        any = true;
+                        break;
+                    }
+            if (!any) continue;
+            std::fill(row.begin(), row.end(), 0);
+            for (int64_t a = il; a <= ih; ++a)
+                for (int64_t b = jl; b <= jh; ++b) {
+                    if (!row_any[a * cy + b]) continue;
+                    const uint8_t* c = cells + (a * cy + b) * cz;
+                    for (int64_t k = 0; k < cz; ++k) row[k] |= c[k];
+                }
+            const bool even_row = !(i & 1) && !(j & 1) && coarse_values;
+            const float* cv = even_row ? coarse_values + ((i >> 1) * py + (j >> 1)) * pz : nullptr;
+            const int64_t base = (i * fy + j) * fz;
+            int64_t next = 0;  // first fine k not emitted yet
+            for (int64_t c = 0; c < cz; ++c) {
+                if (!row[c]) continue;
+                for (int64_t k = std::max(2 * c, next); k <= 2 * c + 2; ++k) {
+                    if (cv && !(k & 1) && !hp_is_unknown(cv[k >> 1])) continue;  // known coarse point
+                    out.push_back(base + k);
+                }
+                next = 2 * c + 3;
+            }
         }
-        counts[i + 1] = cnt;
     });
-    for (int64_t i = 0; i < fx; ++i) counts[i + 1] += counts[i];
-    std::vector<int64_t> out(static_cast<size_t>(counts[fx]));
+    std::vector<int64_t> start(static_cast<size_t>(fx) + 1, 0);
+    for (int64_t i = 0; i < fx; ++i) start[i + 1] = start[i] + static_cast<int64_t>(slabs[i].size());
+    std::vector<int64_t> out(static_cast<size_t>(start[fx]));
     parallel_for(fx, 1, [&](int64_t i, int64_t) {
-        if (counts[i + 1] == counts[i]) return;
-        int64_t w = counts[i];
-        for (int64_t j = 0; j < fy; ++j) {
-            if (!row_active(i, j)) continue;
-            for (int64_t k = 0; k < fz; ++k)
-                if (keep(i, j, k)) out[w++] = (i * fy + j) * fz + k;
-        }
+        std::copy(slabs[i].begin(), slabs[i].end(), out.begin() + start[i]);
+        std::vector<int64_t>().swap(slabs[i]);
     });
     return out;
 }

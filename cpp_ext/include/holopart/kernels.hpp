@@ -51,4 +51,46 @@ Mesh marching_cubes(const float* vol, int64_t nx, int64_t ny, int64_t nz, float 
 void vertex_normals(const float* vertices, int64_t nv, const int64_t* faces, int64_t nf,
                     float* normals);
 
+// ---- The final level's host work (final_level.cpp): a part's final-level
+// values as the previous level's coarse grid ((cx, cy, cz) points, NaN unknown)
+// plus ascending linear indices `idx` (m of them) into the n^3 fine grid and
+// their values. Fine point (i, j, k) with all indices even reads the coarse
+// grid, any other the list.
+struct SparseFinal {
+    const float* coarse;
+    int64_t cx, cy, cz;
+    const int64_t* idx;
+    const float* val;
+    int64_t m;
+    int64_t n;
+};
+
+// out[c] = 1 when the 3 x 3 fine points on face `side` (0 low, 1 high) along
+// `axis` of coarse cell cells[c] (N x 3) are not all inside (> 0; NaN is not).
+void face_sign_changes(const SparseFinal& s, const int64_t* cells, int64_t ncells, int axis,
+                       int side, uint8_t* out);
+
+// out[c] = 1 when a cell within `radius` (26-neighbourhood) of cells[c] is set in band.
+void near_band(const uint8_t* band, int64_t bx, int64_t by, int64_t bz, const int64_t* cells,
+               int64_t ncells, int radius, uint8_t* out);
+
+// The distinct cells of an (N, 3) list in C order, flattened (M * 3).
+std::vector<int64_t> unique_cells(const int64_t* cells, int64_t ncells, int64_t sx, int64_t sy,
+                                  int64_t sz);
+
+// refine_points of a mask holding only `cells`: ascending fine indices of the
+// corners of their eight sub-cells, less the known coarse points.
+std::vector<int64_t> corner_points(const int64_t* cells, int64_t ncells, const float* coarse,
+                                   int64_t px, int64_t py, int64_t pz);
+
+// out[t] = 1 when q[t] is in the ascending array `sorted`.
+void sorted_member(const int64_t* sorted, int64_t m, const int64_t* q, int64_t nq, uint8_t* out);
+
+// Merge two ascending (index, value) lists with no index in common.
+void sparse_merge(const int64_t* idx, const float* val, int64_t m, const int64_t* add_idx,
+                  const float* add_val, int64_t q, int64_t* out_idx, float* out_val);
+
+// The dense n^3 final grid: NaN, the coarse lattice, then the list.
+void sparse_grid(const SparseFinal& s, float* out);
+
 }  // namespace holopart
