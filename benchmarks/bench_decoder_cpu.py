@@ -210,7 +210,7 @@ def worker(args) -> dict:
     import onnxruntime as ort
 
     from holopart_infer.engines.onnxruntime import OrtBackend, cpu_session_options
-    from holopart_infer.manifest import load_manifest
+    from holopart_infer.model.manifest import load_manifest
 
     ort.set_default_logger_severity(3)
     threads = args.threads

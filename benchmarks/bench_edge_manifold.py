@@ -22,8 +22,8 @@ def by_unique_rows(faces) -> bool:
 
 
 def main(argv=None) -> int:
-    from holopart_infer.cleanup import edge_manifold
-    from holopart_infer.mcubes import marching_cubes
+    from holopart_infer.postprocess.cleanup import edge_manifold
+    from holopart_infer.extraction.mcubes import marching_cubes
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=200)

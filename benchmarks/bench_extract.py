@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from holopart_infer.extract import extract_dense, extract_meshes
+from holopart_infer.extraction.extract import extract_dense, extract_meshes
 
 PART = dict(centre=(0.02, -0.03, 0.01), radius=0.665, sharpness=80.0)
 DENSE_QUERIES = 505 ** 3
@@ -102,7 +102,8 @@ def query_table(depths=(7, 8, 9), objects=("mug", "lamp", "table", "ten"), model
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from holopart_infer import assets, extract
+    from holopart_infer import assets
+    from holopart_infer.extraction import extract
     from holopart_infer.pipeline import load
 
     print(f"{'part':<28} {'depth':>5} {'before':>10} {'after':>10} {'after/before':>12}  mesh")
@@ -155,7 +156,7 @@ def feed_table(depths=(7, 8, 9), chunk=8192) -> None:
     the parts of one extraction: the packed feed (extract.PackedFeed, the
     pipeline's) against one padded row per part (extract.PaddedFeed, before
     issue 28). Counts, not times: they do not depend on the machine's load."""
-    from holopart_infer.extract import PackedFeed, PaddedFeed
+    from holopart_infer.extraction.extract import PackedFeed, PaddedFeed
 
     fields = list(_fields().values())
 

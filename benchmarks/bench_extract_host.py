@@ -3,7 +3,7 @@ an earlier commit's, side by side in one process (issue 28 item 2).
 
 Eight analytic parts (spheres, thin slabs, tori, wavy shells; logits = 60 x signed distance,
 as sharp as the model's) are extracted by both versions of
-``holopart_infer.extract`` (the earlier one read with ``git show REV:...`` and
+``holopart_infer.extraction.extract`` (the earlier one read with ``git show REV:...`` and
 imported under another name), alternating which goes first. The decoder is an
 analytic field; its time (``stats.decode_seconds``) is subtracted, so "host" is
 the extraction's own work: band, dilation, refinement, growth rounds, the fine
@@ -14,7 +14,7 @@ grid, marching cubes. Each pair checks that queries per part and meshes
     python benchmarks/bench_extract_host.py --resident [--depth 7 8] [--before REV]
                                            [--before-kernels] [--threads 1 2]
 
-``--resident``: the same for ``holopart_infer.resident.extract_meshes_resident``
+``--resident``: the same for ``holopart_infer.extraction.resident.extract_meshes_resident``
 on CPU torch tensors (the decoder: the same analytic fields through numpy), the
 earlier commit's resident.py run against that commit's extract.py.
 ``--before-kernels`` also builds REV's cpp_ext (CMake, CPU module only, into a
@@ -126,7 +126,7 @@ def build_kernels(rev: str):
 
 
 class KernelShim:
-    """The parts of holopart_infer.native an earlier extract.py calls, on another kernels module."""
+    """The parts of holopart_infer.extraction.native an earlier extract.py calls, on another kernels module."""
 
     def __init__(self, mod):
         self.mod = mod
@@ -150,8 +150,8 @@ def capture_model_decode(obj: str, n: int, depth: int):
     (captured from one ``complete`` call) and the number of parts."""
     import holopart_infer as hp
     from holopart_infer import assets
-    from holopart_infer import extract as ex
-    from holopart_infer.parts_io import Parts, load_parts
+    from holopart_infer.extraction import extract as ex
+    from holopart_infer.io.parts_io import Parts, load_parts
 
     if obj == "standin":
         sys.path.insert(0, str(Path(__file__).parent))
@@ -176,7 +176,7 @@ def capture_model_decode(obj: str, n: int, depth: int):
 
 
 def main(argv=None) -> int:
-    from holopart_infer import extract as after
+    from holopart_infer.extraction import extract as after
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--depth", type=int, nargs="+", default=[8, 9])
@@ -190,7 +190,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     fields = parts(args.parts)
     if args.resident:
-        from holopart_infer import resident
+        from holopart_infer.extraction import resident
 
         before = SimpleNamespace(extract_meshes=resident_runner(load_before(args.before, "resident"), fields))
         after = SimpleNamespace(extract_meshes=resident_runner(resident, fields))

@@ -82,7 +82,7 @@ def row_lengths(lengths, repeats: int, model_path=None) -> int:
 def main(argv=None) -> int:
     import holopart_infer as hp
     from holopart_infer import assets, pipeline
-    from holopart_infer.parts_io import Parts, load_parts
+    from holopart_infer.io.parts_io import Parts, load_parts
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--object", help="parts file (default: the stand-in, else the demo table)")

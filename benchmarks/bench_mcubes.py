@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from holopart_infer.mcubes import marching_cubes
+from holopart_infer.extraction.mcubes import marching_cubes
 
 ROUNDS = {128: 10, 256: 5, 512: 3}
 KINDS = ("smooth", "hard", "blobs")
@@ -92,7 +92,7 @@ import numpy as np
 impl, path = sys.argv[1], sys.argv[2]
 vol = np.load(path)
 if impl == "holopart":
-    from holopart_infer.mcubes import marching_cubes as fn
+    from holopart_infer.extraction.mcubes import marching_cubes as fn
 else:
     from skimage.measure import marching_cubes as fn
 x = np.linspace(-1.0, 1.0, 16, dtype=np.float32)

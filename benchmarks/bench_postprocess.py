@@ -48,10 +48,10 @@ def new_edge_use_counts(f):
 
 
 def main(argv=None) -> int:
-    from holopart_infer import quality
-    from holopart_infer.cleanup import connected_components, drop_duplicate_faces, edge_manifold, remove_floaters
-    from holopart_infer.decimate import decimate, merge_coincident
-    from holopart_infer.mcubes import marching_cubes
+    from holopart_infer.postprocess import quality
+    from holopart_infer.postprocess.cleanup import connected_components, drop_duplicate_faces, edge_manifold, remove_floaters
+    from holopart_infer.postprocess.decimate import decimate, merge_coincident
+    from holopart_infer.extraction.mcubes import marching_cubes
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)

@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from holopart_infer import assets
-    from holopart_infer.parts_io import load_parts
+    from holopart_infer.io.parts_io import load_parts
 
     body = assets.demo_object_path(args.object).read_bytes()
     n_parts = len(load_parts(assets.demo_object_path(args.object)))

@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
 def make_objects(n_synthetic: int, seed: int = 0) -> list:
     """Demo objects + synthetic ones, as loaded Parts."""
     from holopart_infer import assets
-    from holopart_infer.parts_io import load_parts
+    from holopart_infer.io.parts_io import load_parts
 
     objs = [load_parts(assets.demo_object_path(n)) for n in sorted(assets.DEMO_OBJECTS)]
     if n_synthetic:
@@ -79,7 +79,7 @@ def run_throughput(device: str = "cpu", model_dir: str | None = None, *, rounds:
     if ray_workers:
         import ray
 
-        from holopart_infer.ray_runner import RayPool
+        from holopart_infer.scale.ray_runner import RayPool
 
         ray.init(num_cpus=ray_workers if device == "cpu" else None, include_dashboard=False,
                  logging_level=logging.WARNING, log_to_driver=False)

@@ -55,7 +55,7 @@ def load_objects(names):
     from thin_parts import built_objects
 
     from holopart_infer import assets
-    from holopart_infer.parts_io import load_parts
+    from holopart_infer.io.parts_io import load_parts
 
     built = None
     out = {}
@@ -95,7 +95,7 @@ def _volume(v, f):
 
 
 def score(base, coarse, diag):
-    from holopart_infer.quality import _surface_distance  # point to triangle mesh, exact near the samples
+    from holopart_infer.postprocess.quality import _surface_distance  # point to triangle mesh, exact near the samples
 
     rng = np.random.default_rng(0)
     rows = []
@@ -123,7 +123,8 @@ def score(base, coarse, diag):
 
 def main(argv=None) -> int:
     import holopart_infer as hp
-    from holopart_infer import assets, extract
+    from holopart_infer import assets
+    from holopart_infer.extraction import extract
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--objects", nargs="+", default=DEFAULT_OBJECTS)

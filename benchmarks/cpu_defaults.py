@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 def ten_part_object(path: str | os.PathLike) -> Path:
     """Write the 10-part test object: synthetic chair (6 parts) and shelf (4 parts) side by side."""
     from export.synthetic import make_object
-    from holopart_infer.parts_io import write_scene
+    from holopart_infer.io.parts_io import write_scene
 
     chair, shelf = make_object((9100, 0), "chair", n_views=8), make_object((9100, 0), "shelf", n_views=8)
     meshes, names = [], []

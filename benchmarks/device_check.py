@@ -216,7 +216,7 @@ class CheckpointWriter:
 
 class Check:
     def __init__(self, args: argparse.Namespace):
-        from holopart_infer import native
+        from holopart_infer.extraction import native
 
         self.args = args
         self.mode = args.mode
@@ -329,7 +329,7 @@ class Check:
         """Skip (keeping ``partial``) unless the CUDA kernels and a GPU are usable."""
         if self.cuda:
             return
-        from holopart_infer import native
+        from holopart_infer.extraction import native
 
         if self.build in ("cpu_fallback", "failed"):
             raise Skip("CUDA kernels not built: the CUDA build failed"
@@ -391,7 +391,7 @@ class Check:
 
     # -- stages ------------------------------------------------------------------------
     def stage_environment(self) -> dict:
-        from holopart_infer import native
+        from holopart_infer.extraction import native
 
         rec: dict[str, Any] = {"cuda_kernels": native.cuda_status(), "built_with_cuda": native.built_with_cuda(),
                                "numpy": np.__version__}
@@ -443,7 +443,7 @@ class Check:
         return rec
 
     def stage_parity_fps(self) -> dict:
-        from holopart_infer import native
+        from holopart_infer.extraction import native
 
         n, k = self.size["fps"]
         xyz = np.random.default_rng(0).normal(size=(n, 3)).astype(np.float32)
@@ -457,7 +457,7 @@ class Check:
         return rec
 
     def stage_parity_band(self) -> dict:
-        from holopart_infer import native
+        from holopart_infer.extraction import native
 
         c = self.size["band_cells"]
         rng = np.random.default_rng(1)
@@ -486,7 +486,7 @@ class Check:
         return rec
 
     def stage_parity_mcubes(self) -> dict:
-        from holopart_infer.mcubes import marching_cubes
+        from holopart_infer.extraction.mcubes import marching_cubes
 
         n = self.size["mc_points"]
         ax = np.linspace(-1.05, 1.05, n, dtype=np.float32)
@@ -507,8 +507,8 @@ class Check:
 
     def stage_extract_analytic(self) -> dict:
         """Depth-9 extraction of an analytic field: part 0 is cut by the box (capped), part 1 is inside."""
-        from holopart_infer.cleanup import edge_manifold
-        from holopart_infer.extract import extract_meshes
+        from holopart_infer.postprocess.cleanup import edge_manifold
+        from holopart_infer.extraction.extract import extract_meshes
 
         centres = np.array([[0.8, 0.0, 0.0], [-0.1, 0.1, 0.0]], dtype=np.float32)
         radii = np.array([0.5, 0.4], dtype=np.float32)
@@ -612,7 +612,7 @@ class Check:
             rows[str(chunk)] = {**t, "queries_per_s": round(P * total / (t["median_ms"] * 1e-3)),
                                 "calls": -(-total // chunk)}
         best = max(rows, key=lambda c: rows[c]["queries_per_s"])
-        from holopart_infer.extract import QUERY_CHUNK_POINTS_BY_DEVICE as CHUNK_POINTS_DEFAULT
+        from holopart_infer.extraction.extract import QUERY_CHUNK_POINTS_BY_DEVICE as CHUNK_POINTS_DEFAULT
 
         rec = {"device": dev, "parts": P, "points_per_part": total, "by_chunk": rows, "best_chunk_points": int(best),
                "current_default": CHUNK_POINTS_DEFAULT[dev],
@@ -623,7 +623,7 @@ class Check:
         return rec
 
     def stage_host_round_trips(self) -> dict:
-        """Resident extraction (holopart_infer.resident) on CUDA against the host path.
+        """Resident extraction (holopart_infer.extraction.resident) on CUDA against the host path.
 
         The same decoder answers both: the host path (points and logits through
         the host every decode call, band and marching cubes on the CUDA kernels)
@@ -636,8 +636,8 @@ class Check:
         from torch.profiler import ProfilerActivity, profile
 
         from holopart_infer.engines.pytorch import FastTorchBackend
-        from holopart_infer.extract import extract_meshes
-        from holopart_infer.resident import extract_meshes_resident
+        from holopart_infer.extraction.extract import extract_meshes
+        from holopart_infer.extraction.resident import extract_meshes_resident
 
         nets = self.networks()
         dev_name = "cuda" if self.cuda else "cpu"  # rehearsal: the comparison on the CPU, no copy count

@@ -249,7 +249,7 @@ def device_info(device: torch.device) -> dict:
 
 def make_parts(n: int, seed: int = 0):
     """An n-part synthetic object (closed boxes on a ring around a central box: a table-like layout)."""
-    from holopart_infer.parts_io import Part, Parts
+    from holopart_infer.io.parts_io import Part, Parts
 
     rng = np.random.default_rng(seed)
     corners = np.array([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)], dtype=np.float64)
@@ -281,7 +281,7 @@ class _capture_extract:
     """
 
     def __enter__(self):
-        from holopart_infer import extract
+        from holopart_infer.extraction import extract
 
         self.mod, self.orig = extract, extract.extract_meshes
         self.stats: list = []
@@ -618,8 +618,8 @@ class Harness:
         return self.finish(rec, flop, nbytes)
 
     def stage_marching_cubes(self, n: int) -> dict:
-        from holopart_infer import native
-        from holopart_infer.mcubes import marching_cubes
+        from holopart_infer.extraction import native
+        from holopart_infer.extraction.mcubes import marching_cubes
 
         try:
             native.kernels("cpu")

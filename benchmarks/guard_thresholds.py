@@ -3,7 +3,7 @@
 Completions by a model (default: the embedded holopart-mini) of held-out
 objects, scored two ways:
 
-* from the inputs alone, as the library does (:mod:`holopart_infer.quality`);
+* from the inputs alone, as the library does (:mod:`holopart_infer.postprocess.quality`);
 * against ground truth: a completion is **good** when its volume IoU with the
   true part is >= 0.5 (:mod:`holopart_infer.export.evaluate`'s success), **bad**
   otherwise; for a true part that encloses (almost) no volume (an open sheet:
@@ -20,8 +20,9 @@ Objects:
   ``/usr/share/sweethome3d/furniture/*.sh3f``, zip archives of OBJ models whose
   groups are the parts), 3-12 parts and 200-15000 faces, a fixed pseudo-random
   sample split in two by a hash of the name (calibration / evaluation). These
-  models are Y-up and the embedded model was trained Z-up: each object is
-  rotated so +Y becomes +Z before completion. The input is each part as the
+  models are Y-up and given as +y (the runtime turns them into the model's frame;
+  when the thresholds were set, v1 was +z and each object was rotated +Y -> +Z by hand,
+  which is the same turn). The input is each part as the
   file has it, and the truth is the same part.
 
 The model runs once per object with no floater removal, no decimation and the
@@ -48,17 +49,19 @@ import os
 import re
 import sys
 import time
+from dataclasses import replace
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 import holopart_infer as hp
-from holopart_infer import assets, quality
-from holopart_infer.cleanup import connected_components, edge_manifold, remove_floaters
-from holopart_infer.decimate import decimate, merge_coincident
-from holopart_infer.parts_io import Parts, load_parts
-from holopart_infer.thin import thickened_patch
+from holopart_infer import assets
+from holopart_infer.postprocess import quality
+from holopart_infer.postprocess.cleanup import connected_components, edge_manifold, remove_floaters
+from holopart_infer.postprocess.decimate import decimate, merge_coincident
+from holopart_infer.io.parts_io import Parts, load_parts
+from holopart_infer.postprocess.thin import thickened_patch
 
 SYNTH_SEEDS = {"calibration": 5000, "evaluation": 6000}
 SYNTH_VIEWS = 12
@@ -69,12 +72,6 @@ DECIMATE_TARGET = 10000  # the library default
 
 
 # ----------------------------------------------------------------------------- objects
-def y_up_to_z_up(v: np.ndarray) -> np.ndarray:
-    """Rotate +90 degrees about x: +Y becomes +Z (the v1 model was trained Z-up)."""
-    v = np.asarray(v, dtype=np.float64)
-    return np.stack([v[:, 0], -v[:, 2], v[:, 1]], axis=1)
-
-
 def real_candidates(n: int, tmp: Path, skip: int = 0, only_evaluation: bool = False) -> list[tuple[str, str, Path]]:
     """(split, name, obj path) of ``n`` furniture models after the first ``skip`` (in
     the fixed hash order), extracted under ``tmp``."""
@@ -113,13 +110,14 @@ def real_candidates(n: int, tmp: Path, skip: int = 0, only_evaluation: bool = Fa
 
 def objects(args, cache: Path):
     """Yield (split, kind, name, Parts (input), list of ground-truth (v, f))."""
-    from holopart_infer.export.synthetic import iter_dataset
+    from holopart_infer.export.synthetic import SYNTHETIC_UP, iter_dataset
 
     seeds = {"evaluation": args.second_evaluation} if args.second_evaluation else SYNTH_SEEDS
     for split, seed in seeds.items():
         for i, obj in enumerate(iter_dataset(seed, args.synthetic, n_views=SYNTH_VIEWS)):
             gts = [(np.asarray(p.mesh.vertices), np.asarray(p.mesh.faces)) for p in obj.parts]
-            yield split, "synthetic", f"s{seed}-{i:02d}-{obj.template}", obj.input_parts(), gts
+            # the templates stand along +z; the model turns them into its own frame
+            yield split, "synthetic", f"s{seed}-{i:02d}-{obj.template}", replace(obj.input_parts(), up=SYNTHETIC_UP), gts
     skip = args.real_skip
     for split, name, path in real_candidates(args.real, cache, skip, bool(args.second_evaluation)):
         try:
@@ -127,8 +125,8 @@ def objects(args, cache: Path):
         except hp.InputError as e:
             print(f"skip {name}: {e}", file=sys.stderr)
             continue
-        meshes = [(y_up_to_z_up(p.vertices), p.faces) for p in parts]
-        yield split, "real", name, Parts.from_meshes(meshes, parts.names, source=str(path)), meshes
+        meshes = [(p.vertices, p.faces) for p in parts]  # glTF: +y; the model turns them into its frame
+        yield split, "real", name, Parts.from_meshes(meshes, parts.names, source=str(path), up="+y"), meshes
 
 
 # ----------------------------------------------------------------------------- completions

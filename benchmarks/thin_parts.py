@@ -18,7 +18,7 @@ import trimesh
 
 import holopart_infer as hp
 from holopart_infer import assets
-from holopart_infer.parts_io import Parts, load_parts
+from holopart_infer.io.parts_io import Parts, load_parts
 
 OPTS = dict(steps=8, depth=7, decimate=None, seed=0)
 

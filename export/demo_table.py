@@ -101,7 +101,7 @@ def build_demo_scene():
     from trimesh.visual import TextureVisuals
     from trimesh.visual.material import PBRMaterial
 
-    from holopart_infer.parts_io import part_colors
+    from holopart_infer.io.parts_io import part_colors
 
     # top: a unit box [-1, 1]^3 scaled by its node; holes under the legs on -y
     foot = [((x - _LEG_HALF) / _TOP_HALF[0], (x + _LEG_HALF) / _TOP_HALF[0],

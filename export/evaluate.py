@@ -62,7 +62,7 @@ OBJECT_SCALE = 2.0  # longest side of a normalized synthetic object
 
 def surface_samples(vertices, faces, n: int, rng: np.random.Generator) -> np.ndarray:
     """(n, 3) area-weighted samples; an empty or zero-area mesh gives (0, 3)."""
-    from holopart_infer.conditioning import sample_surface
+    from holopart_infer.model.conditioning import sample_surface
     from holopart_infer.errors import InputError
 
     v = np.asarray(vertices, dtype=np.float64)
@@ -261,7 +261,7 @@ def _inside_fn(vertices, faces, shell: float = 0.0):
         return lambda pts: np.zeros(len(pts), dtype=bool)
     if shell > 0:
         from .realdata import occupancy_labels
-        from holopart_infer.conditioning import sample_surface
+        from holopart_infer.model.conditioning import sample_surface
 
         dense, _, _ = sample_surface(v, f, 20000, np.random.default_rng(0))
         return lambda pts: occupancy_labels(pts, v, f, shell, dense)
@@ -303,7 +303,7 @@ def score_methods(preds: dict[str, tuple], gt: tuple, rng: np.random.Generator, 
 
 def _frame_parts(obj, M: np.ndarray):
     """The object's input parts with vertices mapped by ``M`` (a rotation into a model's frame)."""
-    from holopart_infer.parts_io import Parts
+    from holopart_infer.io.parts_io import Parts
 
     meshes = [(np.asarray(v) @ M.T, f) for v, f in obj.patches()]
     return Parts.from_meshes(meshes, names=obj.names, source=f"evaluation {obj.template}")
@@ -311,11 +311,15 @@ def _frame_parts(obj, M: np.ndarray):
 
 def evaluate(objects, model=None, methods=METHODS, complete_kwargs: dict | None = None, seed: int = 0,
              n_surface: int = 10000, n_volume: int = 32000, model_frame: np.ndarray | None = None,
-             real_shell: float = REAL_SHELL, partial=None) -> tuple[list[PartScore], dict]:
+             real_shell: float = REAL_SHELL, partial=None, objects_up: str | None = None
+             ) -> tuple[list[PartScore], dict]:
     """Score every part of every object for each method. ``model``: a loaded :class:`HoloPart`.
 
-    ``model_frame``: a rotation applied to the input before the model and undone on its output
-    (e.g. y-up objects given to a model trained z-up). Real parts (primitive ``"real"``) are scored
+    ``objects_up``: the up axis of the objects' coordinates (``"+z"`` for
+    :mod:`holopart_infer.export.synthetic`'s, ``"+y"`` for real and ``to_y_up`` ones); the model
+    turns them into its own frame and its results back, as for a user's file. None: they are
+    taken as already in the model's frame. ``model_frame``: instead, a rotation applied to the
+    input before the model and undone on its output. Real parts (primitive ``"real"``) are scored
     with ``real_shell`` (see :func:`score_methods`). ``partial``: a ``.jsonl`` path; each object's
     scores are appended to it as soon as they exist (a run stopped early keeps what it scored).
     """
@@ -331,7 +335,7 @@ def evaluate(objects, model=None, methods=METHODS, complete_kwargs: dict | None 
             t0 = time.perf_counter()
             M = np.eye(3) if model_frame is None else np.asarray(model_frame, dtype=np.float64)
             res = model.complete(_frame_parts(obj, M) if model_frame is not None else obj.input_parts(),
-                                 **(complete_kwargs or {}))
+                                 up=objects_up, **(complete_kwargs or {}))
             timing["model_s"] += time.perf_counter() - t0
             if [r.name for r in res.parts] != obj.names:
                 raise RuntimeError(f"object {oi}: output parts {[r.name for r in res.parts]} != {obj.names}")
@@ -600,19 +604,13 @@ def main(argv=None) -> int:
             from .synthetic import transform_object
 
             objs = [transform_object(o, TRANSFORMS[a.transform]) for o in objs]
-    frame = None
-    if model is not None:
-        from holopart_infer.checkpoint import checkpoint_up_axis
-        from holopart_infer.frames import check_up, up_rotation
+    from holopart_infer.io.frames import check_up
 
-        stated = checkpoint_up_axis(a.checkpoint) if a.checkpoint else model.up_axis
-        if a.model_up is not None and check_up(a.model_up) != stated:
-            p.error(f"--model-up {a.model_up}: the model states {stated} (its up_axis); drop --model-up")
-        objects_up = "+y" if a.real else check_up(a.synthetic_up)
-        turn = up_rotation(objects_up, stated)
-        frame = None if turn.is_identity else turn.matrix.astype(np.float64)
+    objects_up = "+y" if a.real else check_up(a.synthetic_up)
+    if model is not None and a.model_up is not None and check_up(a.model_up) != model.up_axis:
+        p.error(f"--model-up {a.model_up}: the model states {model.up_axis} (its up_axis); drop --model-up")
     scores, timing = evaluate(objs, model, methods, kw, n_surface=a.n_surface, n_volume=a.n_volume,
-                              model_frame=frame, partial=a.partial)
+                              partial=a.partial, objects_up=objects_up)
     summary = summarize(scores, a.occluded_below)
     print(markdown_table(summary))
     print(bootstrap_text(scores, a.occluded_below))

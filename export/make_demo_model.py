@@ -18,7 +18,7 @@ the model's output on them was seen.
 Frames: every embedded demo object is a glTF file and so +Y up, like HoloPart's
 training data. :mod:`holopart_infer.export.synthetic` builds its objects +Z up
 (:data:`SYNTHETIC_UP`), so :func:`write_demo_objects` turns each one to +Y up as
-it writes it (:func:`holopart_infer.frames.up_rotation`, exact). holopart-mini v1
+it writes it (:func:`holopart_infer.io.frames.up_rotation`, exact). holopart-mini v1
 was trained on those objects as built (+Z up); its shipped weights were then refolded to +Y
 (:mod:`holopart_infer.export.refold_up`, exact), so its ``model_index.json`` (and so the demo
 model's manifest) says ``"up_axis": "+y"`` and the Y-up demo files reach it unturned.
@@ -32,6 +32,7 @@ from pathlib import Path
 
 from .onnx_export import export_model
 from .random_checkpoint import write_random_checkpoint
+from .synthetic import SYNTHETIC_UP  # noqa: F401  (re-exported: the demo objects' source frame)
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "holopart_infer" / "assets"
@@ -39,8 +40,6 @@ DEFAULT_OUT = ASSETS / "demo_model"
 #: demo object name -> (make_object seed, template, cameras)
 SYNTHETIC_DEMO_OBJECTS = {"mug": ((9000, 0), "mug", 16), "lamp": ((9000, 1), "lamp", 16)}
 MINI_CHECKPOINT = Path(__file__).resolve().parent / "holopart_mini"
-#: the up axis of :mod:`holopart_infer.export.synthetic`'s objects (its templates stand along z)
-SYNTHETIC_UP = "+z"
 #: the up axis of the embedded demo files (glTF's)
 DEMO_UP = "+y"
 
@@ -65,7 +64,7 @@ def demo_object(name: str):
 def demo_patches(name: str) -> tuple[list[str], list[tuple]]:
     """Part names and visible patches ``(vertices, faces)`` of a synthetic demo object, turned
     from :data:`SYNTHETIC_UP` to :data:`DEMO_UP` (what ``demo_<name>.glb`` holds)."""
-    from holopart_infer.frames import up_rotation
+    from holopart_infer.io.frames import up_rotation
 
     obj = demo_object(name)
     turn = up_rotation(SYNTHETIC_UP, DEMO_UP)
@@ -75,7 +74,7 @@ def demo_patches(name: str) -> tuple[list[str], list[tuple]]:
 def write_demo_objects(folder: Path = ASSETS) -> list[Path]:
     """Write the visible patches of each synthetic demo object as ``demo_<name>.glb``, +Y up."""
     from holopart_infer.assets import DEMO_OBJECTS
-    from holopart_infer.parts_io import write_scene
+    from holopart_infer.io.parts_io import write_scene
 
     out = []
     for n in SYNTHETIC_DEMO_OBJECTS:

@@ -35,7 +35,7 @@ from holopart_infer import __version__
 from holopart_infer.errors import EngineError, InputError, InputFileNotFound, OutputError
 from holopart_infer import fsafe
 from holopart_infer.fsafe import sha256_file
-from holopart_infer.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, load_manifest, write_manifest
+from holopart_infer.model.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, load_manifest, write_manifest
 from holopart_infer.verify import relative_error
 
 log = logging.getLogger("holopart_infer")
@@ -215,7 +215,7 @@ def _quiet_exporter_logs():
 
 def _export(weights_dir: Path, out_dir: Path, precision: str, overwrite: bool, progress: bool,
             validate: bool, latent_tokens: int) -> Path:
-    from holopart_infer.checkpoint import checkpoint_inference_defaults, checkpoint_up_axis
+    from holopart_infer.model.checkpoint import checkpoint_inference_defaults, checkpoint_up_axis
     from holopart_infer.pipeline import CompletionOptions
 
     dtype = TORCH_DTYPES[precision]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from holopart_infer.networks.load import NETWORKS, build_network, expected_shapes
-from holopart_infer.checkpoint import WEIGHTS_NAME, f32_to_bf16_bits
+from holopart_infer.model.checkpoint import WEIGHTS_NAME, f32_to_bf16_bits
 from holopart_infer.errors import InputError
 
 PRESETS: dict[str, dict[str, dict]] = {

@@ -1,7 +1,7 @@
 """Before/after previews of held-out real objects (issue 22, item 4).
 
 For each chosen object of the split's ``test`` list: the visible patches (input) and a model's
-completion, side by side, one PNG per model (``holopart_infer.preview.render_comparison``,
+completion, side by side, one PNG per model (``holopart_infer.postprocess.preview.render_comparison``,
 exploded x0.5 so hidden parts show). A model trained z-up (v1) gets the y-up input turned to
 z-up and its output turned back, as in :mod:`holopart_infer.export.evaluate`.
 
@@ -17,7 +17,6 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
 
 
 def chosen_objects(n: int = 3, n_views: int = 16) -> list:
@@ -39,27 +38,21 @@ def chosen_objects(n: int = 3, n_views: int = 16) -> list:
 
 def main(argv=None) -> int:
     from holopart_infer.pipeline import HoloPart
-    from holopart_infer.preview import render_comparison
-    from .evaluate import _frame_parts
-    from .synthetic import Z_TO_Y_UP
+    from holopart_infer.postprocess.preview import render_comparison
     from .torch_backend import TorchBackend
 
     p = argparse.ArgumentParser(prog="python -m holopart_infer.export.real_previews")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--name", required=True, help="file name tag, e.g. v1 or v2")
-    p.add_argument("--model-up", choices=["y", "z"], default="y")
     p.add_argument("--out", default="docs")
     p.add_argument("--n", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--depth", type=int, default=6)
     a = p.parse_args(argv)
     model = HoloPart(TorchBackend.from_checkpoint(a.checkpoint))
-    M = Z_TO_Y_UP.T if a.model_up == "z" else np.eye(3)
-    for obj in chosen_objects(a.n):
-        res = model.complete(_frame_parts(obj, M), steps=a.steps, depth=a.depth, guidance=3.5, seed=0,
+    for obj in chosen_objects(a.n):  # real objects are +y; the model turns them into its frame and back
+        res = model.complete(obj.input_parts(), up="+y", steps=a.steps, depth=a.depth, guidance=3.5, seed=0,
                              latent_tokens=64, num_points=512, decimate=3000)
-        for part in res.parts:  # back to the object's y-up frame
-            part.vertices = (np.asarray(part.vertices, dtype=np.float64) @ M).astype(np.float32)
         slug = re.sub(r"[^a-z0-9]+", "_", str(obj.seed).split("#")[-1].lower()).strip("_")
         path = Path(a.out) / f"real_{slug}_{a.name}.png"
         render_comparison(obj.input_parts(), res, path, exploded=0.5, overwrite=True)

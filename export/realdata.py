@@ -292,7 +292,7 @@ def zbuffer_visible_faces(meshes: Sequence[trimesh.Trimesh], n_views: int = 16, 
     splat gaps. A face's sample point is seen when its depth is within a
     tolerance (two pixels' footprint) of the buffer. Faces are two-sided.
     """
-    from holopart_infer.conditioning import sample_surface
+    from holopart_infer.model.conditioning import sample_surface
     from .synthetic import _BARY
 
     rng = np.random.default_rng(seed)
@@ -392,7 +392,7 @@ def occupancy_labels(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray
     its surface (distance to ``surface``, dense samples of it; drawn here if not given)."""
     from scipy.spatial import cKDTree
 
-    from holopart_infer.conditioning import sample_surface
+    from holopart_infer.model.conditioning import sample_surface
 
     inside = np.abs(winding_number(points, vertices, faces)) > 0.5
     if shell > 0:

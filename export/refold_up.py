@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from holopart_infer.errors import InputError
-from holopart_infer.frames import AxisMap, check_up, up_rotation
+from holopart_infer.io.frames import AxisMap, check_up, up_rotation
 
 # component -> (weight name, number of feature channels after the position embedding)
 FIRST_LAYERS = {

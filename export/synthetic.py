@@ -22,7 +22,7 @@ and winding numbers are vectorized numpy here.
 
 The object frame: each object is normalized so its bounding box is centred at
 the origin with its longest side spanning [-1, 1] (the model frame of
-:mod:`holopart_infer.conditioning`).
+:mod:`holopart_infer.model.conditioning`).
 """
 from __future__ import annotations
 
@@ -84,8 +84,8 @@ class SyntheticObject:
         return [p.patch for p in self.parts]
 
     def input_parts(self):
-        """The segmented input HoloPart sees: a :class:`holopart_infer.parts_io.Parts` of the patches."""
-        from holopart_infer.parts_io import Parts
+        """The segmented input HoloPart sees: a :class:`holopart_infer.io.parts_io.Parts` of the patches."""
+        from holopart_infer.io.parts_io import Parts
 
         return Parts.from_meshes(self.patches(), names=self.names, source=f"synthetic {self.template}")
 
@@ -373,6 +373,8 @@ EXTRA_TEMPLATES = ("cup", "stool", "shade_lamp", "bench")
 ALL_TEMPLATES = TEMPLATES + EXTRA_TEMPLATES
 
 # z-up (templates) -> y-up (glTF, HoloPart's frame): (x, y, z) -> (x, z, -y)
+#: the up axis of the templates as built (they stand along z); :func:`to_y_up` turns them to +y
+SYNTHETIC_UP = "+z"
 Z_TO_Y_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
 
 
@@ -526,7 +528,7 @@ def sample_occupancy(mesh: trimesh.Trimesh, n_near: int, n_uniform: int, rng: np
     ``n_near`` surface samples jittered by N(0, sigma^2) (in the frame's units)
     plus ``n_uniform`` uniform points in [-bound, bound]^3; labels 1 inside.
     """
-    from holopart_infer.conditioning import sample_surface
+    from holopart_infer.model.conditioning import sample_surface
 
     center = np.zeros(3) if center is None else np.asarray(center, dtype=np.float64)
     v = (np.asarray(mesh.vertices, dtype=np.float64) - center) / scale
@@ -595,7 +597,7 @@ def iter_dataset(seed: int, n: int, templates: Sequence[str] | None = None,
 
 def write_example(obj: SyntheticObject, path: str | os.PathLike, complete: bool = False):
     """Write the object's visible patches (default) or complete parts as a glb scene, one node per part."""
-    from holopart_infer.parts_io import write_scene
+    from holopart_infer.io.parts_io import write_scene
 
     meshes = [(p.mesh.vertices, p.mesh.faces) if complete else p.patch for p in obj.parts]
     return write_scene(meshes, obj.names, path)

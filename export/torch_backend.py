@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from holopart_infer.checkpoint import checkpoint_inference_defaults
+from holopart_infer.model.checkpoint import checkpoint_inference_defaults
 from holopart_infer.engines.base import BackendBase
 from holopart_infer.networks.load import HoloPartNetworks, TORCH_DTYPES, load_networks
 

@@ -9,11 +9,11 @@ models, optimizer, step, RNG states, loss history):
   decoder (:class:`holopart_infer.networks.vae.VAEDecoder`) is trained with occupancy BCE.
 * ``dit``: the part encoder + DiT, rectified flow on latents of the frozen
   VAE encoder (posterior mean), conditioned as at inference
-  (:func:`holopart_infer.conditioning.build_conditions` on the visible patches,
-  :func:`holopart_infer.tokens.select_tokens`), with condition dropout (both
+  (:func:`holopart_infer.model.conditioning.build_conditions` on the visible patches,
+  :func:`holopart_infer.model.tokens.select_tokens`), with condition dropout (both
   conditions zeroed) for classifier-free guidance.
 
-Flow convention (must match :func:`holopart_infer.sampler.sample`, which steps
+Flow convention (must match :func:`holopart_infer.model.sampler.sample`, which steps
 ``x <- x + (sigma_i - sigma_{i+1}) * v`` from sigma = 1 (noise) down to 0):
 ``x_sigma = (1 - sigma) * x0 + sigma * noise`` and the model's target is
 ``v = x0 - noise`` (so dx/dsigma = -v); model timestep = 1000 * sigma.
@@ -137,9 +137,9 @@ def object_examples(obj, tc: TrainConfig, num_tokens: int, seed: int) -> dict[st
     import trimesh
 
     from .synthetic import sample_occupancy
-    from holopart_infer.conditioning import build_conditions, sample_surface
-    from holopart_infer.native import farthest_point_sampling
-    from holopart_infer.tokens import select_tokens
+    from holopart_infer.model.conditioning import build_conditions, sample_surface
+    from holopart_infer.extraction.native import farthest_point_sampling
+    from holopart_infer.model.tokens import select_tokens
 
     cond = build_conditions(obj.input_parts(), tc.num_points, seed=seed)
     out = {"part_tokens": select_tokens(cond.part, num_tokens, seed),
@@ -411,7 +411,7 @@ def init_from_checkpoint(models: dict[str, nn.Module], checkpoint_dir: str | Pat
     other components map one to one."""
     from safetensors.torch import load_file
 
-    from holopart_infer.checkpoint import WEIGHTS_NAME
+    from holopart_infer.model.checkpoint import WEIGHTS_NAME
 
     ck = Path(checkpoint_dir)
     if "vae_encoder" in models:
@@ -600,7 +600,7 @@ def export_checkpoint(out: str | Path, checkpoint_dir: str | Path, overwrite: bo
     """
     from holopart_infer.pipeline import CompletionOptions
     from .random_checkpoint import CLASS_NAMES, _save
-    from holopart_infer.checkpoint import WEIGHTS_NAME
+    from holopart_infer.model.checkpoint import WEIGHTS_NAME
 
     out, ck = Path(out), Path(checkpoint_dir)
     states = {}

@@ -20,8 +20,8 @@ _LAZY = {
     "CompletionOptions": ("holopart_infer.pipeline", "CompletionOptions"),
     "CompletionResult": ("holopart_infer.pipeline", "CompletionResult"),
     "CompletionJob": ("holopart_infer.pipeline", "CompletionJob"),
-    "marching_cubes": ("holopart_infer.mcubes", "marching_cubes"),
-    "load_parts": ("holopart_infer.parts_io", "load_parts"),
+    "marching_cubes": ("holopart_infer.extraction.mcubes", "marching_cubes"),
+    "load_parts": ("holopart_infer.io.parts_io", "load_parts"),
 }
 
 

@@ -47,7 +47,7 @@ SEED_MAX = 2**63 - 1
 MIN_DECIMATE_FACES = 4
 
 #: Accepted input coordinates (README "Guarantees"; checked by
-#: :func:`holopart_infer.parts_io.validate_parts`): every coordinate finite and at
+#: :func:`holopart_infer.io.parts_io.validate_parts`): every coordinate finite and at
 #: most ``COORD_MAX`` in magnitude (completed parts reach past the input, and a glb
 #: stores float32, whose largest value is 3.4e38); the object's longest
 #: bounding-box side at least ``COORD_MIN_EXTENT`` (float32 keeps full precision
@@ -58,14 +58,14 @@ COORD_MAX = 1e36
 COORD_MIN_EXTENT = 1e-30
 MIN_EXTENT_RATIO = 2.0**-11
 
-#: Mesh files :func:`holopart_infer.parts_io.load_parts` reads, and the scene
+#: Mesh files :func:`holopart_infer.io.parts_io.load_parts` reads, and the scene
 #: formats among them (several nodes, transforms, materials).
 MESH_EXTENSIONS = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
 SCENE_EXTENSIONS = (".glb", ".gltf")
 
 #: Decoder query points per part per call: the one query-chunk size. It is
 #: CompletionOptions.chunk_points' default on the CPU and extraction's
-#: (``holopart_infer.extract``, 8x on CUDA); the TensorRT profile and the torch
+#: (``holopart_infer.extraction.extract``, 8x on CUDA); the TensorRT profile and the torch
 #: decoder derive their limits from it. Here, not in the extraction stage, so the
 #: backends read it without importing extraction.
 QUERY_CHUNK_POINTS = 8192

@@ -25,14 +25,18 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from holopart_infer import constants, frames, memory, sampler
+from holopart_infer import constants, memory
+
+from holopart_infer.io import frames
+
+from holopart_infer.model import sampler
 from holopart_infer.errors import BackendUnavailable, EmptyResult, EngineError, HoloPartError, InputError, ModelDirError
-from holopart_infer.extract import query_chunk_points
-from holopart_infer.tokens import select_tokens
+from holopart_infer.extraction.extract import query_chunk_points
+from holopart_infer.model.tokens import select_tokens
 
 if TYPE_CHECKING:  # annotations only: parts_io is imported when a job is read
-    from holopart_infer.parts_io import Parts
-    from holopart_infer.quality import PartQuality
+    from holopart_infer.io.parts_io import Parts
+    from holopart_infer.postprocess.quality import PartQuality
 
 log = logging.getLogger("holopart_infer")
 
@@ -110,7 +114,7 @@ class CompletionOptions:
                                kind=bool, off_flag="--no-thin-parts",
                                off_help="leave parts that decode empty empty, as the reference")
     guard: bool = _option(True, "replace a completed part that does not cover its visible patch or grew beyond a "
-                          "plausible bound (holopart_infer.quality.THRESHOLDS) by its visible patch closed into a thin "
+                          "plausible bound (holopart_infer.postprocess.quality.THRESHOLDS) by its visible patch closed into a thin "
                           "solid, with a warning naming the part and the measures", kind=bool,
                           off_flag="--keep-implausible",
                           off_help="keep the model's output of implausible parts (they are still flagged in the "
@@ -258,11 +262,11 @@ def model_defaults(model, *, verify_integrity: bool = True) -> CompletionOptions
 
     path = Path(model)
     if model_kind(path) == CHECKPOINT_DIR:
-        from holopart_infer.checkpoint import checkpoint_inference_defaults
+        from holopart_infer.model.checkpoint import checkpoint_inference_defaults
 
         raw = checkpoint_inference_defaults(path)
     else:
-        from holopart_infer.manifest import load_manifest
+        from holopart_infer.model.manifest import load_manifest
 
         raw = load_manifest(path, verify_hashes=verify_integrity).defaults
     return CompletionOptions.with_defaults(raw, str(path))
@@ -277,7 +281,7 @@ class CompletedPart:
     faces: np.ndarray  # (F, 3) int64
     color: tuple[int, int, int, int]
     vertex_colors: np.ndarray | None = None  # (V, 4) uint8: the input's look (options.appearance)
-    #: how much to trust it, measured from the inputs (holopart_infer.quality); None for parts made
+    #: how much to trust it, measured from the inputs (holopart_infer.postprocess.quality); None for parts made
     #: outside the pipeline
     quality: "PartQuality | None" = None
 
@@ -302,7 +306,7 @@ class CompletionStats(Mapping):
     decimation_non_manifold: list = field(default_factory=list)
     #: ``{"retried": [...], "fallback": [...]}``: thin parts re-extracted / kept as their closed input
     thin_parts: dict = field(default_factory=lambda: {"retried": [], "fallback": []})
-    #: per part name: its quality scores (holopart_infer.quality)
+    #: per part name: its quality scores (holopart_infer.postprocess.quality)
     quality: dict = field(default_factory=dict)
     #: ``{"flagged": [...], "replaced": [...]}``: the quality guard's verdict
     guard: dict = field(default_factory=lambda: {"flagged": [], "replaced": []})
@@ -362,8 +366,8 @@ class CompletionResult:
             OutputError: ``path`` is, lies inside or contains an input, or is unusable.
             OutputExists: ``path`` exists and ``overwrite`` is False.
         """
-        from holopart_infer.parts_io import write_scene
-        from holopart_infer.quality import EXTRAS_KEY
+        from holopart_infer.io.parts_io import write_scene
+        from holopart_infer.postprocess.quality import EXTRAS_KEY
 
         return write_scene([(p.vertices, p.faces) for p in self.parts], [p.name for p in self.parts], path,
                            colors=[p.color for p in self.parts], protect=[*self.inputs, source],
@@ -378,7 +382,7 @@ class CompletionResult:
 
     def preview(self, path: str | os.PathLike, size=(800, 600), *, overwrite: bool = False) -> Path:
         """Render a preview image (``.png`` or ``.jpg``), atomically; same protections as :meth:`save`."""
-        from holopart_infer.preview import render_preview
+        from holopart_infer.postprocess.preview import render_preview
 
         return render_preview([(p.vertices, p.faces) for p in self.parts], [p.color for p in self.parts],
                               path, size=size, overwrite=overwrite, protect=self.inputs,
@@ -388,10 +392,10 @@ class CompletionResult:
 def model_up_axis(backend) -> str:
     """The up axis a backend's model was trained in: its own ``up_axis`` attribute, else its
     model dir manifest's ``"up_axis"``, else its checkpoint's ``model_index.json``
-    ``"up_axis"``, else :data:`holopart_infer.frames.MODEL_DEFAULT_UP`.
+    ``"up_axis"``, else :data:`holopart_infer.io.frames.MODEL_DEFAULT_UP`.
 
     Raises:
-        ModelDirError / CheckpointError: a stated value that is not one of :data:`holopart_infer.frames.UP_AXES`.
+        ModelDirError / CheckpointError: a stated value that is not one of :data:`holopart_infer.io.frames.UP_AXES`.
     """
     own = getattr(backend, "up_axis", None)
     if isinstance(own, str):
@@ -401,8 +405,8 @@ def model_up_axis(backend) -> str:
         return manifest.up_axis
     path = getattr(backend, "path", None)
     if path is not None:
-        from holopart_infer.checkpoint import checkpoint_up_axis
-        from holopart_infer.manifest import MANIFEST_NAME, load_manifest
+        from holopart_infer.model.checkpoint import checkpoint_up_axis
+        from holopart_infer.model.manifest import MANIFEST_NAME, load_manifest
 
         path = Path(path)
         if (path / MANIFEST_NAME).is_file():
@@ -429,7 +433,7 @@ class HoloPart:
         #: ``up_axis``, "+y" when unstated): inputs are rotated into it and results back
         self.up_axis = model_up_axis(backend)
         #: extraction with the grids, query points and logits on the decoder's
-        #: device (:mod:`holopart_infer.resident`): None (default) = whenever the
+        #: device (:mod:`holopart_infer.extraction.resident`): None (default) = whenever the
         #: backend offers it and extraction runs on CUDA (the torch backend on a
         #: GPU); True / False to force it on (e.g. the torch backend on the CPU) or off
         self.resident_extraction: bool | None = None
@@ -471,7 +475,7 @@ class HoloPart:
     def extract_device(self) -> str:
         """Where band detection and marching cubes run: the GPU when the model
         runs there and cpp_ext was built with CUDA."""
-        from holopart_infer import native
+        from holopart_infer.extraction import native
 
         dev = str(self.device).strip().lower()
         on_gpu = dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit())
@@ -521,10 +525,10 @@ class HoloPart:
 
         Args:
             parts: a path (glb/gltf scene, mesh + ``labels``, or a folder of part
-                meshes) or a :class:`holopart_infer.parts_io.Parts`.
+                meshes) or a :class:`holopart_infer.io.parts_io.Parts`.
             labels: per-face label file/array when ``parts`` is a single mesh.
             up: the axis pointing up in the input (``"+y"``, ``"+z"``, ...; see
-                :func:`holopart_infer.parts_io.load_parts`); None: the format's
+                :func:`holopart_infer.io.parts_io.load_parts`); None: the format's
                 default for a path, ``parts.up`` for a ``Parts``.
             options: a :class:`CompletionOptions` (default:
                 :meth:`default_options`); keyword overrides (steps=, guidance=,
@@ -667,7 +671,9 @@ class HoloPart:
         """Stage 1, per object: read the parts, condition them, draw the object's noise."""
         import dataclasses
 
-        from holopart_infer import conditioning, parts_io
+        from holopart_infer.model import conditioning
+
+        from holopart_infer.io import parts_io
 
         timings: dict[str, float] = {}
         mem = memory.Tracker()
@@ -701,7 +707,8 @@ class HoloPart:
         options agree): encode, denoise, decoder key/values, extraction. Stores
         each part's mesh (normalized frame) in its object; shares the batch's
         stage times among the objects by their number of parts in it."""
-        from holopart_infer import extract, thin
+        from holopart_infer.extraction import extract
+        from holopart_infer.postprocess import thin
 
         opts = batch[0][0].opts
         timings: dict[str, float] = {}
@@ -734,7 +741,7 @@ class HoloPart:
                               close=bool(opts.close_at_bounds),
                               progress=lambda lvl, nl, d, t: report(f"extract {lvl + 1}/{nl}", d, t))
             if self.extracts_on_device:
-                from holopart_infer import resident  # imports torch: the torch backend is loaded
+                from holopart_infer.extraction import resident  # imports torch: the torch backend is loaded
 
                 take = _kv_row_taker(kv)
                 out, stats = resident.extract_meshes_resident(
@@ -743,7 +750,7 @@ class HoloPart:
             else:
                 out, stats = extract.extract_meshes(decode, len(batch), device=self.extract_device, **level_opts)
                 stats.fed_points = decode.fed_points
-        if opts.thin_parts:  # thin/flat parts that decoded empty: a grid fitted to each (holopart_infer.thin)
+        if opts.thin_parts:  # thin/flat parts that decoded empty: a grid fitted to each (holopart_infer.postprocess.thin)
             with _timed(timings, "thin_parts"):
                 out, retried = thin.retry_empty(
                     out, [o.cond.part_local[i, :, :3] for o, i in batch], decode,
@@ -801,9 +808,9 @@ class HoloPart:
         A ``stand_in`` (the input patch, closed) keeps all its pieces: they are the input's.
 
         Returns the part and whether decimation was undone for that reason."""
-        from holopart_infer import parts_io
-        from holopart_infer.cleanup import edge_manifold, remove_floaters
-        from holopart_infer.decimate import decimate as decimate_mesh
+        from holopart_infer.io import parts_io
+        from holopart_infer.postprocess.cleanup import edge_manifold, remove_floaters
+        from holopart_infer.postprocess.decimate import decimate as decimate_mesh
 
         opts = obj.opts
         # clean-up and decimation in the part's normalized frame (about [-1.05, 1.05]): their
@@ -828,7 +835,8 @@ class HoloPart:
 
         Each part was already taken back to the input frame, cleaned and decimated
         when its batch finished (:meth:`_run_batch`)."""
-        from holopart_infer import appearance, thin
+        from holopart_infer.io import appearance
+        from holopart_infer.postprocess import thin
 
         opts, parts, cond = obj.opts, obj.parts, obj.cond
         P = obj.num_parts
@@ -873,7 +881,7 @@ class HoloPart:
             log.warning("decimation to %d faces would have left %d of %d parts non-manifold at a few edges (%s): "
                         "kept their closed marching-cubes meshes (more faces)",
                         opts.decimate, len(pinched), P, ", ".join(pinched[:5]) + (" ..." if len(pinched) > 5 else ""))
-        if opts.appearance:  # the input's look onto the completed parts (holopart_infer.appearance)
+        if opts.appearance:  # the input's look onto the completed parts (holopart_infer.io.appearance)
             with _timed(obj.timings, "appearance"):
                 appearance.apply(results, parts, seed=opts.seed)
             obj.memory.mark("appearance")
@@ -892,7 +900,7 @@ class HoloPart:
                                 options=opts)
 
     def _judge_parts(self, obj: "_Prepared", stand_ins: set[int]) -> list[str]:
-        """Measure every part against its input patch (holopart_infer.quality); with
+        """Measure every part against its input patch (holopart_infer.postprocess.quality); with
         ``options.guard``, replace implausible ones by their closed visible patch.
 
         Args:
@@ -903,7 +911,9 @@ class HoloPart:
         """
         from dataclasses import replace as dc_replace
 
-        from holopart_infer import quality, thin
+        from holopart_infer.postprocess import quality
+
+        from holopart_infer.postprocess import thin
 
         opts, parts, cond = obj.opts, obj.parts, obj.cond
         bounds = parts.bounds()
@@ -940,7 +950,7 @@ class HoloPart:
         parts cost no row and short parts almost no padding. Key/values the host cannot
         gather by row (device buffers of ONNX Runtime CUDA, TensorRT) keep one row
         per part padded to the longest (extract.PaddedFeed)."""
-        from holopart_infer import extract
+        from holopart_infer.extraction import extract
 
         take = _kv_row_taker(kv)
 
@@ -990,7 +1000,7 @@ class CompletionJob:
 
     Attributes:
         parts: a path (glb/gltf scene, mesh + ``labels``, folder of part meshes)
-            or a :class:`holopart_infer.parts_io.Parts`.
+            or a :class:`holopart_infer.io.parts_io.Parts`.
         labels: per-face labels (path or array) when ``parts`` is a single mesh.
         options: :class:`CompletionOptions`; None uses the model's defaults.
         key: the caller's id for the job, returned unchanged.

@@ -14,8 +14,8 @@ from typing import Callable
 import numpy as np
 
 from holopart_infer.errors import InputError, InputFileNotFound
-from holopart_infer.sampler import sample, sigmas, timesteps
-from holopart_infer.tokens import select_tokens
+from holopart_infer.model.sampler import sample, sigmas, timesteps
+from holopart_infer.model.tokens import select_tokens
 
 TOLERANCE = 1e-4
 

@@ -287,7 +287,7 @@ def fast_options(model=None, **kw):
 # --------------------------------------------------------------------------- batch runs
 def two_box_glb(path: Path, shift: float = 0.0) -> Path:
     """A glb of two boxes ("base", "post"), shifted along x."""
-    from holopart_infer.parts_io import write_scene
+    from holopart_infer.io.parts_io import write_scene
 
     write_scene([box((shift, 0, 0), (1.0, 0.4, 0.6)), box((shift, 0.5, 0), (0.3, 0.6, 0.3))], ["base", "post"], path,
                 overwrite=True)  # a fixture may rewrite its own file (the "broken input fixed" step)
@@ -302,8 +302,8 @@ def ledger_lines(out: Path) -> list[dict]:
 def check_ledger_agrees_with_files(out: Path) -> dict[str, dict]:
     """The ledger's last entry per id agrees with the glbs in ``out`` (each ok entry a complete,
     readable file with its parts; no other glb; no temporaries). Returns those entries."""
-    from holopart_infer.batch import Ledger
-    from holopart_infer.parts_io import load_parts
+    from holopart_infer.scale.batch import Ledger
+    from holopart_infer.io.parts_io import load_parts
 
     last = Ledger(out).read()
     for key, entry in last.items():

@@ -10,7 +10,7 @@ its generator is on the export side (:mod:`holopart_infer.export.demo_table`).
 All three are glTF and +Y up, as glTF specifies and HoloPart's training data is;
 the synthetic mug and lamp (built +Z up) were turned to +Y up when written. The
 demo model's manifest says which frame it was trained in (``"up_axis"``), and the
-runtime turns the objects into it and the results back (:mod:`holopart_infer.frames`).
+runtime turns the objects into it and the results back (:mod:`holopart_infer.io.frames`).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """``holopart-infer batch``: many objects into a folder, resumably, here or on Ray
-(:func:`holopart_infer.batch.run_batch`; this module turns its callbacks into the bar and
+(:func:`holopart_infer.scale.batch.run_batch`; this module turns its callbacks into the bar and
 the summary)."""
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ class _ObjectsBar:
 
 def run(args) -> int:
     """``holopart-infer batch``: see :data:`DESCRIPTION` for the exit codes."""
-    from holopart_infer.batch import LocalExecutor, OutOfSpace, collect_items, prepare_out_dir, run_batch
+    from holopart_infer.scale.batch import LocalExecutor, OutOfSpace, collect_items, prepare_out_dir, run_batch
     from holopart_infer.pipeline import CompletionOptions, load, model_defaults
 
     items = collect_items(args.inputs)
@@ -83,7 +83,7 @@ def run(args) -> int:
         it.up = it.up or args.up
     path = args.weights or args.model
     if args.ray:
-        from holopart_infer.ray_runner import RayExecutor
+        from holopart_infer.scale.ray_runner import RayExecutor
 
         model = path  # loaded on each actor; the driver reads the defaults only
         executor = RayExecutor(args.ray, workers=args.ray_workers, backend=args.backend, device=args.device,

@@ -8,7 +8,7 @@ from holopart_infer.errors import InputError
 NAME = "inspect"
 HELP = "print the per-part scores stored in a result glb; exit 3 when a part was replaced"
 DESCRIPTION = ("Print how much to trust each part of a result (the scores stored in its glb "
-               "node extras; holopart_infer.quality). Exit codes: 0 every part is the model's "
+               "node extras; holopart_infer.postprocess.quality). Exit codes: 0 every part is the model's "
                "(plausible, or kept with --keep-implausible), 3 some part was replaced by its "
                "closed visible patch (implausible, or left empty by the model; with --strict "
                "also: a kept part is implausible), 2 unreadable file or no stored scores.")
@@ -22,7 +22,7 @@ def add_arguments(i, argv: list[str]) -> None:
 
 
 def run(args) -> int:
-    from holopart_infer.quality import EXTRAS_KEY, format_table, read_scores, status
+    from holopart_infer.postprocess.quality import EXTRAS_KEY, format_table, read_scores, status
 
     scored = read_scores(Path(args.result))
     if not scored or all(q is None for _, q in scored):

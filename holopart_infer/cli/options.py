@@ -192,8 +192,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_up_arg(p: argparse.ArgumentParser) -> None:
-    """``--up``: the axis pointing up in the input (holopart_infer.frames)."""
-    from holopart_infer.frames import DEFAULT_UP, UP_AXES
+    """``--up``: the axis pointing up in the input (holopart_infer.io.frames)."""
+    from holopart_infer.io.frames import DEFAULT_UP, UP_AXES
 
     per = ", ".join(f"{ext} {axis}" for ext, axis in DEFAULT_UP.items())
     p.add_argument("--up", type=_up_value, default=None, metavar="{" + ",".join(UP_AXES) + "}",
@@ -204,7 +204,7 @@ def add_up_arg(p: argparse.ArgumentParser) -> None:
 
 def _up_value(text: str) -> str:
     """``--up``'s value as the API reads it (``+Z``, ``z`` -> ``+z``); argparse names the option."""
-    from holopart_infer.frames import check_up
+    from holopart_infer.io.frames import check_up
 
     try:
         return check_up(text, "the value")

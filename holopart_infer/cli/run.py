@@ -55,7 +55,7 @@ def _input_paths(args) -> list:
 
 def run(args) -> int:
     from holopart_infer.pipeline import load
-    from holopart_infer.preview import IMAGE_FORMATS  # noqa: F401  (imported early: fails before work)
+    from holopart_infer.postprocess.preview import IMAGE_FORMATS  # noqa: F401  (imported early: fails before work)
 
     if bool(args.weights) == bool(args.model):
         raise InputError("pass exactly one of --weights CHECKPOINT_DIR or --model MODEL_DIR")
@@ -114,7 +114,7 @@ def check_outputs(output: Path, preview: Path | None, overwrite: bool, inputs: l
                   turntable: Path | None = None) -> None:
     """Everything about the outputs that can be known before any work: format,
     folder, writability, collisions with inputs and with each other."""
-    from holopart_infer.preview import IMAGE_FORMATS, TURNTABLE_FORMATS
+    from holopart_infer.postprocess.preview import IMAGE_FORMATS, TURNTABLE_FORMATS
 
     fsafe.check_output(output, what="output", overwrite=overwrite, inputs=inputs, suffixes=(".glb",))
     if preview is not None:
@@ -127,7 +127,7 @@ def check_outputs(output: Path, preview: Path | None, overwrite: bool, inputs: l
 
 def complete_and_write(model, input_path, labels, output: Path, preview: Path | None, opts,
                        overwrite: bool, quiet: bool, inputs: list, view: "InputView | None" = None) -> int:
-    from holopart_infer.parts_io import load_parts
+    from holopart_infer.io.parts_io import load_parts
 
     view = view or InputView()
     check_outputs(output, preview, overwrite, inputs, view.turntable)
@@ -182,8 +182,8 @@ def complete_and_write(model, input_path, labels, output: Path, preview: Path | 
 
 
 def _print_part_scores(result) -> None:
-    """The parts and how much to trust each (holopart_infer.quality), as `inspect` prints them."""
-    from holopart_infer.quality import format_table
+    """The parts and how much to trust each (holopart_infer.postprocess.quality), as `inspect` prints them."""
+    from holopart_infer.postprocess.quality import format_table
 
     print("parts (coverage of the input patch and growth, relative to the patch; `holopart-infer inspect OUT.glb` "
           "prints this again):")
@@ -191,13 +191,13 @@ def _print_part_scores(result) -> None:
 
 
 def _render_comparison(*args, **kw):
-    from holopart_infer.preview import render_comparison
+    from holopart_infer.postprocess.preview import render_comparison
 
     return render_comparison(*args, **kw)
 
 
 def _render_turntable(*args, **kw):
-    from holopart_infer.preview import render_turntable
+    from holopart_infer.postprocess.preview import render_turntable
 
     return render_turntable(*args, **kw)
 
@@ -221,7 +221,7 @@ class InputView:
 
 def add_input_view_args(p: argparse.ArgumentParser, parts_flag: bool = True) -> None:
     """--parts, --exploded, --turntable (appearance and thin parts are completion options)."""
-    from holopart_infer.parts_io import PARTS_MODES
+    from holopart_infer.io.parts_io import PARTS_MODES
 
     if parts_flag:
         p.add_argument("--parts", choices=PARTS_MODES, default="auto",

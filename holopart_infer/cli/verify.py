@@ -65,7 +65,7 @@ def _make_verify_backend(args, weights: Path, tmp: Path):
 
 
 def run(args) -> int:
-    from holopart_infer.checkpoint import read_config
+    from holopart_infer.model.checkpoint import read_config
     from holopart_infer.verify import TOLERANCE, load_cases, run_checks
 
     golden = Path(args.golden_dir)

@@ -69,7 +69,7 @@ class Backend(Protocol):
 class DeviceResidentDecoder(Protocol):
     """Optional: a backend whose decoder takes query points already on its device and
     returns logits there (the torch backend), so extraction keeps its grids, points
-    and logits on the device (:mod:`holopart_infer.resident`). The pipeline checks
+    and logits on the device (:mod:`holopart_infer.extraction.resident`). The pipeline checks
     ``isinstance(backend, DeviceResidentDecoder)``; other backends simply lack it.
     """
 

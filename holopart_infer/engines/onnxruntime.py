@@ -24,9 +24,9 @@ import onnxruntime as ort
 from holopart_infer.engines.base import BackendBase, DeviceArray as _DeviceArrayBase
 from holopart_infer.engines.registry import ORT_GPU_HINT
 from holopart_infer.engines.signatures import check_feeds, model_dims
-from holopart_infer.sampler import euler_update
+from holopart_infer.model.sampler import euler_update
 from holopart_infer.errors import BackendUnavailable, EngineError, InputError, ModelDirError, ShapeError
-from holopart_infer.manifest import Manifest, load_manifest
+from holopart_infer.model.manifest import Manifest, load_manifest
 
 log = logging.getLogger("holopart_infer")
 
@@ -156,7 +156,7 @@ class OrtBackend(BackendBase):
                 :func:`cpu_session_options` (a registry option: ``open_backend(...,
                 threads=2)``; one Ray actor per CPU slot passes its slot's cores).
             verify_hashes: check every graph file against the manifest's sha256
-                first (cheap on re-loads: see :func:`holopart_infer.manifest.load_manifest`).
+                first (cheap on re-loads: see :func:`holopart_infer.model.manifest.load_manifest`).
 
         Raises:
             InputFileNotFound / ModelDirError: unusable model directory.

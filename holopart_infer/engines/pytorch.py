@@ -3,7 +3,7 @@
 A runtime backend (registered in :mod:`holopart_infer.engines.registry`):
 torch is imported when this module is, and this module is imported only when
 the torch backend is opened. It reads the checkpoint directly with the
-torch-free :mod:`holopart_infer.checkpoint` reader and builds the networks of
+torch-free :mod:`holopart_infer.model.checkpoint` reader and builds the networks of
 :mod:`holopart_infer.networks`; it never imports the export side.
 
 Same function as the faithful model (``holopart_infer.export.torch_backend``;
@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from holopart_infer.checkpoint import checkpoint_inference_defaults
+from holopart_infer.model.checkpoint import checkpoint_inference_defaults
 from holopart_infer.engines.base import BackendBase, DeviceArray
 from holopart_infer.engines.signatures import check_feeds, model_dims
 from holopart_infer.errors import InputError, ShapeError
@@ -344,8 +344,8 @@ class FastDiT:
     @torch.inference_mode()
     def sample(self, noise: Any, part_cond: Any, whole_cond: Any, *, steps: int = 50, guidance: float = 3.5,
                shift: float = 1.0, num_train_timesteps: int = 1000) -> torch.Tensor:
-        """The whole guided loop on the device (the shared schedule of holopart_infer.sampler)."""
-        from holopart_infer.sampler import sample
+        """The whole guided loop on the device (the shared schedule of holopart_infer.model.sampler)."""
+        from holopart_infer.model.sampler import sample
 
         x = as_tensor(noise, self.device, torch.float32)
         return sample(self.guided_step, x, part_cond, whole_cond, steps=steps, guidance=guidance,
@@ -475,7 +475,7 @@ class FastTorchBackend(BackendBase):
     def query_on_device(self, points: torch.Tensor, kv) -> torch.Tensor:
         """Decoder logits with no host copy: float32 (P, Q, 3) points already on
         this backend's device -> float32 (P, Q, 1) logits there (used by
-        :mod:`holopart_infer.resident`)."""
+        :mod:`holopart_infer.extraction.resident`)."""
         if not isinstance(points, torch.Tensor) or points.device != self.torch_device or points.ndim != 3 \
                 or points.shape[-1] != 3:
             got = (f"{type(points).__name__} {tuple(points.shape)} on {points.device}"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from holopart_infer.checkpoint import Checkpoint, check_parameters, open_checkpoint
+from holopart_infer.model.checkpoint import Checkpoint, check_parameters, open_checkpoint
 from holopart_infer.errors import CheckpointError
 from holopart_infer.networks.dit import DiT, DiTConfig
 from holopart_infer.networks.part_encoder import PartEncoder, PartEncoderConfig

@@ -1,7 +1,7 @@
 """The part encoder (``part_encoder/``, spec section 5).
 
 Token pre-selection (numpy choice + farthest point sampling) happens outside
-the network, in :mod:`holopart_infer.tokens`; this module takes the selected
+the network, in :mod:`holopart_infer.model.tokens`; this module takes the selected
 tokens and all points.
 """
 from __future__ import annotations

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from holopart_infer.errors import InputError
-from holopart_infer.gltf_json import GLB_MAGIC
+from holopart_infer.io.gltf_json import GLB_MAGIC
 from holopart_infer.serve.batcher import (DONE, FAILED, Batcher, JobStore, QueueFull, ServeJob, complete_many_runner,
                                           private_tempdir)
 from holopart_infer.serve.limits import (ByteBudget, Hold, Limits, RequestRefused, check_counts, check_gltf,
@@ -54,7 +54,7 @@ REQUEST_OPTIONS = {
     "seed": int, "steps": int, "guidance": float, "depth": int, "min_component": float,
     "decimate": lambda s: None if str(s).lower() in ("none", "null", "0") else int(s),
     "close_at_bounds": lambda s: s if isinstance(s, bool) else str(s).lower() in ("1", "true", "yes"),
-    # guard=0 keeps implausible parts as the model made them (holopart_infer.quality)
+    # guard=0 keeps implausible parts as the model made them (holopart_infer.postprocess.quality)
     "guard": lambda s: s if isinstance(s, bool) else str(s).lower() in ("1", "true", "yes"),
 }
 _DRAIN_AFTER_LIMIT_S = 2.0  # read and drop the rest of a too-large body this long, so the 413 reaches the client
@@ -320,7 +320,7 @@ class Service:
         from starlette.concurrency import run_in_threadpool
 
         from holopart_infer import assets
-        from holopart_infer.parts_io import load_parts
+        from holopart_infer.io.parts_io import load_parts
 
         query = dict(request.query_params)
         deadline_s = self.limits.deadline_s
@@ -408,7 +408,7 @@ class Service:
     @staticmethod
     def _up(raw):
         """The request's ``up`` (None: glTF's +Y)."""
-        from holopart_infer.frames import check_up
+        from holopart_infer.io.frames import check_up
 
         if raw is None:
             return None
@@ -422,7 +422,7 @@ class Service:
         The upload is mapped, not read: only its header and JSON are touched here."""
         import mmap
 
-        from holopart_infer.parts_io import load_parts
+        from holopart_infer.io.parts_io import load_parts
 
         with open(obj, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
             summary = check_gltf(data, self.limits, name)
@@ -631,8 +631,8 @@ class Service:
         return Response(data, media_type="image/png")
 
     async def job_meshes(self, request):
-        from holopart_infer.frames import up_rotation
-        from holopart_infer.parts_io import part_colors
+        from holopart_infer.io.frames import up_rotation
+        from holopart_infer.io.parts_io import part_colors
 
         route = "/v1/jobs/{id}/meshes.json"
         which = request.query_params.get("which", "input")

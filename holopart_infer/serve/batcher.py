@@ -47,7 +47,7 @@ class QueueFull(Exception):
 class ServeJob:
     """One object submitted to the service, from arrival to its result."""
 
-    parts: Any  # holopart_infer.parts_io.Parts
+    parts: Any  # holopart_infer.io.parts_io.Parts
     options: Any  # CompletionOptions
     deadline: float  # time.monotonic() by which the result must exist
     source: str = ""
@@ -91,8 +91,8 @@ class ServeJob:
         if self.state == DONE and self.result is not None:
             out["timings"] = {k: round(v, 4) for k, v in self.result.timings.items()}
             out["faces"] = [int(len(p.faces)) for p in self.result.parts]
-            # how much to trust each part (holopart_infer.quality): status + scores, in part order
-            from holopart_infer.quality import status
+            # how much to trust each part (holopart_infer.postprocess.quality): status + scores, in part order
+            from holopart_infer.postprocess.quality import status
 
             out["quality"] = [{"name": p.name, "status": status(p.quality),
                                **({} if p.quality is None else p.quality.as_extras())} for p in self.result.parts]

@@ -1,9 +1,9 @@
 """What the service accepts: bounds on every request, and checks of untrusted uploads.
 
 Uploads are untrusted. Before any mesh reader sees a file, :func:`check_gltf`
-parses it with the project's one glTF reader (:mod:`holopart_infer.gltf_json`,
-strictly: :func:`~holopart_infer.gltf_json.read_container`), summarises what it
-declares (:func:`~holopart_infer.gltf_json.summarise`), compares that with the
+parses it with the project's one glTF reader (:mod:`holopart_infer.io.gltf_json`,
+strictly: :func:`~holopart_infer.io.gltf_json.read_container`), summarises what it
+declares (:func:`~holopart_infer.io.gltf_json.summarise`), compares that with the
 :class:`Limits`, and checks the declared sizes against the bytes sent. It refuses:
 
 * any URI that is not a ``data:`` URI (buffers and images): the server never
@@ -17,7 +17,7 @@ declares (:func:`~holopart_infer.gltf_json.summarise`), compares that with the
   times; sparse accessors and required extensions (Draco and the like: data
   that expands when decoded);
 * scene graphs with cycles, nodes with two parents or a hierarchy deeper than
-  :data:`holopart_infer.gltf_json.MAX_NODE_DEPTH`.
+  :data:`holopart_infer.io.gltf_json.MAX_NODE_DEPTH`.
 
 The reader then gets :func:`geometry_only` of the upload: images, textures,
 materials and animations removed, so no embedded image is ever decoded.
@@ -36,9 +36,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from holopart_infer import gltf_json
+from holopart_infer.io import gltf_json
 from holopart_infer.errors import InputError
-from holopart_infer.gltf_json import GltfSummary  # noqa: F401  (check_gltf returns it)
+from holopart_infer.io.gltf_json import GltfSummary  # noqa: F401  (check_gltf returns it)
 
 
 @dataclass(frozen=True)

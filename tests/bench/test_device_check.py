@@ -19,7 +19,7 @@ import pytest
 
 pytest.importorskip("torch", reason="the device check drives the torch path")
 
-from holopart_infer import native  # noqa: E402
+from holopart_infer.extraction import native  # noqa: E402
 from tests.support import REPO  # noqa: E402
 
 #: the order of value the issue asks for: environment and build, the end to end (with the

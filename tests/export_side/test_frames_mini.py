@@ -24,8 +24,8 @@ from scipy.spatial import cKDTree  # noqa: E402
 import holopart_infer as hp  # noqa: E402
 from holopart_infer import assets  # noqa: E402
 from holopart_infer.export.evaluate import volume_iou  # noqa: E402
-from holopart_infer.frames import up_rotation  # noqa: E402
-from holopart_infer.parts_io import load_parts  # noqa: E402
+from holopart_infer.io.frames import up_rotation  # noqa: E402
+from holopart_infer.io.parts_io import load_parts  # noqa: E402
 
 
 @pytest.fixture(scope="module")

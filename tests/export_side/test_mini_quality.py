@@ -18,7 +18,7 @@ pytest.importorskip("scipy")
 
 import holopart_infer as hp  # noqa: E402
 from holopart_infer.export import evaluate as E  # noqa: E402
-from holopart_infer.export.synthetic import iter_dataset  # noqa: E402
+from holopart_infer.export.synthetic import SYNTHETIC_UP, iter_dataset  # noqa: E402
 from holopart_infer import assets  # noqa: E402
 from holopart_infer.assets import DEMO_PRESET as DEMO_DEFAULTS  # noqa: E402
 
@@ -42,7 +42,8 @@ def scores():
     objs = list(iter_dataset(QUALITY_SEED, N_OBJECTS, templates=TEMPLATES, n_views=16))
     model = hp.load(assets.demo_model_path(), backend="onnxruntime", device="cpu")
     opts = {**model.default_options().__dict__, **DEMO_DEFAULTS, "decimate": 1000}
-    s, _ = E.evaluate(objs, model, ("model", "patch", "hull"), opts, n_surface=4000, n_volume=4000)
+    s, _ = E.evaluate(objs, model, ("model", "patch", "hull"), opts, n_surface=4000, n_volume=4000,
+                      objects_up=SYNTHETIC_UP)  # the templates stand along +z; the model turns them to its +y
     return s
 
 
@@ -80,7 +81,7 @@ def test_the_demo_objects_hidden_parts_are_completed(name):
     obj = demo_object(name)
     model = hp.load(assets.demo_model_path(), backend="onnxruntime", device="cpu")
     opts = {**model.default_options().__dict__, **DEMO_DEFAULTS}
-    s, _ = E.evaluate([obj], model, ("model", "patch"), opts, n_surface=4000, n_volume=4000)
+    s, _ = E.evaluate([obj], model, ("model", "patch"), opts, n_surface=4000, n_volume=4000, objects_up=SYNTHETIC_UP)
     iou = {(r.part, r.method): r.iou for r in s}
     hidden = [p.name for p in obj.parts if p.visible_fraction < 0.7]
     assert hidden

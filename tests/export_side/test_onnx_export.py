@@ -16,7 +16,7 @@ from tests.support import VARIANT_DEFAULTS, checkpoint, exported_model
 torch = pytest.importorskip("torch", reason="export needs the [torch] extra")
 onnx = pytest.importorskip("onnx", reason="export needs the [torch] extra")
 
-from holopart_infer.manifest import FORMAT_VERSION, GRAPH_NAMES, load_manifest  # noqa: E402
+from holopart_infer.model.manifest import FORMAT_VERSION, GRAPH_NAMES, load_manifest  # noqa: E402
 
 def test_model_dir_layout_and_manifest():
     model = exported_model("golden")

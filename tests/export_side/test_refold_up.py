@@ -17,7 +17,7 @@ pytest.importorskip("safetensors")
 from holopart_infer.errors import InputError  # noqa: E402
 from holopart_infer.export.random_checkpoint import write_random_checkpoint  # noqa: E402
 from holopart_infer.export.refold_up import refold  # noqa: E402
-from holopart_infer.frames import up_rotation  # noqa: E402
+from holopart_infer.io.frames import up_rotation  # noqa: E402
 from holopart_infer.networks.load import load_networks  # noqa: E402
 
 
@@ -101,7 +101,7 @@ def test_refolded_model_gives_the_same_solids_through_the_pipeline(ckpt_z, tmp_p
     pytest.importorskip("trimesh")
     import holopart_infer as hp
     from holopart_infer.export.evaluate import volume_iou
-    from holopart_infer.parts_io import Parts
+    from holopart_infer.io.parts_io import Parts
 
     refold(ckpt_z, tmp_path / "y", "+y")
     box = lambda lo, hi: _box(np.array(lo, float), np.array(hi, float))  # noqa: E731

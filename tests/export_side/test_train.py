@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("trimesh")
 
 from holopart_infer.export import train as T  # noqa: E402
-from holopart_infer.sampler import sample  # noqa: E402
+from holopart_infer.model.sampler import sample  # noqa: E402
 
 TC = T.TrainConfig(preset="tiny", num_latents=16, num_points=256, n_surface=128, n_occ_near=64,
                    n_occ_uniform=64, objects=1, templates=("mug",), n_views=8, batch_size=2,

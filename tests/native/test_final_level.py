@@ -11,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from holopart_infer import extract, native
+from holopart_infer.extraction import extract
+
+from holopart_infer.extraction import native
 
 pytestmark = pytest.mark.skipif(native.host_kernels() is None,
                                 reason="holopart_infer._cpp built without the final-level kernels")

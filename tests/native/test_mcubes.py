@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from holopart_infer import native
+from holopart_infer.extraction import native
 from holopart_infer.errors import InputError
-from holopart_infer.mcubes import marching_cubes
+from holopart_infer.extraction.mcubes import marching_cubes
 
 skimage_measure = pytest.importorskip("skimage.measure")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from holopart_infer import native
+from holopart_infer.extraction import native
 from holopart_infer.errors import BackendUnavailable, InputError
 
 

@@ -19,7 +19,7 @@ SCALES = [1e-9, 1e-7, 1e12, 1e30]
 def test_decimation_does_not_depend_on_the_unit(scale):
     import trimesh
 
-    from holopart_infer.decimate import decimate
+    from holopart_infer.postprocess.decimate import decimate
     from tests.support import assert_same_surface
 
     sphere = trimesh.creation.icosphere(subdivisions=4)  # 5120 faces
@@ -30,7 +30,7 @@ def test_decimation_does_not_depend_on_the_unit(scale):
 
 
 def _two_boxes(scale: float):
-    from holopart_infer.parts_io import Parts
+    from holopart_infer.io.parts_io import Parts
     from tests.support import box
 
     return Parts.from_meshes([(v * scale, f) for v, f in (box((0, 0, 0), (1, .4, 1)), box((.6, 0, 0), (.3, .3, .8)))])
@@ -60,7 +60,7 @@ def test_completion_at_extreme_scales_is_the_same_shape(mini):
     (1e-3, 1e3, r"lies 1e\+03 from the origin.*Move it near the origin")])
 def test_coordinates_outside_the_accepted_range_are_refused(scale, offset, expected):
     from holopart_infer.errors import InputError
-    from holopart_infer.parts_io import Parts
+    from holopart_infer.io.parts_io import Parts
     from tests.support import box
 
     meshes = [(v * scale + offset, f) for v, f in (box((0, 0, 0), (1, .4, 1)), box((.6, 0, 0), (.3, .3, .8)))]
@@ -86,7 +86,7 @@ def test_cli_refuses_a_file_outside_the_range_with_exit_2(tmp_path):
 
 
 def test_every_part_emptied_by_clean_up_is_exit_1_with_its_own_explanation(mini, monkeypatch):
-    from holopart_infer import cleanup
+    from holopart_infer.postprocess import cleanup
     from holopart_infer.errors import EmptyResult
 
     monkeypatch.setattr(cleanup, "remove_floaters", lambda v, f, m: (v[:0], f[:0]))
@@ -97,7 +97,7 @@ def test_every_part_emptied_by_clean_up_is_exit_1_with_its_own_explanation(mini,
 def test_decimation_that_would_empty_a_part_keeps_its_closed_mesh(mini, monkeypatch):
     """Decimation never opens a closed part (issue 23): one that comes back empty (not closed)
     leaves the part its full marching-cubes mesh, with the warning, never an empty part."""
-    from holopart_infer import decimate as decimate_mod
+    from holopart_infer.postprocess import decimate as decimate_mod
 
     ref = mini.complete(_two_boxes(1.0), decimate=None, guard=False, **FAST_OPTS)
     monkeypatch.setattr(decimate_mod, "decimate", lambda v, f, n: (v[:0], f[:0]))

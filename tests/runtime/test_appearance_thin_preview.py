@@ -8,13 +8,13 @@ import pytest
 import trimesh
 from PIL import Image
 
-from holopart_infer import appearance
-from holopart_infer.appearance import Appearance
+from holopart_infer.io import appearance
+from holopart_infer.io.appearance import Appearance
 from holopart_infer.errors import EmptyResult
-from holopart_infer.parts_io import Parts, load_parts, write_scene
+from holopart_infer.io.parts_io import Parts, load_parts, write_scene
 from holopart_infer.pipeline import HoloPart
-from holopart_infer.preview import explode_offsets, render_comparison, render_turntable
-from holopart_infer.thin import decode_local, thickened_patch
+from holopart_infer.postprocess.preview import explode_offsets, render_comparison, render_turntable
+from holopart_infer.postprocess.thin import decode_local, thickened_patch
 from tests.support import FAST as FAST_REAL_MODEL, SphereBackend
 
 
@@ -233,7 +233,7 @@ def test_thickened_patch_of_open_sheet_is_closed():
 def test_decode_local_maps_box_back():
     # a slab at y=0.01 (part frame); samples spread over a thin plate around it
     samples = np.random.default_rng(0).uniform([-0.5, -0.001, -0.5], [0.5, 0.001, 0.5], (500, 3))
-    from holopart_infer import extract
+    from holopart_infer.extraction import extract
 
     out = decode_local(lambda d, n: extract.extract_meshes(d, n, depth=6),
                        lambda pts: [_slab_or_sphere(p) for p in pts], [samples], depth=6)

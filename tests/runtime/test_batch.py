@@ -10,10 +10,10 @@ import trimesh
 
 import holopart_infer as hp
 from holopart_infer import assets
-from holopart_infer.batch import LocalExecutor, collect_items, run_batch
+from holopart_infer.scale.batch import LocalExecutor, collect_items, run_batch
 from holopart_infer.cli import main
 from holopart_infer.errors import InputError, InputFileNotFound
-from holopart_infer.parts_io import load_parts
+from holopart_infer.io.parts_io import load_parts
 from tests.support import FAST_FLAGS_NO_DECIMATE, box, check_ledger_agrees_with_files, fast_options, ledger_lines, two_box_glb
 
 

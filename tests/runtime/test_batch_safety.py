@@ -20,7 +20,7 @@ import pytest
 
 import holopart_infer as hp
 from holopart_infer import assets, fsafe
-from holopart_infer.batch import BatchFolderBusy, LocalExecutor, collect_items, run_batch
+from holopart_infer.scale.batch import BatchFolderBusy, LocalExecutor, collect_items, run_batch
 from holopart_infer.cli import main
 from tests.support import FAST_FLAGS_NO_DECIMATE, check_ledger_agrees_with_files, fast_options, ledger_lines, two_box_glb
 
@@ -246,7 +246,7 @@ def test_sigint_says_what_was_kept(model, tmp_path, capsys, monkeypatch):
     for i in range(3):
         two_box_glb(objs / f"o{i}.glb", float(i))
     out = tmp_path / "out"
-    import holopart_infer.batch as batch_mod
+    import holopart_infer.scale.batch as batch_mod
 
     real = batch_mod._write_one
     n = []
@@ -305,7 +305,7 @@ def test_a_real_full_file_system(tmp_path, capsys):
 
 
 def test_ids_are_kept_encoded_and_unique(tmp_path):
-    from holopart_infer.batch import output_stem
+    from holopart_infer.scale.batch import output_stem
 
     assert [output_stem(i) for i in ("椅子", "my d", "a/b", ".a", "x.", "100%", "c:d")] == [
         "椅子", "my d", "a%2Fb", "%2Ea", "x%2E", "100%25", "c%3Ad"]

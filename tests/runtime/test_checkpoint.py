@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from holopart_infer.checkpoint import bf16_to_f32, f32_to_bf16_bits, open_checkpoint, read_component
+from holopart_infer.model.checkpoint import bf16_to_f32, f32_to_bf16_bits, open_checkpoint, read_component
 from holopart_infer.errors import CheckpointError, InputFileNotFound
 
 torch = pytest.importorskip("torch", reason="the loader builds torch modules ([torch] extra)")
@@ -144,7 +144,7 @@ def test_unsupported_dtype(tmp_path, tiny_checkpoint):
 
 def test_no_half_built_model_on_error(tmp_path, tiny_checkpoint, monkeypatch):
     """Validation runs for all components before any weights are read."""
-    import holopart_infer.checkpoint as ckmod
+    import holopart_infer.model.checkpoint as ckmod
 
     ck = _copy(tiny_checkpoint, tmp_path / "c")
     _rewrite(ck, lambda t: t.pop("norm_out.weight"))

@@ -1,10 +1,10 @@
-"""holopart_infer.cleanup: connected components and floater removal."""
+"""holopart_infer.postprocess.cleanup: connected components and floater removal."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from holopart_infer.cleanup import connected_components, remove_floaters
+from holopart_infer.postprocess.cleanup import connected_components, remove_floaters
 from holopart_infer.errors import InputError
 
 
@@ -73,8 +73,8 @@ def _edge_manifold_by_rows(f):
 
 
 def test_edge_manifold_agrees_with_the_edge_count():
-    from holopart_infer.cleanup import edge_manifold
-    from holopart_infer.mcubes import marching_cubes
+    from holopart_infer.postprocess.cleanup import edge_manifold
+    from holopart_infer.extraction.mcubes import marching_cubes
 
     x = np.linspace(-1, 1, 24)
     g = 0.7 - np.sqrt(x[:, None, None] ** 2 + x[None, :, None] ** 2 + x[None, None, :] ** 2)

@@ -8,7 +8,7 @@ import pytest
 import holopart_infer as hp
 from holopart_infer import assets
 from holopart_infer.errors import HoloPartError, InputError, InputFileNotFound
-from holopart_infer.parts_io import Parts, load_parts
+from holopart_infer.io.parts_io import Parts, load_parts
 from holopart_infer.pipeline import CompletionJob, CompletionOptions
 from tests.support import box, fast_options
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from holopart_infer.conditioning import (
+from holopart_infer.model.conditioning import (
     PART_MARGIN,
     PART_NORMALIZE_SCALE,
     build_conditions,
@@ -12,7 +12,7 @@ from holopart_infer.conditioning import (
     sample_surface,
 )
 from holopart_infer.errors import InputError
-from holopart_infer.parts_io import Parts
+from holopart_infer.io.parts_io import Parts
 from tests.support import box
 
 N = 4096

@@ -7,7 +7,7 @@ import trimesh
 
 from tests.support import DATA
 
-from holopart_infer.decimate import decimate
+from holopart_infer.postprocess.decimate import decimate
 from holopart_infer.errors import InputError
 
 
@@ -63,7 +63,7 @@ def test_validates_arrays():
 
 
 def test_duplicate_faces_and_edge_manifold_helpers():
-    from holopart_infer.cleanup import drop_duplicate_faces, edge_manifold
+    from holopart_infer.postprocess.cleanup import drop_duplicate_faces, edge_manifold
 
     v, f = _sphere()
     assert edge_manifold(f) and not edge_manifold(f[:-1]) and not edge_manifold(f[:0])
@@ -82,7 +82,7 @@ def test_decimation_leaves_no_fins_on_a_model_output():
     result is closed by edges."""
     import fast_simplification
 
-    from holopart_infer.cleanup import drop_duplicate_faces, edge_manifold
+    from holopart_infer.postprocess.cleanup import drop_duplicate_faces, edge_manifold
 
     z = np.load(DATA / "decimation_fin_mesh.npz")
     v, f, target = z["vertices"].astype(np.float64), z["faces"].astype(np.int64), int(z["target"])

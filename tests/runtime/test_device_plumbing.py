@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from holopart_infer import native
+from holopart_infer.extraction import native
 from holopart_infer.engines.base import BackendBase
 from holopart_infer.errors import BackendUnavailable, InputError
-from holopart_infer.extract import QUERY_CHUNK_POINTS, QUERY_CHUNK_POINTS_BY_DEVICE as CHUNK_POINTS_DEFAULT
+from holopart_infer.extraction.extract import QUERY_CHUNK_POINTS, QUERY_CHUNK_POINTS_BY_DEVICE as CHUNK_POINTS_DEFAULT
 from holopart_infer.pipeline import CompletionOptions, HoloPart
 
 
@@ -72,7 +72,8 @@ def test_chunk_points_option_none_means_device_default():
 def test_decoder_calls_use_the_device_chunk(monkeypatch):
     """complete() hands extraction the device default unless the options set chunk_points."""
     import holopart_infer as hp
-    from holopart_infer import assets, extract
+    from holopart_infer import assets
+    from holopart_infer.extraction import extract
 
     seen = []
     orig = extract.extract_meshes

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from holopart_infer.cleanup import edge_manifold
+from holopart_infer.postprocess.cleanup import edge_manifold
 from holopart_infer.errors import InputError
-from holopart_infer.extract import (
+from holopart_infer.extraction.extract import (
     ExtractionStats,
     extract_dense,
     extract_meshes,

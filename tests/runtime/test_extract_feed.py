@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from holopart_infer.errors import InputError
-from holopart_infer.extract import PackedFeed, PaddedFeed, extract_meshes, row_plan, row_segments
+from holopart_infer.extraction.extract import PackedFeed, PaddedFeed, extract_meshes, row_plan, row_segments
 from tests.runtime.test_extract import PARTS, sphere_logits
 
 
@@ -99,8 +99,8 @@ def test_pipeline_packed_rows_give_the_padded_meshes(monkeypatch):
 
 
 def test_corner_points_of_a_cell_list_are_refine_points_of_its_mask():
-    from holopart_infer import native
-    from holopart_infer.extract import _corner_points, _unique_cells
+    from holopart_infer.extraction import native
+    from holopart_infer.extraction.extract import _corner_points, _unique_cells
 
     rng = np.random.default_rng(1)
     coarse = rng.normal(size=(9, 8, 11)).astype(np.float32)
@@ -115,7 +115,7 @@ def test_corner_points_of_a_cell_list_are_refine_points_of_its_mask():
 
 
 def test_sparse_add_merges_in_sorted_order():
-    from holopart_infer.extract import _Sparse
+    from holopart_infer.extraction.extract import _Sparse
 
     rng = np.random.default_rng(2)
     sp = _Sparse(np.zeros((3, 3, 3), np.float32), 4)

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from holopart_infer import assets, extract
-from holopart_infer.extract import extract_meshes
+from holopart_infer import assets
+
+from holopart_infer.extraction import extract
+from holopart_infer.extraction.extract import extract_meshes
 from tests.support import assert_same_surface
 
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import trimesh
 
-from holopart_infer import frames
+from holopart_infer.io import frames
 from holopart_infer.errors import CheckpointError, InputError, ModelDirError
-from holopart_infer.frames import UP_AXES, up_rotation
-from holopart_infer.parts_io import Parts, load_parts
+from holopart_infer.io.frames import UP_AXES, up_rotation
+from holopart_infer.io.parts_io import Parts, load_parts
 from tests.support import box
 
 
@@ -104,7 +104,7 @@ def test_bad_up_is_an_input_error_before_reading(tmp_path):
 
 
 def test_gltf_override_is_recorded(tmp_path):
-    from holopart_infer.parts_io import write_scene
+    from holopart_infer.io.parts_io import write_scene
 
     glb = write_scene(_two_boxes(), ["a", "b"], tmp_path / "s.glb")
     assert load_parts(glb).up == "+y"
@@ -115,7 +115,7 @@ def test_gltf_override_is_recorded(tmp_path):
 
 
 def test_conditioning_turns_the_object_into_the_model_frame_and_back():
-    from holopart_infer.conditioning import build_conditions
+    from holopart_infer.model.conditioning import build_conditions
 
     z_up = _two_boxes()
     turn = up_rotation("+z", "+y")
@@ -145,9 +145,9 @@ def test_conditioning_turns_the_object_into_the_model_frame_and_back():
 
 def test_shipped_demo_model_states_its_frame():
     from holopart_infer import assets
-    from holopart_infer.checkpoint import checkpoint_up_axis
+    from holopart_infer.model.checkpoint import checkpoint_up_axis
     from holopart_infer.export.make_demo_model import MINI_CHECKPOINT, SYNTHETIC_UP
-    from holopart_infer.manifest import load_manifest
+    from holopart_infer.model.manifest import load_manifest
 
     m = load_manifest(assets.demo_model_path(), verify_hashes=True)  # still intact after the new field
     assert SYNTHETIC_UP == "+z"  # the synthetic templates stand along z; the shipped weights were refolded
@@ -159,7 +159,7 @@ def test_shipped_demo_model_states_its_frame():
 
 def test_manifest_up_axis_absent_means_y_and_bad_is_named(tmp_path):
     from holopart_infer import assets
-    from holopart_infer.manifest import load_manifest
+    from holopart_infer.model.manifest import load_manifest
 
     md = tmp_path / "m"
     shutil.copytree(assets.demo_model_path(), md)
@@ -174,7 +174,7 @@ def test_manifest_up_axis_absent_means_y_and_bad_is_named(tmp_path):
 
 
 def test_checkpoint_up_axis(tmp_path):
-    from holopart_infer.checkpoint import checkpoint_up_axis
+    from holopart_infer.model.checkpoint import checkpoint_up_axis
 
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "HoloPartPipeline"}))
     assert checkpoint_up_axis(tmp_path) == "+y"
@@ -215,7 +215,7 @@ def test_cli_up_reads_as_the_api_does(given, read):
 
 
 def test_batch_jsonl_up(tmp_path):
-    from holopart_infer.batch import collect_items
+    from holopart_infer.scale.batch import collect_items
 
     (tmp_path / "a.obj").write_text("o a\n")
     lst = tmp_path / "list.jsonl"
@@ -229,7 +229,7 @@ def test_batch_jsonl_up(tmp_path):
 def test_preview_camera_up_is_the_objects_up(tmp_path):
     from PIL import Image
 
-    from holopart_infer.preview import render_preview
+    from holopart_infer.postprocess.preview import render_preview
 
     z_up = _two_boxes()
     y_up = [(up_rotation("+z", "+y").apply(v), f) for v, f in z_up]

@@ -200,7 +200,7 @@ def test_zeroed_hashes_are_refused(model_copy):
 
 
 def test_verified_hash_record_makes_reloads_cheap_and_notices_changes(model_copy, monkeypatch):
-    from holopart_infer.manifest import load_manifest
+    from holopart_infer.model.manifest import load_manifest
 
     calls = []
     real = fsafe.sha256_file
@@ -485,7 +485,7 @@ def test_cuda_without_cuda_is_backend_unavailable(tiny_checkpoint, tmp_path):
 # --------------------------------------------------------------------------- malformed configs / manifests
 @pytest.mark.requires_torch
 def test_wrong_typed_config_field_is_named(tiny_checkpoint, tmp_path):
-    from holopart_infer.checkpoint import read_config
+    from holopart_infer.model.checkpoint import read_config
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, ckpt)
@@ -558,7 +558,7 @@ def test_cli_jpeg_preview_is_jpeg(tmp_path):
 
 
 def test_cli_decimation_warning_is_one_summary_line(mini, caplog, monkeypatch):
-    from holopart_infer import cleanup
+    from holopart_infer.postprocess import cleanup
 
     monkeypatch.setattr(cleanup, "edge_manifold", lambda f, _real=cleanup.edge_manifold: len(f) > 50)
     with caplog.at_level("WARNING", logger="holopart_infer"):

@@ -40,7 +40,7 @@ def _mesh_file(tmp_path, name="mesh.ply") -> Path:
     ('" 3": 1', r"key ' 3' is not a face index")])
 def test_face2label_json_types_and_ranges_exit_2_naming_the_key(tmp_path, entry, expected):
     from holopart_infer.errors import InputError
-    from holopart_infer.parts_io import load_parts
+    from holopart_infer.io.parts_io import load_parts
 
     mesh = _mesh_file(tmp_path)
     good = ", ".join(f'"{i}": {int(i >= 12)}' for i in range(24) if i != 3)
@@ -57,7 +57,7 @@ def test_face2label_json_types_and_ranges_exit_2_naming_the_key(tmp_path, entry,
     ("[0, 9223372036854775808]", r"entry 1 \(the label of face 1\) does not fit a 64-bit integer")])
 def test_json_list_labels_types_and_ranges(tmp_path, content, expected):
     from holopart_infer.errors import InputError
-    from holopart_infer.labels import read_labels
+    from holopart_infer.io.labels import read_labels
 
     labels = tmp_path / "labels.json"
     labels.write_text(content)
@@ -67,7 +67,7 @@ def test_json_list_labels_types_and_ranges(tmp_path, content, expected):
 
 def test_txt_and_npy_labels_beyond_int64(tmp_path):
     from holopart_infer.errors import InputError
-    from holopart_infer.labels import read_labels
+    from holopart_infer.io.labels import read_labels
 
     txt = tmp_path / "labels.txt"
     txt.write_text("0\n1\n9223372036854775808\n")
@@ -80,7 +80,7 @@ def test_txt_and_npy_labels_beyond_int64(tmp_path):
 
 
 def test_faces_a_face2label_json_does_not_name_are_unassigned(tmp_path):
-    from holopart_infer.parts_io import load_parts
+    from holopart_infer.io.parts_io import load_parts
 
     mesh = _mesh_file(tmp_path)
     labels = tmp_path / "face2label.json"
@@ -131,8 +131,8 @@ def _tetra_gltf(path: Path, depth: int = 0, uri: str | None = None, nested_extra
 
 
 def test_a_deeply_nested_node_graph_is_exit_2(tmp_path):
-    from holopart_infer.gltf_json import MAX_NODE_DEPTH
-    from holopart_infer.parts_io import load_parts
+    from holopart_infer.io.gltf_json import MAX_NODE_DEPTH
+    from holopart_infer.io.parts_io import load_parts
 
     assert len(load_parts(_tetra_gltf(tmp_path / "ok.gltf", depth=50))) == 2
     deep = _tetra_gltf(tmp_path / "deep.gltf", depth=100_000)
@@ -143,7 +143,7 @@ def test_a_deeply_nested_node_graph_is_exit_2(tmp_path):
 
 def test_deeply_nested_json_is_exit_2(tmp_path):
     from holopart_infer.errors import InputError
-    from holopart_infer.parts_io import load_parts
+    from holopart_infer.io.parts_io import load_parts
 
     deep = _tetra_gltf(tmp_path / "deep.gltf", nested_extras=100_000)
     with pytest.raises(InputError, match="nested too deeply"):
@@ -178,7 +178,7 @@ def test_a_gltf_buffer_uri_naming_a_fifo_is_refused_without_reading(tmp_path):
     import os
 
     from holopart_infer.errors import InputError
-    from holopart_infer.parts_io import load_parts
+    from holopart_infer.io.parts_io import load_parts
 
     import errno
     import threading
@@ -212,7 +212,7 @@ def test_a_gltf_buffer_uri_naming_a_fifo_is_refused_without_reading(tmp_path):
                                            ("missing.bin", "which does not exist")])
 def test_a_gltf_uri_must_name_an_existing_regular_file(tmp_path, uri, expected):
     from holopart_infer.errors import InputError
-    from holopart_infer.parts_io import load_parts
+    from holopart_infer.io.parts_io import load_parts
 
     (tmp_path / "sub").mkdir()
     gltf = _tetra_gltf(tmp_path / "m.gltf", uri=uri)
@@ -223,7 +223,7 @@ def test_a_gltf_uri_must_name_an_existing_regular_file(tmp_path, uri, expected):
 
 
 def test_a_gltf_uri_naming_a_huge_file_is_refused(tmp_path, monkeypatch):
-    from holopart_infer import parts_io
+    from holopart_infer.io import parts_io
     from holopart_infer.errors import InputError
 
     gltf = _tetra_gltf(tmp_path / "m.gltf", uri="data.bin")
@@ -258,7 +258,7 @@ f 6 7 {last}
 
 def test_obj_mtllib_naming_a_device_is_refused(tmp_path):
     from holopart_infer.errors import InputError
-    from holopart_infer.parts_io import load_parts
+    from holopart_infer.io.parts_io import load_parts
 
     obj = tmp_path / "m.obj"
     obj.write_text(_OBJ.format(lib="/dev/zero", last=8))
@@ -268,7 +268,7 @@ def test_obj_mtllib_naming_a_device_is_refused(tmp_path):
 
 @pytest.mark.parametrize("lib, said", [("/etc/passwd", "defines no material"), ("nope.mtl", "does not exist")])
 def test_obj_mtllib_that_is_ignored_is_said(tmp_path, caplog, lib, said):
-    from holopart_infer.parts_io import load_parts
+    from holopart_infer.io.parts_io import load_parts
 
     obj = tmp_path / "m.obj"
     obj.write_text(_OBJ.format(lib=lib, last=8))
@@ -284,7 +284,7 @@ def test_obj_mtllib_that_is_ignored_is_said(tmp_path, caplog, lib, said):
     ("-9", r"line 19: a face refers to vertex -9 \(counting back\), but only 8 vertices come before it")])
 def test_obj_face_indices_out_of_range_are_refused_naming_the_line(tmp_path, last, expected):
     from holopart_infer.errors import InputError
-    from holopart_infer.parts_io import load_parts
+    from holopart_infer.io.parts_io import load_parts
 
     obj = tmp_path / "m.obj"
     obj.write_text(_OBJ.format(lib="m.mtl", last=last))
@@ -300,7 +300,7 @@ def test_a_gltf_1_binary_is_named_as_such(tmp_path):
     import struct
 
     from holopart_infer.errors import InputError
-    from holopart_infer.parts_io import load_parts
+    from holopart_infer.io.parts_io import load_parts
 
     content = json.dumps({"scene": "s", "scenes": {"s": {"nodes": []}}}).encode()
     glb = tmp_path / "old.glb"  # glTF 1.0 binary: header, then contentLength + contentFormat 0, then the JSON
@@ -317,7 +317,7 @@ def test_a_gltf_1_binary_is_named_as_such(tmp_path):
 @pytest.mark.parametrize("binary", [True, False])
 def test_a_faceless_ply_is_named_a_point_cloud(tmp_path, faces, binary):
     from holopart_infer.errors import InputError
-    from holopart_infer.parts_io import load_parts
+    from holopart_infer.io.parts_io import load_parts
 
     pts = np.random.default_rng(0).random((40, 3)).astype("<f4")
     header = ["ply", f"format {'binary_little_endian' if binary else 'ascii'} 1.0", "element vertex 40",
@@ -334,7 +334,7 @@ def test_a_faceless_ply_is_named_a_point_cloud(tmp_path, faces, binary):
 def test_a_missing_gltf_image_is_ignored_with_a_warning(tmp_path, caplog):
     import json
 
-    from holopart_infer.parts_io import load_parts
+    from holopart_infer.io.parts_io import load_parts
 
     gltf = _tetra_gltf(tmp_path / "m.gltf")
     doc = json.loads(gltf.read_text())

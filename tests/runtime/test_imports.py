@@ -146,7 +146,7 @@ def test_graph_sees_function_level_imports():
     graph = import_graph()
     assert len(graph) > 40
     # parts_io imports gltf_json inside a function: the graph must still see it
-    assert "holopart_infer.gltf_json" in graph["holopart_infer.parts_io"]
+    assert "holopart_infer.io.gltf_json" in graph["holopart_infer.io.parts_io"]
 
 
 def test_find_cycles_finds_a_circle():

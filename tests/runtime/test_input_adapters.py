@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import trimesh
 
-from holopart_infer import adapters
-from holopart_infer.conditioning import build_conditions
+from holopart_infer.io import adapters
+from holopart_infer.model.conditioning import build_conditions
 from holopart_infer.errors import InputError
-from holopart_infer.parts_io import load_parts
+from holopart_infer.io.parts_io import load_parts
 from tests.gltf_builder import box_arrays, gltf_doc, write_gltf
 
 

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import trimesh
 
-from holopart_infer import extract, memory
-from holopart_infer.conditioning import build_conditions
-from holopart_infer.parts_io import Parts
+from holopart_infer import memory
+
+from holopart_infer.extraction import extract
+from holopart_infer.model.conditioning import build_conditions
+from holopart_infer.io.parts_io import Parts
 from holopart_infer.pipeline import HoloPart
 from tests.support import SphereBackend
 

@@ -37,7 +37,7 @@ def test_a_manifest_graph_file_outside_the_model_dir_is_refused(model_copy, wher
     import shutil
 
     from holopart_infer.errors import ModelDirError
-    from holopart_infer.manifest import load_manifest
+    from holopart_infer.model.manifest import load_manifest
 
     shutil.copy(model_copy / "onnx" / "dit.onnx", model_copy.parent / "outside.onnx")  # a real file is there
     shutil.copytree(model_copy, model_copy.parent / "model2")
@@ -48,7 +48,7 @@ def test_a_manifest_graph_file_outside_the_model_dir_is_refused(model_copy, wher
 
 def test_a_manifest_external_data_outside_the_model_dir_is_refused(model_copy):
     from holopart_infer.errors import ModelDirError
-    from holopart_infer.manifest import load_manifest
+    from holopart_infer.model.manifest import load_manifest
 
     _edit_manifest(model_copy, lambda m: m["graphs"]["dit"].__setitem__(
         "external_data", {"file": "../../etc/passwd", "bytes": 10, "sha256": ""}))
@@ -63,7 +63,7 @@ def test_a_manifest_external_data_outside_the_model_dir_is_refused(model_copy):
     ("scheduler", "shift", float("inf"), r"config\.scheduler\.shift must be a finite number > 0")])
 def test_manifest_config_fields_have_types_and_ranges(model_copy, tmp_path, comp, key, value, expected):
     from holopart_infer.errors import ModelDirError
-    from holopart_infer.manifest import load_manifest
+    from holopart_infer.model.manifest import load_manifest
 
     _edit_manifest(model_copy, lambda m: m["config"][comp].__setitem__(key, value))
     with pytest.raises(ModelDirError, match=expected):
@@ -74,7 +74,7 @@ def test_manifest_config_fields_have_types_and_ranges(model_copy, tmp_path, comp
 
 
 def test_checkpoint_config_counts_have_a_range():
-    from holopart_infer.checkpoint import config_field_problem
+    from holopart_infer.model.checkpoint import config_field_problem
 
     assert config_field_problem("num_layers", 21) is None
     assert "[1, 1048576]" in config_field_problem("num_layers", 10**18)

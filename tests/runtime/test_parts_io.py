@@ -10,7 +10,7 @@ import pytest
 import trimesh
 
 from holopart_infer.errors import InputError, InputFileNotFound
-from holopart_infer.parts_io import Parts, load_parts, part_colors, write_scene
+from holopart_infer.io.parts_io import Parts, load_parts, part_colors, write_scene
 from tests.support import box, write_transformed_scene
 
 

@@ -7,7 +7,7 @@ import pytest
 import holopart_infer as hp
 from holopart_infer import assets
 from holopart_infer.errors import BackendUnavailable, InputError, InputFileNotFound
-from holopart_infer.parts_io import load_parts
+from holopart_infer.io.parts_io import load_parts
 from holopart_infer.pipeline import CompletionOptions, HoloPart
 from tests.support import FAST, SphereBackend, assert_same_surface, write_transformed_scene
 
@@ -23,7 +23,7 @@ def test_geometry_maps_back_to_input_coordinates(tmp_path):
     # guard off: a sphere is no plausible completion of these parts, and the frames are under test here
     res = _sphere_model().complete(path, steps=1, depth=7, num_points=2048, decimate=None, guard=False)
     assert [p.name for p in res.parts] == parts.names
-    from holopart_infer.conditioning import build_conditions
+    from holopart_infer.model.conditioning import build_conditions
 
     cond = build_conditions(parts, num_points=2048, seed=0, normalize=True)
     for i, part in enumerate(res.parts):
@@ -147,7 +147,7 @@ def test_checkpoint_fast_path_matches_faithful_model(tiny_checkpoint):
 
 
 def test_min_component_drops_small_pieces():
-    from holopart_infer.cleanup import connected_components
+    from holopart_infer.postprocess.cleanup import connected_components
 
     model = hp.load(assets.demo_model_path())
     full = model.complete(assets.demo_object_path(), min_component=0, **FAST)  # every piece (the default drops some)
@@ -188,7 +188,7 @@ def test_checkpoint_inference_defaults(tmp_path):
     import json
 
     from holopart_infer.errors import CheckpointError
-    from holopart_infer.checkpoint import checkpoint_inference_defaults
+    from holopart_infer.model.checkpoint import checkpoint_inference_defaults
 
     (tmp_path / "model_index.json").write_text(json.dumps({"inference_defaults": {"latent_tokens": 64}}))
     assert checkpoint_inference_defaults(tmp_path) == {"latent_tokens": 64}
@@ -205,7 +205,7 @@ def test_checkpoint_inference_defaults(tmp_path):
 def test_decimation_that_would_open_a_closed_part_is_undone_and_reported(monkeypatch, caplog):
     import logging
 
-    import holopart_infer.decimate as D
+    import holopart_infer.postprocess.decimate as D
 
     real = D.decimate
     monkeypatch.setattr(D, "decimate", lambda v, f, t: (lambda vf: (vf[0], vf[1][:-1]))(real(v, f, t)))
@@ -219,7 +219,7 @@ def test_decimation_that_would_open_a_closed_part_is_undone_and_reported(monkeyp
     assert f"would have left {len(res.stats['decimation_non_manifold'])} of {len(res.parts)} parts non-manifold" \
         in lines[0]
     assert closed_parts[0] in lines[0]
-    from holopart_infer.cleanup import edge_manifold
+    from holopart_infer.postprocess.cleanup import edge_manifold
 
     for p in res.parts:  # the closed marching-cubes mesh was kept instead of the opened one
         if p.name in res.stats["decimation_non_manifold"]:

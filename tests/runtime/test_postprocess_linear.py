@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from holopart_infer import cleanup
+from holopart_infer.postprocess import cleanup
 
 
 def _old_drop_duplicate_faces(f):

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from holopart_infer.errors import InputError
-from holopart_infer.preview import BACKGROUND, render_preview
+from holopart_infer.postprocess.preview import BACKGROUND, render_preview
 from tests.support import box
 
 RED = (220, 30, 30, 255)
@@ -38,7 +38,7 @@ def test_writes_png_of_requested_size_in_part_colours(tmp_path):
 
 def test_occlusion_nearest_part_wins(tmp_path):
     # a small red box in front of (towards the camera) a big blue one: red must show at the centre
-    from holopart_infer.preview import _camera
+    from holopart_infer.postprocess.preview import _camera
 
     _, _, forward = _camera()
     near = box(-3.0 * forward, (0.6, 0.6, 0.6))

@@ -8,10 +8,11 @@ import pytest
 import trimesh
 
 import holopart_infer as hp
-from holopart_infer import assets, quality
-from holopart_infer.cleanup import edge_manifold
+from holopart_infer import assets
+from holopart_infer.postprocess import quality
+from holopart_infer.postprocess.cleanup import edge_manifold
 from holopart_infer.cli import main as cli_main
-from holopart_infer.parts_io import Parts
+from holopart_infer.io.parts_io import Parts
 from holopart_infer.pipeline import HoloPart
 from tests.support import SphereBackend
 
@@ -206,8 +207,8 @@ def test_good_parts_of_the_embedded_demos_are_not_flagged(obj):
 def test_batch_ledger_and_service_job_carry_the_scores(guarded, tmp_path):
     import json
 
-    from holopart_infer.batch import BatchItem, run_batch
-    from holopart_infer.parts_io import write_scene
+    from holopart_infer.scale.batch import BatchItem, run_batch
+    from holopart_infer.io.parts_io import write_scene
     from holopart_infer.serve.batcher import DONE, ServeJob
 
     obj = _object()
@@ -230,7 +231,7 @@ def test_batch_ledger_and_service_job_carry_the_scores(guarded, tmp_path):
 
 def test_stand_in_keeps_every_piece_of_the_patch():
     """Floater removal is for the model's pieces: a small piece of the input patch stays in its stand-in."""
-    from holopart_infer.cleanup import connected_components
+    from holopart_infer.postprocess.cleanup import connected_components
 
     _, patch = _box_patch()
     big, small = _sheet(0.1, (0.5, 0.0, 0.0)), _sheet(0.03, (0.5, 0.2, 0.0))  # small: 9% of big's area

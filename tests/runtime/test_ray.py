@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from holopart_infer import assets
-from holopart_infer.batch import Ledger, collect_items, run_batch
+from holopart_infer.scale.batch import Ledger, collect_items, run_batch
 from holopart_infer.errors import BackendUnavailable
 from tests.support import (
     FAST_FLAGS_NO_DECIMATE, CrashOnce, check_ledger_agrees_with_files, fast_options, ledger_lines, two_box_glb,
@@ -28,7 +28,7 @@ def local_ray():
 
 
 def test_worker_killed_mid_run_every_object_once(local_ray, tmp_path):
-    from holopart_infer.ray_runner import RayExecutor
+    from holopart_infer.scale.ray_runner import RayExecutor
 
     objs = tmp_path / "objs"
     objs.mkdir()
@@ -56,7 +56,7 @@ def test_worker_killed_mid_run_every_object_once(local_ray, tmp_path):
 
 
 def test_ray_missing_gives_the_install_hint(monkeypatch):
-    from holopart_infer import ray_runner
+    from holopart_infer.scale import ray_runner
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from holopart_infer import assets
-from holopart_infer.batch import collect_items, run_batch
+from holopart_infer.scale.batch import collect_items, run_batch
 from tests.support import StallOnce, check_ledger_agrees_with_files, fast_options, ledger_lines, two_box_glb
 
 pytestmark = pytest.mark.ray
@@ -65,7 +65,7 @@ def no_ray_yet():
 
 
 def test_own_cluster_node_killed_is_restarted_and_every_object_done_once(no_ray_yet, tmp_path, caplog):
-    from holopart_infer.ray_runner import RayExecutor
+    from holopart_infer.scale.ray_runner import RayExecutor
 
     objs = _objects(tmp_path, 6)
     marker = tmp_path / "stall-marker"
@@ -90,7 +90,7 @@ def test_own_cluster_node_killed_is_restarted_and_every_object_done_once(no_ray_
 
 
 def test_joined_cluster_node_killed_fails_the_rest_clearly(no_ray_yet, tmp_path):
-    from holopart_infer.ray_runner import RayExecutor
+    from holopart_infer.scale.ray_runner import RayExecutor
 
     ray = no_ray_yet
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)

@@ -1,4 +1,4 @@
-"""Device-resident extraction (holopart_infer.resident) against the host path.
+"""Device-resident extraction (holopart_infer.extraction.resident) against the host path.
 
 The tensor rules must give exactly cpp_ext's masks and point lists, and a whole
 extraction must give the host path's meshes and query counts. Run here on CPU
@@ -13,10 +13,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from holopart_infer import extract, native  # noqa: E402
+from holopart_infer.extraction import extract
+
+from holopart_infer.extraction import native  # noqa: E402
 from holopart_infer.errors import BackendUnavailable, InputError  # noqa: E402
 
-resident = pytest.importorskip("holopart_infer.resident")
+resident = pytest.importorskip("holopart_infer.extraction.resident")
 
 REPO = Path(__file__).resolve().parents[2]
 

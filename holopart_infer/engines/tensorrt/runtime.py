@@ -37,7 +37,7 @@ def _np_dtype(dtype) -> tuple[np.dtype, bool]:
 
 
 def _to_engine_dtype(array, dtype: np.dtype, bf16: bool) -> np.ndarray:
-    from holopart_infer.checkpoint import f32_to_bf16_bits
+    from holopart_infer.model.checkpoint import f32_to_bf16_bits
 
     a = np.asarray(array)
     if bf16:
@@ -46,7 +46,7 @@ def _to_engine_dtype(array, dtype: np.dtype, bf16: bool) -> np.ndarray:
 
 
 def _from_engine_dtype(array: np.ndarray, bf16: bool) -> np.ndarray:
-    from holopart_infer.checkpoint import bf16_to_f32
+    from holopart_infer.model.checkpoint import bf16_to_f32
 
     if bf16:
         return bf16_to_f32(array)
@@ -193,7 +193,7 @@ class TensorRTBackend(BackendBase):
             optimization_level: builder optimization level (0-5).
             workspace: builder workspace limit in bytes (None: TensorRT default).
             verify_hashes: check the graph files against the manifest's sha256 first
-                (:func:`holopart_infer.manifest.load_manifest`).
+                (:func:`holopart_infer.model.manifest.load_manifest`).
 
         Raises:
             BackendUnavailable: tensorrt or cuda-python is missing (with the pip hint).
@@ -201,7 +201,7 @@ class TensorRTBackend(BackendBase):
             EngineError: a build, deserialization or CUDA call failed.
         """
         from holopart_infer.engines import cuda
-        from holopart_infer.manifest import load_manifest
+        from holopart_infer.model.manifest import load_manifest
 
         if precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")

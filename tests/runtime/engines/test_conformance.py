@@ -42,7 +42,7 @@ def _fake_tensorrt(model_dir: Path, monkeypatch):
     from holopart_infer.engines import cuda
     from holopart_infer.engines.tensorrt import TensorRTBackend, compute_profiles
     from holopart_infer.engines.tensorrt.runtime import _Engine
-    from holopart_infer.manifest import load_manifest
+    from holopart_infer.model.manifest import load_manifest
 
     monkeypatch.setattr(cuda, "_RUNTIME", FakeCudart())
     manifest = load_manifest(model_dir)

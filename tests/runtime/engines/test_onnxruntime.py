@@ -76,7 +76,7 @@ def test_variant_config_matches_torch(variant):
 
 
 def test_variant_sampling_with_shift_matches_torch(variant):
-    from holopart_infer.sampler import sample
+    from holopart_infer.model.sampler import sample
 
     ours, ref = variant
     shift = float(ours.config["scheduler"]["shift"])
@@ -207,7 +207,7 @@ def test_open_backend_onnxruntime():
 @pytest.mark.skipif(not HAS_CUDA, reason="needs onnxruntime-gpu and an NVIDIA GPU")
 def test_cuda_matches_cpu_and_keeps_latents_on_device():
     from holopart_infer.engines.onnxruntime import DeviceArray
-    from holopart_infer.sampler import sample
+    from holopart_infer.model.sampler import sample
 
     cpu = OrtBackend.from_model_dir(exported_model("variant"))
     gpu = OrtBackend.from_model_dir(exported_model("variant"), device="cuda")
@@ -235,7 +235,7 @@ def test_embedded_demo_model_matches_its_recipe_and_torch(guidance):
     from holopart_infer.export.torch_backend import TorchBackend
     from holopart_infer import assets
     from holopart_infer.fsafe import sha256_file
-    from holopart_infer.manifest import load_manifest
+    from holopart_infer.model.manifest import load_manifest
 
     m = load_manifest(assets.demo_model_path(), verify_hashes=True)
     assert m.source["sha256"] == {f: sha256_file(MINI_CHECKPOINT / f) for f in m.source["sha256"]}

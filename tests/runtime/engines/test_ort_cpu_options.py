@@ -9,7 +9,7 @@ ort = pytest.importorskip("onnxruntime")
 from holopart_infer.assets import demo_model_path  # noqa: E402
 from holopart_infer.engines.onnxruntime import OrtBackend, cpu_session_options  # noqa: E402
 from holopart_infer.errors import InputError  # noqa: E402
-from holopart_infer.manifest import load_manifest  # noqa: E402
+from holopart_infer.model.manifest import load_manifest  # noqa: E402
 
 
 def _spinning(so) -> str | None:

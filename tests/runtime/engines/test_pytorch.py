@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch", reason="the fast path needs the [torch] ext
 from holopart_infer.engines.pytorch import DeviceTensor, FastTorchBackend  # noqa: E402
 from holopart_infer.networks.load import load_networks  # noqa: E402
 from holopart_infer.export.torch_backend import TorchBackend  # noqa: E402
-from holopart_infer.sampler import sample  # noqa: E402
+from holopart_infer.model.sampler import sample  # noqa: E402
 from holopart_infer.verify import relative_error  # noqa: E402
 
 from tests.support import golden_dirs  # noqa: E402

@@ -7,7 +7,7 @@ import pytest
 from holopart_infer import assets
 from holopart_infer.engines.signatures import SIGNATURES, check_feeds, model_dims
 from holopart_infer.errors import ShapeError
-from holopart_infer.manifest import GRAPH_NAMES, load_manifest
+from holopart_infer.model.manifest import GRAPH_NAMES, load_manifest
 
 
 def test_table_is_what_the_exporter_declares():

@@ -21,7 +21,7 @@ def test_profiles_come_from_the_manifest():
 def test_profile_overrides_apply_by_axis_symbol():
     p = compute_profiles("vae_query", VAE_QUERY, profile_overrides(max_batch=4, max_query_points=65536))
     # opt Q is the pipeline's query chunk: what extraction sends per part per call
-    from holopart_infer.extract import QUERY_CHUNK_POINTS
+    from holopart_infer.extraction.extract import QUERY_CHUNK_POINTS
 
     assert p["points"] == ShapeRange((1, 1, 3), (4, QUERY_CHUNK_POINTS, 3), (4, 65536, 3))
     # B is overridden in every input; T keeps the manifest's range

@@ -172,7 +172,7 @@ def test_one_scratch_block_shared_by_all_contexts(fake_backend):
 
 
 def test_guided_loop_keeps_latents_on_the_device(fake_backend):
-    from holopart_infer import sampler
+    from holopart_infer.model import sampler
     from holopart_infer.engines.cuda import DeviceTensor
 
     be, rt = fake_backend, fake_backend.fake.rt

@@ -38,7 +38,7 @@ def server(tmp_path_factory):
 
 
 def parts_of(glb: bytes, tmp_path):
-    from holopart_infer.parts_io import load_parts
+    from holopart_infer.io.parts_io import load_parts
 
     path = tmp_path / f"{uuid.uuid4().hex}.glb"
     path.write_bytes(glb)
@@ -128,7 +128,7 @@ def test_async_job_progress_and_downloads(server):
 
 
 def test_mesh_plus_labels_multipart(server, tmp_path):
-    from holopart_infer.parts_io import load_parts, write_scene
+    from holopart_infer.io.parts_io import load_parts, write_scene
 
     path = tmp_path / "tetra.glb"
     path.write_bytes(tetra_glb(2))
@@ -279,7 +279,7 @@ def test_up_axis_per_request(server, tmp_path):
         ca, cb = (np.ptp(p.vertices, axis=0) / 2 + p.vertices.min(axis=0) for p in (a, b))
         assert np.linalg.norm(ca - cb) < 0.5, (a.name, ca, cb)
     # the page's viewer is Y-up: it gets the upload turned +z -> +y (exactly), the glb keeps its frame
-    from holopart_infer.frames import up_rotation
+    from holopart_infer.io.frames import up_rotation
 
     job = hdrs["X-HoloPart-Job"]
     shown = json.loads(server.get(f"/v1/jobs/{job}/meshes.json?which=input")[2])["parts"]

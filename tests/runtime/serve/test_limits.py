@@ -221,7 +221,7 @@ def test_reader_gets_geometry_only(tmp_path):
     import json
     import struct
 
-    from holopart_infer.parts_io import load_parts
+    from holopart_infer.io.parts_io import load_parts
     from holopart_infer.serve.limits import geometry_only
 
     doc, binary = tetra_doc(2)

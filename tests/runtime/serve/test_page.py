@@ -43,7 +43,7 @@ def part_pixels(img: np.ndarray, rgb) -> int:
 def test_page_renders_input_and_completed_parts(tmp_path):
     from PIL import Image
 
-    from holopart_infer.parts_io import load_parts, part_colors
+    from holopart_infer.io.parts_io import load_parts, part_colors
 
     srv = Server(tmp_path, *FAST_SERVE_FLAGS)
     shot = tmp_path / "page.png"

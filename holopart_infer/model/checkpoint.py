@@ -386,9 +386,9 @@ def checkpoint_inference_defaults(path: str | os.PathLike) -> dict:
 
 def checkpoint_up_axis(path: str | os.PathLike) -> str:
     """The top-level ``"up_axis"`` of a checkpoint's model_index.json: the up axis of the frame
-    the model was trained in (:data:`holopart_infer.frames.UP_AXES`); ``"+y"``, HoloPart's
+    the model was trained in (:data:`holopart_infer.io.frames.UP_AXES`); ``"+y"``, HoloPart's
     convention, when absent."""
-    from holopart_infer.frames import MODEL_DEFAULT_UP, check_up
+    from holopart_infer.io.frames import MODEL_DEFAULT_UP, check_up
 
     index = Path(path) / "model_index.json"
     try:

@@ -3,7 +3,7 @@
 Formats (all give one integer per face, in the mesh file's face order):
 
 * ``.npy``: a 1-D integer array (SAMPart3D writes ``results/<run>/mesh_<scale>.npy``
-  this way, see :mod:`holopart_infer.adapters`).
+  this way, see :mod:`holopart_infer.io.adapters`).
 * ``.json``: a list of integers, or an object ``{"face index": label}`` as
   SAMesh's ``<name>_face2label.json`` (keys are face indices as strings). Faces
   missing from the object are unassigned.
@@ -207,7 +207,7 @@ def triangulate_polygons(polys: list[list[int]], labels: np.ndarray) -> tuple[np
 
 # ----------------------------------------------------------------------------- segmenter outputs
 # Where SAMesh and SAMPart3D put the mesh and its labels (the layouts are described in
-# holopart_infer.adapters, which loads them); found here so that parts_io can recognise
+# holopart_infer.io.adapters, which loads them); found here so that parts_io can recognise
 # such a folder without importing the adapters.
 
 _SAMESH_JSON = "_face2label.json"

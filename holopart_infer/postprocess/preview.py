@@ -6,10 +6,10 @@ each part's colour, and resolved with a z-buffer at twice the output resolution,
 then box-filtered down (anti-aliasing).
 
 Upright: the camera's up is the object's up axis (``up=``; the input's
-:attr:`~holopart_infer.parts_io.Parts.up` / the result's
+:attr:`~holopart_infer.io.parts_io.Parts.up` / the result's
 :attr:`~holopart_infer.pipeline.CompletionResult.up`, +Y as in glTF when not
 known), and turntables spin about it. The object is turned from its up axis to
-+Y exactly (:func:`holopart_infer.frames.up_rotation`) and drawn from a Y-up
++Y exactly (:func:`holopart_infer.io.frames.up_rotation`) and drawn from a Y-up
 camera, so a Z-up object's -Y side faces the viewer as a Y-up object's +Z side does.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from holopart_infer.errors import InputError
-from holopart_infer.parts_io import mesh_arrays
+from holopart_infer.io.parts_io import mesh_arrays
 
 log = logging.getLogger("holopart_infer")
 
@@ -49,7 +49,7 @@ def render_preview(meshes: Sequence, colors: Sequence | np.ndarray | None, path:
         meshes: per part a ``(vertices (V,3), faces (F,3))`` pair or a
             ``trimesh.Trimesh``; parts without faces are skipped.
         colors: per part RGB/RGBA 0..255 (or floats 0..1); ``None`` uses
-            :func:`holopart_infer.parts_io.part_colors`. Alpha is ignored.
+            :func:`holopart_infer.io.parts_io.part_colors`. Alpha is ignored.
         path: output image; the format follows the extension (:data:`IMAGE_FORMATS`:
             ``.png``, ``.jpg``/``.jpeg``). Written atomically; parent folders created.
         size: ``(width, height)`` in pixels.
@@ -76,7 +76,7 @@ def render_preview(meshes: Sequence, colors: Sequence | np.ndarray | None, path:
 
 def _upright(tris: np.ndarray, up) -> np.ndarray:
     """Triangles turned exactly from their up axis to +Y, the camera's up."""
-    from holopart_infer.frames import up_rotation
+    from holopart_infer.io.frames import up_rotation
 
     return up_rotation(up or "+y", "+y").apply(tris)
 
@@ -103,7 +103,7 @@ def _check_size(size, supersample) -> tuple[int, int]:
 
 def _triangles(meshes, colors, vertex_colors=None, offsets=None) -> tuple[np.ndarray, np.ndarray]:
     """All parts' triangles (T, 3, 3) and their RGB colours (T, 3), parts moved by ``offsets``."""
-    from holopart_infer.parts_io import _normalize_colors
+    from holopart_infer.io.parts_io import _normalize_colors
 
     meshes = list(meshes)
     rgb = _normalize_colors(colors, len(meshes))[:, :3].astype(np.float64)
@@ -314,7 +314,7 @@ def _input_vertex_colors(part) -> np.ndarray | None:
     if app.vertex_colors is not None:
         return app.vertex_colors
     if app.image is not None and app.uv is not None:
-        from holopart_infer.appearance import _sample_texture
+        from holopart_infer.io.appearance import _sample_texture
 
         col = _sample_texture(app.image, app.uv) * (app.base_color.astype(np.float64) / 255.0)
         return np.clip(np.round(col), 0, 255).astype(np.uint8)
@@ -339,7 +339,7 @@ def render_comparison(parts, result, path: str | os.PathLike, size: tuple[int, i
     """Input parts (left) and completed parts (right) from the same camera, as one image.
 
     Args:
-        parts: the input :class:`~holopart_infer.parts_io.Parts`.
+        parts: the input :class:`~holopart_infer.io.parts_io.Parts`.
         result: the :class:`~holopart_infer.pipeline.CompletionResult` of those parts.
         path: output ``.png`` or ``.jpg`` (atomic; never over ``protect`` nor,
             without ``overwrite``, over an existing file).

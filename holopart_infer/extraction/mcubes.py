@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from holopart_infer import native
+from holopart_infer.extraction import native
 from holopart_infer.errors import InputError
 
 __all__ = ["marching_cubes"]

@@ -14,7 +14,7 @@ from holopart_infer.errors import InputError
 
 
 def _fps(xyz: np.ndarray, k: int) -> np.ndarray:
-    from holopart_infer import native  # compiled kernel; imported lazily to keep import cheap
+    from holopart_infer.extraction import native  # compiled kernel; imported lazily to keep import cheap
 
     return native.farthest_point_sampling(xyz, k)
 

@@ -1,8 +1,8 @@
 """Resumable runs over many objects: ``holopart-infer batch`` and :func:`run_batch`.
 
-    from holopart_infer.batch import collect_items, run_batch
+    from holopart_infer.scale.batch import collect_items, run_batch
     summary = run_batch("model_dir", collect_items(["objects/"]), "out/")
-    # on Ray: run_batch(..., executor=holopart_infer.ray_runner.RayExecutor("auto"))
+    # on Ray: run_batch(..., executor=holopart_infer.scale.ray_runner.RayExecutor("auto"))
     print(summary.ok, summary.failed, summary.skipped)
 
 Inputs (:func:`collect_items`), each becoming one or more objects:
@@ -34,7 +34,7 @@ one run at a time holds the folder's lock. docs/batch.md has the details.
 Results and the ledger are written by one process (the caller's), whether the
 objects are completed here (:class:`LocalExecutor`: :meth:`HoloPart.complete_many`,
 parts of several objects packed into each batch) or on Ray actors
-(:class:`holopart_infer.ray_runner.RayExecutor`). This module parses no arguments and
+(:class:`holopart_infer.scale.ray_runner.RayExecutor`). This module parses no arguments and
 prints nothing: the ``holopart-infer batch`` command (:mod:`holopart_infer.cli.batch`)
 shows progress from :func:`run_batch`'s ``progress`` / ``on_result`` callbacks.
 """
@@ -133,7 +133,7 @@ def collect_items(inputs: Sequence[str | os.PathLike]) -> list[BatchItem]:
             two different objects. (A bad *entry* of a JSONL list does not
             raise: it becomes a failed item.)
     """
-    from holopart_infer.parts_io import MESH_EXTENSIONS
+    from holopart_infer.io.parts_io import MESH_EXTENSIONS
 
     raw: list[BatchItem] = []
     for inp in inputs:
@@ -211,7 +211,7 @@ def _read_jsonl_list(path: Path) -> list[BatchItem]:
         labels = entry.get("labels")
         up = entry.get("up")
         if up is not None:
-            from holopart_infer.frames import check_up
+            from holopart_infer.io.frames import check_up
 
             try:
                 up = check_up(up, '"up"')
@@ -594,11 +594,11 @@ def _clean_leftovers(out: Path, index: _LedgerIndex) -> int:
 # ----------------------------------------------------------------------------- running
 class Executor:
     """Where :func:`run_batch` completes its objects: :class:`LocalExecutor` (this process) or
-    :class:`holopart_infer.ray_runner.RayExecutor` (Ray actors). The batch itself (inputs,
+    :class:`holopart_infer.scale.ray_runner.RayExecutor` (Ray actors). The batch itself (inputs,
     ledger, outputs) is always the caller's process; an executor only turns jobs into results.
 
     Attributes:
-        loads_parts: jobs carry parts the driver read (:class:`~holopart_infer.parts_io.Parts`),
+        loads_parts: jobs carry parts the driver read (:class:`~holopart_infer.io.parts_io.Parts`),
             not paths: the workers need no access to the inputs.
         restarts, cluster_restarts: workers / clusters replaced during :meth:`run` (Ray).
     """
@@ -669,7 +669,7 @@ def run_batch(model, items: Iterable[BatchItem], out_dir: str | os.PathLike, *, 
         options: base :class:`CompletionOptions` (default: the model's
             defaults); per-item overrides apply on top (:meth:`CompletionOptions.replace`).
         executor: where the objects are completed: :class:`LocalExecutor` (default:
-            ``LocalExecutor()``) or :class:`holopart_infer.ray_runner.RayExecutor`.
+            ``LocalExecutor()``) or :class:`holopart_infer.scale.ray_runner.RayExecutor`.
         redo: recompute every object and replace existing outputs (``--overwrite``).
         on_result: called with each item and its ledger entry as it is recorded.
         progress: ``progress(done, total)`` over the objects to attempt (``done`` 0 first).
@@ -808,7 +808,7 @@ def _run_items(todo, failed_early, out, ledger, summary, *, executor: Executor, 
         for it in todo:
             parts: Any = it.input
             if load_here:
-                from holopart_infer.parts_io import load_parts
+                from holopart_infer.io.parts_io import load_parts
 
                 t_load = time.perf_counter()
                 try:

@@ -121,7 +121,7 @@ def transfer(src_vertices: np.ndarray, src_faces: np.ndarray, app: Appearance, d
     """
     from scipy.spatial import cKDTree
 
-    from holopart_infer.surface import sample_surface
+    from holopart_infer.model.surface import sample_surface
 
     dst = np.asarray(dst_vertices, dtype=np.float64)
     if len(dst) == 0:

@@ -5,7 +5,7 @@ Frames, from outside in:
 * **input frame**: the coordinates of the input file (any unit).
 * **model frame**: ``x_model = A((x_input - object_center) / object_scale)``, where
   ``A`` (:attr:`Conditions.axes`) is the exact rotation from the input's up axis
-  to the model's (:func:`holopart_infer.frames.up_rotation`: a signed permutation
+  to the model's (:func:`holopart_infer.io.frames.up_rotation`: a signed permutation
   of the coordinates; the identity when they agree or when ``model_up`` is not
   given). With
   ``normalize=True`` (default) ``object_center`` is the centre of the axis-aligned
@@ -44,7 +44,7 @@ import numpy as np
 
 from holopart_infer import constants
 from holopart_infer.errors import InputError
-from holopart_infer.surface import sample_pieces, sample_surface  # noqa: F401  (sample_surface re-exported)
+from holopart_infer.model.surface import sample_pieces, sample_surface  # noqa: F401  (sample_surface re-exported)
 
 log = logging.getLogger("holopart_infer")
 
@@ -74,7 +74,7 @@ class Conditions:
         whole_labels: (N,) int64, index of the part nearest each whole sample
             (-1 for samples on context faces, which belong to no part).
         axes: the rotation from the input's axes to the model's
-            (:class:`holopart_infer.frames.AxisMap`), None for the identity.
+            (:class:`holopart_infer.io.frames.AxisMap`), None for the identity.
         input_up, model_up: the up axes it rotates between (None: not rotated).
     """
 
@@ -87,7 +87,7 @@ class Conditions:
     object_scale: float
     names: list[str] = field(default_factory=list)
     whole_labels: np.ndarray | None = None
-    axes: object | None = None  # holopart_infer.frames.AxisMap
+    axes: object | None = None  # holopart_infer.io.frames.AxisMap
     input_up: str | None = None
     model_up: str | None = None
 
@@ -169,7 +169,7 @@ def build_conditions(parts, num_points: int = NUM_SURFACE_SAMPLES, seed: int | N
     """Sample the part and whole point sets and compute the part frames.
 
     Args:
-        parts: a :class:`holopart_infer.parts_io.Parts` or a sequence of
+        parts: a :class:`holopart_infer.io.parts_io.Parts` or a sequence of
             ``(vertices, faces)`` pairs (at least 2 parts).
         num_points: samples per part and for the whole (reference 20480).
         seed: seed of ``numpy.random.default_rng``; ``None`` draws fresh entropy
@@ -189,7 +189,7 @@ def build_conditions(parts, num_points: int = NUM_SURFACE_SAMPLES, seed: int | N
     """
     from scipy.spatial import cKDTree
 
-    from holopart_infer.parts_io import Parts
+    from holopart_infer.io.parts_io import Parts
 
     if not isinstance(parts, Parts):
         parts = Parts.from_meshes(parts)
@@ -201,7 +201,7 @@ def build_conditions(parts, num_points: int = NUM_SURFACE_SAMPLES, seed: int | N
     if P < 2:
         raise InputError(f"HoloPart needs at least 2 parts, got {P}")
 
-    from holopart_infer.frames import check_up, up_rotation
+    from holopart_infer.io.frames import check_up, up_rotation
 
     input_up = getattr(parts, "up", None)
     axes = None

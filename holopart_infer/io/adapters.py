@@ -20,20 +20,20 @@ or its ``results``/``vis_pcd`` parents). For SAMPart3D with several scales, pick
 one by passing the mesh and its labels directly (``mesh_<s>.ply --labels
 mesh_<s>.npy``) or :func:`load_sampart3d` with ``scale=``.
 
-Where the files are is found by :mod:`holopart_infer.labels` (so that
-:func:`holopart_infer.parts_io.load_parts` recognises a segmenter folder without
+Where the files are is found by :mod:`holopart_infer.io.labels` (so that
+:func:`holopart_infer.io.parts_io.load_parts` recognises a segmenter folder without
 importing this module); this module loads them.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from holopart_infer.labels import find_samesh, find_sampart3d, find_segmenter_output
-from holopart_infer.parts_io import Parts, load_segmenter_files
+from holopart_infer.io.labels import find_samesh, find_sampart3d, find_segmenter_output
+from holopart_infer.io.parts_io import Parts, load_segmenter_files
 
 
 def load_segmenter_output(folder: Path) -> Parts | None:
-    """:class:`~holopart_infer.parts_io.Parts` of a SAMesh or SAMPart3D output folder, or None
+    """:class:`~holopart_infer.io.parts_io.Parts` of a SAMesh or SAMPart3D output folder, or None
     when ``folder`` is neither (then it is read as a folder of part meshes)."""
     found = find_segmenter_output(folder)
     return None if found is None else load_segmenter_files(found)

@@ -54,7 +54,7 @@ DEVICES = ("cpu", "cuda")
 _INSTALL_HINT = (
     "Reinstall holopart-infer from source on a machine where `nvcc` is on PATH "
     "(pip install --no-build-isolation -e .), then check "
-    "holopart_infer.native.built_with_cuda()."
+    "holopart_infer.extraction.native.built_with_cuda()."
 )
 
 _modules: dict[str, ModuleType | None] = {}

@@ -1,7 +1,7 @@
 """Area-weighted uniform samples on triangle meshes.
 
-The lowest geometry layer of the input side: :mod:`holopart_infer.conditioning`
-samples the parts and the whole object with it, :mod:`holopart_infer.appearance`
+The lowest geometry layer of the input side: :mod:`holopart_infer.model.conditioning`
+samples the parts and the whole object with it, :mod:`holopart_infer.io.appearance`
 samples an input part to carry its colours over, and the quality and export
 code measure surfaces with it. numpy only.
 """

@@ -1,8 +1,8 @@
 """The one glTF reader: the container, accessors and the node tree; the checks on a file's
 JSON before trimesh reads it, and the one rewrite it needs.
 
-Shared by every glTF path: :mod:`holopart_infer.parts_io` (files, through :func:`inspect`),
-:mod:`holopart_infer.quality` (scores stored in a result) and the service's upload limits
+Shared by every glTF path: :mod:`holopart_infer.io.parts_io` (files, through :func:`inspect`),
+:mod:`holopart_infer.postprocess.quality` (scores stored in a result) and the service's upload limits
 (:mod:`holopart_infer.serve.limits`: :func:`read_container` with ``strict=True``, then
 :func:`summarise`, then a comparison with its limits). Messages start with the file's name.
 

@@ -76,8 +76,8 @@ class Manifest:
     @property
     def up_axis(self) -> str:
         """The up axis of the frame the model was trained in (``"up_axis"`` in the manifest,
-        one of :data:`holopart_infer.frames.UP_AXES`; ``"+y"``, HoloPart's convention, when absent)."""
-        from holopart_infer.frames import MODEL_DEFAULT_UP, check_up
+        one of :data:`holopart_infer.io.frames.UP_AXES`; ``"+y"``, HoloPart's convention, when absent)."""
+        from holopart_infer.io.frames import MODEL_DEFAULT_UP, check_up
 
         value = self.raw.get("up_axis", MODEL_DEFAULT_UP)
         try:
@@ -114,7 +114,7 @@ def _inside(mpath: Path, graph: str, key: str, rel) -> str:
 
 def _check_config_fields(mpath: Path, config: dict) -> None:
     """Every field the networks are built from is present, of its type and in its range."""
-    from holopart_infer.checkpoint import REQUIRED_CONFIG_FIELDS, config_field_problem
+    from holopart_infer.model.checkpoint import REQUIRED_CONFIG_FIELDS, config_field_problem
 
     for comp, keys in REQUIRED_CONFIG_FIELDS.items():
         for key in keys:

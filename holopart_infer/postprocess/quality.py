@@ -23,7 +23,7 @@ The guard (:func:`implausible`) flags a part whose patch is not covered or
 that grew beyond a plausible bound; :data:`THRESHOLDS` were chosen on held-out
 completions of the embedded model (benchmarks/guard_thresholds.py,
 benchmarks/RESULTS-mini.md). The pipeline replaces a flagged part by its
-visible patch closed into a thin solid (:func:`holopart_infer.thin.thickened_patch`,
+visible patch closed into a thin solid (:func:`holopart_infer.postprocess.thin.thickened_patch`,
 the stand-in of the thin-part path) unless ``guard=False``.
 
 Cost: one KD-tree over ``SURFACE_SAMPLES`` samples of the completed surface
@@ -165,7 +165,7 @@ def _surface_distance(points: np.ndarray, v: np.ndarray, f: np.ndarray, rng: np.
     from scipy.spatial import cKDTree
     from trimesh.triangles import closest_point
 
-    from holopart_infer.conditioning import sample_surface
+    from holopart_infer.model.conditioning import sample_surface
 
     tri = v[f]
     area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
@@ -199,9 +199,9 @@ def measure(vertices, faces, patch_vertices, patch_faces, object_bounds, *, seed
     Returns:
         :class:`PartQuality` with ``plausible``/``reasons`` set from :data:`THRESHOLDS`.
     """
-    from holopart_infer.cleanup import connected_components, edge_manifold
-    from holopart_infer.conditioning import sample_surface
-    from holopart_infer.decimate import merge_coincident
+    from holopart_infer.postprocess.cleanup import connected_components, edge_manifold
+    from holopart_infer.model.conditioning import sample_surface
+    from holopart_infer.postprocess.decimate import merge_coincident
     from holopart_infer.errors import InputError
 
     v = np.asarray(vertices, dtype=np.float64).reshape(-1, 3)
@@ -283,7 +283,7 @@ def read_scores(path) -> list[tuple[str, PartQuality | None]]:
     from pathlib import Path
 
     from holopart_infer.errors import InputError, InputFileNotFound
-    from holopart_infer.gltf_json import node_name, read_container
+    from holopart_infer.io.gltf_json import node_name, read_container
 
     path = Path(path)
     if not path.is_file():

@@ -5,7 +5,7 @@ import logging
 
 import numpy as np
 
-from holopart_infer.cleanup import drop_duplicate_faces
+from holopart_infer.postprocess.cleanup import drop_duplicate_faces
 from holopart_infer.errors import InputError
 
 log = logging.getLogger("holopart_infer")
@@ -22,7 +22,7 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, target_faces: int) -> tupl
     same three vertices as another face (collapsed "fins", which make a closed
     mesh non-manifold) are dropped. The collapse can still pinch a closed mesh
     into a non-manifold one in rare places (see
-    :func:`holopart_infer.cleanup.edge_manifold`). A mesh that already has
+    :func:`holopart_infer.postprocess.cleanup.edge_manifold`). A mesh that already has
     ``<= target_faces`` faces is returned unchanged.
 
     Args:

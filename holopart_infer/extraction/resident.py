@@ -2,7 +2,7 @@
 decoder's device (torch tensors).
 
 :func:`extract_meshes_resident` runs the level driver of
-:func:`holopart_infer.extract.extract_meshes` (:func:`holopart_infer.extract.run_levels`)
+:func:`holopart_infer.extraction.extract.extract_meshes` (:func:`holopart_infer.extraction.extract.run_levels`)
 over torch operations (:class:`_TorchOps`): the same levels, band rule, dilation,
 refinement, final-level growth over the active cells, query order, points per
 decoder call, statistics and meshes -- but every level grid, band and
@@ -18,7 +18,7 @@ a CPU tensor (the CPU kernels read the tensor's memory in place).
 
 The band, dilation and refinement rules are written as tensor operations that
 give exactly the masks and indices of cpp_ext's kernels
-(:func:`holopart_infer.native.band_cells`, ``dilate_cells``, ``refine_points``),
+(:func:`holopart_infer.extraction.native.band_cells`, ``dilate_cells``, ``refine_points``),
 the growth's cell-list steps those of extract's host operations;
 tests/runtime/test_resident.py compares them on grids with unknown points and
 compares whole extractions (meshes, queries per part and level, grown cells)
@@ -35,7 +35,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from holopart_infer import extract, native
+from holopart_infer.extraction import extract
+
+from holopart_infer.extraction import native
 from holopart_infer.errors import InputError
 
 __all__ = ["QueryFn", "band_cells", "dilate_cells", "refine_points", "grid_points", "extract_meshes_resident"]
@@ -234,7 +236,7 @@ _CORNERS27 = [(a, b, c) for a in range(3) for b in range(3) for c in range(3)]
 
 
 class _TorchOps:
-    """:class:`holopart_infer.extract.LevelOps` on the decoder's device: every
+    """:class:`holopart_infer.extraction.extract.LevelOps` on the decoder's device: every
     grid, mask, cell list and index a torch tensor on ``device``; the final
     level's values in a dense grid (NaN where not queried: the decoder's logits
     are finite, so NaN tells a point not yet queried apart)."""
@@ -345,7 +347,7 @@ def extract_meshes_resident(
     grow: bool = _DEFAULTS.grow,
     row_points: int | None = None,
 ) -> tuple[list[extract.PartMesh], extract.ExtractionStats]:
-    """:func:`holopart_infer.extract.extract_meshes` with everything on ``device``.
+    """:func:`holopart_infer.extraction.extract.extract_meshes` with everything on ``device``.
 
     Args:
         query: ``query(points)``: float32 (P, Q, 3) tensor on ``device`` (P =
@@ -360,13 +362,13 @@ def extract_meshes_resident(
             ``query(points, parts)`` with points (R, L, 3) on ``device`` and
             ``parts`` the host int64 (R,) part of each row, whose key/values
             that row is queried against.
-        other arguments: as :func:`holopart_infer.extract.extract_meshes`
-            (defaults: :class:`~holopart_infer.extract.ExtractionOptions`; the
-            same level driver, :func:`~holopart_infer.extract.run_levels`).
+        other arguments: as :func:`holopart_infer.extraction.extract.extract_meshes`
+            (defaults: :class:`~holopart_infer.extraction.extract.ExtractionOptions`; the
+            same level driver, :func:`~holopart_infer.extraction.extract.run_levels`).
 
     Returns:
-        (one :class:`~holopart_infer.extract.PartMesh` per part, host arrays;
-        :class:`~holopart_infer.extract.ExtractionStats`).
+        (one :class:`~holopart_infer.extraction.extract.PartMesh` per part, host arrays;
+        :class:`~holopart_infer.extraction.extract.ExtractionStats`).
 
     Raises:
         InputError: bad arguments, or ``query`` answered with the wrong shape.

@@ -1,7 +1,7 @@
 """Scale-out on Ray: one model-holding actor per GPU (or per CPU slot), objects
 streamed to them, results back to the one driver that writes outputs and ledger.
 
-Needs ``pip install 'holopart-infer[ray]'``. Used by :func:`holopart_infer.batch.run_batch`
+Needs ``pip install 'holopart-infer[ray]'``. Used by :func:`holopart_infer.scale.batch.run_batch`
 through :class:`RayExecutor` (``holopart-infer batch --ray auto|ADDRESS``); usable on its own:
 
     pool = RayPool("model_dir", address="auto")
@@ -36,7 +36,7 @@ import socket
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from holopart_infer.batch import Executor
+from holopart_infer.scale.batch import Executor
 from holopart_infer.errors import EngineError, HoloPartError, InputError, missing_extra
 
 log = logging.getLogger("holopart_infer")
@@ -371,7 +371,7 @@ class RayPool:
 
 
 class RayExecutor(Executor):
-    """:func:`holopart_infer.batch.run_batch` on Ray actors (a :class:`RayPool`, started on the
+    """:func:`holopart_infer.scale.batch.run_batch` on Ray actors (a :class:`RayPool`, started on the
     first :meth:`run`: a run with nothing left to do needs no cluster).
 
     The driver reads each object's parts and sends them (``loads_parts``), so the actors need

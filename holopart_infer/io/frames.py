@@ -6,12 +6,12 @@ specification makes **+Y up**. A model dir's manifest states the frame its model
 was trained in (``"up_axis"``, one of :data:`UP_AXES`; absent means ``"+y"``,
 HoloPart's convention), a checkpoint's ``model_index.json`` the same with a
 top-level ``"up_axis"`` key. Every input has an up axis too
-(:attr:`holopart_infer.parts_io.Parts.up`): glTF is +Y by its specification;
+(:attr:`holopart_infer.io.parts_io.Parts.up`): glTF is +Y by its specification;
 formats without one take a per-format default (:data:`DEFAULT_UP`) unless the
 caller says otherwise (``load_parts(..., up="+z")``, CLI ``--up +z``).
 
 The pipeline rotates the object from its up axis into the model's
-(:func:`up_rotation`) inside :mod:`holopart_infer.conditioning`, and maps every
+(:func:`up_rotation`) inside :mod:`holopart_infer.model.conditioning`, and maps every
 completed part back with the inverse, so results are written in the input's own
 frame. The rotation between two signed axes is a signed permutation of the
 coordinates with determinant +1: applying it swaps and negates numbers, which is

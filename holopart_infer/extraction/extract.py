@@ -67,9 +67,11 @@ from typing import Any, Callable, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
-from holopart_infer import constants, native
+from holopart_infer import constants
+
+from holopart_infer.extraction import native
 from holopart_infer.errors import InputError
-from holopart_infer.mcubes import marching_cubes
+from holopart_infer.extraction.mcubes import marching_cubes
 
 __all__ = [
     "PartMesh",

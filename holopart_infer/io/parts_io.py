@@ -15,7 +15,7 @@ cut into parts; ``"auto"`` is the default):
 * any single mesh with ``parts="components"``: one part per connected
   component (vertices merged by position first), named ``component_<i>``.
 * one mesh file plus per-face integer labels (a ``.npy``/``.json``/``.txt``
-  file or an array, see :mod:`holopart_infer.labels`): one part per distinct
+  file or an array, see :mod:`holopart_infer.io.labels`): one part per distinct
   label >= 0, named ``part_<label>``, in increasing label order. Labels < 0 are
   *unassigned*: those faces stay in the whole object as context
   (:attr:`Parts.context`) but belong to no part. Per-polygon labels of an OBJ
@@ -23,17 +23,17 @@ cut into parts; ``"auto"`` is the default):
 * a folder of mesh files, one part per file, named by the file stem, in natural
   sort order (``leg2`` before ``leg10``). Files with other extensions are ignored.
   A folder holding a segmenter's output (SAMesh, SAMPart3D) is read by
-  :mod:`holopart_infer.adapters`.
+  :mod:`holopart_infer.io.adapters`.
 
 :func:`write_scene` writes one named node per part with a per-part PBR material
 colour (from :func:`part_colors`, a deterministic palette), atomically.
 
-Which way is up (:mod:`holopart_infer.frames`): every :class:`Parts` from
+Which way is up (:mod:`holopart_infer.io.frames`): every :class:`Parts` from
 :func:`load_parts` records its up axis (:attr:`Parts.up`): ``up=`` when given,
 else +Y for glTF (its specification) and the per-format default for the formats
-without one (:data:`holopart_infer.frames.DEFAULT_UP`: OBJ and PLY +Y, STL and
+without one (:data:`holopart_infer.io.frames.DEFAULT_UP`: OBJ and PLY +Y, STL and
 OFF +Z). Vertices stay in the file's coordinates; the pipeline rotates the object
-into the model's frame and the results back (:mod:`holopart_infer.conditioning`).
+into the model's frame and the results back (:mod:`holopart_infer.model.conditioning`).
 """
 from __future__ import annotations
 
@@ -48,10 +48,10 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from holopart_infer import labels as labels_mod
+from holopart_infer.io import labels as labels_mod
 from holopart_infer.constants import MESH_EXTENSIONS, SCENE_EXTENSIONS
 from holopart_infer.errors import InputError, InputFileNotFound
-from holopart_infer.labels import LABEL_EXTENSIONS  # noqa: F401  (re-exported)
+from holopart_infer.io.labels import LABEL_EXTENSIONS  # noqa: F401  (re-exported)
 
 log = logging.getLogger("holopart_infer")
 
@@ -74,7 +74,7 @@ class Part:
 
     Attributes:
         appearance: the input's look of this part (colours, texture), or None;
-            see :mod:`holopart_infer.appearance`.
+            see :mod:`holopart_infer.io.appearance`.
     """
 
     name: str
@@ -102,7 +102,7 @@ class Parts:
         context: ``(vertices, faces)`` of faces that belong to the whole object
             but to no part (negative labels), or None.
         up: the axis that points up in these coordinates (one of
-            :data:`holopart_infer.frames.UP_AXES`), set by :func:`load_parts`;
+            :data:`holopart_infer.io.frames.UP_AXES`), set by :func:`load_parts`;
             None (parts built in memory without ``up=``) means the coordinates
             are already in the model's frame, so nothing is rotated.
     """
@@ -159,8 +159,8 @@ class Parts:
             InputError: fewer than two parts, bad arrays, NaN/inf vertices, a
                 part without surface area, a bad ``up``.
         """
-        from holopart_infer import appearance
-        from holopart_infer.frames import check_up
+        from holopart_infer.io import appearance
+        from holopart_infer.io.frames import check_up
 
         if up is not None:
             up = check_up(up)
@@ -211,7 +211,7 @@ def load_parts(path: str | os.PathLike, labels: str | os.PathLike | np.ndarray |
             connected component of the whole file).
         up: the axis that points up in the file (``"+x"``, ``"-x"``, ``"+y"``,
             ``"-y"``, ``"+z"``, ``"-z"``); None: the format's
-            (:data:`holopart_infer.frames.DEFAULT_UP`: glTF +Y by its
+            (:data:`holopart_infer.io.frames.DEFAULT_UP`: glTF +Y by its
             specification, OBJ/PLY +Y, STL/OFF +Z). For glTF another value is an
             override for files authored against the specification.
 
@@ -226,7 +226,7 @@ def load_parts(path: str | os.PathLike, labels: str | os.PathLike | np.ndarray |
             than two parts, a bad ``up``, a folder of files whose formats have
             different default up axes and no ``up``. Messages name the file and the part.
     """
-    from holopart_infer.frames import check_up
+    from holopart_infer.io.frames import check_up
 
     path = Path(path)
     if parts not in PARTS_MODES:
@@ -251,7 +251,7 @@ def load_parts(path: str | os.PathLike, labels: str | os.PathLike | np.ndarray |
 
 def _input_up(parts: Parts, path: Path, up: str | None) -> str:
     """The up axis of what was read: ``up``, else its format's default (see :func:`load_parts`)."""
-    from holopart_infer.frames import DEFAULT_UP, default_up
+    from holopart_infer.io.frames import DEFAULT_UP, default_up
 
     meshes = [p for p in (*parts.input_paths, path) if p.suffix.lower() in DEFAULT_UP]
     suffixes = sorted({p.suffix.lower() for p in meshes})
@@ -371,7 +371,7 @@ def _read_scene(path: Path, what: str = "mesh file", merge_primitives: bool = Tr
     kwargs: dict = {"process": False}
     source: object = str(path)
     if ext in SCENE_EXTENSIONS:
-        from holopart_infer import gltf_json
+        from holopart_infer.io import gltf_json
 
         # one geometry per glTF mesh, not per primitive (whose frames get random names)
         kwargs["merge_primitives"] = merge_primitives
@@ -573,7 +573,7 @@ def _scene_mesh_nodes(scene, path: Path) -> list[tuple[str, np.ndarray, np.ndarr
     """
     import trimesh
 
-    from holopart_infer import appearance
+    from holopart_infer.io import appearance
 
     out, skipped = [], []
     merge = bool(scene.metadata.get("holopart_merge_primitives"))
@@ -648,7 +648,7 @@ def _referenced_files(path: Path) -> tuple[Path, ...]:
     images, an OBJ's material libraries): protected like the file itself."""
     ext = path.suffix.lower()
     if ext in SCENE_EXTENSIONS:
-        from holopart_infer import gltf_json
+        from holopart_infer.io import gltf_json
 
         return gltf_json.referenced_files(path)
     if ext == ".obj":
@@ -754,8 +754,8 @@ def load_mesh_with_labels(path: str | os.PathLike, labels, kind: str = "mesh+lab
 
 
 def load_segmenter_files(found: labels_mod.SegmenterFiles) -> Parts:
-    """Parts of a segmenter's output, once :mod:`holopart_infer.labels` has found its mesh and labels
-    (:func:`holopart_infer.adapters.load_samesh` / :func:`~holopart_infer.adapters.load_sampart3d`)."""
+    """Parts of a segmenter's output, once :mod:`holopart_infer.io.labels` has found its mesh and labels
+    (:func:`holopart_infer.io.adapters.load_samesh` / :func:`~holopart_infer.io.adapters.load_sampart3d`)."""
     parts = load_mesh_with_labels(found.mesh, found.labels, kind=found.kind)
     if found.kind == "samesh":
         parts.source = str(found.labels.parent)
@@ -900,7 +900,7 @@ def write_scene(parts_meshes: Sequence, names: Sequence[str], path: str | os.Pat
         overwrite: replace an existing file; otherwise an existing file, even
             one that appears while encoding, raises and is kept.
         vertex_colors: per part ``None`` or (V, 4) uint8 RGBA per vertex (the
-            input's look, :mod:`holopart_infer.appearance`); written as the
+            input's look, :mod:`holopart_infer.io.appearance`); written as the
             glTF ``COLOR_0`` attribute, over a white material.
         extras: per part ``None`` or a JSON-ready dict written as the node's
             glTF ``extras`` (e.g. the part's quality scores, read back by

@@ -1,0 +1,1 @@
+"""Input and output: reading part meshes (glTF, OBJ, PLY, STL, OFF, labels, segmenter outputs), frames, writing results."""

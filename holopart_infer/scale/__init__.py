@@ -1,0 +1,1 @@
+"""Many objects: resumable batch runs on one machine and scale-out on Ray."""
