@@ -732,7 +732,24 @@ def _finer_grid(coarse: np.ndarray, r: int, indices: np.ndarray, values: np.ndar
     return fine
 
 
-class _HostOps:
+class CellListOps:
+    """The :class:`LevelOps` steps that read the same for numpy arrays and torch tensors (both
+    index with an (N, 3) cell list); :class:`_HostOps` and ``resident._TorchOps`` share them."""
+
+    def lookup(self, mask, cells):
+        return mask[cells[:, 0], cells[:, 1], cells[:, 2]]
+
+    def activate(self, mask, cells) -> None:
+        mask[cells[:, 0], cells[:, 1], cells[:, 2]] = True
+
+    def face_neighbours(self, cells, axis: int, side: int, shape: tuple[int, ...]):
+        nb = 1 * cells  # a copy, for either kind of array
+        nb[:, axis] += 1 if side else -1
+        ok = (nb[:, axis] >= 0) & (nb[:, axis] < shape[axis])
+        return cells[ok], nb[ok]
+
+
+class _HostOps(CellListOps):
     """:class:`LevelOps` on the host: numpy arrays, cpp_ext's kernels on ``device``
     ("cpu" or "cuda") for the whole-grid steps and marching cubes."""
 
@@ -788,18 +805,6 @@ class _HostOps:
 
     def copy_mask(self, mask: np.ndarray) -> np.ndarray:
         return mask.astype(bool)
-
-    def lookup(self, mask: np.ndarray, cells: np.ndarray) -> np.ndarray:
-        return mask[cells[:, 0], cells[:, 1], cells[:, 2]]
-
-    def activate(self, mask: np.ndarray, cells: np.ndarray) -> None:
-        mask[cells[:, 0], cells[:, 1], cells[:, 2]] = True
-
-    def face_neighbours(self, cells: np.ndarray, axis: int, side: int, shape: tuple[int, ...]):
-        nb = cells.copy()
-        nb[:, axis] += 1 if side else -1
-        ok = (nb[:, axis] >= 0) & (nb[:, axis] < shape[axis])
-        return cells[ok], nb[ok]
 
     def face_sign_changes(self, values: _Sparse, cells: np.ndarray, axis: int, side: int) -> np.ndarray:
         return _face_sign_changes(values, cells, axis, side)

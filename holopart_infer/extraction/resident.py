@@ -235,7 +235,7 @@ def _mesh(grid: torch.Tensor, resolution: int, bounds: float, close: bool) -> ex
 _CORNERS27 = [(a, b, c) for a in range(3) for b in range(3) for c in range(3)]
 
 
-class _TorchOps:
+class _TorchOps(extract.CellListOps):
     """:class:`holopart_infer.extraction.extract.LevelOps` on the decoder's device: every
     grid, mask, cell list and index a torch tensor on ``device``; the final
     level's values in a dense grid (NaN where not queried: the decoder's logits
@@ -288,18 +288,6 @@ class _TorchOps:
 
     def copy_mask(self, mask: torch.Tensor) -> torch.Tensor:
         return mask.clone()
-
-    def lookup(self, mask: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
-        return mask[cells[:, 0], cells[:, 1], cells[:, 2]]
-
-    def activate(self, mask: torch.Tensor, cells: torch.Tensor) -> None:
-        mask[cells[:, 0], cells[:, 1], cells[:, 2]] = True
-
-    def face_neighbours(self, cells: torch.Tensor, axis: int, side: int, shape: tuple[int, ...]):
-        nb = cells.clone()
-        nb[:, axis] += 1 if side else -1
-        ok = (nb[:, axis] >= 0) & (nb[:, axis] < shape[axis])
-        return cells[ok], nb[ok]
 
     def face_sign_changes(self, values: torch.Tensor, cells: torch.Tensor, axis: int, side: int) -> torch.Tensor:
         """extract._face_sign_changes on the dense final grid (unknown counts as outside)."""
