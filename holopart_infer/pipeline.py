@@ -707,11 +707,29 @@ class HoloPart:
         options agree): encode, denoise, decoder key/values, extraction. Stores
         each part's mesh (normalized frame) in its object; shares the batch's
         stage times among the objects by their number of parts in it."""
-        from holopart_infer.extraction import extract
-        from holopart_infer.postprocess import thin
-
         opts = batch[0][0].opts
         timings: dict[str, float] = {}
+        whole, whole_cond, part_cond, latents = self._encode_and_denoise(
+            batch, report, timings, step_base=step_base, step_total=step_total)
+        with _timed(timings, "decoder_kv"):
+            kv = self.backend.decoder_kv(latents)
+
+        chunk = opts.chunk_points or self.chunk_points
+        decode = self._decoder_feed(kv, chunk)
+
+        out, stats = self._extract_batch(batch, report, timings, kv, decode, chunk)
+        if opts.thin_parts:  # thin/flat parts that decoded empty: a grid fitted to each (holopart_infer.postprocess.thin)
+            out = self._retry_thin_parts(batch, timings, out, decode)
+        del kv, latents, whole, whole_cond, part_cond  # the batch's model state: not needed any more
+        objs = list({id(o): o for o, _ in batch}.values())
+        for o in objs:
+            o.memory.mark("extract")
+        self._store_batch(batch, report, timings, out, stats, objs)
+
+    def _encode_and_denoise(self, batch: list[tuple["_Prepared", int]], report: Progress,
+                            timings: dict[str, float], *, step_base: int, step_total: int | None):
+        """The batch's part encoder and denoising: (whole, whole_cond, part_cond, latents)."""
+        opts = batch[0][0].opts
 
         def rows(get):
             return np.stack([get(o)[i] for o, i in batch])
@@ -729,12 +747,15 @@ class HoloPart:
                                      steps=opts.steps, guidance=opts.guidance, shift=shift,
                                      num_train_timesteps=n_train,
                                      callback=lambda i, n: report("denoise", step_base + i, total_steps))
-        with _timed(timings, "decoder_kv"):
-            kv = self.backend.decoder_kv(latents)
+        return whole, whole_cond, part_cond, latents
 
-        chunk = opts.chunk_points or self.chunk_points
-        decode = self._decoder_feed(kv, chunk)
+    def _extract_batch(self, batch: list[tuple["_Prepared", int]], report: Progress,
+                       timings: dict[str, float], kv, decode, chunk: int):
+        """The batch's meshes from its key/values (on the device when the backend
+        extracts there, else through ``decode``): (meshes, extraction stats)."""
+        from holopart_infer.extraction import extract
 
+        opts = batch[0][0].opts
         with _timed(timings, "extract"):
             level_opts = dict(depth=opts.depth, band=opts.band, chunk_points=chunk,
                               min_resolution=opts.coarse_min_resolution,
@@ -750,23 +771,34 @@ class HoloPart:
             else:
                 out, stats = extract.extract_meshes(decode, len(batch), device=self.extract_device, **level_opts)
                 stats.fed_points = decode.fed_points
-        if opts.thin_parts:  # thin/flat parts that decoded empty: a grid fitted to each (holopart_infer.postprocess.thin)
-            with _timed(timings, "thin_parts"):
-                out, retried = thin.retry_empty(
-                    out, [o.cond.part_local[i, :, :3] for o, i in batch], decode,
-                    lambda d, n: extract.extract_meshes(d, n, depth=opts.depth, band=opts.band,
-                                                        min_resolution=opts.coarse_min_resolution,
-                                                        device=self.extract_device,
-                                                        chunk_points=opts.chunk_points or self.chunk_points,
-                                                        close=bool(opts.close_at_bounds)),
-                    opts.depth, [o.parts.names[i] for o, i in batch])
-            for j in retried:
-                o, i = batch[j]
-                o.thin_retried.append(o.parts.names[i])
-        del kv, latents, whole, whole_cond, part_cond  # the batch's model state: not needed any more
-        objs = list({id(o): o for o, _ in batch}.values())
-        for o in objs:
-            o.memory.mark("extract")
+        return out, stats
+
+    def _retry_thin_parts(self, batch: list[tuple["_Prepared", int]], timings: dict[str, float], out, decode):
+        """Thin/flat parts that decoded empty, extracted again on a grid fitted to
+        each (holopart_infer.postprocess.thin); records the retried names in their
+        objects. Returns the batch's meshes."""
+        from holopart_infer.extraction import extract
+        from holopart_infer.postprocess import thin
+
+        opts = batch[0][0].opts
+        with _timed(timings, "thin_parts"):
+            out, retried = thin.retry_empty(
+                out, [o.cond.part_local[i, :, :3] for o, i in batch], decode,
+                lambda d, n: extract.extract_meshes(d, n, depth=opts.depth, band=opts.band,
+                                                    min_resolution=opts.coarse_min_resolution,
+                                                    device=self.extract_device,
+                                                    chunk_points=opts.chunk_points or self.chunk_points,
+                                                    close=bool(opts.close_at_bounds)),
+                opts.depth, [o.parts.names[i] for o, i in batch])
+        for j in retried:
+            o, i = batch[j]
+            o.thin_retried.append(o.parts.names[i])
+        return out
+
+    def _store_batch(self, batch: list[tuple["_Prepared", int]], report: Progress, timings: dict[str, float],
+                     out: list, stats, objs: list) -> None:
+        """Postprocesses the batch's meshes and stores each part's result, empty or
+        pinched mark, queries, fed points and share of the stage times in its object."""
         # postprocess here, not when the object is done: only the final (decimated) meshes
         # outlive the batch, so memory does not grow with the number of parts
         done: list = [None] * len(batch)

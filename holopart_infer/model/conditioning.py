@@ -189,30 +189,8 @@ def build_conditions(parts, num_points: int = NUM_SURFACE_SAMPLES, seed: int | N
     """
     from scipy.spatial import cKDTree
 
-    from holopart_infer.io.parts_io import Parts
-
-    if not isinstance(parts, Parts):
-        parts = Parts.from_meshes(parts)
-    if isinstance(num_points, bool) or not isinstance(num_points, (int, np.integer)) or num_points < 1:
-        raise InputError(f"num_points must be an integer >= 1, got {num_points!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-        raise InputError(f"seed must be an integer or None, got {seed!r}")
-    P, N = len(parts), int(num_points)
-    if P < 2:
-        raise InputError(f"HoloPart needs at least 2 parts, got {P}")
-
-    from holopart_infer.io.frames import check_up, up_rotation
-
-    input_up = getattr(parts, "up", None)
-    axes = None
-    if model_up is not None:
-        model_up = check_up(model_up, "model_up")
-        input_up = model_up if input_up is None else check_up(input_up, "parts.up")
-        axes = up_rotation(input_up, model_up)
-        if axes.is_identity:
-            axes = None
-        else:
-            log.info("conditioning: the object's up axis %s is rotated to the model's %s", input_up, model_up)
+    parts, P, N = _checked_inputs(parts, num_points, seed)
+    axes, input_up, model_up = _up_axes(parts, model_up)
     turn = (lambda a: a) if axes is None else axes.apply  # exact: swaps and negates coordinates
 
     if normalize:
@@ -224,26 +202,8 @@ def build_conditions(parts, num_points: int = NUM_SURFACE_SAMPLES, seed: int | N
     faces = list(parts.faces)
 
     rng = np.random.default_rng(seed)
-    # float32 arrays kept; float64 only for the samples' xyz (the KD-tree) and one part at a time
-    part = np.empty((P, N, 6), dtype=np.float32)
-    part_xyz = np.empty((P, N, 3), dtype=np.float64)
-    centers = np.empty((P, 3), dtype=np.float64)
-    scales = np.empty(P, dtype=np.float64)
-    part_local = np.empty((P, N, 6), dtype=np.float32)
-    for i, (v, f) in enumerate(zip(verts, faces)):
-        try:
-            pts, nrm, _ = sample_pieces([(v, f)], N, rng, object_center, object_scale)
-        except InputError as e:
-            raise InputError(f"part {parts.names[i]!r}: {e}") from e
-        pts, nrm = turn(pts), turn(nrm)
-        part_xyz[i] = pts
-        part[i, :, :3], part[i, :, 3:] = pts, nrm
-        c, s = part_frame(pts)
-        if not s > 0:
-            raise InputError(f"part {parts.names[i]!r}: all samples coincide; cannot build its frame")
-        centers[i], scales[i] = c, s
-        part_local[i, :, :3] = (pts - c) / s
-        part_local[i, :, 3:] = nrm
+    part, part_xyz, centers, scales, part_local = _sample_parts(
+        verts, faces, parts.names, P, N, rng, object_center, object_scale, turn)
 
     # the whole: every part, then the context faces (unassigned: in the object, in no part)
     context = getattr(parts, "context", None)
@@ -270,6 +230,66 @@ def build_conditions(parts, num_points: int = NUM_SURFACE_SAMPLES, seed: int | N
                       scales=scales, object_center=np.asarray(object_center, dtype=np.float64),
                       object_scale=float(object_scale), names=list(parts.names), whole_labels=labels,
                       axes=axes, input_up=input_up if model_up is not None else None, model_up=model_up)
+
+
+def _checked_inputs(parts, num_points, seed):
+    """build_conditions' arguments checked: (parts as Parts, number of parts, points per set)."""
+    from holopart_infer.io.parts_io import Parts
+
+    if not isinstance(parts, Parts):
+        parts = Parts.from_meshes(parts)
+    if isinstance(num_points, bool) or not isinstance(num_points, (int, np.integer)) or num_points < 1:
+        raise InputError(f"num_points must be an integer >= 1, got {num_points!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise InputError(f"seed must be an integer or None, got {seed!r}")
+    P, N = len(parts), int(num_points)
+    if P < 2:
+        raise InputError(f"HoloPart needs at least 2 parts, got {P}")
+    return parts, P, N
+
+
+def _up_axes(parts, model_up: str | None):
+    """(axes, input_up, model_up): the rotation from the object's up axis into the
+    model's (None when there is none to do), and both axes checked."""
+    from holopart_infer.io.frames import check_up, up_rotation
+
+    input_up = getattr(parts, "up", None)
+    axes = None
+    if model_up is not None:
+        model_up = check_up(model_up, "model_up")
+        input_up = model_up if input_up is None else check_up(input_up, "parts.up")
+        axes = up_rotation(input_up, model_up)
+        if axes.is_identity:
+            axes = None
+        else:
+            log.info("conditioning: the object's up axis %s is rotated to the model's %s", input_up, model_up)
+    return axes, input_up, model_up
+
+
+def _sample_parts(verts, faces, names, P: int, N: int, rng, object_center, object_scale, turn):
+    """Each part's N surface samples (drawn from ``rng`` part after part) in the
+    model frame and in its own part frame: (part, part_xyz, centers, scales, part_local)."""
+    # float32 arrays kept; float64 only for the samples' xyz (the KD-tree) and one part at a time
+    part = np.empty((P, N, 6), dtype=np.float32)
+    part_xyz = np.empty((P, N, 3), dtype=np.float64)
+    centers = np.empty((P, 3), dtype=np.float64)
+    scales = np.empty(P, dtype=np.float64)
+    part_local = np.empty((P, N, 6), dtype=np.float32)
+    for i, (v, f) in enumerate(zip(verts, faces)):
+        try:
+            pts, nrm, _ = sample_pieces([(v, f)], N, rng, object_center, object_scale)
+        except InputError as e:
+            raise InputError(f"part {names[i]!r}: {e}") from e
+        pts, nrm = turn(pts), turn(nrm)
+        part_xyz[i] = pts
+        part[i, :, :3], part[i, :, 3:] = pts, nrm
+        c, s = part_frame(pts)
+        if not s > 0:
+            raise InputError(f"part {names[i]!r}: all samples coincide; cannot build its frame")
+        centers[i], scales[i] = c, s
+        part_local[i, :, :3] = (pts - c) / s
+        part_local[i, :, 3:] = nrm
+    return part, part_xyz, centers, scales, part_local
 
 
 def _vertices_of(parts) -> Sequence[np.ndarray]:

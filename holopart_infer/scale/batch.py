@@ -797,28 +797,11 @@ def _existing_output(it: BatchItem, out: Path, index: _LedgerIndex) -> str | Non
 def _run_items(todo, failed_early, out, ledger, summary, *, executor: Executor, redo, on_result,
                progress) -> None:
     from holopart_infer.errors import Interrupted
-    from holopart_infer.pipeline import CompletionJob
 
     load_here = bool(todo) and executor.loads_parts  # e.g. Ray actors: parts, not paths (no shared file system)
     by_id = {it.id: it for it in todo}
     ledger_start = ledger.size()
     load_seconds: dict[str, float] = {}
-
-    def jobs():
-        for it in todo:
-            parts: Any = it.input
-            if load_here:
-                from holopart_infer.io.parts_io import load_parts
-
-                t_load = time.perf_counter()
-                try:
-                    parts = load_parts(it.input, labels=it.labels, up=it.up)
-                    load_seconds[it.id] = time.perf_counter() - t_load
-                except Exception as e:
-                    failed_early.append((it, e))
-                    continue
-            yield CompletionJob(parts=parts, labels=None if load_here else it.labels, options=it.resolved,
-                                key=it.id, up=None if load_here else it.up)
 
     total = len(todo) + len(failed_early)
     done = 0
@@ -832,23 +815,15 @@ def _run_items(todo, failed_early, out, ledger, summary, *, executor: Executor, 
         if it.id in recorded:  # a retried task answered twice: the first answer stands
             return
         recorded.add(it.id)
-        if it.id in load_seconds and hasattr(res, "timings"):  # read here, completed on a Ray actor
-            res.timings["load_parts"] = load_seconds.pop(it.id)
-        entry = _write_one(it, res, out, ledger, replace=redo)
-        if entry["status"] == "ok":
-            summary.ok += 1
-            summary.parts += int(entry.get("parts") or 0)
-        else:
-            summary.failed += 1
-            summary.failed_ids.append(it.id)
-            log.warning("batch: %s failed: %s", it.id, entry["error"])
+        entry = _publish_result(it, res, out, ledger, summary, redo=redo, load_seconds=load_seconds)
         done += 1
         if on_result is not None:
             on_result(it, entry)
         if progress is not None:
             progress(done, total)
 
-    results = executor.run(jobs()) if todo else iter(())  # nothing left to run: no cluster needed
+    jobs = _jobs(todo, failed_early, load_here, load_seconds)  # a generator: nothing is read before the executor asks
+    results = executor.run(jobs) if todo else iter(())  # nothing left to run: no cluster needed
     try:
         while failed_early:
             record(*failed_early.pop(0))
@@ -868,15 +843,60 @@ def _run_items(todo, failed_early, out, ledger, summary, *, executor: Executor, 
                   "progress were not written; run the same command again to do the rest",)
         raise
     finally:
-        close = getattr(results, "close", None)
-        if close is not None:
-            close()
-        summary.seconds = time.perf_counter() - t0
-        summary.worker_restarts = executor.restarts
-        summary.cluster_restarts = executor.cluster_restarts
-        staging = out / STAGING_NAME
-        with contextlib.suppress(OSError):
-            staging.rmdir()  # empty unless something failed to clean up
+        _close_run(results, summary, executor, out, t0)
+
+
+def _jobs(todo, failed_early, load_here: bool, load_seconds: dict[str, float]):
+    """The items' completion jobs, in order. With ``load_here`` the parts are read
+    here (their seconds kept in ``load_seconds``); an item that cannot be read
+    goes to ``failed_early`` instead."""
+    from holopart_infer.pipeline import CompletionJob
+
+    for it in todo:
+        parts: Any = it.input
+        if load_here:
+            from holopart_infer.io.parts_io import load_parts
+
+            t_load = time.perf_counter()
+            try:
+                parts = load_parts(it.input, labels=it.labels, up=it.up)
+                load_seconds[it.id] = time.perf_counter() - t_load
+            except Exception as e:
+                failed_early.append((it, e))
+                continue
+        yield CompletionJob(parts=parts, labels=None if load_here else it.labels, options=it.resolved,
+                            key=it.id, up=None if load_here else it.up)
+
+
+def _publish_result(it: BatchItem, res, out: Path, ledger: Ledger, summary, *, redo,
+                    load_seconds: dict[str, float]) -> dict:
+    """Writes one item's result (or failure) to the output folder and the ledger and
+    counts it in ``summary``; returns its ledger entry."""
+    if it.id in load_seconds and hasattr(res, "timings"):  # read here, completed on a Ray actor
+        res.timings["load_parts"] = load_seconds.pop(it.id)
+    entry = _write_one(it, res, out, ledger, replace=redo)
+    if entry["status"] == "ok":
+        summary.ok += 1
+        summary.parts += int(entry.get("parts") or 0)
+    else:
+        summary.failed += 1
+        summary.failed_ids.append(it.id)
+        log.warning("batch: %s failed: %s", it.id, entry["error"])
+    return entry
+
+
+def _close_run(results, summary, executor: Executor, out: Path, t0: float) -> None:
+    """End of a run, however it ends: closes the executor's results, completes the
+    summary's time and restart counts, removes the (empty) staging folder."""
+    close = getattr(results, "close", None)
+    if close is not None:
+        close()
+    summary.seconds = time.perf_counter() - t0
+    summary.worker_restarts = executor.restarts
+    summary.cluster_restarts = executor.cluster_restarts
+    staging = out / STAGING_NAME
+    with contextlib.suppress(OSError):
+        staging.rmdir()  # empty unless something failed to clean up
 
 
 def _kept(out: Path, ledger: Ledger, since: int) -> str:

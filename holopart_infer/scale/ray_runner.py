@@ -92,6 +92,18 @@ class _Worker:
         return out
 
 
+class _RunState:
+    """The bookkeeping of one :meth:`RayPool.run`."""
+
+    def __init__(self, source: Iterator, *, max_restarts: int):
+        self.source = source
+        self.retry: collections.deque = collections.deque()  # (jobs, attempt) to resubmit
+        self.pending: dict = {}  # ObjectRef -> (slot, actor, jobs, attempt)
+        self.answered: set = set()  # keys already yielded
+        self.exhausted = False
+        self.max_restarts = max_restarts
+
+
 class RayPool:
     """Actors holding the model; :meth:`run` streams jobs through them.
 
@@ -213,89 +225,18 @@ class RayPool:
         ray = _ray()
         from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError, WorkerCrashedError
 
-        source = iter(jobs)
-        retry: collections.deque = collections.deque()  # (jobs, attempt) to resubmit
-        pending: dict = {}  # ObjectRef -> (slot, actor, jobs, attempt)
-        answered: set = set()  # keys already yielded
-
-        def in_flight(slot):  # groups queued on the slot's current actor
-            return sum(1 for s, a, *_ in pending.values() if s == slot and a is self.actors[slot])
-
-        exhausted = False
-        max_restarts = 3 * len(self.actors) + 2
-
-        def next_group():
-            nonlocal exhausted
-            if retry:
-                return retry.popleft()
-            group = []
-            while not exhausted and len(group) < self.objects_per_task:
-                try:
-                    group.append(next(source))
-                except StopIteration:
-                    exhausted = True
-            return (group, 1) if group else None
-
-        def unfinished() -> list:
-            """Every job handed out and not answered (pending and queued for a retry), in order."""
-            out = [j for _, _, group, _ in pending.values() for j in group]
-            out += [j for group, _ in retry for j in group]
-            seen, jobs_left = set(), []
-            for j in out:
-                if j.key not in answered and j.key not in seen:
-                    seen.add(j.key)
-                    jobs_left.append(j)
-            return jobs_left
-
-        def cluster_lost(reason: str):
-            """No live node can host a worker: restart our own cluster, or fail what is left."""
-            nonlocal exhausted
-            left = unfinished()
-            pending.clear()
-            retry.clear()
-            if self._owns_cluster and self.cluster_restarts < self.max_cluster_restarts:
-                log.warning("ray: the Ray node is lost (%s); restarting the local cluster (restart %d of %d) and "
-                            "redoing %d unfinished object(s)", reason, self.cluster_restarts + 1,
-                            self.max_cluster_restarts, len(left))
-                self._restart_cluster(ray)
-                for i in range(0, len(left), self.objects_per_task):  # not the objects' fault: attempts kept
-                    retry.append((left[i:i + self.objects_per_task], 1))
-                return
-            if self._owns_cluster:
-                why = (f"the local Ray cluster this run started was lost again after {self.cluster_restarts} "
-                       "restart(s)")
-            else:
-                why = (f"the Ray cluster at {self.address!r} has no live node that can run a worker any more "
-                       "(a node died: killed, or out of memory)")
-            rest = list(source)
-            exhausted = True
-            log.error("ray: %s (%s); %d object(s) not done", why, reason, len(left) + len(rest))
-            self._lost = True
-            for job in left + rest:
-                answered.add(job.key)
-                yield job, ClusterLost(f"{why}; {job.key!r} was not completed. Objects finished before are kept; "
-                                       "run again when the cluster is back (finished objects are skipped)")
-
+        st = _RunState(iter(jobs), max_restarts=3 * len(self.actors) + 2)
+        pending, answered = st.pending, st.answered
         self._lost = False
         try:
             while True:
-                for depth in range(IN_FLIGHT_PER_WORKER):  # round-robin: every actor gets work first
-                    for slot in range(len(self.actors)):
-                        if in_flight(slot) > depth:
-                            continue
-                        task = next_group()
-                        if task is None:
-                            break
-                        group, attempt = task
-                        actor = self.actors[slot]
-                        ref = actor.complete.remote(group, self.parts_per_batch)
-                        pending[ref] = (slot, actor, group, attempt)
+                self._dispatch(st)
                 if not pending:
                     return
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.health_check_s)
                 if not ready:  # a bounded wait: nothing finished in this tick; is there still a cluster?
                     if not self._can_host(ray):
-                        yield from cluster_lost("no live node left")
+                        yield from self._cluster_lost(ray, st, "no live node left")
                         if self._lost:
                             return
                     continue
@@ -310,37 +251,14 @@ class RayPool:
                 except (RayActorError, WorkerCrashedError) as e:
                     if not self._can_host(ray):  # not this worker: the node is gone
                         pending[ref] = (slot, actor, group, attempt)
-                        yield from cluster_lost(type(e).__name__)
+                        yield from self._cluster_lost(ray, st, type(e).__name__)
                         if self._lost:
                             return
                         continue
-                    if self.actors[slot] is actor:  # the first of its failed groups: replace the actor
-                        self.restarts += 1
-                        if self.restarts > max_restarts:
-                            raise EngineError(f"Ray workers died {self.restarts} times (last: {e}); giving up. "
-                                              "Check the workers' logs (out of memory? model unreadable?)") from e
-                        log.warning("ray: worker %d died (%s); starting a replacement", slot, type(e).__name__)
-                        ray.kill(actor, no_restart=True)
-                        self.actors[slot] = self._start()
-                    for job in group:
-                        if job.key in answered:
-                            continue
-                        if attempt >= self.max_attempts:
-                            answered.add(job.key)
-                            yield job, EngineError(
-                                f"the worker process died {attempt} times while completing {job.key!r}; it is "
-                                f"skipped (last: {type(e).__name__}). The object may exhaust memory or crash the "
-                                "backend: try it alone with `holopart-infer run`")
-                        else:
-                            retry.append(([job], attempt + 1))  # alone: a poison object only fails itself
+                    yield from self._worker_died(ray, st, e, slot, actor, group, attempt)
                     continue
                 except RayTaskError as e:  # the task raised (not the per-object errors: those are results)
-                    cause = e.cause if isinstance(getattr(e, "cause", None), Exception) else e
-                    for job in group:
-                        if job.key not in answered:
-                            answered.add(job.key)
-                            yield job, (cause if isinstance(cause, HoloPartError) else
-                                        EngineError(f"Ray task for {job.key!r} failed: {type(cause).__name__}: {cause}"))
+                    yield from self._task_failed(st, e, group)
                     continue
                 for key, res in out:
                     if key not in answered:
@@ -348,13 +266,119 @@ class RayPool:
                         yield by_key[key], res
         finally:
             if not self._lost:
-                for ref in pending:  # the caller stopped early or an error ended the run
-                    try:
-                        ray.cancel(ref)
-                    except Exception as e:  # already finished / actor gone
-                        log.debug("ray: cancel: %s", e)
+                self._cancel_pending(ray, st)
             if close:
                 self.close()
+
+    def _in_flight(self, st: "_RunState", slot: int) -> int:
+        """Groups queued on the slot's current actor."""
+        return sum(1 for s, a, *_ in st.pending.values() if s == slot and a is self.actors[slot])
+
+    def _next_group(self, st: "_RunState"):
+        """``(jobs, attempt)``: the next group to submit (a retry first), or None when none is left."""
+        if st.retry:
+            return st.retry.popleft()
+        group = []
+        while not st.exhausted and len(group) < self.objects_per_task:
+            try:
+                group.append(next(st.source))
+            except StopIteration:
+                st.exhausted = True
+        return (group, 1) if group else None
+
+    def _dispatch(self, st: "_RunState") -> None:
+        """Fills every actor up to IN_FLIGHT_PER_WORKER groups, round-robin: every actor gets work first."""
+        for depth in range(IN_FLIGHT_PER_WORKER):
+            for slot in range(len(self.actors)):
+                if self._in_flight(st, slot) > depth:
+                    continue
+                task = self._next_group(st)
+                if task is None:
+                    break
+                group, attempt = task
+                actor = self.actors[slot]
+                ref = actor.complete.remote(group, self.parts_per_batch)
+                st.pending[ref] = (slot, actor, group, attempt)
+
+    def _unfinished(self, st: "_RunState") -> list:
+        """Every job handed out and not answered (pending and queued for a retry), in order."""
+        out = [j for _, _, group, _ in st.pending.values() for j in group]
+        out += [j for group, _ in st.retry for j in group]
+        seen, jobs_left = set(), []
+        for j in out:
+            if j.key not in st.answered and j.key not in seen:
+                seen.add(j.key)
+                jobs_left.append(j)
+        return jobs_left
+
+    def _cluster_lost(self, ray, st: "_RunState", reason: str):
+        """No live node can host a worker: restart our own cluster, or fail what is left."""
+        left = self._unfinished(st)
+        st.pending.clear()
+        st.retry.clear()
+        if self._owns_cluster and self.cluster_restarts < self.max_cluster_restarts:
+            log.warning("ray: the Ray node is lost (%s); restarting the local cluster (restart %d of %d) and "
+                        "redoing %d unfinished object(s)", reason, self.cluster_restarts + 1,
+                        self.max_cluster_restarts, len(left))
+            self._restart_cluster(ray)
+            for i in range(0, len(left), self.objects_per_task):  # not the objects' fault: attempts kept
+                st.retry.append((left[i:i + self.objects_per_task], 1))
+            return
+        if self._owns_cluster:
+            why = (f"the local Ray cluster this run started was lost again after {self.cluster_restarts} "
+                   "restart(s)")
+        else:
+            why = (f"the Ray cluster at {self.address!r} has no live node that can run a worker any more "
+                   "(a node died: killed, or out of memory)")
+        rest = list(st.source)
+        st.exhausted = True
+        log.error("ray: %s (%s); %d object(s) not done", why, reason, len(left) + len(rest))
+        self._lost = True
+        for job in left + rest:
+            st.answered.add(job.key)
+            yield job, ClusterLost(f"{why}; {job.key!r} was not completed. Objects finished before are kept; "
+                                   "run again when the cluster is back (finished objects are skipped)")
+
+    def _worker_died(self, ray, st: "_RunState", e: Exception, slot: int, actor, group: list, attempt: int):
+        """A group's actor died: replace the actor (once per death), resubmit the group's
+        unanswered jobs one per task, or fail those that reached ``max_attempts``."""
+        if self.actors[slot] is actor:  # the first of its failed groups: replace the actor
+            self.restarts += 1
+            if self.restarts > st.max_restarts:
+                raise EngineError(f"Ray workers died {self.restarts} times (last: {e}); giving up. "
+                                  "Check the workers' logs (out of memory? model unreadable?)") from e
+            log.warning("ray: worker %d died (%s); starting a replacement", slot, type(e).__name__)
+            ray.kill(actor, no_restart=True)
+            self.actors[slot] = self._start()
+        for job in group:
+            if job.key in st.answered:
+                continue
+            if attempt >= self.max_attempts:
+                st.answered.add(job.key)
+                yield job, EngineError(
+                    f"the worker process died {attempt} times while completing {job.key!r}; it is "
+                    f"skipped (last: {type(e).__name__}). The object may exhaust memory or crash the "
+                    "backend: try it alone with `holopart-infer run`")
+            else:
+                st.retry.append(([job], attempt + 1))  # alone: a poison object only fails itself
+
+    def _task_failed(self, st: "_RunState", e: Exception, group: list):
+        """The group's task raised (not the per-object errors: those are results): each
+        unanswered job of the group fails with its cause."""
+        cause = e.cause if isinstance(getattr(e, "cause", None), Exception) else e
+        for job in group:
+            if job.key not in st.answered:
+                st.answered.add(job.key)
+                yield job, (cause if isinstance(cause, HoloPartError) else
+                            EngineError(f"Ray task for {job.key!r} failed: {type(cause).__name__}: {cause}"))
+
+    def _cancel_pending(self, ray, st: "_RunState") -> None:
+        """Cancels the tasks still pending (the caller stopped early or an error ended the run)."""
+        for ref in st.pending:
+            try:
+                ray.cancel(ref)
+            except Exception as e:  # already finished / actor gone
+                log.debug("ray: cancel: %s", e)
 
     def close(self) -> None:
         """Stop the actors (and Ray, when this pool started it)."""
