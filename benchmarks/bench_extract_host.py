@@ -88,8 +88,22 @@ def load_before(rev: str, module: str = "extract"):
     spec = importlib.util.spec_from_file_location(f"{module}_before", path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[f"{module}_before"] = mod
+    _alias_flat_modules()  # a revision from before the layout by concern imports the flat names
     spec.loader.exec_module(mod)
     return mod
+
+
+def _alias_flat_modules() -> None:
+    """Make ``from holopart_infer import native`` (and the other modules an earlier
+    extract.py / resident.py imports by their flat names) resolve to today's modules."""
+    import holopart_infer
+    from holopart_infer.extraction import mcubes, native
+    from holopart_infer.postprocess import cleanup
+
+    for name, mod in (("native", native), ("mcubes", mcubes), ("cleanup", cleanup)):
+        sys.modules.setdefault(f"holopart_infer.{name}", mod)
+        if not hasattr(holopart_infer, name):
+            setattr(holopart_infer, name, mod)
 
 
 def resident_runner(mod, fields):
