@@ -301,16 +301,8 @@ def score_methods(preds: dict[str, tuple], gt: tuple, rng: np.random.Generator, 
     return out
 
 
-def _frame_parts(obj, M: np.ndarray):
-    """The object's input parts with vertices mapped by ``M`` (a rotation into a model's frame)."""
-    from holopart_infer.io.parts_io import Parts
-
-    meshes = [(np.asarray(v) @ M.T, f) for v, f in obj.patches()]
-    return Parts.from_meshes(meshes, names=obj.names, source=f"evaluation {obj.template}")
-
-
 def evaluate(objects, model=None, methods=METHODS, complete_kwargs: dict | None = None, seed: int = 0,
-             n_surface: int = 10000, n_volume: int = 32000, model_frame: np.ndarray | None = None,
+             n_surface: int = 10000, n_volume: int = 32000,
              real_shell: float = REAL_SHELL, partial=None, objects_up: str | None = None
              ) -> tuple[list[PartScore], dict]:
     """Score every part of every object for each method. ``model``: a loaded :class:`HoloPart`.
@@ -318,8 +310,7 @@ def evaluate(objects, model=None, methods=METHODS, complete_kwargs: dict | None 
     ``objects_up``: the up axis of the objects' coordinates (``"+z"`` for
     :mod:`holopart_infer.export.synthetic`'s, ``"+y"`` for real and ``to_y_up`` ones); the model
     turns them into its own frame and its results back, as for a user's file. None: they are
-    taken as already in the model's frame. ``model_frame``: instead, a rotation applied to the
-    input before the model and undone on its output. Real parts (primitive ``"real"``) are scored
+    taken as already in the model's frame. Real parts (primitive ``"real"``) are scored
     with ``real_shell`` (see :func:`score_methods`). ``partial``: a ``.jsonl`` path; each object's
     scores are appended to it as soon as they exist (a run stopped early keeps what it scored).
     """
@@ -333,13 +324,11 @@ def evaluate(objects, model=None, methods=METHODS, complete_kwargs: dict | None 
             preds["patch"] = [p.patch for p in obj.parts]
         if "model" in methods and model is not None:
             t0 = time.perf_counter()
-            M = np.eye(3) if model_frame is None else np.asarray(model_frame, dtype=np.float64)
-            res = model.complete(_frame_parts(obj, M) if model_frame is not None else obj.input_parts(),
-                                 up=objects_up, **(complete_kwargs or {}))
+            res = model.complete(obj.input_parts(), up=objects_up, **(complete_kwargs or {}))
             timing["model_s"] += time.perf_counter() - t0
             if [r.name for r in res.parts] != obj.names:
                 raise RuntimeError(f"object {oi}: output parts {[r.name for r in res.parts]} != {obj.names}")
-            preds["model"] = [(np.asarray(r.vertices, dtype=np.float64) @ M, r.faces) for r in res.parts]
+            preds["model"] = [(np.asarray(r.vertices, dtype=np.float64), r.faces) for r in res.parts]
         timing["objects"] += 1
         for pi, part in enumerate(obj.parts):
             rng = np.random.default_rng([seed, oi, pi])
