@@ -61,7 +61,7 @@ from holopart_infer.postprocess import quality
 from holopart_infer.postprocess.cleanup import connected_components, edge_manifold, remove_floaters
 from holopart_infer.postprocess.decimate import decimate, merge_coincident
 from holopart_infer.io.parts_io import Parts, load_parts
-from holopart_infer.postprocess.thin import thickened_patch
+from holopart_infer.postprocess.thin import closed_patch
 
 SYNTH_SEEDS = {"calibration": 5000, "evaluation": 6000}
 SYNTH_VIEWS = 12
@@ -130,8 +130,15 @@ def objects(args, cache: Path):
 
 
 # ----------------------------------------------------------------------------- completions
+def model_key(model) -> str:
+    """Short fingerprint of a model dir's manifest (its weights' hashes and its frame): completions
+    cached for one model are never read back for another."""
+    return hashlib.sha256((Path(model.path) / "manifest.json").read_bytes()).hexdigest()[:12]
+
+
 def complete_cached(model, cache: Path, name: str, parts: Parts, opts: dict) -> list[tuple[np.ndarray, np.ndarray]]:
-    f = cache / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.npz"
+    f = cache / model_key(model) / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.npz"
+    f.parent.mkdir(parents=True, exist_ok=True)
     if f.exists():
         d = np.load(f)
         return [(d[f"v{i}"], d[f"f{i}"]) for i in range(int(d["n"]))]
@@ -189,6 +196,7 @@ GRID = {
     "growth_extent": [1.5, 2.0, 2.5, 3.0, 4.0, 5.0, math.inf],
     "object_extent": [1.0, 1.2, 1.5, 2.0, math.inf],
     "growth_volume": [4.0, 8.0, 16.0, 32.0, math.inf],
+    "invented": [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, math.inf],
 }
 
 
@@ -263,14 +271,14 @@ def main() -> int:
             rng = np.random.default_rng([0, pi])
             iou = volume_iou((vv, ff), gt, args.n_volume, rng) if len(ff) else 0.0
             _, _, f1 = f_score(surface_samples(vv, ff, 5000, rng), surface_samples(*gt, 5000, rng), tau)
-            sv, sf = thickened_patch(part.vertices, part.faces)
+            (sv, sf), _ = closed_patch(part.vertices, part.faces)  # the guard's stand-in
             s_iou = volume_iou((sv, sf), gt, args.n_volume, rng)
             _, _, s_f1 = f_score(surface_samples(sv, sf, 5000, rng), surface_samples(*gt, 5000, rng), tau)
             sheet = _solidity(gt, rng) < SHEET_SOLIDITY
             rows.append({"split": split, "kind": kind, "object": name, "part": part.name,
                          **{k: getattr(q, k) for k in ("coverage_mean", "coverage_p90", "growth_extent",
                                                        "growth_volume", "object_extent", "object_volume", "pieces",
-                                                       "closed")},
+                                                       "closed", "invented")},
                          "iou": iou, "f1": f1, "patch_iou": s_iou, "patch_f1": s_f1,
                          "sheet": bool(sheet), "good": bool(f1 >= GOOD_F1 if sheet else iou >= GOOD_IOU)})
         print(f"{split:11s} {kind:9s} {name:40s} {len(parts):2d} parts {time.time() - t1:6.1f} s", file=sys.stderr)

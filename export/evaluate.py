@@ -22,6 +22,11 @@ Methods compared, all given only what HoloPart gets (the visible patches):
 * ``model``: the shipped path. An exported model dir (``holopart-infer export``)
   loaded with :func:`holopart_infer.load` on ONNX Runtime, then
   ``complete(obj.input_parts(), ...)``.
+  The model runs with the guard off, so ``model`` is what the model made.
+* ``guarded``: what ``holopart-infer run`` returns by default, from the same
+  run: each part the guard finds implausible (``part.quality.plausible`` False)
+  replaced by its stand-in, the visible patch closed
+  (:func:`holopart_infer.postprocess.thin.closed_patch`); the others as ``model``.
 * ``hull`` (the baseline that does not complete by learning): the convex hull
   of the visible patch's vertices. A planar or degenerate patch has no hull;
   the prediction is then the patch itself (zero volume: IoU 0).
@@ -53,7 +58,7 @@ import numpy as np
 log = logging.getLogger("holopart_infer.evaluate")
 
 EVAL_SEED = 1000
-METHODS = ("model", "hull", "patch")
+METHODS = ("model", "guarded", "hull", "patch")
 OBJECT_SCALE = 2.0  # longest side of a normalized synthetic object
 
 
@@ -324,11 +329,16 @@ def evaluate(objects, model=None, methods=METHODS, complete_kwargs: dict | None 
             preds["patch"] = [p.patch for p in obj.parts]
         if "model" in methods and model is not None:
             t0 = time.perf_counter()
-            res = model.complete(obj.input_parts(), up=objects_up, **(complete_kwargs or {}))
+            res = model.complete(obj.input_parts(), up=objects_up, **{**(complete_kwargs or {}), "guard": False})
             timing["model_s"] += time.perf_counter() - t0
             if [r.name for r in res.parts] != obj.names:
                 raise RuntimeError(f"object {oi}: output parts {[r.name for r in res.parts]} != {obj.names}")
             preds["model"] = [(np.asarray(r.vertices, dtype=np.float64), r.faces) for r in res.parts]
+            if "guarded" in methods:
+                from holopart_infer.postprocess.thin import closed_patch
+
+                preds["guarded"] = [closed_patch(*p.patch)[0] if r.quality is not None and not r.quality.plausible
+                                    else m for r, p, m in zip(res.parts, obj.parts, preds["model"])]
         timing["objects"] += 1
         for pi, part in enumerate(obj.parts):
             rng = np.random.default_rng([seed, oi, pi])
@@ -480,14 +490,15 @@ def bootstrap_text(scores: list[PartScore], occluded_below: float = 0.95) -> str
         for method in sorted({s.method for s in scores}):
             d = bootstrap_mean(scores, method, subset, "iou", occluded_below)
             if d["n"]:
-                lines.append(f"{subset:8s} {method:6s} IoU {d['mean']:.3f} [{d['low']:.3f}, {d['high']:.3f}] "
+                lines.append(f"{subset:8s} {method:7s} IoU {d['mean']:.3f} [{d['low']:.3f}, {d['high']:.3f}] "
                              f"(n={d['n']})")
-        for base in ("hull", "patch"):
-            for metric in ("iou", "chamfer"):
-                d = bootstrap_difference(scores, "model", base, subset, metric, occluded_below)
-                if d["n"]:
-                    lines.append(f"{subset:8s} model - {base:5s} {metric:7s} {d['mean']:+.4f} "
-                                 f"[{d['low']:+.4f}, {d['high']:+.4f}] (n={d['n']}, {d['objects']} objects)")
+        for method in ("model", "guarded"):
+            for base in ("hull", "patch"):
+                for metric in ("iou", "chamfer"):
+                    d = bootstrap_difference(scores, method, base, subset, metric, occluded_below)
+                    if d["n"]:
+                        lines.append(f"{subset:8s} {method} - {base:5s} {metric:7s} {d['mean']:+.4f} "
+                                     f"[{d['low']:+.4f}, {d['high']:+.4f}] (n={d['n']}, {d['objects']} objects)")
     return "\n".join(lines)
 
 

@@ -500,9 +500,16 @@ def visible_faces(meshes: Sequence[trimesh.Trimesh], n_views: int = DEFAULT_VIEW
 
 def winding_number(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
                    chunk_pairs: int = 4_000_000) -> np.ndarray:
-    """Generalized winding number of points (Q, 3) w.r.t. a triangle mesh (van Oosterom-Strackee)."""
+    """Generalized winding number of points (Q, 3) w.r.t. a triangle mesh (van Oosterom-Strackee).
+
+    Runs the threaded C++ kernel (:func:`holopart_infer.extraction.native.winding_numbers`)
+    when it is built, else the chunked numpy sum below (same values to rounding)."""
+    from holopart_infer.extraction import native
+
     tri = np.asarray(vertices, dtype=np.float64)[np.asarray(faces)]
     P = np.asarray(points, dtype=np.float64)
+    if native.host_kernels() is not None and len(P) and len(tri):
+        return native.winding_numbers(P.reshape(-1, 3), tri.reshape(-1, 3, 3))
     out = np.empty(len(P))
     step = max(1, chunk_pairs // max(1, len(tri)))
     for s in range(0, len(P), step):

@@ -113,9 +113,10 @@ class CompletionOptions:
                                "then keep their input surface closed and thickened, with a warning naming them",
                                kind=bool, off_flag="--no-thin-parts",
                                off_help="leave parts that decode empty empty, as the reference")
-    guard: bool = _option(True, "replace a completed part that does not cover its visible patch or grew beyond a "
-                          "plausible bound (holopart_infer.postprocess.quality.THRESHOLDS) by its visible patch closed into a thin "
-                          "solid, with a warning naming the part and the measures", kind=bool,
+    guard: bool = _option(True, "replace a completed part that does not cover its visible patch, grew beyond a "
+                          "plausible bound or invented most of its surface (holopart_infer.postprocess.quality.THRESHOLDS) "
+                          "by its visible patch closed into a solid, with a warning naming the part and the measures",
+                          kind=bool,
                           off_flag="--keep-implausible",
                           off_help="keep the model's output of implausible parts (they are still flagged in the "
                                    "output's per-part scores)")
@@ -830,6 +831,19 @@ class HoloPart:
             o.postprocessed += 1
             report("postprocess", o.postprocessed, o.num_parts)
 
+    def _stand_in(self, obj: "_Prepared", i: int) -> tuple[CompletedPart, bool]:
+        """Part i's visible patch closed into a solid (:func:`holopart_infer.postprocess.thin.closed_patch`:
+        as it is when closed, its winding-number solid when it encloses one, else thickened),
+        post-processed like a completion; returns what :meth:`_postprocess_part` does."""
+        from holopart_infer.postprocess import thin
+
+        part = obj.parts[i]
+        (pv, pf), kind = thin.closed_patch(part.vertices, part.faces)
+        log.info("part %r: stand-in = its visible patch, %s", part.name,
+                 {"closed": "already closed", "solid": "closed by its winding number",
+                  "sheet": "a sheet, thickened"}[kind])
+        return self._postprocess_part(obj, i, obj.cond.to_part_frame(i, pv), pf, stand_in=True)
+
     def _postprocess_part(self, obj: "_Prepared", i: int, vertices, faces, *,
                           stand_in: bool = False) -> tuple[CompletedPart, bool]:
         """Part i's mesh (its normalized frame) -> the input frame, floaters removed, decimated.
@@ -868,7 +882,6 @@ class HoloPart:
         Each part was already taken back to the input frame, cleaned and decimated
         when its batch finished (:meth:`_run_batch`)."""
         from holopart_infer.io import appearance
-        from holopart_infer.postprocess import thin
 
         opts, parts, cond = obj.opts, obj.parts, obj.cond
         P = obj.num_parts
@@ -883,10 +896,8 @@ class HoloPart:
         thin_fallback = []
         with _timed(obj.timings, "postprocess"):
             for i in sorted(obj.empty):
-                if opts.thin_parts:  # still empty: the input surface, closed and thickened, stands in
-                    pv, pf = thin.thickened_patch(parts[i].vertices, parts[i].faces)
-                    obj.results[i], pinched = self._postprocess_part(obj, i, cond.to_part_frame(i, pv), pf,
-                                                                     stand_in=True)
+                if opts.thin_parts:  # still empty: the input surface, closed, stands in
+                    obj.results[i], pinched = self._stand_in(obj, i)
                     if pinched:
                         obj.pinched.append(i)
                     thin_fallback.append(parts.names[i])
@@ -945,9 +956,7 @@ class HoloPart:
 
         from holopart_infer.postprocess import quality
 
-        from holopart_infer.postprocess import thin
-
-        opts, parts, cond = obj.opts, obj.parts, obj.cond
+        opts, parts = obj.opts, obj.parts
         bounds = parts.bounds()
         flagged: list[tuple[str, quality.PartQuality]] = []
         for i, part in enumerate(obj.results):
@@ -959,9 +968,7 @@ class HoloPart:
             elif not q.plausible:
                 flagged.append((parts.names[i], q))
                 if opts.guard:
-                    pv, pf = thin.thickened_patch(parts[i].vertices, parts[i].faces)
-                    obj.results[i], pinched = self._postprocess_part(obj, i, cond.to_part_frame(i, pv), pf,
-                                                                     stand_in=True)
+                    obj.results[i], pinched = self._stand_in(obj, i)
                     if pinched and i not in obj.pinched:
                         obj.pinched.append(i)
                     elif not pinched and i in obj.pinched:

@@ -138,6 +138,21 @@ void py_sparse_grid(farr coarse, i64arr idx, farr val, int64_t n, py::array_t<fl
     holopart::sparse_grid(s, o);
 }
 
+using f64arr = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+py::array_t<double> py_winding_numbers(f64arr points, f64arr triangles) {
+    if (points.ndim() != 2 || points.shape(1) != 3)
+        throw std::invalid_argument("points: expected shape (N, 3)");
+    if (triangles.ndim() != 3 || triangles.shape(1) != 3 || triangles.shape(2) != 3)
+        throw std::invalid_argument("triangles: expected shape (F, 3, 3)");
+    const int64_t np = points.shape(0), nf = triangles.shape(0);
+    py::array_t<double> out(np);
+    double* o = out.mutable_data();
+    py::gil_scoped_release nogil;
+    holopart::winding_numbers(points.data(), np, triangles.data(), nf, o);
+    return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cpp, m) {
@@ -155,4 +170,6 @@ PYBIND11_MODULE(_cpp, m) {
           py::arg("add_val"));
     m.def("sparse_grid", &py_sparse_grid, py::arg("coarse"), py::arg("idx"), py::arg("val"), py::arg("n"),
           py::arg("out"));
+    m.def("winding_numbers", &py_winding_numbers, py::arg("points"), py::arg("triangles"),
+          "Generalized winding number of each point w.r.t. the triangles (F, 3, 3).");
 }

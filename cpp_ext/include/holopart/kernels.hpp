@@ -93,4 +93,8 @@ void sparse_merge(const int64_t* idx, const float* val, int64_t m, const int64_t
 // The dense n^3 final grid: NaN, the coarse lattice, then the list.
 void sparse_grid(const SparseFinal& s, float* out);
 
+// Generalized winding numbers (np,) of points (np, 3) with respect to nf
+// triangles given as (nf, 3, 3) corner coordinates; threaded over the points.
+void winding_numbers(const double* points, int64_t np, const double* tri, int64_t nf, double* out);
+
 }  // namespace holopart
