@@ -14,7 +14,6 @@ runtime turns the objects into it and the results back (:mod:`holopart_infer.io.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 #: embedded demo objects: name -> file. ``mug`` and ``lamp`` are synthetic objects
