@@ -197,6 +197,7 @@ GRID = {
     "object_extent": [1.0, 1.2, 1.5, 2.0, math.inf],
     "growth_volume": [4.0, 8.0, 16.0, 32.0, math.inf],
     "invented": [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, math.inf],
+    "closed_mismatch": [0.3, 0.5, 0.7, math.inf],
 }
 
 
@@ -278,7 +279,7 @@ def main() -> int:
             rows.append({"split": split, "kind": kind, "object": name, "part": part.name,
                          **{k: getattr(q, k) for k in ("coverage_mean", "coverage_p90", "growth_extent",
                                                        "growth_volume", "object_extent", "object_volume", "pieces",
-                                                       "closed", "invented")},
+                                                       "closed", "invented", "closed_mismatch")},
                          "iou": iou, "f1": f1, "patch_iou": s_iou, "patch_f1": s_f1,
                          "sheet": bool(sheet), "good": bool(f1 >= GOOD_F1 if sheet else iou >= GOOD_IOU)})
         print(f"{split:11s} {kind:9s} {name:40s} {len(parts):2d} parts {time.time() - t1:6.1f} s", file=sys.stderr)

@@ -21,6 +21,10 @@ the whole object), with no ground truth:
   patch: surface the model made up. About 0 for a part it was shown whole; up
   to the hidden share of an occluded part; most of a blob that wraps a thin
   patch (a panel completed as a slab), which coverage and growth cannot see.
+* **closed_mismatch**: when the input patch is itself closed (the part was
+  given whole: nothing of it was hidden), 1 - the volume IoU of the completed
+  part and the patch (``CLOSED_IOU_SAMPLES`` uniform points, generalized
+  winding number inside tests); 0 when the patch is open (nothing to compare).
 * **pieces**: connected components of the mesh (faces sharing a vertex, after
   merging coincident vertices); **closed**: every edge shared by exactly two faces.
 
@@ -53,6 +57,7 @@ _CANDIDATES = 8  # nearest surface samples whose triangles are tested exactly
 _MIN_SIDE = 0.05  # a bounding box's sides are at least this fraction of its diagonal (flat patches)
 INVENTED_DISTANCE = 0.05  # "invented" surface: farther than this fraction of the patch's diagonal from it
 INVENTED_SAMPLES = 4000  # points drawn on the completed surface for ``invented``
+CLOSED_IOU_SAMPLES = 2000  # uniform points of the volume IoU behind ``closed_mismatch``
 
 #: The guard's thresholds (a part is implausible when any measure exceeds its bound).
 #: Chosen on held-out completions of the embedded model (benchmarks/guard_thresholds.py;
@@ -72,6 +77,7 @@ THRESHOLDS = {
     "object_extent": 1.2,  # ... and at most 1.2x the whole object's
     "growth_volume": 4.0,  # enclosed volume at most 4x the patch's bounding box
     "invented": 0.5,  # at most half of the completed surface farther than 5% of the patch's diagonal from it
+    "closed_mismatch": 0.5,  # a part given whole (closed patch): at least half of the volume IoU with it
 }
 
 
@@ -87,6 +93,8 @@ class PartQuality:
         pieces: connected components; closed: every edge shared by exactly two faces.
         invented: share of the completed surface farther than ``INVENTED_DISTANCE`` of the
             patch's diagonal from the patch (NaN when read from a file written before it existed).
+        closed_mismatch: 1 - volume IoU with the input patch when that patch is closed, else 0
+            (NaN when read from a file written before it existed).
         plausible: within :data:`THRESHOLDS` (``reasons`` lists the measures that are not).
         replaced: the model's output was replaced by the closed visible patch (an
             implausible part with the guard on, or a part the model left empty);
@@ -103,6 +111,7 @@ class PartQuality:
     pieces: int
     closed: bool
     invented: float = math.nan
+    closed_mismatch: float = math.nan
     plausible: bool = True
     reasons: tuple[str, ...] = ()
     replaced: bool = False
@@ -118,7 +127,7 @@ class PartQuality:
         """One line: the measures that matter to a reader."""
         return (f"coverage mean {_fmt(self.coverage_mean)} p90 {_fmt(self.coverage_p90)}, "
                 f"growth x{_fmt(self.growth_extent, 2)} (object x{_fmt(self.object_extent, 2)}), "
-                f"invented {_fmt(self.invented, 2)}, "
+                f"invented {_fmt(self.invented, 2)}, closed mismatch {_fmt(self.closed_mismatch, 2)}, "
                 f"{self.pieces} piece(s), {'closed' if self.closed else 'open'}")
 
 
@@ -134,7 +143,7 @@ def from_extras(d: dict) -> PartQuality:
     """
     if not isinstance(d, dict):
         raise ValueError(f"quality extras must be an object, got {type(d).__name__}")
-    optional = ("invented", "plausible", "reasons", "replaced", "stand_in")
+    optional = ("invented", "closed_mismatch", "plausible", "reasons", "replaced", "stand_in")
     missing = [f.name for f in fields(PartQuality) if f.name not in d and f.name not in optional]
     if missing:
         raise ValueError(f"quality extras: missing {', '.join(repr(m) for m in missing)}")
@@ -239,7 +248,9 @@ def measure(vertices, faces, patch_vertices, patch_faces, object_bounds, *, seed
     o_diag = float(np.linalg.norm(o_ext))
     o_box = float(np.prod(np.maximum(o_ext, _MIN_SIDE * o_diag)))
     if len(f) == 0:
-        return _judge(PartQuality(math.inf, math.inf, 0.0, 0.0, 0.0, 0.0, 0, False))
+        # empty: flagged by coverage alone (the other measures have nothing to measure)
+        return _judge(PartQuality(math.inf, math.inf, 0.0, 0.0, 0.0, 0.0, 0, False, invented=0.0,
+                                  closed_mismatch=0.0))
     vm, fm = merge_coincident(v, f)
     pieces, _ = connected_components(fm, len(vm))
     closed = edge_manifold(fm)
@@ -252,11 +263,27 @@ def measure(vertices, faces, patch_vertices, patch_faces, object_bounds, *, seed
     diag, _ = _box(vm[np.unique(fm)])
     vol = _volume(vm, fm)
     invented = _invented(vm, fm, pv, pf, p_diag, rng)
+    pvm, pfm = merge_coincident(pv, pf)
+    mismatch = 1.0 - _volume_iou(vm, fm, pvm, pfm, rng) if len(pfm) and edge_manifold(pfm) else 0.0
     return _judge(PartQuality(
         coverage_mean=cov_mean, coverage_p90=cov_p90,
         growth_extent=diag / max(p_diag, 1e-12), growth_volume=vol / max(p_box, 1e-30),
         object_extent=diag / max(o_diag, 1e-12), object_volume=vol / max(o_box, 1e-30),
-        pieces=int(pieces), closed=bool(closed), invented=invented))
+        pieces=int(pieces), closed=bool(closed), invented=invented, closed_mismatch=float(mismatch)))
+
+
+def _volume_iou(v: np.ndarray, f: np.ndarray, pv: np.ndarray, pf: np.ndarray, rng: np.random.Generator) -> float:
+    """Volume IoU of two meshes on CLOSED_IOU_SAMPLES uniform points of their joint bounding box
+    (inside: generalized winding number > 0.5, native kernel)."""
+    from holopart_infer.extraction import native
+
+    both = np.concatenate([v[np.unique(f)], pv[np.unique(pf)]])
+    lo, hi = both.min(axis=0), both.max(axis=0)
+    pts = rng.uniform(lo, hi, size=(CLOSED_IOU_SAMPLES, 3))
+    a = native.winding_numbers(pts, v[f]) > 0.5
+    b = native.winding_numbers(pts, pv[pf]) > 0.5
+    union = int(np.count_nonzero(a | b))
+    return float(np.count_nonzero(a & b) / union) if union else 0.0
 
 
 def _invented(v: np.ndarray, f: np.ndarray, pv: np.ndarray, pf: np.ndarray, p_diag: float,
@@ -347,14 +374,15 @@ def read_scores(path) -> list[tuple[str, PartQuality | None]]:
 
 def format_table(scored: list[tuple[str, PartQuality | None]]) -> str:
     """A plain-text table of the parts and their scores (the CLI's summary and ``inspect``)."""
-    head = ("part", "status", "cover mean", "cover p90", "growth", "vs object", "invented", "pieces", "closed")
+    head = ("part", "status", "cover mean", "cover p90", "growth", "vs object", "invented", "mismatch", "pieces",
+            "closed")
     rows = []
     for name, q in scored:
         if q is None:
-            rows.append((name, status(q), "-", "-", "-", "-", "-", "-", "-"))
+            rows.append((name, status(q), "-", "-", "-", "-", "-", "-", "-", "-"))
             continue
         rows.append((name, status(q), _fmt(q.coverage_mean), _fmt(q.coverage_p90), "x" + _fmt(q.growth_extent, 2),
-                     "x" + _fmt(q.object_extent, 2), _fmt(q.invented, 2), str(q.pieces),
+                     "x" + _fmt(q.object_extent, 2), _fmt(q.invented, 2), _fmt(q.closed_mismatch, 2), str(q.pieces),
                      "yes" if q.closed else "no"))
     widths = [max(len(str(r[k])) for r in (head, *rows)) for k in range(len(head))]
     lines = ["  ".join(str(c).ljust(w) if k < 2 else str(c).rjust(w) for k, (c, w) in enumerate(zip(r, widths)))

@@ -241,3 +241,54 @@ def test_stand_in_keeps_every_piece_of_the_patch():
     sheets = res.parts[1]
     assert sheets.quality.replaced
     assert connected_components(sheets.faces, len(sheets.vertices))[0] == 2
+
+
+# ----------------------------------------------------------------------------- invented surface, closed mismatch
+def _bounds_of(*meshes):
+    v = np.concatenate([np.asarray(m[0]) for m in meshes])
+    return np.stack([v.min(axis=0), v.max(axis=0)])
+
+
+def test_a_slab_wrapped_around_a_thin_panel_is_flagged_as_invented_surface():
+    # a 1 x 1 panel given as one open sheet; completions: a thin plate on it, and a 0.25-thick slab
+    # under it (its top face is the panel: it covers the panel, and grows within the growth bounds)
+    panel = _sheet(1.0, (0.0, 0.0, 0.0))
+    plate = trimesh.creation.box((1.0, 1.0, 0.01))
+    plate.apply_translation((0.5, 0.5, 0.0))
+    slab = trimesh.creation.box((1.0, 1.0, 0.25))
+    slab.apply_translation((0.5, 0.5, -0.125))
+    bounds = _bounds_of((slab.vertices,), panel)
+    good = quality.measure(plate.vertices, plate.faces, *panel, bounds)
+    bad = quality.measure(slab.vertices, slab.faces, *panel, bounds)
+    assert good.invented < 0.05 and good.plausible, good.reasons
+    # coverage and growth cannot see it; about 57% of its surface lies farther than 5% of the
+    # panel's diagonal from the panel (its bottom and most of its sides)
+    for name in ("coverage_p90", "growth_extent", "growth_volume", "object_extent"):
+        assert getattr(bad, name) <= quality.THRESHOLDS[name], name
+    assert bad.invented > 0.52
+    assert not bad.plausible and any(r.startswith("invented") for r in bad.reasons)
+
+
+def test_a_part_given_whole_must_be_completed_as_itself():
+    box = trimesh.creation.box((0.4, 0.4, 0.4))
+    moved = box.copy()
+    moved.apply_translation((0.3, 0.0, 0.0))  # same size, IoU 1/7 with the box
+    bounds = _bounds_of((box.vertices,), (moved.vertices,))
+    same = quality.measure(box.vertices, box.faces, box.vertices, box.faces, bounds)
+    off = quality.measure(moved.vertices, moved.faces, box.vertices, box.faces, bounds)
+    assert same.closed_mismatch < 0.1 and same.plausible
+    assert off.closed_mismatch == pytest.approx(1 - 1 / 7, abs=0.08)
+    assert not off.plausible and any(r.startswith("closed_mismatch") for r in off.reasons)
+    # an open patch has nothing to compare with: 0, whatever the completion
+    _, patch = _box_patch()
+    assert quality.measure(moved.vertices, moved.faces, *patch, bounds).closed_mismatch == 0.0
+
+
+def test_scores_written_before_the_new_measures_read_back_as_not_measured():
+    box = trimesh.creation.box((0.4, 0.4, 0.4))
+    q = quality.measure(box.vertices, box.faces, box.vertices, box.faces, _bounds_of((box.vertices,)))
+    old = {k: v for k, v in q.as_extras().items() if k not in ("invented", "closed_mismatch")}
+    back = quality.from_extras(old)
+    assert np.isnan(back.invented) and np.isnan(back.closed_mismatch)
+    assert quality.from_extras(q.as_extras()) == q
+    assert "invented" in quality.format_table([("box", back)])  # the table still prints, "nan" for them
