@@ -334,11 +334,14 @@ def evaluate(objects, model=None, methods=METHODS, complete_kwargs: dict | None 
             if [r.name for r in res.parts] != obj.names:
                 raise RuntimeError(f"object {oi}: output parts {[r.name for r in res.parts]} != {obj.names}")
             preds["model"] = [(np.asarray(r.vertices, dtype=np.float64), r.faces) for r in res.parts]
-            if "guarded" in methods:
-                from holopart_infer.postprocess.thin import closed_patch
+            if "guarded" in methods:  # the pipeline's stand-in, with its shell from the whole object
+                from holopart_infer.postprocess.thin import SHELL_FRACTION, closed_patch
 
-                preds["guarded"] = [closed_patch(*p.patch)[0] if r.quality is not None and not r.quality.plausible
-                                    else m for r, p, m in zip(res.parts, obj.parts, preds["model"])]
+                allv = np.concatenate([np.asarray(p.patch[0], dtype=np.float64) for p in obj.parts])
+                shell = SHELL_FRACTION * float(np.ptp(allv, axis=0).max())
+                preds["guarded"] = [closed_patch(*p.patch, shell=shell)[0]
+                                    if r.quality is not None and not r.quality.plausible else m
+                                    for r, p, m in zip(res.parts, obj.parts, preds["model"])]
         timing["objects"] += 1
         for pi, part in enumerate(obj.parts):
             rng = np.random.default_rng([seed, oi, pi])

@@ -833,14 +833,17 @@ class HoloPart:
 
     def _stand_in(self, obj: "_Prepared", i: int) -> tuple[CompletedPart, bool]:
         """Part i's visible patch closed into a solid (:func:`holopart_infer.postprocess.thin.closed_patch`:
-        as it is when closed, its winding-number solid when it encloses one, else thickened),
-        post-processed like a completion; returns what :meth:`_postprocess_part` does."""
+        as it is when closed, else its winding-number solid with a shell of ``SHELL_FRACTION`` of the
+        object's longest side), post-processed like a completion; returns what
+        :meth:`_postprocess_part` does."""
         from holopart_infer.postprocess import thin
 
         part = obj.parts[i]
-        (pv, pf), kind = thin.closed_patch(part.vertices, part.faces)
+        lo, hi = obj.parts.bounds()
+        (pv, pf), kind = thin.closed_patch(part.vertices, part.faces,
+                                           shell=thin.SHELL_FRACTION * float(np.max(hi - lo)))
         log.info("part %r: stand-in = its visible patch, %s", part.name,
-                 {"closed": "already closed", "solid": "closed by its winding number",
+                 {"closed": "already closed", "solid": "closed by its winding number and a shell",
                   "sheet": "a sheet, thickened"}[kind])
         return self._postprocess_part(obj, i, obj.cond.to_part_frame(i, pv), pf, stand_in=True)
 

@@ -92,3 +92,35 @@ def sample_pieces(pieces, n: int, rng: np.random.Generator, center=None,
         points[sel] = a + uv[sel, :1] * e1 + uv[sel, 1:] * e2
         normals[sel] = cross / double_area[face_idx[sel], None]
     return points, normals, face_idx
+
+
+def surface_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, rng: np.random.Generator,
+                     samples: int = 20000, candidates: int = 8) -> np.ndarray:
+    """Distance (Q,) of each point (Q, 3) to the triangle mesh (vertices, faces); inf for a mesh
+    without area.
+
+    Exact to the triangles of the ``candidates`` nearest of ``samples`` area-weighted surface
+    samples (plus every triangle's centroid, so small triangles are never missed), so never more
+    than the distance to the nearest sample. Cost: one KD-tree and ``Q * candidates``
+    point-triangle distances, linear in the mesh size.
+    """
+    from scipy.spatial import cKDTree
+    from trimesh.triangles import closest_point
+
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    v = np.asarray(vertices, dtype=np.float64)
+    f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    tri = v[f]
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    if not area.sum() > 0:
+        return np.full(len(points), np.inf)
+    s, _, face_of = sample_surface(v, f, samples, rng)
+    s = np.concatenate([s, tri.mean(axis=1)])
+    face_of = np.concatenate([face_of, np.arange(len(f))])
+    k = min(candidates, len(s))
+    d_s, idx = cKDTree(s).query(points, k=k)
+    idx = np.asarray(idx).reshape(len(points), k)
+    q = np.repeat(points, k, axis=0)
+    c = closest_point(tri[face_of[idx].reshape(-1)], q)
+    d = np.linalg.norm(c - q, axis=1).reshape(len(points), k).min(axis=1)
+    return np.minimum(d, np.asarray(d_s).reshape(len(points), k)[:, 0])

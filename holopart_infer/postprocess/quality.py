@@ -187,33 +187,6 @@ def _volume(v: np.ndarray, f: np.ndarray) -> float:
     return abs(float(np.einsum("ij,ij->i", t[:, 0], np.cross(t[:, 1], t[:, 2])).sum()) / 6.0)
 
 
-def _surface_distance(points: np.ndarray, v: np.ndarray, f: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Distance of each point to the triangle mesh (v, f): exact to the triangles of the
-    nearest surface samples, so at most the distance to the nearest sample."""
-    from scipy.spatial import cKDTree
-    from trimesh.triangles import closest_point
-
-    from holopart_infer.model.conditioning import sample_surface
-
-    tri = v[f]
-    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
-    if not area.sum() > 0:
-        return np.full(len(points), np.inf)
-    s, _, face_of = sample_surface(v, f, SURFACE_SAMPLES, rng)
-    # the triangle centroids as samples too, so small triangles are never missed
-    cent = tri.mean(axis=1)
-    s = np.concatenate([s, cent])
-    face_of = np.concatenate([face_of, np.arange(len(f))])
-    k = min(_CANDIDATES, len(s))
-    d_s, idx = cKDTree(s).query(points, k=k)
-    idx = np.asarray(idx).reshape(len(points), k)
-    cand = face_of[idx]  # (n, k)
-    q = np.repeat(points, k, axis=0)
-    c = closest_point(tri[cand.reshape(-1)], q)
-    d = np.linalg.norm(c - q, axis=1).reshape(len(points), k).min(axis=1)
-    return np.minimum(d, np.asarray(d_s).reshape(len(points), k)[:, 0])
-
-
 def measure(vertices, faces, patch_vertices, patch_faces, object_bounds, *, seed: int = 0) -> PartQuality:
     """Measure one completed part against its input patch and the object (no ground truth).
 
@@ -228,7 +201,7 @@ def measure(vertices, faces, patch_vertices, patch_faces, object_bounds, *, seed
         :class:`PartQuality` with ``plausible``/``reasons`` set from :data:`THRESHOLDS`.
     """
     from holopart_infer.postprocess.cleanup import connected_components, edge_manifold
-    from holopart_infer.model.conditioning import sample_surface
+    from holopart_infer.model.surface import sample_surface, surface_distance
     from holopart_infer.postprocess.decimate import merge_coincident
     from holopart_infer.errors import InputError
 
@@ -256,7 +229,7 @@ def measure(vertices, faces, patch_vertices, patch_faces, object_bounds, *, seed
     closed = edge_manifold(fm)
     try:
         pts, _, _ = sample_surface(pv, pf, COVERAGE_SAMPLES, rng)
-        d = _surface_distance(pts, vm, fm, rng) / max(p_diag, 1e-12)
+        d = surface_distance(pts, vm, fm, rng, SURFACE_SAMPLES, _CANDIDATES) / max(p_diag, 1e-12)
         cov_mean, cov_p90 = float(d.mean()), float(np.quantile(d, 0.9))
     except InputError:  # a patch without area: nothing to cover
         cov_mean = cov_p90 = 0.0
@@ -291,13 +264,13 @@ def _invented(v: np.ndarray, f: np.ndarray, pv: np.ndarray, pf: np.ndarray, p_di
     """Share of INVENTED_SAMPLES samples of the completed surface (v, f) farther than
     INVENTED_DISTANCE * p_diag from the patch (pv, pf); 0 when either has no area."""
     from holopart_infer.errors import InputError
-    from holopart_infer.model.conditioning import sample_surface
+    from holopart_infer.model.surface import sample_surface, surface_distance
 
     try:
         on_part, _, _ = sample_surface(v, f, INVENTED_SAMPLES, rng)
     except InputError:  # a completion without area invents nothing measurable
         return 0.0
-    d = _surface_distance(on_part, pv, pf, rng)  # inf for a patch without area
+    d = surface_distance(on_part, pv, pf, rng, SURFACE_SAMPLES, _CANDIDATES)  # inf: a patch without area
     if not np.isfinite(d).all():
         return 0.0
     return float(np.mean(d > INVENTED_DISTANCE * max(p_diag, 1e-12)))

@@ -160,39 +160,42 @@ def retry_empty(meshes: list, samples: list[np.ndarray], decode: Callable, extra
 
 #: closed_patch: the patch's triangles the winding number sees (decimated above this)
 WINDING_MAX_FACES = 2000
-#: closed_patch: the solid must come within this fraction of the patch's diagonal of 90% of the patch
-_SOLID_COVERAGE = 0.02
+#: closed_patch: default shell half-thickness, as a fraction of the longest side of the object (or,
+#: without one, of the patch): holopart-mini's real training data's rule for open parts
+#: (export/realdata.py occupancy_labels with REAL_SHELL = 0.015 on an object spanning [-1, 1])
+SHELL_FRACTION = 0.0075
 _SOLID_DEPTH = 6  # final grid of 2**6 - 8 = 56 cells per axis, fitted to the patch's box
 
 
-def closed_patch(vertices: np.ndarray, faces: np.ndarray, *, depth: int = _SOLID_DEPTH,
-                 device: str = "cpu") -> tuple[tuple[np.ndarray, np.ndarray], str]:
+def closed_patch(vertices: np.ndarray, faces: np.ndarray, *, shell: float | None = None,
+                 depth: int = _SOLID_DEPTH, device: str = "cpu") -> tuple[tuple[np.ndarray, np.ndarray], str]:
     """The visible patch closed into a solid: what replaces a part nobody can trust.
 
-    An open patch of a solid part (a box without its bottom, a cushion seen from
-    above, faces that do not share vertices) is closed by its **generalized
-    winding number** (inside where it is above 0.5; Jacobson et al. 2013, the
-    inside test the evaluation uses for open patches), meshed on a grid fitted
-    per axis to the patch's box (``2**depth - 8`` cells per axis, coarse to fine).
-    That solid is kept when it contains the patch (90% of patch samples within
-    ``_SOLID_COVERAGE`` of the patch's diagonal of its surface); a sheet (a panel,
-    a blade: no inside) becomes :func:`thickened_patch` instead, and a patch that
-    is already closed is returned as it is.
+    A patch that is already closed is returned as it is. An open one becomes the
+    solid ``{generalized winding number > 0.5} U {within shell of the surface}``
+    (Jacobson et al. 2013 for the first set: it closes a box without its bottom,
+    a cushion seen from above, faces that share no vertices; the shell gives a
+    sheet, a panel or a blade its thickness): the rule holopart-mini's real
+    training data uses for the inside of open parts, meshed on a grid fitted per
+    axis to the patch's padded box (``2**depth - 8`` cells per axis, coarse to
+    fine), so a thin axis gets as many cells as the others. If that grid still
+    shows nothing (a shell thinner than its cells), :func:`thickened_patch`.
 
     Args:
         vertices, faces: the part's visible patch (input coordinates, any unit).
-        depth: grid depth of the winding-number solid.
+        shell: half-thickness given to the open surface, in input units (default:
+            ``SHELL_FRACTION`` of the patch's longest side; the pipeline passes that
+            fraction of the whole object's).
+        depth: grid depth of the solid.
         device: "cpu" or "cuda" for the extraction kernels.
 
     Returns:
         ``((vertices (V, 3) float64, faces (F, 3) int64), kind)``, kind one of
-        ``"closed"`` (the patch as it is), ``"solid"`` (winding number),
+        ``"closed"`` (the patch as it is), ``"solid"`` (winding number and shell),
         ``"sheet"`` (thickened).
     """
-    from scipy.spatial import cKDTree
-
     from holopart_infer.extraction import extract, native
-    from holopart_infer.model.conditioning import sample_surface
+    from holopart_infer.model.surface import surface_distance
     from holopart_infer.postprocess.cleanup import edge_manifold
     from holopart_infer.postprocess.decimate import decimate, merge_coincident
 
@@ -207,11 +210,15 @@ def closed_patch(vertices: np.ndarray, faces: np.ndarray, *, depth: int = _SOLID
     vn, fm = merge_coincident((v - center) / size, f)
     if edge_manifold(fm):
         return (vn * size + center, fm), "closed"
-    sheet = thickened_patch(v, f), "sheet"
+    half = (float(shell) if shell is not None else SHELL_FRACTION * float((hi - lo).max())) / size
+    if not (np.isfinite(half) and half >= 0):
+        raise ValueError(f"closed_patch: shell must be a finite distance >= 0, got {shell!r}")
     gv, gf = decimate(vn, fm, WINDING_MAX_FACES) if len(fm) > WINDING_MAX_FACES else (vn, fm)
     triangles = np.ascontiguousarray(gv[gf])
     bounds = 1.05
-    box_c, box_h = local_box(vn, depth, bounds)
+    pts_lo, pts_hi = vn[np.unique(fm)].min(axis=0) - half, vn[np.unique(fm)].max(axis=0) + half
+    box_c, box_h = local_box(np.stack([pts_lo, pts_hi]), depth, bounds)
+    rng = np.random.default_rng(0)
 
     def to_patch(pts: np.ndarray) -> np.ndarray:
         return box_c + np.asarray(pts, np.float64) * (box_h / bounds)
@@ -220,18 +227,15 @@ def closed_patch(vertices: np.ndarray, faces: np.ndarray, *, depth: int = _SOLID
         (pts,) = points_per_part
         if not len(pts):
             return [np.empty(0, np.float32)]
-        w = native.winding_numbers(to_patch(pts), triangles)
-        return [(8.0 * (w - 0.5)).astype(np.float32)]  # inside > 0; |logit| < band within ~0.12 of 0.5
+        x = to_patch(pts)
+        inside = 8.0 * (native.winding_numbers(x, triangles) - 0.5)  # |logit| < band within ~0.12 of 0.5
+        if half > 0:  # distance to the full-resolution patch, in units of the shell: > 0 within it
+            near = 1.0 - surface_distance(x, vn, fm, rng) / half
+            inside = np.maximum(inside, near)
+        return [inside.astype(np.float32)]
 
     (mesh,), _ = extract.extract_meshes(decode, 1, depth=depth, bounds=bounds, min_resolution=14, device=device)
     sv, sf = np.asarray(mesh.vertices), np.asarray(mesh.faces, np.int64).reshape(-1, 3)
     if not len(sf):
-        return sheet
-    sv = to_patch(sv)
-    rng = np.random.default_rng(0)
-    on_patch, _, _ = sample_surface(vn, fm, 2000, rng)
-    on_solid, _, _ = sample_surface(sv, sf, 20000, rng)
-    d, _ = cKDTree(on_solid).query(on_patch)
-    if float(np.quantile(d, 0.9)) > _SOLID_COVERAGE:  # diagonal 1 here
-        return sheet
-    return (sv * size + center, sf), "solid"
+        return thickened_patch(v, f), "sheet"
+    return (to_patch(sv) * size + center, sf), "solid"
