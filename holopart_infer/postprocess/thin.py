@@ -178,8 +178,10 @@ def closed_patch(vertices: np.ndarray, faces: np.ndarray, *, shell: float | None
     sheet, a panel or a blade its thickness): the rule holopart-mini's real
     training data uses for the inside of open parts, meshed on a grid fitted per
     axis to the patch's padded box (``2**depth - 8`` cells per axis, coarse to
-    fine), so a thin axis gets as many cells as the others. If that grid still
-    shows nothing (a shell thinner than its cells), :func:`thickened_patch`.
+    fine), so a thin axis gets as many cells as the others. A patch that encloses
+    less volume than its own shell (a sheet) is offset by the shell both ways
+    instead (:func:`thickened_patch`, exact where a grid would need many cells
+    across a thin layer), as is one whose grid still shows nothing.
 
     Args:
         vertices, faces: the part's visible patch (input coordinates, any unit).
@@ -215,10 +217,14 @@ def closed_patch(vertices: np.ndarray, faces: np.ndarray, *, shell: float | None
         raise ValueError(f"closed_patch: shell must be a finite distance >= 0, got {shell!r}")
     gv, gf = decimate(vn, fm, WINDING_MAX_FACES) if len(fm) > WINDING_MAX_FACES else (vn, fm)
     triangles = np.ascontiguousarray(gv[gf])
+    rng = np.random.default_rng(0)
+    if _encloses_less_than_its_shell(vn, fm, triangles, half, rng):
+        # a sheet: its solid is the shell alone, which the offset surface gives exactly, where a
+        # grid would have to resolve a layer a few cells thick
+        return thickened_patch(v, f, thickness=2.0 * half * size), "sheet"
     bounds = 1.05
     pts_lo, pts_hi = vn[np.unique(fm)].min(axis=0) - half, vn[np.unique(fm)].max(axis=0) + half
     box_c, box_h = local_box(np.stack([pts_lo, pts_hi]), depth, bounds)
-    rng = np.random.default_rng(0)
 
     def to_patch(pts: np.ndarray) -> np.ndarray:
         return box_c + np.asarray(pts, np.float64) * (box_h / bounds)
@@ -239,3 +245,22 @@ def closed_patch(vertices: np.ndarray, faces: np.ndarray, *, shell: float | None
     if not len(sf):
         return thickened_patch(v, f), "sheet"
     return (to_patch(sv) * size + center, sf), "solid"
+
+
+def _encloses_less_than_its_shell(v: np.ndarray, f: np.ndarray, triangles: np.ndarray, half: float,
+                                  rng: np.random.Generator, n: int = 2000) -> bool:
+    """Whether the volume with winding number > 0.5 (estimated on ``n`` uniform points of the
+    patch's box) is smaller than the patch's shell (area x 2 ``half``): a sheet, not a solid."""
+    from holopart_infer.extraction import native
+
+    used = v[np.unique(f)]
+    lo, hi = used.min(axis=0), used.max(axis=0)
+    ext = hi - lo
+    box = float(np.prod(ext))
+    if not box > 0:  # flat: nothing to enclose
+        return True
+    pts = rng.uniform(lo, hi, size=(n, 3))
+    enclosed = float(np.mean(native.winding_numbers(pts, triangles) > 0.5)) * box
+    t = v[f]
+    area = 0.5 * float(np.linalg.norm(np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]), axis=1).sum())
+    return enclosed < area * 2.0 * half

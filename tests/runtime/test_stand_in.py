@@ -51,20 +51,25 @@ def test_open_box_is_closed_into_its_solid():
     assert abs(m.volume / box.volume - 1) < 0.1
 
 
-def test_closed_patch_keeps_closed_input_and_gives_sheets_the_shell():
+def test_closed_patch_keeps_closed_input_gives_sheets_the_shell_and_solids_their_inside():
     box = trimesh.creation.box([1.0, 0.5, 0.3])
     unwelded = box.vertices[box.faces].reshape(-1, 3)
     (v, f), kind = closed_patch(unwelded, np.arange(len(unwelded)).reshape(-1, 3))
     assert kind == "closed" and len(f) == 12
     sheet_v = np.array([[0, 0, 0], [1, 0, 0], [1, 0, 1], [0, 0, 1]], float)
     (v, f), kind = closed_patch(sheet_v, np.array([[0, 1, 2], [0, 2, 3]]))
-    assert kind == "solid"  # no inside: the shell alone, SHELL_FRACTION of its longest side each way
+    # no inside: the shell alone, the sheet offset by SHELL_FRACTION of its longest side both ways
+    assert kind == "sheet"
     m = trimesh.Trimesh(v, f, process=False)
     assert m.is_watertight
-    assert np.ptp(v[:, 1]) == pytest.approx(2 * SHELL_FRACTION, abs=0.004)
-    assert np.ptp(v[:, 0]) == pytest.approx(1 + 2 * SHELL_FRACTION, abs=0.02)
+    assert np.ptp(v[:, 1]) == pytest.approx(2 * SHELL_FRACTION)
+    assert np.ptp(v[:, 0]) == pytest.approx(1.0)
     (v, f), kind = closed_patch(sheet_v, np.array([[0, 1, 2], [0, 2, 3]]), shell=0.05)
-    assert np.ptp(v[:, 1]) == pytest.approx(0.1, abs=0.01)
+    assert kind == "sheet" and np.ptp(v[:, 1]) == pytest.approx(0.1)
+    # a patch that encloses a volume larger than its shell gets the grid solid (winding number + shell)
+    box = trimesh.creation.box([1.0, 0.5, 0.3])
+    (v, f), kind = closed_patch(box.vertices, box.faces[box.face_normals[:, 1] > -0.5])
+    assert kind == "solid"
 
 
 def test_closed_patch_is_the_same_shape_at_any_unit():
