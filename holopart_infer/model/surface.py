@@ -94,6 +94,48 @@ def sample_pieces(pieces, n: int, rng: np.random.Generator, center=None,
     return points, normals, face_idx
 
 
+class SurfaceDistance:
+    """Distance to one triangle mesh, for many queries: the surface samples and their KD-tree are
+    built once. See :func:`surface_distance`."""
+
+    def __init__(self, vertices: np.ndarray, faces: np.ndarray, rng: np.random.Generator,
+                 samples: int = 20000, candidates: int = 8):
+        from scipy.spatial import cKDTree
+
+        v = np.asarray(vertices, dtype=np.float64)
+        f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+        self.tri = v[f]
+        area = 0.5 * np.linalg.norm(np.cross(self.tri[:, 1] - self.tri[:, 0], self.tri[:, 2] - self.tri[:, 0]), axis=1)
+        self.empty = not area.sum() > 0
+        if self.empty:
+            return
+        s, _, face_of = sample_surface(v, f, samples, rng)
+        s = np.concatenate([s, self.tri.mean(axis=1)])  # every centroid: small triangles are never missed
+        self.face_of = np.concatenate([face_of, np.arange(len(f))])
+        self.tree = cKDTree(s)
+        self.k = min(candidates, len(s))
+
+    def __call__(self, points: np.ndarray, exact_below: float = np.inf) -> np.ndarray:
+        """Distances (Q,); only points whose nearest sample is closer than ``exact_below`` get the
+        exact triangle distance, the others their nearest sample's (an upper bound)."""
+        from trimesh.triangles import closest_point
+
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        if self.empty:
+            return np.full(len(points), np.inf)
+        d_s, idx = self.tree.query(points, k=self.k, workers=-1)
+        d_s = np.asarray(d_s).reshape(len(points), self.k)
+        idx = np.asarray(idx).reshape(len(points), self.k)
+        out = d_s[:, 0].copy()
+        near = np.flatnonzero(out < exact_below)
+        if len(near):
+            q = np.repeat(points[near], self.k, axis=0)
+            c = closest_point(self.tri[self.face_of[idx[near]].reshape(-1)], q)
+            d = np.linalg.norm(c - q, axis=1).reshape(len(near), self.k).min(axis=1)
+            out[near] = np.minimum(d, out[near])
+        return out
+
+
 def surface_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, rng: np.random.Generator,
                      samples: int = 20000, candidates: int = 8) -> np.ndarray:
     """Distance (Q,) of each point (Q, 3) to the triangle mesh (vertices, faces); inf for a mesh
@@ -104,23 +146,4 @@ def surface_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray
     than the distance to the nearest sample. Cost: one KD-tree and ``Q * candidates``
     point-triangle distances, linear in the mesh size.
     """
-    from scipy.spatial import cKDTree
-    from trimesh.triangles import closest_point
-
-    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-    v = np.asarray(vertices, dtype=np.float64)
-    f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
-    tri = v[f]
-    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
-    if not area.sum() > 0:
-        return np.full(len(points), np.inf)
-    s, _, face_of = sample_surface(v, f, samples, rng)
-    s = np.concatenate([s, tri.mean(axis=1)])
-    face_of = np.concatenate([face_of, np.arange(len(f))])
-    k = min(candidates, len(s))
-    d_s, idx = cKDTree(s).query(points, k=k)
-    idx = np.asarray(idx).reshape(len(points), k)
-    q = np.repeat(points, k, axis=0)
-    c = closest_point(tri[face_of[idx].reshape(-1)], q)
-    d = np.linalg.norm(c - q, axis=1).reshape(len(points), k).min(axis=1)
-    return np.minimum(d, np.asarray(d_s).reshape(len(points), k)[:, 0])
+    return SurfaceDistance(vertices, faces, rng, samples, candidates)(points)

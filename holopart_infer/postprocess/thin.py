@@ -178,10 +178,8 @@ def closed_patch(vertices: np.ndarray, faces: np.ndarray, *, shell: float | None
     sheet, a panel or a blade its thickness): the rule holopart-mini's real
     training data uses for the inside of open parts, meshed on a grid fitted per
     axis to the patch's padded box (``2**depth - 8`` cells per axis, coarse to
-    fine), so a thin axis gets as many cells as the others. A patch that encloses
-    less volume than its own shell (a sheet) is offset by the shell both ways
-    instead (:func:`thickened_patch`, exact where a grid would need many cells
-    across a thin layer), as is one whose grid still shows nothing.
+    fine), so a thin axis (a sheet's shell) gets as many cells as the others.
+    If that grid still shows nothing, :func:`thickened_patch`.
 
     Args:
         vertices, faces: the part's visible patch (input coordinates, any unit).
@@ -197,7 +195,7 @@ def closed_patch(vertices: np.ndarray, faces: np.ndarray, *, shell: float | None
         ``"sheet"`` (thickened).
     """
     from holopart_infer.extraction import extract, native
-    from holopart_infer.model.surface import surface_distance
+    from holopart_infer.model.surface import SurfaceDistance
     from holopart_infer.postprocess.cleanup import edge_manifold
     from holopart_infer.postprocess.decimate import decimate, merge_coincident
 
@@ -218,25 +216,29 @@ def closed_patch(vertices: np.ndarray, faces: np.ndarray, *, shell: float | None
     gv, gf = decimate(vn, fm, WINDING_MAX_FACES) if len(fm) > WINDING_MAX_FACES else (vn, fm)
     triangles = np.ascontiguousarray(gv[gf])
     rng = np.random.default_rng(0)
-    if _encloses_less_than_its_shell(vn, fm, triangles, half, rng):
-        # a sheet: its solid is the shell alone, which the offset surface gives exactly, where a
-        # grid would have to resolve a layer a few cells thick
-        return thickened_patch(v, f, thickness=2.0 * half * size), "sheet"
     bounds = 1.05
-    pts_lo, pts_hi = vn[np.unique(fm)].min(axis=0) - half, vn[np.unique(fm)].max(axis=0) + half
-    box_c, box_h = local_box(np.stack([pts_lo, pts_hi]), depth, bounds)
+    # the box around the solid, padded by 10% of each axis's own half-extent: a sheet's thin axis
+    # (the shell alone) then gets as many cells across as its long axes along
+    used_n = vn[np.unique(fm)]
+    solid_lo, solid_hi = used_n.min(axis=0) - half, used_n.max(axis=0) + half
+    box_c = (solid_lo + solid_hi) / 2
+    box_h = np.maximum((solid_hi - solid_lo) / 2 * 1.1, 1e-3)
 
     def to_patch(pts: np.ndarray) -> np.ndarray:
         return box_c + np.asarray(pts, np.float64) * (box_h / bounds)
+
+    distance = SurfaceDistance(vn, fm, rng, candidates=4) if half > 0 else None
 
     def decode(points_per_part):
         (pts,) = points_per_part
         if not len(pts):
             return [np.empty(0, np.float32)]
         x = to_patch(pts)
-        inside = 8.0 * (native.winding_numbers(x, triangles) - 0.5)  # |logit| < band within ~0.12 of 0.5
-        if half > 0:  # distance to the full-resolution patch, in units of the shell: > 0 within it
-            near = 1.0 - surface_distance(x, vn, fm, rng) / half
+        # |w|: a patch whose faces point inwards encloses its inside all the same (as in realdata)
+        inside = 8.0 * (np.abs(native.winding_numbers(x, triangles)) - 0.5)  # |logit| < band: within ~0.12
+        if distance is not None:  # distance to the full-resolution patch, in units of the shell: > 0 within it
+            # exact near the shell; farther, the nearest sample's distance (only its sign matters there)
+            near = 1.0 - distance(x, exact_below=3.0 * half + 0.02) / half
             inside = np.maximum(inside, near)
         return [inside.astype(np.float32)]
 
@@ -246,21 +248,3 @@ def closed_patch(vertices: np.ndarray, faces: np.ndarray, *, shell: float | None
         return thickened_patch(v, f), "sheet"
     return (to_patch(sv) * size + center, sf), "solid"
 
-
-def _encloses_less_than_its_shell(v: np.ndarray, f: np.ndarray, triangles: np.ndarray, half: float,
-                                  rng: np.random.Generator, n: int = 2000) -> bool:
-    """Whether the volume with winding number > 0.5 (estimated on ``n`` uniform points of the
-    patch's box) is smaller than the patch's shell (area x 2 ``half``): a sheet, not a solid."""
-    from holopart_infer.extraction import native
-
-    used = v[np.unique(f)]
-    lo, hi = used.min(axis=0), used.max(axis=0)
-    ext = hi - lo
-    box = float(np.prod(ext))
-    if not box > 0:  # flat: nothing to enclose
-        return True
-    pts = rng.uniform(lo, hi, size=(n, 3))
-    enclosed = float(np.mean(native.winding_numbers(pts, triangles) > 0.5)) * box
-    t = v[f]
-    area = 0.5 * float(np.linalg.norm(np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]), axis=1).sum())
-    return enclosed < area * 2.0 * half
