@@ -171,16 +171,15 @@ def closed_patch(vertices: np.ndarray, faces: np.ndarray, *, shell: float | None
                  depth: int = _SOLID_DEPTH, device: str = "cpu") -> tuple[tuple[np.ndarray, np.ndarray], str]:
     """The visible patch closed into a solid: what replaces a part nobody can trust.
 
-    A patch that is already closed is returned as it is. An open one that
-    encloses a volume becomes the solid where its generalized winding number
-    |w| > 0.5 (Jacobson et al. 2013: it closes a box without its bottom, a
-    cushion seen from above, faces that share no vertices); one that encloses
-    less than its own shell (a sheet, a panel, a blade) becomes the shell
-    ``{within shell of the surface}``, the thickness holopart-mini's real
-    training data gives open surfaces. Either is meshed on a grid fitted per
-    axis to the padded box (``2**depth - 8`` cells per axis, coarse to fine), so
-    a thin axis (a sheet's shell) gets as many cells as the others. If that grid
-    still shows nothing, :func:`thickened_patch`.
+    A patch that is already closed is returned as it is. An open one becomes the
+    solid ``{generalized winding number > 0.5} U {within shell of the surface}``
+    (Jacobson et al. 2013 for the first set: it closes a box without its bottom,
+    a cushion seen from above, faces that share no vertices; the shell gives a
+    sheet, a panel or a blade its thickness): the rule holopart-mini's real
+    training data uses for the inside of open parts, meshed on a grid fitted per
+    axis to the patch's padded box (``2**depth - 8`` cells per axis, coarse to
+    fine), so a thin axis (a sheet's shell) gets as many cells as the others.
+    If that grid still shows nothing, :func:`thickened_patch`.
 
     Args:
         vertices, faces: the part's visible patch (input coordinates, any unit).
@@ -217,8 +216,6 @@ def closed_patch(vertices: np.ndarray, faces: np.ndarray, *, shell: float | None
     gv, gf = decimate(vn, fm, WINDING_MAX_FACES) if len(fm) > WINDING_MAX_FACES else (vn, fm)
     triangles = np.ascontiguousarray(gv[gf])
     rng = np.random.default_rng(0)
-    if not _encloses_less_than_its_shell(vn, fm, triangles, half, rng):
-        half = 0.0  # a solid: its winding number alone, not inflated by a shell
     bounds = 1.05
     # the box around the solid, padded by 10% of each axis's own half-extent: a sheet's thin axis
     # (the shell alone) then gets as many cells across as its long axes along
@@ -251,21 +248,3 @@ def closed_patch(vertices: np.ndarray, faces: np.ndarray, *, shell: float | None
         return thickened_patch(v, f), "sheet"
     return (to_patch(sv) * size + center, sf), "solid"
 
-
-
-def _encloses_less_than_its_shell(v: np.ndarray, f: np.ndarray, triangles: np.ndarray, half: float,
-                                  rng: np.random.Generator, n: int = 4000) -> bool:
-    """Whether the volume with |winding number| > 0.5 (estimated on ``n`` uniform points of the
-    patch's box) is smaller than the patch's shell (area x 2 ``half``): a sheet, not a solid."""
-    from holopart_infer.extraction import native
-
-    used = v[np.unique(f)]
-    lo, hi = used.min(axis=0), used.max(axis=0)
-    box = float(np.prod(hi - lo))
-    if not box > 0:  # flat: nothing to enclose
-        return True
-    pts = rng.uniform(lo, hi, size=(n, 3))
-    enclosed = float(np.mean(np.abs(native.winding_numbers(pts, triangles)) > 0.5)) * box
-    t = v[f]
-    area = 0.5 * float(np.linalg.norm(np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]), axis=1).sum())
-    return enclosed < area * 2.0 * half
