@@ -159,12 +159,12 @@ def retry_empty(meshes: list, samples: list[np.ndarray], decode: Callable, extra
 
 
 #: closed_patch: the patch's triangles the winding number sees (decimated above this)
-WINDING_MAX_FACES = 2000
+WINDING_MAX_FACES = 1000
 #: closed_patch: default shell half-thickness, as a fraction of the longest side of the object (or,
 #: without one, of the patch): holopart-mini's real training data's rule for open parts
 #: (export/realdata.py occupancy_labels with REAL_SHELL = 0.015 on an object spanning [-1, 1])
 SHELL_FRACTION = 0.0075
-_SOLID_DEPTH = 6  # final grid of 2**6 - 8 = 56 cells per axis, fitted to the patch's box
+_SOLID_DEPTH = 5  # final grid of 2**5 - 8 = 24 cells per axis, fitted to the patch's box
 
 
 def closed_patch(vertices: np.ndarray, faces: np.ndarray, *, shell: float | None = None,

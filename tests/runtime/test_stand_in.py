@@ -64,7 +64,7 @@ def test_closed_patch_keeps_closed_input_gives_sheets_the_shell_and_solids_their
     m = trimesh.Trimesh(v, f, process=False)
     assert m.is_watertight
     assert np.ptp(v[:, 1]) == pytest.approx(2 * SHELL_FRACTION, rel=0.1)
-    assert np.ptp(v[:, 0]) == pytest.approx(1 + 2 * SHELL_FRACTION, abs=0.02)
+    assert np.ptp(v[:, 0]) == pytest.approx(1 + 2 * SHELL_FRACTION, abs=0.05)  # within a grid cell
     (v, f), kind = closed_patch(sheet_v, np.array([[0, 1, 2], [0, 2, 3]]), shell=0.05)
     assert kind == "solid" and np.ptp(v[:, 1]) == pytest.approx(0.1, rel=0.1)
     # faces pointing inwards close the same solid (|winding number|)
