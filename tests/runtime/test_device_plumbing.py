@@ -84,7 +84,8 @@ def test_decoder_calls_use_the_device_chunk(monkeypatch):
 
     monkeypatch.setattr(extract, "extract_meshes", spy)
     model = hp.load(assets.demo_model_path(), device="cpu")
-    fast = dict(steps=1, depth=6, decimate=None, thin_parts=False)  # one extraction per batch
+    # one extraction per batch (no guard: its stand-ins run their own extraction, not the decoder)
+    fast = dict(steps=1, depth=6, decimate=None, thin_parts=False, guard=False)
     model.complete(assets.demo_object_path(), **fast)
     model.complete(assets.demo_object_path(), chunk_points=1000, **fast)
     assert seen == [CHUNK_POINTS_DEFAULT["cpu"], 1000]
