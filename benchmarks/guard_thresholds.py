@@ -61,7 +61,7 @@ from holopart_infer.postprocess import quality
 from holopart_infer.postprocess.cleanup import connected_components, edge_manifold, remove_floaters
 from holopart_infer.postprocess.decimate import decimate, merge_coincident
 from holopart_infer.io.parts_io import Parts, load_parts
-from holopart_infer.postprocess.thin import SHELL_FRACTION, closed_patch
+from holopart_infer.postprocess.thin import closed_patch
 
 SYNTH_SEEDS = {"calibration": 5000, "evaluation": 6000}
 SYNTH_VIEWS = 12
@@ -272,9 +272,7 @@ def main() -> int:
             rng = np.random.default_rng([0, pi])
             iou = volume_iou((vv, ff), gt, args.n_volume, rng) if len(ff) else 0.0
             _, _, f1 = f_score(surface_samples(vv, ff, 5000, rng), surface_samples(*gt, 5000, rng), tau)
-            # the guard's stand-in, with the pipeline's shell (from the whole object)
-            (sv, sf), _ = closed_patch(part.vertices, part.faces,
-                                       shell=SHELL_FRACTION * float((bounds[1] - bounds[0]).max()))
+            (sv, sf), _ = closed_patch(part.vertices, part.faces, object_bounds=bounds)  # the guard's stand-in
             s_iou = volume_iou((sv, sf), gt, args.n_volume, rng)
             _, _, s_f1 = f_score(surface_samples(sv, sf, 5000, rng), surface_samples(*gt, 5000, rng), tau)
             sheet = _solidity(gt, rng) < SHEET_SOLIDITY

@@ -159,7 +159,7 @@ def occupancy(cols: np.ndarray, z: np.ndarray, vertices, faces) -> np.ndarray:
         return _column_parity(cols, z, vertices, f)
     K, M = z.shape
     pts = np.concatenate([np.repeat(cols, M, axis=0), z.reshape(-1, 1)], axis=1)
-    return (winding_number(pts, vertices, f, chunk_pairs=1_000_000) > 0.5).reshape(K, M)
+    return (winding_number(pts, vertices, f) > 0.5).reshape(K, M)
 
 
 def volume_iou(pred: tuple, gt: tuple, n: int, rng: np.random.Generator, pad: float = 0.05,
@@ -274,7 +274,7 @@ def _inside_fn(vertices, faces, shell: float = 0.0):
         return lambda pts: _column_parity(pts[:, :2], pts[:, 2:], v, f)[:, 0]
     from .synthetic import winding_number
 
-    return lambda pts: winding_number(pts, v, f, chunk_pairs=1_000_000) > 0.5
+    return lambda pts: winding_number(pts, v, f) > 0.5
 
 
 def score_methods(preds: dict[str, tuple], gt: tuple, rng: np.random.Generator, n_surface: int = 10000,
@@ -334,12 +334,12 @@ def evaluate(objects, model=None, methods=METHODS, complete_kwargs: dict | None 
             if [r.name for r in res.parts] != obj.names:
                 raise RuntimeError(f"object {oi}: output parts {[r.name for r in res.parts]} != {obj.names}")
             preds["model"] = [(np.asarray(r.vertices, dtype=np.float64), r.faces) for r in res.parts]
-            if "guarded" in methods:  # the pipeline's stand-in, with its shell from the whole object
-                from holopart_infer.postprocess.thin import SHELL_FRACTION, closed_patch
+            if "guarded" in methods:  # the pipeline's stand-in, its shell from the whole object
+                from holopart_infer.postprocess.thin import closed_patch
 
                 allv = np.concatenate([np.asarray(p.patch[0], dtype=np.float64) for p in obj.parts])
-                shell = SHELL_FRACTION * float(np.ptp(allv, axis=0).max())
-                preds["guarded"] = [closed_patch(*p.patch, shell=shell)[0]
+                bounds = np.stack([allv.min(axis=0), allv.max(axis=0)])
+                preds["guarded"] = [closed_patch(*p.patch, object_bounds=bounds)[0]
                                     if r.quality is not None and not r.quality.plausible else m
                                     for r, p, m in zip(res.parts, obj.parts, preds["model"])]
         timing["objects"] += 1

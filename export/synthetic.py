@@ -498,29 +498,13 @@ def visible_faces(meshes: Sequence[trimesh.Trimesh], n_views: int = DEFAULT_VIEW
 # ----------------------------------------------------------------------------- occupancy
 
 
-def winding_number(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
-                   chunk_pairs: int = 4_000_000) -> np.ndarray:
-    """Generalized winding number of points (Q, 3) w.r.t. a triangle mesh (van Oosterom-Strackee).
-
-    Runs the threaded C++ kernel (:func:`holopart_infer.extraction.native.winding_numbers`)
-    when it is built, else the chunked numpy sum below (same values to rounding)."""
+def winding_number(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Generalized winding number of points (Q, 3) w.r.t. a triangle mesh (van Oosterom-Strackee):
+    :func:`holopart_infer.extraction.native.winding_numbers` (threaded C++, numpy without it)."""
     from holopart_infer.extraction import native
 
-    tri = np.asarray(vertices, dtype=np.float64)[np.asarray(faces)]
-    P = np.asarray(points, dtype=np.float64)
-    if native.host_kernels() is not None and len(P) and len(tri):
-        return native.winding_numbers(P.reshape(-1, 3), tri.reshape(-1, 3, 3))
-    out = np.empty(len(P))
-    step = max(1, chunk_pairs // max(1, len(tri)))
-    for s in range(0, len(P), step):
-        rel = tri[None] - P[s:s + step, None, None, :]  # (q, F, 3, 3)
-        a, b, c = rel[:, :, 0], rel[:, :, 1], rel[:, :, 2]
-        la, lb, lc = (np.linalg.norm(x, axis=-1) for x in (a, b, c))
-        num = np.einsum("qfk,qfk->qf", a, np.cross(b, c))
-        den = (la * lb * lc + np.einsum("qfk,qfk->qf", a, b) * lc + np.einsum("qfk,qfk->qf", b, c) * la
-               + np.einsum("qfk,qfk->qf", c, a) * lb)
-        out[s:s + step] = 2.0 * np.arctan2(num, den).sum(axis=1) / (4 * np.pi)
-    return out
+    tri = np.asarray(vertices, dtype=np.float64)[np.asarray(faces, dtype=np.int64).reshape(-1, 3)]
+    return native.winding_numbers(np.asarray(points, dtype=np.float64).reshape(-1, 3), tri)
 
 
 def inside(points: np.ndarray, mesh: trimesh.Trimesh) -> np.ndarray:

@@ -831,17 +831,15 @@ class HoloPart:
             o.postprocessed += 1
             report("postprocess", o.postprocessed, o.num_parts)
 
-    def _stand_in(self, obj: "_Prepared", i: int) -> tuple[CompletedPart, bool]:
+    def _stand_in(self, obj: "_Prepared", i: int, bounds) -> tuple[CompletedPart, bool]:
         """Part i's visible patch closed into a solid (:func:`holopart_infer.postprocess.thin.closed_patch`:
         as it is when closed, else its winding-number solid with a shell of ``SHELL_FRACTION`` of the
-        object's longest side), post-processed like a completion; returns what
-        :meth:`_postprocess_part` does."""
+        object's longest side; ``bounds``: the object's, ``obj.parts.bounds()``), post-processed like
+        a completion; returns what :meth:`_postprocess_part` does."""
         from holopart_infer.postprocess import thin
 
         part = obj.parts[i]
-        lo, hi = obj.parts.bounds()
-        (pv, pf), kind = thin.closed_patch(part.vertices, part.faces,
-                                           shell=thin.SHELL_FRACTION * float(np.max(hi - lo)))
+        (pv, pf), kind = thin.closed_patch(part.vertices, part.faces, object_bounds=bounds)
         log.info("part %r: stand-in = its visible patch, %s", part.name,
                  {"closed": "already closed", "solid": "closed by its winding number and a shell",
                   "sheet": "a sheet, thickened"}[kind])
@@ -897,10 +895,11 @@ class HoloPart:
                 "corrupt or non-finite weights, or a model dir that does not match its checkpoint. Check it with "
                 "`holopart-infer verify`, or re-export it.")
         thin_fallback = []
+        bounds = parts.bounds() if obj.empty else None
         with _timed(obj.timings, "postprocess"):
             for i in sorted(obj.empty):
                 if opts.thin_parts:  # still empty: the input surface, closed, stands in
-                    obj.results[i], pinched = self._stand_in(obj, i)
+                    obj.results[i], pinched = self._stand_in(obj, i, bounds)
                     if pinched:
                         obj.pinched.append(i)
                     thin_fallback.append(parts.names[i])
@@ -971,7 +970,7 @@ class HoloPart:
             elif not q.plausible:
                 flagged.append((parts.names[i], q))
                 if opts.guard:
-                    obj.results[i], pinched = self._stand_in(obj, i)
+                    obj.results[i], pinched = self._stand_in(obj, i, bounds)
                     if pinched and i not in obj.pinched:
                         obj.pinched.append(i)
                     elif not pinched and i in obj.pinched:

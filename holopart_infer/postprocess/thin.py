@@ -167,7 +167,7 @@ SHELL_FRACTION = 0.0075
 _SOLID_DEPTH = 5  # final grid of 2**5 - 8 = 24 cells per axis, fitted to the patch's box
 
 
-def closed_patch(vertices: np.ndarray, faces: np.ndarray, *, shell: float | None = None,
+def closed_patch(vertices: np.ndarray, faces: np.ndarray, *, object_bounds=None, shell: float | None = None,
                  depth: int = _SOLID_DEPTH, device: str = "cpu") -> tuple[tuple[np.ndarray, np.ndarray], str]:
     """The visible patch closed into a solid: what replaces a part nobody can trust.
 
@@ -183,9 +183,10 @@ def closed_patch(vertices: np.ndarray, faces: np.ndarray, *, shell: float | None
 
     Args:
         vertices, faces: the part's visible patch (input coordinates, any unit).
-        shell: half-thickness given to the open surface, in input units (default:
-            ``SHELL_FRACTION`` of the patch's longest side; the pipeline passes that
-            fraction of the whole object's).
+        object_bounds: (2, 3) min / max corner of the whole object: the shell is
+            ``SHELL_FRACTION`` of its longest side (default: of the patch's).
+        shell: half-thickness given to the open surface, in input units (overrides
+            ``object_bounds``).
         depth: grid depth of the solid.
         device: "cpu" or "cuda" for the extraction kernels.
 
@@ -210,7 +211,10 @@ def closed_patch(vertices: np.ndarray, faces: np.ndarray, *, shell: float | None
     vn, fm = merge_coincident((v - center) / size, f)
     if edge_manifold(fm):
         return (vn * size + center, fm), "closed"
-    half = (float(shell) if shell is not None else SHELL_FRACTION * float((hi - lo).max())) / size
+    if shell is None:
+        ob = np.asarray(object_bounds, np.float64).reshape(2, 3) if object_bounds is not None else np.stack([lo, hi])
+        shell = SHELL_FRACTION * float((ob[1] - ob[0]).max())
+    half = float(shell) / size
     if not (np.isfinite(half) and half >= 0):
         raise ValueError(f"closed_patch: shell must be a finite distance >= 0, got {shell!r}")
     gv, gf = decimate(vn, fm, WINDING_MAX_FACES) if len(fm) > WINDING_MAX_FACES else (vn, fm)
