@@ -40,6 +40,9 @@ if TYPE_CHECKING:  # annotations only: parts_io is imported when a job is read
 
 log = logging.getLogger("holopart_infer")
 
+#: stand-ins made at once (threads) when the guard replaces several parts of an object
+_STAND_IN_THREADS = 2
+
 # progress(stage, done, total)
 Progress = Callable[[str, int, int], None]
 
@@ -833,16 +836,17 @@ class HoloPart:
 
     def _stand_in(self, obj: "_Prepared", i: int, bounds) -> tuple[CompletedPart, bool]:
         """Part i's visible patch closed into a solid (:func:`holopart_infer.postprocess.thin.closed_patch`:
-        as it is when closed, else its winding-number solid with a shell of ``SHELL_FRACTION`` of the
-        object's longest side; ``bounds``: the object's, ``obj.parts.bounds()``), post-processed like
+        as it is when closed, else its winding-number solid, with a shell of ``SHELL_FRACTION`` of the
+        object's longest side unless it nearly encloses its volume; ``bounds``: the object's,
+        ``obj.parts.bounds()``), post-processed like
         a completion; returns what :meth:`_postprocess_part` does."""
         from holopart_infer.postprocess import thin
 
         part = obj.parts[i]
         (pv, pf), kind = thin.closed_patch(part.vertices, part.faces, object_bounds=bounds)
         log.info("part %r: stand-in = its visible patch, %s", part.name,
-                 {"closed": "already closed", "solid": "closed by its winding number and a shell",
-                  "sheet": "a sheet, thickened"}[kind])
+                 {"closed": "already closed", "solid": "closed by its winding number",
+                  "shell": "closed by its winding number and a shell", "sheet": "a sheet, thickened"}[kind])
         return self._postprocess_part(obj, i, obj.cond.to_part_frame(i, pv), pf, stand_in=True)
 
     def _postprocess_part(self, obj: "_Prepared", i: int, vertices, faces, *,
@@ -961,6 +965,8 @@ class HoloPart:
         opts, parts = obj.opts, obj.parts
         bounds = parts.bounds()
         flagged: list[tuple[str, quality.PartQuality]] = []
+        scores: list[quality.PartQuality] = []
+        replace: list[int] = []
         for i, part in enumerate(obj.results):
             q = quality.measure(part.vertices, part.faces, parts[i].vertices, parts[i].faces, bounds, seed=opts.seed)
             if i in stand_ins:
@@ -970,12 +976,23 @@ class HoloPart:
             elif not q.plausible:
                 flagged.append((parts.names[i], q))
                 if opts.guard:
-                    obj.results[i], pinched = self._stand_in(obj, i, bounds)
-                    if pinched and i not in obj.pinched:
-                        obj.pinched.append(i)
-                    elif not pinched and i in obj.pinched:
-                        obj.pinched.remove(i)
+                    replace.append(i)
                     q = dc_replace(q, replaced=True, stand_in="implausible")
+            scores.append(q)
+        if replace:
+            # the stand-ins are independent and each is part Python, part native code: two at a time
+            # keep both cores busy (the same meshes as one at a time: each has its own generator)
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(_STAND_IN_THREADS, len(replace))) as pool:
+                made = list(pool.map(lambda i: self._stand_in(obj, i, bounds), replace))
+            for i, (result, pinched) in zip(replace, made):
+                obj.results[i] = result
+                if pinched and i not in obj.pinched:
+                    obj.pinched.append(i)
+                elif not pinched and i in obj.pinched:
+                    obj.pinched.remove(i)
+        for i, q in enumerate(scores):
             obj.results[i].quality = q
         if flagged:  # one warning per object, naming every part and its measures
             what = ("replaced by their visible patch, closed (guard=False / --keep-implausible keeps the model's "

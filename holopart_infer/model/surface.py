@@ -106,7 +106,9 @@ class SurfaceDistance:
         f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
         self.tri = v[f]
         area = 0.5 * np.linalg.norm(np.cross(self.tri[:, 1] - self.tri[:, 0], self.tri[:, 2] - self.tri[:, 0]), axis=1)
-        self.empty = not area.sum() > 0
+        self.area = float(area.sum())
+        self.samples = int(samples)
+        self.empty = not self.area > 0
         if self.empty:
             return
         s, _, face_of = sample_surface(v, f, samples, rng)

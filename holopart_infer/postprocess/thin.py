@@ -165,10 +165,71 @@ WINDING_MAX_FACES = 1000
 #: (export/realdata.py occupancy_labels with REAL_SHELL = 0.015 on an object spanning [-1, 1])
 SHELL_FRACTION = 0.0075
 _SOLID_DEPTH = 5  # final grid of 2**5 - 8 = 24 cells per axis, fitted to the patch's box
+#: closed_patch: finer grids, up to this depth, for a patch the first grid does not cover (thin
+#: pieces spread over a large box: handles, a towel rail's tubes, a wire)
+MAX_SOLID_DEPTH = 6
+#: closed_patch: a solid covers its patch when at least this share of the patch's samples lies
+#: inside it or within half a grid cell of its surface (and within the shell, when it has one)
+MIN_PATCH_COVERAGE = 0.8
+_COVERAGE_SAMPLES = 1000
+#: closed_patch: an open patch whose winding number is this unambiguous just off its surface (at
+#: most this share of the probes with 0.25 < |w| < 0.75) encloses its solid nearly everywhere (a
+#: box seen all round but for a hidden face, a panel with a missing edge): it gets no shell, which
+#: would only thicken it. A sheet has |w| about 0.5 on both sides of it everywhere.
+MAX_AMBIGUOUS = 0.1
+MIN_INSIDE = 0.25
+_PROBES = 1000
+
+
+def _area(v: np.ndarray, f: np.ndarray) -> float:
+    return float(np.linalg.norm(np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]]), axis=1).sum()) / 2
+
+
+def winding_surface(v: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The triangles a patch's winding number is summed over: at most ``WINDING_MAX_FACES``
+    (decimated), or all of them when decimation loses the surface (duplicated, non-manifold faces
+    can collapse to nothing)."""
+    from holopart_infer.postprocess.decimate import decimate
+
+    if len(f) <= WINDING_MAX_FACES:
+        return v, f
+    dv, df = decimate(v, f, WINDING_MAX_FACES)
+    if len(df) and _area(dv, df) >= 0.5 * _area(v, f):
+        return dv, df
+    return v, f
+
+
+def encloses(vertices: np.ndarray, faces: np.ndarray, rng: np.random.Generator | None = None
+             ) -> tuple[float, float]:
+    """Does an open surface nearly enclose a volume? Probes just off it (both sides, 0.1% of its
+    diagonal away): the share whose generalized winding number is ambiguous (0.25 < |w| < 0.75),
+    about 0 for a surface that nearly encloses its volume and about 1 for a sheet; and the share
+    inside (|w| >= 0.75), about one half for the first (faces wound against each other give
+    neither)."""
+    from holopart_infer.errors import InputError
+    from holopart_infer.extraction import native
+    from holopart_infer.model.surface import sample_surface
+    from holopart_infer.postprocess.decimate import merge_coincident
+
+    v = np.asarray(vertices, np.float64).reshape(-1, 3)
+    f = np.asarray(faces, np.int64).reshape(-1, 3)
+    rng = np.random.default_rng(0) if rng is None else rng
+    used = v[np.unique(f)]
+    lo, hi = used.min(axis=0), used.max(axis=0)
+    size = float(np.linalg.norm(hi - lo)) or 1.0
+    v, f = merge_coincident((v - (lo + hi) / 2) / size, f)  # about [-0.5, 0.5], as closed_patch
+    v, f = winding_surface(v, f)  # the surface closed_patch's winding number sees
+    try:
+        pts, normals, _ = sample_surface(v, f, _PROBES, rng)
+    except InputError:  # no area left (slivers only): it encloses nothing
+        return 1.0, 0.0
+    probes = np.concatenate([pts + 1e-3 * normals, pts - 1e-3 * normals])
+    w = np.abs(native.winding_numbers(probes, np.ascontiguousarray(v[f])))
+    return float(np.mean((w > 0.25) & (w < 0.75))), float(np.mean(w >= 0.75))
 
 
 def closed_patch(vertices: np.ndarray, faces: np.ndarray, *, object_bounds=None, shell: float | None = None,
-                 depth: int = _SOLID_DEPTH, device: str = "cpu") -> tuple[tuple[np.ndarray, np.ndarray], str]:
+                 depth: int = _SOLID_DEPTH, max_depth: int = MAX_SOLID_DEPTH, device: str = "cpu") -> tuple[tuple[np.ndarray, np.ndarray], str]:
     """The visible patch closed into a solid: what replaces a part nobody can trust.
 
     A patch that is already closed is returned as it is. An open one becomes the
@@ -176,29 +237,36 @@ def closed_patch(vertices: np.ndarray, faces: np.ndarray, *, object_bounds=None,
     (Jacobson et al. 2013 for the first set: it closes a box without its bottom,
     a cushion seen from above, faces that share no vertices; the shell gives a
     sheet, a panel or a blade its thickness): the rule holopart-mini's real
-    training data uses for the inside of open parts, meshed on a grid fitted per
+    training data uses for the inside of open parts. A patch that nearly
+    encloses its volume (:func:`encloses`: at most ``MAX_AMBIGUOUS`` of its
+    probes ambiguous, at least ``MIN_INSIDE`` inside) gets the
+    winding-number solid alone: a shell would only make it thicker than it
+    is. The solid is meshed on a grid fitted per
     axis to the patch's padded box (``2**depth - 8`` cells per axis, coarse to
     fine), so a thin axis (a sheet's shell) gets as many cells as the others.
-    If that grid still shows nothing, :func:`thickened_patch`.
+    Where that solid does not cover the patch (less than ``MIN_PATCH_COVERAGE``
+    of its samples inside the solid or within half a cell of it: thin pieces spread
+    over a large box), the next finer grid is tried, up to ``max_depth``. If
+    the finest grid still shows nothing, :func:`thickened_patch`.
 
     Args:
         vertices, faces: the part's visible patch (input coordinates, any unit).
         object_bounds: (2, 3) min / max corner of the whole object: the shell is
             ``SHELL_FRACTION`` of its longest side (default: of the patch's).
         shell: half-thickness given to the open surface, in input units (overrides
-            ``object_bounds``).
-        depth: grid depth of the solid.
+            ``object_bounds`` and the ambiguity rule; 0: the winding-number solid alone).
+        depth: grid depth of the solid's first try; max_depth: of its last.
         device: "cpu" or "cuda" for the extraction kernels.
 
     Returns:
         ``((vertices (V, 3) float64, faces (F, 3) int64), kind)``, kind one of
-        ``"closed"`` (the patch as it is), ``"solid"`` (winding number and shell),
-        ``"sheet"`` (thickened).
+        ``"closed"`` (the patch as it is), ``"solid"`` (winding number alone),
+        ``"shell"`` (winding number and shell), ``"sheet"`` (thickened).
     """
     from holopart_infer.extraction import extract, native
     from holopart_infer.model.surface import SurfaceDistance
     from holopart_infer.postprocess.cleanup import edge_manifold
-    from holopart_infer.postprocess.decimate import decimate, merge_coincident
+    from holopart_infer.postprocess.decimate import merge_coincident
 
     v = np.asarray(vertices, np.float64).reshape(-1, 3)
     f = np.asarray(faces, np.int64).reshape(-1, 3)
@@ -211,13 +279,17 @@ def closed_patch(vertices: np.ndarray, faces: np.ndarray, *, object_bounds=None,
     vn, fm = merge_coincident((v - center) / size, f)
     if edge_manifold(fm):
         return (vn * size + center, fm), "closed"
+    gv, gf = winding_surface(vn, fm)
     if shell is None:
-        ob = np.asarray(object_bounds, np.float64).reshape(2, 3) if object_bounds is not None else np.stack([lo, hi])
-        shell = SHELL_FRACTION * float((ob[1] - ob[0]).max())
+        ambiguous, inside_share = encloses(gv, gf)
+        if ambiguous <= MAX_AMBIGUOUS and inside_share >= MIN_INSIDE:
+            shell = 0.0
+        else:
+            ob = np.asarray(object_bounds, np.float64).reshape(2, 3) if object_bounds is not None else np.stack([lo, hi])
+            shell = SHELL_FRACTION * float((ob[1] - ob[0]).max())
     half = float(shell) / size
     if not (np.isfinite(half) and half >= 0):
         raise ValueError(f"closed_patch: shell must be a finite distance >= 0, got {shell!r}")
-    gv, gf = decimate(vn, fm, WINDING_MAX_FACES) if len(fm) > WINDING_MAX_FACES else (vn, fm)
     triangles = np.ascontiguousarray(gv[gf])
     rng = np.random.default_rng(0)
     bounds = 1.05
@@ -232,23 +304,61 @@ def closed_patch(vertices: np.ndarray, faces: np.ndarray, *, object_bounds=None,
         return box_c + np.asarray(pts, np.float64) * (box_h / bounds)
 
     distance = SurfaceDistance(vn, fm, rng, candidates=4) if half > 0 else None
+    # a nearest sample's distance exceeds the exact one by at most about the sample spacing: beyond
+    # the shell by more than two spacings, a point is outside the shell whatever the exact distance
+    spacing = float(np.sqrt(max(distance.area, 1e-12) / distance.samples)) if distance is not None else 0.0
+
+    def field(x: np.ndarray) -> np.ndarray:
+        """> 0 inside the solid (patch coordinates)."""
+        inside = np.full(len(x), -1.0)
+        todo = np.arange(len(x))
+        if distance is not None:  # distance to the full-resolution patch, in units of the shell: > 0 within it
+            near = 1.0 - distance(x, exact_below=half + 2.0 * spacing) / half
+            inside = near
+            # within the shell the point is inside whatever the winding number says; the field's
+            # level set there is the shell's outer side, where the winding term is negative
+            todo = np.flatnonzero(near <= 0.0)
+        if len(todo):
+            # |w|: a patch whose faces point inwards encloses its inside all the same (as in realdata)
+            w = 8.0 * (np.abs(native.winding_numbers(x[todo], triangles)) - 0.5)  # |logit| < band: within ~0.12
+            inside[todo] = np.maximum(inside[todo], w)
+        return inside
 
     def decode(points_per_part):
         (pts,) = points_per_part
         if not len(pts):
             return [np.empty(0, np.float32)]
-        x = to_patch(pts)
-        # |w|: a patch whose faces point inwards encloses its inside all the same (as in realdata)
-        inside = 8.0 * (np.abs(native.winding_numbers(x, triangles)) - 0.5)  # |logit| < band: within ~0.12
-        if distance is not None:  # distance to the full-resolution patch, in units of the shell: > 0 within it
-            # exact near the shell; farther, the nearest sample's distance (only its sign matters there)
-            near = 1.0 - distance(x, exact_below=3.0 * half + 0.02) / half
-            inside = np.maximum(inside, near)
-        return [inside.astype(np.float32)]
+        return [field(to_patch(pts)).astype(np.float32)]
 
-    (mesh,), _ = extract.extract_meshes(decode, 1, depth=depth, bounds=bounds, min_resolution=14, device=device)
-    sv, sf = np.asarray(mesh.vertices), np.asarray(mesh.faces, np.int64).reshape(-1, 3)
+    from holopart_infer.model.surface import sample_surface
+
+    probes, probe_normals, _ = sample_surface(vn, fm, _COVERAGE_SAMPLES, rng)
+    sv, sf = np.zeros((0, 3)), np.zeros((0, 3), np.int64)
+    for d in range(int(depth), max(int(depth), int(max_depth)) + 1):
+        (mesh,), _ = extract.extract_meshes(decode, 1, depth=d, bounds=bounds, min_resolution=14, device=device)
+        sv, sf = np.asarray(mesh.vertices, np.float64), np.asarray(mesh.faces, np.int64).reshape(-1, 3)
+        if len(sf):
+            solid = to_patch(sv)
+            cell = float(np.max(2.0 * box_h)) / max(2 ** d - 8, 1)
+            # the patch lies inside its shell, or on the surface of its winding-number solid: a probe
+            # is in the solid when it, or it moved by tol along its normal either way, is inside. The
+            # share is of the probes the field itself puts there (not the rim of an open patch
+            # that the winding number leaves out at any depth)
+            tol = min(0.5 * cell, half) if half > 0 else 0.5 * cell
+            shifted = (probes, probes + probe_normals * tol, probes - probe_normals * tol)
+            wanted = np.zeros(len(probes), dtype=bool)
+            for q in shifted:
+                wanted |= field(q) > 0
+            tri = np.ascontiguousarray(solid[sf])
+            inside = ~wanted
+            for q in shifted:
+                todo = np.flatnonzero(~inside)
+                inside[todo] = np.abs(native.winding_numbers(q[todo], tri)) > 0.5
+            covered = float(inside.mean())
+            if covered >= MIN_PATCH_COVERAGE:
+                break
+            log.debug("closed_patch: depth %d covers %.0f%% of the patch; trying a finer grid", d, 100 * covered)
     if not len(sf):
         return thickened_patch(v, f), "sheet"
-    return (to_patch(sv) * size + center, sf), "solid"
+    return (to_patch(sv) * size + center, sf), ("shell" if half > 0 else "solid")
 

@@ -298,3 +298,20 @@ def test_scores_written_before_the_new_measures_read_back_as_not_measured():
     assert np.isnan(back.invented) and np.isnan(back.closed_mismatch)
     assert quality.from_extras(q.as_extras()) == q
     assert "invented" in quality.format_table([("box", back)])  # the table still prints, "nan" for them
+
+
+def test_stand_ins_made_two_at_a_time_are_the_ones_made_one_at_a_time(monkeypatch):
+    # every row after the first is a blob around a small sheet: three parts replaced at once
+    from holopart_infer import pipeline
+
+    _, patch = _box_patch()
+    parts = Parts.from_meshes([patch] + [_sheet(0.1 + 0.02 * k, (0.5, 0.2 * k, 0.0)) for k in range(3)],
+                              ["cube", "s0", "s1", "s2"])
+    together = HoloPart(BoxAndBlobBackend()).complete(parts, **OPTS)
+    monkeypatch.setattr(pipeline, "_STAND_IN_THREADS", 1)
+    alone = HoloPart(BoxAndBlobBackend()).complete(parts, **OPTS)
+    assert together.replaced == alone.replaced == ["s0", "s1", "s2"]
+    for a, b in zip(together.parts, alone.parts):
+        assert a.name == b.name and a.quality == b.quality
+        np.testing.assert_array_equal(a.vertices, b.vertices)
+        np.testing.assert_array_equal(a.faces, b.faces)

@@ -6,7 +6,7 @@ import trimesh
 
 from holopart_infer.errors import InputError
 from holopart_infer.extraction import native
-from holopart_infer.postprocess.thin import SHELL_FRACTION, closed_patch
+from holopart_infer.postprocess.thin import SHELL_FRACTION, closed_patch, encloses
 
 
 def _volume_iou(a, b, n=20000, seed=0):
@@ -60,30 +60,95 @@ def test_closed_patch_keeps_closed_input_gives_sheets_the_shell_and_solids_their
     (v, f), kind = closed_patch(sheet_v, np.array([[0, 1, 2], [0, 2, 3]]))
     # no inside: the shell alone, SHELL_FRACTION of its longest side each way (its thin axis gets as
     # many grid cells as the others, so the layer is resolved to a few percent)
-    assert kind == "solid"
+    assert kind == "shell"
     m = trimesh.Trimesh(v, f, process=False)
     assert m.is_watertight
     assert np.ptp(v[:, 1]) == pytest.approx(2 * SHELL_FRACTION, rel=0.1)
     assert np.ptp(v[:, 0]) == pytest.approx(1 + 2 * SHELL_FRACTION, abs=0.05)  # within a grid cell
     (v, f), kind = closed_patch(sheet_v, np.array([[0, 1, 2], [0, 2, 3]]), shell=0.05)
-    assert kind == "solid" and np.ptp(v[:, 1]) == pytest.approx(0.1, rel=0.1)
+    assert kind == "shell" and np.ptp(v[:, 1]) == pytest.approx(0.1, rel=0.1)
     # faces pointing inwards close the same solid (|winding number|)
     box = trimesh.creation.box([1.0, 0.5, 0.3])
     keep = box.face_normals[:, 1] > -0.5
     (v1, f1), _ = closed_patch(box.vertices, box.faces[keep])
     (v2, f2), _ = closed_patch(box.vertices, box.faces[keep][:, ::-1])
     assert _volume_iou((v1, f1), (v2, f2)) > 0.98
-    # a patch that encloses a volume larger than its shell gets the grid solid (winding number + shell)
+    # a patch that nearly encloses its volume gets the winding-number solid alone
     box = trimesh.creation.box([1.0, 0.5, 0.3])
     (v, f), kind = closed_patch(box.vertices, box.faces[box.face_normals[:, 1] > -0.5])
     assert kind == "solid"
 
 
-def test_closed_patch_is_the_same_shape_at_any_unit():
-    sphere = trimesh.creation.icosphere(3)
-    cap = sphere.faces[sphere.triangles_center[:, 2] > -0.3]
-    (v1, f1), k1 = closed_patch(sphere.vertices, cap)
-    (v2, f2), k2 = closed_patch(sphere.vertices * 1000.0 + 5.0, cap)
-    assert k1 == k2 == "solid" and len(f1) == len(f2)
-    np.testing.assert_allclose((v2 - 5.0) / 1000.0, v1, atol=1e-6)
-    assert _volume_iou((v1, f1), (sphere.vertices, sphere.faces)) > 0.6
+def test_encloses_tells_a_sheet_from_a_surface_around_a_volume():
+    sheet_v = np.array([[0, 0, 0], [1, 0, 0], [1, 0, 1], [0, 0, 1]], float)
+    ambiguous, inside = encloses(sheet_v, np.array([[0, 1, 2], [0, 2, 3]]))
+    assert ambiguous > 0.9 and inside == 0.0
+    box = trimesh.creation.box([1.0, 0.5, 0.3])
+    ambiguous, inside = encloses(box.vertices, box.faces[box.face_normals[:, 1] > -0.5])  # no bottom
+    assert ambiguous < 0.1 and 0.4 < inside < 0.6
+    # faces wound against each other enclose nothing: |w| is about 0 on both sides of the faces
+    # that cancel, so the probes are neither ambiguous nor inside
+    twisted = box.faces.copy()
+    twisted[box.face_normals[:, 0] > 0.5] = twisted[box.face_normals[:, 0] > 0.5][:, ::-1]
+    twisted[box.face_normals[:, 0] < -0.5] = twisted[box.face_normals[:, 0] < -0.5][:, ::-1]
+    twisted[box.face_normals[:, 2] > 0.5] = twisted[box.face_normals[:, 2] > 0.5][:, ::-1]
+    assert encloses(box.vertices, twisted[1:])[1] < 0.4
+
+
+def test_a_thin_panel_with_a_hidden_corner_is_not_thickened():
+    # a 1 x 0.02 x 0.5 panel with the end of its underside hidden: the shell rule would make it
+    # 0.035 thick (SHELL_FRACTION of the longest side each way); it nearly encloses its volume (the
+    # winding number just off its faces is about 0 or 1), so it gets none
+    panel = trimesh.creation.box([1.0, 0.02, 0.5]).subdivide().subdivide().subdivide()
+    centers, normals = panel.triangles_center, panel.face_normals
+    faces = panel.faces[~((normals[:, 1] < -0.5) & (centers[:, 0] > 0.4))]
+    (v, f), kind = closed_patch(panel.vertices, faces)
+    assert kind == "solid"
+    m = trimesh.Trimesh(v, f, process=False)
+    assert m.is_watertight
+    assert np.ptp(v[:, 1]) == pytest.approx(0.02, rel=0.2)
+    assert m.volume == pytest.approx(panel.volume, rel=0.2)
+    # with its whole underside hidden it is a sheet to the winding number (about 0.5 inside): shell
+    (v, f), kind = closed_patch(panel.vertices, panel.faces[normals[:, 1] > -0.5])
+    assert kind == "shell" and trimesh.Trimesh(v, f, process=False).volume > 1.2 * panel.volume
+
+
+def test_winding_surface_keeps_every_face_when_decimation_loses_the_surface():
+    from holopart_infer.postprocess.decimate import decimate
+    from holopart_infer.postprocess.thin import WINDING_MAX_FACES, winding_surface
+
+    # a sheet whose faces are all duplicated both ways (as exported double-sided cloth is): the
+    # decimator collapses it to nothing, so the winding number is summed over the input itself
+    m = trimesh.creation.box([1.0, 0.02, 0.5]).subdivide().subdivide().subdivide()
+    top = m.faces[m.face_normals[:, 1] > 0.5]
+    f = np.concatenate([top, top[:, ::-1]] * 8)
+    assert len(f) > WINDING_MAX_FACES and len(decimate(np.asarray(m.vertices), f, WINDING_MAX_FACES)[1]) == 0
+    wv, wf = winding_surface(np.asarray(m.vertices), f)
+    assert len(wf) == len(f)
+    # and the stand-in of such a patch is its sheet with the shell, not nothing
+    (v, sf), kind = closed_patch(m.vertices, f)
+    assert kind == "shell" and np.ptp(v[:, 0]) > 0.9
+    # an ordinary large patch is decimated
+    sphere = trimesh.creation.icosphere(4)
+    assert len(winding_surface(np.asarray(sphere.vertices), np.asarray(sphere.faces))[1]) <= WINDING_MAX_FACES
+
+
+def test_thin_pieces_spread_over_a_large_box_get_a_finer_grid():
+    # three 0.1 x 0.1 sheets 1 apart, a shell of 0.01 each way: on the first grid (cells of about
+    # 0.09) they come out as slivers; the coverage check sends them to finer grids until the solid
+    # covers each sheet
+    def sheet(x0, z0):
+        return np.array([[x0, 0, z0], [x0 + 0.1, 0, z0], [x0 + 0.1, 0, z0 + 0.1], [x0, 0, z0 + 0.1]], float)
+
+    v = np.concatenate([sheet(0.0, 0.0), sheet(1.0, 0.4), sheet(2.0, 0.9)])
+    f = np.concatenate([np.array([[0, 1, 2], [0, 2, 3]]) + 4 * k for k in range(3)])
+    expected = 3 * 0.12 * 0.12 * 0.02  # each sheet grown by the shell on every side, about
+    (cv, cf), _ = closed_patch(v, f, shell=0.01, max_depth=5)
+    (fv, ff), kind = closed_patch(v, f, shell=0.01)
+    coarse, fine = trimesh.Trimesh(cv, cf, process=False), trimesh.Trimesh(fv, ff, process=False)
+    assert kind == "shell" and fine.is_watertight
+    assert coarse.volume < 0.4 * expected
+    assert fine.volume == pytest.approx(expected, rel=0.35)
+    for x0 in (0.0, 1.0, 2.0):  # every sheet is there, whole
+        piece = fv[(fv[:, 0] > x0 - 0.05) & (fv[:, 0] < x0 + 0.15)]
+        assert np.ptp(piece[:, 0]) > 0.1 and np.ptp(piece[:, 2]) > 0.1
