@@ -17,6 +17,13 @@ part (:mod:`holopart_infer.export.synthetic`), all in the object frame (longest 
   (:func:`holopart_infer.export.synthetic.winding_number`) for open ones (``patch``).
 * **Success**: IoU > 0.5 (``success_iou``).
 
+Real objects (``--real``: held-out Sweet Home 3D furniture, parts = the model's
+OBJ groups, :mod:`holopart_infer.export.realdata`): a part mesh may be open or a
+single sheet. Its ground truth, and the ``patch`` baseline's inside, follow
+:data:`TRUTHS` (``--truth``): by default a closed part is its own solid, an open
+one ``|winding number| > 0.5``, and a sheet that encloses nothing is given a
+shell of ``REAL_SHELL`` so it has any volume.
+
 Methods compared, all given only what HoloPart gets (the visible patches):
 
 * ``model``: the shipped path. An exported model dir (``holopart-infer export``)
@@ -43,6 +50,7 @@ CLI::
     python -m holopart_infer.export.evaluate --model MODEL_DIR --objects 20 --out results.json
     python -m holopart_infer.export.evaluate --baselines-only --objects 20
     python -m holopart_infer.export.evaluate --compare a.json b.json   # pooled table + paired differences
+    python -m holopart_infer.export.evaluate --model MODEL_DIR --real test --cache DIR   # re-runs read DIR
 """
 from __future__ import annotations
 
@@ -256,14 +264,33 @@ def real_eval_objects(subset: str = "test", n: int = 0, n_views: int = 16, trans
 
 REAL_SHELL = 0.015  # object-frame thickness given to real parts' open surfaces (as in training)
 
+#: how a real part's ground truth (and the ``patch`` baseline, the same rule on the visible patch)
+#: is made solid. ``parts`` (default; issue 22's definition, "generalized winding number where a
+#: part is not closed"): a closed part is its own solid; an open one ``|winding number| > 0.5``, and
+#: within ``REAL_SHELL`` of its surface as well unless it nearly encloses a volume (a sheet needs
+#: the shell to have any: see :func:`holopart_infer.postprocess.thin.encloses`). ``shelled`` (the evaluations before
+#: 2026-12-05's second run): every part within the shell as well -- a closed thin part returned
+#: exactly then scores about 0.5, while the ``patch`` baseline, given the same shell, scores 1.
+TRUTHS = ("parts", "shelled")
 
-def _inside_fn(vertices, faces, shell: float = 0.0):
+
+def _inside_fn(vertices, faces, shell: float = 0.0, sheets_only: bool = False):
     """points (N, 3) -> bool: crossing parity for a closed mesh; otherwise |winding| > 0.5, or within
-    ``shell`` of the surface when ``shell`` > 0 (real parts and their patches, see realdata)."""
+    ``shell`` of the surface when ``shell`` > 0 (real parts and their patches, see realdata).
+    ``sheets_only``: no shell for a mesh that encloses a volume (truth ``parts``)."""
     v = np.asarray(vertices, dtype=np.float64)
     f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
     if len(f) == 0:
         return lambda pts: np.zeros(len(pts), dtype=bool)
+    if shell > 0 and sheets_only:
+        from holopart_infer.postprocess import thin
+
+        if is_closed(v, f):  # its own solid, whichever way its faces are wound
+            shell = 0.0
+        else:
+            ambiguous, inside = thin.encloses(v, f)
+            if ambiguous <= thin.MAX_AMBIGUOUS and inside >= thin.MIN_INSIDE:
+                shell = 0.0
     if shell > 0:
         from .realdata import occupancy_labels
         from holopart_infer.model.conditioning import sample_surface
@@ -274,31 +301,38 @@ def _inside_fn(vertices, faces, shell: float = 0.0):
         return lambda pts: _column_parity(pts[:, :2], pts[:, 2:], v, f)[:, 0]
     from .synthetic import winding_number
 
+    if sheets_only:  # as the shell rule: faces wound inwards enclose their inside all the same
+        return lambda pts: np.abs(winding_number(pts, v, f)) > 0.5
     return lambda pts: winding_number(pts, v, f) > 0.5
 
 
 def score_methods(preds: dict[str, tuple], gt: tuple, rng: np.random.Generator, n_surface: int = 10000,
-                  n_volume: int = 32000, tau: float = 0.02 * OBJECT_SCALE, shell: float = 0.0) -> dict[str, dict]:
+                  n_volume: int = 32000, tau: float = 0.02 * OBJECT_SCALE, shell: float = 0.0,
+                 truth: str = "parts") -> dict[str, dict]:
     """:func:`score_part` for several predictions of one part, sharing the ground truth's samples.
 
     The volume points are uniform in the bounding box of the ground truth and every prediction
     (padded 5%), drawn once, so the ground truth's (costly) inside test runs once. ``shell`` > 0
     (real parts): the ground truth and the ``patch`` prediction are solid within ``shell`` of their
-    surface (see :func:`holopart_infer.export.realdata.occupancy_labels`).
+    surface (see :func:`holopart_infer.export.realdata.occupancy_labels`); with ``truth`` ``parts``
+    only where they are open (see :data:`TRUTHS`).
     """
+    if truth not in TRUTHS:
+        raise ValueError(f"truth must be one of {TRUTHS}, got {truth!r}")
+    sheets_only = truth == "parts"
     boxes = [np.asarray(gt[0], dtype=np.float64)] + [np.asarray(m[0], dtype=np.float64) for m in preds.values()
                                                      if len(np.asarray(m[1]).reshape(-1, 3))]
     allv = np.concatenate(boxes)
     lo, hi = allv.min(0), allv.max(0)
     ext = np.maximum(hi - lo, 1e-6)
     pts = rng.uniform(lo - 0.05 * ext, hi + 0.05 * ext, size=(n_volume, 3))
-    g_in = _inside_fn(*gt, shell=shell)(pts)
+    g_in = _inside_fn(*gt, shell=shell, sheets_only=sheets_only)(pts)
     gs = surface_samples(*gt, n_surface, rng)
     out = {}
     for method, pred in preds.items():
         ps = surface_samples(*pred, n_surface, rng)
         p, r, f1 = f_score(ps, gs, tau)
-        p_in = _inside_fn(*pred, shell=shell if method == "patch" else 0.0)(pts)
+        p_in = _inside_fn(*pred, shell=shell if method == "patch" else 0.0, sheets_only=sheets_only)(pts)
         union = np.count_nonzero(p_in | g_in)
         out[method] = {"chamfer": chamfer_distance(ps, gs), "f1": f1, "precision": p, "recall": r,
                        "iou": float(np.count_nonzero(p_in & g_in) / union) if union else 0.0,
@@ -308,8 +342,8 @@ def score_methods(preds: dict[str, tuple], gt: tuple, rng: np.random.Generator, 
 
 def evaluate(objects, model=None, methods=METHODS, complete_kwargs: dict | None = None, seed: int = 0,
              n_surface: int = 10000, n_volume: int = 32000,
-             real_shell: float = REAL_SHELL, partial=None, objects_up: str | None = None
-             ) -> tuple[list[PartScore], dict]:
+             real_shell: float = REAL_SHELL, partial=None, objects_up: str | None = None,
+             truth: str = "parts", cache=None) -> tuple[list[PartScore], dict]:
     """Score every part of every object for each method. ``model``: a loaded :class:`HoloPart`.
 
     ``objects_up``: the up axis of the objects' coordinates (``"+z"`` for
@@ -318,6 +352,10 @@ def evaluate(objects, model=None, methods=METHODS, complete_kwargs: dict | None 
     taken as already in the model's frame. Real parts (primitive ``"real"``) are scored
     with ``real_shell`` (see :func:`score_methods`). ``partial``: a ``.jsonl`` path; each object's
     scores are appended to it as soon as they exist (a run stopped early keeps what it scored).
+    ``truth``: see :data:`TRUTHS`. ``cache``: a folder; each object's completions and the guard's
+    verdicts are kept there under a key of the model, the options, the guard's thresholds and the
+    object's patches, and read back instead of running the model again (the stand-ins are always
+    made anew, so a changed stand-in is scored on the same completions).
     """
     scores: list[PartScore] = []
     timing = {"model_s": 0.0, "objects": 0}
@@ -329,25 +367,22 @@ def evaluate(objects, model=None, methods=METHODS, complete_kwargs: dict | None 
             preds["patch"] = [p.patch for p in obj.parts]
         if "model" in methods and model is not None:
             t0 = time.perf_counter()
-            res = model.complete(obj.input_parts(), up=objects_up, **{**(complete_kwargs or {}), "guard": False})
+            meshes, trusted = _complete_cached(model, obj, objects_up, complete_kwargs or {}, cache)
             timing["model_s"] += time.perf_counter() - t0
-            if [r.name for r in res.parts] != obj.names:
-                raise RuntimeError(f"object {oi}: output parts {[r.name for r in res.parts]} != {obj.names}")
-            preds["model"] = [(np.asarray(r.vertices, dtype=np.float64), r.faces) for r in res.parts]
+            preds["model"] = meshes
             if "guarded" in methods:  # the pipeline's stand-in, its shell from the whole object
                 from holopart_infer.postprocess.thin import closed_patch
 
                 allv = np.concatenate([np.asarray(p.patch[0], dtype=np.float64) for p in obj.parts])
                 bounds = np.stack([allv.min(axis=0), allv.max(axis=0)])
-                preds["guarded"] = [closed_patch(*p.patch, object_bounds=bounds)[0]
-                                    if r.quality is not None and not r.quality.plausible else m
-                                    for r, p, m in zip(res.parts, obj.parts, preds["model"])]
+                preds["guarded"] = [m if ok else closed_patch(*p.patch, object_bounds=bounds)[0]
+                                    for ok, p, m in zip(trusted, obj.parts, preds["model"])]
         timing["objects"] += 1
         for pi, part in enumerate(obj.parts):
             rng = np.random.default_rng([seed, oi, pi])
             shell = real_shell if part.primitive == "real" else 0.0
             per = score_methods({m: preds[m][pi] for m in preds}, (part.mesh.vertices, part.mesh.faces), rng,
-                                n_surface, n_volume, shell=shell)
+                                n_surface, n_volume, shell=shell, truth=truth)
             for method, m in per.items():
                 scores.append(PartScore(oi, obj.template, part.name, part.primitive,
                                         round(part.visible_fraction, 4), method, **m))
@@ -358,6 +393,44 @@ def evaluate(objects, model=None, methods=METHODS, complete_kwargs: dict | None 
                         fh.write(json.dumps(asdict(sc)) + "\n")
         log.info("object %d (%s, %d parts) done", oi, obj.template, len(obj.parts))
     return scores, timing
+
+
+def _complete_cached(model, obj, objects_up, complete_kwargs: dict, cache) -> tuple[list, list[bool]]:
+    """The model's completions of ``obj`` (guard off) and, per part, whether the guard trusts it;
+    read from / written to ``cache`` (see :func:`evaluate`) when given."""
+    import hashlib
+
+    from holopart_infer.postprocess.quality import THRESHOLDS
+
+    path = None
+    manifest = Path(getattr(model, "path", "") or "") / "manifest.json"
+    if cache is not None and manifest.is_file():
+        h = hashlib.sha256(manifest.read_bytes())
+        h.update(json.dumps([complete_kwargs, objects_up, THRESHOLDS], sort_keys=True, default=str).encode())
+        for name, (v, f) in zip(obj.names, obj.patches()):
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(v, dtype=np.float64).tobytes())
+            h.update(np.ascontiguousarray(f, dtype=np.int64).tobytes())
+        path = Path(cache) / f"{h.hexdigest()[:24]}.npz"
+        if path.is_file():
+            d = np.load(path)
+            n = int(d["n"])
+            return [(d[f"v{i}"], d[f"f{i}"]) for i in range(n)], [bool(t) for t in d["trusted"]]
+    elif cache is not None:
+        log.warning("--cache: the model has no manifest.json to key completions on; not cached")
+    res = model.complete(obj.input_parts(), up=objects_up, **{**complete_kwargs, "guard": False})
+    if [r.name for r in res.parts] != obj.names:
+        raise RuntimeError(f"output parts {[r.name for r in res.parts]} != {obj.names}")
+    meshes = [(np.asarray(r.vertices, dtype=np.float64), np.asarray(r.faces, dtype=np.int64)) for r in res.parts]
+    trusted = [r.quality is None or bool(r.quality.plausible) for r in res.parts]
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + ".partial.npz")
+        np.savez_compressed(tmp, n=len(meshes), trusted=np.array(trusted, dtype=bool),
+                            **{f"v{i}": m[0] for i, m in enumerate(meshes)},
+                            **{f"f{i}": m[1] for i, m in enumerate(meshes)})
+        tmp.replace(path)  # a run stopped while writing leaves no half file under the real name
+    return meshes, trusted
 
 
 def bootstrap_difference(scores: list[PartScore], method: str = "model", base: str = "hull",
@@ -563,6 +636,10 @@ def main(argv=None) -> int:
     p.add_argument("--n-surface", type=int, default=10000)
     p.add_argument("--n-volume", type=int, default=32000)
     p.add_argument("--occluded-below", type=float, default=0.95)
+    p.add_argument("--truth", choices=TRUTHS, default="parts",
+                   help="real parts' ground truth: winding number, and a shell for sheets only (parts, default); "
+                        "every part with the shell (shelled: the evaluations before 2026-12-05)")
+    p.add_argument("--cache", help="folder: keep each object's completions there and read them back on a re-run")
     p.add_argument("--out", help="write per-part scores and the summary as json")
     p.add_argument("--partial", help="append each object's scores to this .jsonl as soon as they exist")
     p.add_argument("--compare", nargs="+", metavar="JSON",
@@ -613,7 +690,7 @@ def main(argv=None) -> int:
     if model is not None and a.model_up is not None and check_up(a.model_up) != model.up_axis:
         p.error(f"--model-up {a.model_up}: the model states {model.up_axis} (its up_axis); drop --model-up")
     scores, timing = evaluate(objs, model, methods, kw, n_surface=a.n_surface, n_volume=a.n_volume,
-                              partial=a.partial, objects_up=objects_up)
+                              partial=a.partial, objects_up=objects_up, truth=a.truth, cache=a.cache)
     summary = summarize(scores, a.occluded_below)
     print(markdown_table(summary))
     print(bootstrap_text(scores, a.occluded_below))

@@ -97,6 +97,8 @@ class TrainConfig:
     real_split: str = ""            # split json (default export/realdata_split.json)
     real_shell: float = 0.015       # model-frame thickness given to open real parts' surfaces (occupancy)
     real_subset: str = "train"      # which list of the split feeds the pool (held-out checks: "test", "val")
+    real_fraction: float = 1.0      # train on this share of the pool's real parts (a prefix in job order: the
+                                    # first objects with all their copies); the pool itself is unchanged
     init_from: str = ""             # published-layout checkpoint to start from when no state exists
     stop_at: int = 0                # stop (and save) at this step although the schedule runs to ``steps``
     freeze_encoder: bool = False    # vae stage: train the decoder only (the latent space stays init_from's,
@@ -268,6 +270,22 @@ def build_pool(tc: TrainConfig, num_tokens: int, cache_dir: Path | None = None) 
         np.savez(tmp, **pool)
         tmp.replace(path)
     return {k: torch.from_numpy(v) for k, v in pool.items()}
+
+
+def subset_real(pool: dict, fraction: float) -> dict:
+    """The pool with only the first ``fraction`` of its real parts (in build order: objects in split
+    order, each with its copies), all synthetic parts kept: the data-size curve's points share one
+    pool."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"real_fraction must be in [0, 1], got {fraction!r}")
+    if fraction == 1.0 or "is_real" not in pool:
+        return pool
+    real = pool["is_real"] > 0.5
+    keep = ~real
+    idx = torch.nonzero(real).flatten()
+    keep[idx[:int(round(fraction * len(idx)))]] = True
+    log.info("real_fraction %.3g: %d of %d real parts", fraction, int(keep.sum() - (~real).sum()), len(idx))
+    return {k: v[keep] for k, v in pool.items()}
 
 
 def part_weights(pool: dict, tc: TrainConfig) -> torch.Tensor | None:
@@ -474,6 +492,7 @@ def train(stage: str, tc: TrainConfig, out: str | Path, resume: bool = True, poo
         enc, _ = load_frozen_vae_encoder(out, device)
     if pool is None:
         pool = build_pool(tc, mcfg["part_encoder"]["num_tokens"], cache_dir=out)
+    pool = subset_real(pool, tc.real_fraction)
     n = len(pool["surface"])
     weights = part_weights(pool, tc)
     keys = ("surface", "occ_points", "occ_labels") if stage == "vae" else \

@@ -164,3 +164,76 @@ def test_object_bootstrap_intervals_and_versus(tmp_path):
         (tmp_path / f"{name}.json").write_text(json.dumps(
             {"scores": [{**asdict(r), "method": "model"} for r in sc]}))
     assert "all      B - A iou     +0.2500 [+0.2500, +0.2500]" in E.versus_text(tmp_path / "a.json", tmp_path / "b.json")
+
+
+def test_truth_parts_scores_an_exact_thin_part_perfect_and_keeps_the_shell_for_sheets():
+    # a closed thin panel returned exactly: 1 under the issue's truth (winding number; a shell only
+    # for sheets); under the old "shelled" truth the same mesh scored far lower than the `patch`
+    # baseline, which got the same shell as the truth
+    panel = trimesh.creation.box([1.0, 0.02, 0.5])
+    gt = (np.asarray(panel.vertices), np.asarray(panel.faces))
+    preds = {"patch": gt, "exact": gt}
+    parts = E.score_methods(preds, gt, np.random.default_rng(0), 500, 4000, shell=0.015, truth="parts")
+    assert parts["exact"]["iou"] == 1.0 and parts["patch"]["iou"] == 1.0
+    shelled = E.score_methods(preds, gt, np.random.default_rng(0), 500, 4000, shell=0.015, truth="shelled")
+    assert shelled["patch"]["iou"] == 1.0 and shelled["exact"]["iou"] < 0.9
+    # a sheet encloses nothing: its truth is the shell, and a thin solid around it scores well
+    sheet = (np.array([[0, 0, 0], [1, 0, 0], [1, 0, 1], [0, 0, 1]], float), np.array([[0, 1, 2], [0, 2, 3]]))
+    slab = trimesh.creation.box([1.0, 0.03, 1.0])
+    slab.apply_translation([0.5, 0.0, 0.5])
+    got = E.score_methods({"slab": (slab.vertices, slab.faces)}, sheet, np.random.default_rng(0), 500, 4000,
+                          shell=0.015, truth="parts")
+    assert got["slab"]["iou"] > 0.8
+    with pytest.raises(ValueError, match="truth must be one of"):
+        E.score_methods(preds, gt, np.random.default_rng(0), 100, 100, shell=0.015, truth="closed")
+
+
+class _CountingModel:
+    """Stands in for a loaded model: 'completes' each part as its own patch, trusts all but part
+    ``untrusted``, counts its calls; keyed on the manifest of ``path``."""
+
+    def __init__(self, path, untrusted):
+        from types import SimpleNamespace
+
+        self.path, self.calls, self._ns, self.untrusted = path, 0, SimpleNamespace, untrusted
+
+    def complete(self, parts, up=None, guard=True, **kw):
+        self.calls += 1
+        out = [self._ns(name=n, vertices=np.asarray(v, float), faces=np.asarray(f), quality=self._ns(plausible=i != self.untrusted))
+               for i, (n, v, f) in enumerate(zip(parts.names, parts.vertices, parts.faces))]
+        return self._ns(parts=out)
+
+
+def test_evaluate_cache_reads_completions_back_and_keys_them_on_the_model(tmp_path):
+    from holopart_infer.export.synthetic import make_object
+
+    obj = make_object(3, "table", n_views=6)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "manifest.json").write_text('{"name": "a"}')
+    bad = next(i for i, p in enumerate(obj.parts) if not E.is_closed(*p.patch))  # an occluded part
+    model = _CountingModel(tmp_path / "m", bad)
+    cache = tmp_path / "cache"
+    first, _ = E.evaluate([obj], model, ("patch", "model", "guarded"), {"steps": 2}, n_surface=300, n_volume=600,
+                          cache=cache)
+    assert model.calls == 1 and len(list(cache.glob("*.npz"))) == 1
+    again, _ = E.evaluate([obj], model, ("patch", "model", "guarded"), {"steps": 2}, n_surface=300, n_volume=600,
+                          cache=cache)
+    assert model.calls == 1  # read back, not run again
+    assert [asdict_row(s) for s in again] == [asdict_row(s) for s in first]
+    # the guard's verdicts came back too: the untrusted part is its stand-in (its open patch closed),
+    # the others are the model's
+    rows = {(s.part, s.method): s for s in again}
+    good = obj.names[(bad + 1) % len(obj.names)]
+    assert rows[(good, "guarded")].iou == rows[(good, "model")].iou
+    assert rows[(obj.names[bad], "guarded")].pred_faces != rows[(obj.names[bad], "model")].pred_faces
+    # other options, or another model's manifest, are another key
+    E.evaluate([obj], model, ("model",), {"steps": 3}, n_surface=300, n_volume=600, cache=cache)
+    (tmp_path / "m" / "manifest.json").write_text('{"name": "b"}')
+    E.evaluate([obj], model, ("model",), {"steps": 2}, n_surface=300, n_volume=600, cache=cache)
+    assert model.calls == 3 and len(list(cache.glob("*.npz"))) == 3
+
+
+def asdict_row(s):
+    from dataclasses import asdict
+
+    return asdict(s)

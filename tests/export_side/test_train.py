@@ -270,3 +270,18 @@ def test_frozen_encoder_lets_vae_decoder_and_dit_train_side_by_side(pool, tmp_pa
     assert any(not torch.equal(after["vae_decoder"][k], v) for k, v in before["vae_decoder"].items())
     hist = T.train("dit", dataclasses.replace(TC, steps=2, init_from=str(ck)), tmp_path / "d", pool=pool)
     assert [r["step"] for r in hist] == [1, 2]
+
+
+def test_real_fraction_keeps_every_synthetic_part_and_a_prefix_of_the_real_ones():
+    import torch
+
+    is_real = torch.tensor([0, 0, 0, 1, 1, 1, 1, 0, 1], dtype=torch.float32)  # 4 synthetic, 5 real
+    pool = {"is_real": is_real, "surface": torch.arange(9)}
+    half = T.subset_real(pool, 0.4)  # 2 of the 5 real parts: the first two in build order
+    assert half["surface"].tolist() == [0, 1, 2, 3, 4, 7]
+    assert T.subset_real(pool, 0.0)["surface"].tolist() == [0, 1, 2, 7]
+    assert T.subset_real(pool, 1.0) is pool
+    with pytest.raises(ValueError, match="real_fraction must be in"):
+        T.subset_real(pool, 1.5)
+    # the pool's key (its cache file) does not depend on the fraction: the curve's points share it
+    assert T.TrainConfig(real_fraction=0.25).data_key() == T.TrainConfig().data_key()
