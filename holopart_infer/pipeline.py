@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # annotations only: parts_io is imported when a job is read
 
 log = logging.getLogger("holopart_infer")
 
-#: stand-ins made at once (threads) when the guard replaces several parts of an object
+#: parts measured, and stand-ins made, at once (threads) by the guard
 _STAND_IN_THREADS = 2
 
 # progress(stage, done, total)
@@ -958,6 +958,7 @@ class HoloPart:
         Returns:
             the names of the parts found implausible (replaced or, with guard off, kept).
         """
+        from concurrent.futures import ThreadPoolExecutor
         from dataclasses import replace as dc_replace
 
         from holopart_infer.postprocess import quality
@@ -965,10 +966,19 @@ class HoloPart:
         opts, parts = obj.opts, obj.parts
         bounds = parts.bounds()
         flagged: list[tuple[str, quality.PartQuality]] = []
+
+        def measure(i: int) -> quality.PartQuality:
+            part = obj.results[i]
+            return quality.measure(part.vertices, part.faces, parts[i].vertices, parts[i].faces, bounds, seed=opts.seed)
+
+        # the parts are measured, and their stand-ins made, two at a time: each is part Python, part
+        # native code, so two keep both cores busy (the same results as one at a time: each part has
+        # its own generator)
+        with ThreadPoolExecutor(max_workers=max(1, min(_STAND_IN_THREADS, len(obj.results)))) as pool:
+            measured = list(pool.map(measure, range(len(obj.results))))
         scores: list[quality.PartQuality] = []
         replace: list[int] = []
-        for i, part in enumerate(obj.results):
-            q = quality.measure(part.vertices, part.faces, parts[i].vertices, parts[i].faces, bounds, seed=opts.seed)
+        for i, (part, q) in enumerate(zip(obj.results, measured)):
             if i in stand_ins:
                 q = dc_replace(q, replaced=True, stand_in="empty")
             elif not len(part.faces):
@@ -980,10 +990,6 @@ class HoloPart:
                     q = dc_replace(q, replaced=True, stand_in="implausible")
             scores.append(q)
         if replace:
-            # the stand-ins are independent and each is part Python, part native code: two at a time
-            # keep both cores busy (the same meshes as one at a time: each has its own generator)
-            from concurrent.futures import ThreadPoolExecutor
-
             with ThreadPoolExecutor(max_workers=min(_STAND_IN_THREADS, len(replace))) as pool:
                 made = list(pool.map(lambda i: self._stand_in(obj, i, bounds), replace))
             for i, (result, pinched) in zip(replace, made):
