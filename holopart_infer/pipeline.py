@@ -40,8 +40,21 @@ if TYPE_CHECKING:  # annotations only: parts_io is imported when a job is read
 
 log = logging.getLogger("holopart_infer")
 
-#: parts measured, and stand-ins made, at once (threads) by the guard
+#: parts measured, and stand-ins made, at once (threads) by the guard ...
 _STAND_IN_THREADS = 2
+#: ... when there are at least this many: a few parts gain nothing, and every extra thread can keep
+#: its own malloc arena (resident memory a long-running service would carry)
+_THREADS_FROM = 8
+
+
+def _map_parts(fn, items: list) -> list:
+    """``[fn(x) for x in items]``, ``_STAND_IN_THREADS`` at a time when there are enough of them."""
+    if _STAND_IN_THREADS <= 1 or len(items) < _THREADS_FROM:
+        return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=_STAND_IN_THREADS) as pool:
+        return list(pool.map(fn, items))
 
 # progress(stage, done, total)
 Progress = Callable[[str, int, int], None]
@@ -958,7 +971,6 @@ class HoloPart:
         Returns:
             the names of the parts found implausible (replaced or, with guard off, kept).
         """
-        from concurrent.futures import ThreadPoolExecutor
         from dataclasses import replace as dc_replace
 
         from holopart_infer.postprocess import quality
@@ -971,11 +983,10 @@ class HoloPart:
             part = obj.results[i]
             return quality.measure(part.vertices, part.faces, parts[i].vertices, parts[i].faces, bounds, seed=opts.seed)
 
-        # the parts are measured, and their stand-ins made, two at a time: each is part Python, part
-        # native code, so two keep both cores busy (the same results as one at a time: each part has
-        # its own generator)
-        with ThreadPoolExecutor(max_workers=max(1, min(_STAND_IN_THREADS, len(obj.results)))) as pool:
-            measured = list(pool.map(measure, range(len(obj.results))))
+        # the parts are measured, and their stand-ins made, two at a time (_map_parts): each is part
+        # Python, part native code, so two keep both cores busy (the same results as one at a time:
+        # each part has its own generator)
+        measured = _map_parts(measure, list(range(len(obj.results))))
         scores: list[quality.PartQuality] = []
         replace: list[int] = []
         for i, (part, q) in enumerate(zip(obj.results, measured)):
@@ -990,8 +1001,7 @@ class HoloPart:
                     q = dc_replace(q, replaced=True, stand_in="implausible")
             scores.append(q)
         if replace:
-            with ThreadPoolExecutor(max_workers=min(_STAND_IN_THREADS, len(replace))) as pool:
-                made = list(pool.map(lambda i: self._stand_in(obj, i, bounds), replace))
+            made = _map_parts(lambda i: self._stand_in(obj, i, bounds), replace)
             for i, (result, pinched) in zip(replace, made):
                 obj.results[i] = result
                 if pinched and i not in obj.pinched:

@@ -307,6 +307,7 @@ def test_stand_ins_made_two_at_a_time_are_the_ones_made_one_at_a_time(monkeypatc
     _, patch = _box_patch()
     parts = Parts.from_meshes([patch] + [_sheet(0.1 + 0.02 * k, (0.5, 0.2 * k, 0.0)) for k in range(3)],
                               ["cube", "s0", "s1", "s2"])
+    monkeypatch.setattr(pipeline, "_THREADS_FROM", 2)  # threads even for these few parts
     together = HoloPart(BoxAndBlobBackend()).complete(parts, **OPTS)
     monkeypatch.setattr(pipeline, "_STAND_IN_THREADS", 1)
     alone = HoloPart(BoxAndBlobBackend()).complete(parts, **OPTS)
