@@ -137,15 +137,14 @@ def model_key(model) -> str:
 
 
 def complete_cached(model, cache: Path, name: str, parts: Parts, opts: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+    from holopart_infer.export.evaluate import load_meshes, save_meshes
+
     f = cache / model_key(model) / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.npz"
-    f.parent.mkdir(parents=True, exist_ok=True)
     if f.exists():
-        d = np.load(f)
-        return [(d[f"v{i}"], d[f"f{i}"]) for i in range(int(d["n"]))]
+        return load_meshes(f)[0]
     res = model.complete(parts, **opts)
     meshes = [(p.vertices.astype(np.float64), p.faces) for p in res.parts]
-    np.savez_compressed(f, n=len(meshes), **{f"v{i}": m[0] for i, m in enumerate(meshes)},
-                        **{f"f{i}": m[1] for i, m in enumerate(meshes)})
+    save_meshes(f, meshes)
     return meshes
 
 

@@ -282,22 +282,21 @@ def _inside_fn(vertices, faces, shell: float = 0.0, sheets_only: bool = False):
     f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
     if len(f) == 0:
         return lambda pts: np.zeros(len(pts), dtype=bool)
+    closed = is_closed(v, f) if sheets_only or shell <= 0 else False  # the shelled truth never asks
     if shell > 0 and sheets_only:
-        from holopart_infer.postprocess import thin
+        from holopart_infer.postprocess.thin import encloses_volume
 
-        if is_closed(v, f):  # its own solid, whichever way its faces are wound
+        # a closed part is its own solid, whichever way its faces are wound; an open one that
+        # nearly encloses its volume gets no shell either (closed_patch's rule)
+        if closed or encloses_volume(v, f):
             shell = 0.0
-        else:
-            ambiguous, inside = thin.encloses(v, f)
-            if ambiguous <= thin.MAX_AMBIGUOUS and inside >= thin.MIN_INSIDE:
-                shell = 0.0
     if shell > 0:
         from .realdata import occupancy_labels
         from holopart_infer.model.conditioning import sample_surface
 
         dense, _, _ = sample_surface(v, f, 20000, np.random.default_rng(0))
         return lambda pts: occupancy_labels(pts, v, f, shell, dense)
-    if is_closed(v, f):
+    if closed:
         return lambda pts: _column_parity(pts[:, :2], pts[:, 2:], v, f)[:, 0]
     from .synthetic import winding_number
 
@@ -395,6 +394,26 @@ def evaluate(objects, model=None, methods=METHODS, complete_kwargs: dict | None 
     return scores, timing
 
 
+def save_meshes(path, meshes, **extra) -> None:
+    """Meshes ``[(vertices, faces), ...]`` (and any ``extra`` arrays) as one ``.npz``: ``n``, ``v{i}``,
+    ``f{i}``. Written under a temporary name and renamed, so a run stopped while writing leaves no
+    half file under the real name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".partial.npz")
+    np.savez_compressed(tmp, n=len(meshes), **extra, **{f"v{i}": m[0] for i, m in enumerate(meshes)},
+                        **{f"f{i}": m[1] for i, m in enumerate(meshes)})
+    tmp.replace(path)
+
+
+def load_meshes(path) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
+    """What :func:`save_meshes` wrote: the meshes and the extra arrays."""
+    with np.load(path) as d:
+        n = int(d["n"])
+        extra = {k: d[k] for k in d.files if k != "n" and not (k[:1] in "vf" and k[1:].isdigit())}
+        return [(d[f"v{i}"], d[f"f{i}"]) for i in range(n)], extra
+
+
 def _complete_cached(model, obj, objects_up, complete_kwargs: dict, cache) -> tuple[list, list[bool]]:
     """The model's completions of ``obj`` (guard off) and, per part, whether the guard trusts it;
     read from / written to ``cache`` (see :func:`evaluate`) when given."""
@@ -413,9 +432,8 @@ def _complete_cached(model, obj, objects_up, complete_kwargs: dict, cache) -> tu
             h.update(np.ascontiguousarray(f, dtype=np.int64).tobytes())
         path = Path(cache) / f"{h.hexdigest()[:24]}.npz"
         if path.is_file():
-            d = np.load(path)
-            n = int(d["n"])
-            return [(d[f"v{i}"], d[f"f{i}"]) for i in range(n)], [bool(t) for t in d["trusted"]]
+            meshes, extra = load_meshes(path)
+            return meshes, [bool(t) for t in extra["trusted"]]
     elif cache is not None:
         log.warning("--cache: the model has no manifest.json to key completions on; not cached")
     res = model.complete(obj.input_parts(), up=objects_up, **{**complete_kwargs, "guard": False})
@@ -424,12 +442,7 @@ def _complete_cached(model, obj, objects_up, complete_kwargs: dict, cache) -> tu
     meshes = [(np.asarray(r.vertices, dtype=np.float64), np.asarray(r.faces, dtype=np.int64)) for r in res.parts]
     trusted = [r.quality is None or bool(r.quality.plausible) for r in res.parts]
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + ".partial.npz")
-        np.savez_compressed(tmp, n=len(meshes), trusted=np.array(trusted, dtype=bool),
-                            **{f"v{i}": m[0] for i, m in enumerate(meshes)},
-                            **{f"f{i}": m[1] for i, m in enumerate(meshes)})
-        tmp.replace(path)  # a run stopped while writing leaves no half file under the real name
+        save_meshes(path, meshes, trusted=np.array(trusted, dtype=bool))
     return meshes, trusted
 
 

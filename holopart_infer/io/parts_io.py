@@ -84,7 +84,9 @@ class Part:
 
     @property
     def area(self) -> float:
-        return float(_face_areas(self.vertices, self.faces).sum())
+        from holopart_infer.model.surface import face_areas
+
+        return float(face_areas(self.vertices, self.faces).sum())
 
 
 @dataclass
@@ -819,14 +821,6 @@ def _make_part(name: str, vertices, faces, source: str, copy: bool = True) -> Pa
         raise InputError(f"{source}: part {name!r} has face indices outside 0..{len(v) - 1} "
                          f"(min {int(f.min())}, max {int(f.max())})")
     return Part(name, v.astype(np.float64, copy=copy), f.astype(np.int64, copy=copy))
-
-
-def _face_areas(v: np.ndarray, f: np.ndarray) -> np.ndarray:
-    if len(f) == 0:
-        return np.zeros(0)
-    tri = v[f]
-    with np.errstate(all="ignore"):
-        return 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
 
 
 def _natural_key(s: str):

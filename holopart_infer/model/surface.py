@@ -17,6 +17,16 @@ from holopart_infer.errors import InputError
 _FACE_CHUNK = 1 << 20
 
 
+def face_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area of each triangle, (F,) float64 (0 for degenerate ones; empty for no faces)."""
+    f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    if len(f) == 0:
+        return np.zeros(0)
+    tri = np.asarray(vertices, dtype=np.float64)[f]
+    with np.errstate(all="ignore"):
+        return 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+
+
 def sample_surface(vertices: np.ndarray, faces: np.ndarray, n: int,
                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Area-weighted uniform samples on a triangle mesh.
@@ -105,8 +115,7 @@ class SurfaceDistance:
         v = np.asarray(vertices, dtype=np.float64)
         f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
         self.tri = v[f]
-        area = 0.5 * np.linalg.norm(np.cross(self.tri[:, 1] - self.tri[:, 0], self.tri[:, 2] - self.tri[:, 0]), axis=1)
-        self.area = float(area.sum())
+        self.area = float(face_areas(v, f).sum())
         self.samples = int(samples)
         self.empty = not self.area > 0
         if self.empty:

@@ -181,46 +181,56 @@ MIN_INSIDE = 0.25
 _PROBES = 1000
 
 
-def _area(v: np.ndarray, f: np.ndarray) -> float:
-    return float(np.linalg.norm(np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]]), axis=1).sum()) / 2
-
-
 def winding_surface(v: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The triangles a patch's winding number is summed over: at most ``WINDING_MAX_FACES``
     (decimated), or all of them when decimation loses the surface (duplicated, non-manifold faces
     can collapse to nothing)."""
+    from holopart_infer.model.surface import face_areas
     from holopart_infer.postprocess.decimate import decimate
 
     if len(f) <= WINDING_MAX_FACES:
         return v, f
     dv, df = decimate(v, f, WINDING_MAX_FACES)
-    if len(df) and _area(dv, df) >= 0.5 * _area(v, f):
+    if len(df) and face_areas(dv, df).sum() >= 0.5 * face_areas(v, f).sum():
         return dv, df
     return v, f
 
 
-def encloses(vertices: np.ndarray, faces: np.ndarray, rng: np.random.Generator | None = None
-             ) -> tuple[float, float]:
+def encloses(vertices: np.ndarray, faces: np.ndarray) -> tuple[float, float]:
     """Does an open surface nearly enclose a volume? Probes just off it (both sides, 0.1% of its
     diagonal away): the share whose generalized winding number is ambiguous (0.25 < |w| < 0.75),
     about 0 for a surface that nearly encloses its volume and about 1 for a sheet; and the share
     inside (|w| >= 0.75), about one half for the first (faces wound against each other give
-    neither)."""
-    from holopart_infer.errors import InputError
-    from holopart_infer.extraction import native
-    from holopart_infer.model.surface import sample_surface
+    neither). Measured on the surface :func:`closed_patch` sums the winding number over."""
     from holopart_infer.postprocess.decimate import merge_coincident
 
     v = np.asarray(vertices, np.float64).reshape(-1, 3)
     f = np.asarray(faces, np.int64).reshape(-1, 3)
-    rng = np.random.default_rng(0) if rng is None else rng
     used = v[np.unique(f)]
     lo, hi = used.min(axis=0), used.max(axis=0)
     size = float(np.linalg.norm(hi - lo)) or 1.0
     v, f = merge_coincident((v - (lo + hi) / 2) / size, f)  # about [-0.5, 0.5], as closed_patch
-    v, f = winding_surface(v, f)  # the surface closed_patch's winding number sees
+    return _probe_enclosure(*winding_surface(v, f))
+
+
+def encloses_volume(vertices: np.ndarray, faces: np.ndarray) -> bool:
+    """:func:`encloses` within ``MAX_AMBIGUOUS`` / ``MIN_INSIDE``: the open surface closes its
+    volume well enough that :func:`closed_patch` gives it no shell."""
+    return _encloses_volume(*encloses(vertices, faces))
+
+
+def _encloses_volume(ambiguous: float, inside: float) -> bool:
+    return ambiguous <= MAX_AMBIGUOUS and inside >= MIN_INSIDE
+
+
+def _probe_enclosure(v: np.ndarray, f: np.ndarray) -> tuple[float, float]:
+    """:func:`encloses` of a surface already normalized to about [-0.5, 0.5], merged and reduced."""
+    from holopart_infer.errors import InputError
+    from holopart_infer.extraction import native
+    from holopart_infer.model.surface import sample_surface
+
     try:
-        pts, normals, _ = sample_surface(v, f, _PROBES, rng)
+        pts, normals, _ = sample_surface(v, f, _PROBES, np.random.default_rng(0))
     except InputError:  # no area left (slivers only): it encloses nothing
         return 1.0, 0.0
     probes = np.concatenate([pts + 1e-3 * normals, pts - 1e-3 * normals])
@@ -229,7 +239,8 @@ def encloses(vertices: np.ndarray, faces: np.ndarray, rng: np.random.Generator |
 
 
 def closed_patch(vertices: np.ndarray, faces: np.ndarray, *, object_bounds=None, shell: float | None = None,
-                 depth: int = _SOLID_DEPTH, max_depth: int = MAX_SOLID_DEPTH, device: str = "cpu") -> tuple[tuple[np.ndarray, np.ndarray], str]:
+                 depth: int = _SOLID_DEPTH, max_depth: int = MAX_SOLID_DEPTH,
+                 device: str = "cpu") -> tuple[tuple[np.ndarray, np.ndarray], str]:
     """The visible patch closed into a solid: what replaces a part nobody can trust.
 
     A patch that is already closed is returned as it is. An open one becomes the
@@ -264,7 +275,7 @@ def closed_patch(vertices: np.ndarray, faces: np.ndarray, *, object_bounds=None,
         ``"shell"`` (winding number and shell), ``"sheet"`` (thickened).
     """
     from holopart_infer.extraction import extract, native
-    from holopart_infer.model.surface import SurfaceDistance
+    from holopart_infer.model.surface import SurfaceDistance, sample_surface
     from holopart_infer.postprocess.cleanup import edge_manifold
     from holopart_infer.postprocess.decimate import merge_coincident
 
@@ -281,8 +292,7 @@ def closed_patch(vertices: np.ndarray, faces: np.ndarray, *, object_bounds=None,
         return (vn * size + center, fm), "closed"
     gv, gf = winding_surface(vn, fm)
     if shell is None:
-        ambiguous, inside_share = encloses(gv, gf)
-        if ambiguous <= MAX_AMBIGUOUS and inside_share >= MIN_INSIDE:
+        if _encloses_volume(*_probe_enclosure(gv, gf)):
             shell = 0.0
         else:
             ob = np.asarray(object_bounds, np.float64).reshape(2, 3) if object_bounds is not None else np.stack([lo, hi])
@@ -330,14 +340,13 @@ def closed_patch(vertices: np.ndarray, faces: np.ndarray, *, object_bounds=None,
             return [np.empty(0, np.float32)]
         return [field(to_patch(pts)).astype(np.float32)]
 
-    from holopart_infer.model.surface import sample_surface
-
     probes, probe_normals, _ = sample_surface(vn, fm, _COVERAGE_SAMPLES, rng)
     sv, sf = np.zeros((0, 3)), np.zeros((0, 3), np.int64)
-    for d in range(int(depth), max(int(depth), int(max_depth)) + 1):
+    last = max(int(depth), int(max_depth))
+    for d in range(int(depth), last + 1):
         (mesh,), _ = extract.extract_meshes(decode, 1, depth=d, bounds=bounds, min_resolution=14, device=device)
         sv, sf = np.asarray(mesh.vertices, np.float64), np.asarray(mesh.faces, np.int64).reshape(-1, 3)
-        if len(sf):
+        if len(sf) and d < last:  # the finest grid's solid is kept whatever it covers
             solid = to_patch(sv)
             cell = float(np.max(2.0 * box_h)) / max(2 ** d - 8, 1)
             # the patch lies inside its shell, or on the surface of its winding-number solid: a probe
