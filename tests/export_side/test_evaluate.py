@@ -198,13 +198,21 @@ class _CountingModel:
         self.path, self.calls, self._ns, self.untrusted = path, 0, SimpleNamespace, untrusted
 
     def complete(self, parts, up=None, guard=True, **kw):
+        from holopart_infer.postprocess import quality
+
         self.calls += 1
-        out = [self._ns(name=n, vertices=np.asarray(v, float), faces=np.asarray(f), quality=self._ns(plausible=i != self.untrusted))
+
+        def measures(i):  # the untrusted part "invented" 90% of its surface
+            q = quality.PartQuality(0.0, 0.0, 1.0, 1.0, 0.5, 0.1, 1, True, invented=0.9 if i == self.untrusted else 0.0,
+                                    closed_mismatch=0.0)
+            return quality._judge(q)
+
+        out = [self._ns(name=n, vertices=np.asarray(v, float), faces=np.asarray(f), quality=measures(i))
                for i, (n, v, f) in enumerate(zip(parts.names, parts.vertices, parts.faces))]
         return self._ns(parts=out)
 
 
-def test_evaluate_cache_reads_completions_back_and_keys_them_on_the_model(tmp_path):
+def test_evaluate_cache_reads_completions_back_and_keys_them_on_the_model(tmp_path, monkeypatch):
     from holopart_infer.export.synthetic import make_object
 
     obj = make_object(3, "table", n_views=6)
@@ -226,6 +234,15 @@ def test_evaluate_cache_reads_completions_back_and_keys_them_on_the_model(tmp_pa
     good = obj.names[(bad + 1) % len(obj.names)]
     assert rows[(good, "guarded")].iou == rows[(good, "model")].iou
     assert rows[(obj.names[bad], "guarded")].pred_faces != rows[(obj.names[bad], "model")].pred_faces
+    # the cache keeps measures, not verdicts: a looser threshold keeps that part, with no new run
+    from holopart_infer.postprocess import quality
+
+    monkeypatch.setitem(quality.THRESHOLDS, "invented", 0.95)
+    loose, _ = E.evaluate([obj], model, ("patch", "model", "guarded"), {"steps": 2}, n_surface=300, n_volume=600,
+                          cache=cache)
+    assert model.calls == 1
+    rows = {(s.part, s.method): s for s in loose}
+    assert rows[(obj.names[bad], "guarded")].iou == rows[(obj.names[bad], "model")].iou
     # other options, or another model's manifest, are another key
     E.evaluate([obj], model, ("model",), {"steps": 3}, n_surface=300, n_volume=600, cache=cache)
     (tmp_path / "m" / "manifest.json").write_text('{"name": "b"}')
