@@ -352,10 +352,10 @@ def evaluate(objects, model=None, methods=METHODS, complete_kwargs: dict | None 
     with ``real_shell`` (see :func:`score_methods`). ``partial``: a ``.jsonl`` path; each object's
     scores are appended to it as soon as they exist (a run stopped early keeps what it scored).
     ``truth``: see :data:`TRUTHS`. ``cache``: a folder; each object's completions and the guard's
-    measures are kept there under a key of the model, the options and the object's patches, and
-    read back instead of running the model again (the guard's verdicts are taken from the measures
-    under today's thresholds and the stand-ins are made anew, so a changed stand-in or threshold
-    is scored on the same completions).
+    completions are kept there under a key of the model, the options and the object's patches, and
+    read back instead of running the model again (the guard's verdicts are measured and the
+    stand-ins made anew, so a changed measure, threshold or stand-in is scored on the same
+    completions).
     """
     scores: list[PartScore] = []
     timing = {"model_s": 0.0, "objects": 0}
@@ -417,42 +417,45 @@ def load_meshes(path) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
 
 def _complete_cached(model, obj, objects_up, complete_kwargs: dict, cache) -> tuple[list, list[bool]]:
     """The model's completions of ``obj`` (guard off) and, per part, whether the guard trusts it;
-    read from / written to ``cache`` (see :func:`evaluate`) when given. The cache keeps each
-    part's measures, not the verdict: the verdict is taken under today's
-    :data:`~holopart_infer.postprocess.quality.THRESHOLDS`, so changed thresholds re-score
-    without running the model."""
+    the completions read from / written to ``cache`` (see :func:`evaluate`) when given. The
+    verdict is always taken anew, as the pipeline takes it (:func:`holopart_infer.postprocess.quality.measure`
+    against the part's patch, the object's bounds, the run's seed; today's thresholds), so a
+    changed measure or threshold is scored on the same completions."""
     import hashlib
 
     path = None
     manifest = Path(getattr(model, "path", "") or "") / "manifest.json"
     if cache is not None and manifest.is_file():
         h = hashlib.sha256(manifest.read_bytes())
-        h.update(json.dumps(["measures", complete_kwargs, objects_up], sort_keys=True, default=str).encode())
+        h.update(json.dumps(["completions", complete_kwargs, objects_up], sort_keys=True, default=str).encode())
         for name, (v, f) in zip(obj.names, obj.patches()):
             h.update(name.encode())
             h.update(np.ascontiguousarray(v, dtype=np.float64).tobytes())
             h.update(np.ascontiguousarray(f, dtype=np.int64).tobytes())
         path = Path(cache) / f"{h.hexdigest()[:24]}.npz"
         if path.is_file():
-            meshes, extra = load_meshes(path)
-            return meshes, _trusted(json.loads(str(extra["quality"])))
+            meshes, _ = load_meshes(path)
+            return meshes, _trusted(obj, meshes, complete_kwargs)
     elif cache is not None:
         log.warning("--cache: the model has no manifest.json to key completions on; not cached")
     res = model.complete(obj.input_parts(), up=objects_up, **{**complete_kwargs, "guard": False})
     if [r.name for r in res.parts] != obj.names:
         raise RuntimeError(f"output parts {[r.name for r in res.parts]} != {obj.names}")
     meshes = [(np.asarray(r.vertices, dtype=np.float64), np.asarray(r.faces, dtype=np.int64)) for r in res.parts]
-    measures = [None if r.quality is None else r.quality.as_extras() for r in res.parts]
     if path is not None:
-        save_meshes(path, meshes, quality=np.array(json.dumps(measures)))
-    return meshes, _trusted(measures)
+        save_meshes(path, meshes)
+    return meshes, _trusted(obj, meshes, complete_kwargs)
 
 
-def _trusted(measures: list) -> list[bool]:
-    """Per part: the guard keeps it (no measures: unscored, kept) under today's thresholds."""
-    from holopart_infer.postprocess.quality import from_extras, implausible
+def _trusted(obj, meshes: list, complete_kwargs: dict) -> list[bool]:
+    """Per part: the guard keeps the completion (an empty one is the thin-part path's, kept)."""
+    from holopart_infer.postprocess.quality import measure
 
-    return [m is None or not implausible(from_extras(m)) for m in measures]
+    parts = obj.input_parts()
+    bounds = parts.bounds()
+    seed = int(complete_kwargs.get("seed", 0))
+    return [not len(f) or measure(v, f, pv, pf, bounds, seed=seed).plausible
+            for (v, f), pv, pf in zip(meshes, parts.vertices, parts.faces)]
 
 
 def bootstrap_difference(scores: list[PartScore], method: str = "model", base: str = "hull",

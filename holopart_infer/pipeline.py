@@ -858,7 +858,7 @@ class HoloPart:
         part = obj.parts[i]
         (pv, pf), kind = thin.closed_patch(part.vertices, part.faces, object_bounds=bounds)
         log.info("part %r: stand-in = its visible patch, %s", part.name,
-                 {"closed": "already closed", "solid": "closed by its winding number",
+                 {"closed": "already closed", "capped": "its holes capped", "solid": "closed by its winding number",
                   "shell": "closed by its winding number and a shell", "sheet": "a sheet, thickened"}[kind])
         return self._postprocess_part(obj, i, obj.cond.to_part_frame(i, pv), pf, stand_in=True)
 
@@ -1010,11 +1010,23 @@ class HoloPart:
                     obj.pinched.remove(i)
         for i, q in enumerate(scores):
             obj.results[i].quality = q
-        if flagged:  # one warning per object, naming every part and its measures
-            what = ("replaced by their visible patch, closed (guard=False / --keep-implausible keeps the model's "
-                    "output)" if opts.guard else "kept as the model made them (guard off)")
-            log.warning("%d of %d parts look implausible, %s: %s", len(flagged), obj.num_parts, what,
-                        "; ".join(f"{n!r}: {', '.join(q.reasons)}" for n, q in flagged))
+        # one warning per object for each kind of verdict, naming every part and its measures: parts
+        # given whole that the model did not reproduce, and the others
+        whole = [(n, q) for n, q in flagged if all(r.startswith("closed_mismatch") for r in q.reasons)]
+        other = [(n, q) for n, q in flagged if not all(r.startswith("closed_mismatch") for r in q.reasons)]
+        keep = "guard=False / --keep-implausible keeps the model's output"
+        if whole:
+            bound = quality.THRESHOLDS["closed_mismatch"]
+            log.warning("%d of %d parts were given whole (a closed surface) and the model's version differs "
+                        "from them (volume IoU below %.2f), %s: %s", len(whole), obj.num_parts,
+                        1.0 - bound, f"returned as given ({keep})" if opts.guard
+                        else "kept as the model made them (guard off)",
+                        ", ".join(f"{n!r} (IoU {1.0 - q.closed_mismatch:.2f})" for n, q in whole))
+        if other:
+            what = (f"replaced by their visible patch, closed ({keep})" if opts.guard
+                    else "kept as the model made them (guard off)")
+            log.warning("%d of %d parts look implausible, %s: %s", len(other), obj.num_parts, what,
+                        "; ".join(f"{n!r}: {', '.join(q.reasons)}" for n, q in other))
         return [n for n, _ in flagged]
 
     def _decoder_feed(self, kv, chunk_points: int):

@@ -24,7 +24,9 @@ the whole object), with no ground truth:
 * **closed_mismatch**: when the input patch is itself closed (the part was
   given whole: nothing of it was hidden), 1 - the volume IoU of the completed
   part and the patch (``CLOSED_IOU_SAMPLES`` uniform points, generalized
-  winding number inside tests); 0 when the patch is open (nothing to compare).
+  winding number inside tests); 0 when the patch is open (nothing to compare:
+  a patch that nearly encloses its volume may still be half of its part, a
+  mug's handle whose other half is inside the body).
 * **pieces**: connected components of the mesh (faces sharing a vertex, after
   merging coincident vertices); **closed**: every edge shared by exactly two faces.
 
@@ -70,6 +72,11 @@ CLOSED_IOU_SAMPLES = 2000  # uniform points of the volume IoU behind ``closed_mi
 #: at 5% of the patch's diagonal; that flagged 6 of 84 good synthetic parts on the two
 #: evaluation splits, so 0.5 ships (the next value, no false alarm on calibration); a
 #: third, fresh split was scored once after that (benchmarks/RESULTS-mini.md).
+#: closed_mismatch (2026-12-05, session 10): 0.5 -> 0.2. A closed patch is the whole part, so no
+#: completion can beat it; a completion is kept only where it reproduces it (volume IoU >= 0.8).
+#: The validation split's real objects cannot tell 0.5 from 0.1 (no kept closed part in between);
+#: on held-out synthetic objects (seed 8000) 0.2 returns a lamp shade and two dumbbell weights as
+#: given instead of completions at IoU 0.46-0.81 (benchmarks/RESULTS-mini.md).
 #: False alarms and catches on held-out splits: benchmarks/RESULTS-mini.md.
 THRESHOLDS = {
     "coverage_p90": 0.10,  # 90% of the patch within 10% of its diagonal of the completed surface
@@ -77,7 +84,7 @@ THRESHOLDS = {
     "object_extent": 1.2,  # ... and at most 1.2x the whole object's
     "growth_volume": 4.0,  # enclosed volume at most 4x the patch's bounding box
     "invented": 0.5,  # at most half of the completed surface farther than 5% of the patch's diagonal from it
-    "closed_mismatch": 0.5,  # a part given whole (closed patch): at least half of the volume IoU with it
+    "closed_mismatch": 0.2,  # a part given whole (closed patch): volume IoU >= 0.8 with it
 }
 
 

@@ -238,6 +238,82 @@ def _probe_enclosure(v: np.ndarray, f: np.ndarray) -> tuple[float, float]:
     return float(np.mean((w > 0.25) & (w < 0.75))), float(np.mean(w >= 0.75))
 
 
+def capped_patch(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """An open patch closed by capping each hole: a fan of triangles from the centroid of the hole's
+    rim, wound like the faces around it. The patch's own triangles are kept exactly, so a box seen
+    all round but for its bottom comes back as that box, not a grid's approximation of it.
+
+    Args:
+        vertices, faces: the patch, coincident vertices already merged.
+
+    Returns:
+        ``(vertices, faces)`` of the closed surface, each piece outward-facing; None when
+        capping cannot give one: an edge with more than two faces, faces wound against each other,
+        or no hole at all.
+    """
+    from holopart_infer.postprocess.cleanup import edge_manifold
+
+    v = np.asarray(vertices, np.float64).reshape(-1, 3)
+    f = np.asarray(faces, np.int64).reshape(-1, 3)
+    f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2])]
+    if not len(f):
+        return None
+    directed = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+    n = int(v.shape[0])
+    code = directed[:, 0] * n + directed[:, 1]
+    if len(np.unique(code)) != len(code):
+        return None  # a directed edge twice: faces wound against each other, or an edge of 3+ faces
+    reverse = directed[:, 1] * n + directed[:, 0]
+    rim = directed[~np.isin(reverse, code)]
+    if not len(rim):
+        return None
+    # the rim edges, traced into loops in the faces' own direction; a rim through one vertex twice
+    # (two holes meeting at a corner) is split there, so no loop visits a vertex twice
+    out: dict[int, list[int]] = {}
+    for a, b in rim.tolist():
+        out.setdefault(a, []).append(b)
+    loops: list[list[int]] = []
+    for start in list(out):
+        path, where = [start], {start: 0}
+        while True:
+            cur = path[-1]
+            if not out.get(cur):
+                if len(path) == 1:
+                    break
+                return None  # a rim that does not close (faces wound against each other)
+            nxt = out[cur].pop()
+            if nxt in where:  # a loop closed: cut it off and go on from where it began
+                k = where[nxt]
+                loops.append(path[k:])
+                for u in path[k + 1:]:
+                    del where[u]
+                del path[k + 1:]
+            else:
+                where[nxt] = len(path)
+                path.append(nxt)
+    new_v, new_f = [v], [f]
+    count = n
+    for loop in loops:
+        ring = np.asarray(loop, np.int64)
+        new_v.append(v[ring].mean(axis=0, keepdims=True))
+        # rim edge a -> b belongs to a face; the cap's triangle takes it b -> a
+        new_f.append(np.stack([np.roll(ring, -1), ring, np.full(len(ring), count)], axis=1))
+        count += 1
+    cv, cf = np.concatenate(new_v), np.concatenate(new_f)
+    if not edge_manifold(cf):
+        return None
+    # each closed piece faces outwards (pieces of one part are often wound differently in a file)
+    from holopart_infer.postprocess.cleanup import connected_components
+
+    _, piece = connected_components(cf, len(cv))  # per face
+    t = cv[cf]
+    signed = np.einsum("ij,ij->i", t[:, 0], np.cross(t[:, 1], t[:, 2]))
+    inward = np.bincount(piece, weights=signed) < 0
+    cf = np.where(inward[piece][:, None], cf[:, ::-1], cf)
+    used, cf = np.unique(cf, return_inverse=True)
+    return cv[used], cf.reshape(-1, 3).astype(np.int64)
+
+
 def closed_patch(vertices: np.ndarray, faces: np.ndarray, *, object_bounds=None, shell: float | None = None,
                  depth: int = _SOLID_DEPTH, max_depth: int = MAX_SOLID_DEPTH,
                  device: str = "cpu") -> tuple[tuple[np.ndarray, np.ndarray], str]:
@@ -252,7 +328,11 @@ def closed_patch(vertices: np.ndarray, faces: np.ndarray, *, object_bounds=None,
     encloses its volume (:func:`encloses`: at most ``MAX_AMBIGUOUS`` of its
     probes ambiguous, at least ``MIN_INSIDE`` inside) gets the
     winding-number solid alone: a shell would only make it thicker than it
-    is. The solid is meshed on a grid fitted per
+    is. Such a patch is closed by capping its holes (:func:`capped_patch`: its
+    own triangles kept exactly), and meshed on a grid only where that cannot give
+    a clean closed surface (an edge of three faces, faces wound against each
+    other): on held-out real parts the capped patch scored at least the grid's
+    solid wherever both exist (benchmarks/RESULTS-mini.md). The solid is meshed on a grid fitted per
     axis to the patch's padded box (``2**depth - 8`` cells per axis, coarse to
     fine), so a thin axis (a sheet's shell) gets as many cells as the others.
     Where that solid does not cover the patch (less than ``MIN_PATCH_COVERAGE``
@@ -271,7 +351,8 @@ def closed_patch(vertices: np.ndarray, faces: np.ndarray, *, object_bounds=None,
 
     Returns:
         ``((vertices (V, 3) float64, faces (F, 3) int64), kind)``, kind one of
-        ``"closed"`` (the patch as it is), ``"solid"`` (winding number alone),
+        ``"closed"`` (the patch as it is), ``"capped"`` (the patch with its holes capped),
+        ``"solid"`` (winding number alone),
         ``"shell"`` (winding number and shell), ``"sheet"`` (thickened).
     """
     from holopart_infer.extraction import extract, native
@@ -294,6 +375,9 @@ def closed_patch(vertices: np.ndarray, faces: np.ndarray, *, object_bounds=None,
     if shell is None:
         if _encloses_volume(*_probe_enclosure(gv, gf)):
             shell = 0.0
+            capped = capped_patch(vn, fm)
+            if capped is not None:
+                return (capped[0] * size + center, capped[1]), "capped"
         else:
             ob = np.asarray(object_bounds, np.float64).reshape(2, 3) if object_bounds is not None else np.stack([lo, hi])
             shell = SHELL_FRACTION * float((ob[1] - ob[0]).max())

@@ -189,8 +189,9 @@ def test_truth_parts_scores_an_exact_thin_part_perfect_and_keeps_the_shell_for_s
 
 
 class _CountingModel:
-    """Stands in for a loaded model: 'completes' each part as its own patch, trusts all but part
-    ``untrusted``, counts its calls; keyed on the manifest of ``path``."""
+    """Stands in for a loaded model: 'completes' each part as its own patch, but part ``untrusted``
+    as its patch blown up 3x about its centre (beyond the guard's growth bound); counts its calls;
+    keyed on the manifest of ``path``."""
 
     def __init__(self, path, untrusted):
         from types import SimpleNamespace
@@ -198,17 +199,13 @@ class _CountingModel:
         self.path, self.calls, self._ns, self.untrusted = path, 0, SimpleNamespace, untrusted
 
     def complete(self, parts, up=None, guard=True, **kw):
-        from holopart_infer.postprocess import quality
-
         self.calls += 1
-
-        def measures(i):  # the untrusted part "invented" 90% of its surface
-            q = quality.PartQuality(0.0, 0.0, 1.0, 1.0, 0.5, 0.1, 1, True, invented=0.9 if i == self.untrusted else 0.0,
-                                    closed_mismatch=0.0)
-            return quality._judge(q)
-
-        out = [self._ns(name=n, vertices=np.asarray(v, float), faces=np.asarray(f), quality=measures(i))
-               for i, (n, v, f) in enumerate(zip(parts.names, parts.vertices, parts.faces))]
+        out = []
+        for i, (n, v, f) in enumerate(zip(parts.names, parts.vertices, parts.faces)):
+            v = np.asarray(v, float)
+            if i == self.untrusted:
+                v = (v - v.mean(axis=0)) * 3.0 + v.mean(axis=0)
+            out.append(self._ns(name=n, vertices=v, faces=np.asarray(f), quality=None))
         return self._ns(parts=out)
 
 
@@ -234,10 +231,11 @@ def test_evaluate_cache_reads_completions_back_and_keys_them_on_the_model(tmp_pa
     good = obj.names[(bad + 1) % len(obj.names)]
     assert rows[(good, "guarded")].iou == rows[(good, "model")].iou
     assert rows[(obj.names[bad], "guarded")].pred_faces != rows[(obj.names[bad], "model")].pred_faces
-    # the cache keeps measures, not verdicts: a looser threshold keeps that part, with no new run
+    # the cache keeps completions, not verdicts: looser thresholds keep that part, with no new run
     from holopart_infer.postprocess import quality
 
-    monkeypatch.setitem(quality.THRESHOLDS, "invented", 0.95)
+    for name in quality.THRESHOLDS:
+        monkeypatch.setitem(quality.THRESHOLDS, name, float("inf"))
     loose, _ = E.evaluate([obj], model, ("patch", "model", "guarded"), {"steps": 2}, n_surface=300, n_volume=600,
                           cache=cache)
     assert model.calls == 1

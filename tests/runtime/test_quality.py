@@ -205,9 +205,31 @@ def test_cli_summary_lists_every_part(tmp_path, capsys):
 
 @pytest.mark.parametrize("obj", list(assets.DEMO_OBJECTS))
 def test_good_parts_of_the_embedded_demos_are_not_flagged(obj):
-    res = hp.load(assets.demo_model_path()).complete(assets.demo_object_path(obj), **assets.DEMO_PRESET)
-    assert res.stats["guard"]["flagged"] == [], {p.name: p.quality.reasons for p in res.parts}
-    assert all(p.quality.plausible and not p.quality.replaced for p in res.parts)
+    """The demo parts are given whole (closed, or nearly: a handle's ends where it meets the body).
+    Where a closed part's completion does not reproduce it (volume IoU < 1 -
+    THRESHOLDS["closed_mismatch"]) the part comes back as given; nothing is flagged for any
+    other measure."""
+    from holopart_infer.io.parts_io import load_parts
+    from holopart_infer.postprocess.cleanup import edge_manifold
+
+    src = assets.demo_object_path(obj)
+    res = hp.load(assets.demo_model_path()).complete(src, **assets.DEMO_PRESET)
+    reasons = {p.name: p.quality.reasons for p in res.parts}
+    assert all(r.startswith("closed_mismatch") for rs in reasons.values() for r in rs), reasons
+    given = load_parts(src)
+    for i, part in enumerate(res.parts):
+        q = part.quality
+        assert q.plausible == (not q.replaced)
+        if q.replaced:  # the input part itself: every input triangle, closed
+            from scipy.spatial import cKDTree
+
+            def centroids(v, f):
+                return np.asarray(v, np.float64)[np.asarray(f)].mean(axis=1)
+
+            gap, _ = cKDTree(centroids(part.vertices, part.faces)).query(centroids(given.vertices[i], given.faces[i]))
+            assert gap.max() < 1e-4 and edge_manifold(part.faces)
+        else:
+            assert q.closed_mismatch <= quality.THRESHOLDS["closed_mismatch"]
 
 
 def test_batch_ledger_and_service_job_carry_the_scores(guarded, tmp_path):
@@ -285,7 +307,8 @@ def test_a_part_given_whole_must_be_completed_as_itself():
     assert same.closed_mismatch < 0.1 and same.plausible
     assert off.closed_mismatch == pytest.approx(1 - 1 / 7, abs=0.08)
     assert not off.plausible and any(r.startswith("closed_mismatch") for r in off.reasons)
-    # an open patch has nothing to compare with: 0, whatever the completion
+    # an open patch has nothing to compare with, even one that nearly encloses its volume (it may be
+    # half of its part): 0, whatever the completion
     _, patch = _box_patch()
     assert quality.measure(moved.vertices, moved.faces, *patch, bounds).closed_mismatch == 0.0
 

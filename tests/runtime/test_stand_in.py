@@ -44,11 +44,49 @@ def test_open_box_is_closed_into_its_solid():
     box = trimesh.creation.box([1.0, 0.5, 0.3])
     open_faces = box.faces[box.face_normals[:, 1] > -0.5]  # no bottom (Y-up)
     (v, f), kind = closed_patch(box.vertices, open_faces)
+    # it nearly encloses its volume: its hole is capped, its own faces kept exactly
+    assert kind == "capped"
+    m = trimesh.Trimesh(v, f, process=False)
+    assert m.is_watertight and m.volume == pytest.approx(box.volume, rel=1e-9)
+    assert {tuple(np.round(t, 9).ravel()) for t in box.vertices[open_faces]} <= \
+        {tuple(np.round(t, 9).ravel()) for t in v[f]}
+    # without capping (shell=0: the winding-number solid alone), meshed on a grid
+    (v, f), kind = closed_patch(box.vertices, open_faces, shell=0.0)
     assert kind == "solid"
     m = trimesh.Trimesh(v, f, process=False)
     assert m.is_watertight
     assert _volume_iou((v, f), (box.vertices, box.faces)) > 0.9
     assert abs(m.volume / box.volume - 1) < 0.1
+
+
+def test_capped_patch_closes_holes_and_declines_what_it_cannot_close():
+    from holopart_infer.postprocess.thin import capped_patch
+
+    sphere = trimesh.creation.icosphere(3)
+    z = sphere.triangles_center[:, 2]
+    faces = sphere.faces[(z < 0.8) & (z > -0.9)]  # two caps cut off: two holes
+    v, f = capped_patch(np.asarray(sphere.vertices), faces)
+    m = trimesh.Trimesh(v, f, process=False)
+    assert m.is_watertight and m.volume > 0  # outward, whichever way the patch was wound
+    assert m.volume == pytest.approx(trimesh.Trimesh(sphere.vertices, sphere.faces).volume, rel=0.05)
+    v2, f2 = capped_patch(np.asarray(sphere.vertices), faces[:, ::-1])
+    assert trimesh.Trimesh(v2, f2, process=False).volume == pytest.approx(m.volume)
+    # a closed surface has no hole; faces wound against each other cannot be capped into a clean
+    # closed surface
+    assert capped_patch(np.asarray(sphere.vertices), sphere.faces) is None
+    flipped = faces.copy()
+    flipped[:10] = flipped[:10, ::-1]
+    assert capped_patch(np.asarray(sphere.vertices), flipped) is None
+    # two holes meeting at one vertex: each capped on its own (every edge still shared by two faces)
+    ico = trimesh.creation.icosphere(2)
+    fan = np.flatnonzero((ico.faces == 0).any(axis=1))
+    first = fan[0]
+    other = next(j for j in fan[1:] if len(set(ico.faces[first]) & set(ico.faces[j])) == 1)
+    keep = np.setdiff1d(np.arange(len(ico.faces)), [first, other])
+    got = capped_patch(np.asarray(ico.vertices), ico.faces[keep])
+    assert got is not None
+    m = trimesh.Trimesh(*got, process=False)
+    assert m.is_watertight and m.volume == pytest.approx(ico.volume, rel=0.01)
 
 
 def test_closed_patch_keeps_closed_input_gives_sheets_the_shell_and_solids_their_inside():
@@ -73,10 +111,10 @@ def test_closed_patch_keeps_closed_input_gives_sheets_the_shell_and_solids_their
     (v1, f1), _ = closed_patch(box.vertices, box.faces[keep])
     (v2, f2), _ = closed_patch(box.vertices, box.faces[keep][:, ::-1])
     assert _volume_iou((v1, f1), (v2, f2)) > 0.98
-    # a patch that nearly encloses its volume gets the winding-number solid alone
+    # a patch that nearly encloses its volume gets no shell: its hole capped
     box = trimesh.creation.box([1.0, 0.5, 0.3])
     (v, f), kind = closed_patch(box.vertices, box.faces[box.face_normals[:, 1] > -0.5])
-    assert kind == "solid"
+    assert kind == "capped"
 
 
 def test_encloses_tells_a_sheet_from_a_surface_around_a_volume():
@@ -103,11 +141,14 @@ def test_a_thin_panel_with_a_hidden_corner_is_not_thickened():
     centers, normals = panel.triangles_center, panel.face_normals
     faces = panel.faces[~((normals[:, 1] < -0.5) & (centers[:, 0] > 0.4))]
     (v, f), kind = closed_patch(panel.vertices, faces)
-    assert kind == "solid"
+    assert kind == "capped"
     m = trimesh.Trimesh(v, f, process=False)
     assert m.is_watertight
-    assert np.ptp(v[:, 1]) == pytest.approx(0.02, rel=0.2)
-    assert m.volume == pytest.approx(panel.volume, rel=0.2)
+    assert np.ptp(v[:, 1]) == pytest.approx(0.02, rel=1e-6)
+    assert m.volume == pytest.approx(panel.volume, rel=0.05)
+    # meshed on a grid instead (shell=0), still not thickened
+    (v, f), kind = closed_patch(panel.vertices, faces, shell=0.0)
+    assert kind == "solid" and np.ptp(v[:, 1]) == pytest.approx(0.02, rel=0.2)
     # with its whole underside hidden it is a sheet to the winding number (about 0.5 inside): shell
     (v, f), kind = closed_patch(panel.vertices, panel.faces[normals[:, 1] > -0.5])
     assert kind == "shell" and trimesh.Trimesh(v, f, process=False).volume > 1.2 * panel.volume
