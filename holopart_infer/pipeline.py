@@ -1017,8 +1017,8 @@ class HoloPart:
         keep = "guard=False / --keep-implausible keeps the model's output"
         if whole:
             bound = quality.THRESHOLDS["closed_mismatch"]
-            log.warning("%d of %d parts were given whole (a closed surface) and the model's version differs "
-                        "from them (volume IoU below %.2f), %s: %s", len(whole), obj.num_parts,
+            log.warning("%d of %d parts were given whole (a closed surface, or closed but for slits) and the "
+                        "model's version differs from them (volume IoU below %.2f), %s: %s", len(whole), obj.num_parts,
                         1.0 - bound, f"returned as given ({keep})" if opts.guard
                         else "kept as the model made them (guard off)",
                         ", ".join(f"{n!r} (IoU {1.0 - q.closed_mismatch:.2f})" for n, q in whole))

@@ -314,6 +314,30 @@ def capped_patch(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, n
     return cv[used], cf.reshape(-1, 3).astype(np.int64)
 
 
+#: :func:`sealed`: a patch whose holes, capped, add less than this share of its area is closed but
+#: for slits (seams that do not meet, a missing sliver): given whole. On the validation split's real
+#: parts every patch under 2% was at least 99% visible; hidden parts cut by occlusion start at 4%
+#: (a lamp pole whose top is inside the shade; a mug handle half inside its body: 7-12%)
+SLIT_AREA = 0.02
+
+
+def sealed(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """A patch that is closed but for slits, closed: :func:`capped_patch` when its caps add less than
+    ``SLIT_AREA`` of the patch's area; None otherwise (a closed patch included: it needs no cap).
+
+    Args:
+        vertices, faces: the patch, coincident vertices already merged.
+    """
+    from holopart_infer.model.surface import face_areas
+
+    capped = capped_patch(vertices, faces)
+    if capped is None:
+        return None
+    area = float(face_areas(np.asarray(vertices, np.float64), np.asarray(faces, np.int64)).sum())
+    added = float(face_areas(*capped).sum()) - area
+    return capped if area > 0 and added < SLIT_AREA * area else None
+
+
 def closed_patch(vertices: np.ndarray, faces: np.ndarray, *, object_bounds=None, shell: float | None = None,
                  depth: int = _SOLID_DEPTH, max_depth: int = MAX_SOLID_DEPTH,
                  device: str = "cpu") -> tuple[tuple[np.ndarray, np.ndarray], str]:

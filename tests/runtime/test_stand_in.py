@@ -193,3 +193,22 @@ def test_thin_pieces_spread_over_a_large_box_get_a_finer_grid():
     for x0 in (0.0, 1.0, 2.0):  # every sheet is there, whole
         piece = fv[(fv[:, 0] > x0 - 0.05) & (fv[:, 0] < x0 + 0.15)]
         assert np.ptp(piece[:, 0]) > 0.1 and np.ptp(piece[:, 2]) > 0.1
+
+
+def test_sealed_tells_a_part_closed_but_for_slits_from_one_with_a_hole():
+    from holopart_infer.postprocess.thin import SLIT_AREA, sealed
+
+    box = trimesh.creation.box([1.0, 0.5, 0.3]).subdivide().subdivide()
+    v, f = np.asarray(box.vertices), np.asarray(box.faces)
+    areas = box.area_faces
+    # one small triangle missing (a seam that does not meet): closed but for a slit
+    small = int(np.argmin(areas))
+    assert areas[small] < SLIT_AREA * box.area
+    got = sealed(v, np.delete(f, small, axis=0))
+    assert got is not None and trimesh.Trimesh(*got, process=False).is_watertight
+    assert trimesh.Trimesh(*got, process=False).volume == pytest.approx(box.volume, rel=1e-6)
+    # the whole bottom missing (a sixth of the area, or more): a hole, not a slit
+    bottom = box.face_normals[:, 1] < -0.5
+    assert sealed(v, f[~bottom]) is None
+    # a closed patch needs no cap
+    assert sealed(v, f) is None
