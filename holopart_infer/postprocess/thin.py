@@ -330,10 +330,17 @@ def sealed(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndar
     """
     from holopart_infer.model.surface import face_areas
 
-    capped = capped_patch(vertices, faces)
+    f = np.asarray(faces, np.int64).reshape(-1, 3)
+    # a surface closed but for slits has rim edges along its slits only; a triangle soup (every
+    # edge a rim) is no such surface, and tracing its rims is the costly part: decided here
+    edges = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
+    _, counts = np.unique(edges[:, 0] * (int(f.max(initial=0)) + 1) + edges[:, 1], return_counts=True)
+    if np.count_nonzero(counts == 1) > 0.5 * len(edges):
+        return None
+    capped = capped_patch(vertices, f)
     if capped is None:
         return None
-    area = float(face_areas(np.asarray(vertices, np.float64), np.asarray(faces, np.int64)).sum())
+    area = float(face_areas(np.asarray(vertices, np.float64), f).sum())
     added = float(face_areas(*capped).sum()) - area
     return capped if area > 0 and added < SLIT_AREA * area else None
 

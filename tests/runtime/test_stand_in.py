@@ -212,3 +212,8 @@ def test_sealed_tells_a_part_closed_but_for_slits_from_one_with_a_hole():
     assert sealed(v, f[~bottom]) is None
     # a closed patch needs no cap
     assert sealed(v, f) is None
+    # a triangle soup (no two faces share an edge) is not a surface with slits
+    soup = box.vertices[box.faces].reshape(-1, 3) * 1.0
+    centers = soup.reshape(-1, 3, 3).mean(axis=1, keepdims=True)
+    soup = (centers + 0.9 * (soup.reshape(-1, 3, 3) - centers)).reshape(-1, 3)
+    assert sealed(soup, np.arange(len(soup)).reshape(-1, 3)) is None
