@@ -1012,8 +1012,9 @@ class HoloPart:
             obj.results[i].quality = q
         # one warning per object for each kind of verdict, naming every part and its measures: parts
         # given whole that the model did not reproduce, and the others
-        whole = [(n, q) for n, q in flagged if all(r.startswith("closed_mismatch") for r in q.reasons)]
-        other = [(n, q) for n, q in flagged if not all(r.startswith("closed_mismatch") for r in q.reasons)]
+        given_whole = [all(r.startswith("closed_mismatch") for r in q.reasons) for _, q in flagged]
+        whole = [nq for nq, w in zip(flagged, given_whole) if w]
+        other = [nq for nq, w in zip(flagged, given_whole) if not w]
         keep = "guard=False / --keep-implausible keeps the model's output"
         if whole:
             bound = quality.THRESHOLDS["closed_mismatch"]

@@ -77,7 +77,7 @@ CLOSED_IOU_SAMPLES = 2000  # uniform points of the volume IoU behind ``closed_mi
 #: slits too (thin.sealed). A closed patch is the whole part, so no
 #: completion can beat it; a completion is kept only where it reproduces it (volume IoU >= 0.8).
 #: The validation split's real objects cannot tell 0.5 from 0.1 (no kept closed part in between);
-#: on held-out synthetic objects (seed 8000) 0.2 returns a lamp shade and two dumbbell weights as
+#: on held-out synthetic objects (seed 8000) 0.2 returns a lamp shade and three dumbbell weights as
 #: given instead of completions at IoU 0.46-0.81 (benchmarks/RESULTS-mini.md).
 #: False alarms and catches on held-out splits: benchmarks/RESULTS-mini.md.
 THRESHOLDS = {

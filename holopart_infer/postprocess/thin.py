@@ -249,7 +249,7 @@ def capped_patch(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, n
     Returns:
         ``(vertices, faces)`` of the closed surface, each piece outward-facing; None when
         capping cannot give one: an edge with more than two faces, faces wound against each other,
-        or no hole at all.
+        no hole at all, or rims that are most of its edges.
     """
     from holopart_infer.postprocess.cleanup import edge_manifold
 
@@ -265,7 +265,9 @@ def capped_patch(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, n
         return None  # a directed edge twice: faces wound against each other, or an edge of 3+ faces
     reverse = directed[:, 1] * n + directed[:, 0]
     rim = directed[~np.isin(reverse, code)]
-    if not len(rim):
+    if not len(rim) or len(rim) > 0.5 * len(directed):
+        # no hole; or mostly holes (a triangle soup: every edge a rim), which no cap makes a solid,
+        # decided before the rims are traced (the costly part)
         return None
     # the rim edges, traced into loops in the faces' own direction; a rim through one vertex twice
     # (two holes meeting at a corner) is split there, so no loop visits a vertex twice
@@ -331,12 +333,6 @@ def sealed(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndar
     from holopart_infer.model.surface import face_areas
 
     f = np.asarray(faces, np.int64).reshape(-1, 3)
-    # a surface closed but for slits has rim edges along its slits only; a triangle soup (every
-    # edge a rim) is no such surface, and tracing its rims is the costly part: decided here
-    edges = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
-    _, counts = np.unique(edges[:, 0] * (int(f.max(initial=0)) + 1) + edges[:, 1], return_counts=True)
-    if np.count_nonzero(counts == 1) > 0.5 * len(edges):
-        return None
     capped = capped_patch(vertices, f)
     if capped is None:
         return None

@@ -51,7 +51,7 @@ def test_guarded_is_the_model_where_the_guard_trusts_it(scores):
     """`guarded` (what `run` returns) is the model's own part wherever the guard trusts it (same
     points, same mesh: the same volume IoU). On these objects, at the demo's settings, the guard
     returns 4 parts given whole (a lamp shade and three dumbbell weights, completed at volume IoU
-    0.46-0.59 against themselves) as given, which scores them 1, and replaces one part it cannot
+    0.46-0.81 against themselves) as given, which scores them 1, and replaces one part it cannot
     trust (a dumbbell bar 18% visible whose completion invents most of its surface: the known cost
     of the guard on synthetic objects, benchmarks/RESULTS-mini.md)."""
     by = {(r.object, r.part, r.method): r.iou for r in scores}
